@@ -1,0 +1,121 @@
+"""Blob stores: where artifact bytes live.
+
+The contract every backend keeps (and ``tests/test_blobs.py`` checks for each):
+
+- Keys are ``/``-separated segments of ``[A-Za-z0-9_-]``; they derive from IDs only.
+- ``writer(key)`` stages bytes out of sight, counting and hashing them as they stream.
+  Nothing is visible at ``key`` until ``commit()`` returns; after it returns the bytes are
+  durable. ``abort()`` discards the staged bytes; it is idempotent and safe after a commit
+  (it then does nothing). A crash before ``commit()`` leaves at most staged bytes, which
+  ``list_staged`` reports so orphan reconciliation can remove them.
+- ``open`` raises :class:`~ephemera.errors.BlobNotFound` for a missing key.
+- ``delete`` and ``delete_prefix`` treat "already gone" as success.
+- ``list`` yields keys under a prefix in ascending key order.
+- Every other failure is a :class:`~ephemera.errors.StorageError`; no ``OSError`` or client
+  library error escapes a backend.
+
+Optional capabilities are separate Protocols, checked once when the store is opened.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+from ephemera.errors import InvalidInput
+
+KEY_RE = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
+
+
+def check_key(key: str) -> str:
+    if not KEY_RE.fullmatch(key):
+        raise InvalidInput(f"invalid blob key {key!r}")
+    return key
+
+
+def session_prefix(session_id: str) -> str:
+    return f"sessions/{session_id}/"
+
+
+def artifact_key(session_id: str, artifact_id: str) -> str:
+    return f"sessions/{session_id}/{artifact_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class BlobStat:
+    key: str
+    size: int
+    modified_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StagedBlob:
+    """Bytes left in staging by an upload that never committed or aborted."""
+
+    name: str
+    size: int
+    modified_at: datetime
+
+
+class BlobWriter(Protocol):
+    @property
+    def size(self) -> int: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def sha256(self) -> str:
+        """Hex digest of everything written so far."""
+        ...
+
+    def commit(self) -> BlobStat: ...
+
+    def abort(self) -> None: ...
+
+
+class BlobStore(Protocol):
+    def writer(self, key: str) -> BlobWriter: ...
+
+    def open(self, key: str) -> BinaryIO: ...
+
+    def stat(self, key: str) -> BlobStat: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Remove every blob under ``prefix`` in one sweep; return how many were removed."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[BlobStat]: ...
+
+    def list_staged(self) -> Iterator[StagedBlob]: ...
+
+    def delete_staged(self, name: str) -> None: ...
+
+    def check(self) -> None:
+        """Raise StorageError unless the store is reachable and writable."""
+        ...
+
+
+@runtime_checkable
+class LocalPaths(Protocol):
+    """Capability: blobs are plain files, so they can be served zero-copy."""
+
+    def local_path(self, key: str) -> Path: ...
+
+
+def open_blob_store(url: str) -> BlobStore:
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        from ephemera.blobs.local import LocalBlobStore
+
+        return LocalBlobStore(Path(parts.path))
+    if parts.scheme == "memory":
+        from ephemera.testing import MemoryBlobStore
+
+        return MemoryBlobStore()
+    raise InvalidInput(f"unsupported blob store URL scheme {parts.scheme!r}")

@@ -1,0 +1,213 @@
+"""Blobs as files under one directory: ``sessions/{sid}/{aid}``, staged in ``staging/``.
+
+Staging lives on the same filesystem as the blobs, so a commit is one atomic ``rename``.
+The file is fsynced before the rename and its directory after it, so a committed blob
+survives a power loss; a crash before the rename leaves only a staging file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import BinaryIO
+
+from ephemera.blobs import BlobStat, StagedBlob, check_key
+from ephemera.errors import BlobNotFound, StorageError
+
+
+def _mtime(st: os.stat_result) -> datetime:
+    return datetime.fromtimestamp(st.st_mtime, UTC)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalBlobWriter:
+    def __init__(self, store: LocalBlobStore, key: str) -> None:
+        self._store = store
+        self._key = key
+        self._staging = store.staging_dir / f"{uuid.uuid4().hex}.part"
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._done = False
+        try:
+            self._file: BinaryIO | None = open(self._staging, "xb")  # noqa: SIM115
+        except OSError as exc:
+            raise StorageError(f"cannot stage blob: {exc.strerror}") from exc
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def write(self, data: bytes) -> None:
+        if self._file is None:
+            raise StorageError("write after commit or abort")
+        self._hash.update(data)
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            self.abort()
+            raise StorageError(f"cannot write blob: {exc.strerror}") from exc
+        self._size += len(data)
+
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def commit(self) -> BlobStat:
+        if self._file is None:
+            raise StorageError("commit after commit or abort")
+        target = self._store.local_path(self._key)
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            self._file = None
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(self._staging, target)
+            self._done = True
+            _fsync_dir(target.parent)
+            st = target.stat()
+        except OSError as exc:
+            self.abort()
+            raise StorageError(f"cannot commit blob: {exc.strerror}") from exc
+        return BlobStat(self._key, st.st_size, _mtime(st))
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if not self._done:
+            self._done = True
+            self._staging.unlink(missing_ok=True)
+
+
+class LocalBlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blob_dir = root / "sessions"
+        self.staging_dir = root / "staging"
+        self._ready = False
+
+    def _ensure_dirs(self) -> None:
+        # Done on first use, not in the constructor: opening a store does no I/O.
+        if not self._ready:
+            try:
+                self.blob_dir.mkdir(parents=True, exist_ok=True)
+                self.staging_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot create {self.root}: {exc.strerror}") from exc
+            self._ready = True
+
+    def local_path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def writer(self, key: str) -> LocalBlobWriter:
+        check_key(key)
+        self._ensure_dirs()
+        return LocalBlobWriter(self, key)
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self.local_path(key), "rb")
+        except FileNotFoundError as exc:
+            raise BlobNotFound(f"no blob at {key}") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot open blob {key}: {exc.strerror}") from exc
+
+    def stat(self, key: str) -> BlobStat:
+        try:
+            st = self.local_path(key).stat()
+        except FileNotFoundError as exc:
+            raise BlobNotFound(f"no blob at {key}") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot stat blob {key}: {exc.strerror}") from exc
+        return BlobStat(key, st.st_size, _mtime(st))
+
+    def delete(self, key: str) -> None:
+        try:
+            self.local_path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot delete blob {key}: {exc.strerror}") from exc
+
+    def delete_prefix(self, prefix: str) -> int:
+        path = self.local_path(prefix.rstrip("/"))
+        try:
+            with os.scandir(path) as entries:
+                count = sum(1 for e in entries if e.is_file(follow_symlinks=False))
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise StorageError(f"cannot list {prefix}: {exc.strerror}") from exc
+        for _attempt in range(5):
+            if not path.exists():
+                return count
+            try:
+                shutil.rmtree(path)
+            except FileNotFoundError:
+                continue  # a concurrent sweep removed an entry first: look again
+            except OSError as exc:
+                # ENOTEMPTY: a commit landed between rmtree's listing and its rmdir.
+                if exc.errno != errno.ENOTEMPTY:
+                    raise StorageError(f"cannot delete {prefix}: {exc.strerror}") from exc
+        if path.exists():
+            raise StorageError(f"cannot delete {prefix}: it keeps being written to")
+        return count
+
+    def list(self, prefix: str = "") -> Iterator[BlobStat]:
+        base = prefix.rstrip("/")
+        start = self.local_path(base) if base else self.root
+        if not start.exists():
+            return
+        if start.is_file():
+            yield self.stat(base)
+            return
+        yield from self._walk(start, base)
+
+    def _walk(self, directory: Path, key_prefix: str) -> Iterator[BlobStat]:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StorageError(f"cannot list {directory}: {exc.strerror}") from exc
+        for entry in entries:
+            key = f"{key_prefix}/{entry.name}" if key_prefix else entry.name
+            if key == "staging":
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                yield from self._walk(Path(entry.path), key)
+            elif entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    yield BlobStat(key, entry.stat().st_size, _mtime(entry.stat()))
+
+    def list_staged(self) -> Iterator[StagedBlob]:
+        try:
+            entries = list(os.scandir(self.staging_dir))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                st = entry.stat()
+                yield StagedBlob(entry.name, st.st_size, _mtime(st))
+
+    def delete_staged(self, name: str) -> None:
+        if "/" in name or name.startswith("."):
+            raise StorageError(f"invalid staging name {name!r}")
+        (self.staging_dir / name).unlink(missing_ok=True)
+
+    def check(self) -> None:
+        self._ensure_dirs()
+        if not os.access(self.staging_dir, os.W_OK):
+            raise StorageError(f"{self.staging_dir} is not writable")

@@ -1,0 +1,216 @@
+"""The ``ephemera`` command: a thin face over the library."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ephemera.config import Settings
+from ephemera.errors import EphemeraError
+from ephemera.store import Store
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+sessions_app = typer.Typer(no_args_is_help=True, help="Inspect and close sessions.")
+keys_app = typer.Typer(no_args_is_help=True, help="Manage admin keys.")
+app.add_typer(sessions_app, name="sessions")
+app.add_typer(keys_app, name="admin-key")
+
+out = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", help="Data directory [default: $EPHEMERA_DATA_DIR or ./ephemera-data]"
+    ),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
+ADMIN_KEY_FILE = "admin.key"
+
+
+def _settings(data_dir: Path | None) -> Settings:
+    return Settings(data_dir=data_dir) if data_dir is not None else Settings()
+
+
+def _open(data_dir: Path | None) -> Store:
+    try:
+        return Store.open(_settings(data_dir))
+    except EphemeraError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(2) from None
+
+
+def _fail(exc: EphemeraError) -> typer.Exit:
+    err.print(f"[red]error:[/red] {exc.message}")
+    return typer.Exit(1)
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "__slots__"):
+        return {k: _jsonable(getattr(obj, k)) for k in obj.__slots__}
+    if hasattr(obj, "isoformat"):
+        return obj.isoformat()
+    if isinstance(obj, list):
+        return [_jsonable(x) for x in obj]
+    return obj
+
+
+def _write_secret(path: Path, secret: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    data_dir: DataDir = None,
+) -> None:
+    """Run the HTTP API on the configured backends (SQLite + a local directory by default)."""
+    import uvicorn
+
+    from ephemera.http import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = _settings(data_dir)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = _open(data_dir)
+    closed, deleted = store.recover()
+    if closed or deleted:
+        err.print(f"recovered: finished closing {closed} sessions, deleting {deleted} artifacts")
+    if not store.has_admin_key():
+        key = store.create_admin_key("default")
+        key_file = settings.data_dir / ADMIN_KEY_FILE
+        key_file.unlink(missing_ok=True)
+        _write_secret(key_file, key)
+        err.print(f"Created admin key 'default' (shown once; also saved to {key_file}):")
+        print(key, flush=True)
+    try:
+        uvicorn.run(
+            create_app(store),
+            host=host,
+            port=port,
+            loop="uvloop" if os.name != "nt" else "asyncio",
+            http="httptools",
+            log_level="info",
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        store.close()
+
+
+@app.command()
+def migrate(data_dir: DataDir = None) -> None:
+    """Bring the database schema up to date."""
+    from ephemera.catalog import Catalog
+
+    settings = _settings(data_dir)
+    catalog = Catalog(settings.resolved_database_url())
+    try:
+        before, head = catalog.revisions()
+        catalog.migrate()
+    except EphemeraError as exc:
+        raise _fail(exc) from None
+    finally:
+        catalog.dispose()
+    out.print(f"schema at {head}" + (" (was up to date)" if before == head else f" (was {before})"))
+
+
+@sessions_app.command("list")
+def sessions_list(
+    data_dir: DataDir = None,
+    as_json: AsJson = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
+    cursor: Annotated[str | None, typer.Option(help="Start after this session ID")] = None,
+) -> None:
+    """Every session with its state, activity, artifact count and bytes."""
+    with _open(data_dir) as store:
+        page = store.list_sessions(cursor, limit)
+    if as_json:
+        print(json.dumps({"items": _jsonable(page.items), "next_cursor": page.next_cursor}))
+        return
+    table = Table("id", "label", "state", "last activity", "expires", "artifacts", "bytes")
+    for s in page.items:
+        table.add_row(
+            s.id,
+            s.label or "",
+            s.state.value,
+            s.last_activity_at.isoformat(timespec="seconds"),
+            s.expires_at.isoformat(timespec="seconds") if s.expires_at else "never",
+            str(s.artifact_count),
+            str(s.total_bytes),
+        )
+    out.print(table)
+    if page.next_cursor:
+        out.print(f"more: --cursor {page.next_cursor}")
+
+
+@sessions_app.command("show")
+def sessions_show(session_id: str, data_dir: DataDir = None) -> None:
+    """One session, with its artifacts."""
+    with _open(data_dir) as store:
+        try:
+            session = store.get_session(session_id)
+            artifacts = store.list_artifacts(session_id, limit=1000).items
+        except EphemeraError as exc:
+            raise _fail(exc) from None
+    print(json.dumps({"session": _jsonable(session), "artifacts": _jsonable(artifacts)}, indent=2))
+
+
+@sessions_app.command("close")
+def sessions_close(session_id: str, data_dir: DataDir = None) -> None:
+    """Close a session now: its bytes and records are removed."""
+    with _open(data_dir) as store:
+        try:
+            report = store.close_session(session_id)
+        except EphemeraError as exc:
+            raise _fail(exc) from None
+    print(json.dumps(_jsonable(report)))
+
+
+@keys_app.command("create")
+def admin_key_create(name: str, data_dir: DataDir = None) -> None:
+    """Create an admin key; the key alone is printed on standard output, once."""
+    with _open(data_dir) as store:
+        try:
+            key = store.create_admin_key(name)
+        except EphemeraError as exc:
+            raise _fail(exc) from None
+    print(key)
+
+
+@keys_app.command("list")
+def admin_key_list(data_dir: DataDir = None, as_json: AsJson = False) -> None:
+    """Admin key names (the keys themselves are stored only as hashes)."""
+    with _open(data_dir) as store:
+        keys = store.list_admin_keys()
+    if as_json:
+        print(json.dumps(_jsonable(keys)))
+        return
+    table = Table("name", "created")
+    for k in keys:
+        table.add_row(k.name, k.created_at.isoformat(timespec="seconds"))
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def admin_key_revoke(name: str, data_dir: DataDir = None) -> None:
+    """Revoke an admin key: it stops working at once."""
+    with _open(data_dir) as store:
+        try:
+            store.revoke_admin_key(name)
+        except EphemeraError as exc:
+            raise _fail(exc) from None
+    err.print(f"revoked {name}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,61 @@
+"""Settings: defaults, then a TOML file (``EPHEMERA_CONFIG``), then ``EPHEMERA_*`` variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+GiB = 1024**3
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EPHEMERA_", extra="forbid")
+
+    data_dir: Path = Field(Path("./ephemera-data"), description="Where the embedded default lives")
+    database_url: str | None = Field(
+        None, description="Metadata database; default SQLite in data_dir"
+    )
+    blob_url: str | None = Field(None, description="Blob store; default a directory in data_dir")
+    idle_timeout_s: int | None = Field(3600, ge=1, description="Default idle timeout of a session")
+    max_age_s: int | None = Field(None, ge=1, description="Default maximum age of a session")
+    temporary_ttl_s: int = Field(24 * 3600, ge=1, description="Life of a temporary artifact")
+    result_retention_days: float = Field(30, gt=0, description="How long task outputs are kept")
+    orphan_grace_s: int = Field(3600, ge=0, description="Age before unreferenced bytes are removed")
+    cleanup_interval_s: int = Field(900, ge=1, description="Scheduled cleanup interval")
+    max_upload_bytes: int = Field(GiB, ge=1, description="Largest accepted artifact")
+    max_json_upload_bytes: int = Field(
+        64 * 1024**2, ge=1, description="Largest JSON/base64 upload body (held in memory)"
+    )
+    session_quota_bytes: int | None = Field(None, ge=1, description="Bytes one session may hold")
+    activity_write_interval_s: float = Field(
+        5, ge=0, description="Activity is written at most this often per session"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("EPHEMERA_CONFIG")
+        if config_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
+        return tuple(sources)
+
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'ephemera.db'}"
+
+    def resolved_blob_url(self) -> str:
+        return self.blob_url or f"file://{self.data_dir.resolve() / 'blobs'}"

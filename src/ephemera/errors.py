@@ -1,0 +1,63 @@
+"""ephemera's error types.
+
+Every error the library raises on purpose is an :class:`EphemeraError` with a stable ``code``.
+The HTTP layer maps codes to statuses in one table (``ephemera.http.errors``); the library
+itself knows nothing of HTTP. Where a built-in fits, the error subclasses it too, so callers
+can catch ``LookupError`` or ``ValueError`` without importing ephemera.
+"""
+
+from __future__ import annotations
+
+
+class EphemeraError(Exception):
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInput(EphemeraError, ValueError):
+    code = "invalid_input"
+
+
+class ChecksumMismatch(InvalidInput):
+    code = "checksum_mismatch"
+
+
+class NotFound(EphemeraError, LookupError):
+    """Missing, gone, expired, or not reachable with the given credentials: deliberately one."""
+
+    code = "not_found"
+
+
+class Unauthenticated(EphemeraError):
+    code = "unauthenticated"
+
+
+class Forbidden(EphemeraError):
+    """Valid credentials that do not grant this operation (a session token on an admin route)."""
+
+    code = "forbidden"
+
+
+class Conflict(EphemeraError):
+    code = "conflict"
+
+
+class TooLarge(EphemeraError):
+    code = "too_large"
+
+
+class StorageError(EphemeraError, OSError):
+    """The blob store or the database failed in a way the caller cannot fix by changing input."""
+
+    code = "storage_error"
+
+
+class BlobNotFound(StorageError, FileNotFoundError):
+    code = "blob_not_found"
+
+
+class SchemaOutOfDate(EphemeraError):
+    code = "schema_out_of_date"

@@ -1,0 +1,54 @@
+"""The HTTP face: ``create_app(store)`` for a whole ASGI app, ``api_router`` to include.
+
+To add ephemera to an existing FastAPI app, mount the whole app
+(``app.mount("/files", create_app(store))``), or include ``api_router(store)`` and call
+``install_error_handlers(app)`` so errors keep the contract's JSON shape.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from ephemera.errors import EphemeraError
+from ephemera.http.errors import error_response, install_error_handlers
+from ephemera.http.routes import api_router
+from ephemera.http.schemas import Health
+from ephemera.store import Store
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(store: Store) -> FastAPI:
+    app = FastAPI(
+        title="ephemera",
+        summary="Isolated, self-cleaning session workspaces for file-processing backends",
+        version="0.1.0",
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    app.state.store = store
+    install_error_handlers(app)
+    app.include_router(api_router(store), prefix=API_PREFIX)
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    def healthz() -> Health:
+        return Health(status="ok")
+
+    @app.get(
+        "/readyz",
+        response_model=Health,
+        tags=["health"],
+        responses={503: {"model": Health, "description": "A backend does not answer"}},
+    )
+    def readyz() -> Health | JSONResponse:
+        try:
+            store.check_ready()
+        except EphemeraError as exc:
+            return JSONResponse({"status": f"unavailable: {exc.message}"}, status_code=503)
+        return Health(status="ready")
+
+    return app
+
+
+__all__ = ["API_PREFIX", "api_router", "create_app", "error_response", "install_error_handlers"]

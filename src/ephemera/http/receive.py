@@ -1,0 +1,345 @@
+"""Upload bodies, streamed from the socket into an :class:`~ephemera.store.Upload`.
+
+The event loop receives while a worker thread hashes and writes the previous buffer
+(double buffering): at most two buffers of ``BUFFER`` bytes are held per upload, and
+neither the network nor the disk waits for the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import base64
+import binascii
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import anyio
+from pydantic import ValidationError
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect, Request
+
+from ephemera.errors import InvalidInput, TooLarge
+from ephemera.http.errors import MalformedBody
+from ephemera.http.schemas import JsonUpload
+from ephemera.models import Artifact
+from ephemera.store import Store, Upload
+
+BUFFER = 1024 * 1024
+FIELD_MAX = 4096
+FIELDS = ("name", "kind", "content_type", "storage", "expires_in_s", "sha256")
+
+
+@dataclass
+class UploadParams:
+    name: str | None = None
+    kind: str | None = None
+    content_type: str | None = None
+    storage: str | None = None
+    expires_in_s: int | None = None
+    sha256: str | None = None
+
+    def begin(self, store: Store, session_id: str, declared_size: int | None) -> Upload:
+        if not self.name:
+            raise InvalidInput("a file name is required (query parameter 'name')")
+        return store.begin_upload(
+            session_id,
+            name=self.name,
+            kind=self.kind or "input",
+            content_type=self.content_type,
+            storage=self.storage,
+            expires_in_s=self.expires_in_s,
+            declared_size=declared_size,
+        )
+
+
+class _Sink:
+    def __init__(self, upload: Upload) -> None:
+        self.upload = upload
+        self._buffer = bytearray()
+        self._pending: asyncio.Future[None] | None = None
+
+    async def feed(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) >= BUFFER:
+            await self._hand_off()
+
+    async def _hand_off(self) -> None:
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+        if self._buffer:
+            data = bytes(self._buffer)
+            self._buffer.clear()
+            loop = asyncio.get_running_loop()
+            self._pending = loop.run_in_executor(None, self.upload.write, data)
+
+    async def flush(self) -> None:
+        await self._hand_off()
+        if self._pending is not None:
+            await self._pending
+            self._pending = None
+
+    async def commit(self, sha256: str | None) -> Artifact:
+        await self.flush()
+        return await anyio.to_thread.run_sync(self.upload.commit, sha256)
+
+    async def discard(self) -> None:
+        with anyio.CancelScope(shield=True):
+            if self._pending is not None:
+                # The error that got us here is the one to report, not this one.
+                with contextlib.suppress(Exception):
+                    await self._pending
+            await anyio.to_thread.run_sync(self.upload.abort)
+
+
+def _declared_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise MalformedBody("invalid Content-Length") from None
+
+
+async def _stream(request: Request) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in request.stream():
+            if chunk:
+                yield chunk
+    except ClientDisconnect:
+        raise MalformedBody("the client went away before the body was complete") from None
+
+
+async def receive_raw(
+    store: Store, session_id: str, request: Request, params: UploadParams
+) -> Artifact:
+    if params.content_type is None:
+        params.content_type = request.headers.get("content-type") or None
+    upload = await anyio.to_thread.run_sync(
+        params.begin, store, session_id, _declared_length(request)
+    )
+    sink = _Sink(upload)
+    try:
+        async for chunk in _stream(request):
+            await sink.feed(chunk)
+        return await sink.commit(params.sha256)
+    except BaseException:
+        await sink.discard()
+        raise
+
+
+async def receive_json(
+    store: Store, session_id: str, request: Request, params: UploadParams
+) -> Artifact:
+    limit = store.settings.max_json_upload_bytes
+    declared = _declared_length(request)
+    if declared is not None and declared > limit:
+        raise TooLarge(f"JSON uploads are limited to {limit} bytes: use a raw or multipart upload")
+    body = bytearray()
+    async for chunk in _stream(request):
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge(
+                f"JSON uploads are limited to {limit} bytes: use a raw or multipart upload"
+            )
+    try:
+        payload = JsonUpload.model_validate_json(bytes(body))
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise MalformedBody("request body is not valid JSON") from None
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(f"{where}: {first['msg']}" if where else first["msg"]) from None
+    try:
+        data = base64.b64decode(payload.data_base64, validate=True)
+    except (binascii.Error, ValueError):
+        raise MalformedBody("data_base64 is not valid base64") from None
+    del body
+    values: dict[str, Any] = {k: getattr(payload, k) for k in FIELDS if k != "name"}
+    merged = UploadParams(
+        name=payload.name,
+        **{k: (v if v is not None else getattr(params, k)) for k, v in values.items()},
+    )
+    return await anyio.to_thread.run_sync(
+        partial(
+            store.put_artifact,
+            session_id,
+            data,
+            name=payload.name,
+            kind=merged.kind or "input",
+            content_type=merged.content_type,
+            storage=merged.storage,
+            expires_in_s=merged.expires_in_s,
+            sha256=merged.sha256,
+        )
+    )
+
+
+class _MultipartEvents:
+    """Collects the parser's callbacks, which cannot await, for the receive loop to act on."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self._headers: dict[bytes, bytes] = {}
+        self._field = bytearray()
+        self._value = bytearray()
+
+    def callbacks(self) -> dict[str, Any]:
+        def part_begin() -> None:
+            self._headers = {}
+
+        def header_field(data: bytes, start: int, end: int) -> None:
+            self._field += data[start:end]
+
+        def header_value(data: bytes, start: int, end: int) -> None:
+            self._value += data[start:end]
+
+        def header_end() -> None:
+            self._headers[bytes(self._field).lower()] = bytes(self._value)
+            self._field.clear()
+            self._value.clear()
+
+        def headers_finished() -> None:
+            self.events.append(("headers", self._headers))
+
+        def part_data(data: bytes, start: int, end: int) -> None:
+            self.events.append(("data", data[start:end]))
+
+        def part_end() -> None:
+            self.events.append(("end", None))
+
+        def end() -> None:
+            self.events.append(("finish", None))
+
+        return {
+            "on_part_begin": part_begin,
+            "on_header_field": header_field,
+            "on_header_value": header_value,
+            "on_header_end": header_end,
+            "on_headers_finished": headers_finished,
+            "on_part_data": part_data,
+            "on_part_end": part_end,
+            "on_end": end,
+        }
+
+
+async def receive_multipart(
+    store: Store, session_id: str, request: Request, params: UploadParams
+) -> Artifact:
+    """A ``multipart/form-data`` body with one ``file`` part, streamed as it arrives.
+
+    Text fields (``name``, ``kind``, ``content_type``, ``storage``, ``expires_in_s``) must
+    come before the file part, as browsers send form fields in order; ``sha256`` may follow.
+    """
+    _, options = parse_options_header(request.headers.get("content-type", ""))
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise MalformedBody("multipart body without a boundary")
+    collected = _MultipartEvents()
+    parser = MultipartParser(boundary, collected.callbacks())  # type: ignore[arg-type]
+    sink: _Sink | None = None
+    fields: dict[str, str] = {}
+    part: str | None = None
+    field_name = ""
+    field_value = bytearray()
+    file_done = finished = False
+
+    async def act(kind: str, value: Any) -> None:
+        nonlocal sink, part, field_name, file_done, finished
+        if kind == "headers":
+            disposition, opts = parse_options_header(value.get(b"content-disposition", b""))
+            if disposition != b"form-data" or b"name" not in opts:
+                raise MalformedBody("multipart part without a form-data name")
+            name = opts[b"name"].decode("utf-8", "replace")
+            if name == "file":
+                if sink is not None:
+                    raise InvalidInput("only one 'file' part is accepted")
+                upload_params = _merge_form(params, fields)
+                if upload_params.name is None and b"filename" in opts:
+                    upload_params.name = _decode(opts[b"filename"])
+                if upload_params.content_type is None and b"content-type" in value:
+                    upload_params.content_type = _decode(value[b"content-type"])
+                upload = await anyio.to_thread.run_sync(
+                    upload_params.begin, store, session_id, None
+                )
+                sink = _Sink(upload)
+                part = "file"
+            elif name in FIELDS:
+                if file_done and name != "sha256":
+                    raise InvalidInput(f"form field {name!r} must come before the file part")
+                part, field_name = "field", name
+                field_value.clear()
+            else:
+                raise InvalidInput(f"unknown form field {name!r}")
+        elif kind == "data":
+            if part == "file":
+                assert sink is not None
+                await sink.feed(value)
+            else:
+                field_value.extend(value)
+                if len(field_value) > FIELD_MAX:
+                    raise InvalidInput(f"form field {field_name!r} is too long")
+        elif kind == "end":
+            if part == "file":
+                assert sink is not None
+                await sink.flush()
+                file_done = True
+            else:
+                fields[field_name] = _decode(bytes(field_value))
+            part = None
+        elif kind == "finish":
+            finished = True
+
+    try:
+        async for chunk in _stream(request):
+            try:
+                parser.write(chunk)
+            except MultipartParseError as exc:
+                raise MalformedBody(f"malformed multipart body: {exc}") from None
+            for kind, value in collected.events:
+                await act(kind, value)
+            collected.events.clear()
+        try:
+            parser.finalize()
+        except MultipartParseError as exc:
+            raise MalformedBody(f"malformed multipart body: {exc}") from None
+        for kind, value in collected.events:
+            await act(kind, value)
+        if not finished:
+            raise MalformedBody("multipart body ended before its closing boundary")
+        if sink is None:
+            raise InvalidInput("multipart body has no 'file' part")
+        return await sink.commit(fields.get("sha256") or params.sha256)
+    except BaseException:
+        if sink is not None:
+            await sink.discard()
+        raise
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedBody("form data is not valid UTF-8") from None
+
+
+def _merge_form(params: UploadParams, fields: dict[str, str]) -> UploadParams:
+    expires: int | None = params.expires_in_s
+    if "expires_in_s" in fields:
+        try:
+            expires = int(fields["expires_in_s"])
+        except ValueError:
+            raise InvalidInput("expires_in_s must be an integer") from None
+    return UploadParams(
+        name=fields.get("name") or params.name,
+        kind=fields.get("kind") or params.kind,
+        content_type=fields.get("content_type") or params.content_type,
+        storage=fields.get("storage") or params.storage,
+        expires_in_s=expires,
+        sha256=fields.get("sha256") or params.sha256,
+    )

@@ -1,0 +1,260 @@
+"""The ``/api/v1`` routes: a thin face over :class:`~ephemera.store.Store`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import anyio
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from ephemera.errors import Forbidden, StorageError, Unauthenticated
+from ephemera.http.errors import MalformedBody
+from ephemera.http.receive import UploadParams, receive_json, receive_multipart, receive_raw
+from ephemera.http.schemas import (
+    ArtifactOut,
+    ArtifactPage,
+    CloseReportOut,
+    ErrorBody,
+    SessionCreate,
+    SessionCreated,
+    SessionOut,
+    SessionPage,
+)
+from ephemera.models import Artifact
+from ephemera.store import DEFAULT, Store
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in [
+        (400, "Malformed request body or checksum mismatch"),
+        (401, "Missing credentials"),
+        (403, "These credentials do not allow this"),
+        (404, "Not found, or not reachable with these credentials"),
+        (409, "Conflict"),
+        (413, "Too large"),
+        (422, "Invalid input"),
+        (503, "Storage unavailable"),
+    ]
+}
+
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "Raw bytes, a multipart form with a `file` part, or JSON with base64.",
+        "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "name": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "storage": {"type": "string", "enum": ["persistent", "temporary"]},
+                        "sha256": {"type": "string"},
+                    },
+                }
+            },
+            "application/json": {"schema": {"$ref": "#/components/schemas/JsonUpload"}},
+        },
+    }
+}
+
+CONTENT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The stored bytes",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    206: {"description": "The requested range of the stored bytes"},
+    304: {"description": "Not modified (If-None-Match matched the sha256 ETag)"},
+    416: {"description": "Range not satisfiable"},
+}
+
+bearer = HTTPBearer(auto_error=False, description="A session token or an admin key")
+
+
+def credential(
+    auth: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> str:
+    if auth is None or not auth.credentials:
+        raise Unauthenticated("missing credentials: send 'Authorization: Bearer <token>'")
+    return auth.credentials
+
+
+Credential = Annotated[str, Depends(credential)]
+
+
+def content_disposition(name: str) -> str:
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\;' else "_" for c in name)
+    return f"attachment; filename=\"{fallback or 'download'}\"; filename*=UTF-8''{quote(name)}"
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return etag in tags
+
+
+def api_router(store: Store) -> APIRouter:
+    router = APIRouter(responses=ERRORS)
+
+    def authed(session_id: str, token: str) -> None:
+        store.authenticate(session_id, token)
+
+    @router.post("/sessions", status_code=201, response_model=SessionCreated, tags=["sessions"])
+    def create_session(body: SessionCreate, token: Credential) -> SessionCreated:
+        """Create a session (admin key required); the token in the answer is shown once."""
+        if not store.is_admin(token):
+            raise Forbidden("creating a session takes an admin key")
+        given = body.model_fields_set
+        created = store.create_session(
+            body.id,
+            label=body.label,
+            metadata=body.metadata,
+            idle_timeout_s=body.idle_timeout_s if "idle_timeout_s" in given else DEFAULT,
+            max_age_s=body.max_age_s if "max_age_s" in given else DEFAULT,
+        )
+        return SessionCreated(**SessionOut.of(created.session).model_dump(), token=created.token)
+
+    @router.get("/sessions/{session_id}", response_model=SessionOut, tags=["sessions"])
+    def get_session(session_id: str, token: Credential) -> SessionOut:
+        return SessionOut.of(store.authenticate(session_id, token))
+
+    @router.delete("/sessions/{session_id}", response_model=CloseReportOut, tags=["sessions"])
+    def close_session(session_id: str, token: Credential) -> CloseReportOut:
+        store.authenticate(session_id, token)
+        report = store.close_session(session_id)
+        return CloseReportOut(**_fields(report))
+
+    @router.post(
+        "/sessions/{session_id}/artifacts",
+        status_code=201,
+        response_model=ArtifactOut,
+        openapi_extra=UPLOAD_BODY,
+        tags=["artifacts"],
+    )
+    async def upload_artifact(
+        session_id: str,
+        request: Request,
+        token: Credential,
+        name: Annotated[str | None, Query(max_length=1000)] = None,
+        kind: str | None = None,
+        storage: str | None = None,
+        expires_in_s: Annotated[int | None, Query(ge=1, le=315_360_000)] = None,
+        sha256: str | None = None,
+    ) -> ArtifactOut:
+        """Upload an artifact: the body is streamed to storage, hashed on the way."""
+        await anyio.to_thread.run_sync(authed, session_id, token)
+        params = UploadParams(
+            name=name, kind=kind, storage=storage, expires_in_s=expires_in_s, sha256=sha256
+        )
+        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media_type == "multipart/form-data":
+            artifact = await receive_multipart(store, session_id, request, params)
+        elif media_type == "application/json":
+            artifact = await receive_json(store, session_id, request, params)
+        elif media_type.startswith("multipart/"):
+            raise MalformedBody("use multipart/form-data for multipart uploads")
+        else:
+            artifact = await receive_raw(store, session_id, request, params)
+        return ArtifactOut.of(artifact)
+
+    @router.get("/sessions/{session_id}/artifacts", response_model=ArtifactPage, tags=["artifacts"])
+    def list_artifacts(
+        session_id: str,
+        token: Credential,
+        kind: str | None = None,
+        cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> ArtifactPage:
+        store.authenticate(session_id, token)
+        page = store.list_artifacts(session_id, kind=kind, cursor=cursor, limit=limit)
+        return ArtifactPage(
+            items=[ArtifactOut.of(a) for a in page.items], next_cursor=page.next_cursor
+        )
+
+    @router.get(
+        "/sessions/{session_id}/artifacts/{artifact_id}",
+        response_model=ArtifactOut,
+        tags=["artifacts"],
+    )
+    def get_artifact(session_id: str, artifact_id: str, token: Credential) -> ArtifactOut:
+        store.authenticate(session_id, token)
+        return ArtifactOut.of(store.get_artifact(session_id, artifact_id))
+
+    @router.get(
+        "/sessions/{session_id}/artifacts/{artifact_id}/content",
+        response_class=Response,
+        responses=CONTENT_RESPONSES,
+        tags=["artifacts"],
+    )
+    def download_artifact(
+        session_id: str, artifact_id: str, request: Request, token: Credential
+    ) -> Response:
+        """The stored bytes, exactly: ETag is the sha256; Range and If-None-Match work."""
+        store.authenticate(session_id, token)
+        artifact = store.get_artifact(session_id, artifact_id)
+        etag = f'"{artifact.sha256}"'
+        headers = _download_headers(artifact, etag)
+        if _etag_matches(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers=headers)
+        path = store.artifact_path(session_id, artifact_id)
+        if path is not None:
+            if not path.is_file():
+                raise StorageError(f"artifact {artifact_id} has lost its bytes")
+            return FileResponse(path, media_type=artifact.content_type, headers=headers)
+        _, stream = store.open_artifact(session_id, artifact_id)
+
+        def chunks() -> Any:
+            with stream:
+                while chunk := stream.read(1024 * 1024):
+                    yield chunk
+
+        headers["content-length"] = str(artifact.size)
+        return StreamingResponse(chunks(), media_type=artifact.content_type, headers=headers)
+
+    @router.delete(
+        "/sessions/{session_id}/artifacts/{artifact_id}",
+        response_model=ArtifactOut,
+        tags=["artifacts"],
+    )
+    def delete_artifact(session_id: str, artifact_id: str, token: Credential) -> ArtifactOut:
+        store.authenticate(session_id, token)
+        return ArtifactOut.of(store.delete_artifact(session_id, artifact_id))
+
+    @router.get("/admin/sessions", response_model=SessionPage, tags=["admin"])
+    def admin_sessions(
+        token: Credential,
+        cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> SessionPage:
+        if not store.is_admin(token):
+            raise Forbidden("this takes an admin key")
+        page = store.list_sessions(cursor, limit)
+        return SessionPage(
+            items=[SessionOut.of(s) for s in page.items], next_cursor=page.next_cursor
+        )
+
+    return router
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in obj.__slots__}
+
+
+def _download_headers(artifact: Artifact, etag: str) -> dict[str, str]:
+    return {
+        "etag": etag,
+        "content-disposition": content_disposition(artifact.name),
+        "x-content-type-options": "nosniff",
+        # Stored content is the client's, not ours: never let a browser run it as a page.
+        "content-security-policy": "sandbox",
+        "cache-control": "private, no-cache",
+    }

@@ -1,0 +1,105 @@
+"""Domain records: frozen, built from rows by the catalog, handed out by the Store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class SessionState(StrEnum):
+    OPEN = "open"
+    CLOSING = "closing"
+
+
+class ArtifactState(StrEnum):
+    PENDING = "pending"
+    READY = "ready"
+    DELETING = "deleting"
+
+
+class StorageClass(StrEnum):
+    PERSISTENT = "persistent"
+    TEMPORARY = "temporary"
+
+
+def session_deadline(
+    last_activity_at: datetime,
+    created_at: datetime,
+    idle_timeout_s: int | None,
+    max_age_s: int | None,
+) -> datetime | None:
+    """When a session stops answering: the earlier of its idle and max-age limits."""
+    deadlines = []
+    if idle_timeout_s is not None:
+        deadlines.append(last_activity_at + timedelta(seconds=idle_timeout_s))
+    if max_age_s is not None:
+        deadlines.append(created_at + timedelta(seconds=max_age_s))
+    return min(deadlines) if deadlines else None
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    id: str
+    label: str | None
+    metadata: dict[str, Any]
+    state: SessionState
+    created_at: datetime
+    last_activity_at: datetime
+    idle_timeout_s: int | None
+    max_age_s: int | None
+    expires_at: datetime | None
+    artifact_count: int = 0
+    total_bytes: int = 0
+
+    def is_live(self, now: datetime) -> bool:
+        return self.state is SessionState.OPEN and (
+            self.expires_at is None or now < self.expires_at
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedSession:
+    session: Session
+    token: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    id: str
+    session_id: str
+    name: str
+    kind: str
+    content_type: str
+    size: int
+    sha256: str
+    storage_class: StorageClass
+    state: ArtifactState
+    created_at: datetime
+    expires_at: datetime | None
+    retain_until: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CloseReport:
+    closed: bool
+    duration_s: float
+    artifact_count: int
+    deleted_bytes: int
+    storage_removed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminKey:
+    name: str
+    created_at: datetime
+    last_used_at: datetime | None

@@ -1,0 +1,573 @@
+"""The library API: sessions and artifacts over a catalog (metadata) and a blob store (bytes).
+
+State machines, and why each step is where it is:
+
+Upload (guarantee 3, "no dangling record")::
+
+    (none) --insert--> pending --bytes staged, fsynced--> [commit: in one write transaction
+    holding the session row: rename bytes into place, then mark ready] --> ready
+
+    A crash before the commit transaction leaves a pending record (invisible; removed by
+    orphan reconciliation after the grace period) and staged bytes (likewise). A crash inside
+    it leaves committed bytes with a pending record: still invisible, still reconciled.
+
+Close (guarantee 4, "no leak")::
+
+    open --mark--> closing --remove the session's prefix in one sweep--> --drop records--> gone
+
+    From ``closing`` on nothing can be added (uploads commit only into an open session). A
+    crash after the mark leaves the session ``closing``; ``recover()`` (run at start-up) and
+    the cleanup engine finish it. ``close_session`` returns only after the sweep succeeded.
+
+Artifact delete::
+
+    ready --mark--> deleting --remove bytes--> --drop record--> gone   (each step idempotent)
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import re
+import time
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO, Final
+
+from ephemera import ids
+from ephemera.blobs import (
+    BlobStore,
+    BlobWriter,
+    LocalPaths,
+    artifact_key,
+    open_blob_store,
+    session_prefix,
+)
+from ephemera.catalog import Catalog
+from ephemera.clock import Clock, SystemClock
+from ephemera.config import Settings
+from ephemera.errors import (
+    ChecksumMismatch,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    StorageError,
+    TooLarge,
+)
+from ephemera.models import (
+    AdminKey,
+    Artifact,
+    ArtifactState,
+    CloseReport,
+    CreatedSession,
+    Page,
+    Session,
+    SessionState,
+    StorageClass,
+    session_deadline,
+)
+
+
+class _Default:
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Final = _Default()
+"""Use the configured default (as opposed to ``None``, which means "never")."""
+
+CONTENT_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+MAX_PAGE = 1000
+LABEL_MAX = 200
+METADATA_MAX_BYTES = 64 * 1024
+
+
+def _session_not_found(session_id: str) -> NotFound:
+    return NotFound(f"session {session_id} not found")
+
+
+def check_content_type(value: str) -> str:
+    base = value.split(";", 1)[0].strip().lower()
+    if len(value) > 255 or not CONTENT_TYPE_RE.fullmatch(base):
+        raise InvalidInput(f"invalid content type {value[:80]!r}")
+    return base
+
+
+def check_sha256(value: str) -> str:
+    value = value.strip().lower()
+    if not SHA256_RE.fullmatch(value):
+        raise InvalidInput("sha256 must be 64 hexadecimal characters")
+    return value
+
+
+class Upload:
+    """One artifact being written: ``write`` chunks, then ``commit`` (or ``abort``).
+
+    Thread-confined: one thread writes at a time (the HTTP layer hands chunks to a worker
+    thread in order). Used as a context manager it aborts on any exception.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        session_id: str,
+        artifact_id: str,
+        writer: BlobWriter,
+        values: dict[str, Any],
+    ) -> None:
+        self._store = store
+        self.session_id = session_id
+        self.artifact_id = artifact_id
+        self._writer = writer
+        self._values = values
+        self._finished = False
+
+    @property
+    def size(self) -> int:
+        return self._writer.size
+
+    def write(self, data: bytes) -> None:
+        limit = self._store.settings.max_upload_bytes
+        if self._writer.size + len(data) > limit:
+            self.abort()
+            raise TooLarge(f"artifact exceeds the upload limit of {limit} bytes")
+        self._writer.write(data)
+
+    def commit(self, expected_sha256: str | None = None) -> Artifact:
+        if self._finished:
+            raise InvalidInput("upload already finished")
+        digest = self._writer.sha256()
+        if expected_sha256 is not None and check_sha256(expected_sha256) != digest:
+            self.abort()
+            raise ChecksumMismatch(
+                f"sha256 mismatch: client sent {expected_sha256.lower()}, received {digest}"
+            )
+        self._finished = True
+        store = self._store
+        values = {
+            **self._values,
+            "size": self._writer.size,
+            "sha256": digest,
+            "ready_at": store.clock.now(),
+        }
+        try:
+            artifact = store.catalog.finalize_artifact(
+                self.artifact_id,
+                self.session_id,
+                values,
+                store.settings.session_quota_bytes,
+                self._writer.commit,
+            )
+        except BaseException:
+            store._discard_upload(self.session_id, self.artifact_id, self._writer)
+            raise
+        if artifact is None:
+            store._discard_upload(self.session_id, self.artifact_id, self._writer)
+            raise _session_not_found(self.session_id)
+        return artifact
+
+    def abort(self) -> None:
+        if not self._finished:
+            self._finished = True
+            self._store._discard_upload(self.session_id, self.artifact_id, self._writer)
+
+    def __enter__(self) -> Upload:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+class Store:
+    """Sessions and artifacts. Thread-safe: every call takes its own database connection."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        blobs: BlobStore,
+        settings: Settings | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.blobs = blobs
+        self.settings = settings or Settings()
+        self.clock: Clock = clock or SystemClock()
+        self._local_paths = blobs if isinstance(blobs, LocalPaths) else None
+
+    @classmethod
+    def open(
+        cls,
+        settings: Settings | None = None,
+        *,
+        clock: Clock | None = None,
+        migrate_empty: bool = True,
+    ) -> Store:
+        """Open the configured backends; migrate an empty database; refuse an outdated one."""
+        settings = settings or Settings()
+        catalog = Catalog(settings.resolved_database_url())
+        try:
+            catalog.prepare(migrate_empty=migrate_empty)
+        except BaseException:
+            catalog.dispose()
+            raise
+        return cls(catalog, open_blob_store(settings.resolved_blob_url()), settings, clock)
+
+    def close(self) -> None:
+        self.catalog.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def check_ready(self) -> None:
+        """Raise StorageError unless the database and the blob store both answer."""
+        self.catalog.ping()
+        self.blobs.check()
+
+    # -- credentials ----------------------------------------------------------------------
+
+    def authenticate(self, session_id: str, credential: str) -> Session:
+        """The live session ``credential`` opens, recording activity; NotFound otherwise.
+
+        A wrong token, an unknown or malformed ID, and an expired session all raise the same
+        NotFound, so a caller cannot tell them apart.
+        """
+        if not ids.SESSION_ID_RE.fullmatch(session_id):
+            raise _session_not_found(session_id)
+        row = self.catalog.get_session_row(session_id)
+        now = self.clock.now()
+        if row is None:
+            raise _session_not_found(session_id)
+        if not (self.is_admin(credential) or ids.secret_matches(credential, row.token_hash)):
+            raise _session_not_found(session_id)
+        deadline = row.expires_at
+        if row.state != SessionState.OPEN or (deadline is not None and now >= deadline):
+            raise _session_not_found(session_id)
+        interval = timedelta(seconds=self.settings.activity_write_interval_s)
+        if now - row.last_activity_at >= interval:
+            expires_at = session_deadline(now, row.created_at, row.idle_timeout_s, row.max_age_s)
+            self.catalog.touch_session(session_id, now, expires_at, now - interval)
+        return self._require_live(session_id)
+
+    def is_admin(self, credential: str) -> bool:
+        return self.admin_key_name(credential) is not None
+
+    def admin_key_name(self, credential: str) -> str | None:
+        if not credential.startswith(ids.ADMIN_KEY_PREFIX):
+            return None
+        return self.catalog.admin_key_name(ids.hash_secret(credential))
+
+    def create_admin_key(self, name: str) -> str:
+        key = ids.new_admin_key()
+        self.catalog.insert_admin_key(
+            ids.check_admin_key_name(name), ids.hash_secret(key), self.clock.now()
+        )
+        return key
+
+    def list_admin_keys(self) -> list[AdminKey]:
+        return self.catalog.list_admin_keys()
+
+    def revoke_admin_key(self, name: str) -> None:
+        if not self.catalog.delete_admin_key(name):
+            raise NotFound(f"no admin key named {name!r}")
+
+    def has_admin_key(self) -> bool:
+        return self.catalog.count_admin_keys() > 0
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def create_session(
+        self,
+        session_id: str | None = None,
+        *,
+        label: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        idle_timeout_s: int | _Default | None = DEFAULT,
+        max_age_s: int | _Default | None = DEFAULT,
+    ) -> CreatedSession:
+        """Create a session; a client-chosen ID of a live session is a Conflict.
+
+        An ID whose earlier session is gone, expired or half-closed starts afresh: whatever
+        is left of the earlier one is removed first, so the new session is empty.
+        """
+        if session_id is None:
+            session_id = ids.new_uuid7()
+        else:
+            ids.check_session_id(session_id)
+        if label is not None and len(label) > LABEL_MAX:
+            raise InvalidInput(f"label must be at most {LABEL_MAX} characters")
+        metadata = dict(metadata or {})
+        if len(_json_size(metadata)) > METADATA_MAX_BYTES:
+            raise InvalidInput(f"metadata must be at most {METADATA_MAX_BYTES} bytes of JSON")
+        idle = (
+            self.settings.idle_timeout_s if isinstance(idle_timeout_s, _Default) else idle_timeout_s
+        )
+        max_age = self.settings.max_age_s if isinstance(max_age_s, _Default) else max_age_s
+        for name, value in (("idle_timeout_s", idle), ("max_age_s", max_age)):
+            if value is not None and not (1 <= value <= 10 * 365 * 86400):
+                raise InvalidInput(f"{name} must be between 1 and 315360000, or null")
+
+        now = self.clock.now()
+        earlier = self.catalog.get_session_row(session_id)
+        if earlier is not None:
+            if earlier.state == SessionState.OPEN and (
+                earlier.expires_at is None or now < earlier.expires_at
+            ):
+                raise Conflict(f"session {session_id} already exists")
+            self._finish_close(session_id)
+        token = ids.new_session_token()
+        session = self.catalog.insert_session(
+            {
+                "id": session_id,
+                "token_hash": ids.hash_secret(token),
+                "label": label,
+                "metadata": metadata,
+                "state": SessionState.OPEN,
+                "created_at": now,
+                "last_activity_at": now,
+                "idle_timeout_s": idle,
+                "max_age_s": max_age,
+                "expires_at": session_deadline(now, now, idle, max_age),
+            }
+        )
+        return CreatedSession(session, token)
+
+    def _require_live(self, session_id: str) -> Session:
+        session = self.catalog.get_session(session_id)
+        if session is None or not session.is_live(self.clock.now()):
+            raise _session_not_found(session_id)
+        return session
+
+    def get_session(self, session_id: str) -> Session:
+        return self._require_live(session_id)
+
+    def list_sessions(self, cursor: str | None = None, limit: int = 100) -> Page[Session]:
+        limit = _check_limit(limit)
+        items = self.catalog.list_sessions(cursor, limit + 1)
+        return _page(items, limit)
+
+    def close_session(self, session_id: str) -> CloseReport:
+        """Close now: mark closing, sweep the bytes, drop the records."""
+        started = time.perf_counter()
+        if not ids.SESSION_ID_RE.fullmatch(session_id):
+            raise _session_not_found(session_id)
+        before = self.catalog.begin_close(session_id, self.clock.now())
+        if before is None:
+            raise _session_not_found(session_id)
+        self._finish_close(session_id)
+        return CloseReport(
+            closed=True,
+            duration_s=round(time.perf_counter() - started, 6),
+            artifact_count=before.artifact_count,
+            deleted_bytes=before.total_bytes,
+            storage_removed=True,
+        )
+
+    def _finish_close(self, session_id: str) -> None:
+        self.catalog.begin_close(session_id, self.clock.now())
+        self.blobs.delete_prefix(session_prefix(session_id))
+        self.catalog.drop_session(session_id)
+
+    def recover(self) -> tuple[int, int]:
+        """Finish what a crash interrupted: closing sessions and deleting artifacts."""
+        closed = 0
+        for session_id in self.catalog.session_ids_in_state(SessionState.CLOSING):
+            self._finish_close(session_id)
+            closed += 1
+        deleted = 0
+        for session_id, artifact_id in self.catalog.artifacts_in_state(ArtifactState.DELETING):
+            self.blobs.delete(artifact_key(session_id, artifact_id))
+            self.catalog.drop_artifact(artifact_id)
+            deleted += 1
+        return closed, deleted
+
+    # -- artifacts ------------------------------------------------------------------------
+
+    def begin_upload(
+        self,
+        session_id: str,
+        *,
+        name: str,
+        kind: str = "input",
+        content_type: str | None = None,
+        storage: StorageClass | str | None = None,
+        expires_in_s: int | None = None,
+        declared_size: int | None = None,
+    ) -> Upload:
+        """Start an artifact: validates everything up front, so a bad request stores nothing."""
+        ids.check_file_name(name)
+        ids.check_kind(kind)
+        if content_type is None or content_type == "":
+            content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        content_type = check_content_type(content_type)
+        try:
+            storage_class = StorageClass(storage) if storage else None
+        except ValueError:
+            raise InvalidInput("storage must be 'persistent' or 'temporary'") from None
+        if expires_in_s is not None:
+            if not (1 <= expires_in_s <= 10 * 365 * 86400):
+                raise InvalidInput("expires_in_s must be between 1 and 315360000")
+            if storage_class is StorageClass.PERSISTENT:
+                raise InvalidInput("expires_in_s applies to temporary artifacts only")
+            storage_class = StorageClass.TEMPORARY
+        storage_class = storage_class or StorageClass.PERSISTENT
+        if declared_size is not None and declared_size > self.settings.max_upload_bytes:
+            raise TooLarge(
+                f"artifact exceeds the upload limit of {self.settings.max_upload_bytes} bytes"
+            )
+        self._require_live(session_id)
+
+        now = self.clock.now()
+        expires_at = None
+        if storage_class is StorageClass.TEMPORARY:
+            expires_at = now + timedelta(seconds=expires_in_s or self.settings.temporary_ttl_s)
+        artifact_id = ids.new_uuid7()
+        values = {
+            "name": name,
+            "kind": kind,
+            "content_type": content_type,
+            "storage_class": storage_class,
+            "expires_at": expires_at,
+        }
+        if not self.catalog.insert_pending_artifact(
+            {"id": artifact_id, "session_id": session_id, "created_at": now, **values}
+        ):
+            raise _session_not_found(session_id)
+        try:
+            writer = self.blobs.writer(artifact_key(session_id, artifact_id))
+        except BaseException:
+            self.catalog.delete_pending_artifact(artifact_id)
+            raise
+        return Upload(self, session_id, artifact_id, writer, values)
+
+    def _discard_upload(self, session_id: str, artifact_id: str, writer: BlobWriter) -> None:
+        # Best effort: whatever is left is found by orphan reconciliation.
+        writer.abort()
+        try:
+            self.catalog.delete_pending_artifact(artifact_id)
+            if self.catalog.get_artifact(session_id, artifact_id) is None:
+                self.blobs.delete(artifact_key(session_id, artifact_id))
+        except StorageError:
+            pass
+
+    def put_artifact(
+        self,
+        session_id: str,
+        data: bytes | BinaryIO | Iterable[bytes],
+        *,
+        name: str,
+        kind: str = "input",
+        content_type: str | None = None,
+        storage: StorageClass | str | None = None,
+        expires_in_s: int | None = None,
+        sha256: str | None = None,
+        chunk_size: int = 1024 * 1024,
+    ) -> Artifact:
+        """Store an artifact from bytes, a binary file, or an iterable of chunks (streamed)."""
+        if sha256 is not None:
+            check_sha256(sha256)
+        upload = self.begin_upload(
+            session_id,
+            name=name,
+            kind=kind,
+            content_type=content_type,
+            storage=storage,
+            expires_in_s=expires_in_s,
+            declared_size=len(data) if isinstance(data, bytes) else None,
+        )
+        with upload:
+            for chunk in _chunks(data, chunk_size):
+                upload.write(chunk)
+            return upload.commit(sha256)
+
+    def get_artifact(self, session_id: str, artifact_id: str) -> Artifact:
+        self._require_live(session_id)
+        artifact = self.catalog.get_artifact(session_id, artifact_id)
+        if artifact is None:
+            raise NotFound(f"artifact {artifact_id} not found")
+        return artifact
+
+    def list_artifacts(
+        self,
+        session_id: str,
+        *,
+        kind: str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page[Artifact]:
+        self._require_live(session_id)
+        limit = _check_limit(limit)
+        if kind is not None:
+            ids.check_kind(kind)
+        if cursor is not None and not ids.is_artifact_id(cursor):
+            raise InvalidInput("invalid cursor")
+        items = self.catalog.list_artifacts(session_id, kind, cursor, limit + 1)
+        return _page(items, limit)
+
+    def open_artifact(self, session_id: str, artifact_id: str) -> tuple[Artifact, BinaryIO]:
+        artifact = self.get_artifact(session_id, artifact_id)
+        return artifact, self.blobs.open(artifact_key(session_id, artifact_id))
+
+    def read_artifact(self, session_id: str, artifact_id: str) -> bytes:
+        """The whole artifact in memory: for small ones; stream big ones with open_artifact."""
+        _, stream = self.open_artifact(session_id, artifact_id)
+        with stream:
+            return stream.read()
+
+    def artifact_path(self, session_id: str, artifact_id: str) -> Path | None:
+        """A local file path for zero-copy serving, when the blob store has one."""
+        if self._local_paths is None:
+            return None
+        return self._local_paths.local_path(artifact_key(session_id, artifact_id))
+
+    def delete_artifact(self, session_id: str, artifact_id: str) -> Artifact:
+        self._require_live(session_id)
+        artifact = self.catalog.mark_artifact_deleting(session_id, artifact_id)
+        if artifact is None:
+            raise NotFound(f"artifact {artifact_id} not found")
+        self.blobs.delete(artifact_key(session_id, artifact_id))
+        self.catalog.drop_artifact(artifact_id)
+        return artifact
+
+
+def _json_size(value: Any) -> bytes:
+    import json
+
+    try:
+        return json.dumps(value, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput("metadata must be a JSON object") from exc
+
+
+def _check_limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput(f"limit must be between 1 and {MAX_PAGE}")
+    return limit
+
+
+def _page(items: list[Any], limit: int) -> Page[Any]:
+    if len(items) > limit:
+        return Page(items[:limit], items[limit - 1].id)
+    return Page(items, None)
+
+
+def _chunks(data: bytes | BinaryIO | Iterable[bytes], size: int) -> Iterator[bytes]:
+    if isinstance(data, bytes | bytearray | memoryview):
+        view = memoryview(data)
+        for start in range(0, len(view), size):
+            yield bytes(view[start : start + size])
+    elif hasattr(data, "read"):
+        while chunk := data.read(size):
+            yield chunk
+    else:
+        yield from data
