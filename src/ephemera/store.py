@@ -30,7 +30,7 @@ import mimetypes
 import re
 import time
 from collections.abc import Iterable, Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Final
@@ -116,13 +116,33 @@ class Upload:
         artifact_id: str,
         writer: BlobWriter,
         values: dict[str, Any],
+        started_at: datetime,
     ) -> None:
         self._store = store
         self.session_id = session_id
         self.artifact_id = artifact_id
         self._writer = writer
         self._values = values
+        self._started_at = started_at
         self._finished = False
+
+    def amend(
+        self,
+        *,
+        name: str,
+        kind: str = "input",
+        content_type: str | None = None,
+        storage: StorageClass | str | None = None,
+        expires_in_s: int | None = None,
+    ) -> None:
+        """Replace the artifact's metadata before commit (for metadata that trails the bytes)."""
+        try:
+            self._values = self._store._artifact_values(
+                name, kind, content_type, storage, expires_in_s, self._started_at
+            )
+        except BaseException:
+            self.abort()
+            raise
 
     @property
     def size(self) -> int:
@@ -405,9 +425,37 @@ class Store:
         declared_size: int | None = None,
     ) -> Upload:
         """Start an artifact: validates everything up front, so a bad request stores nothing."""
+        now = self.clock.now()
+        values = self._artifact_values(name, kind, content_type, storage, expires_in_s, now)
+        if declared_size is not None and declared_size > self.settings.max_upload_bytes:
+            raise TooLarge(
+                f"artifact exceeds the upload limit of {self.settings.max_upload_bytes} bytes"
+            )
+        self._require_live(session_id)
+        artifact_id = ids.new_uuid7()
+        if not self.catalog.insert_pending_artifact(
+            {"id": artifact_id, "session_id": session_id, "created_at": now, **values}
+        ):
+            raise _session_not_found(session_id)
+        try:
+            writer = self.blobs.writer(artifact_key(session_id, artifact_id))
+        except BaseException:
+            self.catalog.delete_pending_artifact(artifact_id)
+            raise
+        return Upload(self, session_id, artifact_id, writer, values, now)
+
+    def _artifact_values(
+        self,
+        name: str,
+        kind: str,
+        content_type: str | None,
+        storage: StorageClass | str | None,
+        expires_in_s: int | None,
+        now: datetime,
+    ) -> dict[str, Any]:
         ids.check_file_name(name)
         ids.check_kind(kind)
-        if content_type is None or content_type == "":
+        if not content_type:
             content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
         content_type = check_content_type(content_type)
         try:
@@ -421,34 +469,16 @@ class Store:
                 raise InvalidInput("expires_in_s applies to temporary artifacts only")
             storage_class = StorageClass.TEMPORARY
         storage_class = storage_class or StorageClass.PERSISTENT
-        if declared_size is not None and declared_size > self.settings.max_upload_bytes:
-            raise TooLarge(
-                f"artifact exceeds the upload limit of {self.settings.max_upload_bytes} bytes"
-            )
-        self._require_live(session_id)
-
-        now = self.clock.now()
         expires_at = None
         if storage_class is StorageClass.TEMPORARY:
             expires_at = now + timedelta(seconds=expires_in_s or self.settings.temporary_ttl_s)
-        artifact_id = ids.new_uuid7()
-        values = {
+        return {
             "name": name,
             "kind": kind,
             "content_type": content_type,
             "storage_class": storage_class,
             "expires_at": expires_at,
         }
-        if not self.catalog.insert_pending_artifact(
-            {"id": artifact_id, "session_id": session_id, "created_at": now, **values}
-        ):
-            raise _session_not_found(session_id)
-        try:
-            writer = self.blobs.writer(artifact_key(session_id, artifact_id))
-        except BaseException:
-            self.catalog.delete_pending_artifact(artifact_id)
-            raise
-        return Upload(self, session_id, artifact_id, writer, values)
 
     def _discard_upload(self, session_id: str, artifact_id: str, writer: BlobWriter) -> None:
         # Best effort: whatever is left is found by orphan reconciliation.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import os
 import shutil
 import uuid
@@ -43,7 +44,8 @@ class LocalBlobWriter:
         self._size = 0
         self._done = False
         try:
-            self._file: BinaryIO | None = open(self._staging, "xb")  # noqa: SIM115
+            # Unbuffered: chunks arrive large already, and a buffer would only add a copy.
+            self._file: io.FileIO | None = open(self._staging, "xb", buffering=0)  # noqa: SIM115
         except OSError as exc:
             raise StorageError(f"cannot stage blob: {exc.strerror}") from exc
 
@@ -56,7 +58,10 @@ class LocalBlobWriter:
             raise StorageError("write after commit or abort")
         self._hash.update(data)
         try:
-            self._file.write(data)
+            view = memoryview(data)
+            while view:
+                written = self._file.write(view)
+                view = view[written or 0 :]
         except OSError as exc:
             self.abort()
             raise StorageError(f"cannot write blob: {exc.strerror}") from exc
@@ -70,7 +75,6 @@ class LocalBlobWriter:
             raise StorageError("commit after commit or abort")
         target = self._store.local_path(self._key)
         try:
-            self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
             self._file = None

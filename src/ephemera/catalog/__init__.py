@@ -103,8 +103,8 @@ def _artifact(row: Row[Any]) -> Artifact:
 _ready_usage = (
     select(
         artifacts.c.session_id,
-        func.count().label("count"),
-        func.coalesce(func.sum(artifacts.c.size), 0).label("total"),
+        func.count().label("artifact_count"),
+        func.coalesce(func.sum(artifacts.c.size), 0).label("artifact_bytes"),
     )
     .where(artifacts.c.state == ArtifactState.READY)
     .group_by(artifacts.c.session_id)
@@ -220,7 +220,7 @@ class Catalog:
     def list_sessions(self, after: str | None, limit: int) -> list[Session]:
         usage = _ready_usage.subquery()
         query = (
-            select(sessions, usage.c.count, usage.c.total)
+            select(sessions, usage.c.artifact_count, usage.c.artifact_bytes)
             .outerjoin(usage, usage.c.session_id == sessions.c.id)
             .order_by(sessions.c.id)
             .limit(limit)
@@ -228,7 +228,10 @@ class Catalog:
         if after is not None:
             query = query.where(sessions.c.id > after)
         with self._read() as conn:
-            return [_session(r, r[-2] or 0, r[-1] or 0) for r in conn.execute(query)]
+            return [
+                _session(r, r.artifact_count or 0, r.artifact_bytes or 0)
+                for r in conn.execute(query)
+            ]
 
     def touch_session(
         self, session_id: str, now: datetime, expires_at: datetime | None, not_since: datetime

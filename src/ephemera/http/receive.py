@@ -8,9 +8,9 @@ neither the network nor the disk waits for the other.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import base64
 import binascii
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
@@ -41,6 +41,15 @@ class UploadParams:
     storage: str | None = None
     expires_in_s: int | None = None
     sha256: str | None = None
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind or "input",
+            "content_type": self.content_type,
+            "storage": self.storage,
+            "expires_in_s": self.expires_in_s,
+        }
 
     def begin(self, store: Store, session_id: str, declared_size: int | None) -> Upload:
         if not self.name:
@@ -119,7 +128,10 @@ async def receive_raw(
     store: Store, session_id: str, request: Request, params: UploadParams
 ) -> Artifact:
     if params.content_type is None:
-        params.content_type = request.headers.get("content-type") or None
+        header = request.headers.get("content-type", "")
+        # curl labels every --data-binary body as a form: that says nothing about the file.
+        if header.split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
+            params.content_type = header or None
     upload = await anyio.to_thread.run_sync(
         params.begin, store, session_id, _declared_length(request)
     )
@@ -233,8 +245,9 @@ async def receive_multipart(
 ) -> Artifact:
     """A ``multipart/form-data`` body with one ``file`` part, streamed as it arrives.
 
-    Text fields (``name``, ``kind``, ``content_type``, ``storage``, ``expires_in_s``) must
-    come before the file part, as browsers send form fields in order; ``sha256`` may follow.
+    Text fields (``name``, ``kind``, ``content_type``, ``storage``, ``expires_in_s``,
+    ``sha256``) may come before or after the file part; they override query parameters and
+    are validated when the body is complete, before anything becomes visible.
     """
     _, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
@@ -244,34 +257,34 @@ async def receive_multipart(
     parser = MultipartParser(boundary, collected.callbacks())  # type: ignore[arg-type]
     sink: _Sink | None = None
     fields: dict[str, str] = {}
+    file_name: str | None = None
+    file_type: str | None = None
     part: str | None = None
     field_name = ""
     field_value = bytearray()
-    file_done = finished = False
+    finished = False
 
     async def act(kind: str, value: Any) -> None:
-        nonlocal sink, part, field_name, file_done, finished
+        nonlocal sink, part, field_name, file_name, file_type, finished
         if kind == "headers":
             disposition, opts = parse_options_header(value.get(b"content-disposition", b""))
             if disposition != b"form-data" or b"name" not in opts:
                 raise MalformedBody("multipart part without a form-data name")
-            name = opts[b"name"].decode("utf-8", "replace")
+            name = _decode(opts[b"name"])
             if name == "file":
                 if sink is not None:
                     raise InvalidInput("only one 'file' part is accepted")
-                upload_params = _merge_form(params, fields)
-                if upload_params.name is None and b"filename" in opts:
-                    upload_params.name = _decode(opts[b"filename"])
-                if upload_params.content_type is None and b"content-type" in value:
-                    upload_params.content_type = _decode(value[b"content-type"])
-                upload = await anyio.to_thread.run_sync(
-                    upload_params.begin, store, session_id, None
-                )
+                if b"filename" in opts:
+                    file_name = _decode(opts[b"filename"])
+                if b"content-type" in value:
+                    file_type = _decode(value[b"content-type"])
+                # Fields that follow the file replace these values at commit.
+                early = _merge_form(params, fields, file_name, file_type)
+                early.name = early.name or "upload"
+                upload = await anyio.to_thread.run_sync(early.begin, store, session_id, None)
                 sink = _Sink(upload)
                 part = "file"
             elif name in FIELDS:
-                if file_done and name != "sha256":
-                    raise InvalidInput(f"form field {name!r} must come before the file part")
                 part, field_name = "field", name
                 field_value.clear()
             else:
@@ -288,7 +301,6 @@ async def receive_multipart(
             if part == "file":
                 assert sink is not None
                 await sink.flush()
-                file_done = True
             else:
                 fields[field_name] = _decode(bytes(field_value))
             part = None
@@ -314,7 +326,11 @@ async def receive_multipart(
             raise MalformedBody("multipart body ended before its closing boundary")
         if sink is None:
             raise InvalidInput("multipart body has no 'file' part")
-        return await sink.commit(fields.get("sha256") or params.sha256)
+        final = _merge_form(params, fields, file_name, file_type)
+        if not final.name:
+            raise InvalidInput("a file name is required (a 'name' field or the part's filename)")
+        await anyio.to_thread.run_sync(partial(sink.upload.amend, **final.metadata()))
+        return await sink.commit(final.sha256)
     except BaseException:
         if sink is not None:
             await sink.discard()
@@ -328,7 +344,9 @@ def _decode(raw: bytes) -> str:
         raise MalformedBody("form data is not valid UTF-8") from None
 
 
-def _merge_form(params: UploadParams, fields: dict[str, str]) -> UploadParams:
+def _merge_form(
+    params: UploadParams, fields: dict[str, str], file_name: str | None, file_type: str | None
+) -> UploadParams:
     expires: int | None = params.expires_in_s
     if "expires_in_s" in fields:
         try:
@@ -336,9 +354,9 @@ def _merge_form(params: UploadParams, fields: dict[str, str]) -> UploadParams:
         except ValueError:
             raise InvalidInput("expires_in_s must be an integer") from None
     return UploadParams(
-        name=fields.get("name") or params.name,
+        name=fields.get("name") or params.name or file_name,
         kind=fields.get("kind") or params.kind,
-        content_type=fields.get("content_type") or params.content_type,
+        content_type=fields.get("content_type") or params.content_type or file_type,
         storage=fields.get("storage") or params.storage,
         expires_in_s=expires,
         sha256=fields.get("sha256") or params.sha256,

@@ -146,6 +146,7 @@ def api_router(store: Store) -> APIRouter:
         token: Credential,
         name: Annotated[str | None, Query(max_length=1000)] = None,
         kind: str | None = None,
+        content_type: Annotated[str | None, Query(max_length=255)] = None,
         storage: str | None = None,
         expires_in_s: Annotated[int | None, Query(ge=1, le=315_360_000)] = None,
         sha256: str | None = None,
@@ -153,7 +154,12 @@ def api_router(store: Store) -> APIRouter:
         """Upload an artifact: the body is streamed to storage, hashed on the way."""
         await anyio.to_thread.run_sync(authed, session_id, token)
         params = UploadParams(
-            name=name, kind=kind, storage=storage, expires_in_s=expires_in_s, sha256=sha256
+            name=name,
+            kind=kind,
+            content_type=content_type,
+            storage=storage,
+            expires_in_s=expires_in_s,
+            sha256=sha256,
         )
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if media_type == "multipart/form-data":

@@ -1,0 +1,3 @@
+from ephemera.cli import main
+
+main()
