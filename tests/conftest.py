@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import httpx2 as httpx
 import pytest
 
 from ephemera import Settings, Store
@@ -91,10 +91,10 @@ class Server:
                     "--data-dir",
                     str(self.data_dir),
                 ],
-                stdout=subprocess.PIPE,
-                stderr=log,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 env=self.env,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509
+                preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -114,7 +114,6 @@ class Server:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
-        self._close_pipe()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -124,11 +123,6 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(10)
-        self._close_pipe()
-
-    def _close_pipe(self) -> None:
-        if self.process is not None and self.process.stdout is not None:
-            self.process.stdout.close()
 
     def admin(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_key}"}

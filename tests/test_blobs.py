@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -100,8 +99,8 @@ class BlobStoreContract:
 
 class TestLocalBlobStore(BlobStoreContract):
     @pytest.fixture
-    def blobs(self, tmp_path: Path) -> Iterator[BlobStore]:
-        yield LocalBlobStore(tmp_path / "blobs")
+    def blobs(self, tmp_path: Path) -> BlobStore:
+        return LocalBlobStore(tmp_path / "blobs")
 
     def test_the_constructor_does_no_io(self, tmp_path: Path) -> None:
         LocalBlobStore(tmp_path / "blobs")
@@ -119,5 +118,5 @@ class TestLocalBlobStore(BlobStoreContract):
 
 class TestMemoryBlobStore(BlobStoreContract):
     @pytest.fixture
-    def blobs(self) -> Iterator[BlobStore]:
-        yield MemoryBlobStore()
+    def blobs(self) -> BlobStore:
+        return MemoryBlobStore()

@@ -6,6 +6,7 @@ import hashlib
 import io
 import sqlite3
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -27,7 +28,8 @@ from tests.conftest import snapshot
 def test_a_new_session_gets_a_uuid_and_a_token_stored_only_as_a_hash(store: Store) -> None:
     created = store.create_session(label="line 3")
     assert uuid.UUID(created.session.id).version == 7
-    assert created.token.startswith("eps_") and len(created.token) >= 40
+    assert created.token.startswith("eps_")
+    assert len(created.token) >= 40
     db = sqlite3.connect(store.settings.data_dir / "ephemera.db")
     dump = "\n".join(db.iterdump())
     assert created.token not in dump
@@ -84,9 +86,7 @@ def test_null_timeouts_mean_never(store: Store, clock: ManualClock) -> None:
     assert store.get_session("s1").expires_at is None
 
 
-def test_activity_is_written_at_most_once_per_interval(
-    store: Store, clock: ManualClock
-) -> None:
+def test_activity_is_written_at_most_once_per_interval(store: Store, clock: ManualClock) -> None:
     created = store.create_session("s1")
     first = store.get_session("s1").last_activity_at
     clock.advance(1)
@@ -154,8 +154,8 @@ def test_a_matching_checksum_is_accepted_in_any_case(store: Store) -> None:
     assert store.put_artifact("s1", b"abc", name="a.bin", sha256=digest).size == 3
 
 
-def test_an_upload_over_the_limit_stores_nothing(data_dir: object, clock: ManualClock) -> None:
-    settings = Settings(data_dir=data_dir, max_upload_bytes=1000)  # type: ignore[arg-type]
+def test_an_upload_over_the_limit_stores_nothing(data_dir: Path, clock: ManualClock) -> None:
+    settings = Settings(data_dir=data_dir, max_upload_bytes=1000)
     with Store.open(settings, clock=clock) as store:
         store.create_session("s1")
         before = snapshot(store)
@@ -165,10 +165,8 @@ def test_an_upload_over_the_limit_stores_nothing(data_dir: object, clock: Manual
         assert store.put_artifact("s1", b"x" * 1000, name="a.bin").size == 1000
 
 
-def test_the_session_quota_refuses_what_would_exceed_it(
-    data_dir: object, clock: ManualClock
-) -> None:
-    settings = Settings(data_dir=data_dir, session_quota_bytes=100)  # type: ignore[arg-type]
+def test_the_session_quota_refuses_what_would_exceed_it(data_dir: Path, clock: ManualClock) -> None:
+    settings = Settings(data_dir=data_dir, session_quota_bytes=100)
     with Store.open(settings, clock=clock) as store:
         store.create_session("s1")
         store.put_artifact("s1", b"x" * 60, name="a.bin")
@@ -190,7 +188,8 @@ def test_temporary_artifacts_carry_their_expiry(store: Store, clock: ManualClock
     assert short.expires_at is not None
     assert (short.expires_at - clock.now()).total_seconds() == 60
     kept = store.put_artifact("s1", b"x", name="c.bin")
-    assert kept.storage_class is StorageClass.PERSISTENT and kept.expires_at is None
+    assert kept.storage_class is StorageClass.PERSISTENT
+    assert kept.expires_at is None
     with pytest.raises(InvalidInput):
         store.put_artifact("s1", b"x", name="d.bin", storage="persistent", expires_in_s=5)
 
