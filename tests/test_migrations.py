@@ -1,0 +1,37 @@
+"""Migrations produce exactly the schema the code declares."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from ephemera import Settings, Store
+from ephemera.catalog import Catalog
+from ephemera.catalog.schema import metadata
+from ephemera.errors import SchemaOutOfDate
+
+
+def test_the_migrated_schema_equals_the_declared_one(tmp_path: Path) -> None:
+    catalog = Catalog(f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        catalog.migrate()
+        with catalog.engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, metadata) == []
+    finally:
+        catalog.dispose()
+
+
+def test_an_empty_database_is_migrated_on_open_and_an_outdated_one_refused(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(data_dir=tmp_path)
+    with Store.open(settings) as store:
+        assert store.catalog.revisions() == ("0001", "0001")
+        with store.catalog.engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0000'")
+    with pytest.raises(SchemaOutOfDate, match="ephemera migrate"):
+        Store.open(settings)
