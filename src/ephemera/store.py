@@ -166,6 +166,12 @@ class Upload:
             )
         self._finished = True
         store = self._store
+        try:
+            # The slow part of durability happens here, outside the commit transaction.
+            self._writer.sync()
+        except BaseException:
+            store._discard_upload(self.session_id, self.artifact_id, self._writer)
+            raise
         values = {
             **self._values,
             "size": self._writer.size,
@@ -256,8 +262,8 @@ class Store:
 
     # -- credentials ----------------------------------------------------------------------
 
-    def authenticate(self, session_id: str, credential: str) -> Session:
-        """The live session ``credential`` opens, recording activity; NotFound otherwise.
+    def authenticate(self, session_id: str, credential: str) -> None:
+        """Check that ``credential`` opens this live session, and record activity.
 
         A wrong token, an unknown or malformed ID, and an expired session all raise the same
         NotFound, so a caller cannot tell them apart.
@@ -277,7 +283,6 @@ class Store:
         if now - row.last_activity_at >= interval:
             expires_at = session_deadline(now, row.created_at, row.idle_timeout_s, row.max_age_s)
             self.catalog.touch_session(session_id, now, expires_at, now - interval)
-        return self._require_live(session_id)
 
     def is_admin(self, credential: str) -> bool:
         return self.admin_key_name(credential) is not None
@@ -362,14 +367,19 @@ class Store:
         )
         return CreatedSession(session, token)
 
-    def _require_live(self, session_id: str) -> Session:
+    def _require_live(self, session_id: str) -> None:
+        row = self.catalog.get_session_row(session_id)
+        if row is None or row.state != SessionState.OPEN:
+            raise _session_not_found(session_id)
+        if row.expires_at is not None and self.clock.now() >= row.expires_at:
+            raise _session_not_found(session_id)
+
+    def get_session(self, session_id: str) -> Session:
+        """The live session with its artifact count and bytes; NotFound if it is not live."""
         session = self.catalog.get_session(session_id)
         if session is None or not session.is_live(self.clock.now()):
             raise _session_not_found(session_id)
         return session
-
-    def get_session(self, session_id: str) -> Session:
-        return self._require_live(session_id)
 
     def list_sessions(self, cursor: str | None = None, limit: int = 100) -> Page[Session]:
         limit = _check_limit(limit)
@@ -431,7 +441,6 @@ class Store:
             raise TooLarge(
                 f"artifact exceeds the upload limit of {self.settings.max_upload_bytes} bytes"
             )
-        self._require_live(session_id)
         artifact_id = ids.new_uuid7()
         if not self.catalog.insert_pending_artifact(
             {"id": artifact_id, "session_id": session_id, "created_at": now, **values}

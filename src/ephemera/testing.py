@@ -49,6 +49,10 @@ class _MemoryWriter:
     def sha256(self) -> str:
         return self._hash.hexdigest()
 
+    def sync(self) -> None:
+        if self._done:
+            raise StorageError("sync after commit or abort")
+
     def commit(self) -> BlobStat:
         if self._done:
             raise StorageError("commit after commit or abort")

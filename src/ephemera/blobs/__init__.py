@@ -5,8 +5,10 @@ The contract every backend keeps (and ``tests/test_blobs.py`` checks for each):
 - Keys are ``/``-separated segments of ``[A-Za-z0-9_-]``; they derive from IDs only.
 - ``writer(key)`` stages bytes out of sight, counting and hashing them as they stream.
   Nothing is visible at ``key`` until ``commit()`` returns; after it returns the bytes are
-  durable. ``abort()`` discards the staged bytes; it is idempotent and safe after a commit
-  (it then does nothing). A crash before ``commit()`` leaves at most staged bytes, which
+  durable. ``sync()`` makes the staged bytes durable ahead of the commit, so that callers
+  can keep the commit itself (which may run under a lock) short; ``commit()`` syncs anyway.
+  ``abort()`` discards the staged bytes; it is idempotent and safe after a commit (it then
+  does nothing). A crash before ``commit()`` leaves at most staged bytes, which
   ``list_staged`` reports so orphan reconciliation can remove them.
 - ``open`` raises :class:`~ephemera.errors.BlobNotFound` for a missing key.
 - ``delete`` and ``delete_prefix`` treat "already gone" as success.
@@ -71,6 +73,8 @@ class BlobWriter(Protocol):
     def sha256(self) -> str:
         """Hex digest of everything written so far."""
         ...
+
+    def sync(self) -> None: ...
 
     def commit(self) -> BlobStat: ...
 

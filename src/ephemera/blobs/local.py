@@ -43,6 +43,7 @@ class LocalBlobWriter:
         self._hash = hashlib.sha256()
         self._size = 0
         self._done = False
+        self._synced = False
         try:
             # Unbuffered: chunks arrive large already, and a buffer would only add a copy.
             self._file: io.FileIO | None = open(self._staging, "xb", buffering=0)  # noqa: SIM115
@@ -66,16 +67,29 @@ class LocalBlobWriter:
             self.abort()
             raise StorageError(f"cannot write blob: {exc.strerror}") from exc
         self._size += len(data)
+        self._synced = False
 
     def sha256(self) -> str:
         return self._hash.hexdigest()
 
+    def sync(self) -> None:
+        if self._file is None:
+            raise StorageError("sync after commit or abort")
+        try:
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            self.abort()
+            raise StorageError(f"cannot sync blob: {exc.strerror}") from exc
+        self._synced = True
+
     def commit(self) -> BlobStat:
         if self._file is None:
             raise StorageError("commit after commit or abort")
+        if not self._synced:
+            self.sync()
+        assert self._file is not None
         target = self._store.local_path(self._key)
         try:
-            os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
             target.parent.mkdir(parents=True, exist_ok=True)

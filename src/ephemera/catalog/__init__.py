@@ -8,6 +8,8 @@ never shared across threads.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -119,8 +121,12 @@ class Catalog:
         if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:"):
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_engine(url, pool_pre_ping=self.dialect != "sqlite")
+        # SQLite has one writer at a time. Writers of this process queue here, woken in turn,
+        # instead of in SQLite's busy handler, which polls with growing sleeps.
+        self._writer_turn: threading.Lock | None = None
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine)
+            self._writer_turn = threading.Lock()
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -137,6 +143,7 @@ class Catalog:
     def _write(self) -> Iterator[Connection]:
         try:
             with (
+                self._writer_turn or contextlib.nullcontext(),
                 self.engine.connect().execution_options(ephemera_write=True) as conn,
                 conn.begin(),
             ):
@@ -287,14 +294,17 @@ class Catalog:
     # -- artifacts ------------------------------------------------------------------------
 
     def insert_pending_artifact(self, values: dict[str, Any]) -> bool:
-        """Insert a pending artifact if its session is open; False if it is not."""
+        """Insert a pending artifact if its session is live; False if it is not."""
+        now = values["created_at"]
         with self._write() as conn:
-            state = conn.scalar(
-                select(sessions.c.state)
+            row = conn.execute(
+                select(sessions.c.state, sessions.c.expires_at)
                 .where(sessions.c.id == values["session_id"])
                 .with_for_update(read=True)
-            )
-            if state != SessionState.OPEN:
+            ).first()
+            if row is None or row.state != SessionState.OPEN:
+                return False
+            if row.expires_at is not None and row.expires_at <= now:
                 return False
             conn.execute(insert(artifacts).values(**values, state=ArtifactState.PENDING))
             return True

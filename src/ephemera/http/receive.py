@@ -68,33 +68,48 @@ class UploadParams:
 class _Sink:
     def __init__(self, upload: Upload) -> None:
         self.upload = upload
-        self._buffer = bytearray()
+        self._chunks: list[bytes] = []
+        self._buffered = 0
         self._pending: asyncio.Future[None] | None = None
 
     async def feed(self, data: bytes) -> None:
-        self._buffer += data
-        if len(self._buffer) >= BUFFER:
-            await self._hand_off()
+        # Chunks are handed over as they came: no joining, no copy.
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered >= BUFFER:
+            await self._wait()
+            self._pending = asyncio.get_running_loop().run_in_executor(
+                None, self._write, self._take()
+            )
 
-    async def _hand_off(self) -> None:
+    def _take(self) -> list[bytes]:
+        chunks, self._chunks, self._buffered = self._chunks, [], 0
+        return chunks
+
+    def _write(self, chunks: list[bytes]) -> None:
+        for chunk in chunks:
+            self.upload.write(chunk)
+
+    async def _wait(self) -> None:
         if self._pending is not None:
-            await self._pending
-            self._pending = None
-        if self._buffer:
-            data = bytes(self._buffer)
-            self._buffer.clear()
-            loop = asyncio.get_running_loop()
-            self._pending = loop.run_in_executor(None, self.upload.write, data)
+            pending, self._pending = self._pending, None
+            await pending
 
     async def flush(self) -> None:
-        await self._hand_off()
-        if self._pending is not None:
-            await self._pending
-            self._pending = None
+        await self._wait()
+        if self._chunks:
+            await anyio.to_thread.run_sync(self._write, self._take())
 
     async def commit(self, sha256: str | None) -> Artifact:
-        await self.flush()
-        return await anyio.to_thread.run_sync(self.upload.commit, sha256)
+        await self._wait()
+        chunks = self._take()
+
+        def write_and_commit() -> Artifact:
+            self._write(chunks)
+            return self.upload.commit(sha256)
+
+        # One trip to a worker thread for the tail and the commit: small uploads take one.
+        return await anyio.to_thread.run_sync(write_and_commit)
 
     async def discard(self) -> None:
         with anyio.CancelScope(shield=True):

@@ -125,7 +125,8 @@ def api_router(store: Store) -> APIRouter:
 
     @router.get("/sessions/{session_id}", response_model=SessionOut, tags=["sessions"])
     def get_session(session_id: str, token: Credential) -> SessionOut:
-        return SessionOut.of(store.authenticate(session_id, token))
+        store.authenticate(session_id, token)
+        return SessionOut.of(store.get_session(session_id))
 
     @router.delete("/sessions/{session_id}", response_model=CloseReportOut, tags=["sessions"])
     def close_session(session_id: str, token: Credential) -> CloseReportOut:
