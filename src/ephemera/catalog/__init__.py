@@ -113,6 +113,16 @@ _ready_usage = (
 )
 
 
+def _usage(conn: Connection, session_id: str) -> tuple[int, int]:
+    """Number and bytes of a session's ready artifacts."""
+    count, total = conn.execute(
+        select(func.count(), func.coalesce(func.sum(artifacts.c.size), 0)).where(
+            artifacts.c.session_id == session_id, artifacts.c.state == ArtifactState.READY
+        )
+    ).one()
+    return int(count), int(total)
+
+
 class Catalog:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -216,12 +226,7 @@ class Catalog:
             row = conn.execute(select(sessions).where(sessions.c.id == session_id)).first()
             if row is None:
                 return None
-            count, total = conn.execute(
-                select(func.count(), func.coalesce(func.sum(artifacts.c.size), 0)).where(
-                    artifacts.c.session_id == session_id,
-                    artifacts.c.state == ArtifactState.READY,
-                )
-            ).one()
+            count, total = _usage(conn, session_id)
         return _session(row, count, total)
 
     def list_sessions(self, after: str | None, limit: int) -> list[Session]:
@@ -263,12 +268,7 @@ class Catalog:
             ).first()
             if row is None:
                 return None
-            count, total = conn.execute(
-                select(func.count(), func.coalesce(func.sum(artifacts.c.size), 0)).where(
-                    artifacts.c.session_id == session_id,
-                    artifacts.c.state == ArtifactState.READY,
-                )
-            ).one()
+            count, total = _usage(conn, session_id)
             if row.state == SessionState.OPEN:
                 conn.execute(
                     update(sessions)
@@ -333,13 +333,8 @@ class Catalog:
             if state != SessionState.OPEN:
                 return None
             if quota_bytes is not None:
-                used = conn.scalar(
-                    select(func.coalesce(func.sum(artifacts.c.size), 0)).where(
-                        artifacts.c.session_id == session_id,
-                        artifacts.c.state == ArtifactState.READY,
-                    )
-                )
-                if (used or 0) + values["size"] > quota_bytes:
+                _, used = _usage(conn, session_id)
+                if used + values["size"] > quota_bytes:
                     raise TooLarge(
                         f"session quota of {quota_bytes} bytes would be exceeded "
                         f"({used} in use, {values['size']} uploaded)"

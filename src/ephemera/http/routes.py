@@ -121,18 +121,20 @@ def api_router(store: Store) -> APIRouter:
             idle_timeout_s=body.idle_timeout_s if "idle_timeout_s" in given else DEFAULT,
             max_age_s=body.max_age_s if "max_age_s" in given else DEFAULT,
         )
-        return SessionCreated(**SessionOut.of(created.session).model_dump(), token=created.token)
+        return SessionCreated(
+            **SessionOut.model_validate(created.session).model_dump(), token=created.token
+        )
 
     @router.get("/sessions/{session_id}", response_model=SessionOut, tags=["sessions"])
     def get_session(session_id: str, token: Credential) -> SessionOut:
         store.authenticate(session_id, token)
-        return SessionOut.of(store.get_session(session_id))
+        return SessionOut.model_validate(store.get_session(session_id))
 
     @router.delete("/sessions/{session_id}", response_model=CloseReportOut, tags=["sessions"])
     def close_session(session_id: str, token: Credential) -> CloseReportOut:
         store.authenticate(session_id, token)
         report = store.close_session(session_id)
-        return CloseReportOut(**_fields(report))
+        return CloseReportOut.model_validate(report)
 
     @router.post(
         "/sessions/{session_id}/artifacts",
@@ -171,7 +173,7 @@ def api_router(store: Store) -> APIRouter:
             raise MalformedBody("use multipart/form-data for multipart uploads")
         else:
             artifact = await receive_raw(store, session_id, request, params)
-        return ArtifactOut.of(artifact)
+        return ArtifactOut.model_validate(artifact)
 
     @router.get("/sessions/{session_id}/artifacts", response_model=ArtifactPage, tags=["artifacts"])
     def list_artifacts(
@@ -184,7 +186,7 @@ def api_router(store: Store) -> APIRouter:
         store.authenticate(session_id, token)
         page = store.list_artifacts(session_id, kind=kind, cursor=cursor, limit=limit)
         return ArtifactPage(
-            items=[ArtifactOut.of(a) for a in page.items], next_cursor=page.next_cursor
+            items=[ArtifactOut.model_validate(a) for a in page.items], next_cursor=page.next_cursor
         )
 
     @router.get(
@@ -194,7 +196,7 @@ def api_router(store: Store) -> APIRouter:
     )
     def get_artifact(session_id: str, artifact_id: str, token: Credential) -> ArtifactOut:
         store.authenticate(session_id, token)
-        return ArtifactOut.of(store.get_artifact(session_id, artifact_id))
+        return ArtifactOut.model_validate(store.get_artifact(session_id, artifact_id))
 
     @router.get(
         "/sessions/{session_id}/artifacts/{artifact_id}/content",
@@ -234,7 +236,7 @@ def api_router(store: Store) -> APIRouter:
     )
     def delete_artifact(session_id: str, artifact_id: str, token: Credential) -> ArtifactOut:
         store.authenticate(session_id, token)
-        return ArtifactOut.of(store.delete_artifact(session_id, artifact_id))
+        return ArtifactOut.model_validate(store.delete_artifact(session_id, artifact_id))
 
     @router.get("/admin/sessions", response_model=SessionPage, tags=["admin"])
     def admin_sessions(
@@ -246,14 +248,10 @@ def api_router(store: Store) -> APIRouter:
             raise Forbidden("this takes an admin key")
         page = store.list_sessions(cursor, limit)
         return SessionPage(
-            items=[SessionOut.of(s) for s in page.items], next_cursor=page.next_cursor
+            items=[SessionOut.model_validate(s) for s in page.items], next_cursor=page.next_cursor
         )
 
     return router
-
-
-def _fields(obj: Any) -> dict[str, Any]:
-    return {name: getattr(obj, name) for name in obj.__slots__}
 
 
 def _download_headers(artifact: Artifact, etag: str) -> dict[str, str]:

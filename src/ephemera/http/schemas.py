@@ -8,7 +8,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ephemera.ids import SESSION_ID_RE
-from ephemera.models import Artifact, Session
 
 SECONDS = Field(None, ge=1, le=315_360_000)
 
@@ -33,6 +32,8 @@ class SessionCreate(BaseModel):
 
 
 class SessionOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     label: str | None
     metadata: dict[str, Any]
@@ -45,22 +46,6 @@ class SessionOut(BaseModel):
     artifact_count: int
     total_bytes: int
 
-    @classmethod
-    def of(cls, s: Session) -> SessionOut:
-        return cls(
-            id=s.id,
-            label=s.label,
-            metadata=s.metadata,
-            state=s.state.value,
-            created_at=s.created_at,
-            last_activity_at=s.last_activity_at,
-            idle_timeout_s=s.idle_timeout_s,
-            max_age_s=s.max_age_s,
-            expires_at=s.expires_at,
-            artifact_count=s.artifact_count,
-            total_bytes=s.total_bytes,
-        )
-
 
 class SessionCreated(SessionOut):
     token: str = Field(description="Shown once: keep it, it is stored only as a hash")
@@ -72,6 +57,8 @@ class SessionPage(BaseModel):
 
 
 class CloseReportOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     closed: bool
     duration_s: float
     artifact_count: int
@@ -80,6 +67,8 @@ class CloseReportOut(BaseModel):
 
 
 class ArtifactOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     session_id: str
     name: str
@@ -92,23 +81,6 @@ class ArtifactOut(BaseModel):
     created_at: datetime
     expires_at: datetime | None
     retain_until: datetime | None
-
-    @classmethod
-    def of(cls, a: Artifact) -> ArtifactOut:
-        return cls(
-            id=a.id,
-            session_id=a.session_id,
-            name=a.name,
-            kind=a.kind,
-            content_type=a.content_type,
-            size=a.size,
-            sha256=a.sha256,
-            storage_class=a.storage_class.value,
-            state=a.state.value,
-            created_at=a.created_at,
-            expires_at=a.expires_at,
-            retain_until=a.retain_until,
-        )
 
 
 class ArtifactPage(BaseModel):
