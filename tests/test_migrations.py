@@ -30,7 +30,7 @@ def test_an_empty_database_is_migrated_on_open_and_an_outdated_one_refused(
 ) -> None:
     settings = Settings(data_dir=tmp_path)
     with Store.open(settings) as store:
-        assert store.catalog.revisions() == ("0001", "0001")
+        assert store.catalog.revisions() == ("0002", "0002")
         with store.catalog.engine.begin() as conn:
             conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0000'")
     with pytest.raises(SchemaOutOfDate, match="ephemera migrate"):

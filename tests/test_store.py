@@ -263,7 +263,7 @@ def test_recover_finishes_a_close_interrupted_after_the_mark(store: Store) -> No
 def test_recover_finishes_an_interrupted_artifact_delete(store: Store) -> None:
     store.create_session("s1")
     artifact = store.put_artifact("s1", b"abc", name="a.bin")
-    store.catalog.mark_artifact_deleting("s1", artifact.id)  # the process dies here
+    store.catalog.mark_artifact_deleting("s1", artifact.id, store.clock.now())  # dies here
     assert store.list_artifacts("s1").items == []
     assert store.recover() == (0, 1)
     assert list(store.blobs.list("sessions/s1/")) == []

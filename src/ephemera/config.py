@@ -35,6 +35,18 @@ class Settings(BaseSettings):
         64 * 1024**2, ge=1, description="Largest JSON/base64 upload body (held in memory)"
     )
     session_quota_bytes: int | None = Field(None, ge=1, description="Bytes one session may hold")
+    quota_high_water_bytes: int | None = Field(
+        None, ge=1, description="Above this many stored bytes, evict idle sessions"
+    )
+    quota_low_water_bytes: int | None = Field(
+        None, ge=0, description="Evict until stored bytes are back under this"
+    )
+    lease_default_ttl_s: int = Field(300, ge=1, description="Lease duration when none is asked")
+    lease_max_ttl_s: int = Field(24 * 3600, ge=1, description="Longest lease one request may take")
+    webhook_url: str | None = Field(None, description="POSTed on session close, artifact delete")
+    cleanup_requests_per_minute: int = Field(
+        30, ge=1, description="Admin cleanup requests allowed per key and minute"
+    )
     activity_write_interval_s: float = Field(
         5, ge=0, description="Activity is written at most this often per session"
     )

@@ -44,6 +44,12 @@ def check_session_id(value: str) -> str:
     return value
 
 
+def check_producer(value: str) -> str:
+    if not SESSION_ID_RE.fullmatch(value):
+        raise InvalidInput("producer must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'")
+    return value
+
+
 def is_artifact_id(value: str) -> bool:
     return bool(ARTIFACT_ID_RE.fullmatch(value))
 

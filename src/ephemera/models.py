@@ -81,6 +81,33 @@ class Artifact:
     created_at: datetime
     expires_at: datetime | None
     retain_until: datetime | None
+    producer: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A time-limited claim: on the whole session, or on the named artifacts only."""
+
+    id: str
+    session_id: str
+    holder: str
+    artifact_ids: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime
+
+    def is_valid(self, now: datetime) -> bool:
+        return now < self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str | None
+    params: dict[str, Any]
+    result: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import mimetypes
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -45,6 +45,7 @@ from ephemera.blobs import (
     session_prefix,
 )
 from ephemera.catalog import Catalog
+from ephemera.cleanup import Cleaner, CleanupReport, CleanupRequest, Progress, run_cleanup
 from ephemera.clock import Clock, SystemClock
 from ephemera.config import Settings
 from ephemera.errors import (
@@ -55,12 +56,15 @@ from ephemera.errors import (
     StorageError,
     TooLarge,
 )
+from ephemera.hooks import ArtifactDeleted, Hooks, SessionClosed, Webhook
 from ephemera.models import (
     AdminKey,
     Artifact,
     ArtifactState,
+    AuditEntry,
     CloseReport,
     CreatedSession,
+    Lease,
     Page,
     Session,
     SessionState,
@@ -137,9 +141,12 @@ class Upload:
     ) -> None:
         """Replace the artifact's metadata before commit (for metadata that trails the bytes)."""
         try:
+            producer = self._values.get("producer")
             self._values = self._store._artifact_values(
                 name, kind, content_type, storage, expires_in_s, self._started_at
             )
+            if producer is not None:
+                self._values["producer"] = producer
         except BaseException:
             self.abort()
             raise
@@ -227,6 +234,11 @@ class Store:
         self.settings = settings or Settings()
         self.clock: Clock = clock or SystemClock()
         self._local_paths = blobs if isinstance(blobs, LocalPaths) else None
+        self.hooks = Hooks()
+        self.webhook: Webhook | None = None
+        if self.settings.webhook_url:
+            self.webhook = Webhook(self.settings.webhook_url)
+            self.webhook.attach(self.hooks)
 
     @classmethod
     def open(
@@ -247,6 +259,8 @@ class Store:
         return cls(catalog, open_blob_store(settings.resolved_blob_url()), settings, clock)
 
     def close(self) -> None:
+        if self.webhook is not None:
+            self.webhook.close()
         self.catalog.dispose()
 
     def __enter__(self) -> Store:
@@ -262,8 +276,10 @@ class Store:
 
     # -- credentials ----------------------------------------------------------------------
 
-    def authenticate(self, session_id: str, credential: str) -> None:
+    def authenticate(self, session_id: str, credential: str) -> str | None:
         """Check that ``credential`` opens this live session, and record activity.
+
+        Returns the admin key's name when an admin key was used (for the audit log).
 
         A wrong token, an unknown or malformed ID, and an expired session all raise the same
         NotFound, so a caller cannot tell them apart.
@@ -274,7 +290,8 @@ class Store:
         now = self.clock.now()
         if row is None:
             raise _session_not_found(session_id)
-        if not (self.is_admin(credential) or ids.secret_matches(credential, row.token_hash)):
+        admin = self.admin_key_name(credential)
+        if admin is None and not ids.secret_matches(credential, row.token_hash):
             raise _session_not_found(session_id)
         deadline = row.expires_at
         if row.state != SessionState.OPEN or (deadline is not None and now >= deadline):
@@ -283,6 +300,7 @@ class Store:
         if now - row.last_activity_at >= interval:
             expires_at = session_deadline(now, row.created_at, row.idle_timeout_s, row.max_age_s)
             self.catalog.touch_session(session_id, now, expires_at, now - interval)
+        return admin
 
     def is_admin(self, credential: str) -> bool:
         return self.admin_key_name(credential) is not None
@@ -349,7 +367,7 @@ class Store:
                 earlier.expires_at is None or now < earlier.expires_at
             ):
                 raise Conflict(f"session {session_id} already exists")
-            self._finish_close(session_id)
+            self._finish_close(session_id, force=False)
         token = ids.new_session_token()
         session = self.catalog.insert_session(
             {
@@ -386,15 +404,24 @@ class Store:
         items = self.catalog.list_sessions(cursor, limit + 1)
         return _page(items, limit)
 
-    def close_session(self, session_id: str) -> CloseReport:
-        """Close now: mark closing, sweep the bytes, drop the records."""
+    def close_session(self, session_id: str, *, force: bool = False) -> CloseReport:
+        """Close now: mark closing, sweep the bytes, drop the records.
+
+        A session that a valid lease protects is a Conflict unless ``force``, which releases
+        its leases.
+        """
         started = time.perf_counter()
         if not ids.SESSION_ID_RE.fullmatch(session_id):
             raise _session_not_found(session_id)
-        before = self.catalog.begin_close(session_id, self.clock.now())
+        before = self.catalog.begin_close(session_id, self.clock.now(), force=force)
         if before is None:
             raise _session_not_found(session_id)
         self._finish_close(session_id)
+        self.hooks.session_closed(
+            SessionClosed(
+                session_id, before.artifact_count, before.total_bytes, "close", self.clock.now()
+            )
+        )
         return CloseReport(
             closed=True,
             duration_s=round(time.perf_counter() - started, 6),
@@ -403,8 +430,8 @@ class Store:
             storage_removed=True,
         )
 
-    def _finish_close(self, session_id: str) -> None:
-        self.catalog.begin_close(session_id, self.clock.now())
+    def _finish_close(self, session_id: str, *, force: bool = True) -> None:
+        self.catalog.begin_close(session_id, self.clock.now(), force=force)
         self.blobs.delete_prefix(session_prefix(session_id))
         self.catalog.drop_session(session_id)
 
@@ -433,10 +460,13 @@ class Store:
         storage: StorageClass | str | None = None,
         expires_in_s: int | None = None,
         declared_size: int | None = None,
+        producer: str | None = None,
     ) -> Upload:
         """Start an artifact: validates everything up front, so a bad request stores nothing."""
         now = self.clock.now()
         values = self._artifact_values(name, kind, content_type, storage, expires_in_s, now)
+        if producer is not None:
+            values["producer"] = ids.check_producer(producer)
         if declared_size is not None and declared_size > self.settings.max_upload_bytes:
             raise TooLarge(
                 f"artifact exceeds the upload limit of {self.settings.max_upload_bytes} bytes"
@@ -510,6 +540,7 @@ class Store:
         storage: StorageClass | str | None = None,
         expires_in_s: int | None = None,
         sha256: str | None = None,
+        producer: str | None = None,
         chunk_size: int = 1024 * 1024,
     ) -> Artifact:
         """Store an artifact from bytes, a binary file, or an iterable of chunks (streamed)."""
@@ -523,6 +554,7 @@ class Store:
             storage=storage,
             expires_in_s=expires_in_s,
             declared_size=len(data) if isinstance(data, bytes) else None,
+            producer=producer,
         )
         with upload:
             for chunk in _chunks(data, chunk_size):
@@ -571,12 +603,183 @@ class Store:
 
     def delete_artifact(self, session_id: str, artifact_id: str) -> Artifact:
         self._require_live(session_id)
-        artifact = self.catalog.mark_artifact_deleting(session_id, artifact_id)
+        artifact = self.catalog.mark_artifact_deleting(session_id, artifact_id, self.clock.now())
         if artifact is None:
             raise NotFound(f"artifact {artifact_id} not found")
         self.blobs.delete(artifact_key(session_id, artifact_id))
         self.catalog.drop_artifact(artifact_id)
+        self.hooks.artifact_deleted(
+            ArtifactDeleted(session_id, artifact_id, artifact.size, "delete", self.clock.now())
+        )
         return artifact
+
+    def retain_artifact(
+        self, session_id: str, artifact_id: str, until: datetime | None
+    ) -> Artifact:
+        """Keep an artifact past expiry and result retention until ``until`` (None: stop)."""
+        self._require_live(session_id)
+        if until is not None and until.tzinfo is None:
+            raise InvalidInput("retain_until must carry a time zone")
+        artifact = self.catalog.set_retention(session_id, artifact_id, until)
+        if artifact is None:
+            raise NotFound(f"artifact {artifact_id} not found")
+        return artifact
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def take_lease(
+        self,
+        session_id: str,
+        *,
+        ttl_s: int | None = None,
+        holder: str = "",
+        artifact_ids: Sequence[str] = (),
+    ) -> Lease:
+        """Protect a session (no ``artifact_ids``) or the named artifacts from any cleanup."""
+        ttl = self._lease_ttl(ttl_s)
+        if len(holder) > 200:
+            raise InvalidInput("holder must be at most 200 characters")
+        names = tuple(dict.fromkeys(artifact_ids))
+        if len(names) > 1000:
+            raise InvalidInput("a lease names at most 1000 artifacts")
+        for name in names:
+            if not ids.is_artifact_id(name):
+                raise NotFound(f"artifact {name[:40]} not found")
+        self._require_live(session_id)
+        now = self.clock.now()
+        lease = Lease(
+            id=ids.new_uuid7(),
+            session_id=session_id,
+            holder=holder,
+            artifact_ids=names,
+            created_at=now,
+            expires_at=now + timedelta(seconds=ttl),
+        )
+        self.catalog.insert_lease(lease)
+        return lease
+
+    def renew_lease(self, session_id: str, lease_id: str, *, ttl_s: int | None = None) -> Lease:
+        """Extend a valid lease; an expired one is a Conflict (it protected nothing meanwhile)."""
+        ttl = self._lease_ttl(ttl_s)
+        self._require_live(session_id)
+        now = self.clock.now()
+        lease = self.catalog.renew_lease(session_id, lease_id, now, now + timedelta(seconds=ttl))
+        if lease is None:
+            if self.catalog.get_lease(session_id, lease_id) is None:
+                raise NotFound(f"lease {lease_id} not found")
+            raise Conflict(f"lease {lease_id} has expired; take a new one")
+        return lease
+
+    def release_lease(self, session_id: str, lease_id: str) -> None:
+        self._require_live(session_id)
+        if not self.catalog.delete_lease(session_id, lease_id):
+            raise NotFound(f"lease {lease_id} not found")
+
+    def list_leases(self, session_id: str) -> list[Lease]:
+        self._require_live(session_id)
+        return self.catalog.list_leases(session_id)
+
+    def get_lease(self, session_id: str, lease_id: str) -> Lease:
+        self._require_live(session_id)
+        lease = self.catalog.get_lease(session_id, lease_id)
+        if lease is None:
+            raise NotFound(f"lease {lease_id} not found")
+        return lease
+
+    def _lease_ttl(self, ttl_s: int | None) -> int:
+        ttl = self.settings.lease_default_ttl_s if ttl_s is None else ttl_s
+        if not 1 <= ttl <= self.settings.lease_max_ttl_s:
+            raise InvalidInput(f"ttl_s must be between 1 and {self.settings.lease_max_ttl_s}")
+        return ttl
+
+    # -- cleanup, audit, stats ------------------------------------------------------------
+
+    def cleanup(
+        self,
+        operation: str,
+        *,
+        dry_run: bool = False,
+        hours_old: float | None = None,
+        days_old: float | None = None,
+        session_id: str | None = None,
+        purge_missing: bool = False,
+        details: bool = False,
+        actor: str = "library",
+        progress: Progress | None = None,
+    ) -> CleanupReport:
+        """Run a cleanup operation (see ``ephemera.cleanup``); it is recorded in the audit log."""
+        request = CleanupRequest(
+            operation, dry_run, hours_old, days_old, session_id, purge_missing, details
+        )
+        return run_cleanup(self, request, actor=actor, progress=progress)
+
+    def record_cleanup(self, actor: str, request: CleanupRequest, report: CleanupReport) -> None:
+        """One audit entry per operation run (``all`` adds one for each of its parts)."""
+        params = request.params()
+        for part in report.reports:
+            self.audit(actor, f"cleanup.{part.operation}", None, params, part.totals())
+        target = request.session_id
+        self.audit(actor, f"cleanup.{request.operation}", target, params, report.totals())
+
+    def audit(
+        self,
+        actor: str,
+        action: str,
+        target: str | None = None,
+        params: dict[str, Any] | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> int:
+        return self.catalog.insert_audit(
+            self.clock.now(), actor, action, target, params or {}, result or {}
+        )
+
+    def audit_log(
+        self, *, before: int | None = None, limit: int = 100, action: str | None = None
+    ) -> Page[AuditEntry]:
+        limit = _check_limit(limit)
+        items = self.catalog.list_audit(before, limit + 1, action)
+        if len(items) > limit:
+            return Page(items[:limit], str(items[limit - 1].id))
+        return Page(items, None)
+
+    def cleanup_stats(self, *, include_orphaned: bool = False) -> dict[str, Any]:
+        """What is stored, what each operation would delete now, leases, usage, last runs."""
+        now = self.clock.now()
+        cleanable: dict[str, Any] = {}
+        for operation in ("expired", "idle-sessions", "old-results", "quota", "orphaned"):
+            if operation == "orphaned" and not include_orphaned:
+                continue
+            report = Cleaner(self, CleanupRequest(operation, dry_run=True), now=now).run()
+            cleanable[operation] = {
+                "count": report.deleted_count,
+                "bytes": report.deleted_size_bytes,
+                "skipped_protected": report.skipped_protected,
+            }
+        stored = self.catalog.stored_bytes()
+        return {
+            "at": now,
+            "sessions": self.catalog.session_states(),
+            "artifacts": [
+                {"storage_class": c, "state": s, "count": n, "bytes": b}
+                for c, s, n, b in self.catalog.artifact_breakdown()
+            ],
+            "cleanable": cleanable,
+            "leased": self.catalog.lease_counts(now),
+            "usage": {
+                "stored_bytes": stored,
+                "high_water_bytes": self.settings.quota_high_water_bytes,
+                "low_water_bytes": self.settings.quota_low_water_bytes,
+            },
+            "last_runs": {
+                e.action.removeprefix("cleanup."): {
+                    "at": e.at,
+                    "actor": e.actor,
+                    "params": e.params,
+                    "result": e.result,
+                }
+                for e in self.catalog.last_audit_per_action("cleanup.")
+            },
+        }
 
 
 def _json_size(value: Any) -> bytes:

@@ -14,10 +14,14 @@ from ephemera.errors import BlobNotFound, StorageError
 
 
 class ManualClock:
-    """A clock that moves only when told to."""
+    """A clock that moves only when told to.
+
+    It starts at the real present, so that file times (which the blob store takes from the
+    system) and the clock agree until a test moves the clock on.
+    """
 
     def __init__(self, start: datetime | None = None) -> None:
-        self._now = start or datetime(2030, 1, 1, tzinfo=UTC)
+        self._now = start or datetime.now(UTC)
 
     def now(self) -> datetime:
         return self._now
@@ -121,6 +125,11 @@ class MemoryBlobStore:
                 yield self.stat(key)
             except BlobNotFound:
                 continue
+
+    def list_children(self, prefix: str) -> Iterator[str]:
+        with self._lock:
+            names = {k[len(prefix) :].split("/", 1)[0] for k in self._blobs if k.startswith(prefix)}
+        yield from sorted(names)
 
     def list_staged(self) -> Iterator[StagedBlob]:
         with self._lock:

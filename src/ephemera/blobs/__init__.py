@@ -12,7 +12,8 @@ The contract every backend keeps (and ``tests/test_blobs.py`` checks for each):
   ``list_staged`` reports so orphan reconciliation can remove them.
 - ``open`` raises :class:`~ephemera.errors.BlobNotFound` for a missing key.
 - ``delete`` and ``delete_prefix`` treat "already gone" as success.
-- ``list`` yields keys under a prefix in ascending key order.
+- ``list`` yields keys under a prefix in ascending key order; ``list_children`` yields the
+  names of the next level under a prefix (``sessions/`` -> session IDs), ascending.
 - Every other failure is a :class:`~ephemera.errors.StorageError`; no ``OSError`` or client
   library error escapes a backend.
 
@@ -95,6 +96,8 @@ class BlobStore(Protocol):
         ...
 
     def list(self, prefix: str = "") -> Iterator[BlobStat]: ...
+
+    def list_children(self, prefix: str) -> Iterator[str]: ...
 
     def list_staged(self) -> Iterator[StagedBlob]: ...
 

@@ -210,6 +210,16 @@ class LocalBlobStore:
                 with contextlib.suppress(FileNotFoundError):
                     yield BlobStat(key, entry.stat().st_size, _mtime(entry.stat()))
 
+    def list_children(self, prefix: str) -> Iterator[str]:
+        path = self.local_path(prefix.rstrip("/"))
+        try:
+            names = sorted(e.name for e in os.scandir(path))
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            raise StorageError(f"cannot list {prefix}: {exc.strerror}") from exc
+        yield from names
+
     def list_staged(self) -> Iterator[StagedBlob]:
         try:
             entries = list(os.scandir(self.staging_dir))

@@ -12,6 +12,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,15 +22,21 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     Row,
+    and_,
+    case,
     create_engine,
     delete,
     event,
+    exists,
     func,
     insert,
     inspect,
+    not_,
+    or_,
     select,
     update,
 )
@@ -37,12 +44,22 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from ephemera.catalog.schema import admin_keys, artifacts, sessions
-from ephemera.errors import Conflict, SchemaOutOfDate, StorageError, TooLarge
+from ephemera.catalog.schema import (
+    admin_keys,
+    artifacts,
+    audit_log,
+    lease_artifacts,
+    leases,
+    locks,
+    sessions,
+)
+from ephemera.errors import Conflict, NotFound, SchemaOutOfDate, StorageError, TooLarge
 from ephemera.models import (
     AdminKey,
     Artifact,
     ArtifactState,
+    AuditEntry,
+    Lease,
     Session,
     SessionState,
     StorageClass,
@@ -85,6 +102,18 @@ def _session(row: Row[Any], count: int = 0, total: int = 0) -> Session:
     )
 
 
+def _audit(row: Row[Any]) -> AuditEntry:
+    return AuditEntry(
+        id=row.id,
+        at=row.at,
+        actor=row.actor,
+        action=row.action,
+        target=row.target,
+        params=row.params,
+        result=row.result,
+    )
+
+
 def _artifact(row: Row[Any]) -> Artifact:
     return Artifact(
         id=row.id,
@@ -99,7 +128,118 @@ def _artifact(row: Row[Any]) -> Artifact:
         created_at=row.created_at,
         expires_at=row.expires_at,
         retain_until=row.retain_until,
+        producer=row.producer,
     )
+
+
+RESULT_KINDS = ("result", "output")
+
+
+def session_leased(now: datetime) -> ColumnElement[bool]:
+    """A valid lease names the session or any of its artifacts (correlates ``sessions``)."""
+    return exists().where(leases.c.session_id == sessions.c.id, leases.c.expires_at > now)
+
+
+def artifact_leased(now: datetime) -> ColumnElement[bool]:
+    """A valid lease names the artifact or its whole session (correlates ``artifacts``)."""
+    return or_(
+        exists().where(
+            leases.c.session_id == artifacts.c.session_id,
+            leases.c.scope == "session",
+            leases.c.expires_at > now,
+        ),
+        exists().where(
+            lease_artifacts.c.artifact_id == artifacts.c.id,
+            leases.c.id == lease_artifacts.c.lease_id,
+            leases.c.expires_at > now,
+        ),
+    )
+
+
+def artifact_retained(now: datetime) -> ColumnElement[bool]:
+    return and_(artifacts.c.retain_until.is_not(None), artifacts.c.retain_until > now)
+
+
+def session_retained(now: datetime) -> ColumnElement[bool]:
+    return exists().where(
+        artifacts.c.session_id == sessions.c.id,
+        artifacts.c.retain_until.is_not(None),
+        artifacts.c.retain_until > now,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactSweep:
+    """Which artifacts an artifact-deleting cleanup selects.
+
+    ``expired``: temporary artifacts past ``expires_at``. ``old-results``: outputs of a
+    producer that became ready before ``cutoff``. Retained artifacts are never selected.
+    """
+
+    rule: str
+    now: datetime
+    cutoff: datetime
+
+    def condition(self) -> ColumnElement[bool]:
+        if self.rule == "expired":
+            matches = and_(
+                artifacts.c.storage_class == "temporary",
+                artifacts.c.expires_at.is_not(None),
+                artifacts.c.expires_at <= self.cutoff,
+            )
+        elif self.rule == "old-results":
+            matches = and_(
+                artifacts.c.kind.in_(RESULT_KINDS),
+                artifacts.c.producer.is_not(None),
+                artifacts.c.ready_at.is_not(None),
+                artifacts.c.ready_at <= self.cutoff,
+            )
+        else:
+            raise ValueError(self.rule)
+        return and_(matches, not_(artifact_retained(self.now)))
+
+    def order(self) -> tuple[Any, Any]:
+        column = artifacts.c.expires_at if self.rule == "expired" else artifacts.c.ready_at
+        return column, artifacts.c.id
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSweep:
+    """Which sessions a session-closing cleanup selects.
+
+    ``idle``: open sessions past their deadline (or, with ``idle_before``, inactive since
+    then), and sessions stuck in ``closing``. ``one``: the named session, now. ``quota``:
+    the named session, if still open.
+    """
+
+    rule: str
+    now: datetime
+    idle_before: datetime | None = None
+    session_id: str | None = None
+
+    def condition(self) -> ColumnElement[bool]:
+        closing = sessions.c.state == SessionState.CLOSING
+        is_open = sessions.c.state == SessionState.OPEN
+        if self.rule == "idle":
+            if self.idle_before is not None:
+                idle = sessions.c.last_activity_at <= self.idle_before
+            else:
+                idle = and_(sessions.c.expires_at.is_not(None), sessions.c.expires_at <= self.now)
+            return or_(closing, and_(is_open, idle))
+        if self.rule in ("one", "quota"):
+            return and_(sessions.c.id == self.session_id, or_(closing, is_open))
+        raise ValueError(self.rule)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    id: str
+    session_id: str
+    size: int
+    state: str
+    leased: bool
+    retained: bool
+    order_key: Any = None
 
 
 _ready_usage = (
@@ -260,14 +400,21 @@ class Catalog:
                 .values(last_activity_at=now, expires_at=expires_at)
             )
 
-    def begin_close(self, session_id: str, now: datetime) -> Session | None:
-        """open/closing -> closing; returns the session as it was, or None if it is gone."""
+    def begin_close(self, session_id: str, now: datetime, *, force: bool = True) -> Session | None:
+        """open/closing -> closing; returns the session as it was, or None if it is gone.
+
+        Without ``force`` a session that a valid lease protects is refused (Conflict).
+        """
         with self._write() as conn:
             row = conn.execute(
-                select(sessions).where(sessions.c.id == session_id).with_for_update()
+                select(sessions, session_leased(now).label("leased"))
+                .where(sessions.c.id == session_id)
+                .with_for_update()
             ).first()
             if row is None:
                 return None
+            if row.leased and not force:
+                raise Conflict(f"session {session_id} is leased; close with force to override")
             count, total = _usage(conn, session_id)
             if row.state == SessionState.OPEN:
                 conn.execute(
@@ -277,15 +424,28 @@ class Catalog:
                 )
         return _session(row, count, total)
 
-    def drop_session(self, session_id: str) -> None:
-        """Remove a closing session's records; its bytes must already be gone."""
+    def drop_session(self, session_id: str) -> tuple[int, int] | None:
+        """Remove a closing session's records (its bytes must already be gone).
+
+        Returns the number and bytes of the artifact records removed, or None when another
+        caller removed the session first: exactly one caller counts each session.
+        """
         with self._write() as conn:
-            conn.execute(delete(artifacts).where(artifacts.c.session_id == session_id))
-            conn.execute(
-                delete(sessions).where(
-                    sessions.c.id == session_id, sessions.c.state == SessionState.CLOSING
+            count, total = conn.execute(
+                select(func.count(), func.coalesce(func.sum(artifacts.c.size), 0)).where(
+                    artifacts.c.session_id == session_id
                 )
-            )
+            ).one()
+            lease_ids = select(leases.c.id).where(leases.c.session_id == session_id)
+            conn.execute(delete(lease_artifacts).where(lease_artifacts.c.lease_id.in_(lease_ids)))
+            conn.execute(delete(leases).where(leases.c.session_id == session_id))
+            conn.execute(delete(artifacts).where(artifacts.c.session_id == session_id))
+            gone = conn.execute(
+                delete(sessions)
+                .where(sessions.c.id == session_id, sessions.c.state == SessionState.CLOSING)
+                .returning(sessions.c.id)
+            ).first()
+        return (int(count), int(total)) if gone is not None else None
 
     def session_ids_in_state(self, state: SessionState) -> list[str]:
         with self._read() as conn:
@@ -388,11 +548,16 @@ class Catalog:
         with self._read() as conn:
             return [_artifact(r) for r in conn.execute(query)]
 
-    def mark_artifact_deleting(self, session_id: str, artifact_id: str) -> Artifact | None:
-        """ready -> deleting (idempotent for one already deleting); None if there is none."""
+    def mark_artifact_deleting(
+        self, session_id: str, artifact_id: str, now: datetime
+    ) -> Artifact | None:
+        """ready -> deleting (idempotent for one already deleting); None if there is none.
+
+        An artifact that a valid lease protects is refused (Conflict).
+        """
         with self._write() as conn:
             row = conn.execute(
-                select(artifacts)
+                select(artifacts, artifact_leased(now).label("leased"))
                 .where(
                     artifacts.c.id == artifact_id,
                     artifacts.c.session_id == session_id,
@@ -402,6 +567,8 @@ class Catalog:
             ).first()
             if row is None:
                 return None
+            if row.leased and row.state == ArtifactState.READY:
+                raise Conflict(f"artifact {artifact_id} is leased")
             conn.execute(
                 update(artifacts)
                 .where(artifacts.c.id == artifact_id)
@@ -410,12 +577,7 @@ class Catalog:
         return _artifact(row)
 
     def drop_artifact(self, artifact_id: str) -> None:
-        with self._write() as conn:
-            conn.execute(
-                delete(artifacts).where(
-                    artifacts.c.id == artifact_id, artifacts.c.state == ArtifactState.DELETING
-                )
-            )
+        self.drop_deleting_artifacts([artifact_id])
 
     def artifacts_in_state(self, state: ArtifactState) -> list[tuple[str, str]]:
         with self._read() as conn:
@@ -425,6 +587,512 @@ class Catalog:
                     select(artifacts.c.session_id, artifacts.c.id).where(artifacts.c.state == state)
                 )
             ]
+
+    def set_retention(
+        self, session_id: str, artifact_id: str, retain_until: datetime | None
+    ) -> Artifact | None:
+        with self._write() as conn:
+            done = conn.execute(
+                update(artifacts)
+                .where(
+                    artifacts.c.id == artifact_id,
+                    artifacts.c.session_id == session_id,
+                    artifacts.c.state == ArtifactState.READY,
+                )
+                .values(retain_until=retain_until)
+            )
+            if done.rowcount != 1:
+                return None
+            row = conn.execute(select(artifacts).where(artifacts.c.id == artifact_id)).one()
+        return _artifact(row)
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def insert_lease(self, lease: Lease) -> None:
+        """Record a lease if its session is live and every named artifact is ready in it."""
+        with self._write() as conn:
+            row = conn.execute(
+                select(sessions.c.state, sessions.c.expires_at)
+                .where(sessions.c.id == lease.session_id)
+                .with_for_update(read=True)
+            ).first()
+            if (
+                row is None
+                or row.state != SessionState.OPEN
+                or (row.expires_at is not None and row.expires_at <= lease.created_at)
+            ):
+                raise NotFound(f"session {lease.session_id} not found")
+            if lease.artifact_ids:
+                found = set(
+                    conn.scalars(
+                        select(artifacts.c.id)
+                        .where(
+                            artifacts.c.session_id == lease.session_id,
+                            artifacts.c.id.in_(lease.artifact_ids),
+                            artifacts.c.state == ArtifactState.READY,
+                        )
+                        .with_for_update(read=True)
+                    )
+                )
+                missing = sorted(set(lease.artifact_ids) - found)
+                if missing:
+                    raise NotFound(f"artifact {missing[0]} not found")
+            conn.execute(
+                insert(leases).values(
+                    id=lease.id,
+                    session_id=lease.session_id,
+                    holder=lease.holder,
+                    scope="artifacts" if lease.artifact_ids else "session",
+                    created_at=lease.created_at,
+                    expires_at=lease.expires_at,
+                )
+            )
+            if lease.artifact_ids:
+                conn.execute(
+                    insert(lease_artifacts),
+                    [{"lease_id": lease.id, "artifact_id": a} for a in lease.artifact_ids],
+                )
+
+    def _lease(self, conn: Connection, session_id: str, lease_id: str) -> Lease | None:
+        row = conn.execute(
+            select(leases).where(leases.c.id == lease_id, leases.c.session_id == session_id)
+        ).first()
+        if row is None:
+            return None
+        names = conn.scalars(
+            select(lease_artifacts.c.artifact_id)
+            .where(lease_artifacts.c.lease_id == lease_id)
+            .order_by(lease_artifacts.c.artifact_id)
+        )
+        return Lease(
+            id=row.id,
+            session_id=row.session_id,
+            holder=row.holder,
+            artifact_ids=tuple(names),
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+        )
+
+    def get_lease(self, session_id: str, lease_id: str) -> Lease | None:
+        with self._read() as conn:
+            return self._lease(conn, session_id, lease_id)
+
+    def renew_lease(
+        self, session_id: str, lease_id: str, now: datetime, expires_at: datetime
+    ) -> Lease | None:
+        """Extend a lease that is still valid; an expired lease cannot come back."""
+        with self._write() as conn:
+            done = conn.execute(
+                update(leases)
+                .where(
+                    leases.c.id == lease_id,
+                    leases.c.session_id == session_id,
+                    leases.c.expires_at > now,
+                )
+                .values(expires_at=expires_at)
+            )
+            if done.rowcount != 1:
+                return None
+            return self._lease(conn, session_id, lease_id)
+
+    def delete_lease(self, session_id: str, lease_id: str) -> bool:
+        with self._write() as conn:
+            owned = conn.scalar(
+                select(leases.c.id).where(
+                    leases.c.id == lease_id, leases.c.session_id == session_id
+                )
+            )
+            if owned is None:
+                return False
+            conn.execute(delete(lease_artifacts).where(lease_artifacts.c.lease_id == lease_id))
+            conn.execute(delete(leases).where(leases.c.id == lease_id))
+            return True
+
+    def list_leases(self, session_id: str) -> list[Lease]:
+        with self._read() as conn:
+            ids = list(
+                conn.scalars(
+                    select(leases.c.id)
+                    .where(leases.c.session_id == session_id)
+                    .order_by(leases.c.id)
+                )
+            )
+            return [lease for i in ids if (lease := self._lease(conn, session_id, i))]
+
+    def purge_expired_leases(self, now: datetime) -> int:
+        """Drop lease rows that protect nothing any more."""
+        with self._write() as conn:
+            stale = select(leases.c.id).where(leases.c.expires_at <= now)
+            conn.execute(delete(lease_artifacts).where(lease_artifacts.c.lease_id.in_(stale)))
+            return conn.execute(delete(leases).where(leases.c.expires_at <= now)).rowcount
+
+    # -- cleanup: artifacts ---------------------------------------------------------------
+
+    def artifact_candidates(
+        self, sweep: ArtifactSweep, after: tuple[Any, str] | None, limit: int
+    ) -> list[Candidate]:
+        """The next batch the sweep selects, in index order after ``after``."""
+        first, second = sweep.order()
+        query = (
+            select(
+                artifacts.c.id,
+                artifacts.c.session_id,
+                artifacts.c.size,
+                artifacts.c.state,
+                first.label("order_key"),
+                artifact_leased(sweep.now).label("leased"),
+            )
+            .where(
+                artifacts.c.state.in_([ArtifactState.READY, ArtifactState.DELETING]),
+                sweep.condition(),
+            )
+            .order_by(first, second)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(or_(first > after[0], and_(first == after[0], second > after[1])))
+        with self._read() as conn:
+            return [
+                Candidate(
+                    r.id,
+                    r.session_id,
+                    r.size or 0,
+                    r.state,
+                    bool(r.leased) and r.state == ArtifactState.READY,
+                    False,
+                    r.order_key,
+                )
+                for r in conn.execute(query)
+            ]
+
+    def claim_artifacts(self, sweep: ArtifactSweep, ids: Sequence[str]) -> list[Candidate]:
+        """ready -> deleting for those the sweep still selects and no lease protects.
+
+        Artifacts already ``deleting`` (an interrupted run) are returned too, so a later run
+        finishes them. The protection is checked in the same statement that marks.
+        """
+        if not ids:
+            return []
+        with self._write() as conn:
+            conn.execute(
+                update(artifacts)
+                .where(
+                    artifacts.c.id.in_(ids),
+                    artifacts.c.state == ArtifactState.READY,
+                    sweep.condition(),
+                    not_(artifact_leased(sweep.now)),
+                )
+                .values(state=ArtifactState.DELETING)
+            )
+            rows = conn.execute(
+                select(artifacts.c.id, artifacts.c.session_id, artifacts.c.size).where(
+                    artifacts.c.id.in_(ids), artifacts.c.state == ArtifactState.DELETING
+                )
+            )
+            return [
+                Candidate(r.id, r.session_id, r.size or 0, "deleting", False, False) for r in rows
+            ]
+
+    def drop_deleting_artifacts(self, ids: Sequence[str]) -> list[tuple[str, str, int]]:
+        """Remove ``deleting`` records; returns (session, id, size) of those this call removed."""
+        if not ids:
+            return []
+        with self._write() as conn:
+            conn.execute(delete(lease_artifacts).where(lease_artifacts.c.artifact_id.in_(ids)))
+            rows = conn.execute(
+                delete(artifacts)
+                .where(artifacts.c.id.in_(ids), artifacts.c.state == ArtifactState.DELETING)
+                .returning(artifacts.c.session_id, artifacts.c.id, artifacts.c.size)
+            )
+            return [(r.session_id, r.id, r.size or 0) for r in rows]
+
+    # -- cleanup: sessions ----------------------------------------------------------------
+
+    def session_candidates(
+        self, sweep: SessionSweep, after: str | None, limit: int
+    ) -> list[Candidate]:
+        usage = (
+            select(func.coalesce(func.sum(artifacts.c.size), 0))
+            .where(artifacts.c.session_id == sessions.c.id)
+            .scalar_subquery()
+        )
+        query = (
+            select(
+                sessions.c.id,
+                sessions.c.state,
+                usage.label("size"),
+                session_leased(sweep.now).label("leased"),
+                session_retained(sweep.now).label("retained"),
+            )
+            .where(sweep.condition())
+            .order_by(sessions.c.id)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(sessions.c.id > after)
+        with self._read() as conn:
+            return [
+                Candidate(
+                    r.id,
+                    r.id,
+                    int(r.size or 0),
+                    r.state,
+                    bool(r.leased) and r.state == SessionState.OPEN,
+                    bool(r.retained) and r.state == SessionState.OPEN,
+                )
+                for r in conn.execute(query)
+            ]
+
+    def claim_session(self, sweep: SessionSweep) -> bool:
+        """open -> closing if the sweep still selects it and nothing protects it.
+
+        A session already ``closing`` is claimed again, so an interrupted close is finished.
+        """
+        assert sweep.session_id is not None
+        with self._write() as conn:
+            claimed = conn.execute(
+                update(sessions)
+                .where(
+                    sessions.c.id == sweep.session_id,
+                    sweep.condition(),
+                    or_(
+                        sessions.c.state == SessionState.CLOSING,
+                        and_(not_(session_leased(sweep.now)), not_(session_retained(sweep.now))),
+                    ),
+                )
+                .values(
+                    state=SessionState.CLOSING,
+                    closing_since=case(
+                        (sessions.c.closing_since.is_(None), sweep.now),
+                        else_=sessions.c.closing_since,
+                    ),
+                )
+            )
+            return claimed.rowcount == 1
+
+    def session_usage_all(self, session_id: str) -> tuple[int, int]:
+        """Number and bytes of every artifact record of a session, whatever its state."""
+        with self._read() as conn:
+            count, total = conn.execute(
+                select(func.count(), func.coalesce(func.sum(artifacts.c.size), 0)).where(
+                    artifacts.c.session_id == session_id
+                )
+            ).one()
+        return int(count), int(total)
+
+    def eviction_candidates(
+        self, now: datetime, after: tuple[datetime, str] | None, limit: int
+    ) -> list[Candidate]:
+        """Open sessions, least recently active first, for the quota."""
+        usage = (
+            select(func.coalesce(func.sum(artifacts.c.size), 0))
+            .where(artifacts.c.session_id == sessions.c.id)
+            .scalar_subquery()
+        )
+        query = (
+            select(
+                sessions.c.id,
+                sessions.c.state,
+                sessions.c.last_activity_at.label("order_key"),
+                usage.label("size"),
+                session_leased(now).label("leased"),
+            )
+            .where(sessions.c.state == SessionState.OPEN)
+            .order_by(sessions.c.last_activity_at, sessions.c.id)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(
+                or_(
+                    sessions.c.last_activity_at > after[0],
+                    and_(sessions.c.last_activity_at == after[0], sessions.c.id > after[1]),
+                )
+            )
+        with self._read() as conn:
+            return [
+                Candidate(r.id, r.id, int(r.size or 0), r.state, bool(r.leased), False, r.order_key)
+                for r in conn.execute(query)
+            ]
+
+    def stored_bytes(self) -> int:
+        with self._read() as conn:
+            return int(conn.scalar(select(func.coalesce(func.sum(artifacts.c.size), 0))) or 0)
+
+    # -- cleanup: orphans -----------------------------------------------------------------
+
+    def stale_pending(self, cutoff: datetime, after: str | None, limit: int) -> list[Candidate]:
+        query = (
+            select(artifacts.c.id, artifacts.c.session_id, artifacts.c.created_at)
+            .where(artifacts.c.state == ArtifactState.PENDING, artifacts.c.created_at < cutoff)
+            .order_by(artifacts.c.created_at, artifacts.c.id)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(artifacts.c.id > after)
+        with self._read() as conn:
+            return [
+                Candidate(r.id, r.session_id, 0, "pending", False, False, r.created_at)
+                for r in conn.execute(query)
+            ]
+
+    def drop_pending(self, ids: Sequence[str], cutoff: datetime) -> list[str]:
+        if not ids:
+            return []
+        with self._write() as conn:
+            rows = conn.execute(
+                delete(artifacts)
+                .where(
+                    artifacts.c.id.in_(ids),
+                    artifacts.c.state == ArtifactState.PENDING,
+                    artifacts.c.created_at < cutoff,
+                )
+                .returning(artifacts.c.id)
+            )
+            return [r.id for r in rows]
+
+    def session_ids(self, after: str | None, limit: int) -> list[str]:
+        query = select(sessions.c.id).order_by(sessions.c.id).limit(limit)
+        if after is not None:
+            query = query.where(sessions.c.id > after)
+        with self._read() as conn:
+            return list(conn.scalars(query))
+
+    def artifact_records(
+        self, session_id: str, after: str | None, limit: int
+    ) -> list[tuple[str, str, int]]:
+        """(id, state, size) of a session's artifact records, in ID order."""
+        query = (
+            select(artifacts.c.id, artifacts.c.state, artifacts.c.size)
+            .where(artifacts.c.session_id == session_id)
+            .order_by(artifacts.c.id)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(artifacts.c.id > after)
+        with self._read() as conn:
+            return [(r.id, r.state, r.size or 0) for r in conn.execute(query)]
+
+    def mark_missing_deleting(self, artifact_id: str) -> bool:
+        """ready -> deleting for a record whose bytes are gone (purge on request)."""
+        with self._write() as conn:
+            done = conn.execute(
+                update(artifacts)
+                .where(artifacts.c.id == artifact_id, artifacts.c.state == ArtifactState.READY)
+                .values(state=ArtifactState.DELETING)
+            )
+            return done.rowcount == 1
+
+    # -- stats ----------------------------------------------------------------------------
+
+    def session_states(self) -> dict[str, int]:
+        with self._read() as conn:
+            rows = conn.execute(select(sessions.c.state, func.count()).group_by(sessions.c.state))
+            return {r[0]: int(r[1]) for r in rows}
+
+    def artifact_breakdown(self) -> list[tuple[str, str, int, int]]:
+        """(storage class, state, count, bytes) for every combination present."""
+        with self._read() as conn:
+            rows = conn.execute(
+                select(
+                    artifacts.c.storage_class,
+                    artifacts.c.state,
+                    func.count(),
+                    func.coalesce(func.sum(artifacts.c.size), 0),
+                ).group_by(artifacts.c.storage_class, artifacts.c.state)
+            )
+            return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
+
+    def lease_counts(self, now: datetime) -> dict[str, int]:
+        with self._read() as conn:
+            valid = leases.c.expires_at > now
+            active = conn.scalar(select(func.count()).select_from(leases).where(valid)) or 0
+            leased_sessions = (
+                conn.scalar(select(func.count(func.distinct(leases.c.session_id))).where(valid))
+                or 0
+            )
+            leased_artifacts = (
+                conn.scalar(
+                    select(func.count(func.distinct(lease_artifacts.c.artifact_id)))
+                    .select_from(lease_artifacts.join(leases))
+                    .where(valid)
+                )
+                or 0
+            )
+        return {
+            "leases": int(active),
+            "sessions": int(leased_sessions),
+            "artifacts": int(leased_artifacts),
+        }
+
+    # -- audit ----------------------------------------------------------------------------
+
+    def insert_audit(
+        self,
+        at: datetime,
+        actor: str,
+        action: str,
+        target: str | None,
+        params: dict[str, Any],
+        result: dict[str, Any],
+    ) -> int:
+        with self._write() as conn:
+            row = conn.execute(
+                insert(audit_log)
+                .values(
+                    at=at, actor=actor, action=action, target=target, params=params, result=result
+                )
+                .returning(audit_log.c.id)
+            ).one()
+            return int(row.id)
+
+    def list_audit(
+        self, before: int | None, limit: int, action_prefix: str | None = None
+    ) -> list[AuditEntry]:
+        query = select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
+        if before is not None:
+            query = query.where(audit_log.c.id < before)
+        if action_prefix:
+            query = query.where(audit_log.c.action.startswith(action_prefix, autoescape=True))
+        with self._read() as conn:
+            return [_audit(r) for r in conn.execute(query)]
+
+    def last_audit_per_action(self, action_prefix: str) -> list[AuditEntry]:
+        latest = (
+            select(func.max(audit_log.c.id))
+            .where(audit_log.c.action.startswith(action_prefix, autoescape=True))
+            .group_by(audit_log.c.action)
+        )
+        with self._read() as conn:
+            rows = conn.execute(
+                select(audit_log).where(audit_log.c.id.in_(latest)).order_by(audit_log.c.action)
+            )
+            return [_audit(r) for r in rows]
+
+    # -- locks ----------------------------------------------------------------------------
+
+    def try_lock(self, name: str, holder: str, now: datetime, until: datetime) -> bool:
+        """Take or extend a named lock; False while someone else holds it unexpired."""
+        with self._write() as conn:
+            row = conn.execute(select(locks).where(locks.c.name == name).with_for_update()).first()
+            if row is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            insert(locks).values(name=name, holder=holder, expires_at=until)
+                        )
+                except IntegrityError:
+                    return False
+                return True
+            if row.holder != holder and row.expires_at > now:
+                return False
+            conn.execute(
+                update(locks).where(locks.c.name == name).values(holder=holder, expires_at=until)
+            )
+            return True
+
+    def release_lock(self, name: str, holder: str) -> None:
+        with self._write() as conn:
+            conn.execute(delete(locks).where(locks.c.name == name, locks.c.holder == holder))
 
     # -- admin keys -----------------------------------------------------------------------
 
@@ -460,7 +1128,7 @@ class Catalog:
         with self._read() as conn:
             return {
                 t.name: conn.scalar(select(func.count()).select_from(t)) or 0
-                for t in (sessions, artifacts, admin_keys)
+                for t in (sessions, artifacts, admin_keys, leases, lease_artifacts)
             }
 
 

@@ -88,9 +88,57 @@ artifacts = Table(
     Column("ready_at", UTCDateTime()),
     Column("expires_at", UTCDateTime()),
     Column("retain_until", UTCDateTime()),
+    # What produced this artifact (a task, later); outputs with a producer age out as results.
+    Column("producer", String(64)),
     Index(None, "session_id", "state", "kind"),
     Index(None, "state", "created_at"),
+    Index(None, "expires_at", "id"),
+    Index(None, "ready_at", "id"),
+    Index(None, "session_id", "id"),
+)
+
+leases = Table(
+    "leases",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("session_id", String(64), ForeignKey("sessions.id"), nullable=False),
+    Column("holder", String(200), nullable=False),
+    # "session": protects the session and all its artifacts; "artifacts": the named ones.
+    Column("scope", String(16), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Index(None, "session_id", "expires_at"),
     Index(None, "expires_at"),
+)
+
+lease_artifacts = Table(
+    "lease_artifacts",
+    metadata,
+    Column("lease_id", String(36), ForeignKey("leases.id"), primary_key=True),
+    Column("artifact_id", String(36), primary_key=True),
+    Index(None, "artifact_id"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime(), nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("action", String(100), nullable=False),
+    Column("target", String(200)),
+    Column("params", JSONType, nullable=False),
+    Column("result", JSONType, nullable=False),
+    Index(None, "action", "id"),
+)
+
+# Named locks with an expiry: one scheduler at a time across every process on one database.
+locks = Table(
+    "locks",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(100), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
 )
 
 admin_keys = Table(

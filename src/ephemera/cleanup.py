@@ -1,0 +1,554 @@
+"""The cleanup engine: each operation is a plain function over a Store.
+
+Every operation walks its candidates in batches (set-based queries on indexes, so cost grows
+with what is selected, not with what is stored) and, for each batch, either reports (dry run)
+or acts. Dry and real runs share this one path and differ only at the act step, so a dry run
+reports exactly what a real run at the same moment would delete (guarantee 6).
+
+Acting follows one protocol everywhere: mark (a conditional state change that re-checks the
+rule and every lease in the same statement), remove bytes, remove records. A record is
+counted by the run whose delete statement removed it, so two runs at once never double-count,
+and a run interrupted anywhere leaves marked items that the next run finishes (guarantee 7).
+Per-item errors are collected in the report and never stop the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from ephemera.blobs import artifact_key, session_prefix
+from ephemera.catalog import ArtifactSweep, Candidate, SessionSweep
+from ephemera.errors import EphemeraError, InvalidInput, NotFound
+from ephemera.hooks import ArtifactDeleted, SessionClosed
+from ephemera.ids import SESSION_ID_RE
+from ephemera.models import ArtifactState
+
+if TYPE_CHECKING:
+    from ephemera.store import Store
+
+log = logging.getLogger("ephemera.cleanup")
+
+OPERATIONS = ("expired", "idle-sessions", "session", "old-results", "orphaned", "quota", "all")
+# Order of `all`: finish and close sessions first (that removes most bytes in whole sweeps),
+# then single artifacts, then whatever is left unreferenced, and the quota last, on what
+# remains.
+ALL_ORDER = ("idle-sessions", "expired", "old-results", "orphaned", "quota")
+BATCH = 500
+MB = 1_000_000
+
+
+@dataclass
+class CleanupItem:
+    kind: str  # "session", "artifact", "blob", "staged", "pending"
+    id: str
+    session_id: str | None
+    size: int
+    rule: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "id": self.id,
+            "session_id": self.session_id,
+            "size": self.size,
+            "rule": self.rule,
+        }
+
+
+@dataclass
+class CleanupReport:
+    operation: str
+    dry_run: bool
+    deleted_count: int = 0
+    deleted_size_bytes: int = 0
+    skipped_protected: int = 0
+    errors: list[dict[str, str]] = field(default_factory=list)
+    duration_s: float = 0.0
+    items: list[CleanupItem] = field(default_factory=list)
+    keep_items: bool = False
+    reports: list[CleanupReport] = field(default_factory=list)
+
+    @property
+    def deleted_size_mb(self) -> float:
+        return round(self.deleted_size_bytes / MB, 3)
+
+    def add(self, item: CleanupItem) -> None:
+        self.deleted_count += 1
+        self.deleted_size_bytes += item.size
+        if self.keep_items:
+            self.items.append(item)
+
+    def error(self, target: str, error: str) -> None:
+        self.errors.append({"target": target, "error": error})
+
+    def absorb(self, part: CleanupReport) -> None:
+        self.reports.append(part)
+        self.deleted_count += part.deleted_count
+        self.deleted_size_bytes += part.deleted_size_bytes
+        self.skipped_protected += part.skipped_protected
+        self.errors.extend(part.errors)
+
+    def as_dict(self, details: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "operation": self.operation,
+            "dry_run": self.dry_run,
+            "deleted_count": self.deleted_count,
+            "deleted_size_bytes": self.deleted_size_bytes,
+            "deleted_size_mb": self.deleted_size_mb,
+            "skipped_protected": self.skipped_protected,
+            "errors": self.errors,
+            "duration_s": self.duration_s,
+        }
+        if details:
+            body["items"] = [i.as_dict() for i in self.items]
+        if self.operation == "all":
+            body["reports"] = [r.as_dict(details) for r in self.reports]
+            body["totals"] = {
+                k: body[k] for k in ("deleted_count", "deleted_size_bytes", "deleted_size_mb")
+            } | {"skipped_protected": self.skipped_protected, "errors": len(self.errors)}
+        return body
+
+    def totals(self) -> dict[str, Any]:
+        return {
+            "deleted_count": self.deleted_count,
+            "deleted_size_bytes": self.deleted_size_bytes,
+            "skipped_protected": self.skipped_protected,
+            "errors": len(self.errors),
+            "first_errors": self.errors[:10],
+            "duration_s": self.duration_s,
+        }
+
+
+@dataclass(frozen=True)
+class CleanupRequest:
+    operation: str
+    dry_run: bool = False
+    hours_old: float | None = None
+    days_old: float | None = None
+    session_id: str | None = None
+    purge_missing: bool = False
+    details: bool = False
+
+    def params(self) -> dict[str, Any]:
+        return {
+            k: v
+            for k, v in {
+                "dry_run": self.dry_run,
+                "hours_old": self.hours_old,
+                "days_old": self.days_old,
+                "session_id": self.session_id,
+                "purge_missing": self.purge_missing or None,
+            }.items()
+            if v is not None
+        }
+
+    def check(self) -> None:
+        if self.operation not in OPERATIONS:
+            raise InvalidInput(f"unknown cleanup operation {self.operation!r}")
+        if self.operation == "session" and (
+            self.session_id is None or not SESSION_ID_RE.fullmatch(self.session_id)
+        ):
+            raise InvalidInput("the session operation needs a valid session id")
+        for name in ("hours_old", "days_old"):
+            value = getattr(self, name)
+            if value is not None and not (0 <= value <= 100 * 365 * 24):
+                raise InvalidInput(f"{name} must be between 0 and 876000")
+
+
+Progress = Callable[[str, int], None]
+
+
+class Cleaner:
+    """One cleanup run at one instant ``now``: every rule is evaluated at that instant."""
+
+    def __init__(
+        self,
+        store: Store,
+        request: CleanupRequest,
+        *,
+        now: datetime | None = None,
+        progress: Progress | None = None,
+        batch_size: int = BATCH,
+    ) -> None:
+        self.store = store
+        self.request = request
+        self.now = now or store.clock.now()
+        self.dry_run = request.dry_run
+        self.progress = progress or (lambda _op, _n: None)
+        self.batch_size = batch_size
+        self._closed: list[SessionClosed] = []
+        self._deleted: list[ArtifactDeleted] = []
+
+    def run(self) -> CleanupReport:
+        op = self.request.operation
+        if op == "all":
+            report = self._report("all")
+            started = time.perf_counter()
+            for part in ALL_ORDER:
+                report.absorb(self._run_one(part))
+            report.duration_s = round(time.perf_counter() - started, 6)
+        else:
+            report = self._run_one(op)
+        self._emit()
+        return report
+
+    def _report(self, operation: str) -> CleanupReport:
+        return CleanupReport(operation, self.dry_run, keep_items=self.request.details)
+
+    def _run_one(self, operation: str) -> CleanupReport:
+        report = self._report(operation)
+        started = time.perf_counter()
+        handler = {
+            "expired": self.expired,
+            "idle-sessions": self.idle_sessions,
+            "session": self.one_session,
+            "old-results": self.old_results,
+            "orphaned": self.orphaned,
+            "quota": self.quota,
+        }[operation]
+        handler(report)
+        report.duration_s = round(time.perf_counter() - started, 6)
+        return report
+
+    # -- artifacts ------------------------------------------------------------------------
+
+    def expired(self, report: CleanupReport) -> None:
+        self._artifact_pass(report, ArtifactSweep("expired", self.now, self.now))
+
+    def old_results(self, report: CleanupReport) -> None:
+        days = self.request.days_old
+        if days is None:
+            days = self.store.settings.result_retention_days
+        cutoff = self.now - timedelta(days=days)
+        self._artifact_pass(report, ArtifactSweep("old-results", self.now, cutoff))
+
+    def _artifact_pass(self, report: CleanupReport, sweep: ArtifactSweep) -> None:
+        catalog = self.store.catalog
+        after: tuple[Any, str] | None = None
+        while batch := catalog.artifact_candidates(sweep, after, self.batch_size):
+            after = (batch[-1].order_key, batch[-1].id)
+            doomed = []
+            for candidate in batch:
+                if candidate.leased:
+                    report.skipped_protected += 1
+                else:
+                    doomed.append(candidate)
+            if self.dry_run:
+                for c in doomed:
+                    report.add(CleanupItem("artifact", c.id, c.session_id, c.size, sweep.rule))
+            else:
+                claimed = catalog.claim_artifacts(sweep, [c.id for c in doomed])
+                self._delete_artifacts(report, claimed, sweep.rule)
+            self.progress(report.operation, len(batch))
+
+    def _delete_artifacts(self, report: CleanupReport, claimed: list[Candidate], rule: str) -> None:
+        """Bytes first, then records: a crash in between leaves ``deleting`` records only."""
+        gone = []
+        for c in claimed:
+            try:
+                self.store.blobs.delete(artifact_key(c.session_id, c.id))
+            except EphemeraError as exc:
+                report.error(f"artifact {c.id}", exc.message)
+                continue
+            gone.append(c.id)
+        for session_id, artifact_id, size in self.store.catalog.drop_deleting_artifacts(gone):
+            report.add(CleanupItem("artifact", artifact_id, session_id, size, rule))
+            self._deleted.append(ArtifactDeleted(session_id, artifact_id, size, rule, self.now))
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def idle_sessions(self, report: CleanupReport) -> None:
+        hours = self.request.hours_old
+        idle_before = self.now - timedelta(hours=hours) if hours is not None else None
+        self._session_pass(report, SessionSweep("idle", self.now, idle_before=idle_before))
+
+    def one_session(self, report: CleanupReport) -> None:
+        assert self.request.session_id is not None
+        sweep = SessionSweep("one", self.now, session_id=self.request.session_id)
+        self._session_pass(report, sweep)
+
+    def _session_pass(self, report: CleanupReport, sweep: SessionSweep) -> None:
+        after: str | None = None
+        while batch := self.store.catalog.session_candidates(sweep, after, self.batch_size):
+            after = batch[-1].id
+            for candidate in batch:
+                self._close(report, candidate, sweep)
+            self.progress(report.operation, len(batch))
+
+    def _close(self, report: CleanupReport, candidate: Candidate, sweep: SessionSweep) -> bool:
+        """Close one selected session (or report it); True if it counts as deleted."""
+        rule = "closing" if candidate.state == "closing" else sweep.rule
+        if candidate.leased or candidate.retained:
+            report.skipped_protected += 1
+            return False
+        catalog = self.store.catalog
+        if self.dry_run:
+            _, size = catalog.session_usage_all(candidate.id)
+            report.add(CleanupItem("session", candidate.id, candidate.id, size, rule))
+            return True
+        one = SessionSweep(sweep.rule, sweep.now, sweep.idle_before, candidate.id)
+        if not catalog.claim_session(one):
+            return False
+        try:
+            self.store.blobs.delete_prefix(session_prefix(candidate.id))
+        except EphemeraError as exc:
+            report.error(f"session {candidate.id}", exc.message)
+            return False
+        dropped = catalog.drop_session(candidate.id)
+        if dropped is None:
+            return False
+        count, size = dropped
+        report.add(CleanupItem("session", candidate.id, candidate.id, size, rule))
+        self._closed.append(SessionClosed(candidate.id, count, size, rule, self.now))
+        return True
+
+    # -- quota ----------------------------------------------------------------------------
+
+    def quota(self, report: CleanupReport) -> None:
+        """Above the high-water mark, evict the least recently active unleased sessions."""
+        settings = self.store.settings
+        high = settings.quota_high_water_bytes
+        if high is None:
+            return
+        low = settings.quota_low_water_bytes if settings.quota_low_water_bytes is not None else high
+        used = self.store.catalog.stored_bytes()
+        if used <= high:
+            return
+        after: tuple[datetime, str] | None = None
+        while used > low:
+            batch = self.store.catalog.eviction_candidates(self.now, after, self.batch_size)
+            if not batch:
+                break
+            after = (batch[-1].order_key, batch[-1].id)
+            for candidate in batch:
+                if used <= low:
+                    break
+                sweep = SessionSweep("quota", self.now, session_id=candidate.id)
+                before = report.deleted_size_bytes
+                self._close(report, candidate, sweep)
+                used -= report.deleted_size_bytes - before
+            self.progress(report.operation, len(batch))
+
+    # -- orphans --------------------------------------------------------------------------
+
+    def orphaned(self, report: CleanupReport) -> None:
+        cutoff = self.now - timedelta(seconds=self.store.settings.orphan_grace_s)
+        self._staged(report, cutoff)
+        self._stale_pending(report, cutoff)
+        self._reconcile(report, cutoff)
+
+    def _staged(self, report: CleanupReport, cutoff: datetime) -> None:
+        blobs = self.store.blobs
+        for staged in blobs.list_staged():
+            if staged.modified_at >= cutoff:
+                continue  # an upload still in flight
+            if not self.dry_run:
+                try:
+                    blobs.delete_staged(staged.name)
+                except EphemeraError as exc:
+                    report.error(f"staged {staged.name}", exc.message)
+                    continue
+            report.add(CleanupItem("staged", staged.name, None, staged.size, "staging-leftover"))
+
+    def _stale_pending(self, report: CleanupReport, cutoff: datetime) -> None:
+        catalog = self.store.catalog
+        after: str | None = None
+        while batch := catalog.stale_pending(cutoff, after, self.batch_size):
+            after = batch[-1].id
+            if self.dry_run:
+                for c in batch:
+                    report.add(CleanupItem("pending", c.id, c.session_id, 0, "stale-pending"))
+                continue
+            gone = []
+            for c in batch:
+                try:
+                    # An upload that died between its commit and its record keeps its bytes.
+                    self.store.blobs.delete(artifact_key(c.session_id, c.id))
+                    gone.append(c.id)
+                except EphemeraError as exc:
+                    report.error(f"artifact {c.id}", exc.message)
+            owners = {c.id: c.session_id for c in batch}
+            for artifact_id in catalog.drop_pending(gone, cutoff):
+                report.add(
+                    CleanupItem("pending", artifact_id, owners[artifact_id], 0, "stale-pending")
+                )
+            self.progress(report.operation, len(batch))
+
+    def _reconcile(self, report: CleanupReport, cutoff: datetime) -> None:
+        """Merge the stored sessions with the recorded ones, then each session's contents.
+
+        Both sides come in ID order, a batch at a time, so memory stays flat however large
+        the store is and the database is read through its indexes.
+        """
+        listed = self.store.blobs.list_children("sessions/")
+        recorded = self._recorded_sessions()
+        for session_id, on_disk, in_db in _merge(listed, recorded):
+            if not SESSION_ID_RE.fullmatch(session_id) or (on_disk and not in_db):
+                self._orphan_tree(report, session_id, cutoff)
+            else:
+                self._reconcile_session(report, session_id, cutoff, on_disk)
+            self.progress(report.operation, 1)
+
+    def _recorded_sessions(self) -> Iterator[str]:
+        after: str | None = None
+        while batch := self.store.catalog.session_ids(after, self.batch_size * 4):
+            yield from batch
+            after = batch[-1]
+
+    def _orphan_tree(self, report: CleanupReport, session_id: str, cutoff: datetime) -> None:
+        """Bytes of a session with no record at all: every old one goes."""
+        blobs = self.store.blobs
+        prefix = f"sessions/{session_id}/"
+        stats = list(_safe_list(blobs, prefix, report))
+        old = [s for s in stats if s.modified_at < cutoff]
+        for stat in old:
+            report.add(CleanupItem("blob", stat.key, session_id, stat.size, "no-record"))
+        if self.dry_run or not old:
+            return
+        try:
+            if len(old) == len(stats):
+                blobs.delete_prefix(prefix)  # one sweep, and no empty folder left behind
+            else:
+                for stat in old:
+                    blobs.delete(stat.key)
+        except EphemeraError as exc:
+            report.error(f"session {session_id}", exc.message)
+
+    def _reconcile_session(
+        self, report: CleanupReport, session_id: str, cutoff: datetime, on_disk: bool
+    ) -> None:
+        blobs = self.store.blobs
+        catalog = self.store.catalog
+        prefix = session_prefix(session_id)
+        stored = (
+            ((s.key.rsplit("/", 1)[1], s) for s in _safe_list(blobs, prefix, report))
+            if on_disk
+            else iter(())
+        )
+        records = self._records(session_id)
+        unfinished: list[Candidate] = []
+        for artifact_id, stat, record in _merge_keyed(stored, records):
+            if record is None:
+                assert stat is not None
+                if stat.modified_at >= cutoff:
+                    continue
+                if not self.dry_run:
+                    try:
+                        blobs.delete(stat.key)
+                    except EphemeraError as exc:
+                        report.error(f"blob {stat.key}", exc.message)
+                        continue
+                report.add(CleanupItem("blob", stat.key, session_id, stat.size, "no-record"))
+            elif record[0] == ArtifactState.DELETING:
+                unfinished.append(
+                    Candidate(artifact_id, session_id, record[1], "deleting", False, False)
+                )
+            elif stat is None and record[0] == ArtifactState.READY:
+                report.error(f"artifact {artifact_id}", "integrity: ready record without bytes")
+                if not self.request.purge_missing:
+                    continue
+                if self.dry_run:
+                    report.add(CleanupItem("artifact", artifact_id, session_id, 0, "missing-bytes"))
+                elif catalog.mark_missing_deleting(artifact_id):
+                    unfinished.append(
+                        Candidate(artifact_id, session_id, 0, "deleting", False, False)
+                    )
+        if self.dry_run:
+            for c in unfinished:
+                report.add(CleanupItem("artifact", c.id, session_id, c.size, "interrupted-delete"))
+        else:
+            self._delete_artifacts(report, unfinished, "interrupted-delete")
+
+    def _records(self, session_id: str) -> Iterator[tuple[str, tuple[str, int]]]:
+        after: str | None = None
+        while batch := self.store.catalog.artifact_records(session_id, after, self.batch_size * 4):
+            for artifact_id, state, size in batch:
+                yield artifact_id, (state, size)
+            after = batch[-1][0]
+
+    # -- hooks ----------------------------------------------------------------------------
+
+    def _emit(self) -> None:
+        hooks = self.store.hooks
+        for closed in self._closed:
+            hooks.session_closed(closed)
+        for deleted in self._deleted:
+            hooks.artifact_deleted(deleted)
+
+
+def _safe_list(blobs: Any, prefix: str, report: CleanupReport) -> Iterator[Any]:
+    try:
+        yield from blobs.list(prefix)
+    except EphemeraError as exc:
+        report.error(f"list {prefix}", exc.message)
+
+
+def _merge(left: Iterator[str], right: Iterator[str]) -> Iterator[tuple[str, bool, bool]]:
+    """Merge two ascending streams of names: (name, in left, in right)."""
+    a = next(left, None)
+    b = next(right, None)
+    while a is not None or b is not None:
+        if b is None or (a is not None and a < b):
+            assert a is not None
+            yield a, True, False
+            a = next(left, None)
+        elif a is None or b < a:
+            yield b, False, True
+            b = next(right, None)
+        else:
+            yield a, True, True
+            a, b = next(left, None), next(right, None)
+
+
+def _merge_keyed(
+    left: Iterator[tuple[str, Any]], right: Iterator[tuple[str, Any]]
+) -> Iterator[tuple[str, Any, Any]]:
+    """Merge two ascending keyed streams: (key, left value or None, right value or None)."""
+    a = next(left, None)
+    b = next(right, None)
+    while a is not None or b is not None:
+        if b is None or (a is not None and a[0] < b[0]):
+            assert a is not None
+            yield a[0], a[1], None
+            a = next(left, None)
+        elif a is None or b[0] < a[0]:
+            yield b[0], None, b[1]
+            b = next(right, None)
+        else:
+            yield a[0], a[1], b[1]
+            a, b = next(left, None), next(right, None)
+
+
+def run_cleanup(
+    store: Store,
+    request: CleanupRequest,
+    *,
+    actor: str = "library",
+    progress: Progress | None = None,
+) -> CleanupReport:
+    """Run one cleanup operation, record it in the audit log, and return its report."""
+    request.check()
+    if request.operation == "session":
+        assert request.session_id is not None
+        if store.catalog.get_session_row(request.session_id) is None:
+            raise NotFound(f"session {request.session_id} not found")
+    report = Cleaner(store, request, progress=progress).run()
+    store.record_cleanup(actor, request, report)
+    log.info(
+        "cleanup %s%s by %s: %d deleted, %d bytes, %d protected, %d errors in %.3f s",
+        request.operation,
+        " (dry run)" if request.dry_run else "",
+        actor,
+        report.deleted_count,
+        report.deleted_size_bytes,
+        report.skipped_protected,
+        len(report.errors),
+        report.duration_s,
+        extra={"action": f"cleanup.{request.operation}"},
+    )
+    return report
