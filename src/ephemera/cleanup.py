@@ -183,6 +183,14 @@ class Cleaner:
         self.batch_size = batch_size
         self._closed: list[SessionClosed] = []
         self._deleted: list[ArtifactDeleted] = []
+        # A dry run deletes nothing, so later passes of `all` would see again what earlier
+        # ones report. It remembers what a real run would have removed by then, and skips it.
+        self._dry_sessions: set[str] = set()
+        self._dry_artifacts: set[str] = set()
+        self._dry_freed = 0
+
+    def _gone_in_dry_run(self, candidate: Candidate) -> bool:
+        return candidate.session_id in self._dry_sessions or candidate.id in self._dry_artifacts
 
     def run(self) -> CleanupReport:
         op = self.request.operation
@@ -234,6 +242,8 @@ class Cleaner:
             after = (batch[-1].order_key, batch[-1].id)
             doomed = []
             for candidate in batch:
+                if self._gone_in_dry_run(candidate):
+                    continue
                 if candidate.leased:
                     report.skipped_protected += 1
                 else:
@@ -241,12 +251,21 @@ class Cleaner:
             if self.dry_run:
                 for c in doomed:
                     report.add(CleanupItem("artifact", c.id, c.session_id, c.size, sweep.rule))
+                    self._dry_artifacts.add(c.id)
+                    self._dry_freed += c.size
             else:
                 claimed = catalog.claim_artifacts(sweep, [c.id for c in doomed])
                 self._delete_artifacts(report, claimed, sweep.rule)
             self.progress(report.operation, len(batch))
 
-    def _delete_artifacts(self, report: CleanupReport, claimed: list[Candidate], rule: str) -> None:
+    def _delete_artifacts(
+        self,
+        report: CleanupReport,
+        claimed: list[Candidate],
+        rule: str,
+        *,
+        frees_bytes: bool = True,
+    ) -> None:
         """Bytes first, then records: a crash in between leaves ``deleting`` records only."""
         gone = []
         for c in claimed:
@@ -257,6 +276,7 @@ class Cleaner:
                 continue
             gone.append(c.id)
         for session_id, artifact_id, size in self.store.catalog.drop_deleting_artifacts(gone):
+            size = size if frees_bytes else 0
             report.add(CleanupItem("artifact", artifact_id, session_id, size, rule))
             self._deleted.append(ArtifactDeleted(session_id, artifact_id, size, rule, self.now))
 
@@ -283,6 +303,8 @@ class Cleaner:
     def _close(self, report: CleanupReport, candidate: Candidate, sweep: SessionSweep) -> bool:
         """Close one selected session (or report it); True if it counts as deleted."""
         rule = "closing" if candidate.state == "closing" else sweep.rule
+        if candidate.id in self._dry_sessions:
+            return False
         if candidate.leased or candidate.retained:
             report.skipped_protected += 1
             return False
@@ -290,6 +312,8 @@ class Cleaner:
         if self.dry_run:
             _, size = catalog.session_usage_all(candidate.id)
             report.add(CleanupItem("session", candidate.id, candidate.id, size, rule))
+            self._dry_sessions.add(candidate.id)
+            self._dry_freed += size
             return True
         one = SessionSweep(sweep.rule, sweep.now, sweep.idle_before, candidate.id)
         if not catalog.claim_session(one):
@@ -316,7 +340,7 @@ class Cleaner:
         if high is None:
             return
         low = settings.quota_low_water_bytes if settings.quota_low_water_bytes is not None else high
-        used = self.store.catalog.stored_bytes()
+        used = self.store.catalog.stored_bytes() - self._dry_freed
         if used <= high:
             return
         after: tuple[datetime, str] | None = None
@@ -360,6 +384,7 @@ class Cleaner:
         after: str | None = None
         while batch := catalog.stale_pending(cutoff, after, self.batch_size):
             after = batch[-1].id
+            batch = [c for c in batch if not self._gone_in_dry_run(c)]
             if self.dry_run:
                 for c in batch:
                     report.add(CleanupItem("pending", c.id, c.session_id, 0, "stale-pending"))
@@ -388,6 +413,8 @@ class Cleaner:
         listed = self.store.blobs.list_children("sessions/")
         recorded = self._recorded_sessions()
         for session_id, on_disk, in_db in _merge(listed, recorded):
+            if session_id in self._dry_sessions:
+                continue  # closed by an earlier pass of this (dry) run
             if not SESSION_ID_RE.fullmatch(session_id) or (on_disk and not in_db):
                 self._orphan_tree(report, session_id, cutoff)
             else:
@@ -432,6 +459,7 @@ class Cleaner:
         )
         records = self._records(session_id)
         unfinished: list[Candidate] = []
+        purged: list[Candidate] = []
         for artifact_id, stat, record in _merge_keyed(stored, records):
             if record is None:
                 assert stat is not None
@@ -450,19 +478,19 @@ class Cleaner:
                 )
             elif stat is None and record[0] == ArtifactState.READY:
                 report.error(f"artifact {artifact_id}", "integrity: ready record without bytes")
-                if not self.request.purge_missing:
-                    continue
-                if self.dry_run:
-                    report.add(CleanupItem("artifact", artifact_id, session_id, 0, "missing-bytes"))
-                elif catalog.mark_missing_deleting(artifact_id):
-                    unfinished.append(
-                        Candidate(artifact_id, session_id, 0, "deleting", False, False)
-                    )
+                if self.request.purge_missing and (
+                    self.dry_run or catalog.mark_missing_deleting(artifact_id)
+                ):
+                    purged.append(Candidate(artifact_id, session_id, 0, "deleting", False, False))
         if self.dry_run:
             for c in unfinished:
                 report.add(CleanupItem("artifact", c.id, session_id, c.size, "interrupted-delete"))
+            for c in purged:
+                report.add(CleanupItem("artifact", c.id, session_id, 0, "missing-bytes"))
         else:
             self._delete_artifacts(report, unfinished, "interrupted-delete")
+            # Their bytes were already gone: purging frees nothing.
+            self._delete_artifacts(report, purged, "missing-bytes", frees_bytes=False)
 
     def _records(self, session_id: str) -> Iterator[tuple[str, tuple[str, int]]]:
         after: str | None = None

@@ -196,9 +196,6 @@ class Upload:
         except BaseException:
             store._discard_upload(self.session_id, self.artifact_id, self._writer)
             raise
-        if artifact is None:
-            store._discard_upload(self.session_id, self.artifact_id, self._writer)
-            raise _session_not_found(self.session_id)
         return artifact
 
     def abort(self) -> None:

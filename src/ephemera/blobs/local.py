@@ -8,7 +8,6 @@ survives a power loss; a crash before the rename leaves only a staging file.
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import io
 import os
@@ -160,27 +159,27 @@ class LocalBlobStore:
             raise StorageError(f"cannot delete blob {key}: {exc.strerror}") from exc
 
     def delete_prefix(self, prefix: str) -> int:
+        """Move the folder into staging in one atomic rename, then remove it there.
+
+        Of two callers at once exactly one wins the rename; the other finds it gone, which
+        is success. A crash after the rename leaves a staging leftover, which orphan
+        reconciliation removes.
+        """
         path = self.local_path(prefix.rstrip("/"))
+        self._ensure_dirs()
+        doomed = self.staging_dir / f"{uuid.uuid4().hex}.trash"
         try:
-            with os.scandir(path) as entries:
-                count = sum(1 for e in entries if e.is_file(follow_symlinks=False))
-        except FileNotFoundError:
+            os.rename(path, doomed)
+        except (FileNotFoundError, NotADirectoryError):
             return 0
         except OSError as exc:
-            raise StorageError(f"cannot list {prefix}: {exc.strerror}") from exc
-        for _attempt in range(5):
-            if not path.exists():
-                return count
-            try:
-                shutil.rmtree(path)
-            except FileNotFoundError:
-                continue  # a concurrent sweep removed an entry first: look again
-            except OSError as exc:
-                # ENOTEMPTY: a commit landed between rmtree's listing and its rmdir.
-                if exc.errno != errno.ENOTEMPTY:
-                    raise StorageError(f"cannot delete {prefix}: {exc.strerror}") from exc
-        if path.exists():
-            raise StorageError(f"cannot delete {prefix}: it keeps being written to")
+            raise StorageError(f"cannot delete {prefix}: {exc.strerror}") from exc
+        try:
+            with os.scandir(doomed) as entries:
+                count = sum(1 for e in entries if e.is_file(follow_symlinks=False))
+            shutil.rmtree(doomed)
+        except OSError as exc:
+            raise StorageError(f"cannot delete {prefix}: {exc.strerror}") from exc
         return count
 
     def list(self, prefix: str = "") -> Iterator[BlobStat]:
@@ -233,7 +232,16 @@ class LocalBlobStore:
     def delete_staged(self, name: str) -> None:
         if "/" in name or name.startswith("."):
             raise StorageError(f"invalid staging name {name!r}")
-        (self.staging_dir / name).unlink(missing_ok=True)
+        path = self.staging_dir / name
+        try:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot delete staged {name}: {exc.strerror}") from exc
 
     def check(self) -> None:
         self._ensure_dirs()

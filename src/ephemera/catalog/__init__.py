@@ -476,13 +476,14 @@ class Catalog:
         values: dict[str, Any],
         quota_bytes: int | None,
         commit_bytes: Callable[[], object],
-    ) -> Artifact | None:
+    ) -> Artifact:
         """pending -> ready, with ``commit_bytes`` run inside the transaction.
 
         The session row is locked (shared) first, so a concurrent close either happens
-        entirely before (then this returns None and nothing is committed) or entirely after
-        (then it sees a ready artifact and removes its bytes). ``commit_bytes`` makes the
-        bytes durable before the record says ``ready``.
+        entirely before (then this raises NotFound and nothing is committed) or entirely
+        after (then it sees a ready artifact and removes its bytes). Nothing the transaction
+        writes is visible before it commits, and ``commit_bytes`` runs before that commit:
+        ``ready`` is never seen without durable bytes.
         """
         with self._write() as conn:
             state = conn.scalar(
@@ -491,7 +492,7 @@ class Catalog:
                 .with_for_update(read=True)
             )
             if state != SessionState.OPEN:
-                return None
+                raise NotFound(f"session {session_id} not found")
             if quota_bytes is not None:
                 _, used = _usage(conn, session_id)
                 if used + values["size"] > quota_bytes:
@@ -499,14 +500,14 @@ class Catalog:
                         f"session quota of {quota_bytes} bytes would be exceeded "
                         f"({used} in use, {values['size']} uploaded)"
                     )
-            commit_bytes()
             done = conn.execute(
                 update(artifacts)
                 .where(artifacts.c.id == artifact_id, artifacts.c.state == ArtifactState.PENDING)
                 .values(**values, state=ArtifactState.READY)
             )
             if done.rowcount != 1:
-                return None
+                raise NotFound(f"upload {artifact_id} was abandoned and has been removed")
+            commit_bytes()
             row = conn.execute(select(artifacts).where(artifacts.c.id == artifact_id)).one()
         return _artifact(row)
 

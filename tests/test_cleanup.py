@@ -1,0 +1,451 @@
+"""The cleanup engine through the library: rules, protection, dry runs, resumption."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from ephemera import Conflict, NotFound, Settings, Store
+from ephemera.catalog import ArtifactSweep
+from ephemera.cleanup import CleanupReport
+from ephemera.hooks import ArtifactDeleted, SessionClosed
+from ephemera.testing import ManualClock
+
+HOUR = 3600
+DAY = 24 * HOUR
+
+
+def items(report: CleanupReport) -> list[tuple[str, str, int, str]]:
+    return sorted((i.kind, i.id, i.size, i.rule) for i in report.items)
+
+
+def stored_keys(store: Store) -> list[str]:
+    return [b.key for b in store.blobs.list("sessions/")]
+
+
+def dry_then_real(store: Store, operation: str, **kwargs: object) -> CleanupReport:
+    """Run dry, then real, and hold them to guarantee 6: the same items and bytes."""
+    dry = store.cleanup(operation, dry_run=True, details=True, **kwargs)  # type: ignore[arg-type]
+    real = store.cleanup(operation, details=True, **kwargs)  # type: ignore[arg-type]
+    assert items(dry) == items(real)
+    assert (dry.deleted_count, dry.deleted_size_bytes, dry.skipped_protected) == (
+        real.deleted_count,
+        real.deleted_size_bytes,
+        real.skipped_protected,
+    )
+    assert dry.dry_run
+    assert not real.dry_run
+    return real
+
+
+# -- expired --------------------------------------------------------------------------------
+
+
+def test_expired_removes_temporary_artifacts_past_their_time_only(
+    store: Store, clock: ManualClock
+) -> None:
+    store.create_session("s1", idle_timeout_s=None)
+    short = store.put_artifact("s1", b"a" * 10, name="short.bin", expires_in_s=HOUR)
+    day = store.put_artifact("s1", b"b" * 20, name="day.bin", storage="temporary")
+    kept = store.put_artifact("s1", b"c" * 30, name="kept.bin")
+    clock.advance(HOUR)
+    report = dry_then_real(store, "expired")
+    assert items(report) == [("artifact", short.id, 10, "expired")]
+    assert report.deleted_size_bytes == 10
+    clock.advance(DAY)
+    assert [i.id for i in dry_then_real(store, "expired").items] == [day.id]
+    assert [a.id for a in store.list_artifacts("s1").items] == [kept.id]
+    assert stored_keys(store) == [f"sessions/s1/{kept.id}"]
+
+
+def test_retained_artifacts_outlive_their_expiry_until_the_retention_ends(
+    store: Store, clock: ManualClock
+) -> None:
+    store.create_session("s1", idle_timeout_s=None)
+    artifact = store.put_artifact("s1", b"x", name="a.bin", expires_in_s=60)
+    store.retain_artifact("s1", artifact.id, clock.now() + timedelta(seconds=600))
+    clock.advance(120)
+    assert dry_then_real(store, "expired").deleted_count == 0
+    clock.advance(600)
+    assert dry_then_real(store, "expired").deleted_count == 1
+
+
+def test_a_lease_protects_until_it_expires(store: Store, clock: ManualClock) -> None:
+    store.create_session("s1", idle_timeout_s=None)
+    leased = store.put_artifact("s1", b"x", name="a.bin", expires_in_s=60)
+    free = store.put_artifact("s1", b"y", name="b.bin", expires_in_s=60)
+    lease = store.take_lease("s1", ttl_s=300, artifact_ids=[leased.id])
+    clock.advance(120)
+    report = dry_then_real(store, "expired")
+    assert [i.id for i in report.items] == [free.id]
+    assert report.skipped_protected == 1
+    clock.advance(200)  # the lease ran out: it protects nothing now
+    assert [i.id for i in dry_then_real(store, "expired").items] == [leased.id]
+    with pytest.raises(Conflict):
+        store.renew_lease("s1", lease.id)
+
+
+def test_a_session_lease_protects_every_artifact_of_the_session(
+    store: Store, clock: ManualClock
+) -> None:
+    store.create_session("s1", idle_timeout_s=None)
+    store.put_artifact("s1", b"x", name="a.bin", expires_in_s=60)
+    lease = store.take_lease("s1", ttl_s=300)
+    clock.advance(120)
+    assert dry_then_real(store, "expired").skipped_protected == 1
+    store.release_lease("s1", lease.id)
+    assert dry_then_real(store, "expired").deleted_count == 1
+
+
+# -- sessions -------------------------------------------------------------------------------
+
+
+def test_idle_sessions_are_closed_whole_and_active_ones_kept(
+    store: Store, clock: ManualClock
+) -> None:
+    idle = store.create_session("idle", idle_timeout_s=HOUR)
+    store.put_artifact("idle", b"x" * 7, name="a.bin")
+    store.put_artifact("idle", b"y" * 8, name="b.bin")
+    store.create_session("busy", idle_timeout_s=HOUR)
+    store.create_session("forever", idle_timeout_s=None)
+    clock.advance(HOUR - 10)
+    store.authenticate("busy", store.create_admin_key("ops"))
+    clock.advance(20)
+    report = dry_then_real(store, "idle-sessions")
+    assert items(report) == [("session", "idle", 15, "idle")]
+    assert [s.id for s in store.list_sessions().items] == ["busy", "forever"]
+    assert not (store.settings.data_dir / "blobs" / "sessions" / "idle").exists()
+    with pytest.raises(NotFound):
+        store.authenticate("idle", idle.token)
+
+
+def test_hours_old_overrides_the_idle_threshold(store: Store, clock: ManualClock) -> None:
+    store.create_session("old", idle_timeout_s=None)
+    clock.advance(3 * HOUR)
+    store.create_session("new", idle_timeout_s=None)
+    clock.advance(HOUR)
+    report = dry_then_real(store, "idle-sessions", hours_old=2)
+    assert [i.id for i in report.items] == ["old"]
+
+
+def test_max_age_ends_a_session_however_active(store: Store, clock: ManualClock) -> None:
+    store.create_session("s1", idle_timeout_s=None, max_age_s=HOUR)
+    clock.advance(HOUR)
+    assert [i.id for i in dry_then_real(store, "idle-sessions").items] == ["s1"]
+
+
+def test_sessions_stuck_in_closing_are_finished(store: Store) -> None:
+    store.create_session("s1", idle_timeout_s=None)
+    store.put_artifact("s1", b"abc", name="a.bin")
+    store.catalog.begin_close("s1", store.clock.now())  # a close that died after the mark
+    report = dry_then_real(store, "idle-sessions")
+    assert items(report) == [("session", "s1", 3, "closing")]
+    assert store.catalog.table_row_counts()["artifacts"] == 0
+    assert stored_keys(store) == []
+
+
+def test_leased_or_retained_sessions_survive_idleness(store: Store, clock: ManualClock) -> None:
+    store.create_session("leased", idle_timeout_s=60)
+    artifact = store.put_artifact("leased", b"x", name="a.bin")
+    store.take_lease("leased", ttl_s=600, artifact_ids=[artifact.id])
+    store.create_session("retained", idle_timeout_s=60)
+    kept = store.put_artifact("retained", b"y", name="b.bin")
+    store.retain_artifact("retained", kept.id, clock.now() + timedelta(seconds=600))
+    clock.advance(120)
+    report = dry_then_real(store, "idle-sessions")
+    assert (report.deleted_count, report.skipped_protected) == (0, 2)
+    clock.advance(600)
+    assert sorted(i.id for i in dry_then_real(store, "idle-sessions").items) == [
+        "leased",
+        "retained",
+    ]
+
+
+def test_the_session_operation_closes_one_session_now_unless_leased(store: Store) -> None:
+    store.create_session("a")
+    store.create_session("b")
+    store.put_artifact("a", b"12345", name="x.bin")
+    report = dry_then_real(store, "session", session_id="a")
+    assert items(report) == [("session", "a", 5, "one")]
+    assert [s.id for s in store.list_sessions().items] == ["b"]
+    store.take_lease("b")
+    assert dry_then_real(store, "session", session_id="b").skipped_protected == 1
+    with pytest.raises(NotFound):
+        store.cleanup("session", session_id="a")
+
+
+def test_closing_a_leased_session_is_a_conflict_unless_forced(store: Store) -> None:
+    store.create_session("s1")
+    artifact = store.put_artifact("s1", b"x", name="a.bin")
+    store.take_lease("s1", artifact_ids=[artifact.id])
+    with pytest.raises(Conflict):
+        store.close_session("s1")
+    with pytest.raises(Conflict):
+        store.delete_artifact("s1", artifact.id)
+    assert store.close_session("s1", force=True).artifact_count == 1
+    assert store.catalog.table_row_counts()["leases"] == 0
+
+
+# -- old results ----------------------------------------------------------------------------
+
+
+def test_old_results_remove_produced_outputs_past_retention(
+    store: Store, clock: ManualClock
+) -> None:
+    store.create_session("s1", idle_timeout_s=None)
+    result = store.put_artifact("s1", b"r" * 4, name="r.png", kind="result", producer="job-1")
+    output = store.put_artifact("s1", b"o" * 5, name="o.png", kind="output", producer="job-1")
+    upload = store.put_artifact("s1", b"u" * 6, name="u.png", kind="result")  # no producer
+    golden = store.put_artifact("s1", b"g" * 7, name="g.png", kind="golden", producer="job-1")
+    clock.advance(29 * DAY)
+    assert dry_then_real(store, "old-results").deleted_count == 0
+    clock.advance(DAY)
+    report = dry_then_real(store, "old-results")
+    assert sorted(i.id for i in report.items) == sorted([result.id, output.id])
+    remaining = {a.id for a in store.list_artifacts("s1").items}
+    assert remaining == {upload.id, golden.id}
+
+
+def test_days_old_overrides_the_retention(store: Store, clock: ManualClock) -> None:
+    store.create_session("s1", idle_timeout_s=None)
+    store.put_artifact("s1", b"r", name="r.png", kind="result", producer="job-1")
+    clock.advance(2 * DAY)
+    assert dry_then_real(store, "old-results", days_old=3).deleted_count == 0
+    assert dry_then_real(store, "old-results", days_old=1).deleted_count == 1
+
+
+# -- orphans --------------------------------------------------------------------------------
+
+
+def test_orphaned_removes_old_unreferenced_bytes_and_keeps_young_ones(
+    store: Store, clock: ManualClock
+) -> None:
+    store.create_session("s1", idle_timeout_s=None)
+    kept = store.put_artifact("s1", b"keep", name="k.bin")
+    root = store.settings.data_dir / "blobs"
+    (root / "sessions" / "s1" / "01a1fcac-0000-7000-8000-000000000000").write_bytes(b"stray")
+    (root / "sessions" / "ghost").mkdir()
+    (root / "sessions" / "ghost" / "01a1fcac-0000-7000-8000-000000000001").write_bytes(b"g" * 9)
+    assert dry_then_real(store, "orphaned").deleted_count == 0  # within the grace period
+    clock.advance(HOUR + 1)
+    report = dry_then_real(store, "orphaned")
+    assert sorted((i.kind, i.rule, i.size) for i in report.items) == [
+        ("blob", "no-record", 5),
+        ("blob", "no-record", 9),
+    ]
+    assert stored_keys(store) == [f"sessions/s1/{kept.id}"]
+    assert not (root / "sessions" / "ghost").exists()
+
+
+def test_an_in_flight_upload_survives_orphaned_and_completes(
+    store: Store, clock: ManualClock
+) -> None:
+    store.create_session("s1", idle_timeout_s=None)
+    upload = store.begin_upload("s1", name="slow.bin")
+    upload.write(b"first half ")
+    clock.advance(600)  # younger than the grace period
+    assert store.cleanup("all").deleted_count == 0
+    upload.write(b"second half")
+    artifact = upload.commit()
+    assert store.read_artifact("s1", artifact.id) == b"first half second half"
+
+
+def test_orphaned_removes_stale_pending_records_and_staging_leftovers(
+    store: Store, clock: ManualClock
+) -> None:
+    store.create_session("s1", idle_timeout_s=None)
+    abandoned = store.begin_upload("s1", name="dead.bin")
+    abandoned.write(b"x" * 100)  # the process "dies": no commit, no abort
+    clock.advance(HOUR + 1)
+    report = dry_then_real(store, "orphaned")
+    assert sorted((i.kind, i.rule) for i in report.items) == [
+        ("pending", "stale-pending"),
+        ("staged", "staging-leftover"),
+    ]
+    assert store.catalog.table_row_counts()["artifacts"] == 0
+    assert list(store.blobs.list_staged()) == []
+    with pytest.raises(NotFound):
+        abandoned.commit()
+
+
+def test_missing_bytes_are_reported_and_kept_unless_purged(store: Store) -> None:
+    store.create_session("s1", idle_timeout_s=None)
+    artifact = store.put_artifact("s1", b"abc", name="a.bin")
+    (store.settings.data_dir / "blobs" / "sessions" / "s1" / artifact.id).unlink()
+    report = store.cleanup("orphaned")
+    assert report.deleted_count == 0
+    assert report.errors == [
+        {"target": f"artifact {artifact.id}", "error": "integrity: ready record without bytes"}
+    ]
+    assert store.get_artifact("s1", artifact.id).id == artifact.id
+    purged = dry_then_real(store, "orphaned", purge_missing=True)
+    assert [(i.id, i.rule) for i in purged.items] == [(artifact.id, "missing-bytes")]
+    with pytest.raises(NotFound):
+        store.get_artifact("s1", artifact.id)
+
+
+def test_orphaned_finishes_interrupted_deletes(store: Store) -> None:
+    store.create_session("s1", idle_timeout_s=None)
+    artifact = store.put_artifact("s1", b"abc", name="a.bin")
+    store.catalog.mark_artifact_deleting("s1", artifact.id, store.clock.now())
+    report = dry_then_real(store, "orphaned")
+    assert items(report) == [("artifact", artifact.id, 3, "interrupted-delete")]
+    assert stored_keys(store) == []
+
+
+# -- quota ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def quota_store(data_dir: Path, clock: ManualClock) -> Iterator[Store]:
+    settings = Settings(data_dir=data_dir, quota_high_water_bytes=250, quota_low_water_bytes=200)
+    with Store.open(settings, clock=clock) as opened:
+        yield opened
+
+
+def test_quota_evicts_least_recently_active_unleased_sessions_to_the_low_mark(
+    quota_store: Store, clock: ManualClock
+) -> None:
+    store = quota_store
+    key = store.create_admin_key("ops")
+    for name in ("oldest", "older", "leased", "recent"):
+        store.create_session(name, idle_timeout_s=None)
+        store.put_artifact(name, b"x" * 100, name="a.bin")
+        clock.advance(60)
+    store.take_lease("leased", ttl_s=3600)
+    store.authenticate("oldest", key)  # now the most recently active
+    report = dry_then_real(store, "quota")
+    assert [i.id for i in report.items] == ["older", "recent"]
+    assert report.skipped_protected == 1
+    assert store.catalog.stored_bytes() == 200
+    assert dry_then_real(store, "quota").deleted_count == 0  # under the high-water mark
+
+
+# -- all, audit, hooks ----------------------------------------------------------------------
+
+
+def test_all_runs_every_operation_with_totals_and_audits_each(
+    store: Store, clock: ManualClock
+) -> None:
+    store.create_session("idle", idle_timeout_s=60)
+    store.put_artifact("idle", b"a" * 3, name="a.bin")
+    store.create_session("live", idle_timeout_s=None)
+    store.put_artifact("live", b"b" * 4, name="b.bin", expires_in_s=30)
+    clock.advance(61)
+    report = dry_then_real(store, "all")
+    assert [r.operation for r in report.reports] == [
+        "idle-sessions",
+        "expired",
+        "old-results",
+        "orphaned",
+        "quota",
+    ]
+    body = report.as_dict()
+    assert body["totals"]["deleted_count"] == 2
+    assert body["totals"]["deleted_size_bytes"] == 7
+    entries = store.audit_log(limit=20).items
+    assert [e.action for e in entries[:6]] == [
+        "cleanup.all",
+        "cleanup.quota",
+        "cleanup.orphaned",
+        "cleanup.old-results",
+        "cleanup.expired",
+        "cleanup.idle-sessions",
+    ]
+    assert entries[0].actor == "library"
+    assert entries[0].params == {"dry_run": False}
+    assert entries[0].result["deleted_count"] == 2
+    assert entries[6].params == {"dry_run": True}
+
+
+def test_hooks_hear_of_every_close_and_delete(store: Store, clock: ManualClock) -> None:
+    closed: list[SessionClosed] = []
+    deleted: list[ArtifactDeleted] = []
+    store.hooks.on_session_closed(closed.append)
+    store.hooks.on_artifact_deleted(deleted.append)
+    store.hooks.on_artifact_deleted(lambda e: 1 / 0)  # a failing hook harms nothing
+    store.create_session("a", idle_timeout_s=60)
+    store.create_session("b", idle_timeout_s=None)
+    one = store.put_artifact("b", b"1", name="1.bin")
+    two = store.put_artifact("b", b"22", name="2.bin", expires_in_s=10)
+    store.delete_artifact("b", one.id)
+    clock.advance(61)
+    store.cleanup("all")
+    store.close_session("b")
+    assert [(e.session_id, e.reason) for e in closed] == [("a", "idle"), ("b", "close")]
+    assert [(e.artifact_id, e.size, e.reason) for e in deleted] == [
+        (one.id, 1, "delete"),
+        (two.id, 2, "expired"),
+    ]
+
+
+# -- resumption and concurrency -------------------------------------------------------------
+
+
+def test_a_run_interrupted_after_marking_is_finished_by_the_next(
+    store: Store, clock: ManualClock
+) -> None:
+    store.create_session("s1", idle_timeout_s=None)
+    doomed = [
+        store.put_artifact("s1", b"x" * 10, name=f"{i}.bin", expires_in_s=5) for i in range(4)
+    ]
+    clock.advance(10)
+    sweep = ArtifactSweep("expired", clock.now(), clock.now())
+    store.catalog.claim_artifacts(sweep, [a.id for a in doomed[:2]])  # marked, then the crash
+    store.blobs.delete(f"sessions/s1/{doomed[0].id}")  # one even lost its bytes already
+    assert store.list_artifacts("s1").items == [doomed[2], doomed[3]]
+    report = dry_then_real(store, "expired")
+    assert sorted(i.id for i in report.items) == sorted(a.id for a in doomed)
+    assert stored_keys(store) == []
+    assert store.catalog.table_row_counts()["artifacts"] == 0
+
+
+def test_two_runs_at_once_delete_each_item_once_without_errors(
+    store: Store, clock: ManualClock
+) -> None:
+    for s in range(6):
+        store.create_session(f"s{s}", idle_timeout_s=60 if s % 2 else None)
+        for i in range(30):
+            store.put_artifact(f"s{s}", b"x" * (i + 1), name=f"{i}.bin", expires_in_s=30)
+    clock.advance(61)
+    expected = store.cleanup("all", dry_run=True)
+    reports: list[CleanupReport] = []
+    barrier = threading.Barrier(2)
+
+    def run() -> None:
+        barrier.wait()
+        reports.append(store.cleanup("all"))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.errors for r in reports] == [[], []]
+    assert sum(r.deleted_count for r in reports) == expected.deleted_count
+    assert sum(r.deleted_size_bytes for r in reports) == expected.deleted_size_bytes
+    assert store.catalog.table_row_counts()["artifacts"] == 0
+    assert stored_keys(store) == []
+
+
+def test_a_pass_with_nothing_to_delete_does_not_depend_on_what_is_stored(
+    store: Store,
+) -> None:
+    store.create_session("s1", idle_timeout_s=None)
+    for i in range(200):
+        store.put_artifact("s1", b"x", name=f"{i}.bin")
+    report = store.cleanup("expired")
+    assert (report.deleted_count, report.errors) == (0, [])
+    plan = store.catalog.engine.connect()
+    try:
+        rows = plan.exec_driver_sql(
+            "EXPLAIN QUERY PLAN SELECT id FROM artifacts WHERE storage_class = 'temporary' "
+            "AND expires_at <= '2099-01-01' ORDER BY expires_at, id LIMIT 500"
+        ).fetchall()
+    finally:
+        plan.close()
+    assert "ix_artifacts_expires_at_id" in " ".join(str(r) for r in rows)
