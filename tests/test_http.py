@@ -299,6 +299,8 @@ def test_admin_lists_every_session(client: TestClient, admin_key: str) -> None:
     _, token = new_session(client, admin_key, id="s3")
     page = client.get(f"{API}/admin/sessions", headers=bearer(admin_key)).json()
     assert [s["id"] for s in page["items"]] == ["s0", "s1", "s2", "s3"]
+    assert page["totals"] == {"sessions": 4, "artifacts": 0, "bytes": 0}
+    assert [s["lease_count"] for s in page["items"]] == [0, 0, 0, 0]
     assert client.get(f"{API}/admin/sessions", headers=bearer(token)).status_code == 403
 
 

@@ -567,6 +567,7 @@ def run_cleanup(
             raise NotFound(f"session {request.session_id} not found")
     report = Cleaner(store, request, progress=progress).run()
     store.record_cleanup(actor, request, report)
+    store.metrics.observe(report)
     log.info(
         "cleanup %s%s by %s: %d deleted, %d bytes, %d protected, %d errors in %.3f s",
         request.operation,

@@ -57,6 +57,7 @@ from ephemera.errors import (
     TooLarge,
 )
 from ephemera.hooks import ArtifactDeleted, Hooks, SessionClosed, Webhook
+from ephemera.metrics import Metrics
 from ephemera.models import (
     AdminKey,
     Artifact,
@@ -232,6 +233,7 @@ class Store:
         self.clock: Clock = clock or SystemClock()
         self._local_paths = blobs if isinstance(blobs, LocalPaths) else None
         self.hooks = Hooks()
+        self.metrics = Metrics(self)
         self.webhook: Webhook | None = None
         if self.settings.webhook_url:
             self.webhook = Webhook(self.settings.webhook_url)
@@ -400,6 +402,16 @@ class Store:
         limit = _check_limit(limit)
         items = self.catalog.list_sessions(cursor, limit + 1)
         return _page(items, limit)
+
+    def list_sessions_with_leases(
+        self, cursor: str | None = None, limit: int = 100
+    ) -> Page[tuple[Session, int]]:
+        """Every session (live or not) with its number of valid leases."""
+        limit = _check_limit(limit)
+        rows = self.catalog.list_sessions_with_leases(cursor, limit + 1, self.clock.now())
+        if len(rows) > limit:
+            return Page(rows[:limit], rows[limit - 1][0].id)
+        return Page(rows, None)
 
     def close_session(self, session_id: str, *, force: bool = False) -> CloseReport:
         """Close now: mark closing, sweep the bytes, drop the records.

@@ -385,6 +385,45 @@ class Catalog:
                 for r in conn.execute(query)
             ]
 
+    def list_sessions_with_leases(
+        self, after: str | None, limit: int, now: datetime
+    ) -> list[tuple[Session, int]]:
+        usage = _ready_usage.subquery()
+        lease_count = (
+            select(func.count())
+            .where(leases.c.session_id == sessions.c.id, leases.c.expires_at > now)
+            .scalar_subquery()
+        )
+        query = (
+            select(
+                sessions,
+                usage.c.artifact_count,
+                usage.c.artifact_bytes,
+                lease_count.label("lease_count"),
+            )
+            .outerjoin(usage, usage.c.session_id == sessions.c.id)
+            .order_by(sessions.c.id)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(sessions.c.id > after)
+        with self._read() as conn:
+            return [
+                (_session(r, r.artifact_count or 0, r.artifact_bytes or 0), int(r.lease_count))
+                for r in conn.execute(query)
+            ]
+
+    def totals(self) -> tuple[int, int, int]:
+        """(sessions, ready artifacts, their bytes)."""
+        with self._read() as conn:
+            count = conn.scalar(select(func.count()).select_from(sessions)) or 0
+            artifact_count, total = conn.execute(
+                select(func.count(), func.coalesce(func.sum(artifacts.c.size), 0)).where(
+                    artifacts.c.state == ArtifactState.READY
+                )
+            ).one()
+        return int(count), int(artifact_count), int(total)
+
     def touch_session(
         self, session_id: str, now: datetime, expires_at: datetime | None, not_since: datetime
     ) -> None:

@@ -8,9 +8,10 @@ To add ephemera to an existing FastAPI app, mount the whole app
 from __future__ import annotations
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from ephemera.errors import EphemeraError
+from ephemera.http.admin import admin_router
 from ephemera.http.errors import error_response, install_error_handlers
 from ephemera.http.routes import api_router
 from ephemera.http.schemas import Health
@@ -30,6 +31,17 @@ def create_app(store: Store) -> FastAPI:
     app.state.store = store
     install_error_handlers(app)
     app.include_router(api_router(store), prefix=API_PREFIX)
+    app.include_router(admin_router(store), prefix=API_PREFIX)
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
+    def metrics() -> Response:
+        """Prometheus metrics: cleanup runs, deletions, bytes freed, errors, storage in use."""
+        return Response(store.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     def healthz() -> Health:
@@ -51,4 +63,11 @@ def create_app(store: Store) -> FastAPI:
     return app
 
 
-__all__ = ["API_PREFIX", "api_router", "create_app", "error_response", "install_error_handlers"]
+__all__ = [
+    "API_PREFIX",
+    "admin_router",
+    "api_router",
+    "create_app",
+    "error_response",
+    "install_error_handlers",
+]

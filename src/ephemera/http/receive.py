@@ -41,6 +41,7 @@ class UploadParams:
     storage: str | None = None
     expires_in_s: int | None = None
     sha256: str | None = None
+    producer: str | None = None
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -62,6 +63,7 @@ class UploadParams:
             storage=self.storage,
             expires_in_s=self.expires_in_s,
             declared_size=declared_size,
+            producer=self.producer,
         )
 
 
@@ -203,6 +205,7 @@ async def receive_json(
             storage=merged.storage,
             expires_in_s=merged.expires_in_s,
             sha256=merged.sha256,
+            producer=params.producer,
         )
     )
 
@@ -375,4 +378,5 @@ def _merge_form(
         storage=fields.get("storage") or params.storage,
         expires_in_s=expires,
         sha256=fields.get("sha256") or params.sha256,
+        producer=params.producer,
     )

@@ -18,10 +18,14 @@ from ephemera.http.schemas import (
     ArtifactPage,
     CloseReportOut,
     ErrorBody,
+    LeaseCreate,
+    LeaseList,
+    LeaseOut,
+    LeaseRenew,
+    RetentionIn,
     SessionCreate,
     SessionCreated,
     SessionOut,
-    SessionPage,
 )
 from ephemera.models import Artifact
 from ephemera.store import DEFAULT, Store
@@ -105,13 +109,21 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 def api_router(store: Store) -> APIRouter:
     router = APIRouter(responses=ERRORS)
 
-    def authed(session_id: str, token: str) -> None:
-        store.authenticate(session_id, token)
+    def authed(session_id: str, token: str) -> str | None:
+        return store.authenticate(session_id, token)
+
+    def audit_admin(
+        admin: str | None, action: str, target: str, params: dict[str, Any] | None = None
+    ) -> None:
+        """Changes made with an admin key are admin actions: they go to the audit log."""
+        if admin is not None:
+            store.audit(f"admin:{admin}", action, target, params or {})
 
     @router.post("/sessions", status_code=201, response_model=SessionCreated, tags=["sessions"])
     def create_session(body: SessionCreate, token: Credential) -> SessionCreated:
         """Create a session (admin key required); the token in the answer is shown once."""
-        if not store.is_admin(token):
+        admin = store.admin_key_name(token)
+        if admin is None:
             raise Forbidden("creating a session takes an admin key")
         given = body.model_fields_set
         created = store.create_session(
@@ -121,6 +133,7 @@ def api_router(store: Store) -> APIRouter:
             idle_timeout_s=body.idle_timeout_s if "idle_timeout_s" in given else DEFAULT,
             max_age_s=body.max_age_s if "max_age_s" in given else DEFAULT,
         )
+        audit_admin(admin, "session.create", created.session.id, {"label": body.label})
         return SessionCreated(
             **SessionOut.model_validate(created.session).model_dump(), token=created.token
         )
@@ -131,9 +144,15 @@ def api_router(store: Store) -> APIRouter:
         return SessionOut.model_validate(store.get_session(session_id))
 
     @router.delete("/sessions/{session_id}", response_model=CloseReportOut, tags=["sessions"])
-    def close_session(session_id: str, token: Credential) -> CloseReportOut:
-        store.authenticate(session_id, token)
-        report = store.close_session(session_id)
+    def close_session(
+        session_id: str,
+        token: Credential,
+        force: Annotated[bool, Query(description="Close even while leased")] = False,
+    ) -> CloseReportOut:
+        """Close now: every byte and record of the session is gone when this answers."""
+        admin = authed(session_id, token)
+        report = store.close_session(session_id, force=force)
+        audit_admin(admin, "session.close", session_id, {"force": force})
         return CloseReportOut.model_validate(report)
 
     @router.post(
@@ -153,6 +172,7 @@ def api_router(store: Store) -> APIRouter:
         storage: str | None = None,
         expires_in_s: Annotated[int | None, Query(ge=1, le=315_360_000)] = None,
         sha256: str | None = None,
+        producer: Annotated[str | None, Query(max_length=64)] = None,
     ) -> ArtifactOut:
         """Upload an artifact: the body is streamed to storage, hashed on the way."""
         await anyio.to_thread.run_sync(authed, session_id, token)
@@ -163,6 +183,7 @@ def api_router(store: Store) -> APIRouter:
             storage=storage,
             expires_in_s=expires_in_s,
             sha256=sha256,
+            producer=producer,
         )
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if media_type == "multipart/form-data":
@@ -235,21 +256,68 @@ def api_router(store: Store) -> APIRouter:
         tags=["artifacts"],
     )
     def delete_artifact(session_id: str, artifact_id: str, token: Credential) -> ArtifactOut:
-        store.authenticate(session_id, token)
-        return ArtifactOut.model_validate(store.delete_artifact(session_id, artifact_id))
+        admin = authed(session_id, token)
+        deleted = store.delete_artifact(session_id, artifact_id)
+        audit_admin(admin, "artifact.delete", f"{session_id}/{artifact_id}")
+        return ArtifactOut.model_validate(deleted)
 
-    @router.get("/admin/sessions", response_model=SessionPage, tags=["admin"])
-    def admin_sessions(
-        token: Credential,
-        cursor: str | None = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    ) -> SessionPage:
-        if not store.is_admin(token):
-            raise Forbidden("this takes an admin key")
-        page = store.list_sessions(cursor, limit)
-        return SessionPage(
-            items=[SessionOut.model_validate(s) for s in page.items], next_cursor=page.next_cursor
+    @router.put(
+        "/sessions/{session_id}/artifacts/{artifact_id}/retention",
+        response_model=ArtifactOut,
+        tags=["artifacts"],
+    )
+    def retain_artifact(
+        session_id: str, artifact_id: str, body: RetentionIn, token: Credential
+    ) -> ArtifactOut:
+        """Keep an artifact past expiry and result retention until a time (null: stop)."""
+        admin = authed(session_id, token)
+        artifact = store.retain_artifact(session_id, artifact_id, body.retain_until)
+        until = body.retain_until.isoformat() if body.retain_until else None
+        audit_admin(admin, "artifact.retain", f"{session_id}/{artifact_id}", {"until": until})
+        return ArtifactOut.model_validate(artifact)
+
+    @router.post(
+        "/sessions/{session_id}/leases", status_code=201, response_model=LeaseOut, tags=["leases"]
+    )
+    def take_lease(session_id: str, body: LeaseCreate, token: Credential) -> LeaseOut:
+        """Protect the session, or the named artifacts, from every cleanup until it expires."""
+        admin = authed(session_id, token)
+        lease = store.take_lease(
+            session_id, ttl_s=body.ttl_s, holder=body.holder, artifact_ids=body.artifact_ids
         )
+        audit_admin(admin, "lease.take", f"{session_id}/{lease.id}")
+        return LeaseOut.model_validate(lease)
+
+    @router.get("/sessions/{session_id}/leases", response_model=LeaseList, tags=["leases"])
+    def list_leases(session_id: str, token: Credential) -> LeaseList:
+        authed(session_id, token)
+        return LeaseList(items=[LeaseOut.model_validate(x) for x in store.list_leases(session_id)])
+
+    @router.get(
+        "/sessions/{session_id}/leases/{lease_id}", response_model=LeaseOut, tags=["leases"]
+    )
+    def get_lease(session_id: str, lease_id: str, token: Credential) -> LeaseOut:
+        authed(session_id, token)
+        return LeaseOut.model_validate(store.get_lease(session_id, lease_id))
+
+    @router.post(
+        "/sessions/{session_id}/leases/{lease_id}/renew", response_model=LeaseOut, tags=["leases"]
+    )
+    def renew_lease(
+        session_id: str, lease_id: str, body: LeaseRenew, token: Credential
+    ) -> LeaseOut:
+        """Extend a valid lease; an expired one answers 409 (take a new one)."""
+        admin = authed(session_id, token)
+        lease = store.renew_lease(session_id, lease_id, ttl_s=body.ttl_s)
+        audit_admin(admin, "lease.renew", f"{session_id}/{lease_id}")
+        return LeaseOut.model_validate(lease)
+
+    @router.delete("/sessions/{session_id}/leases/{lease_id}", status_code=204, tags=["leases"])
+    def release_lease(session_id: str, lease_id: str, token: Credential) -> Response:
+        admin = authed(session_id, token)
+        store.release_lease(session_id, lease_id)
+        audit_admin(admin, "lease.release", f"{session_id}/{lease_id}")
+        return Response(status_code=204)
 
     return router
 

@@ -102,3 +102,110 @@ class JsonUpload(BaseModel):
 
 class Health(BaseModel):
     status: str
+
+
+class LeaseCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ttl_s: int | None = Field(None, ge=1, description="Seconds until it expires unless renewed")
+    holder: str = Field("", max_length=200, description="Who holds it, for people reading stats")
+    artifact_ids: list[str] = Field(
+        default_factory=list, max_length=1000, description="Empty: the whole session"
+    )
+
+
+class LeaseRenew(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ttl_s: int | None = Field(None, ge=1)
+
+
+class LeaseOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    session_id: str
+    holder: str
+    artifact_ids: list[str]
+    created_at: datetime
+    expires_at: datetime
+
+
+class LeaseList(BaseModel):
+    items: list[LeaseOut]
+
+
+class RetentionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    retain_until: datetime | None
+
+
+class CleanupErrorOut(BaseModel):
+    target: str
+    error: str
+
+
+class CleanupItemOut(BaseModel):
+    kind: str
+    id: str
+    session_id: str | None
+    size: int
+    rule: str
+
+
+class CleanupReportOut(BaseModel):
+    operation: str
+    dry_run: bool
+    deleted_count: int
+    deleted_size_bytes: int
+    deleted_size_mb: float
+    skipped_protected: int
+    errors: list[CleanupErrorOut]
+    duration_s: float
+    items: list[CleanupItemOut] | None = None
+    reports: list[CleanupReportOut] | None = None
+    totals: dict[str, float] | None = None
+
+
+class AuditEntryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    target: str | None
+    params: dict[str, Any]
+    result: dict[str, Any]
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntryOut]
+    next_cursor: str | None
+
+
+class AdminSessionOut(SessionOut):
+    lease_count: int
+
+
+class SessionTotals(BaseModel):
+    sessions: int
+    artifacts: int
+    bytes: int
+
+
+class AdminSessionPage(BaseModel):
+    items: list[AdminSessionOut]
+    next_cursor: str | None
+    totals: SessionTotals
+
+
+class CleanupStats(BaseModel):
+    at: datetime
+    sessions: dict[str, int]
+    artifacts: list[dict[str, Any]]
+    cleanable: dict[str, dict[str, int]]
+    leased: dict[str, int]
+    usage: dict[str, int | None]
+    last_runs: dict[str, dict[str, Any]]

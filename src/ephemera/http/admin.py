@@ -1,0 +1,182 @@
+"""The ``/admin`` routes: every session, cleanup on demand, stats, the audit log."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from ephemera.errors import Forbidden
+from ephemera.http.errors import RateLimited
+from ephemera.http.routes import ERRORS, Credential
+from ephemera.http.schemas import (
+    AdminSessionOut,
+    AdminSessionPage,
+    AuditEntryOut,
+    AuditPage,
+    CleanupReportOut,
+    CleanupStats,
+    SessionOut,
+    SessionTotals,
+)
+from ephemera.store import Store
+
+DryRun = Annotated[bool, Query(description="Report what would be deleted; delete nothing")]
+Hours = Annotated[float | None, Query(ge=0, le=876_000, description="Idle threshold override")]
+Days = Annotated[float | None, Query(ge=0, le=36_500, description="Result retention override")]
+Details = Annotated[bool, Query(description="List every item with the rule that chose it")]
+Purge = Annotated[bool, Query(description="orphaned: drop ready records whose bytes are lost")]
+
+
+class RateLimit:
+    """At most ``per_minute`` calls per key in any sliding minute, per process."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._calls: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, key: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            calls = self._calls.setdefault(key, deque())
+            while calls and calls[0] <= now - 60:
+                calls.popleft()
+            if len(calls) >= self.per_minute:
+                wait = math.ceil(calls[0] + 60 - now)
+                raise RateLimited(
+                    f"at most {self.per_minute} cleanup requests a minute", max(wait, 1)
+                )
+            calls.append(now)
+
+
+def admin_router(store: Store) -> APIRouter:
+    router = APIRouter(
+        prefix="/admin",
+        tags=["admin"],
+        responses={**ERRORS, 429: ERRORS[409] | {"description": "Too many requests"}},
+    )
+    limit = RateLimit(store.settings.cleanup_requests_per_minute)
+
+    def admin_name(token: str) -> str:
+        name = store.admin_key_name(token)
+        if name is None:
+            raise Forbidden("this takes an admin key")
+        return name
+
+    def run(
+        token: str,
+        operation: str,
+        *,
+        dry_run: bool,
+        hours_old: float | None,
+        days_old: float | None,
+        details: bool,
+        purge_missing: bool,
+        session_id: str | None = None,
+    ) -> dict[str, Any]:
+        name = admin_name(token)
+        limit.check(name)
+        report = store.cleanup(
+            operation,
+            dry_run=dry_run,
+            hours_old=hours_old,
+            days_old=days_old,
+            session_id=session_id,
+            purge_missing=purge_missing,
+            details=details,
+            actor=f"admin:{name}",
+        )
+        return report.as_dict(details)
+
+    @router.post("/cleanup/session/{session_id}", response_model=CleanupReportOut)
+    def cleanup_session(
+        session_id: str,
+        token: Credential,
+        dry_run: DryRun = False,
+        details: Details = False,
+    ) -> dict[str, Any]:
+        """Close one session now through the cleanup engine (a lease still protects it)."""
+        return run(
+            token,
+            "session",
+            session_id=session_id,
+            dry_run=dry_run,
+            hours_old=None,
+            days_old=None,
+            details=details,
+            purge_missing=False,
+        )
+
+    @router.post("/cleanup/{operation}", response_model=CleanupReportOut)
+    def cleanup(
+        operation: str,
+        token: Credential,
+        dry_run: DryRun = False,
+        hours_old: Hours = None,
+        days_old: Days = None,
+        details: Details = False,
+        purge_missing: Purge = False,
+    ) -> dict[str, Any]:
+        """Run a cleanup now: expired, idle-sessions, old-results, orphaned, quota or all."""
+        return run(
+            token,
+            operation,
+            dry_run=dry_run,
+            hours_old=hours_old,
+            days_old=days_old,
+            details=details,
+            purge_missing=purge_missing,
+        )
+
+    @router.get("/cleanup/stats", response_model=CleanupStats)
+    def stats(
+        token: Credential,
+        include_orphaned: Annotated[
+            bool, Query(description="Also walk the blob store for orphans (slow on big stores)")
+        ] = False,
+    ) -> dict[str, Any]:
+        admin_name(token)
+        return store.cleanup_stats(include_orphaned=include_orphaned)
+
+    @router.get("/audit", response_model=AuditPage)
+    def audit(
+        token: Credential,
+        cursor: Annotated[int | None, Query(ge=1)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        action: Annotated[str | None, Query(max_length=100)] = None,
+    ) -> AuditPage:
+        """The audit log, newest first; pass ``next_cursor`` back as ``cursor`` for older."""
+        admin_name(token)
+        page = store.audit_log(before=cursor, limit=limit, action=action)
+        return AuditPage(
+            items=[AuditEntryOut.model_validate(e) for e in page.items],
+            next_cursor=page.next_cursor,
+        )
+
+    @router.get("/sessions", response_model=AdminSessionPage)
+    def sessions(
+        token: Credential,
+        cursor: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> AdminSessionPage:
+        """Every session with its state, activity, artifacts, bytes and valid leases."""
+        admin_name(token)
+        rows = store.list_sessions_with_leases(cursor, limit)
+        sessions_total, artifacts_total, bytes_total = store.catalog.totals()
+        return AdminSessionPage(
+            items=[
+                AdminSessionOut(**SessionOut.model_validate(s).model_dump(), lease_count=leases)
+                for s, leases in rows.items
+            ],
+            next_cursor=rows.next_cursor,
+            totals=SessionTotals(
+                sessions=sessions_total, artifacts=artifacts_total, bytes=bytes_total
+            ),
+        )
+
+    return router

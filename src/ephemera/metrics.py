@@ -1,0 +1,84 @@
+"""Prometheus metrics: cleanup counters kept as runs happen, storage read at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from ephemera.cleanup import CleanupReport
+    from ephemera.store import Store
+
+
+class _StorageCollector(Collector):
+    """Reads the catalog when scraped, so the numbers are never stale."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        stored = GaugeMetricFamily(
+            "ephemera_storage_bytes",
+            "Bytes of artifacts by storage class and state",
+            labels=["storage_class", "state"],
+        )
+        counted = GaugeMetricFamily(
+            "ephemera_artifacts",
+            "Artifacts by storage class and state",
+            labels=["storage_class", "state"],
+        )
+        for storage_class, state, count, size in self.store.catalog.artifact_breakdown():
+            stored.add_metric([storage_class, state], size)
+            counted.add_metric([storage_class, state], count)
+        sessions = GaugeMetricFamily("ephemera_sessions", "Sessions by state", labels=["state"])
+        for state, count in self.store.catalog.session_states().items():
+            sessions.add_metric([state], count)
+        yield from (stored, counted, sessions)
+
+
+class Metrics:
+    """One registry per store, so several stores in one process never share counters."""
+
+    def __init__(self, store: Store) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ["operation", "dry_run"]
+        self.runs = Counter("ephemera_cleanup_runs", "Cleanup runs", labels, registry=self.registry)
+        self.deleted = Counter(
+            "ephemera_cleanup_deleted_items",
+            "Items a cleanup deleted",
+            labels,
+            registry=self.registry,
+        )
+        self.freed = Counter(
+            "ephemera_cleanup_deleted_bytes",
+            "Bytes a cleanup freed",
+            labels,
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "ephemera_cleanup_errors", "Item errors met by cleanup", labels, registry=self.registry
+        )
+        self.duration = Histogram(
+            "ephemera_cleanup_duration_seconds",
+            "Duration of cleanup runs",
+            labels,
+            registry=self.registry,
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800),
+        )
+        self.registry.register(_StorageCollector(store))
+
+    def observe(self, report: CleanupReport) -> None:
+        for part in report.reports or [report]:
+            labels = (part.operation, str(part.dry_run).lower())
+            self.runs.labels(*labels).inc()
+            self.deleted.labels(*labels).inc(part.deleted_count)
+            self.freed.labels(*labels).inc(part.deleted_size_bytes)
+            self.errors.labels(*labels).inc(len(part.errors))
+            self.duration.labels(*labels).observe(part.duration_s)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
