@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ DataDir = Annotated[
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
 ADMIN_KEY_FILE = "admin.key"
+ACTOR = f"cli:{getpass.getuser()}"
 
 
 def _settings(data_dir: Path | None) -> Settings:
@@ -80,6 +82,8 @@ def serve(
     from ephemera.http import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from ephemera.scheduler import CleanupScheduler
+
     settings = _settings(data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = _open(data_dir)
@@ -93,6 +97,9 @@ def serve(
         _write_secret(key_file, key)
         err.print(f"Created admin key 'default' (shown once; also saved to {key_file}):")
         print(key, flush=True)
+    scheduler = CleanupScheduler(store) if settings.scheduled_cleanup else None
+    if scheduler is not None:
+        scheduler.start()
     try:
         uvicorn.run(
             create_app(store),
@@ -104,6 +111,8 @@ def serve(
             timeout_graceful_shutdown=10,
         )
     finally:
+        if scheduler is not None:
+            scheduler.stop()
         store.close()
 
 
@@ -166,13 +175,18 @@ def sessions_show(session_id: str, data_dir: DataDir = None) -> None:
 
 
 @sessions_app.command("close")
-def sessions_close(session_id: str, data_dir: DataDir = None) -> None:
+def sessions_close(
+    session_id: str,
+    data_dir: DataDir = None,
+    force: Annotated[bool, typer.Option(help="Close even while leased")] = False,
+) -> None:
     """Close a session now: its bytes and records are removed."""
     with _open(data_dir) as store:
         try:
-            report = store.close_session(session_id)
+            report = store.close_session(session_id, force=force)
         except EphemeraError as exc:
             raise _fail(exc) from None
+        store.audit(ACTOR, "session.close", session_id, {"force": force})
     print(json.dumps(_jsonable(report)))
 
 
@@ -184,6 +198,7 @@ def admin_key_create(name: str, data_dir: DataDir = None) -> None:
             key = store.create_admin_key(name)
         except EphemeraError as exc:
             raise _fail(exc) from None
+        store.audit(ACTOR, "admin-key.create", name)
     print(key)
 
 
@@ -209,7 +224,162 @@ def admin_key_revoke(name: str, data_dir: DataDir = None) -> None:
             store.revoke_admin_key(name)
         except EphemeraError as exc:
             raise _fail(exc) from None
+        store.audit(ACTOR, "admin-key.revoke", name)
     err.print(f"revoked {name}")
+
+
+@app.command()
+def cleanup(
+    operation: Annotated[
+        str,
+        typer.Argument(
+            help="expired, idle-sessions, old-results, orphaned, quota, all, or session/ID"
+        ),
+    ],
+    data_dir: DataDir = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Report, delete nothing")] = False,
+    hours: Annotated[float | None, typer.Option(help="Idle threshold override")] = None,
+    days: Annotated[float | None, typer.Option(help="Result retention override")] = None,
+    purge_missing: Annotated[
+        bool, typer.Option("--purge-missing", help="orphaned: drop records whose bytes are lost")
+    ] = False,
+    details: Annotated[bool, typer.Option("--details", help="List every item")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Run a cleanup operation now (also fit for cron); it is recorded in the audit log."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    session_id = None
+    if operation.startswith("session/"):
+        operation, session_id = "session", operation.split("/", 1)[1]
+    with (
+        _open(data_dir) as store,
+        Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TextColumn("{task.completed} examined"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+            disable=as_json or not err.is_terminal,
+        ) as progress,
+    ):
+        tasks: dict[str, Any] = {}
+
+        def advance(op: str, done: int) -> None:
+            if op not in tasks:
+                tasks[op] = progress.add_task(op, total=None)
+            progress.advance(tasks[op], done)
+
+        try:
+            report = store.cleanup(
+                operation,
+                dry_run=dry_run,
+                hours_old=hours,
+                days_old=days,
+                session_id=session_id,
+                purge_missing=purge_missing,
+                details=details,
+                actor=ACTOR,
+                progress=advance,
+            )
+        except EphemeraError as exc:
+            raise _fail(exc) from None
+    if as_json:
+        print(json.dumps(report.as_dict(details)))
+        return
+    table = Table(
+        "operation",
+        "deleted",
+        "bytes",
+        "protected",
+        "errors",
+        "seconds",
+        title=f"cleanup {operation}" + (" (dry run)" if dry_run else ""),
+    )
+    for part in [*report.reports, report]:
+        table.add_row(
+            part.operation,
+            str(part.deleted_count),
+            f"{part.deleted_size_bytes} ({part.deleted_size_mb} MB)",
+            str(part.skipped_protected),
+            str(len(part.errors)),
+            f"{part.duration_s:.3f}",
+        )
+    out.print(table)
+    if details:
+        for item in report.items or [i for r in report.reports for i in r.items]:
+            out.print(f"{item.rule:20} {item.kind:9} {item.size:>12} {item.id}")
+    for error in report.errors[:20]:
+        err.print(f"[yellow]{error['target']}[/yellow]: {error['error']}")
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def stats(
+    data_dir: DataDir = None,
+    orphaned: Annotated[bool, typer.Option("--orphaned", help="Also walk for orphans")] = False,
+    as_json: AsJson = False,
+) -> None:
+    """Storage by state and class, what each cleanup would delete now, leases, last runs."""
+    with _open(data_dir) as store:
+        numbers = store.cleanup_stats(include_orphaned=orphaned)
+    if as_json:
+        print(json.dumps(_jsonable(numbers), default=str))
+        return
+    out.print(f"sessions: {numbers['sessions']}   leased: {numbers['leased']}")
+    out.print(f"usage: {numbers['usage']}")
+    stored = Table("storage class", "state", "artifacts", "bytes", title="stored")
+    for row in numbers["artifacts"]:
+        stored.add_row(row["storage_class"], row["state"], str(row["count"]), str(row["bytes"]))
+    out.print(stored)
+    cleanable = Table("operation", "would delete", "bytes", "protected", title="cleanable now")
+    for op, n in numbers["cleanable"].items():
+        cleanable.add_row(op, str(n["count"]), str(n["bytes"]), str(n["skipped_protected"]))
+    out.print(cleanable)
+    runs = Table("operation", "at", "actor", "deleted", "bytes", "errors", title="last runs")
+    for op, run in numbers["last_runs"].items():
+        result = run["result"]
+        runs.add_row(
+            op,
+            run["at"].isoformat(timespec="seconds"),
+            run["actor"],
+            str(result.get("deleted_count")),
+            str(result.get("deleted_size_bytes")),
+            str(result.get("errors")),
+        )
+    out.print(runs)
+
+
+@app.command()
+def audit(
+    data_dir: DataDir = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    cursor: Annotated[int | None, typer.Option(help="Entries older than this ID")] = None,
+    action: Annotated[str | None, typer.Option(help="Only actions starting with this")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """The audit log, newest first."""
+    with _open(data_dir) as store:
+        page = store.audit_log(before=cursor, limit=limit, action=action)
+    if as_json:
+        print(json.dumps({"items": _jsonable(page.items), "next_cursor": page.next_cursor}))
+        return
+    table = Table("id", "at", "actor", "action", "target", "params", "result")
+    for e in page.items:
+        table.add_row(
+            str(e.id),
+            e.at.isoformat(timespec="seconds"),
+            e.actor,
+            e.action,
+            e.target or "",
+            json.dumps(e.params),
+            json.dumps({k: v for k, v in e.result.items() if k != "first_errors"}),
+        )
+    out.print(table)
+    if page.next_cursor:
+        out.print(f"older: --cursor {page.next_cursor}")
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     result_retention_days: float = Field(30, gt=0, description="How long task outputs are kept")
     orphan_grace_s: int = Field(3600, ge=0, description="Age before unreferenced bytes are removed")
     cleanup_interval_s: int = Field(900, ge=1, description="Scheduled cleanup interval")
+    scheduled_cleanup: bool = Field(True, description="Run cleanup inside `ephemera serve`")
     max_upload_bytes: int = Field(GiB, ge=1, description="Largest accepted artifact")
     max_json_upload_bytes: int = Field(
         64 * 1024**2, ge=1, description="Largest JSON/base64 upload body (held in memory)"
