@@ -449,3 +449,21 @@ def test_a_pass_with_nothing_to_delete_does_not_depend_on_what_is_stored(
     finally:
         plan.close()
     assert "ix_artifacts_expires_at_id" in " ".join(str(r) for r in rows)
+
+
+def test_a_lease_keeps_its_session_alive_past_the_idle_timeout(
+    store: Store, clock: ManualClock
+) -> None:
+    created = store.create_session("worked", idle_timeout_s=60)
+    lease = store.take_lease("worked", ttl_s=600)
+    clock.advance(300)  # idle for five minutes, but leased: still answers
+    store.authenticate("worked", created.token)
+    store.put_artifact("worked", b"result", name="r.bin")
+    clock.advance(200)
+    store.renew_lease("worked", lease.id, ttl_s=60)
+    assert dry_then_real(store, "idle-sessions").skipped_protected == 1
+    store.release_lease("worked", lease.id)
+    clock.advance(61)
+    with pytest.raises(NotFound):
+        store.authenticate("worked", created.token)
+    assert [i.id for i in dry_then_real(store, "idle-sessions").items] == ["worked"]

@@ -55,11 +55,6 @@ class Session:
     artifact_count: int = 0
     total_bytes: int = 0
 
-    def is_live(self, now: datetime) -> bool:
-        return self.state is SessionState.OPEN and (
-            self.expires_at is None or now < self.expires_at
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class CreatedSession:

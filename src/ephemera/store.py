@@ -285,15 +285,14 @@ class Store:
         """
         if not ids.SESSION_ID_RE.fullmatch(session_id):
             raise _session_not_found(session_id)
-        row = self.catalog.get_session_row(session_id)
         now = self.clock.now()
+        row = self.catalog.session_with_liveness(session_id, now)
         if row is None:
             raise _session_not_found(session_id)
         admin = self.admin_key_name(credential)
         if admin is None and not ids.secret_matches(credential, row.token_hash):
             raise _session_not_found(session_id)
-        deadline = row.expires_at
-        if row.state != SessionState.OPEN or (deadline is not None and now >= deadline):
+        if not row.live:
             raise _session_not_found(session_id)
         interval = timedelta(seconds=self.settings.activity_write_interval_s)
         if now - row.last_activity_at >= interval:
@@ -360,11 +359,8 @@ class Store:
                 raise InvalidInput(f"{name} must be between 1 and 315360000, or null")
 
         now = self.clock.now()
-        earlier = self.catalog.get_session_row(session_id)
-        if earlier is not None:
-            if earlier.state == SessionState.OPEN and (
-                earlier.expires_at is None or now < earlier.expires_at
-            ):
+        if self.catalog.get_session_row(session_id) is not None:
+            if self.catalog.is_live(session_id, now):
                 raise Conflict(f"session {session_id} already exists")
             self._finish_close(session_id, force=False)
         token = ids.new_session_token()
@@ -385,16 +381,14 @@ class Store:
         return CreatedSession(session, token)
 
     def _require_live(self, session_id: str) -> None:
-        row = self.catalog.get_session_row(session_id)
-        if row is None or row.state != SessionState.OPEN:
-            raise _session_not_found(session_id)
-        if row.expires_at is not None and self.clock.now() >= row.expires_at:
+        if not self.catalog.is_live(session_id, self.clock.now()):
             raise _session_not_found(session_id)
 
     def get_session(self, session_id: str) -> Session:
         """The live session with its artifact count and bytes; NotFound if it is not live."""
+        self._require_live(session_id)
         session = self.catalog.get_session(session_id)
-        if session is None or not session.is_live(self.clock.now()):
+        if session is None:
             raise _session_not_found(session_id)
         return session
 

@@ -140,6 +140,21 @@ def session_leased(now: datetime) -> ColumnElement[bool]:
     return exists().where(leases.c.session_id == sessions.c.id, leases.c.expires_at > now)
 
 
+def live_session(now: datetime) -> ColumnElement[bool]:
+    """Open, and before its deadline or kept alive by a valid lease (correlates ``sessions``).
+
+    A lease protects its session from expiry too: a worker holding one is never locked out.
+    """
+    return and_(
+        sessions.c.state == SessionState.OPEN,
+        or_(
+            sessions.c.expires_at.is_(None),
+            sessions.c.expires_at > now,
+            session_leased(now),
+        ),
+    )
+
+
 def artifact_leased(now: datetime) -> ColumnElement[bool]:
     """A valid lease names the artifact or its whole session (correlates ``artifacts``)."""
     return or_(
@@ -357,6 +372,17 @@ class Catalog:
             raise Conflict(f"session {values['id']} already exists") from exc
         return _session(row)
 
+    def is_live(self, session_id: str, now: datetime) -> bool:
+        with self._read() as conn:
+            return bool(conn.scalar(select(live_session(now)).where(sessions.c.id == session_id)))
+
+    def session_with_liveness(self, session_id: str, now: datetime) -> Row[Any] | None:
+        """The session row plus a ``live`` column, in one read (the request hot path)."""
+        with self._read() as conn:
+            return conn.execute(
+                select(sessions, live_session(now).label("live")).where(sessions.c.id == session_id)
+            ).first()
+
     def get_session_row(self, session_id: str) -> Row[Any] | None:
         with self._read() as conn:
             return conn.execute(select(sessions).where(sessions.c.id == session_id)).first()
@@ -496,14 +522,12 @@ class Catalog:
         """Insert a pending artifact if its session is live; False if it is not."""
         now = values["created_at"]
         with self._write() as conn:
-            row = conn.execute(
-                select(sessions.c.state, sessions.c.expires_at)
+            live = conn.scalar(
+                select(live_session(now))
                 .where(sessions.c.id == values["session_id"])
                 .with_for_update(read=True)
-            ).first()
-            if row is None or row.state != SessionState.OPEN:
-                return False
-            if row.expires_at is not None and row.expires_at <= now:
+            )
+            if not live:
                 return False
             conn.execute(insert(artifacts).values(**values, state=ArtifactState.PENDING))
             return True
@@ -651,16 +675,12 @@ class Catalog:
     def insert_lease(self, lease: Lease) -> None:
         """Record a lease if its session is live and every named artifact is ready in it."""
         with self._write() as conn:
-            row = conn.execute(
-                select(sessions.c.state, sessions.c.expires_at)
+            live = conn.scalar(
+                select(live_session(lease.created_at))
                 .where(sessions.c.id == lease.session_id)
                 .with_for_update(read=True)
-            ).first()
-            if (
-                row is None
-                or row.state != SessionState.OPEN
-                or (row.expires_at is not None and row.expires_at <= lease.created_at)
-            ):
+            )
+            if not live:
                 raise NotFound(f"session {lease.session_id} not found")
             if lease.artifact_ids:
                 found = set(
