@@ -94,3 +94,22 @@ def test_first_serve_creates_an_admin_key_readable_only_by_its_owner(server: Ser
         assert restarted.log.read_text().count("epa_") == 0
     finally:
         restarted.stop()
+
+
+def test_stats_and_audit_speak_json(data_dir: Path) -> None:
+    with Store.open(Settings(data_dir=data_dir)) as store:
+        store.create_session("s1")
+        store.put_artifact("s1", b"12345", name="a.bin")
+    assert ephemera("cleanup", "all", "--dry-run", data_dir=data_dir).returncode == 0
+    stats = json.loads(ephemera("stats", "--json", data_dir=data_dir).stdout)
+    assert stats["sessions"] == {"open": 1}
+    assert stats["usage"]["stored_bytes"] == 5
+    assert stats["last_runs"]["all"]["params"] == {"dry_run": True}
+    log = json.loads(ephemera("audit", "--json", "--limit", "2", data_dir=data_dir).stdout)
+    assert [e["action"] for e in log["items"]] == ["cleanup.all", "cleanup.quota"]
+    assert log["items"][0]["actor"].startswith("cli:")
+    older = ephemera("audit", "--json", "--cursor", log["next_cursor"], data_dir=data_dir)
+    assert json.loads(older.stdout)["items"][0]["action"] == "cleanup.orphaned"
+    unknown = ephemera("cleanup", "everything", data_dir=data_dir)
+    assert unknown.returncode == 1
+    assert "unknown cleanup operation" in unknown.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
@@ -35,3 +36,25 @@ def test_an_empty_database_is_migrated_on_open_and_an_outdated_one_refused(
             conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0000'")
     with pytest.raises(SchemaOutOfDate, match="ephemera migrate"):
         Store.open(settings)
+
+
+def test_upgrading_a_populated_first_schema_keeps_its_rows(tmp_path: Path) -> None:
+    catalog = Catalog(f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        with catalog.engine.connect() as conn:
+            command.upgrade(catalog._alembic_config(conn), "0001")
+            conn.commit()
+        with catalog.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO sessions (id, token_hash, metadata, state, created_at,"
+                " last_activity_at) VALUES ('s1', 'h', '{}', 'open', '2026-01-01 00:00:00',"
+                " '2026-01-01 00:00:00')"
+            )
+        catalog.migrate()
+        assert catalog.revisions() == ("0002", "0002")
+        assert catalog.get_session_row("s1") is not None
+        with catalog.engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, metadata) == []
+    finally:
+        catalog.dispose()
