@@ -181,8 +181,6 @@ class Cleaner:
         self.dry_run = request.dry_run
         self.progress = progress or (lambda _op, _n: None)
         self.batch_size = batch_size
-        self._closed: list[SessionClosed] = []
-        self._deleted: list[ArtifactDeleted] = []
         # A dry run deletes nothing, so later passes of `all` would see again what earlier
         # ones report. It remembers what a real run would have removed by then, and skips it.
         self._dry_sessions: set[str] = set()
@@ -202,7 +200,6 @@ class Cleaner:
             report.duration_s = round(time.perf_counter() - started, 6)
         else:
             report = self._run_one(op)
-        self._emit()
         return report
 
     def _report(self, operation: str) -> CleanupReport:
@@ -278,7 +275,10 @@ class Cleaner:
         for session_id, artifact_id, size in self.store.catalog.drop_deleting_artifacts(gone):
             size = size if frees_bytes else 0
             report.add(CleanupItem("artifact", artifact_id, session_id, size, rule))
-            self._deleted.append(ArtifactDeleted(session_id, artifact_id, size, rule, self.now))
+            # Told as each batch is committed: memory stays flat however much is deleted.
+            self.store.hooks.artifact_deleted(
+                ArtifactDeleted(session_id, artifact_id, size, rule, self.now)
+            )
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -328,7 +328,7 @@ class Cleaner:
             return False
         count, size = dropped
         report.add(CleanupItem("session", candidate.id, candidate.id, size, rule))
-        self._closed.append(SessionClosed(candidate.id, count, size, rule, self.now))
+        self.store.hooks.session_closed(SessionClosed(candidate.id, count, size, rule, self.now))
         return True
 
     # -- quota ----------------------------------------------------------------------------
@@ -498,15 +498,6 @@ class Cleaner:
             for artifact_id, state, size in batch:
                 yield artifact_id, (state, size)
             after = batch[-1][0]
-
-    # -- hooks ----------------------------------------------------------------------------
-
-    def _emit(self) -> None:
-        hooks = self.store.hooks
-        for closed in self._closed:
-            hooks.session_closed(closed)
-        for deleted in self._deleted:
-            hooks.artifact_deleted(deleted)
 
 
 def _safe_list(blobs: Any, prefix: str, report: CleanupReport) -> Iterator[Any]:
