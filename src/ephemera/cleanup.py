@@ -39,6 +39,7 @@ OPERATIONS = ("expired", "idle-sessions", "session", "old-results", "orphaned", 
 # remains.
 ALL_ORDER = ("idle-sessions", "expired", "old-results", "orphaned", "quota")
 BATCH = 500
+RECONCILE_CHUNK = 64
 MB = 1_000_000
 
 
@@ -381,9 +382,9 @@ class Cleaner:
 
     def _stale_pending(self, report: CleanupReport, cutoff: datetime) -> None:
         catalog = self.store.catalog
-        after: str | None = None
+        after: tuple[datetime, str] | None = None
         while batch := catalog.stale_pending(cutoff, after, self.batch_size):
-            after = batch[-1].id
+            after = (batch[-1].order_key, batch[-1].id)
             batch = [c for c in batch if not self._gone_in_dry_run(c)]
             if self.dry_run:
                 for c in batch:
@@ -412,14 +413,28 @@ class Cleaner:
         """
         listed = self.store.blobs.list_children("sessions/")
         recorded = self._recorded_sessions()
+        chunk: list[tuple[str, bool]] = []
         for session_id, on_disk, in_db in _merge(listed, recorded):
             if session_id in self._dry_sessions:
                 continue  # closed by an earlier pass of this (dry) run
             if not SESSION_ID_RE.fullmatch(session_id) or (on_disk and not in_db):
                 self._orphan_tree(report, session_id, cutoff)
-            else:
-                self._reconcile_session(report, session_id, cutoff, on_disk)
-            self.progress(report.operation, 1)
+                self.progress(report.operation, 1)
+                continue
+            chunk.append((session_id, on_disk))
+            if len(chunk) == RECONCILE_CHUNK:
+                self._reconcile_sessions(report, chunk, cutoff)
+                chunk = []
+        self._reconcile_sessions(report, chunk, cutoff)
+
+    def _reconcile_sessions(
+        self, report: CleanupReport, chunk: list[tuple[str, bool]], cutoff: datetime
+    ) -> None:
+        # One query for the records of a whole chunk of sessions.
+        records = self.store.catalog.artifact_states([sid for sid, _ in chunk])
+        for session_id, on_disk in chunk:
+            self._reconcile_session(report, session_id, cutoff, on_disk, records[session_id])
+        self.progress(report.operation, len(chunk))
 
     def _recorded_sessions(self) -> Iterator[str]:
         after: str | None = None
@@ -447,57 +462,62 @@ class Cleaner:
             report.error(f"session {session_id}", exc.message)
 
     def _reconcile_session(
-        self, report: CleanupReport, session_id: str, cutoff: datetime, on_disk: bool
+        self,
+        report: CleanupReport,
+        session_id: str,
+        cutoff: datetime,
+        on_disk: bool,
+        records: dict[str, str],
     ) -> None:
+        """Compare one session's stored names with its records, as sets.
+
+        Only names without a record are stat-ed (for their age and size): a consistent
+        session costs one directory listing and one indexed query.
+        """
         blobs = self.store.blobs
         catalog = self.store.catalog
         prefix = session_prefix(session_id)
-        stored = (
-            ((s.key.rsplit("/", 1)[1], s) for s in _safe_list(blobs, prefix, report))
-            if on_disk
-            else iter(())
-        )
-        records = self._records(session_id)
+        try:
+            names = set(blobs.list_children(prefix)) if on_disk else set()
+        except EphemeraError as exc:
+            report.error(f"list {prefix}", exc.message)
+            return
+        for name in sorted(names - records.keys()):
+            try:
+                stat = blobs.stat(prefix + name)
+            except EphemeraError:
+                continue  # gone meanwhile, or not a blob: nothing of ours to remove
+            if stat.modified_at >= cutoff:
+                continue
+            if not self.dry_run:
+                try:
+                    blobs.delete(stat.key)
+                except EphemeraError as exc:
+                    report.error(f"blob {stat.key}", exc.message)
+                    continue
+            report.add(CleanupItem("blob", stat.key, session_id, stat.size, "no-record"))
         unfinished: list[Candidate] = []
         purged: list[Candidate] = []
-        for artifact_id, stat, record in _merge_keyed(stored, records):
-            if record is None:
-                assert stat is not None
-                if stat.modified_at >= cutoff:
-                    continue
-                if not self.dry_run:
-                    try:
-                        blobs.delete(stat.key)
-                    except EphemeraError as exc:
-                        report.error(f"blob {stat.key}", exc.message)
-                        continue
-                report.add(CleanupItem("blob", stat.key, session_id, stat.size, "no-record"))
-            elif record[0] == ArtifactState.DELETING:
-                unfinished.append(
-                    Candidate(artifact_id, session_id, record[1], "deleting", False, False)
-                )
-            elif stat is None and record[0] == ArtifactState.READY:
+        for artifact_id, state in sorted(records.items()):
+            if state == ArtifactState.DELETING:
+                unfinished.append(Candidate(artifact_id, session_id, 0, state, False, False))
+            elif state == ArtifactState.READY and artifact_id not in names:
                 report.error(f"artifact {artifact_id}", "integrity: ready record without bytes")
                 if self.request.purge_missing and (
                     self.dry_run or catalog.mark_missing_deleting(artifact_id)
                 ):
-                    purged.append(Candidate(artifact_id, session_id, 0, "deleting", False, False))
+                    purged.append(Candidate(artifact_id, session_id, 0, state, False, False))
         if self.dry_run:
+            sizes = catalog.artifact_sizes([c.id for c in unfinished])
             for c in unfinished:
-                report.add(CleanupItem("artifact", c.id, session_id, c.size, "interrupted-delete"))
+                size = sizes.get(c.id, 0)
+                report.add(CleanupItem("artifact", c.id, session_id, size, "interrupted-delete"))
             for c in purged:
                 report.add(CleanupItem("artifact", c.id, session_id, 0, "missing-bytes"))
         else:
             self._delete_artifacts(report, unfinished, "interrupted-delete")
             # Their bytes were already gone: purging frees nothing.
             self._delete_artifacts(report, purged, "missing-bytes", frees_bytes=False)
-
-    def _records(self, session_id: str) -> Iterator[tuple[str, tuple[str, int]]]:
-        after: str | None = None
-        while batch := self.store.catalog.artifact_records(session_id, after, self.batch_size * 4):
-            for artifact_id, state, size in batch:
-                yield artifact_id, (state, size)
-            after = batch[-1][0]
 
 
 def _safe_list(blobs: Any, prefix: str, report: CleanupReport) -> Iterator[Any]:
@@ -521,25 +541,6 @@ def _merge(left: Iterator[str], right: Iterator[str]) -> Iterator[tuple[str, boo
             b = next(right, None)
         else:
             yield a, True, True
-            a, b = next(left, None), next(right, None)
-
-
-def _merge_keyed(
-    left: Iterator[tuple[str, Any]], right: Iterator[tuple[str, Any]]
-) -> Iterator[tuple[str, Any, Any]]:
-    """Merge two ascending keyed streams: (key, left value or None, right value or None)."""
-    a = next(left, None)
-    b = next(right, None)
-    while a is not None or b is not None:
-        if b is None or (a is not None and a[0] < b[0]):
-            assert a is not None
-            yield a[0], a[1], None
-            a = next(left, None)
-        elif a is None or b[0] < a[0]:
-            yield b[0], None, b[1]
-            b = next(right, None)
-        else:
-            yield a[0], a[1], b[1]
             a, b = next(left, None), next(right, None)
 
 

@@ -212,7 +212,7 @@ class LocalBlobStore:
     def list_children(self, prefix: str) -> Iterator[str]:
         path = self.local_path(prefix.rstrip("/"))
         try:
-            names = sorted(e.name for e in os.scandir(path))
+            names = sorted(os.listdir(path))
         except (FileNotFoundError, NotADirectoryError):
             return
         except OSError as exc:

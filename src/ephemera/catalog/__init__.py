@@ -38,6 +38,8 @@ from sqlalchemy import (
     not_,
     or_,
     select,
+    text,
+    tuple_,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -133,6 +135,7 @@ def _artifact(row: Row[Any]) -> Artifact:
 
 
 RESULT_KINDS = ("result", "output")
+PENDING = text("artifacts.state = 'pending'")
 
 
 def session_leased(now: datetime) -> ColumnElement[bool]:
@@ -810,7 +813,7 @@ class Catalog:
             .limit(limit)
         )
         if after is not None:
-            query = query.where(or_(first > after[0], and_(first == after[0], second > after[1])))
+            query = query.where(tuple_(first, second) > tuple_(after[0], after[1]))
         with self._read() as conn:
             return [
                 Candidate(
@@ -980,15 +983,20 @@ class Catalog:
 
     # -- cleanup: orphans -----------------------------------------------------------------
 
-    def stale_pending(self, cutoff: datetime, after: str | None, limit: int) -> list[Candidate]:
+    def stale_pending(
+        self, cutoff: datetime, after: tuple[datetime, str] | None, limit: int
+    ) -> list[Candidate]:
         query = (
             select(artifacts.c.id, artifacts.c.session_id, artifacts.c.created_at)
-            .where(artifacts.c.state == ArtifactState.PENDING, artifacts.c.created_at < cutoff)
+            # Spelled literally: a partial index serves only a query that repeats its predicate.
+            .where(PENDING, artifacts.c.created_at < cutoff)
             .order_by(artifacts.c.created_at, artifacts.c.id)
             .limit(limit)
         )
         if after is not None:
-            query = query.where(artifacts.c.id > after)
+            query = query.where(
+                tuple_(artifacts.c.created_at, artifacts.c.id) > tuple_(after[0], after[1])
+            )
         with self._read() as conn:
             return [
                 Candidate(r.id, r.session_id, 0, "pending", False, False, r.created_at)
@@ -1017,20 +1025,25 @@ class Catalog:
         with self._read() as conn:
             return list(conn.scalars(query))
 
-    def artifact_records(
-        self, session_id: str, after: str | None, limit: int
-    ) -> list[tuple[str, str, int]]:
-        """(id, state, size) of a session's artifact records, in ID order."""
-        query = (
-            select(artifacts.c.id, artifacts.c.state, artifacts.c.size)
-            .where(artifacts.c.session_id == session_id)
-            .order_by(artifacts.c.id)
-            .limit(limit)
+    def artifact_states(self, session_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        """Every artifact record of these sessions: session -> id -> state (index only)."""
+        found: dict[str, dict[str, str]] = {sid: {} for sid in session_ids}
+        query = select(artifacts.c.session_id, artifacts.c.id, artifacts.c.state).where(
+            artifacts.c.session_id.in_(session_ids)
         )
-        if after is not None:
-            query = query.where(artifacts.c.id > after)
         with self._read() as conn:
-            return [(r.id, r.state, r.size or 0) for r in conn.execute(query)]
+            for sid, aid, state in conn.execute(query):
+                found[sid][aid] = state
+        return found
+
+    def artifact_sizes(self, ids: Sequence[str]) -> dict[str, int]:
+        if not ids:
+            return {}
+        with self._read() as conn:
+            rows = conn.execute(
+                select(artifacts.c.id, artifacts.c.size).where(artifacts.c.id.in_(ids))
+            )
+            return {r[0]: r[1] or 0 for r in rows}
 
     def mark_missing_deleting(self, artifact_id: str) -> bool:
         """ready -> deleting for a record whose bytes are gone (purge on request)."""

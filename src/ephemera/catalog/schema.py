@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     TypeDecorator,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -91,10 +92,18 @@ artifacts = Table(
     # What produced this artifact (a task, later); outputs with a producer age out as results.
     Column("producer", String(64)),
     Index(None, "session_id", "state", "kind"),
-    Index(None, "state", "created_at"),
+    # Partial: only stale uploads are looked up by state. A full (state, ...) index is a trap:
+    # without statistics SQLite takes it for `state = 'ready'` and scans every ready row.
+    Index(
+        "ix_artifacts_pending_created_at",
+        "created_at",
+        sqlite_where=text("state = 'pending'"),
+        postgresql_where=text("state = 'pending'"),
+    ),
     Index(None, "expires_at", "id"),
     Index(None, "ready_at", "id"),
-    Index(None, "session_id", "id"),
+    # Covers orphan reconciliation: a session's IDs and states without touching the table.
+    Index(None, "session_id", "id", "state"),
 )
 
 leases = Table(

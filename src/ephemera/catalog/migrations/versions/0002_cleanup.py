@@ -18,7 +18,15 @@ down_revision = "0001"
 def upgrade() -> None:
     with op.batch_alter_table("artifacts") as batch:
         batch.add_column(sa.Column("producer", sa.String(64)))
-        batch.create_index("ix_artifacts_session_id_id", ["session_id", "id"])
+        batch.create_index("ix_artifacts_session_id_id_state", ["session_id", "id", "state"])
+        # Only stale uploads are looked up by state; see the schema for why a partial index.
+        batch.drop_index("ix_artifacts_state_created_at")
+        batch.create_index(
+            "ix_artifacts_pending_created_at",
+            ["created_at"],
+            sqlite_where=sa.text("state = 'pending'"),
+            postgresql_where=sa.text("state = 'pending'"),
+        )
         # Keyset batches of cleanup walk these indexes in order, never sorting.
         batch.drop_index("ix_artifacts_expires_at")
         batch.create_index("ix_artifacts_expires_at_id", ["expires_at", "id"])
@@ -78,5 +86,7 @@ def downgrade() -> None:
         batch.drop_index("ix_artifacts_ready_at_id")
         batch.drop_index("ix_artifacts_expires_at_id")
         batch.create_index("ix_artifacts_expires_at", ["expires_at"])
-        batch.drop_index("ix_artifacts_session_id_id")
+        batch.drop_index("ix_artifacts_pending_created_at")
+        batch.create_index("ix_artifacts_state_created_at", ["state", "created_at"])
+        batch.drop_index("ix_artifacts_session_id_id_state")
         batch.drop_column("producer")
