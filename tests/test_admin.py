@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from ephemera import Settings, Store
+from ephemera import InvalidInput, Settings, Store
 from ephemera.http import create_app
 from ephemera.testing import ManualClock
 from tests.conftest import bearer
@@ -305,3 +305,13 @@ def test_metrics_count_runs_deletions_and_storage(
     assert 'ephemera_cleanup_deleted_bytes_total{dry_run="false",operation="expired"} 10.0' in text
     assert 'ephemera_sessions{state="open"} 1.0' in text
     assert "ephemera_cleanup_duration_seconds_bucket" in text
+
+
+def test_an_audit_cursor_beyond_64_bits_is_refused_not_a_crash(
+    client: TestClient, admin: dict[str, str], admin_store: Store
+) -> None:
+    # Found by schemathesis: SQLite integers stop at 2**63 - 1.
+    response = client.get(f"{API}/admin/audit", params={"cursor": 2**70}, headers=admin)
+    assert response.status_code == 422
+    with pytest.raises(InvalidInput):
+        admin_store.audit_log(before=2**70)

@@ -740,6 +740,8 @@ class Store:
         self, *, before: int | None = None, limit: int = 100, action: str | None = None
     ) -> Page[AuditEntry]:
         limit = _check_limit(limit)
+        if before is not None and not 1 <= before < 2**63:
+            raise InvalidInput("cursor must be an entry ID from a previous page")
         items = self.catalog.list_audit(before, limit + 1, action)
         if len(items) > limit:
             return Page(items[:limit], str(items[limit - 1].id))

@@ -146,7 +146,7 @@ def admin_router(store: Store) -> APIRouter:
     @router.get("/audit", response_model=AuditPage)
     def audit(
         token: Credential,
-        cursor: Annotated[int | None, Query(ge=1)] = None,
+        cursor: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         action: Annotated[str | None, Query(max_length=100)] = None,
     ) -> AuditPage:
