@@ -66,6 +66,15 @@ class BlobStoreContract:
         with pytest.raises(BlobNotFound):
             blobs.stat("sessions/s/a")
 
+    def test_delete_many_removes_each_key_and_ignores_the_gone(self, blobs: BlobStore) -> None:
+        for key in ("sessions/a/1", "sessions/a/2", "sessions/b/1", "sessions/b/2"):
+            put(blobs, key, b"x")
+        failed = blobs.delete_many(["sessions/b/1", "sessions/a/2", "sessions/a/9", "sessions/z/1"])
+        assert failed == {}
+        assert [b.key for b in blobs.list()] == ["sessions/a/1", "sessions/b/2"]
+        with pytest.raises(InvalidInput):
+            blobs.delete_many(["../etc/passwd"])
+
     def test_delete_prefix_removes_one_session_only(self, blobs: BlobStore) -> None:
         for key in ("sessions/s1/a", "sessions/s1/b", "sessions/s10/a", "sessions/s2/a"):
             put(blobs, key, b"x")

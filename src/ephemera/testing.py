@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import BinaryIO
 
@@ -109,6 +109,11 @@ class MemoryBlobStore:
     def delete(self, key: str) -> None:
         with self._lock:
             self._blobs.pop(check_key(key), None)
+
+    def delete_many(self, keys: Sequence[str]) -> dict[str, str]:
+        for key in keys:
+            self.delete(key)
+        return {}
 
     def delete_prefix(self, prefix: str) -> int:
         with self._lock:

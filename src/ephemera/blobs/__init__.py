@@ -11,7 +11,8 @@ The contract every backend keeps (and ``tests/test_blobs.py`` checks for each):
   does nothing). A crash before ``commit()`` leaves at most staged bytes, which
   ``list_staged`` reports so orphan reconciliation can remove them.
 - ``open`` raises :class:`~ephemera.errors.BlobNotFound` for a missing key.
-- ``delete`` and ``delete_prefix`` treat "already gone" as success.
+- ``delete``, ``delete_many`` and ``delete_prefix`` treat "already gone" as success;
+  ``delete_many`` returns the keys it could not delete, with the reason.
 - ``list`` yields keys under a prefix in ascending key order; ``list_children`` yields the
   names of the next level under a prefix (``sessions/`` -> session IDs), ascending.
 - Every other failure is a :class:`~ephemera.errors.StorageError`; no ``OSError`` or client
@@ -23,7 +24,7 @@ Optional capabilities are separate Protocols, checked once when the store is ope
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -90,6 +91,8 @@ class BlobStore(Protocol):
     def stat(self, key: str) -> BlobStat: ...
 
     def delete(self, key: str) -> None: ...
+
+    def delete_many(self, keys: Sequence[str]) -> dict[str, str]: ...
 
     def delete_prefix(self, prefix: str) -> int:
         """Remove every blob under ``prefix`` in one sweep; return how many were removed."""

@@ -13,7 +13,7 @@ import io
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -157,6 +157,37 @@ class LocalBlobStore:
             self.local_path(key).unlink(missing_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot delete blob {key}: {exc.strerror}") from exc
+
+    def delete_many(self, keys: Sequence[str]) -> dict[str, str]:
+        """Unlink by folder, each name relative to its open folder, in name order.
+
+        The kernel then resolves one name per file instead of a whole path: deleting a batch
+        costs about what ``find -delete`` pays per file.
+        """
+        by_folder: dict[str, list[str]] = {}
+        for key in keys:
+            folder, _, name = check_key(key).rpartition("/")
+            by_folder.setdefault(folder, []).append(name)
+        failed: dict[str, str] = {}
+        for folder in sorted(by_folder):
+            try:
+                fd = os.open(self.root / folder, os.O_RDONLY | os.O_DIRECTORY)
+            except FileNotFoundError:
+                continue  # the whole folder is gone: so are its blobs
+            except OSError as exc:
+                failed.update({f"{folder}/{n}": str(exc.strerror) for n in by_folder[folder]})
+                continue
+            try:
+                for name in sorted(by_folder[folder]):
+                    try:
+                        os.unlink(name, dir_fd=fd)
+                    except FileNotFoundError:
+                        pass
+                    except OSError as exc:
+                        failed[f"{folder}/{name}"] = str(exc.strerror)
+            finally:
+                os.close(fd)
+        return failed
 
     def delete_prefix(self, prefix: str) -> int:
         """Move the folder into staging in one atomic rename, then remove it there.
