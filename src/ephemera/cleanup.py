@@ -187,6 +187,13 @@ class Cleaner:
         self._dry_sessions: set[str] = set()
         self._dry_artifacts: set[str] = set()
         self._dry_freed = 0
+        self._dry_freed_in: dict[str, int] = {}
+
+    def _dry_remove(self, session_id: str, artifact_id: str, size: int) -> None:
+        """Record, in a dry run, an artifact a real run would have removed by now."""
+        self._dry_artifacts.add(artifact_id)
+        self._dry_freed += size
+        self._dry_freed_in[session_id] = self._dry_freed_in.get(session_id, 0) + size
 
     def _gone_in_dry_run(self, candidate: Candidate) -> bool:
         return candidate.session_id in self._dry_sessions or candidate.id in self._dry_artifacts
@@ -249,8 +256,7 @@ class Cleaner:
             if self.dry_run:
                 for c in doomed:
                     report.add(CleanupItem("artifact", c.id, c.session_id, c.size, sweep.rule))
-                    self._dry_artifacts.add(c.id)
-                    self._dry_freed += c.size
+                    self._dry_remove(c.session_id, c.id, c.size)
             else:
                 claimed = catalog.claim_artifacts(sweep, [c.id for c in doomed])
                 self._delete_artifacts(report, claimed, sweep.rule)
@@ -312,6 +318,7 @@ class Cleaner:
         catalog = self.store.catalog
         if self.dry_run:
             _, size = catalog.session_usage_all(candidate.id)
+            size -= self._dry_freed_in.get(candidate.id, 0)  # already gone in a real run
             report.add(CleanupItem("session", candidate.id, candidate.id, size, rule))
             self._dry_sessions.add(candidate.id)
             self._dry_freed += size
@@ -508,12 +515,15 @@ class Cleaner:
                 ):
                     purged.append(Candidate(artifact_id, session_id, 0, state, False, False))
         if self.dry_run:
-            sizes = catalog.artifact_sizes([c.id for c in unfinished])
+            # Record sizes count in stored bytes (the quota) until a real run drops them.
+            sizes = catalog.artifact_sizes([c.id for c in unfinished + purged])
             for c in unfinished:
                 size = sizes.get(c.id, 0)
                 report.add(CleanupItem("artifact", c.id, session_id, size, "interrupted-delete"))
+                self._dry_remove(session_id, c.id, size)
             for c in purged:
                 report.add(CleanupItem("artifact", c.id, session_id, 0, "missing-bytes"))
+                self._dry_remove(session_id, c.id, sizes.get(c.id, 0))
         else:
             self._delete_artifacts(report, unfinished, "interrupted-delete")
             # Their bytes were already gone: purging frees nothing.
