@@ -281,6 +281,25 @@ def _usage(conn: Connection, session_id: str) -> tuple[int, int]:
     return int(count), int(total)
 
 
+def _session_bytes() -> Any:
+    """Bytes of every artifact record of the session (correlates ``sessions``)."""
+    return (
+        select(func.coalesce(func.sum(artifacts.c.size), 0))
+        .where(artifacts.c.session_id == sessions.c.id)
+        .scalar_subquery()
+    )
+
+
+def _usage_all(conn: Connection, session_id: str) -> tuple[int, int]:
+    """Number and bytes of a session's artifact records, whatever their state."""
+    count, total = conn.execute(
+        select(func.count(), func.coalesce(func.sum(artifacts.c.size), 0)).where(
+            artifacts.c.session_id == session_id
+        )
+    ).one()
+    return int(count), int(total)
+
+
 class Catalog:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -499,11 +518,7 @@ class Catalog:
         caller removed the session first: exactly one caller counts each session.
         """
         with self._write() as conn:
-            count, total = conn.execute(
-                select(func.count(), func.coalesce(func.sum(artifacts.c.size), 0)).where(
-                    artifacts.c.session_id == session_id
-                )
-            ).one()
+            count, total = _usage_all(conn, session_id)
             lease_ids = select(leases.c.id).where(leases.c.session_id == session_id)
             conn.execute(delete(lease_artifacts).where(lease_artifacts.c.lease_id.in_(lease_ids)))
             conn.execute(delete(leases).where(leases.c.session_id == session_id))
@@ -874,11 +889,7 @@ class Catalog:
     def session_candidates(
         self, sweep: SessionSweep, after: str | None, limit: int
     ) -> list[Candidate]:
-        usage = (
-            select(func.coalesce(func.sum(artifacts.c.size), 0))
-            .where(artifacts.c.session_id == sessions.c.id)
-            .scalar_subquery()
-        )
+        usage = _session_bytes()
         query = (
             select(
                 sessions.c.id,
@@ -936,22 +947,13 @@ class Catalog:
     def session_usage_all(self, session_id: str) -> tuple[int, int]:
         """Number and bytes of every artifact record of a session, whatever its state."""
         with self._read() as conn:
-            count, total = conn.execute(
-                select(func.count(), func.coalesce(func.sum(artifacts.c.size), 0)).where(
-                    artifacts.c.session_id == session_id
-                )
-            ).one()
-        return int(count), int(total)
+            return _usage_all(conn, session_id)
 
     def eviction_candidates(
         self, now: datetime, after: tuple[datetime, str] | None, limit: int
     ) -> list[Candidate]:
         """Open sessions, least recently active first, for the quota."""
-        usage = (
-            select(func.coalesce(func.sum(artifacts.c.size), 0))
-            .where(artifacts.c.session_id == sessions.c.id)
-            .scalar_subquery()
-        )
+        usage = _session_bytes()
         query = (
             select(
                 sessions.c.id,
