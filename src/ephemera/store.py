@@ -393,9 +393,9 @@ class Store:
         return session
 
     def list_sessions(self, cursor: str | None = None, limit: int = 100) -> Page[Session]:
-        limit = _check_limit(limit)
-        items = self.catalog.list_sessions(cursor, limit + 1)
-        return _page(items, limit)
+        """Every session (live or not), in ID order."""
+        page = self.list_sessions_with_leases(cursor, limit)
+        return Page([session for session, _ in page.items], page.next_cursor)
 
     def list_sessions_with_leases(
         self, cursor: str | None = None, limit: int = 100

@@ -417,22 +417,6 @@ class Catalog:
             count, total = _usage(conn, session_id)
         return _session(row, count, total)
 
-    def list_sessions(self, after: str | None, limit: int) -> list[Session]:
-        usage = _ready_usage.subquery()
-        query = (
-            select(sessions, usage.c.artifact_count, usage.c.artifact_bytes)
-            .outerjoin(usage, usage.c.session_id == sessions.c.id)
-            .order_by(sessions.c.id)
-            .limit(limit)
-        )
-        if after is not None:
-            query = query.where(sessions.c.id > after)
-        with self._read() as conn:
-            return [
-                _session(r, r.artifact_count or 0, r.artifact_bytes or 0)
-                for r in conn.execute(query)
-            ]
-
     def list_sessions_with_leases(
         self, after: str | None, limit: int, now: datetime
     ) -> list[tuple[Session, int]]:
