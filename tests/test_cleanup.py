@@ -489,3 +489,19 @@ def test_a_dry_run_of_all_counts_what_orphaned_frees_before_the_quota(
         assert [(r.operation, r.deleted_count) for r in report.reports if r.deleted_count] == [
             ("orphaned", 1)
         ]
+
+
+def test_the_quota_spares_leases_but_not_retention(data_dir: Path, clock: ManualClock) -> None:
+    # Retention outlives idle expiry and result retention; under quota pressure only a lease
+    # keeps a session (found by the state machine: the dry run disagreed with the real one).
+    settings = Settings(data_dir=data_dir, quota_high_water_bytes=300, quota_low_water_bytes=0)
+    with Store.open(settings, clock=clock) as store:
+        store.create_session("retained", idle_timeout_s=None)
+        kept = store.put_artifact("retained", b"x" * 200, name="a.bin")
+        store.retain_artifact("retained", kept.id, clock.now() + timedelta(days=1))
+        store.create_session("leased", idle_timeout_s=None)
+        store.put_artifact("leased", b"y" * 200, name="b.bin")
+        store.take_lease("leased", ttl_s=3600)
+        report = dry_then_real(store, "quota")
+        assert [i.id for i in report.items] == ["retained"]
+        assert report.skipped_protected == 1

@@ -61,8 +61,8 @@ from ephemera.testing import ManualClock
 
 DAY = 86400
 GRACE_S = 60
-HIGH_WATER = 600
-LOW_WATER = 300
+HIGH_WATER = 400
+LOW_WATER = 200
 RETENTION_DAYS = 1.0
 TEMPORARY_TTL_S = 3600
 
@@ -96,7 +96,7 @@ BATCHES = st.lists(
     min_size=1,
     max_size=3,
 )
-Setup = tuple[int | None, int | None, Batch, str, int]
+Setup = tuple[int | None, int | None, Batch, str, int, int | None]
 ALL_ORDER = ("idle-sessions", "expired", "old-results", "orphaned", "quota")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -479,6 +479,7 @@ class CleanupMachine(RuleBasedStateMachine):
                 BATCHES,
                 st.sampled_from(("none", "session", "first", "all")),
                 st.sampled_from(LEASE_TTLS),
+                st.sampled_from(RETENTIONS),
             ),
             min_size=2,
             max_size=2,
@@ -486,15 +487,18 @@ class CleanupMachine(RuleBasedStateMachine):
     )
     def start_with_two_sessions(self, setups: list[Setup]) -> MultipleResults[tuple[str, str]]:
         """Two sessions with a few artifacts each, maybe under a lease (of the session, of
-        its first artifact, or of all of them), so that most runs exercise protection."""
+        its first artifact, or of all of them), the last one maybe retained: most runs then
+        exercise protection."""
         stored = []
-        for sid, (idle, max_age, batch, leased, ttl) in zip(POOL, setups, strict=False):
+        for sid, (idle, max_age, batch, leased, ttl, retained) in zip(POOL, setups, strict=False):
             self.create_session(sid, idle, max_age)
             artifacts = self._put(sid, batch)
             stored += artifacts
             if leased != "none":
                 named = {"session": [], "first": artifacts[:1], "all": artifacts}[leased]
                 self.take_lease(sid, ttl, named)
+            if retained is not None and artifacts:
+                self.retain_artifact(artifacts[-1], retained)
         return multiple(*stored)
 
     @rule(sid=SESSION_IDS, idle=st.sampled_from(IDLE_TIMEOUTS), max_age=st.sampled_from(MAX_AGES))
@@ -849,7 +853,8 @@ class CleanupMachine(RuleBasedStateMachine):
         assert not real.dry_run
 
         # 4. Dry-run fidelity: the same items, counts and bytes, part by part.
-        assert parts_of(dry) == parts_of(real), "the dry run differs from the real run"
+        dry_parts, real_parts = parts_of(dry), parts_of(real)
+        assert dry_parts == real_parts, f"dry run != real run:\n{dry_parts}\n{real_parts}"
         assert (dry.deleted_count, dry.deleted_size_bytes) == (
             real.deleted_count,
             real.deleted_size_bytes,
@@ -859,7 +864,7 @@ class CleanupMachine(RuleBasedStateMachine):
         if request.operation in ("orphaned", "all"):
             self._check_nothing_unreferenced(now)
         # The reference model agrees on what was deleted, and why.
-        assert parts_of(real) == expected, "the real run differs from the model"
+        assert real_parts == expected, f"real run != model:\n{real_parts}\n{expected}"
         assert real.deleted_count == sum(p.deleted_count for p in expected)
         assert real.deleted_size_bytes == sum(p.deleted_size_bytes for p in expected)
         self.world = expected_world

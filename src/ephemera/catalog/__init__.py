@@ -248,6 +248,17 @@ class SessionSweep:
             return and_(sessions.c.id == self.session_id, or_(closing, is_open))
         raise ValueError(self.rule)
 
+    def unprotected(self) -> ColumnElement[bool]:
+        """No valid lease; and, except under quota pressure, no retained artifact.
+
+        The contract lets retention outlive idle expiry, but the quota spares only what a
+        lease protects.
+        """
+        free = not_(session_leased(self.now))
+        if self.rule == "quota":
+            return free
+        return and_(free, not_(session_retained(self.now)))
+
 
 @dataclass(frozen=True, slots=True)
 class Candidate:
@@ -913,10 +924,7 @@ class Catalog:
                 .where(
                     sessions.c.id == sweep.session_id,
                     sweep.condition(),
-                    or_(
-                        sessions.c.state == SessionState.CLOSING,
-                        and_(not_(session_leased(sweep.now)), not_(session_retained(sweep.now))),
-                    ),
+                    or_(sessions.c.state == SessionState.CLOSING, sweep.unprotected()),
                 )
                 .values(
                     state=SessionState.CLOSING,
