@@ -505,3 +505,30 @@ def test_the_quota_spares_leases_but_not_retention(data_dir: Path, clock: Manual
         report = dry_then_real(store, "quota")
         assert [i.id for i in report.items] == ["retained"]
         assert report.skipped_protected == 1
+
+
+def test_orphaned_drops_expired_lease_rows(store: Store, clock: ManualClock) -> None:
+    store.create_session("s1", idle_timeout_s=None)
+    artifact = store.put_artifact("s1", b"x", name="a.bin")
+    store.take_lease("s1", ttl_s=10, artifact_ids=[artifact.id])
+    live = store.take_lease("s1", ttl_s=100)
+    clock.advance(11)
+    store.cleanup("orphaned", dry_run=True)
+    assert store.catalog.table_row_counts()["leases"] == 2
+    store.cleanup("orphaned")
+    assert [lease.id for lease in store.list_leases("s1")] == [live.id]
+    assert store.catalog.table_row_counts()["lease_artifacts"] == 0
+
+
+def test_a_dry_run_of_all_reports_an_interrupted_expired_delete_once(
+    store: Store, clock: ManualClock
+) -> None:
+    # Found by the state machine: expired and then orphaned both reported it in a dry run.
+    store.create_session("s1", idle_timeout_s=None)
+    artifact = store.put_artifact("s1", b"x" * 10, name="a.bin", expires_in_s=60)
+    store.catalog.mark_artifact_deleting("s1", artifact.id, clock.now())
+    clock.advance(61)
+    report = dry_then_real(store, "all")
+    assert [(r.operation, r.deleted_count) for r in report.reports if r.deleted_count] == [
+        ("expired", 1)
+    ]

@@ -398,6 +398,9 @@ def _predict_orphaned(world: World, tally: Tally, request: Request, now: datetim
             if request.purge_missing:
                 tally.items.append(("artifact", artifact_id, a.session_id, 0, "missing-bytes"))
                 world.drop_artifact(artifact_id)
+    # A real run also drops lease rows that have expired: bookkeeping, not reported.
+    for lease_id in [i for i, lease in world.leases.items() if lease.expires_at <= now]:
+        del world.leases[lease_id]
 
 
 def _predict_quota(world: World, tally: Tally, now: datetime) -> None:

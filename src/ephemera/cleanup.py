@@ -373,6 +373,9 @@ class Cleaner:
         self._staged(report, cutoff)
         self._stale_pending(report, cutoff)
         self._reconcile(report, cutoff)
+        if not self.dry_run:
+            # Expired lease rows protect nothing: bookkeeping, not data, so not reported.
+            self.store.catalog.purge_expired_leases(self.now)
 
     def _staged(self, report: CleanupReport, cutoff: datetime) -> None:
         blobs = self.store.blobs
@@ -506,6 +509,8 @@ class Cleaner:
         unfinished: list[Candidate] = []
         purged: list[Candidate] = []
         for artifact_id, state in sorted(records.items()):
+            if artifact_id in self._dry_artifacts:
+                continue  # removed by an earlier pass of this (dry) run
             if state == ArtifactState.DELETING:
                 unfinished.append(Candidate(artifact_id, session_id, 0, state, False, False))
             elif state == ArtifactState.READY and artifact_id not in names:

@@ -300,9 +300,6 @@ class Store:
             self.catalog.touch_session(session_id, now, expires_at, now - interval)
         return admin
 
-    def is_admin(self, credential: str) -> bool:
-        return self.admin_key_name(credential) is not None
-
     def admin_key_name(self, credential: str) -> str | None:
         if not credential.startswith(ids.ADMIN_KEY_PREFIX):
             return None

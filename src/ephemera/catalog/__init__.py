@@ -1157,10 +1157,6 @@ class Catalog:
             )
             return True
 
-    def release_lock(self, name: str, holder: str) -> None:
-        with self._write() as conn:
-            conn.execute(delete(locks).where(locks.c.name == name, locks.c.holder == holder))
-
     # -- admin keys -----------------------------------------------------------------------
 
     def insert_admin_key(self, name: str, key_hash: str, now: datetime) -> None:
