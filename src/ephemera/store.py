@@ -26,6 +26,7 @@ Artifact delete::
 
 from __future__ import annotations
 
+import json
 import mimetypes
 import re
 import time
@@ -785,8 +786,6 @@ class Store:
 
 
 def _json_size(value: Any) -> bytes:
-    import json
-
     try:
         return json.dumps(value, separators=(",", ":")).encode()
     except (TypeError, ValueError) as exc:
