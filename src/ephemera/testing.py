@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+import mimetypes
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import BinaryIO
 
 from ephemera.blobs import BlobStat, StagedBlob, check_key
 from ephemera.errors import BlobNotFound, StorageError
+from ephemera.models import Artifact, ArtifactState, StorageClass
+from ephemera.processors import TaskCancelled, TaskFailed
 
 
 class ManualClock:
@@ -147,3 +150,93 @@ class MemoryBlobStore:
 
     def check(self) -> None:
         return None
+
+
+class MemoryTaskContext:
+    """A task context over bytes in memory: run a processor without a store or a worker.
+
+    ``inputs`` maps artifact IDs to (name, bytes); outputs are kept in ``outputs`` by name.
+    """
+
+    def __init__(
+        self,
+        inputs: Mapping[str, tuple[str, bytes]],
+        *,
+        task_id: str = "task",
+        session_id: str = "session",
+        kind: str = "input",
+    ) -> None:
+        self.task_id = task_id
+        self.session_id = session_id
+        self._data = {aid: data for aid, (_, data) in inputs.items()}
+        now = datetime.now(UTC)
+        self.inputs = [
+            _memory_artifact(aid, session_id, name, kind, data, now)
+            for aid, (name, data) in inputs.items()
+        ]
+        self.outputs: dict[str, bytes] = {}
+        self.output_artifacts: dict[str, Artifact] = {}
+        self.progress_log: list[tuple[int, int]] = []
+        self.cancelled = False
+
+    def input(self, artifact_id: str) -> Artifact:
+        for artifact in self.inputs:
+            if artifact.id == artifact_id:
+                return artifact
+        raise TaskFailed(f"artifact {artifact_id} is not an input of this task")
+
+    def open_input(self, artifact_id: str) -> BinaryIO:
+        return io.BytesIO(self.read_input(artifact_id))
+
+    def read_input(self, artifact_id: str) -> bytes:
+        self.input(artifact_id)
+        return self._data[artifact_id]
+
+    def write_output(
+        self,
+        name: str,
+        data: bytes | BinaryIO | Iterable[bytes],
+        *,
+        kind: str = "output",
+        content_type: str | None = None,
+    ) -> Artifact:
+        self.check_cancelled()
+        if isinstance(data, bytes):
+            content = data
+        elif hasattr(data, "read"):
+            content = data.read()
+        else:
+            content = b"".join(data)
+        artifact = _memory_artifact(
+            f"out-{len(self.outputs)}", self.session_id, name, kind, content, datetime.now(UTC)
+        )
+        self.outputs[name] = content
+        self.output_artifacts[name] = artifact
+        return artifact
+
+    def progress(self, done: int, total: int) -> None:
+        self.progress_log.append((done, total))
+        self.check_cancelled()
+
+    def check_cancelled(self) -> None:
+        if self.cancelled:
+            raise TaskCancelled
+
+
+def _memory_artifact(
+    aid: str, session_id: str, name: str, kind: str, data: bytes, now: datetime
+) -> Artifact:
+    return Artifact(
+        id=aid,
+        session_id=session_id,
+        name=name,
+        kind=kind,
+        content_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        storage_class=StorageClass.PERSISTENT,
+        state=ArtifactState.READY,
+        created_at=now,
+        expires_at=None,
+        retain_until=None,
+    )
