@@ -5,12 +5,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint bench bench-transfer bench-cleanup clean
+.PHONY: install serve test lint bench bench-transfer bench-cleanup bench-processing clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/plugins/sample/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# A third-party processor package, for the entry-point tests.
+	$(BIN)/python -m pip install --quiet -e tests/plugins/sample
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,13 +28,16 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest
 
-bench: bench-transfer bench-cleanup
+bench: bench-transfer bench-cleanup bench-processing
 
 bench-transfer: $(STAMP)
 	$(BIN)/python -m bench.transfer
 
 bench-cleanup: $(STAMP)
 	$(BIN)/python -m bench.cleanup
+
+bench-processing: $(STAMP)
+	$(BIN)/python -m bench.processing
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

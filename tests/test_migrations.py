@@ -31,7 +31,7 @@ def test_an_empty_database_is_migrated_on_open_and_an_outdated_one_refused(
 ) -> None:
     settings = Settings(data_dir=tmp_path)
     with Store.open(settings) as store:
-        assert store.catalog.revisions() == ("0002", "0002")
+        assert store.catalog.revisions() == ("0003", "0003")
         with store.catalog.engine.begin() as conn:
             conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0000'")
     with pytest.raises(SchemaOutOfDate, match="ephemera migrate"):
@@ -51,7 +51,7 @@ def test_upgrading_a_populated_first_schema_keeps_its_rows(tmp_path: Path) -> No
                 " '2026-01-01 00:00:00')"
             )
         catalog.migrate()
-        assert catalog.revisions() == ("0002", "0002")
+        assert catalog.revisions() == ("0003", "0003")
         assert catalog.get_session_row("s1") is not None
         with catalog.engine.connect() as conn:
             context = MigrationContext.configure(conn, opts={"compare_type": True})

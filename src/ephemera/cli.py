@@ -20,8 +20,10 @@ from ephemera.store import Store
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 sessions_app = typer.Typer(no_args_is_help=True, help="Inspect and close sessions.")
 keys_app = typer.Typer(no_args_is_help=True, help="Manage admin keys.")
+worker_keys_app = typer.Typer(no_args_is_help=True, help="Manage keys of external workers.")
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(keys_app, name="admin-key")
+app.add_typer(worker_keys_app, name="worker-key")
 
 out = Console()
 err = Console(stderr=True)
@@ -83,6 +85,7 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from ephemera.scheduler import CleanupScheduler
+    from ephemera.worker import Worker
 
     settings = _settings(data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -100,6 +103,9 @@ def serve(
     scheduler = CleanupScheduler(store) if settings.scheduled_cleanup else None
     if scheduler is not None:
         scheduler.start()
+    workers = Worker(store, concurrency=settings.workers) if settings.workers else None
+    if workers is not None:
+        workers.start()
     try:
         uvicorn.run(
             create_app(store),
@@ -111,8 +117,39 @@ def serve(
             timeout_graceful_shutdown=10,
         )
     finally:
+        if workers is not None:
+            workers.stop()
         if scheduler is not None:
             scheduler.stop()
+        store.close()
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(min=1, help="Tasks run at once")] = 1,
+    name: Annotated[str | None, typer.Option(help="Worker name [default: host:pid:random]")] = None,
+    poll_interval: Annotated[
+        float, typer.Option(min=0.01, help="Seconds between looks at an empty queue")
+    ] = 0.5,
+    data_dir: DataDir = None,
+) -> None:
+    """Run tasks from the queue on this machine until interrupted (as many at once as wanted)."""
+    import signal
+    import threading
+
+    from ephemera.worker import Worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    store = _open(data_dir)
+    runner = Worker(store, concurrency=concurrency, name=name, poll_interval_s=poll_interval)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    runner.start()
+    try:
+        stop.wait()
+    finally:
+        runner.stop()
         store.close()
 
 
@@ -225,6 +262,44 @@ def admin_key_revoke(name: str, data_dir: DataDir = None) -> None:
         except EphemeraError as exc:
             raise _fail(exc) from None
         store.audit(ACTOR, "admin-key.revoke", name)
+    err.print(f"revoked {name}")
+
+
+@worker_keys_app.command("create")
+def worker_key_create(name: str, data_dir: DataDir = None) -> None:
+    """Create a key for the worker API; the key alone is printed on standard output, once."""
+    with _open(data_dir) as store:
+        try:
+            key = store.create_worker_key(name)
+        except EphemeraError as exc:
+            raise _fail(exc) from None
+        store.audit(ACTOR, "worker-key.create", name)
+    print(key)
+
+
+@worker_keys_app.command("list")
+def worker_key_list(data_dir: DataDir = None, as_json: AsJson = False) -> None:
+    """Worker key names."""
+    with _open(data_dir) as store:
+        keys = store.list_worker_keys()
+    if as_json:
+        print(json.dumps(_jsonable(keys)))
+        return
+    table = Table("name", "created")
+    for k in keys:
+        table.add_row(k.name, k.created_at.isoformat(timespec="seconds"))
+    out.print(table)
+
+
+@worker_keys_app.command("revoke")
+def worker_key_revoke(name: str, data_dir: DataDir = None) -> None:
+    """Revoke a worker key: it stops working at once."""
+    with _open(data_dir) as store:
+        try:
+            store.revoke_worker_key(name)
+        except EphemeraError as exc:
+            raise _fail(exc) from None
+        store.audit(ACTOR, "worker-key.revoke", name)
     err.print(f"revoked {name}")
 
 

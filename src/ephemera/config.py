@@ -48,6 +48,20 @@ class Settings(BaseSettings):
     cleanup_requests_per_minute: int = Field(
         30, ge=1, description="Admin cleanup requests allowed per key and minute"
     )
+    workers: int = Field(
+        2, ge=0, description="Embedded worker threads in `ephemera serve` (0: none)"
+    )
+    task_claim_ttl_s: float = Field(
+        30, gt=0, description="A worker that has not renewed its claim this long is lost"
+    )
+    task_max_attempts: int = Field(3, ge=1, description="Attempts before a lost task fails")
+    task_retry_delay_s: float = Field(
+        1, ge=0, description="Delay before a lost task is retried (doubles each attempt)"
+    )
+    external_processors: list[str] = Field(
+        default_factory=list,
+        description="Processor names run by external workers; their params are not checked here",
+    )
     activity_write_interval_s: float = Field(
         5, ge=0, description="Activity is written at most this often per session"
     )

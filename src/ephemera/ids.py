@@ -21,6 +21,7 @@ MAX_NAME_CHARS = 255
 
 SESSION_TOKEN_PREFIX = "eps_"  # noqa: S105 - a prefix, not a secret
 ADMIN_KEY_PREFIX = "epa_"
+WORKER_KEY_PREFIX = "epw_"
 
 
 def new_uuid7() -> str:
@@ -89,6 +90,18 @@ def new_session_token() -> str:
 
 def new_admin_key() -> str:
     return ADMIN_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_worker_key() -> str:
+    return WORKER_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_claim_id() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def is_task_id(value: str) -> bool:
+    return is_artifact_id(value)
 
 
 def hash_secret(secret: str) -> str:

@@ -125,3 +125,63 @@ class AdminKey:
     name: str
     created_at: datetime
     last_used_at: datetime | None
+
+
+class TaskState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def active(self) -> bool:
+        return self in (TaskState.PENDING, TaskState.RUNNING)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInput:
+    session_id: str
+    artifact_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOutput:
+    artifact_id: str
+    name: str
+    kind: str
+    content_type: str
+    size: int
+    sha256: str
+    removed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: str
+    session_id: str
+    processor: str
+    params: dict[str, Any]
+    inputs: tuple[TaskInput, ...]
+    state: TaskState
+    progress_done: int
+    progress_total: int | None
+    result: dict[str, Any] | None
+    error: str | None
+    outputs: tuple[TaskOutput, ...]
+    attempts: int
+    max_attempts: int
+    worker: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A running attempt of a task, handed to one worker."""
+
+    task: Task
+    claim_id: str = field(repr=False)
+    claimed_until: datetime
+    inputs: tuple[Artifact, ...]

@@ -29,8 +29,9 @@ from __future__ import annotations
 import json
 import mimetypes
 import re
+import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -45,7 +46,7 @@ from ephemera.blobs import (
     open_blob_store,
     session_prefix,
 )
-from ephemera.catalog import Catalog
+from ephemera.catalog import RESULT_KINDS, Catalog, task_producer
 from ephemera.cleanup import Cleaner, CleanupReport, CleanupRequest, Progress, run_cleanup
 from ephemera.clock import Clock, SystemClock
 from ephemera.config import Settings
@@ -64,6 +65,7 @@ from ephemera.models import (
     Artifact,
     ArtifactState,
     AuditEntry,
+    Claim,
     CloseReport,
     CreatedSession,
     Lease,
@@ -71,8 +73,12 @@ from ephemera.models import (
     Session,
     SessionState,
     StorageClass,
+    Task,
+    TaskInput,
+    TaskState,
     session_deadline,
 )
+from ephemera.processors import Registry
 
 
 class _Default:
@@ -86,6 +92,8 @@ DEFAULT: Final = _Default()
 CONTENT_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 MAX_PAGE = 1000
+MAX_TASK_INPUTS = 1000
+MAX_TASK_JSON_BYTES = 1024 * 1024
 LABEL_MAX = 200
 METADATA_MAX_BYTES = 64 * 1024
 
@@ -123,8 +131,10 @@ class Upload:
         writer: BlobWriter,
         values: dict[str, Any],
         started_at: datetime,
+        claim: tuple[str, str] | None = None,
     ) -> None:
         self._store = store
+        self._claim = claim
         self.session_id = session_id
         self.artifact_id = artifact_id
         self._writer = writer
@@ -194,6 +204,7 @@ class Upload:
                 values,
                 store.settings.session_quota_bytes,
                 self._writer.commit,
+                self._claim,
             )
         except BaseException:
             store._discard_upload(self.session_id, self.artifact_id, self._writer)
@@ -235,6 +246,10 @@ class Store:
         self._local_paths = blobs if isinstance(blobs, LocalPaths) else None
         self.hooks = Hooks()
         self.metrics = Metrics(self)
+        self._processors: Registry | None = None
+        self._processors_lock = threading.Lock()
+        # Set on every submission, so this process's idle workers claim at once.
+        self.tasks_queued = threading.Event()
         self.webhook: Webhook | None = None
         if self.settings.webhook_url:
             self.webhook = Webhook(self.settings.webhook_url)
@@ -319,6 +334,26 @@ class Store:
     def revoke_admin_key(self, name: str) -> None:
         if not self.catalog.delete_admin_key(name):
             raise NotFound(f"no admin key named {name!r}")
+
+    def create_worker_key(self, name: str) -> str:
+        """A key for the worker API only: claim, heartbeat, outputs, finish."""
+        key = ids.new_worker_key()
+        self.catalog.insert_admin_key(
+            ids.check_admin_key_name(name), ids.hash_secret(key), self.clock.now(), "worker"
+        )
+        return key
+
+    def worker_key_name(self, credential: str) -> str | None:
+        if not credential.startswith(ids.WORKER_KEY_PREFIX):
+            return None
+        return self.catalog.admin_key_name(ids.hash_secret(credential), "worker")
+
+    def list_worker_keys(self) -> list[AdminKey]:
+        return self.catalog.list_admin_keys("worker")
+
+    def revoke_worker_key(self, name: str) -> None:
+        if not self.catalog.delete_admin_key(name, "worker"):
+            raise NotFound(f"no worker key named {name!r}")
 
     def has_admin_key(self) -> bool:
         return self.catalog.count_admin_keys() > 0
@@ -462,12 +497,15 @@ class Store:
         expires_in_s: int | None = None,
         declared_size: int | None = None,
         producer: str | None = None,
+        _claim: tuple[str, str] | None = None,
     ) -> Upload:
         """Start an artifact: validates everything up front, so a bad request stores nothing."""
         now = self.clock.now()
         values = self._artifact_values(name, kind, content_type, storage, expires_in_s, now)
         if producer is not None:
             values["producer"] = ids.check_producer(producer)
+        if _claim is not None:
+            values["producer"] = task_producer(_claim[0])
         if declared_size is not None and declared_size > self.settings.max_upload_bytes:
             raise TooLarge(
                 f"artifact exceeds the upload limit of {self.settings.max_upload_bytes} bytes"
@@ -482,7 +520,7 @@ class Store:
         except BaseException:
             self.catalog.delete_pending_artifact(artifact_id)
             raise
-        return Upload(self, session_id, artifact_id, writer, values, now)
+        return Upload(self, session_id, artifact_id, writer, values, now, _claim)
 
     def _artifact_values(
         self,
@@ -693,6 +731,280 @@ class Store:
             raise InvalidInput(f"ttl_s must be between 1 and {self.settings.lease_max_ttl_s}")
         return ttl
 
+    # -- tasks ----------------------------------------------------------------------------
+
+    @property
+    def processors(self) -> Registry:
+        """The built-in processors and those of the ``ephemera.processors`` entry points."""
+        with self._processors_lock:
+            if self._processors is None:
+                self._processors = Registry.load()
+            return self._processors
+
+    def use_processors(self, registry: Registry) -> None:
+        with self._processors_lock:
+            self._processors = registry
+
+    def submit_task(
+        self,
+        session_id: str,
+        processor: str,
+        inputs: Sequence[str | tuple[str, str]] = (),
+        params: Mapping[str, Any] | None = None,
+        *,
+        credentials: Mapping[str, str] | None = None,
+        max_attempts: int | None = None,
+    ) -> Task:
+        """Queue a task; it holds a lease on its session and inputs until it ends.
+
+        ``inputs`` are artifact IDs of the session, or (session ID, artifact ID) pairs naming
+        reference data in another session; ``credentials`` proves access to each such session
+        (its token or an admin key, by session ID). Params are validated now, by the
+        processor's model: a task never fails later for a malformed request.
+        """
+        self._require_live(session_id)
+        refs = [_task_input(session_id, item) for item in inputs]
+        if len(refs) > MAX_TASK_INPUTS:
+            raise InvalidInput(f"a task takes at most {MAX_TASK_INPUTS} inputs")
+        for other in sorted({r.session_id for r in refs} - {session_id}):
+            self.authenticate(other, (credentials or {}).get(other, ""))
+        attempts = self.settings.task_max_attempts if max_attempts is None else max_attempts
+        if not 1 <= attempts <= 100:
+            raise InvalidInput("max_attempts must be between 1 and 100")
+        now = self.clock.now()
+        artifacts = self.catalog.task_inputs(refs, now)
+        checked = dict(params or {})
+        if processor in self.settings.external_processors:
+            pass  # run by an external worker, which checks its own params
+        else:
+            checked = self.processors.validate(processor, checked, artifacts).model_dump(
+                mode="json"
+            )
+        if len(_json_size(checked)) > MAX_TASK_JSON_BYTES:
+            raise InvalidInput(f"params must be at most {MAX_TASK_JSON_BYTES} bytes of JSON")
+        task = self.catalog.insert_task(
+            {
+                "id": ids.new_uuid7(),
+                "session_id": session_id,
+                "processor": processor,
+                "params": checked,
+                "inputs": [[r.session_id, r.artifact_id] for r in refs],
+                "state": TaskState.PENDING,
+                "progress_done": 0,
+                "outputs": [],
+                "attempts": 0,
+                "max_attempts": attempts,
+                "not_before": now,
+                "created_at": now,
+            },
+            refs,
+        )
+        self.tasks_queued.set()
+        return task
+
+    def get_task(self, session_id: str, task_id: str) -> Task:
+        self._require_live(session_id)
+        task = self.catalog.get_task(session_id, task_id) if ids.is_task_id(task_id) else None
+        if task is None:
+            raise NotFound(f"task {task_id[:40]} not found")
+        return task
+
+    def list_tasks(
+        self,
+        session_id: str,
+        *,
+        state: TaskState | str | None = None,
+        cursor: str | None = None,
+        limit: int = 100,
+    ) -> Page[Task]:
+        self._require_live(session_id)
+        limit = _check_limit(limit)
+        try:
+            wanted = TaskState(state) if state is not None else None
+        except ValueError:
+            raise InvalidInput(f"unknown task state {str(state)[:20]!r}") from None
+        if cursor is not None and not ids.is_task_id(cursor):
+            raise InvalidInput("invalid cursor")
+        return _page(self.catalog.list_tasks(session_id, wanted, cursor, limit + 1), limit)
+
+    def cancel_task(self, session_id: str, task_id: str) -> Task:
+        """Cancel a pending or running task now; its outputs go, its leases are released.
+
+        A running attempt learns it at its next heartbeat; nothing it does after counts.
+        """
+        self._require_live(session_id)
+        done = (
+            self.catalog.cancel_task(session_id, task_id, self.clock.now())
+            if ids.is_task_id(task_id)
+            else None
+        )
+        if done is None:
+            raise NotFound(f"task {task_id[:40]} not found")
+        task, dropped = done
+        self._remove_outputs(dropped)
+        return task
+
+    # -- tasks: the worker's side ---------------------------------------------------------
+
+    def claim_task(
+        self, worker: str, processors: Sequence[str] | None = None, *, ttl_s: float | None = None
+    ) -> Claim | None:
+        """Take the oldest runnable task of these processors (default: the registry's).
+
+        The claim lasts ``ttl_s`` (default ``task_claim_ttl_s``) and is kept by heartbeats.
+        A claim that runs out means the worker is lost: the task is retried, up to its
+        ``max_attempts``, then fails with the reason.
+        """
+        if not worker or len(worker) > 200 or not worker.isprintable():
+            raise InvalidInput("worker must be 1-200 printable characters")
+        names = list(self.processors) if processors is None else list(processors)
+        if not names:
+            return None
+        now = self.clock.now()
+        claim, dropped = self.catalog.claim_task(
+            names,
+            worker,
+            ids.new_claim_id(),
+            now,
+            now + timedelta(seconds=self._claim_ttl(ttl_s)),
+            self._retry_delay,
+        )
+        self._remove_outputs(dropped)
+        return claim
+
+    def requeue_lost_tasks(self) -> int:
+        """Retry (or fail) tasks whose worker stopped renewing its claim; claims do it too."""
+        dropped = self.catalog.requeue_lost_tasks(self.clock.now(), self._retry_delay)
+        self._remove_outputs(dropped)
+        return len(dropped)
+
+    def heartbeat_task(
+        self,
+        task_id: str,
+        claim_id: str,
+        *,
+        progress: tuple[int, int | None] | None = None,
+        ttl_s: float | None = None,
+    ) -> datetime:
+        """Renew a claim (and report progress); Conflict once the claim is no longer held."""
+        if progress is not None:
+            done, total = progress
+            if done < 0 or (total is not None and not 0 <= done <= total):
+                raise InvalidInput("progress must satisfy 0 <= done <= total")
+        until = self.clock.now() + timedelta(seconds=self._claim_ttl(ttl_s))
+        if not self.catalog.heartbeat_task(task_id, claim_id, until, progress):
+            raise _claim_lost(task_id)
+        return until
+
+    def complete_task(
+        self, task_id: str, claim_id: str, result: Mapping[str, Any] | None = None
+    ) -> Task:
+        """Succeed: the outputs written under this claim become the task's outputs."""
+        value = dict(result or {})
+        if len(_json_size(value)) > MAX_TASK_JSON_BYTES:
+            raise InvalidInput(f"result must be at most {MAX_TASK_JSON_BYTES} bytes of JSON")
+        task, _ = self.catalog.finish_task(task_id, claim_id, self.clock.now(), result=value)
+        return task
+
+    def fail_task(self, task_id: str, claim_id: str, error: str, *, retry: bool = False) -> Task:
+        """Fail this attempt; with ``retry`` the task is queued again while attempts remain."""
+        task, dropped = self.catalog.finish_task(
+            task_id,
+            claim_id,
+            self.clock.now(),
+            error=error or "failed",
+            retry_delay=self._retry_delay if retry else None,
+        )
+        self._remove_outputs(dropped)
+        return task
+
+    def claimed_task(self, task_id: str, claim_id: str) -> Task:
+        task = self.catalog.claimed_task(task_id, claim_id) if ids.is_task_id(task_id) else None
+        if task is None:
+            raise _claim_lost(task_id)
+        return task
+
+    def open_task_input(
+        self, task_id: str, claim_id: str, artifact_id: str
+    ) -> tuple[Artifact, BinaryIO]:
+        """Stream one input of a claimed task (reference data included)."""
+        task = self.claimed_task(task_id, claim_id)
+        for ref in task.inputs:
+            if ref.artifact_id == artifact_id:
+                artifact = self.catalog.get_artifact(ref.session_id, artifact_id)
+                if artifact is None:
+                    break
+                return artifact, self.blobs.open(artifact_key(ref.session_id, artifact_id))
+        raise NotFound(f"artifact {artifact_id[:40]} is not an input of task {task_id}")
+
+    def begin_task_output(
+        self,
+        task_id: str,
+        claim_id: str,
+        *,
+        name: str,
+        kind: str = "output",
+        content_type: str | None = None,
+        declared_size: int | None = None,
+    ) -> Upload:
+        """Start an output of a claimed task; it commits only while the claim holds."""
+        if kind not in RESULT_KINDS:
+            raise InvalidInput(f"a task output's kind is one of {', '.join(RESULT_KINDS)}")
+        task = self.claimed_task(task_id, claim_id)
+        return self.begin_upload(
+            task.session_id,
+            name=name,
+            kind=kind,
+            content_type=content_type,
+            declared_size=declared_size,
+            _claim=(task_id, claim_id),
+        )
+
+    def put_task_output(
+        self,
+        task_id: str,
+        claim_id: str,
+        data: bytes | BinaryIO | Iterable[bytes],
+        *,
+        name: str,
+        kind: str = "output",
+        content_type: str | None = None,
+        chunk_size: int = 1024 * 1024,
+    ) -> Artifact:
+        upload = self.begin_task_output(
+            task_id,
+            claim_id,
+            name=name,
+            kind=kind,
+            content_type=content_type,
+            declared_size=len(data) if isinstance(data, bytes) else None,
+        )
+        with upload:
+            for chunk in _chunks(data, chunk_size):
+                upload.write(chunk)
+            return upload.commit()
+
+    def _claim_ttl(self, ttl_s: float | None) -> float:
+        ttl = self.settings.task_claim_ttl_s if ttl_s is None else ttl_s
+        if not 0 < ttl <= self.settings.lease_max_ttl_s:
+            raise InvalidInput(f"ttl_s must be between 0 and {self.settings.lease_max_ttl_s}")
+        return ttl
+
+    def _retry_delay(self, attempts: int) -> float:
+        doubling = float(2 ** max(attempts - 1, 0))
+        return min(self.settings.task_retry_delay_s * doubling, 300.0)
+
+    def _remove_outputs(self, dropped: Sequence[tuple[str, str]]) -> None:
+        """Remove the bytes of outputs marked ``deleting``, then their records."""
+        if not dropped:
+            return
+        self.blobs.delete_many([artifact_key(s, a) for s, a in dropped])
+        now = self.clock.now()
+        for session_id, artifact_id, size in self.catalog.drop_deleting_artifacts(
+            [a for _, a in dropped]
+        ):
+            self.hooks.artifact_deleted(ArtifactDeleted(session_id, artifact_id, size, "task", now))
+
     # -- cleanup, audit, stats ------------------------------------------------------------
 
     def cleanup(
@@ -783,6 +1095,20 @@ class Store:
                 for e in self.catalog.last_audit_per_action("cleanup.")
             },
         }
+
+
+def _claim_lost(task_id: str) -> Conflict:
+    return Conflict(
+        f"task {task_id[:40]} is not held by this claim (cancelled, finished, or its claim "
+        "expired and was taken over)"
+    )
+
+
+def _task_input(session_id: str, item: str | tuple[str, str] | Sequence[str]) -> TaskInput:
+    owner, artifact_id = (session_id, item) if isinstance(item, str) else tuple(item)
+    if not ids.SESSION_ID_RE.fullmatch(owner) or not ids.is_artifact_id(artifact_id):
+        raise NotFound(f"artifact {artifact_id[:40]} not found")
+    return TaskInput(owner, artifact_id)
 
 
 def _json_size(value: Any) -> bytes:

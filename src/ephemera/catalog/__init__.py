@@ -12,8 +12,8 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from ephemera import ids
 from ephemera.catalog.schema import (
     admin_keys,
     artifacts,
@@ -54,6 +55,7 @@ from ephemera.catalog.schema import (
     leases,
     locks,
     sessions,
+    tasks,
 )
 from ephemera.errors import Conflict, NotFound, SchemaOutOfDate, StorageError, TooLarge
 from ephemera.models import (
@@ -61,10 +63,15 @@ from ephemera.models import (
     Artifact,
     ArtifactState,
     AuditEntry,
+    Claim,
     Lease,
     Session,
     SessionState,
     StorageClass,
+    Task,
+    TaskInput,
+    TaskOutput,
+    TaskState,
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -497,6 +504,22 @@ class Catalog:
                 return None
             if row.leased and not force:
                 raise Conflict(f"session {session_id} is leased; close with force to override")
+            if row.leased:
+                # Forced: every task holding a lease here (its own, and others reading its
+                # reference data) is cancelled; outputs elsewhere are left `deleting`, which
+                # recovery and orphan reconciliation finish.
+                for task_id in conn.scalars(
+                    select(leases.c.task_id)
+                    .where(leases.c.session_id == session_id, leases.c.task_id.is_not(None))
+                    .distinct()
+                ).all():
+                    _end_task(
+                        conn,
+                        task_id,
+                        TaskState.CANCELLED,
+                        now,
+                        error=f"cancelled: session {session_id} was closed",
+                    )
             count, total = _usage(conn, session_id)
             if row.state == SessionState.OPEN:
                 conn.execute(
@@ -517,6 +540,9 @@ class Catalog:
             lease_ids = select(leases.c.id).where(leases.c.session_id == session_id)
             conn.execute(delete(lease_artifacts).where(lease_artifacts.c.lease_id.in_(lease_ids)))
             conn.execute(delete(leases).where(leases.c.session_id == session_id))
+            own_tasks = select(tasks.c.id).where(tasks.c.session_id == session_id)
+            _release_task_leases(conn, own_tasks)
+            conn.execute(delete(tasks).where(tasks.c.session_id == session_id))
             conn.execute(delete(artifacts).where(artifacts.c.session_id == session_id))
             gone = conn.execute(
                 delete(sessions)
@@ -552,6 +578,7 @@ class Catalog:
         values: dict[str, Any],
         quota_bytes: int | None,
         commit_bytes: Callable[[], object],
+        claim: tuple[str, str] | None = None,
     ) -> Artifact:
         """pending -> ready, with ``commit_bytes`` run inside the transaction.
 
@@ -560,6 +587,9 @@ class Catalog:
         after (then it sees a ready artifact and removes its bytes). Nothing the transaction
         writes is visible before it commits, and ``commit_bytes`` runs before that commit:
         ``ready`` is never seen without durable bytes.
+
+        A task's output (``claim``: task ID, claim ID) commits only while that claim holds
+        the task, and joins the task's lease in the same transaction.
         """
         with self._write() as conn:
             state = conn.scalar(
@@ -569,6 +599,24 @@ class Catalog:
             )
             if state != SessionState.OPEN:
                 raise NotFound(f"session {session_id} not found")
+            if claim is not None:
+                task_id, claim_id = claim
+                lease_id = conn.scalar(
+                    select(leases.c.id)
+                    .join(tasks, tasks.c.id == leases.c.task_id)
+                    .where(
+                        tasks.c.id == task_id,
+                        tasks.c.session_id == session_id,
+                        tasks.c.claim_id == claim_id,
+                        tasks.c.state == TaskState.RUNNING,
+                        leases.c.session_id == session_id,
+                    )
+                )
+                if lease_id is None:
+                    raise Conflict(f"task {task_id} is not held by this claim")
+                conn.execute(
+                    insert(lease_artifacts).values(lease_id=lease_id, artifact_id=artifact_id)
+                )
             if quota_bytes is not None:
                 _, used = _usage(conn, session_id)
                 if used + values["size"] > quota_bytes:
@@ -755,6 +803,13 @@ class Catalog:
     ) -> Lease | None:
         """Extend a lease that is still valid; an expired lease cannot come back."""
         with self._write() as conn:
+            _refuse_task_lease(
+                conn.scalar(
+                    select(leases.c.task_id).where(
+                        leases.c.id == lease_id, leases.c.session_id == session_id
+                    )
+                )
+            )
             done = conn.execute(
                 update(leases)
                 .where(
@@ -770,27 +825,28 @@ class Catalog:
 
     def delete_lease(self, session_id: str, lease_id: str) -> bool:
         with self._write() as conn:
-            owned = conn.scalar(
-                select(leases.c.id).where(
+            owned = conn.execute(
+                select(leases.c.id, leases.c.task_id).where(
                     leases.c.id == lease_id, leases.c.session_id == session_id
                 )
-            )
+            ).first()
             if owned is None:
                 return False
+            _refuse_task_lease(owned.task_id)
             conn.execute(delete(lease_artifacts).where(lease_artifacts.c.lease_id == lease_id))
             conn.execute(delete(leases).where(leases.c.id == lease_id))
             return True
 
     def list_leases(self, session_id: str) -> list[Lease]:
         with self._read() as conn:
-            ids = list(
+            lease_ids = list(
                 conn.scalars(
                     select(leases.c.id)
                     .where(leases.c.session_id == session_id)
                     .order_by(leases.c.id)
                 )
             )
-            return [lease for i in ids if (lease := self._lease(conn, session_id, i))]
+            return [lease for i in lease_ids if (lease := self._lease(conn, session_id, i))]
 
     def purge_expired_leases(self, now: datetime) -> int:
         """Drop lease rows that protect nothing any more."""
@@ -1157,42 +1213,555 @@ class Catalog:
             )
             return True
 
-    # -- admin keys -----------------------------------------------------------------------
+    # -- tasks ----------------------------------------------------------------------------
 
-    def insert_admin_key(self, name: str, key_hash: str, now: datetime) -> None:
+    def task_inputs(self, refs: Sequence[TaskInput], now: datetime) -> list[Artifact]:
+        """The named ready artifacts of live sessions, in order; NotFound for a missing one."""
+        with self._read() as conn:
+            return _inputs(conn, refs, now)
+
+    def insert_task(self, values: dict[str, Any], refs: Sequence[TaskInput]) -> Task:
+        """Queue a task and take its leases: one in each session it touches, never expiring.
+
+        The leases name the inputs (so they outlive expiry, cleanup and deletion) and, in the
+        task's own session, later its outputs; the task's end releases them.
+        """
+        task_id, session_id, now = values["id"], values["session_id"], values["created_at"]
+        with self._write() as conn:
+            live = conn.scalar(
+                select(live_session(now))
+                .where(sessions.c.id == session_id)
+                .with_for_update(read=True)
+            )
+            if not live:
+                raise NotFound(f"session {session_id} not found")
+            _inputs(conn, refs, now)
+            conn.execute(insert(tasks).values(**values))
+            named: dict[str, dict[str, None]] = {session_id: {}}
+            for ref in refs:
+                named.setdefault(ref.session_id, {})[ref.artifact_id] = None
+            for lease_session, artifact_ids in named.items():
+                lease_id = ids.new_uuid7()
+                conn.execute(
+                    insert(leases).values(
+                        id=lease_id,
+                        session_id=lease_session,
+                        holder=f"task:{task_id}",
+                        scope="artifacts",
+                        created_at=now,
+                        expires_at=TASK_LEASE_EXPIRY,
+                        task_id=task_id,
+                    )
+                )
+                if artifact_ids:
+                    conn.execute(
+                        insert(lease_artifacts),
+                        [{"lease_id": lease_id, "artifact_id": a} for a in artifact_ids],
+                    )
+            row = conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
+            return _tasks(conn, [row])[0]
+
+    def get_task(self, session_id: str, task_id: str) -> Task | None:
+        with self._read() as conn:
+            row = conn.execute(
+                select(tasks).where(tasks.c.id == task_id, tasks.c.session_id == session_id)
+            ).first()
+            return None if row is None else _tasks(conn, [row])[0]
+
+    def list_tasks(
+        self, session_id: str, state: TaskState | None, after: str | None, limit: int
+    ) -> list[Task]:
+        query = (
+            select(tasks).where(tasks.c.session_id == session_id).order_by(tasks.c.id).limit(limit)
+        )
+        if state is not None:
+            query = query.where(tasks.c.state == state)
+        if after is not None:
+            query = query.where(tasks.c.id > after)
+        with self._read() as conn:
+            return _tasks(conn, list(conn.execute(query)))
+
+    def claim_task(
+        self,
+        processors: Sequence[str],
+        worker: str,
+        claim_id: str,
+        now: datetime,
+        until: datetime,
+        retry_delay: Callable[[int], float],
+    ) -> tuple[Claim | None, list[tuple[str, str]]]:
+        """Hand the oldest runnable task to ``worker``; first requeue those whose worker died.
+
+        Returns the claim (or None) and the outputs of lost attempts, now ``deleting``, whose
+        bytes the caller removes. One write transaction: two workers never claim one task.
+        """
+        # Idle workers poll: look before taking the write lock, which uploads also need.
+        with self._read() as conn:
+            work = conn.scalar(
+                select(
+                    or_(
+                        exists().where(
+                            tasks.c.state == TaskState.PENDING,
+                            tasks.c.processor.in_(processors),
+                            tasks.c.not_before <= now,
+                        ),
+                        exists().where(
+                            tasks.c.state == TaskState.RUNNING, tasks.c.claimed_until < now
+                        ),
+                    )
+                )
+            )
+        if not work:
+            return None, []
+        with self._write() as conn:
+            dropped = _reap_lost(conn, now, retry_delay)
+            for _ in range(16):
+                row = conn.execute(
+                    select(tasks)
+                    .where(
+                        tasks.c.state == TaskState.PENDING,
+                        tasks.c.processor.in_(processors),
+                        tasks.c.not_before <= now,
+                    )
+                    .order_by(tasks.c.created_at, tasks.c.id)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                ).first()
+                if row is None:
+                    return None, dropped
+                task = _tasks(conn, [row])[0]
+                try:
+                    inputs = _inputs(conn, task.inputs, now)
+                except NotFound as exc:
+                    # Only a forced close removes a leased input; the task cannot run.
+                    dropped += _end_task(conn, task.id, TaskState.FAILED, now, error=exc.message)
+                    continue
+                conn.execute(
+                    update(tasks)
+                    .where(tasks.c.id == task.id)
+                    .values(
+                        state=TaskState.RUNNING,
+                        worker=worker,
+                        claim_id=claim_id,
+                        claimed_until=until,
+                        attempts=tasks.c.attempts + 1,
+                        started_at=now,
+                        progress_done=0,
+                        progress_total=None,
+                    )
+                )
+                row = conn.execute(select(tasks).where(tasks.c.id == task.id)).one()
+                return Claim(_tasks(conn, [row])[0], claim_id, until, tuple(inputs)), dropped
+        return None, dropped
+
+    def requeue_lost_tasks(
+        self, now: datetime, retry_delay: Callable[[int], float]
+    ) -> list[tuple[str, str]]:
+        with self._write() as conn:
+            return _reap_lost(conn, now, retry_delay)
+
+    def heartbeat_task(
+        self,
+        task_id: str,
+        claim_id: str,
+        until: datetime,
+        progress: tuple[int, int | None] | None,
+    ) -> bool:
+        """Extend a claim (and record progress); False if the claim is no longer held."""
+        values: dict[str, Any] = {"claimed_until": until}
+        if progress is not None:
+            values["progress_done"], values["progress_total"] = progress
+        with self._write() as conn:
+            done = conn.execute(
+                update(tasks)
+                .where(
+                    tasks.c.id == task_id,
+                    tasks.c.claim_id == claim_id,
+                    tasks.c.state == TaskState.RUNNING,
+                )
+                .values(**values)
+            )
+            return done.rowcount == 1
+
+    def claimed_task(self, task_id: str, claim_id: str) -> Task | None:
+        """The task, if ``claim_id`` still holds it."""
+        with self._read() as conn:
+            row = conn.execute(
+                select(tasks).where(
+                    tasks.c.id == task_id,
+                    tasks.c.claim_id == claim_id,
+                    tasks.c.state == TaskState.RUNNING,
+                )
+            ).first()
+            return None if row is None else _tasks(conn, [row])[0]
+
+    def finish_task(
+        self,
+        task_id: str,
+        claim_id: str,
+        now: datetime,
+        *,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+        retry_delay: Callable[[int], float] | None = None,
+    ) -> tuple[Task, list[tuple[str, str]]]:
+        """End the attempt that ``claim_id`` holds: success (``error`` None) or failure.
+
+        A failure with ``retry_delay`` goes back to the queue while attempts remain. A claim
+        no longer held (cancelled, or lost and taken over) is a Conflict: an attempt
+        finishes at most once, and only the current one.
+        """
+        with self._write() as conn:
+            row = conn.execute(
+                select(tasks)
+                .where(
+                    tasks.c.id == task_id,
+                    tasks.c.claim_id == claim_id,
+                    tasks.c.state == TaskState.RUNNING,
+                )
+                .with_for_update()
+            ).first()
+            if row is None:
+                raise Conflict(
+                    f"task {task_id} is not held by this claim (cancelled, finished, or its "
+                    "claim expired and was taken over)"
+                )
+            if error is None:
+                dropped = _end_task(conn, task_id, TaskState.SUCCEEDED, now, result=result)
+            elif retry_delay is not None and row.attempts < row.max_attempts:
+                dropped = _requeue(conn, row, now, retry_delay, error)
+            else:
+                dropped = _end_task(conn, task_id, TaskState.FAILED, now, error=error)
+            row = conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
+            return _tasks(conn, [row])[0], dropped
+
+    def cancel_task(
+        self, session_id: str, task_id: str, now: datetime
+    ) -> tuple[Task, list[tuple[str, str]]] | None:
+        """pending/running -> cancelled, at once: the running attempt loses its claim."""
+        with self._write() as conn:
+            row = conn.execute(
+                select(tasks)
+                .where(tasks.c.id == task_id, tasks.c.session_id == session_id)
+                .with_for_update()
+            ).first()
+            if row is None:
+                return None
+            dropped: list[tuple[str, str]] = []
+            if TaskState(row.state).active:
+                dropped = _end_task(conn, task_id, TaskState.CANCELLED, now, error="cancelled")
+            elif row.state != TaskState.CANCELLED:
+                raise Conflict(f"task {task_id} has already {row.state}")
+            row = conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
+            return _tasks(conn, [row])[0], dropped
+
+    def task_counts(self) -> dict[str, int]:
+        with self._read() as conn:
+            return {
+                state: int(count)
+                for state, count in conn.execute(
+                    select(tasks.c.state, func.count()).group_by(tasks.c.state)
+                )
+            }
+
+    # -- admin and worker keys -------------------------------------------------------------
+
+    def insert_admin_key(
+        self, name: str, key_hash: str, now: datetime, role: str = "admin"
+    ) -> None:
         try:
             with self._write() as conn:
                 conn.execute(
-                    insert(admin_keys).values(name=name, key_hash=key_hash, created_at=now)
+                    insert(admin_keys).values(
+                        name=name, key_hash=key_hash, created_at=now, role=role
+                    )
                 )
         except IntegrityError as exc:
-            raise Conflict(f"an admin key named {name!r} already exists") from exc
+            raise Conflict(f"a key named {name!r} already exists") from exc
 
-    def admin_key_name(self, key_hash: str) -> str | None:
+    def admin_key_name(self, key_hash: str, role: str = "admin") -> str | None:
         with self._read() as conn:
-            return conn.scalar(select(admin_keys.c.name).where(admin_keys.c.key_hash == key_hash))
+            return conn.scalar(
+                select(admin_keys.c.name).where(
+                    admin_keys.c.key_hash == key_hash, admin_keys.c.role == role
+                )
+            )
 
-    def list_admin_keys(self) -> list[AdminKey]:
+    def list_admin_keys(self, role: str = "admin") -> list[AdminKey]:
         with self._read() as conn:
             return [
                 AdminKey(r.name, r.created_at, r.last_used_at)
-                for r in conn.execute(select(admin_keys).order_by(admin_keys.c.name))
+                for r in conn.execute(
+                    select(admin_keys).where(admin_keys.c.role == role).order_by(admin_keys.c.name)
+                )
             ]
 
-    def delete_admin_key(self, name: str) -> bool:
+    def delete_admin_key(self, name: str, role: str = "admin") -> bool:
         with self._write() as conn:
-            return conn.execute(delete(admin_keys).where(admin_keys.c.name == name)).rowcount > 0
+            return (
+                conn.execute(
+                    delete(admin_keys).where(admin_keys.c.name == name, admin_keys.c.role == role)
+                ).rowcount
+                > 0
+            )
 
     def count_admin_keys(self) -> int:
         with self._read() as conn:
-            return conn.scalar(select(func.count()).select_from(admin_keys)) or 0
+            return (
+                conn.scalar(
+                    select(func.count()).select_from(admin_keys).where(admin_keys.c.role == "admin")
+                )
+                or 0
+            )
 
     def table_row_counts(self) -> dict[str, int]:
         with self._read() as conn:
             return {
                 t.name: conn.scalar(select(func.count()).select_from(t)) or 0
-                for t in (sessions, artifacts, admin_keys, leases, lease_artifacts)
+                for t in (sessions, artifacts, admin_keys, leases, lease_artifacts, tasks)
             }
+
+
+# -- tasks: helpers that run inside a caller's transaction ------------------------------------
+
+# Task leases last as long as the task is pending or running; its end releases them.
+TASK_LEASE_EXPIRY = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def task_producer(task_id: str) -> str:
+    """The ``producer`` of a task's outputs; clients cannot forge it (no ':' allowed)."""
+    return f"task:{task_id}"
+
+
+def _inputs(conn: Connection, refs: Sequence[TaskInput], now: datetime) -> list[Artifact]:
+    if not refs:
+        return []
+    live = set(
+        conn.scalars(
+            select(sessions.c.id).where(
+                sessions.c.id.in_({r.session_id for r in refs}), live_session(now)
+            )
+        )
+    )
+    rows = {
+        r.id: r
+        for r in conn.execute(
+            select(artifacts).where(
+                artifacts.c.id.in_({r.artifact_id for r in refs}),
+                artifacts.c.state == ArtifactState.READY,
+            )
+        )
+    }
+    found = []
+    for ref in refs:
+        row = rows.get(ref.artifact_id)
+        if ref.session_id not in live or row is None or row.session_id != ref.session_id:
+            raise NotFound(f"artifact {ref.artifact_id} not found")
+        found.append(_artifact(row))
+    return found
+
+
+def _output(row: Any, removed: bool = False) -> TaskOutput:
+    return TaskOutput(
+        artifact_id=row.id,
+        name=row.name,
+        kind=row.kind,
+        content_type=row.content_type,
+        size=row.size or 0,
+        sha256=row.sha256 or "",
+        removed=removed,
+    )
+
+
+def _tasks(conn: Connection, rows: Sequence[Row[Any]]) -> list[Task]:
+    """Tasks with their outputs: live ones while active, the recorded list once finished."""
+    active = [task_producer(r.id) for r in rows if TaskState(r.state).active]
+    current: dict[str, list[TaskOutput]] = {}
+    if active:
+        for a in conn.execute(
+            select(artifacts)
+            .where(artifacts.c.producer.in_(active), artifacts.c.state == ArtifactState.READY)
+            .order_by(artifacts.c.id)
+        ):
+            current.setdefault(a.producer, []).append(_output(a))
+    recorded = [o["artifact_id"] for r in rows if not TaskState(r.state).active for o in r.outputs]
+    present: set[str] = set()
+    for batch in _batched(recorded, 500):
+        present.update(
+            conn.scalars(
+                select(artifacts.c.id).where(
+                    artifacts.c.id.in_(batch), artifacts.c.state == ArtifactState.READY
+                )
+            )
+        )
+    found = []
+    for r in rows:
+        if TaskState(r.state).active:
+            outputs = tuple(current.get(task_producer(r.id), ()))
+        else:
+            outputs = tuple(
+                TaskOutput(**o, removed=o["artifact_id"] not in present) for o in r.outputs
+            )
+        found.append(
+            Task(
+                id=r.id,
+                session_id=r.session_id,
+                processor=r.processor,
+                params=r.params,
+                inputs=tuple(TaskInput(s, a) for s, a in r.inputs),
+                state=TaskState(r.state),
+                progress_done=r.progress_done,
+                progress_total=r.progress_total,
+                result=r.result,
+                error=r.error,
+                outputs=outputs,
+                attempts=r.attempts,
+                max_attempts=r.max_attempts,
+                worker=r.worker,
+                created_at=r.created_at,
+                started_at=r.started_at,
+                finished_at=r.finished_at,
+            )
+        )
+    return found
+
+
+def _batched(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _drop_outputs(conn: Connection, task_id: str, session_id: str) -> list[tuple[str, str]]:
+    """Mark an unfinished attempt's outputs ``deleting``; the caller removes their bytes."""
+    rows = conn.execute(
+        update(artifacts)
+        .where(
+            artifacts.c.producer == task_producer(task_id),
+            artifacts.c.session_id == session_id,
+            artifacts.c.state == ArtifactState.READY,
+        )
+        .values(state=ArtifactState.DELETING)
+        .returning(artifacts.c.session_id, artifacts.c.id)
+    )
+    return [(r.session_id, r.id) for r in rows]
+
+
+def _refuse_task_lease(task_id: str | None) -> None:
+    if task_id is not None:
+        raise Conflict(f"this lease belongs to task {task_id}: it ends when the task does")
+
+
+def _release_task_leases(conn: Connection, task_ids: Any) -> None:
+    held = select(leases.c.id).where(leases.c.task_id.in_(task_ids))
+    conn.execute(delete(lease_artifacts).where(lease_artifacts.c.lease_id.in_(held)))
+    conn.execute(delete(leases).where(leases.c.task_id.in_(task_ids)))
+
+
+def _end_task(
+    conn: Connection,
+    task_id: str,
+    state: TaskState,
+    now: datetime,
+    *,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> list[tuple[str, str]]:
+    """Finish a task: record its outputs (success) or drop them (otherwise); free its leases."""
+    row = conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
+    dropped: list[tuple[str, str]] = []
+    outputs: list[dict[str, Any]] = []
+    if state is TaskState.SUCCEEDED:
+        outputs = [
+            {k: v for k, v in asdict(_output(a)).items() if k != "removed"}
+            for a in conn.execute(
+                select(artifacts)
+                .where(
+                    artifacts.c.producer == task_producer(task_id),
+                    artifacts.c.session_id == row.session_id,
+                    artifacts.c.state == ArtifactState.READY,
+                )
+                .order_by(artifacts.c.id)
+            )
+        ]
+        # Result retention counts from the task's end, not from when each output was written.
+        conn.execute(
+            update(artifacts)
+            .where(artifacts.c.id.in_([o["artifact_id"] for o in outputs]))
+            .values(ready_at=now)
+        )
+    else:
+        dropped = _drop_outputs(conn, task_id, row.session_id)
+    conn.execute(
+        update(tasks)
+        .where(tasks.c.id == task_id)
+        .values(
+            state=state,
+            result=result,
+            error=None if error is None else error[:2000],
+            outputs=outputs,
+            claim_id=None,
+            claimed_until=None,
+            finished_at=now,
+            progress_done=(
+                row.progress_total
+                if state is TaskState.SUCCEEDED and row.progress_total
+                else row.progress_done
+            ),
+        )
+    )
+    _release_task_leases(conn, [task_id])
+    return dropped
+
+
+def _requeue(
+    conn: Connection,
+    row: Row[Any],
+    now: datetime,
+    retry_delay: Callable[[int], float],
+    reason: str,
+) -> list[tuple[str, str]]:
+    """Back to the queue (its leases stay): a later attempt starts over, outputs dropped."""
+    dropped = _drop_outputs(conn, row.id, row.session_id)
+    conn.execute(
+        update(tasks)
+        .where(tasks.c.id == row.id)
+        .values(
+            state=TaskState.PENDING,
+            claim_id=None,
+            claimed_until=None,
+            worker=None,
+            error=reason[:2000],
+            not_before=now + timedelta(seconds=retry_delay(row.attempts)),
+        )
+    )
+    return dropped
+
+
+def _reap_lost(
+    conn: Connection, now: datetime, retry_delay: Callable[[int], float]
+) -> list[tuple[str, str]]:
+    """Running attempts whose claim ran out: their worker is gone. Retry or fail them."""
+    dropped: list[tuple[str, str]] = []
+    for row in conn.execute(
+        select(tasks)
+        .where(tasks.c.state == TaskState.RUNNING, tasks.c.claimed_until < now)
+        .limit(100)
+    ).all():
+        reason = (
+            f"attempt {row.attempts} lost: worker {row.worker} stopped renewing its claim "
+            f"(expired {row.claimed_until.isoformat()})"
+        )
+        if row.attempts < row.max_attempts:
+            dropped += _requeue(conn, row, now, retry_delay, reason)
+        else:
+            dropped += _end_task(
+                conn,
+                row.id,
+                TaskState.FAILED,
+                now,
+                error=f"{reason}; gave up after {row.attempts} attempts",
+            )
+    return dropped
 
 
 __all__: Sequence[str] = ["Catalog"]

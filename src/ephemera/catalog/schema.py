@@ -92,6 +92,7 @@ artifacts = Table(
     # What produced this artifact (a task, later); outputs with a producer age out as results.
     Column("producer", String(64)),
     Index(None, "session_id", "state", "kind"),
+    Index(None, "producer"),
     # Partial: only stale uploads are looked up by state. A full (state, ...) index is a trap:
     # without statistics SQLite takes it for `state = 'ready'` and scans every ready row.
     Index(
@@ -116,8 +117,11 @@ leases = Table(
     Column("scope", String(16), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("expires_at", UTCDateTime(), nullable=False),
+    # Set when a task holds the lease: only the task's own end releases it.
+    Column("task_id", String(36)),
     Index(None, "session_id", "expires_at"),
     Index(None, "expires_at"),
+    Index(None, "task_id"),
 )
 
 lease_artifacts = Table(
@@ -157,4 +161,49 @@ admin_keys = Table(
     Column("key_hash", String(64), nullable=False, unique=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("last_used_at", UTCDateTime()),
+    # "admin": everything; "worker": only the worker API (claim, heartbeat, finish tasks).
+    Column("role", String(16), nullable=False, server_default="admin"),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("session_id", String(64), ForeignKey("sessions.id"), nullable=False),
+    Column("processor", String(100), nullable=False),
+    Column("params", JSONType, nullable=False),
+    # [[session_id, artifact_id], ...] in submission order; reference data may live elsewhere.
+    Column("inputs", JSONType, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("progress_done", Integer, nullable=False),
+    Column("progress_total", Integer),
+    Column("result", JSONType),
+    Column("error", String(2000)),
+    # The outputs as they were when the task finished; they outlive the output artifacts.
+    Column("outputs", JSONType, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("worker", String(200)),
+    # A running attempt's secret: heartbeats, outputs and the finish must present it.
+    Column("claim_id", String(64)),
+    Column("claimed_until", UTCDateTime()),
+    Column("not_before", UTCDateTime(), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("started_at", UTCDateTime()),
+    Column("finished_at", UTCDateTime()),
+    Index(None, "session_id", "id"),
+    # The queue, in order; and running attempts by deadline, to find lost workers.
+    Index(
+        "ix_tasks_pending_created_at",
+        "created_at",
+        "id",
+        sqlite_where=text("state = 'pending'"),
+        postgresql_where=text("state = 'pending'"),
+    ),
+    Index(
+        "ix_tasks_running_claimed_until",
+        "claimed_until",
+        sqlite_where=text("state = 'running'"),
+        postgresql_where=text("state = 'running'"),
+    ),
 )

@@ -1,0 +1,300 @@
+"""Workers: claim tasks from the store and run their processors.
+
+The same :class:`Worker` runs embedded in ``ephemera serve`` (threads beside the API) and as
+its own process (``ephemera worker``, as many as wanted). Workers coordinate only through the
+database: a claim is a row update in one transaction, so one task has one running attempt at
+a time. Each worker renews its claims from a heartbeat thread; a worker that dies stops
+renewing, and the next claim of any worker requeues its task (see ``Store.claim_task``).
+
+Processors do CPU-bound work (OpenCV and NumPy release the GIL) on the worker's own threads,
+never on the event loop of the API.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, BinaryIO
+
+from pydantic import ValidationError
+
+from ephemera.errors import Conflict, EphemeraError, StorageError
+from ephemera.models import Artifact, Claim
+from ephemera.processors import Registry, TaskCancelled, TaskFailed
+
+if TYPE_CHECKING:
+    from ephemera.store import Store
+
+log = logging.getLogger("ephemera.worker")
+
+PROGRESS_WRITE_INTERVAL_S = 0.5
+
+
+class StoreTaskContext:
+    """The context a processor runs with inside a worker: one claimed attempt."""
+
+    def __init__(self, store: Store, claim: Claim) -> None:
+        self._store = store
+        self._claim = claim
+        self._inputs = {a.id: a for a in claim.inputs}
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._progress: tuple[int, int | None] | None = None
+        self._progress_written = 0.0
+
+    @property
+    def task_id(self) -> str:
+        return self._claim.task.id
+
+    @property
+    def session_id(self) -> str:
+        return self._claim.task.session_id
+
+    @property
+    def inputs(self) -> Sequence[Artifact]:
+        return self._claim.inputs
+
+    def input(self, artifact_id: str) -> Artifact:
+        try:
+            return self._inputs[artifact_id]
+        except KeyError:
+            raise TaskFailed(f"artifact {artifact_id} is not an input of this task") from None
+
+    def open_input(self, artifact_id: str) -> BinaryIO:
+        self.check_cancelled()
+        self.input(artifact_id)
+        try:
+            _, stream = self._store.open_task_input(self.task_id, self._claim.claim_id, artifact_id)
+        except Conflict:
+            self._lost.set()
+            raise TaskCancelled from None
+        return stream
+
+    def read_input(self, artifact_id: str) -> bytes:
+        with self.open_input(artifact_id) as stream:
+            return stream.read()
+
+    def write_output(
+        self,
+        name: str,
+        data: bytes | BinaryIO | Iterable[bytes],
+        *,
+        kind: str = "output",
+        content_type: str | None = None,
+    ) -> Artifact:
+        self.check_cancelled()
+        try:
+            return self._store.put_task_output(
+                self.task_id,
+                self._claim.claim_id,
+                data,
+                name=name,
+                kind=kind,
+                content_type=content_type,
+            )
+        except Conflict:
+            self._lost.set()
+            raise TaskCancelled from None
+
+    def progress(self, done: int, total: int) -> None:
+        with self._lock:
+            self._progress = (done, total)
+            due = time.monotonic() - self._progress_written >= PROGRESS_WRITE_INTERVAL_S
+        if due or done >= total:
+            self.heartbeat()
+        self.check_cancelled()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._lost.is_set() or self._stop.is_set()
+
+    @property
+    def lost(self) -> bool:
+        """The claim is gone: the task was cancelled, or another worker took it over."""
+        return self._lost.is_set()
+
+    def check_cancelled(self) -> None:
+        if self.cancelled:
+            raise TaskCancelled
+
+    def stop(self) -> None:
+        """Ask the processor to stop at its next check (the worker is shutting down)."""
+        self._stop.set()
+
+    def heartbeat(self) -> None:
+        """Renew the claim, with the latest progress; marks the context lost if it is gone."""
+        if self._lost.is_set():
+            return
+        with self._lock:
+            progress = self._progress
+            self._progress_written = time.monotonic()
+        try:
+            self._store.heartbeat_task(self.task_id, self._claim.claim_id, progress=progress)
+        except Conflict:
+            self._lost.set()
+        except StorageError:
+            # A busy or briefly unreachable database: the next heartbeat tries again.
+            log.warning("heartbeat for task %s failed", self.task_id, extra={"action": "beat"})
+
+
+class Worker:
+    """Claims and runs tasks on ``concurrency`` threads until stopped."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        concurrency: int = 1,
+        name: str | None = None,
+        processors: Registry | None = None,
+        poll_interval_s: float = 0.5,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.store = store
+        self.concurrency = concurrency
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._processors = processors
+        self.poll_interval_s = poll_interval_s
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._running: dict[str, StoreTaskContext] = {}
+        self._running_lock = threading.Lock()
+
+    @property
+    def processors(self) -> Registry:
+        return self._processors if self._processors is not None else self.store.processors
+
+    def start(self) -> None:
+        self._stopping.clear()
+        names = [f"ephemera-worker-{i}" for i in range(self.concurrency)]
+        self._threads = [
+            threading.Thread(target=self._loop, name=name, daemon=True) for name in names
+        ]
+        self._threads.append(
+            threading.Thread(target=self._heartbeats, name="ephemera-heartbeat", daemon=True)
+        )
+        for thread in self._threads:
+            thread.start()
+        log.info(
+            "worker %s started: %d threads, processors %s",
+            self.name,
+            self.concurrency,
+            ", ".join(sorted(self.processors)),
+            extra={"action": "start"},
+        )
+
+    def stop(self, timeout_s: float = 30) -> None:
+        """Stop claiming; give running tasks ``timeout_s`` to finish, then stop them.
+
+        A stopped task goes back to the queue at once (its attempt counts).
+        """
+        self._stopping.set()
+        self.store.tasks_queued.set()
+        deadline = time.monotonic() + timeout_s
+        for thread in self._threads:
+            if thread.name.startswith("ephemera-worker"):
+                thread.join(max(0.0, deadline - time.monotonic()))
+        with self._running_lock:
+            running = list(self._running.values())
+        for ctx in running:
+            ctx.stop()
+        for thread in self._threads:
+            thread.join(5)
+        log.info("worker %s stopped", self.name, extra={"action": "stop"})
+
+    def run_one(self) -> bool:
+        """Claim one task and run it in this thread; False if there was none."""
+        claim = self.store.claim_task(self.name, list(self.processors))
+        if claim is None:
+            return False
+        self.run(claim)
+        return True
+
+    def run(self, claim: Claim) -> None:
+        task = claim.task
+        ctx = StoreTaskContext(self.store, claim)
+        with self._running_lock:
+            self._running[task.id] = ctx
+        started = time.perf_counter()
+        try:
+            outcome = self._execute(ctx, claim)
+        finally:
+            with self._running_lock:
+                self._running.pop(task.id, None)
+        log.info(
+            "task %s (%s) %s in %.3fs",
+            task.id,
+            task.processor,
+            outcome,
+            time.perf_counter() - started,
+            extra={"action": "task", "task": task.id, "outcome": outcome},
+        )
+
+    def _execute(self, ctx: StoreTaskContext, claim: Claim) -> str:
+        task, store = claim.task, self.store
+        processor = self.processors[task.processor]
+        try:
+            params = processor.params_model.model_validate(task.params)
+            result = processor.run(ctx, params)
+            # A result that is not JSON must fail here, not in the database driver.
+            json.dumps(result, allow_nan=False)
+            ctx.check_cancelled()
+            store.complete_task(task.id, claim.claim_id, result)
+            return "succeeded"
+        except TaskCancelled:
+            if ctx.lost:
+                return "abandoned (claim lost or task cancelled)"
+            return self._finish(ctx, claim, "worker stopped", retry=True)
+        except TaskFailed as exc:
+            return self._finish(ctx, claim, exc.message)
+        except ValidationError as exc:
+            return self._finish(ctx, claim, f"processor {task.processor} cannot run: {exc}")
+        except (StorageError, OSError) as exc:
+            return self._finish(ctx, claim, f"storage error: {exc}", retry=True)
+        except Conflict:
+            # The claim was lost between the processor's end and completion.
+            return "abandoned (claim lost or task cancelled)"
+        except EphemeraError as exc:
+            # Say, an output name the store refuses: the processor's fault, not the input's.
+            return self._finish(ctx, claim, f"{type(exc).__name__}: {exc.message}")
+        except Exception as exc:
+            log.exception("task %s raised", task.id, extra={"action": "task"})
+            return self._finish(ctx, claim, f"{type(exc).__name__}: {exc}")
+
+    def _finish(self, ctx: StoreTaskContext, claim: Claim, error: str, retry: bool = False) -> str:
+        try:
+            task = self.store.fail_task(claim.task.id, claim.claim_id, error, retry=retry)
+        except Conflict:
+            return "abandoned (claim lost or task cancelled)"
+        return "requeued" if task.state == "pending" else "failed"
+
+    def _loop(self) -> None:
+        queued = self.store.tasks_queued
+        while not self._stopping.is_set():
+            try:
+                if self.run_one():
+                    continue
+            except Exception:
+                log.exception("worker loop failed", extra={"action": "claim"})
+            queued.wait(self.poll_interval_s)
+            queued.clear()
+
+    def _heartbeats(self) -> None:
+        interval = max(0.05, min(self.store.settings.task_claim_ttl_s / 3, 10.0))
+        while not self._stopping.is_set() or any(t.is_alive() for t in self._loops()):
+            with self._running_lock:
+                running = list(self._running.values())
+            for ctx in running:
+                ctx.heartbeat()
+            time.sleep(interval)
+
+    def _loops(self) -> list[threading.Thread]:
+        return [t for t in self._threads if t.name.startswith("ephemera-worker")]

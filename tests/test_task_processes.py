@@ -1,0 +1,146 @@
+"""Worker processes: a killed worker's task is retried elsewhere; every task runs once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ephemera import Settings, Store
+from ephemera.models import TaskState
+from tests.conftest import _die_with_parent
+
+pytestmark = pytest.mark.slow
+
+CLAIM_TTL_S = 2
+
+
+@pytest.fixture
+def settings(data_dir: Path) -> Settings:
+    return Settings(data_dir=data_dir, task_claim_ttl_s=CLAIM_TTL_S, task_retry_delay_s=0)
+
+
+@pytest.fixture
+def start_worker(
+    data_dir: Path, tmp_path: Path
+) -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    env = {
+        **os.environ,
+        "EPHEMERA_TASK_CLAIM_TTL_S": str(CLAIM_TTL_S),
+        "EPHEMERA_TASK_RETRY_DELAY_S": "0",
+    }
+
+    def start(name: str) -> subprocess.Popen[bytes]:
+        log = open(tmp_path / f"worker-{name}.log", "ab")  # noqa: SIM115 - the child owns it
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ephemera",
+                "worker",
+                "--name",
+                name,
+                "--poll-interval",
+                "0.05",
+                "--data-dir",
+                str(data_dir),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_parent,
+        )
+        log.close()
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def journal_lines(path: Path) -> list[tuple[str, int]]:
+    if not path.exists():
+        return []
+    return [
+        (tid, int(pid))
+        for tid, pid in (line.split() for line in path.read_text().split("\n") if line)
+    ]
+
+
+def test_a_task_of_a_killed_worker_is_retried_by_another_and_completes_once(
+    store: Store,
+    tmp_path: Path,
+    start_worker: Callable[[str], subprocess.Popen[bytes]],
+) -> None:
+    journal = tmp_path / "journal"
+    store.create_session("s1")
+    task = store.submit_task("s1", "sample-sleep", params={"seconds": 3, "journal": str(journal)})
+
+    doomed = start_worker("doomed")
+    wait_for(lambda: len(journal_lines(journal)) == 1, 30, "the first worker to start the task")
+    assert store.get_task("s1", task.id).state is TaskState.RUNNING
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait(10)
+
+    survivor = start_worker("survivor")
+    wait_for(lambda: store.get_task("s1", task.id).state is TaskState.SUCCEEDED, 60, "the retry")
+    done = store.get_task("s1", task.id)
+    assert done.attempts == 2
+    assert done.worker == "survivor"
+    assert done.result == {"pid": survivor.pid}
+    assert journal_lines(journal) == [(task.id, doomed.pid), (task.id, survivor.pid)]
+    # Only the surviving attempt's output remains, in the record and on disk.
+    (output,) = done.outputs
+    assert store.read_artifact("s1", output.artifact_id) == str(survivor.pid).encode()
+    assert [b.key for b in store.blobs.list("sessions/")] == [f"sessions/s1/{output.artifact_id}"]
+
+
+def test_two_worker_processes_complete_each_of_200_tasks_exactly_once(
+    store: Store,
+    tmp_path: Path,
+    start_worker: Callable[[str], subprocess.Popen[bytes]],
+) -> None:
+    journal = tmp_path / "journal"
+    store.create_session("s1")
+    tasks = [
+        store.submit_task("s1", "sample-sleep", params={"journal": str(journal)})
+        for _ in range(200)
+    ]
+    workers = [start_worker("a"), start_worker("b")]
+
+    def all_done() -> bool:
+        page = store.list_tasks("s1", state=TaskState.SUCCEEDED, limit=1000)
+        return len(page.items) == len(tasks)
+
+    wait_for(all_done, 120, "200 tasks")
+    runs = journal_lines(journal)
+    assert Counter(tid for tid, _ in runs) == Counter(t.id for t in tasks)
+    assert {pid for _, pid in runs} == {w.pid for w in workers}  # both took a share
+    finished = store.list_tasks("s1", limit=1000).items
+    assert {(t.state, t.attempts, len(t.outputs)) for t in finished} == {
+        (TaskState.SUCCEEDED, 1, 1)
+    }
+    assert len(list(store.blobs.list("sessions/"))) == 200
