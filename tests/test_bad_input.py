@@ -282,6 +282,87 @@ for label, token in {
     )
 
 
+# -- tasks and the worker API -------------------------------------------------------------------
+
+
+def submit(w: World, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return w.client.post(f"{API}/sessions/s1/tasks", json=body, headers=headers or w.auth)
+
+
+def upper(w: World, **extra: Any) -> dict[str, Any]:
+    return {"processor": "sample-upper", "inputs": [w.artifact_id], **extra}
+
+
+attack("task-malformed-json", 400, "malformed_body")(
+    lambda w: w.client.post(
+        f"{API}/sessions/s1/tasks",
+        content=b'{"processor": "sample-upper",',
+        headers={**w.auth, "content-type": "application/json"},
+    )
+)
+attack("task-unknown-processor", 422, "invalid_input")(
+    lambda w: submit(w, {"processor": "../../bin/sh", "inputs": [w.artifact_id]})
+)
+attack("task-bad-params", 422, "invalid_input")(
+    lambda w: submit(w, upper(w, params={"suffix": {"nested": True}}))
+)
+attack("task-unknown-field", 422, "invalid_input")(lambda w: submit(w, upper(w, priority=9)))
+attack("task-too-many-attempts", 422, "invalid_input")(
+    lambda w: submit(w, upper(w, max_attempts=10_000))
+)
+attack("task-missing-input", 404, "not_found")(
+    lambda w: submit(w, {"processor": "sample-upper", "inputs": ["../../etc/passwd"]})
+)
+attack("task-other-sessions-input-without-its-token", 404, "not_found")(
+    lambda w: submit(
+        w,
+        {"processor": "sample-upper", "inputs": [{"session_id": "s2", "artifact_id": "x" * 36}]},
+    )
+)
+attack("task-wrong-token", 404, "not_found")(
+    lambda w: submit(w, upper(w), headers=bearer("eps_wrong"))
+)
+attack("task-hostile-id", 404, "not_found")(
+    lambda w: w.client.get(f"{API}/sessions/s1/tasks/..%2F..%2Fx", headers=w.auth)
+)
+attack("task-cancel-unknown", 404, "not_found")(
+    lambda w: w.client.post(
+        f"{API}/sessions/s1/tasks/01a1fd3f-147d-75e5-bd31-fe6998c9f3b0/cancel", headers=w.auth
+    )
+)
+attack("worker-claim-with-a-session-token", 403, "forbidden")(
+    lambda w: w.client.post(
+        f"{API}/worker/claim", json={"worker": "w", "processors": ["sample-upper"]}, headers=w.auth
+    )
+)
+attack("worker-claim-without-processors", 422, "invalid_input")(
+    lambda w: w.client.post(
+        f"{API}/worker/claim", json={"worker": "w", "processors": []}, headers=w.admin
+    )
+)
+attack("worker-complete-unknown-claim", 409, "conflict")(
+    lambda w: w.client.post(
+        f"{API}/worker/tasks/01a1fd3f-147d-75e5-bd31-fe6998c9f3b0/complete",
+        json={},
+        headers={**w.admin, "Ephemera-Claim": "guess"},
+    )
+)
+attack("worker-output-unknown-claim", 409, "conflict")(
+    lambda w: w.client.post(
+        f"{API}/worker/tasks/01a1fd3f-147d-75e5-bd31-fe6998c9f3b0/outputs",
+        params={"name": "x.bin"},
+        content=b"x",
+        headers={**w.admin, "Ephemera-Claim": "guess"},
+    )
+)
+attack("worker-input-without-claim", 422, "invalid_input")(
+    lambda w: w.client.get(
+        f"{API}/worker/tasks/01a1fd3f-147d-75e5-bd31-fe6998c9f3b0/inputs/{w.artifact_id}/content",
+        headers=w.admin,
+    )
+)
+
+
 @pytest.mark.parametrize("key", list(ATTACKS))
 def test_bad_input_is_refused_clearly_and_changes_nothing(world: World, key: str) -> None:
     status, code, send = ATTACKS[key]

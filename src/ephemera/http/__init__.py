@@ -15,6 +15,7 @@ from ephemera.http.admin import admin_router
 from ephemera.http.errors import error_response, install_error_handlers
 from ephemera.http.routes import api_router
 from ephemera.http.schemas import Health
+from ephemera.http.workers import worker_router
 from ephemera.store import Store
 
 API_PREFIX = "/api/v1"
@@ -32,6 +33,7 @@ def create_app(store: Store) -> FastAPI:
     install_error_handlers(app)
     app.include_router(api_router(store), prefix=API_PREFIX)
     app.include_router(admin_router(store), prefix=API_PREFIX)
+    app.include_router(worker_router(store), prefix=API_PREFIX)
 
     @app.get(
         "/metrics",
@@ -70,4 +72,5 @@ __all__ = [
     "create_app",
     "error_response",
     "install_error_handlers",
+    "worker_router",
 ]

@@ -42,6 +42,8 @@ class UploadParams:
     expires_in_s: int | None = None
     sha256: str | None = None
     producer: str | None = None
+    # (task ID, claim ID): the upload is an output of a claimed task.
+    task_claim: tuple[str, str] | None = None
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -55,6 +57,14 @@ class UploadParams:
     def begin(self, store: Store, session_id: str, declared_size: int | None) -> Upload:
         if not self.name:
             raise InvalidInput("a file name is required (query parameter 'name')")
+        if self.task_claim is not None:
+            return store.begin_task_output(
+                *self.task_claim,
+                name=self.name,
+                kind=self.kind or "output",
+                content_type=self.content_type,
+                declared_size=declared_size,
+            )
         return store.begin_upload(
             session_id,
             name=self.name,

@@ -26,6 +26,9 @@ from ephemera.http.schemas import (
     SessionCreate,
     SessionCreated,
     SessionOut,
+    TaskCreate,
+    TaskOut,
+    TaskPage,
 )
 from ephemera.models import Artifact
 from ephemera.store import DEFAULT, Store
@@ -230,25 +233,7 @@ def api_router(store: Store) -> APIRouter:
     ) -> Response:
         """The stored bytes, exactly: ETag is the sha256; Range and If-None-Match work."""
         store.authenticate(session_id, token)
-        artifact = store.get_artifact(session_id, artifact_id)
-        etag = f'"{artifact.sha256}"'
-        headers = _download_headers(artifact, etag)
-        if _etag_matches(request.headers.get("if-none-match"), etag):
-            return Response(status_code=304, headers=headers)
-        path = store.artifact_path(session_id, artifact_id)
-        if path is not None:
-            if not path.is_file():
-                raise StorageError(f"artifact {artifact_id} has lost its bytes")
-            return FileResponse(path, media_type=artifact.content_type, headers=headers)
-        _, stream = store.open_artifact(session_id, artifact_id)
-
-        def chunks() -> Any:
-            with stream:
-                while chunk := stream.read(1024 * 1024):
-                    yield chunk
-
-        headers["content-length"] = str(artifact.size)
-        return StreamingResponse(chunks(), media_type=artifact.content_type, headers=headers)
+        return serve_artifact(store, store.get_artifact(session_id, artifact_id), request)
 
     @router.delete(
         "/sessions/{session_id}/artifacts/{artifact_id}",
@@ -319,7 +304,80 @@ def api_router(store: Store) -> APIRouter:
         audit_admin(admin, "lease.release", f"{session_id}/{lease_id}")
         return Response(status_code=204)
 
+    @router.post(
+        "/sessions/{session_id}/tasks", status_code=201, response_model=TaskOut, tags=["tasks"]
+    )
+    def submit_task(session_id: str, body: TaskCreate, token: Credential) -> TaskOut:
+        """Queue processing: params are checked now; the task holds a lease on its session,
+        inputs and outputs until it ends. Inputs in another session need its token in
+        ``reference_tokens`` (or an admin key)."""
+        admin = authed(session_id, token)
+        inputs = [i if isinstance(i, str) else (i.session_id, i.artifact_id) for i in body.inputs]
+        credentials = dict(body.reference_tokens)
+        if admin is not None:
+            credentials = {i.session_id: token for i in body.inputs if not isinstance(i, str)}
+        task = store.submit_task(
+            session_id,
+            body.processor,
+            inputs,
+            body.params,
+            credentials=credentials,
+            max_attempts=body.max_attempts,
+        )
+        audit_admin(admin, "task.submit", f"{session_id}/{task.id}", {"processor": task.processor})
+        return TaskOut.of(task)
+
+    @router.get("/sessions/{session_id}/tasks", response_model=TaskPage, tags=["tasks"])
+    def list_tasks(
+        session_id: str,
+        token: Credential,
+        state: str | None = None,
+        cursor: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> TaskPage:
+        authed(session_id, token)
+        page = store.list_tasks(session_id, state=state, cursor=cursor, limit=limit)
+        return TaskPage(items=[TaskOut.of(t) for t in page.items], next_cursor=page.next_cursor)
+
+    @router.get("/sessions/{session_id}/tasks/{task_id}", response_model=TaskOut, tags=["tasks"])
+    def get_task(session_id: str, task_id: str, token: Credential) -> TaskOut:
+        """Status, progress, result, outputs (``removed`` once retention took them), error."""
+        authed(session_id, token)
+        return TaskOut.of(store.get_task(session_id, task_id))
+
+    @router.post(
+        "/sessions/{session_id}/tasks/{task_id}/cancel", response_model=TaskOut, tags=["tasks"]
+    )
+    def cancel_task(session_id: str, task_id: str, token: Credential) -> TaskOut:
+        """Cancel now: its outputs go, its leases are released; 409 once it has finished."""
+        admin = authed(session_id, token)
+        task = store.cancel_task(session_id, task_id)
+        audit_admin(admin, "task.cancel", f"{session_id}/{task_id}")
+        return TaskOut.of(task)
+
     return router
+
+
+def serve_artifact(store: Store, artifact: Artifact, request: Request) -> Response:
+    """The stored bytes, exactly: ETag is the sha256; Range and If-None-Match work."""
+    etag = f'"{artifact.sha256}"'
+    headers = _download_headers(artifact, etag)
+    if _etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    path = store.artifact_path(artifact.session_id, artifact.id)
+    if path is not None:
+        if not path.is_file():
+            raise StorageError(f"artifact {artifact.id} has lost its bytes")
+        return FileResponse(path, media_type=artifact.content_type, headers=headers)
+    _, stream = store.open_artifact(artifact.session_id, artifact.id)
+
+    def chunks() -> Any:
+        with stream:
+            while chunk := stream.read(1024 * 1024):
+                yield chunk
+
+    headers["content-length"] = str(artifact.size)
+    return StreamingResponse(chunks(), media_type=artifact.content_type, headers=headers)
 
 
 def _download_headers(artifact: Artifact, etag: str) -> dict[str, str]:

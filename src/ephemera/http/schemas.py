@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -209,3 +209,131 @@ class CleanupStats(BaseModel):
     leased: dict[str, int]
     usage: dict[str, int | None]
     last_runs: dict[str, dict[str, Any]]
+
+
+class TaskInputRef(BaseModel):
+    """An input in another session: reference data such as golden images."""
+
+    model_config = ConfigDict(extra="forbid", from_attributes=True)
+
+    session_id: str = Field(pattern=f"^{SESSION_ID_RE.pattern}$")
+    artifact_id: str = Field(max_length=36)
+
+
+class TaskCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    processor: str = Field(min_length=1, max_length=100)
+    inputs: list[Annotated[str, Field(max_length=36)] | TaskInputRef] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Artifact IDs of this session, or {session_id, artifact_id} elsewhere",
+    )
+    params: dict[str, Any] = Field(default_factory=dict)
+    max_attempts: int | None = Field(None, ge=1, le=100)
+    reference_tokens: dict[str, str] = Field(
+        default_factory=dict,
+        description="Token of each other session the inputs name, by session ID "
+        "(not needed with an admin key)",
+    )
+
+
+class TaskProgress(BaseModel):
+    done: int
+    total: int | None
+
+
+class TaskOutputOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    artifact_id: str
+    name: str
+    kind: str
+    content_type: str
+    size: int
+    sha256: str
+    removed: bool = Field(description="Removed by result retention; the record remains")
+
+
+class TaskOut(BaseModel):
+    id: str
+    session_id: str
+    processor: str
+    params: dict[str, Any]
+    inputs: list[TaskInputRef]
+    state: str
+    progress: TaskProgress
+    result: dict[str, Any] | None
+    error: str | None
+    outputs: list[TaskOutputOut]
+    attempts: int
+    max_attempts: int
+    worker: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, task: Any) -> TaskOut:
+        return cls(
+            id=task.id,
+            session_id=task.session_id,
+            processor=task.processor,
+            params=task.params,
+            inputs=[TaskInputRef.model_validate(i) for i in task.inputs],
+            state=task.state,
+            progress=TaskProgress(done=task.progress_done, total=task.progress_total),
+            result=task.result,
+            error=task.error,
+            outputs=[TaskOutputOut.model_validate(o) for o in task.outputs],
+            attempts=task.attempts,
+            max_attempts=task.max_attempts,
+            worker=task.worker,
+            created_at=task.created_at,
+            started_at=task.started_at,
+            finished_at=task.finished_at,
+        )
+
+
+class TaskPage(BaseModel):
+    items: list[TaskOut]
+    next_cursor: str | None
+
+
+class ClaimRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    worker: str = Field(min_length=1, max_length=200, description="A name, for logs and stats")
+    processors: list[Annotated[str, Field(max_length=100)]] = Field(min_length=1, max_length=100)
+    ttl_s: float | None = Field(None, gt=0, description="Claim length; renew with heartbeats")
+
+
+class ClaimOut(BaseModel):
+    task: TaskOut
+    claim_id: str = Field(description="Send as the Ephemera-Claim header on every task call")
+    claimed_until: datetime
+    inputs: list[ArtifactOut]
+
+
+class HeartbeatIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    progress: TaskProgress | None = None
+    ttl_s: float | None = Field(None, gt=0)
+
+
+class HeartbeatOut(BaseModel):
+    claimed_until: datetime
+
+
+class CompleteIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    result: dict[str, Any] = Field(default_factory=dict)
+
+
+class FailIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    error: str = Field(min_length=1, max_length=2000)
+    retry: bool = Field(False, description="Queue again while attempts remain")
