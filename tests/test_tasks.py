@@ -375,4 +375,5 @@ def test_camera_calibration_runs_as_a_task_and_stores_its_preview(
         np.frombuffer(store.read_artifact("calib", preview.artifact_id), np.uint8),
         cv2.IMREAD_UNCHANGED,
     )
+    assert image is not None
     assert image.shape[:2] == (720, 960)

@@ -227,80 +227,47 @@ def sessions_close(
     print(json.dumps(_jsonable(report)))
 
 
-@keys_app.command("create")
-def admin_key_create(name: str, data_dir: DataDir = None) -> None:
-    """Create an admin key; the key alone is printed on standard output, once."""
-    with _open(data_dir) as store:
-        try:
-            key = store.create_admin_key(name)
-        except EphemeraError as exc:
-            raise _fail(exc) from None
-        store.audit(ACTOR, "admin-key.create", name)
-    print(key)
+def _key_commands(group: typer.Typer, role: str) -> None:
+    """create, list and revoke for one kind of key: admin keys and worker keys alike."""
+
+    @group.command("create")
+    def create(name: str, data_dir: DataDir = None) -> None:
+        """Create a key; the key alone is printed on standard output, once."""
+        with _open(data_dir) as store:
+            try:
+                key = store.create_key(name, role)
+            except EphemeraError as exc:
+                raise _fail(exc) from None
+            store.audit(ACTOR, f"{role}-key.create", name)
+        print(key)
+
+    @group.command("list")
+    def list_keys(data_dir: DataDir = None, as_json: AsJson = False) -> None:
+        """Key names (the keys themselves are stored only as hashes)."""
+        with _open(data_dir) as store:
+            keys = store.list_keys(role)
+        if as_json:
+            print(json.dumps(_jsonable(keys)))
+            return
+        table = Table("name", "created")
+        for k in keys:
+            table.add_row(k.name, k.created_at.isoformat(timespec="seconds"))
+        out.print(table)
+
+    @group.command("revoke")
+    def revoke(name: str, data_dir: DataDir = None) -> None:
+        """Revoke a key: it stops working at once."""
+        with _open(data_dir) as store:
+            try:
+                store.revoke_key(name, role)
+            except EphemeraError as exc:
+                raise _fail(exc) from None
+            store.audit(ACTOR, f"{role}-key.revoke", name)
+        err.print(f"revoked {name}")
 
 
-@keys_app.command("list")
-def admin_key_list(data_dir: DataDir = None, as_json: AsJson = False) -> None:
-    """Admin key names (the keys themselves are stored only as hashes)."""
-    with _open(data_dir) as store:
-        keys = store.list_admin_keys()
-    if as_json:
-        print(json.dumps(_jsonable(keys)))
-        return
-    table = Table("name", "created")
-    for k in keys:
-        table.add_row(k.name, k.created_at.isoformat(timespec="seconds"))
-    out.print(table)
-
-
-@keys_app.command("revoke")
-def admin_key_revoke(name: str, data_dir: DataDir = None) -> None:
-    """Revoke an admin key: it stops working at once."""
-    with _open(data_dir) as store:
-        try:
-            store.revoke_admin_key(name)
-        except EphemeraError as exc:
-            raise _fail(exc) from None
-        store.audit(ACTOR, "admin-key.revoke", name)
-    err.print(f"revoked {name}")
-
-
-@worker_keys_app.command("create")
-def worker_key_create(name: str, data_dir: DataDir = None) -> None:
-    """Create a key for the worker API; the key alone is printed on standard output, once."""
-    with _open(data_dir) as store:
-        try:
-            key = store.create_worker_key(name)
-        except EphemeraError as exc:
-            raise _fail(exc) from None
-        store.audit(ACTOR, "worker-key.create", name)
-    print(key)
-
-
-@worker_keys_app.command("list")
-def worker_key_list(data_dir: DataDir = None, as_json: AsJson = False) -> None:
-    """Worker key names."""
-    with _open(data_dir) as store:
-        keys = store.list_worker_keys()
-    if as_json:
-        print(json.dumps(_jsonable(keys)))
-        return
-    table = Table("name", "created")
-    for k in keys:
-        table.add_row(k.name, k.created_at.isoformat(timespec="seconds"))
-    out.print(table)
-
-
-@worker_keys_app.command("revoke")
-def worker_key_revoke(name: str, data_dir: DataDir = None) -> None:
-    """Revoke a worker key: it stops working at once."""
-    with _open(data_dir) as store:
-        try:
-            store.revoke_worker_key(name)
-        except EphemeraError as exc:
-            raise _fail(exc) from None
-        store.audit(ACTOR, "worker-key.revoke", name)
-    err.print(f"revoked {name}")
+_key_commands(keys_app, "admin")
+_key_commands(worker_keys_app, "worker")
 
 
 @app.command()

@@ -322,24 +322,13 @@ class Store:
         return self.catalog.admin_key_name(ids.hash_secret(credential))
 
     def create_admin_key(self, name: str) -> str:
-        key = ids.new_admin_key()
+        return self.create_key(name, "admin")
+
+    def create_key(self, name: str, role: str = "admin") -> str:
+        """A new key: ``admin`` opens everything; ``worker`` only the worker API."""
+        key = ids.new_worker_key() if _role(role) == "worker" else ids.new_admin_key()
         self.catalog.insert_admin_key(
-            ids.check_admin_key_name(name), ids.hash_secret(key), self.clock.now()
-        )
-        return key
-
-    def list_admin_keys(self) -> list[AdminKey]:
-        return self.catalog.list_admin_keys()
-
-    def revoke_admin_key(self, name: str) -> None:
-        if not self.catalog.delete_admin_key(name):
-            raise NotFound(f"no admin key named {name!r}")
-
-    def create_worker_key(self, name: str) -> str:
-        """A key for the worker API only: claim, heartbeat, outputs, finish."""
-        key = ids.new_worker_key()
-        self.catalog.insert_admin_key(
-            ids.check_admin_key_name(name), ids.hash_secret(key), self.clock.now(), "worker"
+            ids.check_admin_key_name(name), ids.hash_secret(key), self.clock.now(), role
         )
         return key
 
@@ -348,12 +337,18 @@ class Store:
             return None
         return self.catalog.admin_key_name(ids.hash_secret(credential), "worker")
 
-    def list_worker_keys(self) -> list[AdminKey]:
-        return self.catalog.list_admin_keys("worker")
+    def list_admin_keys(self) -> list[AdminKey]:
+        return self.list_keys("admin")
 
-    def revoke_worker_key(self, name: str) -> None:
-        if not self.catalog.delete_admin_key(name, "worker"):
-            raise NotFound(f"no worker key named {name!r}")
+    def list_keys(self, role: str = "admin") -> list[AdminKey]:
+        return self.catalog.list_admin_keys(_role(role))
+
+    def revoke_admin_key(self, name: str) -> None:
+        self.revoke_key(name, "admin")
+
+    def revoke_key(self, name: str, role: str = "admin") -> None:
+        if not self.catalog.delete_admin_key(name, _role(role)):
+            raise NotFound(f"no {role} key named {name!r}")
 
     def has_admin_key(self) -> bool:
         return self.catalog.count_admin_keys() > 0
@@ -1095,6 +1090,12 @@ class Store:
                 for e in self.catalog.last_audit_per_action("cleanup.")
             },
         }
+
+
+def _role(role: str) -> str:
+    if role not in ("admin", "worker"):
+        raise InvalidInput("a key's role is 'admin' or 'worker'")
+    return role
 
 
 def _claim_lost(task_id: str) -> Conflict:

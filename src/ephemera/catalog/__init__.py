@@ -605,10 +605,8 @@ class Catalog:
                     select(leases.c.id)
                     .join(tasks, tasks.c.id == leases.c.task_id)
                     .where(
-                        tasks.c.id == task_id,
+                        _held(task_id, claim_id),
                         tasks.c.session_id == session_id,
-                        tasks.c.claim_id == claim_id,
-                        tasks.c.state == TaskState.RUNNING,
                         leases.c.session_id == session_id,
                     )
                 )
@@ -1372,27 +1370,13 @@ class Catalog:
         if progress is not None:
             values["progress_done"], values["progress_total"] = progress
         with self._write() as conn:
-            done = conn.execute(
-                update(tasks)
-                .where(
-                    tasks.c.id == task_id,
-                    tasks.c.claim_id == claim_id,
-                    tasks.c.state == TaskState.RUNNING,
-                )
-                .values(**values)
-            )
+            done = conn.execute(update(tasks).where(_held(task_id, claim_id)).values(**values))
             return done.rowcount == 1
 
     def claimed_task(self, task_id: str, claim_id: str) -> Task | None:
         """The task, if ``claim_id`` still holds it."""
         with self._read() as conn:
-            row = conn.execute(
-                select(tasks).where(
-                    tasks.c.id == task_id,
-                    tasks.c.claim_id == claim_id,
-                    tasks.c.state == TaskState.RUNNING,
-                )
-            ).first()
+            row = conn.execute(select(tasks).where(_held(task_id, claim_id))).first()
             return None if row is None else _tasks(conn, [row])[0]
 
     def finish_task(
@@ -1413,13 +1397,7 @@ class Catalog:
         """
         with self._write() as conn:
             row = conn.execute(
-                select(tasks)
-                .where(
-                    tasks.c.id == task_id,
-                    tasks.c.claim_id == claim_id,
-                    tasks.c.state == TaskState.RUNNING,
-                )
-                .with_for_update()
+                select(tasks).where(_held(task_id, claim_id)).with_for_update()
             ).first()
             if row is None:
                 raise Conflict(
@@ -1644,6 +1622,13 @@ def _drop_outputs(conn: Connection, task_id: str, session_id: str) -> list[tuple
         .returning(artifacts.c.session_id, artifacts.c.id)
     )
     return [(r.session_id, r.id) for r in rows]
+
+
+def _held(task_id: str, claim_id: str) -> ColumnElement[bool]:
+    """The task is running under this claim: the one test every claimed operation makes."""
+    return and_(
+        tasks.c.id == task_id, tasks.c.claim_id == claim_id, tasks.c.state == TaskState.RUNNING
+    )
 
 
 def _refuse_task_lease(task_id: str | None) -> None:
