@@ -377,3 +377,31 @@ def test_camera_calibration_runs_as_a_task_and_stores_its_preview(
     )
     assert image is not None
     assert image.shape[:2] == (720, 960)
+
+
+def test_a_running_worker_stops_a_cancelled_task_and_goes_on_with_the_queue(
+    store: Store,
+) -> None:
+    store.create_session("s1")
+    slow = store.submit_task("s1", "sample-sleep", params={"seconds": 60})
+    pool = Worker(store, poll_interval_s=0.02)
+    pool.start()
+    try:
+        deadline = time.monotonic() + 10
+        while store.get_task("s1", slow.id).state is not TaskState.RUNNING:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        store.cancel_task("s1", slow.id)
+        quick = store.submit_task("s1", "sample-sleep", params={"seconds": 0})
+        while store.get_task("s1", quick.id).state is not TaskState.SUCCEEDED:
+            assert time.monotonic() < deadline, "the worker is still busy with the cancelled task"
+            time.sleep(0.02)
+    finally:
+        pool.stop(timeout_s=5)
+    cancelled = store.get_task("s1", slow.id)
+    assert (cancelled.state, cancelled.outputs, cancelled.attempts) == (
+        TaskState.CANCELLED,
+        (),
+        1,
+    )
+    assert len(stored_keys(store)) == 1  # the quick task's output only

@@ -371,6 +371,7 @@ def stats(
         print(json.dumps(_jsonable(numbers), default=str))
         return
     out.print(f"sessions: {numbers['sessions']}   leased: {numbers['leased']}")
+    out.print(f"tasks: {numbers['tasks']}")
     out.print(f"usage: {numbers['usage']}")
     stored = Table("storage class", "state", "artifacts", "bytes", title="stored")
     for row in numbers["artifacts"]:

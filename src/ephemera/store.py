@@ -1075,6 +1075,7 @@ class Store:
             ],
             "cleanable": cleanable,
             "leased": self.catalog.lease_counts(now),
+            "tasks": self.catalog.task_counts(),
             "usage": {
                 "stored_bytes": stored,
                 "high_water_bytes": self.settings.quota_high_water_bytes,

@@ -207,6 +207,7 @@ class CleanupStats(BaseModel):
     artifacts: list[dict[str, Any]]
     cleanable: dict[str, dict[str, int]]
     leased: dict[str, int]
+    tasks: dict[str, int] = Field(description="Tasks by state")
     usage: dict[str, int | None]
     last_runs: dict[str, dict[str, Any]]
 
