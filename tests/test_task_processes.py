@@ -15,6 +15,7 @@ import pytest
 
 from ephemera import Settings, Store
 from ephemera.models import TaskState
+from ephemera.testing import ManualClock
 from tests.conftest import _die_with_parent
 
 pytestmark = pytest.mark.slow
@@ -92,11 +93,12 @@ def journal_lines(path: Path) -> list[tuple[str, int]]:
 
 def test_a_task_of_a_killed_worker_is_retried_by_another_and_completes_once(
     store: Store,
+    clock: ManualClock,
     tmp_path: Path,
     start_worker: Callable[[str], subprocess.Popen[bytes]],
 ) -> None:
     journal = tmp_path / "journal"
-    store.create_session("s1")
+    store.create_session("s1", idle_timeout_s=None)
     task = store.submit_task("s1", "sample-sleep", params={"seconds": 3, "journal": str(journal)})
 
     doomed = start_worker("doomed")
@@ -112,10 +114,16 @@ def test_a_task_of_a_killed_worker_is_retried_by_another_and_completes_once(
     assert done.worker == "survivor"
     assert done.result == {"pid": survivor.pid}
     assert journal_lines(journal) == [(task.id, doomed.pid), (task.id, survivor.pid)]
-    # Only the surviving attempt's output remains, in the record and on disk.
+    # Only the surviving attempt's output is the task's. Bytes the killed attempt left
+    # (staged, or moved into place by a transaction that never committed) have no record,
+    # and orphan reconciliation removes them once past the grace period.
     (output,) = done.outputs
     assert store.read_artifact("s1", output.artifact_id) == str(survivor.pid).encode()
+    assert [a.id for a in store.list_artifacts("s1").items] == [output.artifact_id]
+    clock.advance(store.settings.orphan_grace_s + 60)
+    store.cleanup("orphaned")
     assert [b.key for b in store.blobs.list("sessions/")] == [f"sessions/s1/{output.artifact_id}"]
+    assert list(store.blobs.list_staged()) == []
 
 
 def test_two_worker_processes_complete_each_of_200_tasks_exactly_once(

@@ -13,6 +13,7 @@ import pytest
 from ephemera import Conflict, InvalidInput, NotFound, Settings, Store
 from ephemera.models import Claim, TaskState
 from ephemera.processors import ENTRY_POINT_GROUP, Registry
+from ephemera.store import NewOutput
 from ephemera.testing import ManualClock
 from ephemera.worker import Worker
 from tests.conftest import snapshot
@@ -405,3 +406,23 @@ def test_a_running_worker_stops_a_cancelled_task_and_goes_on_with_the_queue(
         1,
     )
     assert len(stored_keys(store)) == 1  # the quick task's output only
+
+
+def test_outputs_stored_in_one_batch_are_all_recorded_or_none_is(store: Store) -> None:
+    store.create_session("s1")
+    task = store.submit_task("s1", "sample-upper")
+    running = claim(store)
+    batch = [NewOutput(f"out-{i}.txt", f"output {i}".encode()) for i in range(5)]
+    stored = store.put_task_outputs(task.id, running.claim_id, batch)
+    assert [store.read_artifact("s1", a.id) for a in stored] == [o.data for o in batch]
+    assert all(a.producer == f"task:{task.id}" for a in stored)
+
+    before = snapshot(store)
+    with pytest.raises(InvalidInput):
+        store.put_task_outputs(
+            task.id, running.claim_id, [NewOutput("fine.txt", b"x"), NewOutput("../bad", b"y")]
+        )
+    with pytest.raises(Conflict):
+        store.put_task_outputs(task.id, "not-the-claim", [NewOutput("late.txt", b"z")])
+    assert snapshot(store) == before
+    assert list(store.blobs.list_staged()) == []

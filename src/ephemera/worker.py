@@ -12,6 +12,7 @@ never on the event loop of the API.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -24,9 +25,12 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from pydantic import ValidationError
 
+from ephemera import ids
+from ephemera.catalog import task_producer
 from ephemera.errors import Conflict, EphemeraError, StorageError
-from ephemera.models import Artifact, Claim
+from ephemera.models import Artifact, ArtifactState, Claim, StorageClass
 from ephemera.processors import Registry, TaskCancelled, TaskFailed
+from ephemera.store import NewOutput
 
 if TYPE_CHECKING:
     from ephemera.store import Store
@@ -34,6 +38,85 @@ if TYPE_CHECKING:
 log = logging.getLogger("ephemera.worker")
 
 PROGRESS_WRITE_INTERVAL_S = 0.5
+# Outputs waiting to be stored, at most: a processor that outruns the disk waits.
+OUTPUT_QUEUE_BYTES = 64 * 1024 * 1024
+
+
+class OutputWriter:
+    """Stores a task's in-memory outputs on a thread of its own, a batch per transaction.
+
+    The processor goes on computing while earlier outputs are fsynced and committed; the
+    worker calls :meth:`flush` before completing the task, so a task never succeeds with an
+    output missing. The first error is kept and raised by the next ``submit`` or ``flush``.
+    """
+
+    def __init__(self, store: Store, task_id: str, claim_id: str) -> None:
+        self._store = store
+        self._task_id = task_id
+        self._claim_id = claim_id
+        self._queue: list[NewOutput] = []
+        self._queued_bytes = 0
+        self._in_flight = 0
+        self._error: BaseException | None = None
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, output: NewOutput) -> None:
+        with self._cond:
+            while (
+                self._error is None
+                and self._queued_bytes > 0
+                and self._queued_bytes + len(output.data) > OUTPUT_QUEUE_BYTES
+            ):
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+            self._queue.append(output)
+            self._queued_bytes += len(output.data)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"ephemera-outputs-{self._task_id[-8:]}", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+
+    def flush(self) -> None:
+        with self._cond:
+            while self._error is None and (self._queue or self._in_flight):
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+
+    def close(self) -> None:
+        """Drop what is still queued, wait for the batch being written, stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                batch, self._queue = self._queue, []
+                self._in_flight = sum(len(o.data) for o in batch)
+            try:
+                self._store.put_task_outputs(self._task_id, self._claim_id, batch)
+            except BaseException as exc:
+                with self._cond:
+                    self._error = exc
+            finally:
+                with self._cond:
+                    self._queued_bytes -= self._in_flight
+                    self._in_flight = 0
+                    self._cond.notify_all()
 
 
 class StoreTaskContext:
@@ -48,6 +131,7 @@ class StoreTaskContext:
         self._lock = threading.Lock()
         self._progress: tuple[int, int | None] | None = None
         self._progress_written = 0.0
+        self._outputs = OutputWriter(store, claim.task.id, claim.claim_id)
 
     @property
     def task_id(self) -> str:
@@ -89,19 +173,52 @@ class StoreTaskContext:
         kind: str = "output",
         content_type: str | None = None,
     ) -> Artifact:
+        """Store an output; bytes in memory are written in the background (see OutputWriter)."""
         self.check_cancelled()
         try:
-            return self._store.put_task_output(
-                self.task_id,
-                self._claim.claim_id,
-                data,
-                name=name,
-                kind=kind,
-                content_type=content_type,
-            )
+            if not isinstance(data, bytes):
+                self.flush()
+                return self._store.put_task_output(
+                    self.task_id,
+                    self._claim.claim_id,
+                    data,
+                    name=name,
+                    kind=kind,
+                    content_type=content_type,
+                )
+            values = self._store.check_output(name, kind, content_type)
+            artifact_id = ids.new_uuid7()
+            self._outputs.submit(NewOutput(name, data, kind, content_type, artifact_id))
         except Conflict:
             self._lost.set()
             raise TaskCancelled from None
+        now = self._store.clock.now()
+        return Artifact(
+            id=artifact_id,
+            session_id=self.session_id,
+            name=values["name"],
+            kind=values["kind"],
+            content_type=values["content_type"],
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            storage_class=StorageClass.PERSISTENT,
+            state=ArtifactState.READY,
+            created_at=now,
+            expires_at=None,
+            retain_until=None,
+            producer=task_producer(self.task_id),
+        )
+
+    def flush(self) -> None:
+        """Wait until every output is stored; raises what storing one raised."""
+        try:
+            self._outputs.flush()
+        except Conflict:
+            self._lost.set()
+            raise TaskCancelled from None
+
+    def close(self) -> None:
+        self._outputs.close()
 
     def progress(self, done: int, total: int) -> None:
         with self._lock:
@@ -227,6 +344,7 @@ class Worker:
         try:
             outcome = self._execute(ctx, claim)
         finally:
+            ctx.close()
             with self._running_lock:
                 self._running.pop(task.id, None)
         log.info(
@@ -246,6 +364,7 @@ class Worker:
             result = processor.run(ctx, params)
             # A result that is not JSON must fail here, not in the database driver.
             json.dumps(result, allow_nan=False)
+            ctx.flush()
             ctx.check_cancelled()
             store.complete_task(task.id, claim.claim_id, result)
             return "succeeded"

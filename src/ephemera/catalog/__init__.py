@@ -592,36 +592,11 @@ class Catalog:
         the task, and joins the task's lease in the same transaction.
         """
         with self._write() as conn:
-            state = conn.scalar(
-                select(sessions.c.state)
-                .where(sessions.c.id == session_id)
-                .with_for_update(read=True)
-            )
-            if state != SessionState.OPEN:
-                raise NotFound(f"session {session_id} not found")
-            if claim is not None:
-                task_id, claim_id = claim
-                lease_id = conn.scalar(
-                    select(leases.c.id)
-                    .join(tasks, tasks.c.id == leases.c.task_id)
-                    .where(
-                        _held(task_id, claim_id),
-                        tasks.c.session_id == session_id,
-                        leases.c.session_id == session_id,
-                    )
-                )
-                if lease_id is None:
-                    raise Conflict(f"task {task_id} is not held by this claim")
+            lease_id = _admit(conn, session_id, values["size"], quota_bytes, claim)
+            if lease_id is not None:
                 conn.execute(
                     insert(lease_artifacts).values(lease_id=lease_id, artifact_id=artifact_id)
                 )
-            if quota_bytes is not None:
-                _, used = _usage(conn, session_id)
-                if used + values["size"] > quota_bytes:
-                    raise TooLarge(
-                        f"session quota of {quota_bytes} bytes would be exceeded "
-                        f"({used} in use, {values['size']} uploaded)"
-                    )
             done = conn.execute(
                 update(artifacts)
                 .where(artifacts.c.id == artifact_id, artifacts.c.state == ArtifactState.PENDING)
@@ -632,6 +607,53 @@ class Catalog:
             commit_bytes()
             row = conn.execute(select(artifacts).where(artifacts.c.id == artifact_id)).one()
         return _artifact(row)
+
+    def insert_ready_artifacts(
+        self,
+        session_id: str,
+        rows: Sequence[dict[str, Any]],
+        quota_bytes: int | None,
+        commit_bytes: Sequence[Callable[[], object]],
+        claim: tuple[str, str] | None = None,
+    ) -> list[Artifact]:
+        """Several artifacts whose bytes are staged and synced, made ready in one transaction.
+
+        The same ordering as :meth:`finalize_artifact`, with no pending record first: a
+        crash before the commit leaves only staged or unreferenced bytes, which orphan
+        reconciliation removes. One transaction for a batch is what makes many small task
+        outputs cheap.
+        """
+        total = sum(int(r["size"]) for r in rows)
+        with self._write() as conn:
+            lease_id = _admit(conn, session_id, total, quota_bytes, claim)
+            conn.execute(
+                insert(artifacts),
+                [{**r, "session_id": session_id, "state": ArtifactState.READY} for r in rows],
+            )
+            if lease_id is not None:
+                conn.execute(
+                    insert(lease_artifacts),
+                    [{"lease_id": lease_id, "artifact_id": r["id"]} for r in rows],
+                )
+            for commit in commit_bytes:
+                commit()
+            found = {
+                r.id: _artifact(r)
+                for r in conn.execute(
+                    select(artifacts).where(artifacts.c.id.in_([r["id"] for r in rows]))
+                )
+            }
+            return [found[r["id"]] for r in rows]
+
+    def claimed_session(self, task_id: str, claim_id: str) -> str | None:
+        """The session of the task that ``claim_id`` holds (one primary-key read)."""
+        with self._read() as conn:
+            return conn.scalar(select(tasks.c.session_id).where(_held(task_id, claim_id)))
+
+    def claimed_inputs(self, task_id: str, claim_id: str) -> list[TaskInput] | None:
+        with self._read() as conn:
+            inputs = conn.scalar(select(tasks.c.inputs).where(_held(task_id, claim_id)))
+        return None if inputs is None else [TaskInput(s, a) for s, a in inputs]
 
     def delete_pending_artifact(self, artifact_id: str) -> None:
         with self._write() as conn:
@@ -1622,6 +1644,47 @@ def _drop_outputs(conn: Connection, task_id: str, session_id: str) -> list[tuple
         .returning(artifacts.c.session_id, artifacts.c.id)
     )
     return [(r.session_id, r.id) for r in rows]
+
+
+def _admit(
+    conn: Connection,
+    session_id: str,
+    size: int,
+    quota_bytes: int | None,
+    claim: tuple[str, str] | None,
+) -> str | None:
+    """Checks before new bytes become ready: the session is open (its row locked shared,
+    against a concurrent close), the claim still holds the task, the quota has room.
+
+    Returns the lease a task output joins (None for a plain upload).
+    """
+    state = conn.scalar(
+        select(sessions.c.state).where(sessions.c.id == session_id).with_for_update(read=True)
+    )
+    if state != SessionState.OPEN:
+        raise NotFound(f"session {session_id} not found")
+    lease_id = None
+    if claim is not None:
+        task_id, claim_id = claim
+        lease_id = conn.scalar(
+            select(leases.c.id)
+            .join(tasks, tasks.c.id == leases.c.task_id)
+            .where(
+                _held(task_id, claim_id),
+                tasks.c.session_id == session_id,
+                leases.c.session_id == session_id,
+            )
+        )
+        if lease_id is None:
+            raise Conflict(f"task {task_id} is not held by this claim")
+    if quota_bytes is not None:
+        _, used = _usage(conn, session_id)
+        if used + size > quota_bytes:
+            raise TooLarge(
+                f"session quota of {quota_bytes} bytes would be exceeded "
+                f"({used} in use, {size} uploaded)"
+            )
+    return lease_id
 
 
 def _held(task_id: str, claim_id: str) -> ColumnElement[bool]:
