@@ -299,11 +299,18 @@ def test_metrics_count_runs_deletions_and_storage(
     upload(client, s["id"], {"Authorization": s["Authorization"]}, expires_in_s=5)
     clock.advance(6)
     client.post(f"{API}/admin/cleanup/expired", headers=admin)
+    queued = client.post(
+        f"{API}/sessions/{s['id']}/tasks",
+        json={"processor": "sample-upper"},
+        headers={"Authorization": s["Authorization"]},
+    )
+    assert queued.status_code == 201, queued.text
     text = client.get("/metrics").text
     assert 'ephemera_cleanup_runs_total{dry_run="false",operation="expired"} 1.0' in text
     assert 'ephemera_cleanup_deleted_items_total{dry_run="false",operation="expired"} 1.0' in text
     assert 'ephemera_cleanup_deleted_bytes_total{dry_run="false",operation="expired"} 10.0' in text
     assert 'ephemera_sessions{state="open"} 1.0' in text
+    assert 'ephemera_tasks{state="pending"} 1.0' in text
     assert "ephemera_cleanup_duration_seconds_bucket" in text
 
 

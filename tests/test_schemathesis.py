@@ -71,6 +71,9 @@ def test_the_api_keeps_its_schema(fuzz_server: Server) -> None:
                 path["session_id"] = LIVE_SESSION
                 if "artifact_id" in path:
                     path["artifact_id"] = artifact_id
+            if case.query:
+                # A long poll of an empty queue only waits: keep the run short.
+                case.query.pop("wait_s", None)
             case.call_and_validate(
                 base_url=fuzz_server.url, headers=bearer(fuzz_server.admin_key), checks=checks
             )

@@ -37,7 +37,10 @@ class _StorageCollector(Collector):
         sessions = GaugeMetricFamily("ephemera_sessions", "Sessions by state", labels=["state"])
         for state, count in self.store.catalog.session_states().items():
             sessions.add_metric([state], count)
-        yield from (stored, counted, sessions)
+        tasks = GaugeMetricFamily("ephemera_tasks", "Tasks by state", labels=["state"])
+        for state, count in self.store.catalog.task_counts().items():
+            tasks.add_metric([state], count)
+        yield from (stored, counted, sessions, tasks)
 
 
 class Metrics:
