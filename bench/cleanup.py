@@ -37,7 +37,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import random
 import sqlite3
 import subprocess
@@ -199,19 +198,16 @@ def _frame_name(frame: str) -> str:
 
 
 def print_machine(data_dir: Path) -> None:
-    from bench.transfer import _cpu_model, _filesystem, _mem_total
+    from bench import transfer
 
     find = subprocess.run(["find", "--version"], capture_output=True, text=True, check=False)
-    print("== Machine")
-    print(f"  nproc:      {len(os.sched_getaffinity(0))} (os.cpu_count() = {os.cpu_count()})")
-    print(f"  CPU:        {_cpu_model()}")
-    print(f"  memory:     {_mem_total()}")
-    print(f"  kernel:     {platform.system()} {platform.release()} ({platform.machine()})")
-    print(f"  Python:     {platform.python_implementation()} {platform.python_version()}")
-    print(f"  SQLite:     {sqlite3.sqlite_version}")
-    print(f"  find:       {find.stdout.splitlines()[0] if find.stdout else 'unknown'}")
-    print(f"  data fs:    {_filesystem(data_dir)}")
-    print()
+    transfer.print_machine(
+        data_dir,
+        {
+            "SQLite": sqlite3.sqlite_version,
+            "find": find.stdout.splitlines()[0] if find.stdout else "unknown",
+        },
+    )
 
 
 # ---------------------------------------------------------------------------- the data

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import shutil
 import sqlite3
 import statistics
@@ -98,22 +97,17 @@ def print_machine(data_dir: Path) -> None:
     import cv2
     import numpy as np
 
-    from bench.transfer import _cpu_model, _filesystem, _mem_total
+    from bench import transfer
 
-    print("== Machine")
-    print(f"  nproc:      {len(os.sched_getaffinity(0))} (os.cpu_count() = {os.cpu_count()})")
-    print(f"  CPU:        {_cpu_model()}")
-    print(f"  memory:     {_mem_total()}")
-    print(f"  kernel:     {platform.system()} {platform.release()} ({platform.machine()})")
-    print(f"  Python:     {platform.python_implementation()} {platform.python_version()}")
-    print(f"  SQLite:     {sqlite3.sqlite_version}")
-    print(
-        f"  OpenCV:     {cv2.__version__} ({cv2.getNumThreads()} threads), NumPy {np.__version__}"
+    transfer.print_machine(
+        data_dir,
+        {
+            "SQLite": sqlite3.sqlite_version,
+            "OpenCV": f"{cv2.__version__} ({cv2.getNumThreads()} threads), NumPy {np.__version__}",
+            "client": f"httpx2 {httpx.__version__}",
+            "load avg": f"{_loadavg()} (1, 5, 15 min) at the start",
+        },
     )
-    print(f"  client:     httpx2 {httpx.__version__}")
-    print(f"  data fs:    {_filesystem(data_dir)}")
-    print(f"  load avg:   {_loadavg()} (1, 5, 15 min) at the start")
-    print()
 
 
 def _loadavg() -> str:

@@ -100,15 +100,20 @@ def _curl_version() -> str:
     return result.stdout.splitlines()[0] if result.stdout else "unknown"
 
 
-def print_machine(data_dir: Path) -> None:
+def print_machine(data_dir: Path, extra: dict[str, str] | None = None) -> None:
+    """The machine a benchmark runs on; ``extra`` adds the tools that benchmark relies on."""
+    rows = {
+        "nproc": f"{len(os.sched_getaffinity(0))} (os.cpu_count() = {os.cpu_count()})",
+        "CPU": _cpu_model(),
+        "memory": _mem_total(),
+        "kernel": f"{platform.system()} {platform.release()} ({platform.machine()})",
+        "Python": f"{platform.python_implementation()} {platform.python_version()}",
+        **(extra or {}),
+        "data fs": _filesystem(data_dir),
+    }
     print("== Machine")
-    print(f"  nproc:      {len(os.sched_getaffinity(0))} (os.cpu_count() = {os.cpu_count()})")
-    print(f"  CPU:        {_cpu_model()}")
-    print(f"  memory:     {_mem_total()}")
-    print(f"  kernel:     {platform.system()} {platform.release()} ({platform.machine()})")
-    print(f"  Python:     {platform.python_implementation()} {platform.python_version()}")
-    print(f"  data fs:    {_filesystem(data_dir)}")
-    print(f"  client:     {_curl_version()}")
+    for label, value in rows.items():
+        print(f"  {label + ':':<12}{value}")
     print()
 
 
@@ -677,7 +682,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _bench(args: argparse.Namespace, run_dir: Path, servers: list[Server]) -> int:
     size_mib: int = args.size_mib
     size = size_mib * MiB
-    print_machine(run_dir)
+    print_machine(run_dir, {"client": _curl_version()})
 
     src = run_dir / "input.bin"
     print(f"== Input: {size_mib} MiB of random bytes in {run_dir}")
