@@ -40,6 +40,10 @@ log = logging.getLogger("ephemera.worker")
 PROGRESS_WRITE_INTERVAL_S = 0.5
 # Outputs waiting to be stored, at most: a processor that outruns the disk waits.
 OUTPUT_QUEUE_BYTES = 64 * 1024 * 1024
+# A batch waits this long for company (group commit): a transaction per output would cost
+# more than the bytes themselves. Flushing cuts the wait short.
+OUTPUT_LINGER_S = 0.05
+OUTPUT_BATCH = 64
 
 
 class OutputWriter:
@@ -59,6 +63,7 @@ class OutputWriter:
         self._in_flight = 0
         self._error: BaseException | None = None
         self._closed = False
+        self._flushing = False
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
 
@@ -83,8 +88,13 @@ class OutputWriter:
 
     def flush(self) -> None:
         with self._cond:
-            while self._error is None and (self._queue or self._in_flight):
-                self._cond.wait()
+            self._flushing = True
+            self._cond.notify_all()
+            try:
+                while self._error is None and (self._queue or self._in_flight):
+                    self._cond.wait()
+            finally:
+                self._flushing = False
             if self._error is not None:
                 raise self._error
 
@@ -103,9 +113,16 @@ class OutputWriter:
             with self._cond:
                 while not self._queue and not self._closed:
                     self._cond.wait()
+                deadline = time.monotonic() + OUTPUT_LINGER_S
+                while (
+                    len(self._queue) < OUTPUT_BATCH
+                    and not (self._flushing or self._closed)
+                    and (left := deadline - time.monotonic()) > 0
+                ):
+                    self._cond.wait(left)
                 if self._closed:
                     return
-                batch, self._queue = self._queue, []
+                batch, self._queue = self._queue[:OUTPUT_BATCH], self._queue[OUTPUT_BATCH:]
                 self._in_flight = sum(len(o.data) for o in batch)
             try:
                 self._store.put_task_outputs(self._task_id, self._claim_id, batch)
