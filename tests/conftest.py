@@ -7,15 +7,50 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import pytest
 
 from ephemera import Settings, Store
 from ephemera.testing import ManualClock
+from tests.databases import PostgresDatabases
+
+DATABASES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Contract modules (``CONTRACT = True``) run on every database; the rest on SQLite."""
+    if "database" in metafunc.fixturenames:
+        kinds = DATABASES if getattr(metafunc.module, "CONTRACT", False) else DATABASES[:1]
+        metafunc.parametrize("database", kinds, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[PostgresDatabases]:
+    databases = PostgresDatabases()
+    try:
+        yield databases
+    finally:
+        databases.close()
+
+
+@pytest.fixture
+def database(
+    request: pytest.FixtureRequest, postgres_databases: PostgresDatabases
+) -> Iterator[str | None]:
+    """The metadata database URL of the test (None: SQLite in the data dir)."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield None
+        return
+    url = postgres_databases.fresh()
+    try:
+        yield url
+    finally:
+        postgres_databases.drop(url)
 
 
 @pytest.fixture
@@ -24,8 +59,21 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def settings(data_dir: Path) -> Settings:
-    return Settings(data_dir=data_dir)
+def make_settings(data_dir: Path, database: str | None) -> Callable[..., Settings]:
+    """Settings on the test's backends, with any setting overridden."""
+
+    def make(**overrides: Any) -> Settings:
+        return Settings(**{"data_dir": data_dir, "database_url": database, **overrides})
+
+    return make
+
+
+MakeSettings = Callable[..., Settings]
+
+
+@pytest.fixture
+def settings(make_settings: MakeSettings) -> Settings:
+    return make_settings()
 
 
 @pytest.fixture
@@ -43,6 +91,18 @@ def store(settings: Settings, clock: ManualClock) -> Iterator[Store]:
 class Snapshot:
     rows: dict[str, int]
     files: list[str]
+
+
+def database_dump(store: Store) -> str:
+    """Every row of every table, as text, whatever the database."""
+    from ephemera.catalog.schema import metadata
+
+    with store.catalog.engine.connect() as conn:
+        return "\n".join(
+            repr(tuple(row))
+            for table in metadata.sorted_tables
+            for row in conn.execute(table.select())
+        )
 
 
 def snapshot(store: Store) -> Snapshot:

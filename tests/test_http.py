@@ -16,6 +16,8 @@ from ephemera.http import create_app
 from ephemera.testing import ManualClock
 from tests.conftest import bearer
 
+CONTRACT = True
+
 API = "/api/v1"
 
 

@@ -13,6 +13,7 @@ from ephemera import Settings, Store
 from ephemera.catalog import Catalog
 from ephemera.catalog.schema import metadata
 from ephemera.errors import SchemaOutOfDate
+from tests.databases import PostgresDatabases
 
 
 def test_the_migrated_schema_equals_the_declared_one(tmp_path: Path) -> None:
@@ -24,6 +25,24 @@ def test_the_migrated_schema_equals_the_declared_one(tmp_path: Path) -> None:
             assert compare_metadata(context, metadata) == []
     finally:
         catalog.dispose()
+
+
+def test_the_migrated_schema_equals_the_declared_one_on_postgresql(
+    postgres_databases: PostgresDatabases,
+) -> None:
+    url = postgres_databases.empty()
+    catalog = Catalog(url)
+    try:
+        assert catalog.revisions() == (None, "0003")
+        catalog.migrate()
+        assert catalog.revisions() == ("0003", "0003")
+        catalog.migrate()
+        with catalog.engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            assert compare_metadata(context, metadata) == []
+    finally:
+        catalog.dispose()
+        postgres_databases.drop(url)
 
 
 def test_an_empty_database_is_migrated_on_open_and_an_outdated_one_refused(

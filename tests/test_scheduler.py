@@ -13,6 +13,7 @@ from ephemera.cleanup import CleanupReport
 from ephemera.scheduler import CleanupScheduler
 from ephemera.testing import ManualClock
 from tests.conftest import Server
+from tests.databases import PostgresDatabases
 
 
 def test_one_scheduler_runs_each_tick_and_another_takes_over(
@@ -72,3 +73,27 @@ def test_serve_runs_cleanup_at_start_up(server: Server) -> None:
         assert time.monotonic() < deadline, "no scheduled run was recorded"
         time.sleep(0.1)
     assert entries[0]["actor"] == "scheduler"
+
+
+def test_on_postgresql_the_runner_holds_an_advisory_lock_until_it_goes(
+    data_dir: Path, postgres_databases: PostgresDatabases
+) -> None:
+    url = postgres_databases.fresh()
+    settings = Settings(data_dir=data_dir, database_url=url, cleanup_interval_s=900)
+    a, b = Store.open(settings), Store.open(settings)
+    try:
+        first, second = CleanupScheduler(a), CleanupScheduler(b)
+        assert first.tick() is not None
+        assert second.tick() is None
+        assert first.tick() is not None  # the holder runs every tick, whatever the clocks say
+        with b.catalog.engine.connect() as conn:
+            held = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            ).scalar()
+        assert held == 1
+        a.close()  # the runner goes: the server releases its lock at once
+        assert second.tick() is not None
+    finally:
+        b.close()
+        a.close()
+        postgres_databases.drop(url)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import sqlite3
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -15,14 +13,15 @@ from ephemera import (
     Conflict,
     InvalidInput,
     NotFound,
-    Settings,
     StorageClass,
     Store,
     TooLarge,
 )
 from ephemera.blobs import artifact_key
 from ephemera.testing import ManualClock
-from tests.conftest import snapshot
+from tests.conftest import MakeSettings, database_dump, snapshot
+
+CONTRACT = True
 
 
 def test_a_new_session_gets_a_uuid_and_a_token_stored_only_as_a_hash(store: Store) -> None:
@@ -30,8 +29,7 @@ def test_a_new_session_gets_a_uuid_and_a_token_stored_only_as_a_hash(store: Stor
     assert uuid.UUID(created.session.id).version == 7
     assert created.token.startswith("eps_")
     assert len(created.token) >= 40
-    db = sqlite3.connect(store.settings.data_dir / "ephemera.db")
-    dump = "\n".join(db.iterdump())
+    dump = database_dump(store)
     assert created.token not in dump
     assert hashlib.sha256(created.token.encode()).hexdigest() in dump
 
@@ -154,8 +152,10 @@ def test_a_matching_checksum_is_accepted_in_any_case(store: Store) -> None:
     assert store.put_artifact("s1", b"abc", name="a.bin", sha256=digest).size == 3
 
 
-def test_an_upload_over_the_limit_stores_nothing(data_dir: Path, clock: ManualClock) -> None:
-    settings = Settings(data_dir=data_dir, max_upload_bytes=1000)
+def test_an_upload_over_the_limit_stores_nothing(
+    make_settings: MakeSettings, clock: ManualClock
+) -> None:
+    settings = make_settings(max_upload_bytes=1000)
     with Store.open(settings, clock=clock) as store:
         store.create_session("s1")
         before = snapshot(store)
@@ -165,8 +165,10 @@ def test_an_upload_over_the_limit_stores_nothing(data_dir: Path, clock: ManualCl
         assert store.put_artifact("s1", b"x" * 1000, name="a.bin").size == 1000
 
 
-def test_the_session_quota_refuses_what_would_exceed_it(data_dir: Path, clock: ManualClock) -> None:
-    settings = Settings(data_dir=data_dir, session_quota_bytes=100)
+def test_the_session_quota_refuses_what_would_exceed_it(
+    make_settings: MakeSettings, clock: ManualClock
+) -> None:
+    settings = make_settings(session_quota_bytes=100)
     with Store.open(settings, clock=clock) as store:
         store.create_session("s1")
         store.put_artifact("s1", b"x" * 60, name="a.bin")

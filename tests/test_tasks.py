@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -16,16 +15,18 @@ from ephemera.processors import ENTRY_POINT_GROUP, Registry
 from ephemera.store import NewOutput
 from ephemera.testing import ManualClock
 from ephemera.worker import Worker
-from tests.conftest import snapshot
+from tests.conftest import MakeSettings, snapshot
 from tests.images import camera_matrix, render_chessboard_views
+
+CONTRACT = True
 
 HOUR = 3600
 DAY = 24 * HOUR
 
 
 @pytest.fixture
-def settings(data_dir: Path) -> Settings:
-    return Settings(data_dir=data_dir, task_claim_ttl_s=30, task_retry_delay_s=0)
+def settings(make_settings: MakeSettings) -> Settings:
+    return make_settings(task_claim_ttl_s=30, task_retry_delay_s=0)
 
 
 @pytest.fixture

@@ -82,7 +82,12 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite:///{self.data_dir.resolve() / 'ephemera.db'}"
+        url = self.database_url or f"sqlite:///{self.data_dir.resolve() / 'ephemera.db'}"
+        # A plain PostgreSQL URL (as libpq and most tools write it) means psycopg 3.
+        for scheme in ("postgres://", "postgresql://"):
+            if url.startswith(scheme):
+                return "postgresql+psycopg://" + url.removeprefix(scheme)
+        return url
 
     def resolved_blob_url(self) -> str:
         return self.blob_url or f"file://{self.data_dir.resolve() / 'blobs'}"

@@ -9,6 +9,7 @@ never shared across threads.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -329,11 +330,15 @@ class Catalog:
         # SQLite has one writer at a time. Writers of this process queue here, woken in turn,
         # instead of in SQLite's busy handler, which polls with growing sleeps.
         self._writer_turn: threading.Lock | None = None
+        # Advisory locks (PostgreSQL) live as long as the connection that took them.
+        self._held_locks: dict[str, Connection] = {}
+        self._locks_guard = threading.Lock()
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine)
             self._writer_turn = threading.Lock()
 
     def dispose(self) -> None:
+        self.release_locks()
         self.engine.dispose()
 
     @contextmanager
@@ -1214,7 +1219,15 @@ class Catalog:
     # -- locks ----------------------------------------------------------------------------
 
     def try_lock(self, name: str, holder: str, now: datetime, until: datetime) -> bool:
-        """Take or extend a named lock; False while someone else holds it unexpired."""
+        """Take or extend a named lock; False while someone else holds it unexpired.
+
+        On PostgreSQL it is a session advisory lock on a connection kept for it: held for
+        as long as this process lives (``until`` is not needed), released by the server the
+        moment the process dies, and independent of the replicas' clocks. Elsewhere it is a
+        row with an expiry.
+        """
+        if self.dialect == "postgresql":
+            return self._advisory_lock(name)
         with self._write() as conn:
             row = conn.execute(select(locks).where(locks.c.name == name).with_for_update()).first()
             if row is None:
@@ -1232,6 +1245,38 @@ class Catalog:
                 update(locks).where(locks.c.name == name).values(holder=holder, expires_at=until)
             )
             return True
+
+    def _advisory_lock(self, name: str) -> bool:
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        with self._locks_guard:
+            held = self._held_locks.get(name)
+            if held is not None:
+                try:
+                    held.exec_driver_sql("SELECT 1")
+                    return True
+                except SQLAlchemyError:
+                    # The connection, and with it the lock, is gone: try to take it again.
+                    with contextlib.suppress(SQLAlchemyError):
+                        held.close()
+                    del self._held_locks[name]
+            conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            try:
+                got = bool(conn.scalar(text("SELECT pg_try_advisory_lock(:key)"), {"key": key}))
+            except SQLAlchemyError as exc:
+                conn.close()
+                raise StorageError(f"database error: {exc.__class__.__name__}") from exc
+            if not got:
+                conn.close()
+                return False
+            self._held_locks[name] = conn
+            return True
+
+    def release_locks(self) -> None:
+        with self._locks_guard:
+            for conn in self._held_locks.values():
+                with contextlib.suppress(SQLAlchemyError):
+                    conn.close()
+            self._held_locks.clear()
 
     # -- tasks ----------------------------------------------------------------------------
 
