@@ -437,6 +437,54 @@ def test_two_runs_at_once_delete_each_item_once_without_errors(
     assert stored_keys(store) == []
 
 
+def test_leases_taken_while_cleanup_runs_never_lose_what_they_protect(
+    store: Store, clock: ManualClock
+) -> None:
+    """A lease that was granted protects its artifact, however it interleaves with cleanup.
+
+    On PostgreSQL (READ COMMITTED) this needs the lock order of ``_lock_first``.
+    """
+    store.create_session("s1", idle_timeout_s=None)
+    expired = [
+        store.put_artifact("s1", b"x", name=f"{i}.bin", expires_in_s=1).id for i in range(240)
+    ]
+    clock.advance(2)
+    granted: list[str] = []
+    stop, started = threading.Event(), threading.Event()
+
+    def lease(ids: list[str]) -> None:
+        for artifact_id in ids:
+            try:
+                store.take_lease("s1", ttl_s=3600, artifact_ids=[artifact_id])
+            except NotFound:
+                continue  # cleanup claimed it first: the lease was refused, nothing promised
+            granted.append(artifact_id)
+            if len(granted) >= 8:
+                started.set()
+        started.set()
+
+    def clean() -> None:
+        started.wait()  # start while the takers are in full swing
+        while not stop.is_set():
+            store.cleanup("expired")
+
+    cleaners = [threading.Thread(target=clean) for _ in range(2)]
+    takers = [threading.Thread(target=lease, args=(expired[i::4],)) for i in range(4)]
+    for thread in cleaners + takers:
+        thread.start()
+    for thread in takers:
+        thread.join()
+    stop.set()
+    for thread in cleaners:
+        thread.join()
+    store.cleanup("expired")
+    assert 8 <= len(granted) < len(expired)  # both sides won some, and...
+    for artifact_id in granted:  # ...each granted lease kept its artifact
+        assert store.read_artifact("s1", artifact_id) == b"x"
+    remaining = {a.id for a in store.list_artifacts("s1", limit=1000).items}
+    assert remaining == set(granted)
+
+
 def test_a_pass_with_nothing_to_delete_does_not_depend_on_what_is_stored(
     store: Store,
 ) -> None:

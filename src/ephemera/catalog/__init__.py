@@ -500,6 +500,7 @@ class Catalog:
         Without ``force`` a session that a valid lease protects is refused (Conflict).
         """
         with self._write() as conn:
+            _lock_first(conn, select(sessions.c.id).where(sessions.c.id == session_id))
             row = conn.execute(
                 select(sessions, session_leased(now).label("leased"))
                 .where(sessions.c.id == session_id)
@@ -706,6 +707,12 @@ class Catalog:
         An artifact that a valid lease protects is refused (Conflict).
         """
         with self._write() as conn:
+            _lock_first(
+                conn,
+                select(sessions.c.id).where(sessions.c.id == session_id),
+                read=True,
+            )
+            _lock_first(conn, select(artifacts.c.id).where(artifacts.c.id == artifact_id))
             row = conn.execute(
                 select(artifacts, artifact_leased(now).label("leased"))
                 .where(
@@ -761,10 +768,12 @@ class Catalog:
     def insert_lease(self, lease: Lease) -> None:
         """Record a lease if its session is live and every named artifact is ready in it."""
         with self._write() as conn:
+            # A protector locks what it protects exclusively, so a cleaner's check that comes
+            # after its lock always sees the lease (see _lock_first).
             live = conn.scalar(
                 select(live_session(lease.created_at))
                 .where(sessions.c.id == lease.session_id)
-                .with_for_update(read=True)
+                .with_for_update()
             )
             if not live:
                 raise NotFound(f"session {lease.session_id} not found")
@@ -928,6 +937,18 @@ class Catalog:
         if not ids:
             return []
         with self._write() as conn:
+            _lock_first(
+                conn,
+                select(sessions.c.id)
+                .where(
+                    sessions.c.id.in_(select(artifacts.c.session_id).where(artifacts.c.id.in_(ids)))
+                )
+                .order_by(sessions.c.id),
+                read=True,
+            )
+            _lock_first(
+                conn, select(artifacts.c.id).where(artifacts.c.id.in_(ids)).order_by(artifacts.c.id)
+            )
             conn.execute(
                 update(artifacts)
                 .where(
@@ -1000,6 +1021,7 @@ class Catalog:
         """
         assert sweep.session_id is not None
         with self._write() as conn:
+            _lock_first(conn, select(sessions.c.id).where(sessions.c.id == sweep.session_id))
             claimed = conn.execute(
                 update(sessions)
                 .where(
@@ -1293,13 +1315,23 @@ class Catalog:
         """
         task_id, session_id, now = values["id"], values["session_id"], values["created_at"]
         with self._write() as conn:
-            live = conn.scalar(
-                select(live_session(now))
-                .where(sessions.c.id == session_id)
-                .with_for_update(read=True)
-            )
+            # Protector: lock every session it protects, then its inputs (see _lock_first).
+            touched = sorted({session_id, *(r.session_id for r in refs)})
+            conn.execute(
+                select(sessions.c.id)
+                .where(sessions.c.id.in_(touched))
+                .order_by(sessions.c.id)
+                .with_for_update()
+            ).all()
+            live = conn.scalar(select(live_session(now)).where(sessions.c.id == session_id))
             if not live:
                 raise NotFound(f"session {session_id} not found")
+            conn.execute(
+                select(artifacts.c.id)
+                .where(artifacts.c.id.in_({r.artifact_id for r in refs}))
+                .order_by(artifacts.c.id)
+                .with_for_update(read=True)
+            ).all()
             _inputs(conn, refs, now)
             conn.execute(insert(tasks).values(**values))
             named: dict[str, dict[str, None]] = {session_id: {}}
@@ -1730,6 +1762,20 @@ def _admit(
                 f"({used} in use, {size} uploaded)"
             )
     return lease_id
+
+
+def _lock_first(conn: Connection, rows: Any, *, read: bool = False) -> None:
+    """PostgreSQL: lock the rows a check is about before the statement that checks.
+
+    Under READ COMMITTED a statement sees what was committed when it began; one that waits
+    for a row lock and then re-checks its condition still reads its subqueries (leases) as
+    of its start. Taking the lock in an earlier statement makes the check see every
+    protector that held the row first: protectors (leases, tasks) lock what they protect
+    exclusively, cleaners lock it before they look. SQLite has one writer at a time and
+    needs none of this.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(rows.with_for_update(read=read)).all()
 
 
 def _held(task_id: str, claim_id: str) -> ColumnElement[bool]:
