@@ -1279,6 +1279,7 @@ class Catalog:
                 except SQLAlchemyError:
                     # The connection, and with it the lock, is gone: try to take it again.
                     with contextlib.suppress(SQLAlchemyError):
+                        held.invalidate()
                         held.close()
                     del self._held_locks[name]
             conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
@@ -1296,7 +1297,9 @@ class Catalog:
     def release_locks(self) -> None:
         with self._locks_guard:
             for conn in self._held_locks.values():
+                # Invalidate, not close: a pooled connection would keep the lock for its next user.
                 with contextlib.suppress(SQLAlchemyError):
+                    conn.invalidate()
                     conn.close()
             self._held_locks.clear()
 
@@ -1885,6 +1888,8 @@ def _reap_lost(
         select(tasks)
         .where(tasks.c.state == TaskState.RUNNING, tasks.c.claimed_until < now)
         .limit(100)
+        # Replicas reap at once: each lost attempt is requeued by exactly one of them.
+        .with_for_update(skip_locked=True)
     ).all():
         reason = (
             f"attempt {row.attempts} lost: worker {row.worker} stopped renewing its claim "
