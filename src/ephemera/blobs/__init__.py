@@ -9,7 +9,9 @@ The contract every backend keeps (and ``tests/test_blobs.py`` checks for each):
   can keep the commit itself (which may run under a lock) short; ``commit()`` syncs anyway.
   ``abort()`` discards the staged bytes; it is idempotent and safe after a commit (it then
   does nothing). A crash before ``commit()`` leaves at most staged bytes, which
-  ``list_staged`` reports so orphan reconciliation can remove them.
+  ``list_staged`` reports so orphan reconciliation can remove them. Bytes written since the
+  last ``sync()`` may still be in the writer's memory (S3 keeps up to a part there), out of
+  ``list_staged``'s sight.
 - ``open`` raises :class:`~ephemera.errors.BlobNotFound` for a missing key.
 - ``delete``, ``delete_many`` and ``delete_prefix`` treat "already gone" as success;
   ``delete_many`` returns the keys it could not delete, with the reason.
@@ -19,6 +21,10 @@ The contract every backend keeps (and ``tests/test_blobs.py`` checks for each):
   library error escapes a backend.
 
 Optional capabilities are separate Protocols, checked once when the store is opened.
+
+``open_blob_store`` picks the backend by URL (``EPHEMERA_BLOB_URL``): ``file:///path``
+(:mod:`ephemera.blobs.local`), ``s3://bucket/prefix?endpoint=URL&region=NAME``
+(:mod:`ephemera.blobs.s3`), or ``memory://`` for tests.
 """
 
 from __future__ import annotations
@@ -118,6 +124,13 @@ class LocalPaths(Protocol):
     def local_path(self, key: str) -> Path: ...
 
 
+@runtime_checkable
+class RangedReads(Protocol):
+    """Capability: read bytes ``start`` to ``end`` inclusive without reading the rest."""
+
+    def open_range(self, key: str, start: int, end: int) -> BinaryIO: ...
+
+
 def open_blob_store(url: str) -> BlobStore:
     parts = urlsplit(url)
     if parts.scheme == "file":
@@ -128,4 +141,9 @@ def open_blob_store(url: str) -> BlobStore:
         from ephemera.testing import MemoryBlobStore
 
         return MemoryBlobStore()
+    if parts.scheme == "s3":
+        # Imported here: only a deployment on S3 pays for loading boto3.
+        from ephemera.blobs.s3 import S3BlobStore
+
+        return S3BlobStore.from_url(url)
     raise InvalidInput(f"unsupported blob store URL scheme {parts.scheme!r}")

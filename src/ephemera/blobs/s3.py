@@ -1,0 +1,528 @@
+"""Blobs as objects in an S3-compatible bucket, each at ``{prefix}/{key}``.
+
+Chosen by ``s3://BUCKET/optional/prefix?endpoint=URL&region=NAME``. Credentials (and the
+endpoint and region, when the URL names none) come from boto3's usual chain: ``AWS_*``
+variables, the config files, an instance role.
+
+The client is boto3 because it covers the whole S3 API this store needs: multipart upload
+streamed part by part, ranged GET, ListObjectsV2 (key order), DeleteObjects in batches of
+1000, and ListMultipartUploads / AbortMultipartUpload for orphan reconciliation. Faster
+clients made for the data path only (obstore) do not expose the last two, nor parts.
+
+A writer holds at most one part (``PART_SIZE``) in memory. It starts a multipart upload when
+the first part fills, or when ``sync()`` is called, whichever comes first; a body that
+reaches ``commit()`` unsynced and under one part goes up as a single PutObject instead.
+Either way the object appears whole at its key, or not at all, when the commit returns.
+Staged bytes are the parts of uploads in progress: ``list_staged`` reports those uploads and
+``delete_staged`` aborts them.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import io
+import re
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, BinaryIO
+from urllib.parse import parse_qs, urlsplit
+
+import boto3
+import botocore.loaders
+import botocore.session
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ephemera.blobs import KEY_RE, BlobStat, StagedBlob, check_key
+from ephemera.errors import BlobNotFound, InvalidInput, StorageError, TooLarge
+
+PART_SIZE = 8 * 1024 * 1024  # S3's minimum is 5 MiB for every part but the last
+MAX_PARTS = 10_000  # S3's limit: with PART_SIZE, a blob can be up to 78 GiB
+DELETE_BATCH = 1000  # the most keys one DeleteObjects takes
+# Connections kept open to the endpoint: as many as the HTTP server has worker threads
+# (anyio's default), since requests and workers share one client.
+MAX_CONNECTIONS = 40
+
+# The service models, parsed once per process rather than once per store (which costs a tenth
+# of a second); the lock serializes making clients, as the loader is not made for threads.
+_LOADER = botocore.loaders.create_loader()
+_CLIENT_LOCK = threading.Lock()
+
+_MISSING = frozenset({"NoSuchKey", "NotFound", "404"})
+_BUCKET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
+# Separates the key from the upload ID in a staged name; keys never contain it.
+_STAGED_SEP = ":"
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+@contextlib.contextmanager
+def _translated(
+    action: str, *, missing: str | None = None, done: str | None = None
+) -> Iterator[None]:
+    """Client errors become ours here: none escapes this backend.
+
+    ``missing``: the message of the BlobNotFound for a missing key. ``done``: the error code
+    that means the operation has nothing left to do (it is then swallowed).
+    """
+    try:
+        yield
+    except ClientError as exc:
+        code = _code(exc)
+        if code == done:
+            return
+        if missing is not None and code in _MISSING:
+            raise BlobNotFound(missing) from exc
+        if code == "InvalidRange":
+            raise InvalidInput(f"{action}: the range starts past the end") from exc
+        raise StorageError(f"{action}: {code or exc}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"{action}: {exc}") from exc
+
+
+def _utc(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC)
+    raise StorageError(f"unexpected timestamp {value!r} from S3")
+
+
+def _server_time(response: Any) -> datetime:
+    # The time of the commit on the server's clock, without one more request to ask it.
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    try:
+        return parsedate_to_datetime(date).astimezone(UTC)
+    except (TypeError, ValueError):
+        return datetime.now(UTC)
+
+
+def _md5(data: bytes | bytearray) -> str:
+    # Content-MD5: the integrity check every S3-compatible server verifies.
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+
+
+class _ObjectReader(io.RawIOBase):
+    """A response body as a raw stream whose read errors are ours."""
+
+    def __init__(self, body: Any, key: str) -> None:
+        self._body = body
+        self._key = key
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        with _translated(f"cannot read blob {self._key}"):
+            data = self._body.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        with _translated(f"cannot read blob {self._key}"):
+            return bytes(self._body.read())
+
+    def close(self) -> None:
+        if not self.closed:
+            with contextlib.suppress(BotoCoreError, OSError):
+                self._body.close()
+        super().close()
+
+
+class S3BlobWriter:
+    def __init__(self, store: S3BlobStore, key: str) -> None:
+        self._store = store
+        self._key = key
+        self._object = store.object_key(key)
+        self._hash = hashlib.sha256()
+        self._size = 0
+        # The bytes of part ``_part``, not yet uploaded in full; never more than one part.
+        self._buffer = bytearray()
+        self._buffer_stored = False  # sync() uploaded the buffer as it is now
+        self._part = 1
+        self._etags: dict[int, str] = {}
+        self._upload_id: str | None = None
+        self._open = True
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held in memory: at most one part."""
+        return len(self._buffer)
+
+    def write(self, data: bytes) -> None:
+        if not self._open:
+            raise StorageError("write after commit or abort")
+        self._hash.update(data)
+        self._size += len(data)
+        view = memoryview(data)
+        while view:
+            room = PART_SIZE - len(self._buffer)
+            self._buffer += view[:room]
+            view = view[room:]
+            self._buffer_stored = False
+            if len(self._buffer) == PART_SIZE:
+                self._upload_buffer()
+                self._buffer.clear()
+                self._part += 1
+
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def sync(self) -> None:
+        """Upload the buffered bytes as the current part, so the commit only completes.
+
+        The part stays in memory too: if more bytes follow, it is uploaded again, whole, under
+        the same part number (S3 keeps the last upload of a part). An upload is started
+        here if none is yet, even for a few bytes: that costs two requests more than a
+        single PutObject, but keeps the commit, which may run under a lock, one short request.
+        """
+        if not self._open:
+            raise StorageError("sync after commit or abort")
+        if self._buffer and not self._buffer_stored:
+            self._upload_buffer()
+            self._buffer_stored = True
+
+    def commit(self) -> BlobStat:
+        if not self._open:
+            raise StorageError("commit after commit or abort")
+        client = self._store.client()
+        bucket = self._store.bucket
+        try:
+            with _translated(f"cannot commit blob {self._key}"):
+                if self._upload_id is None:
+                    body = bytes(self._buffer)
+                    response = client.put_object(
+                        Bucket=bucket, Key=self._object, Body=body, ContentMD5=_md5(body)
+                    )
+                else:
+                    self.sync()
+                    parts = [{"PartNumber": n, "ETag": e} for n, e in sorted(self._etags.items())]
+                    response = client.complete_multipart_upload(
+                        Bucket=bucket,
+                        Key=self._object,
+                        UploadId=self._upload_id,
+                        MultipartUpload={"Parts": parts},
+                    )
+        except BaseException:
+            self.abort()
+            raise
+        self._open = False
+        self._buffer = bytearray()
+        return BlobStat(self._key, self._size, _server_time(response))
+
+    def abort(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        self._buffer = bytearray()
+        if self._upload_id is not None:
+            # Best effort: an upload left behind is staged, and orphan reconciliation aborts
+            # it; raising here would hide the error that made the caller abort.
+            with contextlib.suppress(BotoCoreError, ClientError, StorageError):
+                self._store.client().abort_multipart_upload(
+                    Bucket=self._store.bucket, Key=self._object, UploadId=self._upload_id
+                )
+
+    def _upload_buffer(self) -> None:
+        if self._part > MAX_PARTS:
+            self.abort()
+            raise TooLarge(f"blob exceeds the S3 limit of {MAX_PARTS * PART_SIZE} bytes")
+        client = self._store.client()
+        try:
+            with _translated(f"cannot upload blob {self._key}"):
+                if self._upload_id is None:
+                    created = client.create_multipart_upload(
+                        Bucket=self._store.bucket, Key=self._object
+                    )
+                    self._upload_id = str(created["UploadId"])
+                uploaded = client.upload_part(
+                    Bucket=self._store.bucket,
+                    Key=self._object,
+                    UploadId=self._upload_id,
+                    PartNumber=self._part,
+                    Body=self._buffer,
+                    ContentMD5=_md5(self._buffer),
+                )
+        except BaseException:
+            self.abort()
+            raise
+        self._etags[self._part] = str(uploaded["ETag"])
+
+
+class S3BlobStore:
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self._root = f"{self.prefix}/" if self.prefix else ""
+        self._client: Any = None
+
+    @classmethod
+    def from_url(cls, url: str) -> S3BlobStore:
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not _BUCKET_RE.fullmatch(parts.netloc):
+            raise InvalidInput("S3 blob store URL must be s3://BUCKET/optional/prefix")
+        query = parse_qs(parts.query)
+        unknown = sorted(set(query) - {"endpoint", "region"})
+        if unknown or any(len(values) > 1 for values in query.values()):
+            raise InvalidInput("S3 blob store URL takes one endpoint= and one region= at most")
+        endpoint = query.get("endpoint", [None])[0]
+        region = query.get("region", [None])[0]
+        return cls(parts.netloc, parts.path, endpoint, region)
+
+    def client(self) -> Any:
+        """The boto3 client, made on first use: opening a store does no I/O.
+
+        Clients are thread-safe, so all threads share one; the session that makes it is not,
+        hence the lock.
+        """
+        client = self._client
+        if client is None:
+            with _CLIENT_LOCK:
+                if self._client is None:
+                    self._client = self._make_client()
+                client = self._client
+        return client
+
+    def _make_client(self) -> Any:
+        options: dict[str, Any] = {
+            "max_pool_connections": MAX_CONNECTIONS,
+            # Flexible checksums only where the API requires them: S3-compatible servers
+            # vary in their support, and every part carries a Content-MD5 anyway.
+            "request_checksum_calculation": "when_required",
+            "response_checksum_validation": "when_required",
+        }
+        if self.endpoint_url:
+            # Self-hosted servers rarely resolve bucket subdomains of their endpoint.
+            options["s3"] = {"addressing_style": "path"}
+        try:
+            session = botocore.session.Session()
+            session.register_component("data_loader", _LOADER)
+            return boto3.session.Session(botocore_session=session).client(
+                "s3",
+                endpoint_url=self.endpoint_url,
+                region_name=self.region,
+                config=Config(**options),
+            )
+        except (BotoCoreError, ValueError) as exc:
+            raise StorageError(f"cannot set up the S3 client: {exc}") from exc
+
+    def object_key(self, key: str) -> str:
+        return self._root + check_key(key)
+
+    def _relative(self, object_key: str) -> str:
+        return object_key[len(self._root) :]
+
+    def writer(self, key: str) -> S3BlobWriter:
+        return S3BlobWriter(self, check_key(key))
+
+    def open(self, key: str) -> BinaryIO:
+        return self._get(key, {})
+
+    def open_range(self, key: str, start: int, end: int) -> BinaryIO:
+        """Bytes ``start`` to ``end`` inclusive, as in HTTP's Range; ``end`` may pass the end."""
+        if not 0 <= start <= end:
+            raise InvalidInput(f"invalid byte range {start}-{end}")
+        return self._get(key, {"Range": f"bytes={start}-{end}"})
+
+    def _get(self, key: str, options: dict[str, str]) -> BinaryIO:
+        object_key = self.object_key(key)
+        with _translated(f"cannot open blob {key}", missing=f"no blob at {key}"):
+            response = self.client().get_object(Bucket=self.bucket, Key=object_key, **options)
+        return io.BufferedReader(_ObjectReader(response["Body"], key))
+
+    def stat(self, key: str) -> BlobStat:
+        object_key = self.object_key(key)
+        with _translated(f"cannot stat blob {key}", missing=f"no blob at {key}"):
+            head = self.client().head_object(Bucket=self.bucket, Key=object_key)
+        return BlobStat(key, int(head["ContentLength"]), _utc(head["LastModified"]))
+
+    def delete(self, key: str) -> None:
+        object_key = self.object_key(key)
+        with _translated(f"cannot delete blob {key}"):
+            self.client().delete_object(Bucket=self.bucket, Key=object_key)
+
+    def delete_many(self, keys: Sequence[str]) -> dict[str, str]:
+        """One DeleteObjects per 1000 keys; a batch that fails as a whole fails all its keys."""
+        object_keys = [self.object_key(key) for key in dict.fromkeys(keys)]
+        failed: dict[str, str] = {}
+        for i in range(0, len(object_keys), DELETE_BATCH):
+            batch = object_keys[i : i + DELETE_BATCH]
+            try:
+                with _translated("cannot delete blobs"):
+                    errors = self._delete_objects(batch)
+            except StorageError as exc:
+                failed.update({self._relative(k): exc.message for k in batch})
+                continue
+            failed.update({self._relative(k): reason for k, reason in errors.items()})
+        return failed
+
+    def _delete_objects(self, object_keys: list[str]) -> dict[str, str]:
+        response = self.client().delete_objects(
+            Bucket=self.bucket,
+            Delete={"Objects": [{"Key": k} for k in object_keys], "Quiet": True},
+        )
+        return {
+            str(e["Key"]): str(e.get("Code") or e.get("Message"))
+            for e in response.get("Errors", [])
+            if e.get("Code") not in _MISSING  # gone already: deleted
+        }
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete what is listed under the prefix, a page (1000 keys) at a time.
+
+        Unlike a rename this is not atomic: two callers at once may both count a blob, and
+        a blob written meanwhile may survive.
+        """
+        base = check_key(prefix.rstrip("/"))
+        count = 0
+        for page in self._pages(self._root + base + "/"):
+            batch = [str(obj["Key"]) for obj in page.get("Contents", [])]
+            if not batch:
+                continue
+            with _translated(f"cannot delete {prefix}"):
+                errors = self._delete_objects(batch)
+            if errors:
+                key, reason = next(iter(errors.items()))
+                raise StorageError(f"cannot delete {self._relative(key)}: {reason}")
+            count += len(batch)
+        return count
+
+    def list(self, prefix: str = "") -> Iterator[BlobStat]:
+        """Keys in ascending order, under ``prefix`` taken as a path, as the local store does.
+
+        Objects whose names are not blob keys (in a bucket shared with other data) are not
+        ours, and left out.
+        """
+        base = prefix.rstrip("/")
+        if not base:
+            yield from self._list_under(self._root)
+            return
+        check_key(base)
+        if not prefix.endswith("/"):
+            # ``base`` may be a blob itself: it sorts first of all keys that start with it.
+            with _translated(f"cannot list {base}"):
+                first = self.client().list_objects_v2(
+                    Bucket=self.bucket, Prefix=self._root + base, MaxKeys=1
+                )
+            yield from (stat for stat in self._stats(first) if stat.key == base)
+        yield from self._list_under(self._root + base + "/")
+
+    def _list_under(self, object_prefix: str) -> Iterator[BlobStat]:
+        for page in self._pages(object_prefix):
+            yield from self._stats(page)
+
+    def _stats(self, page: dict[str, Any]) -> Iterator[BlobStat]:
+        for obj in page.get("Contents", []):
+            key = self._relative(str(obj["Key"]))
+            if KEY_RE.fullmatch(key):
+                yield BlobStat(key, int(obj["Size"]), _utc(obj["LastModified"]))
+
+    def _pages(self, object_prefix: str, **options: Any) -> Iterator[dict[str, Any]]:
+        pages = (
+            self.client()
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=self.bucket, Prefix=object_prefix, **options)
+        )
+        with _translated(f"cannot list {self._relative(object_prefix) or 'blobs'}"):
+            yield from pages
+
+    def list_children(self, prefix: str) -> Iterator[str]:
+        """Names one level under ``prefix``, ascending, whether blobs or deeper prefixes.
+
+        Collected and sorted before any is yielded, as the local store lists a folder: S3
+        orders ``a-b/`` before ``a/``, names do not.
+        """
+        object_prefix = self._root + check_key(prefix.rstrip("/")) + "/"
+        names: set[str] = set()
+        for page in self._pages(object_prefix, Delimiter="/"):
+            for common in page.get("CommonPrefixes", []):
+                names.add(str(common["Prefix"])[len(object_prefix) :].rstrip("/"))
+            for obj in page.get("Contents", []):
+                names.add(str(obj["Key"])[len(object_prefix) :])
+        yield from sorted(name for name in names if _NAME_RE.fullmatch(name))
+
+    def list_staged(self) -> Iterator[StagedBlob]:
+        """Multipart uploads in progress, named ``{key}:{upload ID}``.
+
+        The size counts the parts uploaded so far: a writer alive elsewhere may hold up to
+        one more part in memory (which a crash loses, leaving nothing to remove). The time is
+        that of the upload's last part, or of its start if it has none: like a staging file's
+        mtime, the last sign of life, so a slow upload still in flight is not taken for an
+        orphan.
+        """
+        pages = (
+            self.client()
+            .get_paginator("list_multipart_uploads")
+            .paginate(Bucket=self.bucket, Prefix=self._root)
+        )
+        with _translated("cannot list staged uploads"):
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    object_key = str(upload["Key"])
+                    key = self._relative(object_key)
+                    if not object_key.startswith(self._root) or not KEY_RE.fullmatch(key):
+                        continue
+                    upload_id = str(upload["UploadId"])
+                    parts = self._parts(object_key, upload_id)
+                    if parts is None:
+                        continue  # completed or aborted since it was listed
+                    touched = max([_utc(upload["Initiated"]), *(p[1] for p in parts)])
+                    name = f"{key}{_STAGED_SEP}{upload_id}"
+                    yield StagedBlob(name, sum(p[0] for p in parts), touched)
+
+    def _parts(self, object_key: str, upload_id: str) -> Sequence[tuple[int, datetime]] | None:
+        """Size and time of each part uploaded, or None if the upload is gone."""
+        pages = (
+            self.client()
+            .get_paginator("list_parts")
+            .paginate(Bucket=self.bucket, Key=object_key, UploadId=upload_id)
+        )
+        try:
+            return [
+                (int(part["Size"]), _utc(part["LastModified"]))
+                for page in pages
+                for part in page.get("Parts", [])
+            ]
+        except ClientError as exc:
+            if _code(exc) == "NoSuchUpload":
+                return None
+            raise
+
+    def delete_staged(self, name: str) -> None:
+        key, sep, upload_id = name.partition(_STAGED_SEP)
+        if not sep or not upload_id or not KEY_RE.fullmatch(key):
+            raise StorageError(f"invalid staging name {name!r}")
+        with _translated(f"cannot delete staged {name}", done="NoSuchUpload"):
+            self.client().abort_multipart_upload(
+                Bucket=self.bucket, Key=self._root + key, UploadId=upload_id
+            )
+
+    def check(self) -> None:
+        """Write and delete a probe object: proves the bucket reachable and writable.
+
+        Its name is no blob key, so a probe left by a crash is never listed as a blob.
+        """
+        probe = f"{self._root}.ephemera-check-{uuid.uuid4().hex}"
+        with _translated(f"S3 bucket {self.bucket} is not usable"):
+            client = self.client()
+            client.put_object(Bucket=self.bucket, Key=probe, Body=b"")
+            client.delete_object(Bucket=self.bucket, Key=probe)
