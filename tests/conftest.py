@@ -18,15 +18,23 @@ import pytest
 from ephemera import Settings, Store
 from ephemera.testing import ManualClock
 from tests.databases import PostgresDatabases
+from tests.s3server import s3_env, s3_server, s3_url
+
+__all__ = ["s3_env", "s3_server", "s3_url"]  # fixtures, registered by being imported here
 
 DATABASES = ("sqlite", "postgresql")
+BLOB_STORES = ("local", "s3")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Contract modules (``CONTRACT = True``) run on every database; the rest on SQLite."""
+    """Contract modules (``CONTRACT = True``) run on every combination of database and blob
+    store; the rest on the embedded default (SQLite and a local directory)."""
+    contract = getattr(metafunc.module, "CONTRACT", False)
     if "database" in metafunc.fixturenames:
-        kinds = DATABASES if getattr(metafunc.module, "CONTRACT", False) else DATABASES[:1]
-        metafunc.parametrize("database", kinds, indirect=True)
+        metafunc.parametrize("database", DATABASES if contract else DATABASES[:1], indirect=True)
+    if "blob_store" in metafunc.fixturenames:
+        kinds = BLOB_STORES if contract else BLOB_STORES[:1]
+        metafunc.parametrize("blob_store", kinds, indirect=True)
 
 
 @pytest.fixture(scope="session")
@@ -54,16 +62,27 @@ def database(
 
 
 @pytest.fixture
+def blob_store(request: pytest.FixtureRequest) -> str | None:
+    """The blob store URL of the test (None: a directory in the data dir)."""
+    if getattr(request, "param", "local") == "local":
+        return None
+    return str(request.getfixturevalue("s3_url"))
+
+
+@pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
 @pytest.fixture
-def make_settings(data_dir: Path, database: str | None) -> Callable[..., Settings]:
+def make_settings(
+    data_dir: Path, database: str | None, blob_store: str | None
+) -> Callable[..., Settings]:
     """Settings on the test's backends, with any setting overridden."""
 
     def make(**overrides: Any) -> Settings:
-        return Settings(**{"data_dir": data_dir, "database_url": database, **overrides})
+        backends = {"database_url": database, "blob_url": blob_store}
+        return Settings(**{"data_dir": data_dir, **backends, **overrides})
 
     return make
 
@@ -106,10 +125,10 @@ def database_dump(store: Store) -> str:
 
 
 def snapshot(store: Store) -> Snapshot:
-    """Everything a request could have changed: row counts and every file under the blobs."""
-    root = store.settings.data_dir / "blobs"
-    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-    return Snapshot(store.catalog.table_row_counts(), files)
+    """Everything a request could have changed: row counts, every blob and every staged one."""
+    blobs = [b.key for b in store.blobs.list()]
+    staged = [f"staged:{s.name}" for s in store.blobs.list_staged()]
+    return Snapshot(store.catalog.table_row_counts(), sorted(blobs) + sorted(staged))
 
 
 def free_port() -> int:

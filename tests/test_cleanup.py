@@ -8,7 +8,8 @@ from datetime import timedelta
 
 import pytest
 
-from ephemera import Conflict, NotFound, Store
+from ephemera import Conflict, NotFound, StorageError, Store
+from ephemera.blobs import artifact_key
 from ephemera.catalog import ArtifactSweep
 from ephemera.cleanup import CleanupReport
 from ephemera.hooks import ArtifactDeleted, SessionClosed
@@ -231,10 +232,13 @@ def test_orphaned_removes_old_unreferenced_bytes_and_keeps_young_ones(
 ) -> None:
     store.create_session("s1", idle_timeout_s=None)
     kept = store.put_artifact("s1", b"keep", name="k.bin")
-    root = store.settings.data_dir / "blobs"
-    (root / "sessions" / "s1" / "01a1fcac-0000-7000-8000-000000000000").write_bytes(b"stray")
-    (root / "sessions" / "ghost").mkdir()
-    (root / "sessions" / "ghost" / "01a1fcac-0000-7000-8000-000000000001").write_bytes(b"g" * 9)
+    for key, data in [
+        ("sessions/s1/01a1fcac-0000-7000-8000-000000000000", b"stray"),
+        ("sessions/ghost/01a1fcac-0000-7000-8000-000000000001", b"g" * 9),
+    ]:
+        writer = store.blobs.writer(key)
+        writer.write(data)
+        writer.commit()
     assert dry_then_real(store, "orphaned").deleted_count == 0  # within the grace period
     clock.advance(HOUR + 1)
     report = dry_then_real(store, "orphaned")
@@ -243,7 +247,7 @@ def test_orphaned_removes_old_unreferenced_bytes_and_keeps_young_ones(
         ("blob", "no-record", 9),
     ]
     assert stored_keys(store) == [f"sessions/s1/{kept.id}"]
-    assert not (root / "sessions" / "ghost").exists()
+    assert "ghost" not in list(store.blobs.list_children("sessions/"))
 
 
 def test_an_in_flight_upload_survives_orphaned_and_completes(
@@ -264,7 +268,8 @@ def test_orphaned_removes_stale_pending_records_and_staging_leftovers(
 ) -> None:
     store.create_session("s1", idle_timeout_s=None)
     abandoned = store.begin_upload("s1", name="dead.bin")
-    abandoned.write(b"x" * 100)  # the process "dies": no commit, no abort
+    # The process "dies": no commit, no abort. Past one S3 part, so bytes are staged there too.
+    abandoned.write(b"x" * (9 * 1024 * 1024))
     clock.advance(HOUR + 1)
     report = dry_then_real(store, "orphaned")
     assert sorted((i.kind, i.rule) for i in report.items) == [
@@ -273,14 +278,17 @@ def test_orphaned_removes_stale_pending_records_and_staging_leftovers(
     ]
     assert store.catalog.table_row_counts()["artifacts"] == 0
     assert list(store.blobs.list_staged()) == []
-    with pytest.raises(NotFound):
+    # Too late to commit: its record is gone (and on S3 its multipart upload was aborted).
+    with pytest.raises((NotFound, StorageError)):
         abandoned.commit()
+    assert store.catalog.table_row_counts()["artifacts"] == 0
+    assert stored_keys(store) == []
 
 
 def test_missing_bytes_are_reported_and_kept_unless_purged(store: Store) -> None:
     store.create_session("s1", idle_timeout_s=None)
     artifact = store.put_artifact("s1", b"abc", name="a.bin")
-    (store.settings.data_dir / "blobs" / "sessions" / "s1" / artifact.id).unlink()
+    store.blobs.delete(artifact_key("s1", artifact.id))  # the bytes are lost
     report = store.cleanup("orphaned")
     assert report.deleted_count == 0
     assert report.errors == [

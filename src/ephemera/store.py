@@ -44,6 +44,7 @@ from ephemera.blobs import (
     BlobStore,
     BlobWriter,
     LocalPaths,
+    RangedReads,
     artifact_key,
     open_blob_store,
     session_prefix,
@@ -636,6 +637,23 @@ class Store:
     def open_artifact(self, session_id: str, artifact_id: str) -> tuple[Artifact, BinaryIO]:
         artifact = self.get_artifact(session_id, artifact_id)
         return artifact, self.blobs.open(artifact_key(session_id, artifact_id))
+
+    def open_artifact_range(self, artifact: Artifact, start: int, end: int) -> BinaryIO:
+        """Bytes ``start`` to ``end`` inclusive of an artifact already looked up and authorised.
+
+        Reads only that range where the blob store can; otherwise skips to ``start``.
+        """
+        key = artifact_key(artifact.session_id, artifact.id)
+        if isinstance(self.blobs, RangedReads):
+            return self.blobs.open_range(key, start, end)
+        stream = self.blobs.open(key)
+        try:
+            while start > 0 and (skipped := len(stream.read(min(start, 1024 * 1024)))):
+                start -= skipped
+        except BaseException:
+            stream.close()
+            raise
+        return stream
 
     def read_artifact(self, session_id: str, artifact_id: str) -> bytes:
         """The whole artifact in memory: for small ones; stream big ones with open_artifact."""

@@ -369,15 +369,62 @@ def serve_artifact(store: Store, artifact: Artifact, request: Request) -> Respon
         if not path.is_file():
             raise StorageError(f"artifact {artifact.id} has lost its bytes")
         return FileResponse(path, media_type=artifact.content_type, headers=headers)
-    _, stream = store.open_artifact(artifact.session_id, artifact.id)
+    # No file to hand over (an object store): stream it, honouring one byte range.
+    headers["accept-ranges"] = "bytes"
+    wanted = _byte_range(request, etag, artifact.size)
+    if isinstance(wanted, str):  # unsatisfiable
+        return Response(
+            status_code=416, headers={**headers, "content-range": f"bytes */{artifact.size}"}
+        )
+    if wanted is None:
+        start, end, status = 0, artifact.size - 1, 200
+        _, stream = store.open_artifact(artifact.session_id, artifact.id)
+    else:
+        start, end = wanted
+        status = 206
+        headers["content-range"] = f"bytes {start}-{end}/{artifact.size}"
+        stream = store.open_artifact_range(artifact, start, end)
+    remaining = end - start + 1 if artifact.size else 0
 
     def chunks() -> Any:
+        left = remaining
         with stream:
-            while chunk := stream.read(1024 * 1024):
+            while left > 0 and (chunk := stream.read(min(left, 1024 * 1024))):
+                left -= len(chunk)
                 yield chunk
 
-    headers["content-length"] = str(artifact.size)
-    return StreamingResponse(chunks(), media_type=artifact.content_type, headers=headers)
+    headers["content-length"] = str(remaining)
+    return StreamingResponse(
+        chunks(), status_code=status, media_type=artifact.content_type, headers=headers
+    )
+
+
+def _byte_range(request: Request, etag: str, size: int) -> tuple[int, int] | str | None:
+    """The one range a request asks for, None for the whole body, or "unsatisfiable".
+
+    Several ranges, a malformed header or an If-Range that does not match get the whole body,
+    as RFC 9110 allows.
+    """
+    header = request.headers.get("range", "")
+    if not header.startswith("bytes=") or "," in header:
+        return None
+    if_range = request.headers.get("if-range")
+    if if_range is not None and if_range.strip() != etag:
+        return None
+    first, _, last = header.removeprefix("bytes=").strip().partition("-")
+    try:
+        if not first:  # a suffix: the last N bytes
+            length = int(last)
+            if length <= 0:
+                return "unsatisfiable"
+            return max(size - length, 0), size - 1
+        start = int(first)
+        end = int(last) if last else size - 1
+    except ValueError:
+        return None
+    if start < 0 or start >= size or end < start:
+        return "unsatisfiable"
+    return start, min(end, size - 1)
 
 
 def _download_headers(artifact: Artifact, etag: str) -> dict[str, str]:
