@@ -31,13 +31,15 @@ class Replicas:
     settings: Settings
 
 
-@pytest.fixture
+@pytest.fixture(params=["directory", "s3"])
 def start_replicas(
-    tmp_path: Path, postgres_databases: PostgresDatabases
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_databases: PostgresDatabases
 ) -> Iterator[Callable[..., Replicas]]:
-    """Start two replicas sharing a fresh PostgreSQL database and one blob directory."""
+    """Start two replicas sharing a fresh PostgreSQL database and one blob store: a shared
+    directory, or a bucket of the test S3 server."""
     started: list[Server] = []
     databases: list[str] = []
+    blob_url = str(request.getfixturevalue("s3_url")) if request.param == "s3" else None
 
     def start(**env: str) -> Replicas:
         url = postgres_databases.fresh()
@@ -47,11 +49,13 @@ def start_replicas(
             "EPHEMERA_DATABASE_URL": url,
             "EPHEMERA_CLEANUP_INTERVAL_S": "1",
             "EPHEMERA_TASK_CLAIM_TTL_S": "3",
+            **({"EPHEMERA_BLOB_URL": blob_url} if blob_url else {}),
             **env,
         }
         for _ in range(2):
             started.append(Server(data_dir, settings).start())
-        return Replicas(started[-2], started[-1], Settings(data_dir=data_dir, database_url=url))
+        shared = Settings(data_dir=data_dir, database_url=url, blob_url=blob_url)
+        return Replicas(started[-2], started[-1], shared)
 
     try:
         yield start

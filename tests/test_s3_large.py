@@ -1,0 +1,72 @@
+"""A 1 GiB upload to S3 through a real server: streamed, with flat memory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from tests.conftest import Server, bearer
+
+pytestmark = pytest.mark.slow
+
+GiB = 1024**3
+CHUNK = 1024 * 1024
+
+
+def status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def test_a_1_gib_upload_to_s3_keeps_the_server_under_100_mb_of_growth(
+    tmp_path: Path, s3_url: str
+) -> None:
+    server = Server(tmp_path / "data", {"EPHEMERA_BLOB_URL": s3_url}).start()
+    try:
+        assert server.process is not None
+        pid = server.process.pid
+        token = httpx.post(
+            f"{server.api}/sessions", json={"id": "big"}, headers=server.admin()
+        ).json()["token"]
+        block = os.urandom(CHUNK)
+        digest = hashlib.sha256()
+        for _ in range(GiB // CHUNK):
+            digest.update(block)
+
+        def body() -> Iterator[bytes]:
+            for _ in range(GiB // CHUNK):
+                yield block
+
+        # Peak resident memory from here on: reset the high-water mark to the current RSS.
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        baseline = status_kib(pid, "VmRSS")
+        answer = httpx.post(
+            f"{server.api}/sessions/big/artifacts",
+            params={"name": "big.bin", "sha256": digest.hexdigest()},
+            content=body(),
+            headers=bearer(token),
+            timeout=600,
+        )
+        peak = status_kib(pid, "VmHWM")
+        assert answer.status_code == 201, answer.text
+        assert answer.json()["size"] == GiB
+        growth_mb = (peak - baseline) * 1024 / 1e6
+        assert growth_mb < 100, f"server grew by {growth_mb:.0f} MB"
+
+        # And it reads back: a range from the middle, without fetching the rest.
+        middle = httpx.get(
+            f"{server.api}/sessions/big/artifacts/{answer.json()['id']}/content",
+            headers={**bearer(token), "range": f"bytes={GiB // 2}-{GiB // 2 + 99}"},
+        )
+        assert middle.status_code == 206
+        offset = (GiB // 2) % CHUNK
+        assert middle.content == block[offset : offset + 100]
+    finally:
+        server.stop()
