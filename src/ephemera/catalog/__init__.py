@@ -946,13 +946,20 @@ class Catalog:
                 .order_by(sessions.c.id),
                 read=True,
             )
-            _lock_first(
-                conn, select(artifacts.c.id).where(artifacts.c.id.in_(ids)).order_by(artifacts.c.id)
-            )
+            claimable: Sequence[str] = ids
+            if conn.dialect.name == "postgresql":
+                # Cleaners running at once (replicas) split the batch instead of queueing:
+                # rows another run holds are its to finish.
+                claimable = conn.scalars(
+                    select(artifacts.c.id)
+                    .where(artifacts.c.id.in_(ids))
+                    .order_by(artifacts.c.id)
+                    .with_for_update(skip_locked=True)
+                ).all()
             conn.execute(
                 update(artifacts)
                 .where(
-                    artifacts.c.id.in_(ids),
+                    artifacts.c.id.in_(claimable),
                     artifacts.c.state == ArtifactState.READY,
                     sweep.condition(),
                     not_(artifact_leased(sweep.now)),
