@@ -29,11 +29,21 @@ process, interpreter and imports included). Times are wall-clock seconds; "call"
 
 A quota high-water mark is configured (1 PB, far above use) so that ``quota`` does its real
 work (sum the stored bytes) instead of returning at once.
+
+With ``--backends embedded,postgresql-s3`` (the default), store A is also built on PostgreSQL
++ S3 at the sizes of ``--s3-sizes`` (default 2,000 and 20,000; ``--quick`` 2,000): a fresh
+database (rows with ``COPY``, then ``ANALYZE``) and a fresh bucket on a moto server started for
+the run (objects with ``PutObject`` from a thread pool). The same passes are measured (there
+is no tree B: the ``find`` baselines are the embedded run's) and printed as ratios against the
+embedded store of the same size, which is then measured too in the same run. moto is Python,
+keeps objects in its own process and runs on this machine: those numbers bound what ephemera
+does around S3, not what a production object store would give.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -45,10 +55,15 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.transfer import PostgresS3
+    from ephemera import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -66,6 +81,45 @@ RSS_AIM_MB = 150
 REPEAT_FAST = 3
 FAST_OPS = ("expired", "idle-sessions", "old-results", "quota")
 TS_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # how UTCDateTime keeps time in SQLite (naive UTC text)
+S3_SIZES = [2_000, 20_000]
+# As in bench.transfer, which the cleanup children do not import (its imports would count in
+# their start-up time and memory).
+EMBEDDED = "embedded"
+PG_S3 = "postgresql-s3"
+PUT_THREADS = 8  # PutObject calls in flight while populating the bucket
+
+
+# ---------------------------------------------------------------------------- store A
+
+
+@dataclass(frozen=True)
+class StoreA:
+    """Store A's backends: the embedded default in ``data_dir``, or PostgreSQL + S3 when both
+    URLs are given (``data_dir`` then holds nothing)."""
+
+    data_dir: Path
+    database_url: str | None = None
+    blob_url: str | None = None
+
+    @property
+    def backend(self) -> str:
+        return PG_S3 if self.database_url else EMBEDDED
+
+    def settings(self) -> Settings:
+        from ephemera import Settings
+
+        return Settings(
+            data_dir=self.data_dir,
+            database_url=self.database_url,
+            blob_url=self.blob_url,
+            quota_high_water_bytes=QUOTA_HIGH_WATER,
+        )
+
+    def child_args(self, operation: str) -> list[str]:
+        argv = ["--child", operation, str(self.data_dir)]
+        if self.database_url and self.blob_url:
+            argv += ["--child-database", self.database_url, "--child-blobs", self.blob_url]
+        return argv
 
 
 # ---------------------------------------------------------------------------- child process
@@ -91,13 +145,12 @@ def _report_dict(report: Any) -> dict[str, Any]:
     }
 
 
-def child_main(operation: str, data_dir: Path) -> int:
-    """Run one cleanup on ``data_dir`` and print one JSON line: timings, report, memory."""
+def child_main(operation: str, store_a: StoreA) -> int:
+    """Run one cleanup on ``store_a`` and print one JSON line: timings, report, memory."""
     started = time.perf_counter()
-    from ephemera import Settings, Store
+    from ephemera import Store
 
-    settings = Settings(data_dir=data_dir, quota_high_water_bytes=QUOTA_HIGH_WATER)
-    with Store.open(settings) as store:
+    with Store.open(store_a.settings()) as store:
         opened = time.perf_counter()
         rss_before = _proc_status_kib("VmRSS")
         report = store.cleanup(operation, dry_run=False)
@@ -130,13 +183,13 @@ class ChildRun:
         raise KeyError(operation)
 
 
-def run_child(operation: str, data_dir: Path, profile_to: Path | None) -> ChildRun:
-    argv = [sys.executable, "-m", "bench.cleanup", "--child", operation, str(data_dir)]
+def run_child(operation: str, store_a: StoreA, profile_to: Path | None) -> ChildRun:
+    argv = [sys.executable, "-m", "bench.cleanup", *store_a.child_args(operation)]
     if profile_to is not None:
         spy = Path(sys.executable).parent / "py-spy"
         argv = [str(spy), "record", "--idle", "--format", "raw", "-r", "250"]
         argv += ["-o", str(profile_to), "--"]
-        argv += [sys.executable, "-m", "bench.cleanup", "--child", operation, str(data_dir)]
+        argv += [sys.executable, "-m", "bench.cleanup", *store_a.child_args(operation)]
     os.sync()
     start = time.perf_counter()
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, check=False)
@@ -197,17 +250,18 @@ def _frame_name(frame: str) -> str:
 # ---------------------------------------------------------------------------- machine
 
 
-def print_machine(data_dir: Path) -> None:
+def print_machine(data_dir: Path, remote: PostgresS3 | None) -> None:
     from bench import transfer
 
     find = subprocess.run(["find", "--version"], capture_output=True, text=True, check=False)
-    transfer.print_machine(
-        data_dir,
-        {
-            "SQLite": sqlite3.sqlite_version,
-            "find": find.stdout.splitlines()[0] if find.stdout else "unknown",
-        },
-    )
+    extra = {
+        "SQLite": sqlite3.sqlite_version,
+        "find": find.stdout.splitlines()[0] if find.stdout else "unknown",
+    }
+    if remote is not None:
+        extra["database"] = remote.postgres_version()
+        extra["S3"] = remote.moto_version()
+    transfer.print_machine(data_dir, extra)
 
 
 # ---------------------------------------------------------------------------- the data
@@ -371,10 +425,10 @@ class Populated:
 
 
 def populate(layout: Layout, a_dir: Path, b_dir: Path, layout_s: float) -> Populated:
-    from ephemera import Settings, Store
+    from ephemera import Store
 
     t0 = time.perf_counter()
-    Store.open(Settings(data_dir=a_dir)).close()  # creates and migrates the database
+    Store.open(StoreA(a_dir).settings()).close()  # creates and migrates the database
     t1 = time.perf_counter()
     everything = range(layout.n)
     insert_rows(a_dir / "ephemera.db", layout, everything, sessions=True)
@@ -393,6 +447,89 @@ def refill(layout: Layout, a_dir: Path, b_dir: Path) -> float:
     insert_rows(a_dir / "ephemera.db", layout, half, sessions=False)
     write_files(layout, half, a_dir / "blobs", b_dir)
     os.sync()
+    return time.perf_counter() - t0
+
+
+# The same rows on PostgreSQL, with COPY; timestamps are the same naive UTC text, read in a
+# session whose time zone is UTC.
+SESSION_COPY = (
+    "COPY sessions (id, token_hash, label, metadata, state, created_at, last_activity_at, "
+    "idle_timeout_s, max_age_s, expires_at) FROM STDIN"
+)
+ARTIFACT_COPY = (
+    "COPY artifacts (id, session_id, name, kind, content_type, size, sha256, storage_class, "
+    "state, created_at, ready_at, expires_at, retain_until, producer) FROM STDIN"
+)
+
+
+def copy_rows(database_url: str, layout: Layout, which: Sequence[int], *, sessions: bool) -> None:
+    """Rows into PostgreSQL with COPY, in one transaction, then ANALYZE: a store that has
+    been in use has its statistics (autovacuum gathers them), a bulk load has none yet."""
+    import psycopg
+
+    with psycopg.connect(database_url) as conn:
+        conn.execute("SET TIME ZONE 'UTC'")
+        with conn.cursor() as cur:
+            if sessions:
+                with cur.copy(SESSION_COPY) as copy:
+                    for row in session_rows(layout):
+                        copy.write_row(row)
+            with cur.copy(ARTIFACT_COPY) as copy:
+                for row in artifact_rows(layout, which):
+                    copy.write_row(row)
+        conn.commit()
+        conn.execute("ANALYZE sessions")
+        conn.execute("ANALYZE artifacts")
+        conn.commit()
+
+
+def object_key(layout: Layout, i: int) -> str:
+    from ephemera.blobs import artifact_key
+
+    return artifact_key(layout.session_of(i), layout.artifact_ids[i])
+
+
+def put_objects(blob_url: str, layout: Layout, which: Sequence[int]) -> None:
+    """The same bytes as objects, ``PUT_THREADS`` PutObject calls at a time, with ephemera's
+    own S3 client (``put_artifact`` would also hash and record each, one at a time)."""
+    from ephemera.blobs.s3 import S3BlobStore
+
+    store = S3BlobStore.from_url(blob_url)
+    client = store.client()
+
+    def put(i: int) -> None:
+        key = store.object_key(object_key(layout, i))
+        client.put_object(Bucket=store.bucket, Key=key, Body=layout.data(i))
+
+    with ThreadPoolExecutor(PUT_THREADS) as pool:
+        for _ in pool.map(put, which):
+            pass
+
+
+def populate_remote(layout: Layout, store_a: StoreA, layout_s: float) -> Populated:
+    from ephemera import Store
+
+    assert store_a.database_url
+    assert store_a.blob_url
+    t0 = time.perf_counter()
+    Store.open(store_a.settings()).close()  # migrates the empty database
+    t1 = time.perf_counter()
+    everything = range(layout.n)
+    copy_rows(store_a.database_url, layout, everything, sessions=True)
+    t2 = time.perf_counter()
+    put_objects(store_a.blob_url, layout, everything)
+    t3 = time.perf_counter()
+    return Populated(layout_s, t1 - t0, t2 - t1, t3 - t2, 0.0)
+
+
+def refill_remote(layout: Layout, store_a: StoreA) -> float:
+    """Put the expired half back into the database and the bucket."""
+    assert store_a.database_url
+    assert store_a.blob_url
+    t0 = time.perf_counter()
+    half = [i for i in range(layout.n) if layout.expired[i]]
+    copy_rows(store_a.database_url, layout, half, sessions=False)
+    put_objects(store_a.blob_url, layout, half)
     return time.perf_counter() - t0
 
 
@@ -417,8 +554,24 @@ def db_counts(db: Path) -> dict[str, int]:
         conn.close()
 
 
-def check_cleanup_all(run: ChildRun, layout: Layout, a_dir: Path) -> list[str]:
-    """Problems with a `cleanup all` that should have deleted exactly the expired half."""
+def pg_counts(database_url: str) -> dict[str, int]:
+    import psycopg
+
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT storage_class || '/' || state, count(*) FROM artifacts GROUP BY 1"
+        ).fetchall()
+    return {str(k): int(v) for k, v in rows}
+
+
+def stored_keys(blob_url: str) -> set[str]:
+    from ephemera.blobs.s3 import S3BlobStore
+
+    return {stat.key for stat in S3BlobStore.from_url(blob_url).list("sessions/")}
+
+
+def check_report(run: ChildRun, layout: Layout) -> list[str]:
+    """Problems with the report of a `cleanup all` that should have deleted the expired half."""
     problems = []
     half = layout.n // 2
     expired = run.part("expired")
@@ -428,6 +581,13 @@ def check_cleanup_all(run: ChildRun, layout: Layout, a_dir: Path) -> list[str]:
         problems.append(f"all deleted {run.report['deleted_count']} in total, expected {half}")
     if run.report["error_count"]:
         problems.append(f"{run.report['error_count']} errors: {run.report['errors'][:3]}")
+    return problems
+
+
+def check_cleanup_all(run: ChildRun, layout: Layout, a_dir: Path) -> list[str]:
+    """Problems with a `cleanup all` that should have deleted exactly the expired half."""
+    problems = check_report(run, layout)
+    half = layout.n // 2
     blobs = a_dir / "blobs"
     left = sum(
         1
@@ -440,6 +600,24 @@ def check_cleanup_all(run: ChildRun, layout: Layout, a_dir: Path) -> list[str]:
     if files != layout.n - half:
         problems.append(f"{files} files left in A, expected {layout.n - half}")
     counts = db_counts(a_dir / "ephemera.db")
+    if counts != {"persistent/ready": layout.n - half}:
+        problems.append(f"records left in A: {counts}")
+    return problems
+
+
+def check_cleanup_all_remote(run: ChildRun, layout: Layout, store_a: StoreA) -> list[str]:
+    """The same checks on PostgreSQL + S3: the bucket's objects and the database's rows."""
+    assert store_a.database_url
+    assert store_a.blob_url
+    problems = check_report(run, layout)
+    half = layout.n // 2
+    keys = stored_keys(store_a.blob_url)
+    left = sum(1 for i in range(layout.n) if layout.expired[i] and object_key(layout, i) in keys)
+    if left:
+        problems.append(f"{left} expired objects still in the bucket")
+    if len(keys) != layout.n - half:
+        problems.append(f"{len(keys)} objects left in A, expected {layout.n - half}")
+    counts = pg_counts(store_a.database_url)
     if counts != {"persistent/ready": layout.n - half}:
         problems.append(f"records left in A: {counts}")
     return problems
@@ -478,26 +656,27 @@ class FastOp:
 
 @dataclass
 class SizeResult:
+    backend: str
     n: int
     sessions: int
     total_bytes: int
     populated: Populated
     refill_s: float
     clean_all: ChildRun
-    find_delete: Timed
     fast: list[FastOp]
     idle_all: ChildRun
     orphaned: ChildRun
-    find_walk: Timed
     problems: list[str]
+    # The find baselines, on tree B: embedded runs only.
+    find_delete: Timed | None = None
+    find_walk: Timed | None = None
 
 
-def fast_ops(a_dir: Path) -> list[FastOp]:
-    from ephemera import Settings, Store
+def fast_ops(store_a: StoreA) -> list[FastOp]:
+    from ephemera import Store
 
     results = []
-    settings = Settings(data_dir=a_dir, quota_high_water_bytes=QUOTA_HIGH_WATER)
-    with Store.open(settings) as store:
+    with Store.open(store_a.settings()) as store:
         for op in FAST_OPS:
             times = []
             deleted = errors = 0
@@ -511,8 +690,25 @@ def fast_ops(a_dir: Path) -> list[FastOp]:
     return results
 
 
-def bench_size(n: int, run_dir: Path, args: argparse.Namespace) -> SizeResult:
-    a_dir = run_dir / f"A-{n}"
+def bench_size(
+    n: int, run_dir: Path, args: argparse.Namespace, remote: PostgresS3 | None = None
+) -> SizeResult:
+    """Build store A (and, embedded, tree B) with ``n`` artifacts and run the measured passes;
+    on PostgreSQL + S3 when ``remote`` is given (a fresh database and bucket, dropped after)."""
+    if remote is None:
+        return _bench_size(n, run_dir, args, StoreA(run_dir / f"A-{n}"), None)
+    database_url, blob_url = remote.fresh()
+    store_a = StoreA(run_dir / f"A-{PG_S3}-{n}", database_url, blob_url)
+    result = _bench_size(n, run_dir, args, store_a, remote)
+    remote.drop(database_url, blob_url)  # after a failure, remote.close() drops them
+    return result
+
+
+def _bench_size(
+    n: int, run_dir: Path, args: argparse.Namespace, store_a: StoreA, remote: PostgresS3 | None
+) -> SizeResult:
+    embedded = remote is None
+    a_dir = store_a.data_dir
     b_dir = run_dir / f"B-{n}"
     sessions_dir = b_dir / "sessions"
     profile_dir = run_dir / "profiles" if args.py_spy else None
@@ -520,65 +716,86 @@ def bench_size(n: int, run_dir: Path, args: argparse.Namespace) -> SizeResult:
         profile_dir.mkdir(parents=True, exist_ok=True)
 
     def profile(name: str) -> Path | None:
-        return None if profile_dir is None else profile_dir / f"{name}-{n}.txt"
+        suffix = "" if embedded else f"-{PG_S3}"
+        return None if profile_dir is None else profile_dir / f"{name}-{n}{suffix}.txt"
 
-    print(f"== N = {n:,} artifacts")
+    if embedded:
+        print(f"== N = {n:,} artifacts")
+    else:
+        print(f"== N = {n:,} artifacts, PostgreSQL + S3 (moto)")
+        print(f"  EPHEMERA_DATABASE_URL={store_a.database_url}")
+        print(f"  EPHEMERA_BLOB_URL={store_a.blob_url}")
     t0 = time.perf_counter()
     layout = make_layout(n)
-    populated = populate(layout, a_dir, b_dir, time.perf_counter() - t0)
-    print(f"  populated A and B in {populated.total_s:.1f} s")
+    if embedded:
+        populated = populate(layout, a_dir, b_dir, time.perf_counter() - t0)
+        print(f"  populated A and B in {populated.total_s:.1f} s")
+    else:
+        populated = populate_remote(layout, store_a, time.perf_counter() - t0)
+        print(f"  populated A in {populated.total_s:.1f} s")
     problems: list[str] = []
 
     # 1. delete the expired half
-    clean_all = run_child("all", a_dir, profile("all-delete"))
+    clean_all = run_child("all", store_a, profile("all-delete"))
     print(f"  cleanup all: {clean_all.call_s:.3f} s call, {clean_all.process_s:.3f} s process")
-    problems += [f"cleanup all: {p}" for p in check_cleanup_all(clean_all, layout, a_dir)]
-    find_delete = timed(
-        ["find", str(sessions_dir), "-type", "f", "-name", f"*{EXPIRED_SUFFIX}", "-delete"]
-    )
-    print(f"  find -delete: {find_delete.seconds:.3f} s")
-    left = count_files(sessions_dir)
-    marked = count_files(sessions_dir, EXPIRED_SUFFIX)
-    if left != n - n // 2 or marked:
-        problems.append(f"find -delete left {left} files, {marked} of them marked")
+    if embedded:
+        checked = check_cleanup_all(clean_all, layout, a_dir)
+    else:
+        checked = check_cleanup_all_remote(clean_all, layout, store_a)
+    problems += [f"cleanup all: {p}" for p in checked]
+    find_delete: Timed | None = None
+    if embedded:
+        find_delete = timed(
+            ["find", str(sessions_dir), "-type", "f", "-name", f"*{EXPIRED_SUFFIX}", "-delete"]
+        )
+        print(f"  find -delete: {find_delete.seconds:.3f} s")
+        left = count_files(sessions_dir)
+        marked = count_files(sessions_dir, EXPIRED_SUFFIX)
+        if left != n - n // 2 or marked:
+            problems.append(f"find -delete left {left} files, {marked} of them marked")
 
     # 2. nothing to delete, on the cleaned store
-    fast = fast_ops(a_dir)
+    fast = fast_ops(store_a)
     problems += [
         f"idle {op.operation}: {op.deleted} deleted, {op.errors} errors"
         for op in fast
         if op.deleted or op.errors
     ]
-    idle_all = run_child("all", a_dir, profile("all-idle"))
+    idle_all = run_child("all", store_a, profile("all-idle"))
     print(f"  nothing to delete: all {idle_all.call_s:.3f} s call")
     if idle_all.report["deleted_count"] or idle_all.report["error_count"]:
         problems.append(f"idle all: {idle_all.report}")
 
     # 3. orphan scan of N consistent files
-    refill_s = refill(layout, a_dir, b_dir)
-    orphaned = run_child("orphaned", a_dir, profile("orphaned"))
+    refill_s = refill(layout, a_dir, b_dir) if embedded else refill_remote(layout, store_a)
+    orphaned = run_child("orphaned", store_a, profile("orphaned"))
     print(f"  cleanup orphaned: {orphaned.call_s:.3f} s call")
     if orphaned.report["deleted_count"] or orphaned.report["error_count"]:
         problems.append(f"orphaned: {orphaned.report}")
-    find_walk = timed(["sh", "-c", f"find '{sessions_dir}' -type f | wc -l"])
-    counted = int(find_walk.stdout.strip() or 0)
-    if counted != n:
-        problems.append(f"find | wc -l counted {counted}, expected {n}")
-    print(f"  find | wc -l: {find_walk.seconds:.3f} s")
+    find_walk: Timed | None = None
+    if embedded:
+        find_walk = timed(["sh", "-c", f"find '{sessions_dir}' -type f | wc -l"])
+        counted = int(find_walk.stdout.strip() or 0)
+        if counted != n:
+            problems.append(f"find | wc -l counted {counted}, expected {n}")
+        print(f"  find | wc -l: {find_walk.seconds:.3f} s")
+    elif len(keys := stored_keys(store_a.blob_url or "")) != n:
+        problems.append(f"{len(keys)} objects in the bucket after the scan, expected {n}")
     print()
     return SizeResult(
+        backend=store_a.backend,
         n=n,
         sessions=len(layout.session_ids),
         total_bytes=layout.total_bytes,
         populated=populated,
         refill_s=refill_s,
         clean_all=clean_all,
-        find_delete=find_delete,
         fast=fast,
         idle_all=idle_all,
         orphaned=orphaned,
-        find_walk=find_walk,
         problems=problems,
+        find_delete=find_delete,
+        find_walk=find_walk,
     )
 
 
@@ -602,6 +819,10 @@ def print_summary(results: Sequence[SizeResult], py_spy: bool) -> None:
         "   scattered over all sessions in expiry order, which is the order cleanup deletes in."
     )
     for r in results:
+        if r.backend != EMBEDDED:
+            continue
+        assert r.find_delete is not None
+        assert r.find_walk is not None
         p = r.populated
         print()
         print(
@@ -656,11 +877,96 @@ def print_summary(results: Sequence[SizeResult], py_spy: bool) -> None:
         print(f"    checks: {'all passed' if not r.problems else 'FAILED'}")
         for problem in r.problems:
             print(f"      - {problem}")
-        for label, run in (("cleanup all", ca), ("idle all", ia), ("orphan scan", orp)):
-            if run.profile:
-                print(f"    py-spy profile of {label}:")
-                for line in run.profile:
-                    print(f"      {line}")
+        _print_profiles(r)
+
+
+def _print_profiles(r: SizeResult) -> None:
+    for label, run in (("cleanup all", r.clean_all), ("idle all", r.idle_all),
+                       ("orphan scan", r.orphaned)):  # fmt: skip
+        if run.profile:
+            print(f"    py-spy profile of {label}:")
+            for line in run.profile:
+                print(f"      {line}")
+
+
+def _vs(value: float, reference: float) -> str:
+    return f"{value / reference:.2f}" if reference else "n/a"
+
+
+def print_remote_summary(results: Sequence[SizeResult]) -> None:
+    """PostgreSQL + S3 against the embedded store of the same size, measured in this run."""
+    from bench.transfer import MOTO_NOTE
+
+    embedded = {r.n: r for r in results if r.backend == EMBEDDED}
+    remote = [r for r in results if r.backend == PG_S3]
+    if not remote:
+        return
+    print()
+    print("== PostgreSQL + S3 against the embedded default at the same size, in this run")
+    print("   (ratio = PostgreSQL + S3 / embedded; above 1 is slower or bigger)")
+    print(
+        "   Store A on a fresh database (rows by COPY, then ANALYZE) and a fresh bucket\n"
+        f"   (objects by PutObject, {PUT_THREADS} at a time); no tree B: the find baselines are\n"
+        "   the embedded run's. Sizes from --s3-sizes (default 2,000 and 20,000, smaller than\n"
+        "   the embedded 20,000 and 200,000: moto takes a few hundred objects per second)."
+    )
+    for line in MOTO_NOTE.splitlines():
+        print(f"   {line}")
+    for r in remote:
+        e = embedded[r.n]
+        p = r.populated
+        print()
+        print(
+            f"  N = {r.n:,} artifacts in {r.sessions:,} sessions, {r.n // 2:,} expired; "
+            f"{r.total_bytes / MiB:.1f} MiB in the bucket"
+        )
+        print(
+            f"    populate A: {p.total_s:.1f} s (layout {p.layout_s:.1f}, migrate "
+            f"{p.store_s:.1f}, rows {p.rows_s:.1f}, objects {p.files_s:.1f} = "
+            f"{r.n / p.files_s if p.files_s else 0:.0f}/s); refill for the scan {r.refill_s:.1f} s"
+        )
+        for label, run, ref in (
+            ("delete expired half: cleanup all", r.clean_all, e.clean_all),
+            ("nothing to delete: all", r.idle_all, e.idle_all),
+            (f"orphan scan of {r.n:,} objects: cleanup orphaned", r.orphaned, e.orphaned),
+        ):
+            print(
+                f"    {label} {run.call_s:.3f} s call / {run.process_s:.3f} s process | "
+                f"embedded {ref.call_s:.3f} / {ref.process_s:.3f} s | ratio "
+                f"{_vs(run.call_s, ref.call_s)} call, {_vs(run.process_s, ref.process_s)} process"
+            )
+        parts = ", ".join(
+            f"{x['operation']} {x['duration_s']:.3f} s ({x['deleted_count']:,})"
+            for x in r.clean_all.report["reports"]
+        )
+        print(f"      cleanup all parts: {parts}")
+        fast = ", ".join(
+            f"{f.operation} {f.first_s * 1e3:.1f}/{f.best_s * 1e3:.1f} ({_vs(f.best_s, g.best_s)})"
+            for f, g in zip(r.fast, e.fast, strict=True)
+        )
+        print(
+            f"    nothing to delete, in-process ms (first/best of {REPEAT_FAST}, ratio of best):"
+            f" {fast}"
+        )
+        runs = (
+            ("cleanup all", r.clean_all, e.clean_all),
+            ("orphaned", r.orphaned, e.orphaned),
+            ("idle all", r.idle_all, e.idle_all),
+        )
+        peaks = ", ".join(
+            f"{label} {run.peak_mb:.0f} MB (embedded {ref.peak_mb:.0f}, ratio "
+            f"{_vs(run.peak_mb, ref.peak_mb)})"
+            for label, run, ref in runs
+        )
+        peak = max(run.peak_mb for _, run, _ in runs)
+        print(
+            f"    peak RSS (child VmHWM): {peaks} (aim < {RSS_AIM_MB}: "
+            f"{_ok(peak, RSS_AIM_MB - 1e-9)})"
+        )
+        print(f"    checks: {'all passed' if not r.problems else 'FAILED'}")
+        for problem in r.problems:
+            print(f"      - {problem}")
+        _print_profiles(r)
 
 
 # ---------------------------------------------------------------------------- main
@@ -673,6 +979,12 @@ def parse_sizes(text: str) -> list[int]:
     return sizes
 
 
+def _parse_backends(text: str) -> list[str]:
+    from bench.transfer import parse_backends
+
+    return parse_backends(text)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument(
@@ -681,17 +993,42 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=[20_000, 200_000],
         help="artifact counts, e.g. 20000,200000",
     )
-    parser.add_argument("--quick", action="store_true", help="smoke run: 2,000 artifacts only")
-    parser.add_argument("--keep", action="store_true", help="keep the trees in bench/out")
+    parser.add_argument(
+        "--backends",
+        type=_parse_backends,
+        default=[EMBEDDED, PG_S3],
+        help=f"stores to measure (default {EMBEDDED},{PG_S3}; {EMBEDDED} alone for the embedded"
+        " default only)",
+    )
+    parser.add_argument(
+        "--s3-sizes",
+        type=parse_sizes,
+        default=S3_SIZES,
+        help="artifact counts on PostgreSQL + S3 (default 2000,20000); the embedded store is"
+        " measured at these sizes too, for the ratios",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 2,000 artifacts only (on each backend)"
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the embedded trees in bench/out (PostgreSQL + S3 stores are always dropped)",
+    )
     parser.add_argument(
         "--py-spy", action="store_true", help="profile the cleanup children with py-spy (slower)"
     )
     parser.add_argument(
         "--child", nargs=2, metavar=("OPERATION", "DATA_DIR"), help=argparse.SUPPRESS
     )
+    parser.add_argument("--child-database", help=argparse.SUPPRESS)
+    parser.add_argument("--child-blobs", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes = [2_000]
+        args.s3_sizes = [2_000]
+    if PG_S3 not in args.backends:
+        args.s3_sizes = []
     return args
 
 
@@ -703,24 +1040,39 @@ def _remove(path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child:
-        return child_main(args.child[0], Path(args.child[1]))
+        store_a = StoreA(Path(args.child[1]), args.child_database, args.child_blobs)
+        return child_main(args.child[0], store_a)
     OUT.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="cleanup-", dir=OUT))
     started = time.perf_counter()
     results: list[SizeResult] = []
+    remote: PostgresS3 | None = None
     try:
-        print_machine(run_dir)
-        for n in args.sizes:
+        if args.s3_sizes:
+            from bench.transfer import PostgresS3
+
+            remote = PostgresS3(run_dir)
+        print_machine(run_dir, remote)
+        # Each size in turn, the embedded store first; at the PostgreSQL + S3 sizes the
+        # embedded store is measured too, as their reference.
+        for n in sorted(set(args.sizes) | set(args.s3_sizes)):
             results.append(bench_size(n, run_dir, args))
             if not args.keep:
                 for tree in ("A", "B"):
                     _remove(run_dir / f"{tree}-{n}")
+            if remote is not None and n in args.s3_sizes:
+                results.append(bench_size(n, run_dir, args, remote))
         print_summary(results, args.py_spy)
+        print_remote_summary(results)
     finally:
+        if remote is not None:
+            remote.close()
         if args.keep:
             print(f"\nkept {run_dir}")
         else:
             _remove(run_dir)
+            with contextlib.suppress(OSError):
+                OUT.rmdir()  # only if empty
     print(f"\ntotal benchmark time {time.perf_counter() - started:.0f} s")
     return 1 if any(r.problems for r in results) else 0
 

@@ -12,6 +12,14 @@ Measured in one run, on this machine:
 * the servers' peak RSS growth during those transfers;
 * 4 KiB uploads per second at concurrency 16, with one ``httpx.AsyncClient``.
 
+With ``--backends embedded,postgresql-s3`` (the default) a third server joins: ``ephemera
+serve`` on a fresh PostgreSQL database and a fresh bucket of a moto S3 server started for the
+run (``tests/s3server.py``). It gets the same transfers and checks, and the summary gives its
+ratios against the embedded default measured in the same run. moto is Python, keeps objects in
+its own process and runs on this machine: those numbers bound what ephemera does around S3,
+not what a production object store would give. ``--backends embedded`` runs only the first
+two servers.
+
 Throughput is in MiB/s (2**20 bytes per second), memory in MiB.
 """
 
@@ -32,13 +40,18 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import httpx2 as httpx
+
+if TYPE_CHECKING:
+    from tests.s3server import S3Server
 
 MiB = 1024 * 1024
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +63,18 @@ UPLOAD_AIM = 0.8
 DOWNLOAD_AIM = 0.9
 RSS_AIM_MB = 100  # megabytes (10**6 bytes), as the aim is stated
 CURL_TIMEOUT_S = 900
+EMBEDDED = "embedded"
+PG_S3 = "postgresql-s3"
+PG_LABEL = "pg+s3"  # the PostgreSQL + S3 server, in the output
+BACKENDS = (EMBEDDED, PG_S3)
+# The server that hands out the benchmark's databases (it must allow CREATE DATABASE); the
+# same variable as the tests use.
+POSTGRES = os.environ.get("EPHEMERA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+MOTO_NOTE = (
+    "S3 here is moto (Python, objects kept in its own process, on this machine, sharing its\n"
+    "CPUs): the PostgreSQL + S3 numbers bound what ephemera does around S3, not what a\n"
+    "production object store would give."
+)
 
 
 # ---------------------------------------------------------------------------- machine
@@ -229,23 +254,33 @@ def wait_healthy(server: Server, timeout: float = 60) -> None:
     raise RuntimeError(f"{server.name} did not answer /healthz within {timeout:.0f} s")
 
 
-def start_ephemera(run_dir: Path) -> tuple[Server, str]:
-    """``ephemera serve`` on a free port; returns the server and the admin key it printed."""
+def start_ephemera(
+    run_dir: Path, name: str = "ephemera", env: dict[str, str] | None = None
+) -> tuple[Server, str]:
+    """``ephemera serve`` on a free port; returns the server and the admin key it printed.
+
+    ``env`` is added to this process's environment (the backends' URLs, S3 credentials)."""
     exe = Path(sys.executable).parent / "ephemera"
-    data_dir = run_dir / "ephemera-data"
+    data_dir = run_dir / f"{name}-data"
     port = free_port()
     # stdout goes to a file, not a pipe: uvicorn's access log also writes there, and an
     # undrained pipe would eventually block the server.
-    stdout = (run_dir / "ephemera.stdout").open("wb")
-    stderr = (run_dir / "ephemera.stderr").open("wb")
+    stdout_path = run_dir / f"{name}.stdout"
+    stdout = stdout_path.open("wb")
+    stderr = (run_dir / f"{name}.stderr").open("wb")
     argv = [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen([*argv, "--data-dir", str(data_dir)], stdout=stdout, stderr=stderr)
-    server = Server("ephemera", proc, port, [stdout, stderr])
+    proc = subprocess.Popen(
+        [*argv, "--data-dir", str(data_dir)],
+        stdout=stdout,
+        stderr=stderr,
+        env={**os.environ, **env} if env else None,
+    )
+    server = Server(name, proc, port, [stdout, stderr])
     try:
         key = ""
         deadline = time.monotonic() + 60
         while not key:
-            text = (run_dir / "ephemera.stdout").read_text(errors="replace")
+            text = stdout_path.read_text(errors="replace")
             if "\n" in text:
                 key = text.split("\n", 1)[0].strip()
                 break
@@ -281,6 +316,140 @@ def start_bare(run_dir: Path) -> Server:
         server.stop()
         raise
     return server
+
+
+# ---------------------------------------------------------------------------- backends
+
+
+def parse_backends(text: str) -> list[str]:
+    """``embedded,postgresql-s3`` -> the names, in BACKENDS order; the embedded default is
+    always among them, as the reference of every ratio."""
+    names = {x.strip() for x in text.split(",") if x.strip()}
+    unknown = sorted(names - set(BACKENDS))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown backend {', '.join(unknown)}; choose from {', '.join(BACKENDS)}"
+        )
+    if EMBEDDED not in names:
+        raise argparse.ArgumentTypeError(
+            f"{EMBEDDED} is required: the other backends are measured against it"
+        )
+    return [b for b in BACKENDS if b in names]
+
+
+def _database_url(name: str) -> str:
+    base, _, _ = POSTGRES.rpartition("/")
+    return f"{base}/{name}"
+
+
+class PostgresS3:
+    """Fresh PostgreSQL databases and S3 buckets for one benchmark run.
+
+    Databases are created on the server of ``POSTGRES``; buckets on a moto server
+    (``tests/s3server.py``), started on first use with its log in ``run_dir``. ``drop`` removes
+    one pair, ``close`` whatever is left and stops moto. Opening makes this process an S3
+    client of moto: its dummy credentials go into ``os.environ``.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        from tests.s3server import S3_ENV, S3_ENV_UNSET
+
+        self.run_dir = run_dir
+        self.env = dict(S3_ENV)
+        for name in S3_ENV_UNSET:
+            os.environ.pop(name, None)
+        os.environ.update(S3_ENV)
+        self._s3: S3Server | None = None
+        self._made: list[tuple[str, str]] = []  # (database URL, bucket URL)
+
+    def _admin(self) -> Any:
+        import psycopg
+
+        return psycopg.connect(POSTGRES, autocommit=True, connect_timeout=5)
+
+    def postgres_version(self) -> str:
+        with self._admin() as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+        return f"PostgreSQL {row[0] if row else '?'} ({POSTGRES.rpartition('/')[0]})"
+
+    @staticmethod
+    def moto_version() -> str:
+        return f"moto {version('moto')} server (Python, in-memory, on this machine)"
+
+    def _server(self) -> S3Server:
+        if self._s3 is None:
+            import pytest
+
+            from tests.s3server import S3Server
+
+            self._s3 = S3Server(self.run_dir)
+            try:
+                self._s3.start()
+            except (pytest.skip.Exception, pytest.fail.Exception) as exc:
+                raise RuntimeError(str(exc)) from None
+        return self._s3
+
+    def fresh(self) -> tuple[str, str]:
+        """A new empty database and a new empty bucket, as ``EPHEMERA_DATABASE_URL`` and
+        ``EPHEMERA_BLOB_URL``; the database is migrated by whoever opens it first."""
+        from psycopg import sql
+
+        name = f"ephemera_bench_{uuid.uuid4().hex[:12]}"
+        with self._admin() as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        database_url = _database_url(name)
+        try:
+            blob_url = self._server().bucket_url()
+        except BaseException:
+            self._drop_database(database_url)
+            raise
+        self._made.append((database_url, blob_url))
+        return database_url, blob_url
+
+    def server_env(self, database_url: str, blob_url: str) -> dict[str, str]:
+        """What ``ephemera serve`` on these backends needs in its environment."""
+        return {**self.env, "EPHEMERA_DATABASE_URL": database_url, "EPHEMERA_BLOB_URL": blob_url}
+
+    def _drop_database(self, database_url: str) -> None:
+        from psycopg import sql
+
+        name = database_url.rpartition("/")[2]
+        with self._admin() as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+    @staticmethod
+    def _drop_bucket(blob_url: str) -> None:
+        from ephemera.blobs.s3 import S3BlobStore
+
+        store = S3BlobStore.from_url(blob_url)
+        for staged in list(store.list_staged()):
+            store.delete_staged(staged.name)
+        keys = [stat.key for stat in store.list()]
+        failed = store.delete_many(keys)
+        if failed:
+            raise RuntimeError(f"{len(failed)} objects not deleted from {store.bucket}")
+        store.client().delete_bucket(Bucket=store.bucket)
+
+    def drop(self, database_url: str, blob_url: str) -> None:
+        """Drop the database (connections closed by force) and empty and delete the bucket;
+        if that fails, ``close`` tries again."""
+        self._drop_database(database_url)
+        self._drop_bucket(blob_url)
+        self._made.remove((database_url, blob_url))
+
+    def close(self) -> None:
+        """Drop what is left (reporting, not raising, what fails) and stop moto."""
+        try:
+            for database_url, blob_url in list(self._made):
+                try:
+                    self.drop(database_url, blob_url)
+                except Exception as exc:  # clean up the rest regardless
+                    print(f"cleanup of {database_url} / {blob_url} failed: {exc}", file=sys.stderr)
+        finally:
+            if self._s3 is not None:
+                self._s3.stop()
 
 
 # ---------------------------------------------------------------------------- memory
@@ -457,18 +626,20 @@ def report_line(label: str, size: int, run: Run, mem: MemoryProbe, note: str = "
     return rss
 
 
-def upload_ephemera(eph: Ephemera, mem: MemoryProbe, src: Path, sha: str, out: Series) -> None:
+def upload_ephemera(
+    eph: Ephemera, mem: MemoryProbe, src: Path, sha: str, out: Series, name: str = "ephemera"
+) -> None:
     size = src.stat().st_size
     headers = [f"Authorization: Bearer {eph.token}"]
     mem.before()
     run, code, body = curl_upload(f"{eph.artifacts_url()}?name=big.bin", src, headers)
     if code != 201:
-        raise RuntimeError(f"ephemera upload answered {code}: {body[:500]}")
+        raise RuntimeError(f"{name} upload answered {code}: {body[:500]}")
     data: dict[str, Any] = json.loads(body)
     if data["sha256"] != sha or data["size"] != size:
-        raise RuntimeError(f"ephemera stored {data['size']} bytes, sha256 {data['sha256']}")
+        raise RuntimeError(f"{name} stored {data['size']} bytes, sha256 {data['sha256']}")
     out.rates.append(size / MiB / run.seconds)
-    out.rss.append(report_line("upload ephemera", size, run, mem, "  (201, sha256 ok)"))
+    out.rss.append(report_line(f"upload {name}", size, run, mem, "  (201, sha256 ok)"))
     if eph.artifact_id:  # keep only the newest copy, for the downloads; not timed
         eph.delete(eph.artifact_id)
     eph.artifact_id = str(data["id"])
@@ -641,6 +812,49 @@ def print_summary(
     print(f"      errors: ephemera {sum(es.errors.values())}, bare {sum(bs.errors.values())}.")
 
 
+def print_pg_s3_summary(
+    repeat: int,
+    up: dict[str, Series],
+    down: dict[str, Series],
+    small: dict[str, SmallResult],
+) -> None:
+    """PostgreSQL + S3 against the embedded default, both measured in this run."""
+    aim_mib = RSS_AIM_MB * 1e6 / MiB
+    print()
+    print(f"== PostgreSQL + S3 against the embedded default (same run; best (median) of {repeat})")
+    widths = (25, 17, 17, 17, 18)
+
+    def row(*cells: str) -> None:
+        text = "".join(
+            f"{c:<{w}}" if i in (0, 4) else f"{c:>{w}}  " if i == 3 else f"{c:>{w}}"
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        )
+        print("  " + text.rstrip())
+
+    row("", "pg+s3", "embedded", "pg+s3/embedded", "")
+    print("  " + "-" * (sum(widths) + 2))
+    for title, series in (("upload", up), ("download", down)):
+        p, e = series[PG_LABEL], series["ephemera"]
+        row(f"{title} MiB/s", f"{p.best:.1f} ({p.median:.1f})", f"{e.best:.1f} ({e.median:.1f})",
+            f"{_ratio(p.best, e.best)} ({_ratio(p.median, e.median)})", "")  # fmt: skip
+    for title, series in (("upload", up), ("download", down)):
+        p, e = series[PG_LABEL], series["ephemera"]
+        verdict = "ok" if p.peak_rss < aim_mib else "MISSED"
+        row(f"RSS growth {title} MiB", f"{p.peak_rss:.1f}", f"{e.peak_rss:.1f}", "",
+            f"< {RSS_AIM_MB} MB {verdict}")  # fmt: skip
+    ps, es = small[PG_LABEL], small["ephemera"]
+    row("4 KiB uploads/s", f"{ps.rate:.1f}", f"{es.rate:.1f}", _ratio(ps.rate, es.rate), "")
+    print()
+    for line in MOTO_NOTE.splitlines():
+        print(f"  {line}")
+    print("  Downloads from S3 stream through the server (a GET to the bucket, relayed 1 MiB at a")
+    print("      time; no local file, no zero-copy); the embedded default answers from its file")
+    print("      (FileResponse).")
+    print("  Uploads to S3 go up in 8 MiB multipart parts as they arrive; moto's own memory")
+    print("      and CPU are not counted in the server's figures.")
+    print(f"  4 KiB uploads errors: pg+s3 {sum(ps.errors.values())}.")
+
+
 # ---------------------------------------------------------------------------- main
 
 
@@ -653,6 +867,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--small-max", type=int, default=100_000, help="at most this many 4 KiB uploads per server"
     )
     p.add_argument("--small-sessions", type=int, default=4, help="ephemera sessions for 4 KiB")
+    p.add_argument(
+        "--backends",
+        type=parse_backends,
+        default=list(BACKENDS),
+        help=f"ephemera servers to measure (default {','.join(BACKENDS)}; {EMBEDDED} alone for"
+        " the embedded default only)",
+    )
     args = p.parse_args(argv)
     if not 1 <= args.size_mib <= 1024:
         p.error("--size-mib must be between 1 and 1024 (ephemera's default limit is 1 GiB)")
@@ -669,20 +890,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=OUT))
     servers: list[Server] = []
+    remote: PostgresS3 | None = None
     try:
-        return _bench(args, run_dir, servers)
+        if PG_S3 in args.backends:
+            remote = PostgresS3(run_dir)
+        return _bench(args, run_dir, servers, remote)
     finally:
         for s in servers:
             s.stop()
+        if remote is not None:
+            remote.close()
         shutil.rmtree(run_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
             OUT.rmdir()  # only if empty
 
 
-def _bench(args: argparse.Namespace, run_dir: Path, servers: list[Server]) -> int:
+def _session_targets(eph: Ephemera, sessions: int) -> list[tuple[str, dict[str, str]]]:
+    targets: list[tuple[str, dict[str, str]]] = []
+    for _ in range(sessions):
+        sid, token = eph.new_session()
+        url = eph.artifacts_url(sid) + "?name=small-{n}.bin"
+        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"}
+        targets.append((url, headers))
+    return targets
+
+
+def _bench(
+    args: argparse.Namespace, run_dir: Path, servers: list[Server], remote: PostgresS3 | None
+) -> int:
     size_mib: int = args.size_mib
     size = size_mib * MiB
-    print_machine(run_dir, {"client": _curl_version()})
+    extra = {"client": _curl_version()}
+    if remote is not None:
+        extra["database"] = remote.postgres_version()
+        extra["S3"] = remote.moto_version()
+    print_machine(run_dir, extra)
 
     src = run_dir / "input.bin"
     print(f"== Input: {size_mib} MiB of random bytes in {run_dir}")
@@ -691,8 +933,9 @@ def _bench(args: argparse.Namespace, run_dir: Path, servers: list[Server]) -> in
     print(f"  sha256 {sha}  ({time.perf_counter() - t:.1f} s to create and hash)")
     print()
 
-    up = {k: Series() for k in ("ephemera", "bare", "dd")}
-    down = {k: Series() for k in ("ephemera", "bare", "dd")}
+    kinds = ("ephemera", "bare", "dd") + ((PG_LABEL,) if remote is not None else ())
+    up = {k: Series() for k in kinds}
+    down = {k: Series() for k in kinds}
 
     print(f"== Disk: dd, {size_mib} x 1 MiB blocks")
     for _ in range(args.repeat):
@@ -710,18 +953,39 @@ def _bench(args: argparse.Namespace, run_dir: Path, servers: list[Server]) -> in
     servers.append(bare)
     eph = Ephemera(eph_server, admin_key)
     eph.session_id, eph.token = eph.new_session()
+    pg: Ephemera | None = None
+    if remote is not None:
+        database_url, blob_url = remote.fresh()
+        env = remote.server_env(database_url, blob_url)
+        pg_server, pg_key = start_ephemera(run_dir, "ephemera-pg-s3", env)
+        servers.append(pg_server)
+        pg = Ephemera(pg_server, pg_key)
+        pg.session_id, pg.token = pg.new_session()
     print(
         f"== Servers: ephemera pid {eph_server.pid} on :{eph_server.port}, "
         f"bare pid {bare.pid} on :{bare.port}"
     )
+    if pg is not None and remote is not None:
+        print(
+            f"  {PG_LABEL}: ephemera pid {pg.server.pid} on :{pg.server.port}, "
+            f"EPHEMERA_DATABASE_URL={database_url}"
+        )
+        print(f"    EPHEMERA_BLOB_URL={blob_url}")
+        for line in MOTO_NOTE.splitlines():
+            print(f"    {line}")
 
     eph_mem = MemoryProbe(eph_server.pid)
     bare_mem = MemoryProbe(bare.pid)
     eph_mem.start()
     bare_mem.start()
+    pg_mem = MemoryProbe(pg.server.pid) if pg is not None else None
+    if pg_mem is not None:
+        pg_mem.start()
     print(
         f"  baseline VmRSS: ephemera {eph_mem.baseline_kib / 1024:.1f} MiB, "
-        f"bare {bare_mem.baseline_kib / 1024:.1f} MiB; peak reset via clear_refs: "
+        f"bare {bare_mem.baseline_kib / 1024:.1f} MiB"
+        + (f", {PG_LABEL} {pg_mem.baseline_kib / 1024:.1f} MiB" if pg_mem is not None else "")
+        + "; peak reset via clear_refs: "
         f"{'yes' if eph_mem.resettable else 'no, using VmHWM since start'}"
     )
     print()
@@ -730,6 +994,8 @@ def _bench(args: argparse.Namespace, run_dir: Path, servers: list[Server]) -> in
     for _ in range(args.repeat):
         upload_ephemera(eph, eph_mem, src, sha, up["ephemera"])
         upload_bare(bare, bare_mem, src, up["bare"])
+        if pg is not None and pg_mem is not None:
+            upload_ephemera(pg, pg_mem, src, sha, up[PG_LABEL], PG_LABEL)
     print()
 
     print(f"== Download {size_mib} MiB with curl -o /dev/null (alternating servers)")
@@ -738,21 +1004,23 @@ def _bench(args: argparse.Namespace, run_dir: Path, servers: list[Server]) -> in
         auth = [f"Authorization: Bearer {eph.token}"]
         download("download ephemera", eph_url, auth, size, eph_mem, down["ephemera"])
         download("download bare", f"{bare.base}/download", [], size, bare_mem, down["bare"])
+        if pg is not None and pg_mem is not None:
+            pg_url = f"{pg.artifacts_url()}/{pg.artifact_id}/content"
+            pg_auth = [f"Authorization: Bearer {pg.token}"]
+            download(f"download {PG_LABEL}", pg_url, pg_auth, size, pg_mem, down[PG_LABEL])
     print()
 
     print(
         f"== 4 KiB uploads, concurrency {CONCURRENCY}, {args.small_seconds:g} s "
         f"or {args.small_max} requests each"
     )
-    targets: list[tuple[str, dict[str, str]]] = []
-    for _ in range(args.small_sessions):
-        sid, token = eph.new_session()
-        url = eph.artifacts_url(sid) + "?name=small-{n}.bin"
-        headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"}
-        targets.append((url, headers))
+    sessions = args.small_sessions
     small = {
         "ephemera": small_uploads(
-            f"ephemera ({args.small_sessions} sess.)", targets, args.small_seconds, args.small_max
+            f"ephemera ({sessions} sess.)",
+            _session_targets(eph, sessions),
+            args.small_seconds,
+            args.small_max,
         ),
         "bare": small_uploads(
             "bare /upload-small",
@@ -761,10 +1029,19 @@ def _bench(args: argparse.Namespace, run_dir: Path, servers: list[Server]) -> in
             args.small_max,
         ),
     }
+    if pg is not None:
+        small[PG_LABEL] = small_uploads(
+            f"{PG_LABEL} ({sessions} sess.)",
+            _session_targets(pg, sessions),
+            args.small_seconds,
+            args.small_max,
+        )
     for s in servers:
         s.check_alive()
 
     print_summary(size_mib, args.repeat, up, down, small, eph_mem.resettable)
+    if pg is not None:
+        print_pg_s3_summary(args.repeat, up, down, small)
     return 0
 
 
