@@ -43,7 +43,6 @@ does around S3, not what a production object store would give.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import json
 import os
@@ -1070,9 +1069,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.keep:
             print(f"\nkept {run_dir}")
         else:
-            _remove(run_dir)
-            with contextlib.suppress(OSError):
-                OUT.rmdir()  # only if empty
+            from bench.transfer import remove_run_dir
+
+            remove_run_dir(run_dir)
     print(f"\ntotal benchmark time {time.perf_counter() - started:.0f} s")
     return 1 if any(r.problems for r in results) else 0
 

@@ -39,11 +39,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import sqlite3
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -52,11 +49,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, BinaryIO, cast
+from typing import Any, BinaryIO, cast
 
 import httpx2 as httpx
 
-from bench.transfer import Server, free_port, wait_healthy
+from bench.transfer import Server, remove_run_dir, start_ephemera
 from ephemera import Settings
 from ephemera.models import Artifact, Claim, Task
 from ephemera.processors import Registry
@@ -473,41 +470,9 @@ def fsync_files(outputs: Mapping[str, bytes], directory: Path) -> float:
 
 
 def start_server(run_dir: Path, workers: int) -> tuple[Server, str]:
-    """``ephemera serve`` on a free port with ``workers`` embedded worker threads and no
-    scheduled cleanup; returns it and the admin key it saved to ``<data-dir>/admin.key``."""
-    exe = Path(sys.executable).parent / "ephemera"
-    data_dir = run_dir / "ephemera-data"
-    port = free_port()
-    env = {**os.environ, "EPHEMERA_WORKERS": str(workers), "EPHEMERA_SCHEDULED_CLEANUP": "false"}
-    # Files, not pipes: uvicorn's access log writes a line per request.
-    logs: list[IO[bytes]] = [
-        (run_dir / "ephemera.stdout").open("wb"),
-        (run_dir / "ephemera.stderr").open("wb"),
-    ]
-    argv = [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(
-        [*argv, "--data-dir", str(data_dir)], env=env, stdout=logs[0], stderr=logs[1]
-    )
-    server = Server("ephemera", proc, port, logs)
-    try:
-        key_file = data_dir / "admin.key"
-        deadline = time.monotonic() + 60
-        key = ""
-        while not key:
-            with contextlib.suppress(OSError):
-                text = key_file.read_text()
-                if text.endswith("\n"):
-                    key = text.strip()
-                    break
-            server.check_alive()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"ephemera wrote no {key_file}")
-            time.sleep(0.05)
-        wait_healthy(server)
-    except BaseException:
-        server.stop()
-        raise
-    return server, key
+    """``ephemera serve`` with ``workers`` embedded worker threads and no scheduled cleanup."""
+    env = {"EPHEMERA_WORKERS": str(workers), "EPHEMERA_SCHEDULED_CLEANUP": "false"}
+    return start_ephemera(run_dir, env=env)
 
 
 def server_problems(run_dir: Path) -> list[str]:
@@ -1011,11 +976,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _remove(path: Path) -> None:
-    if path.exists():
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -1031,9 +991,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.keep:
             print(f"\nkept {run_dir}")
         else:
-            _remove(run_dir)
-            with contextlib.suppress(OSError):
-                OUT.rmdir()  # only if empty
+            remove_run_dir(run_dir)
     print(f"\nload average at the end: {_loadavg()} (other work on the machine skews timings)")
     print(f"checks: {'all passed' if not problems else 'FAILED'}")
     for problem in problems:

@@ -254,6 +254,13 @@ def wait_healthy(server: Server, timeout: float = 60) -> None:
     raise RuntimeError(f"{server.name} did not answer /healthz within {timeout:.0f} s")
 
 
+def remove_run_dir(run_dir: Path) -> None:
+    """Remove one run's data, and ``bench/out`` itself once no other run is in it."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        OUT.rmdir()  # only if empty
+
+
 def start_ephemera(
     run_dir: Path, name: str = "ephemera", env: dict[str, str] | None = None
 ) -> tuple[Server, str]:
@@ -900,9 +907,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             s.stop()
         if remote is not None:
             remote.close()
-        shutil.rmtree(run_dir, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            OUT.rmdir()  # only if empty
+        remove_run_dir(run_dir)
 
 
 def _session_targets(eph: Ephemera, sessions: int) -> list[tuple[str, dict[str, str]]]:
