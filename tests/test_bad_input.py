@@ -29,6 +29,8 @@ class World:
     auth: dict[str, str]
     sid: str
     artifact_id: str
+    # An artifact of another session, s2, whose token the attacks never have.
+    other_artifact_id: str
 
     def upload(self, **kwargs: Any) -> Response:
         return self.client.post(f"{API}/sessions/{self.sid}/artifacts", **kwargs)
@@ -44,7 +46,14 @@ def world(data_dir: Path, clock: ManualClock) -> Iterator[World]:
         artifact = client.post(
             f"{API}/sessions/s1/artifacts", params={"name": "a.bin"}, content=b"a", headers=auth
         ).json()
-        yield World(client, store, admin, auth, "s1", artifact["id"])
+        other = client.post(f"{API}/sessions", json={"id": "s2"}, headers=admin).json()
+        elsewhere = client.post(
+            f"{API}/sessions/s2/artifacts",
+            params={"name": "golden.bin"},
+            content=b"g",
+            headers=bearer(other["token"]),
+        ).json()
+        yield World(client, store, admin, auth, "s1", artifact["id"], elsewhere["id"])
 
 
 Attack = Callable[[World], Response]
@@ -313,11 +322,18 @@ attack("task-too-many-attempts", 422, "invalid_input")(
 attack("task-missing-input", 404, "not_found")(
     lambda w: submit(w, {"processor": "sample-upper", "inputs": ["../../etc/passwd"]})
 )
+
+
+def reference(w: World, **extra: Any) -> dict[str, Any]:
+    other = {"session_id": "s2", "artifact_id": w.other_artifact_id}
+    return {"processor": "sample-upper", "inputs": [other], **extra}
+
+
 attack("task-other-sessions-input-without-its-token", 404, "not_found")(
-    lambda w: submit(
-        w,
-        {"processor": "sample-upper", "inputs": [{"session_id": "s2", "artifact_id": "x" * 36}]},
-    )
+    lambda w: submit(w, reference(w))
+)
+attack("task-other-sessions-input-with-a-wrong-token", 404, "not_found")(
+    lambda w: submit(w, reference(w, reference_tokens={"s2": "eps_not-its-token"}))
 )
 attack("task-wrong-token", 404, "not_found")(
     lambda w: submit(w, upper(w), headers=bearer("eps_wrong"))

@@ -16,13 +16,20 @@ from ephemera.errors import SchemaOutOfDate
 from tests.databases import PostgresDatabases
 
 
+def schema_differences(catalog: Catalog) -> list[object]:
+    """What separates the database's schema from the one the code declares."""
+    with catalog.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        return list(compare_metadata(context, metadata))
+
+
 def test_the_migrated_schema_equals_the_declared_one(tmp_path: Path) -> None:
     catalog = Catalog(f"sqlite:///{tmp_path / 'm.db'}")
     try:
+        assert catalog.revisions() == (None, "0003")
         catalog.migrate()
-        with catalog.engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True})
-            assert compare_metadata(context, metadata) == []
+        assert catalog.revisions() == ("0003", "0003")
+        assert schema_differences(catalog) == []
     finally:
         catalog.dispose()
 
@@ -37,9 +44,7 @@ def test_the_migrated_schema_equals_the_declared_one_on_postgresql(
         catalog.migrate()
         assert catalog.revisions() == ("0003", "0003")
         catalog.migrate()
-        with catalog.engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True})
-            assert compare_metadata(context, metadata) == []
+        assert schema_differences(catalog) == []
     finally:
         catalog.dispose()
         postgres_databases.drop(url)
@@ -72,8 +77,6 @@ def test_upgrading_a_populated_first_schema_keeps_its_rows(tmp_path: Path) -> No
         catalog.migrate()
         assert catalog.revisions() == ("0003", "0003")
         assert catalog.get_session_row("s1") is not None
-        with catalog.engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True})
-            assert compare_metadata(context, metadata) == []
+        assert schema_differences(catalog) == []
     finally:
         catalog.dispose()

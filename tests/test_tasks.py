@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from importlib.metadata import entry_points
 from typing import Any
 
 import cv2
@@ -66,7 +67,8 @@ def test_a_third_party_processor_is_found_through_the_entry_point_and_runs(
     assert done.result == {"outputs": ["note.txt.up"]}
     (output,) = done.outputs
     assert store.read_artifact("s1", output.artifact_id) == b"HELLO PLUGIN"
-    assert ENTRY_POINT_GROUP == "ephemera.processors"
+    registered = {e.name: e.value for e in entry_points(group=ENTRY_POINT_GROUP)}
+    assert registered["sample-upper"] == "ephemera_sample:upper"
 
 
 def test_params_are_validated_at_submission_and_a_bad_request_changes_nothing(
@@ -333,7 +335,10 @@ def test_a_worker_runs_queued_tasks_on_its_threads_and_stops_cleanly(store: Stor
                 break
             time.sleep(0.02)
     finally:
+        stopping = time.monotonic()
         pool.stop(timeout_s=5)
+    assert time.monotonic() - stopping < 1  # idle threads stop at once, not at a timeout
+    assert not any(thread.is_alive() for thread in pool._threads)
     assert {store.get_task("s1", t.id).state for t in tasks} == {TaskState.SUCCEEDED}
     assert all(store.get_task("s1", t.id).attempts == 1 for t in tasks)
 

@@ -271,15 +271,10 @@ class Cleaner:
         frees_bytes: bool = True,
     ) -> None:
         """Bytes first, then records: a crash in between leaves ``deleting`` records only."""
-        keys = {artifact_key(c.session_id, c.id): c.id for c in claimed}
-        try:
-            failed = self.store.blobs.delete_many(list(keys))
-        except EphemeraError as exc:
-            failed = dict.fromkeys(keys, exc.message)
-        for key, error in failed.items():
-            report.error(f"artifact {keys[key]}", error)
-        gone = [artifact_id for key, artifact_id in keys.items() if key not in failed]
-        for session_id, artifact_id, size in self.store.catalog.drop_deleting_artifacts(gone):
+        removed, failed = self.store.remove_deleting([(c.session_id, c.id) for c in claimed])
+        for artifact_id, error in failed.items():
+            report.error(f"artifact {artifact_id}", error)
+        for session_id, artifact_id, size in removed:
             size = size if frees_bytes else 0
             report.add(CleanupItem("artifact", artifact_id, session_id, size, rule))
             # Told as each batch is committed: memory stays flat however much is deleted.

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import mimetypes
 import re
 import threading
@@ -56,6 +57,7 @@ from ephemera.config import Settings
 from ephemera.errors import (
     ChecksumMismatch,
     Conflict,
+    EphemeraError,
     InvalidInput,
     NotFound,
     StorageError,
@@ -88,6 +90,8 @@ class _Default:
     def __repr__(self) -> str:
         return "DEFAULT"
 
+
+log = logging.getLogger("ephemera.store")
 
 DEFAULT: Final = _Default()
 """Use the configured default (as opposed to ``None``, which means "never")."""
@@ -258,7 +262,9 @@ class Store:
         self.blobs = blobs
         self.settings = settings or Settings()
         self.clock: Clock = clock or SystemClock()
+        # Optional capabilities of the blob store, decided once.
         self._local_paths = blobs if isinstance(blobs, LocalPaths) else None
+        self._ranged = blobs if isinstance(blobs, RangedReads) else None
         self.hooks = Hooks()
         self.metrics = Metrics(self)
         self._processors: Registry | None = None
@@ -636,17 +642,22 @@ class Store:
 
     def open_artifact(self, session_id: str, artifact_id: str) -> tuple[Artifact, BinaryIO]:
         artifact = self.get_artifact(session_id, artifact_id)
-        return artifact, self.blobs.open(artifact_key(session_id, artifact_id))
+        return artifact, self.open_blob(artifact)
+
+    def open_blob(self, artifact: Artifact) -> BinaryIO:
+        """The bytes of an artifact already looked up and authorised (no further reads)."""
+        return self.blobs.open(artifact_key(artifact.session_id, artifact.id))
 
     def open_artifact_range(self, artifact: Artifact, start: int, end: int) -> BinaryIO:
         """Bytes ``start`` to ``end`` inclusive of an artifact already looked up and authorised.
 
         Reads only that range where the blob store can; otherwise skips to ``start``.
         """
-        key = artifact_key(artifact.session_id, artifact.id)
-        if isinstance(self.blobs, RangedReads):
-            return self.blobs.open_range(key, start, end)
-        stream = self.blobs.open(key)
+        if self._ranged is not None:
+            return self._ranged.open_range(
+                artifact_key(artifact.session_id, artifact.id), start, end
+            )
+        stream = self.open_blob(artifact)
         try:
             while start > 0 and (skipped := len(stream.read(min(start, 1024 * 1024)))):
                 start -= skipped
@@ -767,10 +778,6 @@ class Store:
             if self._processors is None:
                 self._processors = Registry.load()
             return self._processors
-
-    def use_processors(self, registry: Registry) -> None:
-        with self._processors_lock:
-            self._processors = registry
 
     def submit_task(
         self,
@@ -899,12 +906,6 @@ class Store:
         self._remove_outputs(dropped)
         return claim
 
-    def requeue_lost_tasks(self) -> int:
-        """Retry (or fail) tasks whose worker stopped renewing its claim; claims do it too."""
-        dropped = self.catalog.requeue_lost_tasks(self.clock.now(), self._retry_delay)
-        self._remove_outputs(dropped)
-        return len(dropped)
-
     def heartbeat_task(
         self,
         task_id: str,
@@ -945,22 +946,14 @@ class Store:
         self._remove_outputs(dropped)
         return task
 
-    def claimed_task(self, task_id: str, claim_id: str) -> Task:
-        task = self.catalog.claimed_task(task_id, claim_id) if ids.is_task_id(task_id) else None
-        if task is None:
-            raise _claim_lost(task_id)
-        return task
-
     def _claimed_session(self, task_id: str, claim_id: str) -> str:
         found = self.catalog.claimed_session(task_id, claim_id) if ids.is_task_id(task_id) else None
         if found is None:
             raise _claim_lost(task_id)
         return found
 
-    def open_task_input(
-        self, task_id: str, claim_id: str, artifact_id: str
-    ) -> tuple[Artifact, BinaryIO]:
-        """Stream one input of a claimed task (reference data included)."""
+    def task_input(self, task_id: str, claim_id: str, artifact_id: str) -> Artifact:
+        """One input of a claimed task (reference data included), while the claim holds."""
         inputs = self.catalog.claimed_inputs(task_id, claim_id) if ids.is_task_id(task_id) else None
         if inputs is None:
             raise _claim_lost(task_id)
@@ -969,8 +962,14 @@ class Store:
                 artifact = self.catalog.get_artifact(ref.session_id, artifact_id)
                 if artifact is None:
                     break
-                return artifact, self.blobs.open(artifact_key(ref.session_id, artifact_id))
+                return artifact
         raise NotFound(f"artifact {artifact_id[:40]} is not an input of task {task_id}")
+
+    def open_task_input(
+        self, task_id: str, claim_id: str, artifact_id: str
+    ) -> tuple[Artifact, BinaryIO]:
+        artifact = self.task_input(task_id, claim_id, artifact_id)
+        return artifact, self.open_blob(artifact)
 
     def check_output(
         self, name: str, kind: str = "output", content_type: str | None = None
@@ -1089,15 +1088,37 @@ class Store:
         doubling = float(2 ** max(attempts - 1, 0))
         return min(self.settings.task_retry_delay_s * doubling, 300.0)
 
+    def remove_deleting(
+        self, artifacts: Sequence[tuple[str, str]]
+    ) -> tuple[list[tuple[str, str, int]], dict[str, str]]:
+        """Bytes first, then records, of (session, artifact) pairs marked ``deleting``.
+
+        Returns the (session, artifact, size) records removed and the failures by artifact
+        ID. A blob that will not go keeps its ``deleting`` record, for the next cleanup.
+        """
+        keys = {artifact_key(s, a): a for s, a in artifacts}
+        try:
+            failed = self.blobs.delete_many(list(keys))
+        except EphemeraError as exc:
+            failed = dict.fromkeys(keys, exc.message)
+        gone = [artifact_id for key, artifact_id in keys.items() if key not in failed]
+        removed = self.catalog.drop_deleting_artifacts(gone)
+        return removed, {keys[key]: error for key, error in failed.items()}
+
     def _remove_outputs(self, dropped: Sequence[tuple[str, str]]) -> None:
-        """Remove the bytes of outputs marked ``deleting``, then their records."""
+        """Remove outputs a task's end marked ``deleting``. Never raises: the state change
+        that marked them is committed, and what is left is finished by recovery and cleanup."""
         if not dropped:
             return
-        self.blobs.delete_many([artifact_key(s, a) for s, a in dropped])
+        try:
+            removed, failed = self.remove_deleting(dropped)
+        except EphemeraError as exc:
+            log.warning("task outputs left deleting: %s", exc.message, extra={"action": "task"})
+            return
+        for artifact_id, error in failed.items():
+            log.warning("output %s left deleting: %s", artifact_id, error, extra={"action": "task"})
         now = self.clock.now()
-        for session_id, artifact_id, size in self.catalog.drop_deleting_artifacts(
-            [a for _, a in dropped]
-        ):
+        for session_id, artifact_id, size in removed:
             self.hooks.artifact_deleted(ArtifactDeleted(session_id, artifact_id, size, "task", now))
 
     # -- cleanup, audit, stats ------------------------------------------------------------

@@ -208,7 +208,13 @@ class MemoryTaskContext:
         else:
             content = b"".join(data)
         artifact = _memory_artifact(
-            f"out-{len(self.outputs)}", self.session_id, name, kind, content, datetime.now(UTC)
+            f"out-{len(self.outputs)}",
+            self.session_id,
+            name,
+            kind,
+            content,
+            datetime.now(UTC),
+            content_type,
         )
         self.outputs[name] = content
         self.output_artifacts[name] = artifact
@@ -224,14 +230,20 @@ class MemoryTaskContext:
 
 
 def _memory_artifact(
-    aid: str, session_id: str, name: str, kind: str, data: bytes, now: datetime
+    aid: str,
+    session_id: str,
+    name: str,
+    kind: str,
+    data: bytes,
+    now: datetime,
+    content_type: str | None = None,
 ) -> Artifact:
     return Artifact(
         id=aid,
         session_id=session_id,
         name=name,
         kind=kind,
-        content_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
+        content_type=content_type or mimetypes.guess_type(name)[0] or "application/octet-stream",
         size=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
         storage_class=StorageClass.PERSISTENT,

@@ -60,7 +60,8 @@ class OutputWriter:
         self._claim_id = claim_id
         self._queue: list[NewOutput] = []
         self._queued_bytes = 0
-        self._in_flight = 0
+        # A batch is being written (its count, not its bytes: a batch may hold empty outputs).
+        self._writing = False
         self._error: BaseException | None = None
         self._closed = False
         self._flushing = False
@@ -91,7 +92,7 @@ class OutputWriter:
             self._flushing = True
             self._cond.notify_all()
             try:
-                while self._error is None and (self._queue or self._in_flight):
+                while self._error is None and (self._queue or self._writing):
                     self._cond.wait()
             finally:
                 self._flushing = False
@@ -123,16 +124,19 @@ class OutputWriter:
                 if self._closed:
                     return
                 batch, self._queue = self._queue[:OUTPUT_BATCH], self._queue[OUTPUT_BATCH:]
-                self._in_flight = sum(len(o.data) for o in batch)
+                self._writing = True
             try:
                 self._store.put_task_outputs(self._task_id, self._claim_id, batch)
             except BaseException as exc:
                 with self._cond:
                     self._error = exc
+                    # Nothing queued can be stored any more: the claim or the store failed.
+                    batch += self._queue
+                    self._queue = []
             finally:
                 with self._cond:
-                    self._queued_bytes -= self._in_flight
-                    self._in_flight = 0
+                    self._queued_bytes -= sum(len(o.data) for o in batch)
+                    self._writing = False
                     self._cond.notify_all()
 
 
@@ -298,6 +302,8 @@ class Worker:
         self._processors = processors
         self.poll_interval_s = poll_interval_s
         self._stopping = threading.Event()
+        # Set once no task runs any more: the heartbeat thread renews claims until then.
+        self._idle = threading.Event()
         self._threads: list[threading.Thread] = []
         self._running: dict[str, StoreTaskContext] = {}
         self._running_lock = threading.Lock()
@@ -308,6 +314,7 @@ class Worker:
 
     def start(self) -> None:
         self._stopping.clear()
+        self._idle.clear()
         names = [f"ephemera-worker-{i}" for i in range(self.concurrency)]
         self._threads = [
             threading.Thread(target=self._loop, name=name, daemon=True) for name in names
@@ -340,6 +347,9 @@ class Worker:
             running = list(self._running.values())
         for ctx in running:
             ctx.stop()
+        for thread in self._loops():
+            thread.join(5)
+        self._idle.set()
         for thread in self._threads:
             thread.join(5)
         log.info("worker %s stopped", self.name, extra={"action": "stop"})
@@ -425,12 +435,11 @@ class Worker:
 
     def _heartbeats(self) -> None:
         interval = max(0.05, min(self.store.settings.task_claim_ttl_s / 3, 10.0))
-        while not self._stopping.is_set() or any(t.is_alive() for t in self._loops()):
+        while not self._idle.wait(interval):
             with self._running_lock:
                 running = list(self._running.values())
             for ctx in running:
                 ctx.heartbeat()
-            time.sleep(interval)
 
     def _loops(self) -> list[threading.Thread]:
         return [t for t in self._threads if t.name.startswith("ephemera-worker")]

@@ -25,7 +25,6 @@ import hashlib
 import io
 import re
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -81,8 +80,6 @@ def _translated(
             return
         if missing is not None and code in _MISSING:
             raise BlobNotFound(missing) from exc
-        if code == "InvalidRange":
-            raise InvalidInput(f"{action}: the range starts past the end") from exc
         raise StorageError(f"{action}: {code or exc}") from exc
     except BotoCoreError as exc:
         raise StorageError(f"{action}: {exc}") from exc
@@ -517,12 +514,14 @@ class S3BlobStore:
             )
 
     def check(self) -> None:
-        """Write and delete a probe object: proves the bucket reachable and writable.
-
-        Its name is no blob key, so a probe left by a crash is never listed as a blob.
-        """
-        probe = f"{self._root}.ephemera-check-{uuid.uuid4().hex}"
-        with _translated(f"S3 bucket {self.bucket} is not usable"):
-            client = self.client()
-            client.put_object(Bucket=self.bucket, Key=probe, Body=b"")
-            client.delete_object(Bucket=self.bucket, Key=probe)
+        """One HeadBucket: the bucket exists and these credentials reach it (readiness probes
+        call this often, so it writes nothing)."""
+        try:
+            self.client().head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            # HEAD answers carry no error body: a missing bucket is a bare 404.
+            code = _code(exc)
+            reason = "NoSuchBucket" if code in ("404", "NotFound", "NoSuchBucket") else code
+            raise StorageError(f"S3 bucket {self.bucket} is not usable: {reason or exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"S3 bucket {self.bucket} is not usable: {exc}") from exc

@@ -1436,16 +1436,16 @@ class Catalog:
                 ).first()
                 if row is None:
                     return None, dropped
-                task = _tasks(conn, [row])[0]
+                task_id = row.id
                 try:
-                    inputs = _inputs(conn, task.inputs, now)
+                    inputs = _inputs(conn, [TaskInput(s, a) for s, a in row.inputs], now)
                 except NotFound as exc:
                     # Only a forced close removes a leased input; the task cannot run.
-                    dropped += _end_task(conn, task.id, TaskState.FAILED, now, error=exc.message)
+                    dropped += _end_task(conn, task_id, TaskState.FAILED, now, error=exc.message)
                     continue
                 conn.execute(
                     update(tasks)
-                    .where(tasks.c.id == task.id)
+                    .where(tasks.c.id == task_id)
                     .values(
                         state=TaskState.RUNNING,
                         worker=worker,
@@ -1457,15 +1457,9 @@ class Catalog:
                         progress_total=None,
                     )
                 )
-                row = conn.execute(select(tasks).where(tasks.c.id == task.id)).one()
+                row = conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
                 return Claim(_tasks(conn, [row])[0], claim_id, until, tuple(inputs)), dropped
         return None, dropped
-
-    def requeue_lost_tasks(
-        self, now: datetime, retry_delay: Callable[[int], float]
-    ) -> list[tuple[str, str]]:
-        with self._write() as conn:
-            return _reap_lost(conn, now, retry_delay)
 
     def heartbeat_task(
         self,
@@ -1481,12 +1475,6 @@ class Catalog:
         with self._write() as conn:
             done = conn.execute(update(tasks).where(_held(task_id, claim_id)).values(**values))
             return done.rowcount == 1
-
-    def claimed_task(self, task_id: str, claim_id: str) -> Task | None:
-        """The task, if ``claim_id`` still holds it."""
-        with self._read() as conn:
-            row = conn.execute(select(tasks).where(_held(task_id, claim_id))).first()
-            return None if row is None else _tasks(conn, [row])[0]
 
     def finish_task(
         self,

@@ -378,13 +378,13 @@ def serve_artifact(store: Store, artifact: Artifact, request: Request) -> Respon
         )
     if wanted is None:
         start, end, status = 0, artifact.size - 1, 200
-        _, stream = store.open_artifact(artifact.session_id, artifact.id)
+        stream = store.open_blob(artifact)
     else:
         start, end = wanted
         status = 206
         headers["content-range"] = f"bytes {start}-{end}/{artifact.size}"
         stream = store.open_artifact_range(artifact, start, end)
-    remaining = end - start + 1 if artifact.size else 0
+    remaining = end - start + 1
 
     def chunks() -> Any:
         left = remaining
@@ -402,8 +402,8 @@ def serve_artifact(store: Store, artifact: Artifact, request: Request) -> Respon
 def _byte_range(request: Request, etag: str, size: int) -> tuple[int, int] | str | None:
     """The one range a request asks for, None for the whole body, or "unsatisfiable".
 
-    Several ranges, a malformed header or an If-Range that does not match get the whole body,
-    as RFC 9110 allows.
+    Several ranges, an invalid header or an If-Range that does not match get the whole body,
+    as RFC 9110 allows; a valid range outside the body is unsatisfiable.
     """
     header = request.headers.get("range", "")
     if not header.startswith("bytes=") or "," in header:
@@ -411,20 +411,20 @@ def _byte_range(request: Request, etag: str, size: int) -> tuple[int, int] | str
     if_range = request.headers.get("if-range")
     if if_range is not None and if_range.strip() != etag:
         return None
-    first, _, last = header.removeprefix("bytes=").strip().partition("-")
-    try:
-        if not first:  # a suffix: the last N bytes
-            length = int(last)
-            if length <= 0:
-                return "unsatisfiable"
-            return max(size - length, 0), size - 1
-        start = int(first)
-        end = int(last) if last else size - 1
-    except ValueError:
+    first, dash, last = header.removeprefix("bytes=").strip().partition("-")
+    if not dash or not (first or last) or not (first + last).isdigit():
         return None
-    if start < 0 or start >= size or end < start:
+    if not first:  # a suffix: the last N bytes
+        length = int(last)
+        if length == 0 or size == 0:
+            return "unsatisfiable"
+        return max(size - length, 0), size - 1
+    start = int(first)
+    if last and int(last) < start:
+        return None
+    if start >= size:
         return "unsatisfiable"
-    return start, min(end, size - 1)
+    return start, min(int(last), size - 1) if last else size - 1
 
 
 def _download_headers(artifact: Artifact, etag: str) -> dict[str, str]:

@@ -89,9 +89,7 @@ def worker_router(store: Store) -> APIRouter:
         task_id: str, artifact_id: str, request: Request, claim_id: ClaimHeader
     ) -> Response:
         """An input's bytes (reference data included), while the claim holds."""
-        artifact, stream = store.open_task_input(task_id, claim_id, artifact_id)
-        stream.close()
-        return serve_artifact(store, artifact, request)
+        return serve_artifact(store, store.task_input(task_id, claim_id, artifact_id), request)
 
     @router.post(
         "/tasks/{task_id}/outputs",
