@@ -1,0 +1,15 @@
+"""The ``ephemera`` command: a thin face over the library.
+
+Importing the command modules registers their commands on :data:`app`.
+"""
+
+from __future__ import annotations
+
+from ephemera.cli import keys, maintenance, serve, sessions
+from ephemera.cli.app import app
+
+__all__ = ["app", "keys", "main", "maintenance", "serve", "sessions"]
+
+
+def main() -> None:
+    app()
