@@ -65,6 +65,60 @@ class Settings(BaseSettings):
     activity_write_interval_s: float = Field(
         5, ge=0, description="Activity is written at most this often per session"
     )
+    # -- serving ------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Interface `ephemera serve` listens on")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port `ephemera serve` listens on")
+    processors: list[str] | None = Field(
+        None,
+        description="Processors tasks may use (JSON list); default: the built-ins. Processors "
+        "of entry points run only when named here",
+    )
+    # -- credentials --------------------------------------------------------------------------
+    anonymous_sessions: bool = Field(
+        False, description="Let requests without credentials create sessions (closed networks)"
+    )
+    anonymous_sessions_per_minute: int = Field(
+        10, ge=1, description="Anonymous session creations allowed per client address and minute"
+    )
+    auth_failures_per_minute: int = Field(
+        30, ge=1, description="Failed authentications allowed per client address and minute"
+    )
+    metrics_public: bool = Field(
+        False, description="Serve /metrics without an admin key (on a private scrape network)"
+    )
+    # -- integrity ----------------------------------------------------------------------------
+    scrub_period_s: int = Field(
+        7 * 86400,
+        ge=0,
+        description="The scheduled scrub re-hashes every artifact within this period (0: off)",
+    )
+    scrub_rate_mb_s: float = Field(
+        20, gt=0, description="Most MB/s the scheduled scrub reads (it resumes where it stopped)"
+    )
+    # -- the local volume ---------------------------------------------------------------------
+    file_mode: str = Field(
+        "0600", pattern=r"^0?[0-7]{3}$", description="Mode of data files (octal)"
+    )
+    dir_mode: str = Field("0700", pattern=r"^0?[0-7]{3}$", description="Mode of data folders")
+    low_space_bytes: int = Field(
+        256 * 1024**2,
+        ge=0,
+        description="Below this much free space: /readyz reports it, the scheduler cleans up",
+    )
+    reserve_bytes: int = Field(
+        16 * 1024**2,
+        ge=0,
+        description="Space held in reserve in the data dir, released so cleanup can run on a "
+        "full volume",
+    )
+    create_bucket: bool = Field(False, description="Create the S3 bucket at start-up if missing")
+    # -- uploads ------------------------------------------------------------------------------
+    upload_idle_timeout_s: float = Field(
+        60, gt=0, description="An upload whose body stalls this long answers 408"
+    )
+    max_concurrent_uploads: int = Field(
+        8, ge=1, description="Uploads one session may have in flight at once (429 above)"
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -80,6 +134,14 @@ class Settings(BaseSettings):
         if config_file:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=Path(config_file)))
         return tuple(sources)
+
+    @property
+    def file_mode_bits(self) -> int:
+        return int(self.file_mode, 8)
+
+    @property
+    def dir_mode_bits(self) -> int:
+        return int(self.dir_mode, 8)
 
     def resolved_database_url(self) -> str:
         url = self.database_url or f"sqlite:///{self.data_dir.resolve() / 'ephemera.db'}"

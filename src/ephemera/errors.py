@@ -59,5 +59,23 @@ class BlobNotFound(StorageError, FileNotFoundError):
     code = "blob_not_found"
 
 
+class InsufficientStorage(StorageError):
+    """The volume is full: nothing was stored; cleanup frees space."""
+
+    code = "insufficient_storage"
+
+
+class ArtifactCorrupt(StorageError):
+    """Verification found the stored bytes differ from (or lack) what was recorded."""
+
+    code = "artifact_corrupt"
+
+
+class RequestTimeout(EphemeraError):
+    """The client stopped sending a request body; nothing was stored."""
+
+    code = "request_timeout"
+
+
 class SchemaOutOfDate(EphemeraError):
     code = "schema_out_of_date"

@@ -91,6 +91,11 @@ artifacts = Table(
     Column("retain_until", UTCDateTime()),
     # What produced this artifact (a task, later); outputs with a producer age out as results.
     Column("producer", String(64)),
+    # Integrity at rest: when the bytes last hashed to sha256, and what is wrong when they do
+    # not ("corrupt": other bytes, "missing": none). A flagged artifact is never served.
+    Column("verified_at", UTCDateTime()),
+    Column("integrity", String(16)),
+    Column("integrity_error", String(500)),
     Index(None, "session_id", "state", "kind"),
     Index(None, "producer"),
     # Partial: only stale uploads are looked up by state. A full (state, ...) index is a trap:
@@ -105,6 +110,8 @@ artifacts = Table(
     Index(None, "ready_at", "id"),
     # Covers orphan reconciliation: a session's IDs and states without touching the table.
     Index(None, "session_id", "id", "state"),
+    # The scrub resumes with the least recently verified.
+    Index(None, "verified_at", "id"),
 )
 
 leases = Table(
@@ -161,8 +168,10 @@ admin_keys = Table(
     Column("key_hash", String(64), nullable=False, unique=True),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("last_used_at", UTCDateTime()),
-    # "admin": everything; "worker": only the worker API (claim, heartbeat, finish tasks).
+    # "admin": everything; "worker": only the worker API (claim, heartbeat, finish tasks);
+    # "client": creating sessions only.
     Column("role", String(16), nullable=False, server_default="admin"),
+    Column("expires_at", UTCDateTime()),
 )
 
 tasks = Table(

@@ -10,12 +10,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ephemera.errors import (
+    ArtifactCorrupt,
     ChecksumMismatch,
     Conflict,
     EphemeraError,
     Forbidden,
+    InsufficientStorage,
     InvalidInput,
     NotFound,
+    RequestTimeout,
     SchemaOutOfDate,
     StorageError,
     TooLarge,
@@ -49,8 +52,12 @@ STATUS: list[tuple[type[EphemeraError], int]] = [
     (NotFound, 404),
     (Conflict, 409),
     (TooLarge, 413),
+    (RequestTimeout, 408),
     (RateLimited, 429),
     (SchemaOutOfDate, 503),
+    # Bytes that fail verification are the server's fault, and no retry will mend them.
+    (ArtifactCorrupt, 500),
+    (InsufficientStorage, 507),
     (StorageError, 503),
 ]
 
