@@ -23,7 +23,9 @@ def parse_duration(text: str) -> int:
     """``90s``, ``15m``, ``12h``, ``30d`` or ``2w`` in seconds."""
     match = DURATION_RE.fullmatch(text.strip())
     if match is None:
-        raise typer.BadParameter("a number and a unit: s, m, h, d or w (e.g. 30d, 12h)")
+        raise typer.BadParameter(
+            "a number and a unit: s, m, h, d or w (e.g. 30d, 12h)", param_hint="--expires-in"
+        )
     return int(match[1]) * UNITS[match[2]]
 
 
