@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -123,9 +124,7 @@ HOSTILE_PATCHES: dict[str, Any] = {
     "metadata-not-an-object": {"metadata": [1, 2]},
     "metadata-null": {"metadata": None},
     "metadata-too-big": {"metadata": {"x": "y" * 70_000}},
-    "metadata-too-deep": {
-        "metadata": {"a": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}
-    },
+    "metadata-too-deep": {"metadata": {"a": json.loads("[" * 32 + "]" * 32)}},
     "unknown-field": {"token": "mine"},
     "state-is-not-settable": {"state": "closing"},
     "not-an-object": [1],
