@@ -73,6 +73,7 @@ def assert_clean_refusal(response: httpx.Response) -> None:
 def test_deep_metadata_on_create_is_refused_before_anything_is_written(
     client: TestClient, store: Store, admin: dict[str, str], depth: int
 ) -> None:
+    assert client.get(f"{API}/admin/sessions", headers=admin).status_code == 200  # key use
     before = database_dump(store)
     response = client.post(
         f"{API}/sessions", content=metadata_body(depth), headers={**admin, **JSON}
