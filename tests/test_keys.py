@@ -331,6 +331,17 @@ def test_successful_requests_do_not_count_as_failures(make_store: MakeStore) -> 
         assert client.get(f"{API}/admin/audit", headers=admin).status_code == 200
 
 
+def test_an_admin_key_asking_for_missing_sessions_is_no_failed_authentication(
+    make_store: MakeStore,
+) -> None:
+    store = make_store(auth_failures_per_minute=2)
+    admin = bearer(store.create_admin_key("ops"))
+    with TestClient(create_app(store)) as client:
+        for i in range(5):
+            assert client.get(f"{API}/sessions/gone-{i}", headers=admin).status_code == 404
+        assert client.get(f"{API}/admin/audit", headers=admin).status_code == 200
+
+
 @pytest.mark.slow
 def test_failed_authentication_bursts_get_429_over_a_real_server(tmp_path: Path) -> None:
     env = {"EPHEMERA_AUTH_FAILURES_PER_MINUTE": "4"}

@@ -41,12 +41,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in [
         (400, "Malformed request body or checksum mismatch"),
-        (401, "Missing credentials"),
+        (401, "Missing credentials, or a key that is unknown, revoked or expired"),
         (403, "These credentials do not allow this"),
         (404, "Not found, or not reachable with these credentials"),
         (409, "Conflict"),
         (413, "Too large"),
         (422, "Invalid input"),
+        (429, "Too many requests, or too many failed authentications from this address"),
         (503, "Storage unavailable"),
     ]
 }
@@ -140,7 +141,6 @@ def api_router(store: Store) -> APIRouter:
         "/sessions",
         status_code=201,
         response_model=SessionCreated,
-        responses={429: ERRORS[409] | {"description": "Too many anonymous creations"}},
         tags=["sessions"],
     )
     def create_session(
