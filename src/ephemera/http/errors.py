@@ -84,6 +84,9 @@ async def _on_ephemera_error(_request: Request, exc: Exception) -> JSONResponse:
     response = error_response(status, exc.code, exc.message)
     if isinstance(exc, RateLimited):
         response.headers["Retry-After"] = str(exc.retry_after_s)
+    elif isinstance(exc, RequestTimeout):
+        # The rest of the body may still come: the connection cannot carry another request.
+        response.headers["Connection"] = "close"
     return response
 
 

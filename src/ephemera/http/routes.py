@@ -30,6 +30,7 @@ from ephemera.http.schemas import (
     TaskOut,
     TaskPage,
 )
+from ephemera.http.slots import UploadSlots
 from ephemera.models import Artifact
 from ephemera.store import DEFAULT, Store
 
@@ -69,6 +70,11 @@ UPLOAD_BODY: dict[str, Any] = {
             "application/json": {"schema": {"$ref": "#/components/schemas/JsonUpload"}},
         },
     }
+}
+
+UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    408: {"model": ErrorBody, "description": "The body stalled; nothing was stored"},
+    429: {"model": ErrorBody, "description": "Too many uploads in flight in this session"},
 }
 
 CONTENT_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -111,6 +117,7 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 
 def api_router(store: Store) -> APIRouter:
     router = APIRouter(responses=ERRORS)
+    upload_slots = UploadSlots(store.settings.max_concurrent_uploads)
 
     def authed(session_id: str, token: str) -> str | None:
         return store.authenticate(session_id, token)
@@ -163,6 +170,7 @@ def api_router(store: Store) -> APIRouter:
         status_code=201,
         response_model=ArtifactOut,
         openapi_extra=UPLOAD_BODY,
+        responses=UPLOAD_RESPONSES,
         tags=["artifacts"],
     )
     async def upload_artifact(
@@ -189,14 +197,15 @@ def api_router(store: Store) -> APIRouter:
             producer=producer,
         )
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if media_type == "multipart/form-data":
-            artifact = await receive_multipart(store, session_id, request, params)
-        elif media_type == "application/json":
-            artifact = await receive_json(store, session_id, request, params)
-        elif media_type.startswith("multipart/"):
-            raise MalformedBody("use multipart/form-data for multipart uploads")
-        else:
-            artifact = await receive_raw(store, session_id, request, params)
+        with upload_slots.hold(session_id):
+            if media_type == "multipart/form-data":
+                artifact = await receive_multipart(store, session_id, request, params)
+            elif media_type == "application/json":
+                artifact = await receive_json(store, session_id, request, params)
+            elif media_type.startswith("multipart/"):
+                raise MalformedBody("use multipart/form-data for multipart uploads")
+            else:
+                artifact = await receive_raw(store, session_id, request, params)
         return ArtifactOut.model_validate(artifact)
 
     @router.get("/sessions/{session_id}/artifacts", response_model=ArtifactPage, tags=["artifacts"])
