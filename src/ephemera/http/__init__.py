@@ -2,7 +2,8 @@
 
 To add ephemera to an existing FastAPI app, mount the whole app
 (``app.mount("/files", create_app(store))``), or include ``api_router(store)`` and call
-``install_error_handlers(app)`` so errors keep the contract's JSON shape.
+``install_error_handlers(app)`` and ``install_openapi(app)`` so errors keep the contract's
+JSON shape and the document stays complete.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from ephemera.errors import EphemeraError
 from ephemera.http.admin import admin_router
 from ephemera.http.errors import error_response, install_error_handlers
+from ephemera.http.openapi import install_openapi, operation_id
 from ephemera.http.routes import api_router
 from ephemera.http.schemas import Health
 from ephemera.http.workers import worker_router
@@ -28,9 +30,11 @@ def create_app(store: Store) -> FastAPI:
         version="0.1.0",
         docs_url="/docs",
         openapi_url="/openapi.json",
+        generate_unique_id_function=operation_id,
     )
     app.state.store = store
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(api_router(store), prefix=API_PREFIX)
     app.include_router(admin_router(store), prefix=API_PREFIX)
     app.include_router(worker_router(store), prefix=API_PREFIX)
@@ -41,7 +45,7 @@ def create_app(store: Store) -> FastAPI:
         response_class=Response,
         responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
     )
-    def metrics() -> Response:
+    def get_metrics() -> Response:
         """Prometheus metrics: cleanup runs, deletions, bytes freed, errors, storage in use."""
         return Response(store.metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -72,5 +76,6 @@ __all__ = [
     "create_app",
     "error_response",
     "install_error_handlers",
+    "install_openapi",
     "worker_router",
 ]
