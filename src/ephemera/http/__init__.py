@@ -8,14 +8,17 @@ JSON shape and the document stays complete.
 
 from __future__ import annotations
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
+from typing import Annotated
 
-from ephemera.errors import EphemeraError
+from fastapi import Depends, FastAPI
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
+
+from ephemera.errors import EphemeraError, Forbidden, Unauthenticated
 from ephemera.http.admin import admin_router
 from ephemera.http.errors import error_response, install_error_handlers
 from ephemera.http.openapi import install_openapi, operation_id
-from ephemera.http.routes import api_router
+from ephemera.http.routes import ERRORS, api_router, bearer
 from ephemera.http.schemas import Health
 from ephemera.http.workers import worker_router
 from ephemera.store import Store
@@ -43,10 +46,23 @@ def create_app(store: Store) -> FastAPI:
         "/metrics",
         tags=["health"],
         response_class=Response,
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+            401: ERRORS[401],
+            403: ERRORS[403],
+        },
     )
-    def get_metrics() -> Response:
-        """Prometheus metrics: cleanup runs, deletions, bytes freed, errors, storage in use."""
+    def get_metrics(
+        auth: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> Response:
+        """Prometheus metrics: cleanup runs, deletions, bytes freed, errors, storage in use.
+
+        Takes an admin key unless ``metrics_public`` is set (a private scrape network)."""
+        if not store.settings.metrics_public:
+            if auth is None or not auth.credentials:
+                raise Unauthenticated("/metrics takes an admin key (or set metrics_public)")
+            if store.admin_key_name(auth.credentials) is None:
+                raise Forbidden("/metrics takes an admin key")
         return Response(store.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/healthz", response_model=Health, tags=["health"])
