@@ -3,7 +3,8 @@
 To add ephemera to an existing FastAPI app, mount the whole app
 (``app.mount("/files", create_app(store))``), or include ``api_router(store)`` and call
 ``install_error_handlers(app)`` and ``install_openapi(app)`` so errors keep the contract's
-JSON shape and the document stays complete.
+JSON shape and the document stays complete. Either way only routes are added: the host runs
+workers and scheduled cleanup with ``lifespan=ephemera.service.lifespan(store)``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ API_PREFIX = "/api/v1"
 
 
 def create_app(store: Store) -> FastAPI:
+    """The API over ``store``: routes only, nothing runs in the background.
+
+    Workers, scheduled cleanup and recovery at start-up are :mod:`ephemera.service`'s job
+    (``ephemera serve`` runs it; a host app runs it in its lifespan).
+    """
     app = FastAPI(
         title="ephemera",
         summary="Isolated, self-cleaning session workspaces for file-processing backends",
