@@ -15,6 +15,13 @@ from starlette.types import Receive, Scope, Send
 
 from ephemera.errors import Forbidden, StorageError, Unauthenticated
 from ephemera.http.errors import MalformedBody, RangeNotSatisfiable
+from ephemera.http.openapi import (
+    CONTENT_REQUEST,
+    CONTENT_RESPONSES,
+    UPLOAD_BODY,
+    UPLOAD_RESPONSES,
+    operation_id,
+)
 from ephemera.http.receive import UploadParams, receive_json, receive_multipart, receive_raw
 from ephemera.http.schemas import (
     ArtifactOut,
@@ -51,45 +58,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     ]
 }
 
-UPLOAD_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": "Raw bytes, a multipart form with a `file` part, or JSON with base64.",
-        "content": {
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "name": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "storage": {"type": "string", "enum": ["persistent", "temporary"]},
-                        "sha256": {"type": "string"},
-                    },
-                }
-            },
-            "application/json": {"schema": {"$ref": "#/components/schemas/JsonUpload"}},
-        },
-    }
-}
-
-UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
-    408: {"model": ErrorBody, "description": "The body stalled; nothing was stored"},
-    429: {"model": ErrorBody, "description": "Too many uploads in flight in this session"},
-}
-
-CONTENT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "The stored bytes",
-        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-    },
-    206: {"description": "The requested range of the stored bytes"},
-    304: {"description": "Not modified (If-None-Match matched the sha256 ETag)"},
-    416: {"model": ErrorBody, "description": "Range malformed or outside the bytes"},
-}
-
 bearer = HTTPBearer(auto_error=False, description="A session token or an admin key")
 
 
@@ -119,7 +87,7 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 
 
 def api_router(store: Store) -> APIRouter:
-    router = APIRouter(responses=ERRORS)
+    router = APIRouter(responses=ERRORS, generate_unique_id_function=operation_id)
     upload_slots = UploadSlots(store.settings.max_concurrent_uploads)
 
     def authed(session_id: str, token: str) -> str | None:
@@ -238,6 +206,7 @@ def api_router(store: Store) -> APIRouter:
         "/sessions/{session_id}/artifacts/{artifact_id}/content",
         response_class=Response,
         responses=CONTENT_RESPONSES,
+        openapi_extra=CONTENT_REQUEST,
         tags=["artifacts"],
     )
     def download_artifact(
