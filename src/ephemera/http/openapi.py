@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
-from ephemera.http.schemas import JsonUpload
+from ephemera.http.schemas import ErrorBody, JsonUpload
 
 SCHEMAS = "#/components/schemas/"
 BINARY = {"type": "string", "format": "binary"}
@@ -56,6 +56,11 @@ UPLOAD_BODY: dict[str, Any] = {
     }
 }
 
+UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
+    408: {"model": ErrorBody, "description": "The body stalled; nothing was stored"},
+    429: {"model": ErrorBody, "description": "Too many uploads in flight in this session"},
+}
+
 RAW_UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -82,7 +87,11 @@ def _request_header(name: str, description: str) -> dict[str, Any]:
 # The download reads these headers from the request itself; they are described here.
 CONTENT_REQUEST: dict[str, Any] = {
     "parameters": [
-        _request_header("Range", "One byte range, `bytes=first-last` or `bytes=-suffix`"),
+        _request_header(
+            "Range",
+            "One byte range, `bytes=first-last`, `bytes=first-` or `bytes=-suffix`; several "
+            "ranges or another unit get the whole body",
+        ),
         _request_header("If-Range", "The ETag the range is meant for; otherwise all bytes"),
         _request_header("If-None-Match", "ETags already held: 304 if one matches"),
     ]
@@ -99,8 +108,7 @@ CONTENT_RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": _BYTES,
         "headers": {
             "ETag": _ETAG,
-            # Absent when several ranges come as multipart/byteranges.
-            "Content-Range": _header("`bytes first-last/size`", required=False),
+            "Content-Range": _header("`bytes first-last/size`"),
         },
     },
     304: {
@@ -108,7 +116,8 @@ CONTENT_RESPONSES: dict[int | str, dict[str, Any]] = {
         "headers": {"ETag": _ETAG},
     },
     416: {
-        "description": "Range not satisfiable",
+        "model": ErrorBody,
+        "description": "Range malformed or outside the bytes: nothing is served",
         "headers": {"Content-Range": _header("`bytes */size`")},
     },
 }
