@@ -335,24 +335,28 @@ class Store:
 
         Returns the admin key's name when an admin key was used (for the audit log).
 
-        A wrong token, an unknown or malformed ID, and an expired session all raise the same
-        SessionUnreachable (a NotFound), so a caller cannot tell them apart. A key is judged
+        With a session token, a wrong token, an unknown or malformed ID, and an expired session
+        all raise the same SessionUnreachable (a NotFound), so a caller cannot tell them apart;
+        with an admin key a session that is not there is a plain NotFound. A key is judged
         as a key, before the session is looked at: an unknown, revoked or expired one is
         Unauthenticated, a worker or client key Forbidden.
         """
         key = self.resolve_key(credential)
         if key is not None and key.role != KeyRole.ADMIN:
             raise Forbidden(f"a {key.role} key does not open sessions")
+        # With an admin key a missing session is only that; with a token it is one of the
+        # indistinguishable failures of authentication.
+        missing = _session_not_found if key is not None else _session_unreachable
         if not ids.SESSION_ID_RE.fullmatch(session_id):
-            raise _session_unreachable(session_id)
+            raise missing(session_id)
         now = self.clock.now()
         row = self.catalog.session_with_liveness(session_id, now)
         if row is None:
-            raise _session_unreachable(session_id)
+            raise missing(session_id)
         if key is None and not ids.secret_matches(credential, row.token_hash):
-            raise _session_unreachable(session_id)
+            raise missing(session_id)
         if not row.live:
-            raise _session_unreachable(session_id)
+            raise missing(session_id)
         interval = timedelta(seconds=self.settings.activity_write_interval_s)
         if now - row.last_activity_at >= interval:
             expires_at = session_deadline(now, row.created_at, row.idle_timeout_s, row.max_age_s)
