@@ -163,6 +163,16 @@ def test_a_worker_key_cannot_create_or_open_sessions(client: TestClient, store: 
     assert snapshot(store) == before
 
 
+def test_metrics_take_an_admin_key_and_refuse_unknown_ones(
+    client: TestClient, store: Store
+) -> None:
+    kiosk = bearer(store.create_key("kiosk", KeyRole.CLIENT))
+    assert client.get("/metrics", headers=kiosk).status_code == 403
+    forged = client.get("/metrics", headers=bearer("epa_forged"))
+    assert forged.status_code == 401
+    assert forged.json()["error"]["code"] == "unauthenticated"
+
+
 # -- revoked, expired, unknown ------------------------------------------------------------------
 
 
