@@ -286,13 +286,14 @@ class Store:
     ) -> Store:
         """Open the configured backends; migrate an empty database; refuse an outdated one."""
         settings = settings or Settings()
-        catalog = Catalog(settings.resolved_database_url())
+        modes = {"file_mode": settings.file_mode_bits, "dir_mode": settings.dir_mode_bits}
+        catalog = Catalog(settings.resolved_database_url(), **modes)
         try:
             catalog.prepare(migrate_empty=migrate_empty)
         except BaseException:
             catalog.dispose()
             raise
-        return cls(catalog, open_blob_store(settings.resolved_blob_url()), settings, clock)
+        return cls(catalog, open_blob_store(settings.resolved_blob_url(), **modes), settings, clock)
 
     def close(self) -> None:
         if self.webhook is not None:

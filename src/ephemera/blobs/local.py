@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 from ephemera.blobs import BlobStat, StagedBlob, check_key
 from ephemera.errors import BlobNotFound, StorageError
+from ephemera.volume import create_file, make_dirs
 
 
 def _mtime(st: os.stat_result) -> datetime:
@@ -44,8 +45,9 @@ class LocalBlobWriter:
         self._done = False
         self._synced = False
         try:
+            fd = create_file(self._staging, store.file_mode)
             # Unbuffered: chunks arrive large already, and a buffer would only add a copy.
-            self._file: io.FileIO | None = open(self._staging, "xb", buffering=0)  # noqa: SIM115
+            self._file: io.FileIO | None = open(fd, "wb", buffering=0)  # noqa: SIM115
         except OSError as exc:
             raise StorageError(f"cannot stage blob: {exc.strerror}") from exc
 
@@ -91,7 +93,7 @@ class LocalBlobWriter:
         try:
             self._file.close()
             self._file = None
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(target.parent, self._store.dir_mode)
             os.rename(self._staging, target)
             self._done = True
             _fsync_dir(target.parent)
@@ -111,8 +113,10 @@ class LocalBlobWriter:
 
 
 class LocalBlobStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, file_mode: int = 0o600, dir_mode: int = 0o700) -> None:
         self.root = root
+        self.file_mode = file_mode
+        self.dir_mode = dir_mode
         self.blob_dir = root / "sessions"
         self.staging_dir = root / "staging"
         self._ready = False
@@ -121,8 +125,8 @@ class LocalBlobStore:
         # Done on first use, not in the constructor: opening a store does no I/O.
         if not self._ready:
             try:
-                self.blob_dir.mkdir(parents=True, exist_ok=True)
-                self.staging_dir.mkdir(parents=True, exist_ok=True)
+                make_dirs(self.blob_dir, self.dir_mode)
+                make_dirs(self.staging_dir, self.dir_mode)
             except OSError as exc:
                 raise StorageError(f"cannot create {self.root}: {exc.strerror}") from exc
             self._ready = True

@@ -35,10 +35,12 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from ephemera.scheduler import CleanupScheduler
+    from ephemera.volume import prepare_data_dir
     from ephemera.worker import Worker
 
     settings = settings_for(data_dir)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    for warning in prepare_data_dir(settings):
+        err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     store = open_store(data_dir)
     closed, deleted = store.recover()
     if closed or deleted:
