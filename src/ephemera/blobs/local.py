@@ -19,12 +19,20 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ephemera.blobs import BlobStat, StagedBlob, check_key
-from ephemera.errors import BlobNotFound, StorageError
-from ephemera.volume import create_file, make_dirs
+from ephemera.errors import BlobNotFound, InsufficientStorage, StorageError
+from ephemera.volume import create_file, is_no_space, make_dirs
 
 
 def _mtime(st: os.stat_result) -> datetime:
     return datetime.fromtimestamp(st.st_mtime, UTC)
+
+
+def _write_error(action: str, exc: OSError) -> StorageError:
+    if is_no_space(exc):
+        return InsufficientStorage(
+            f"cannot {action} blob: the volume is full ({exc.strerror}); nothing was stored"
+        )
+    return StorageError(f"cannot {action} blob: {exc.strerror}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -49,7 +57,7 @@ class LocalBlobWriter:
             # Unbuffered: chunks arrive large already, and a buffer would only add a copy.
             self._file: io.FileIO | None = open(fd, "wb", buffering=0)  # noqa: SIM115
         except OSError as exc:
-            raise StorageError(f"cannot stage blob: {exc.strerror}") from exc
+            raise _write_error("stage", exc) from exc
 
     @property
     def size(self) -> int:
@@ -66,7 +74,7 @@ class LocalBlobWriter:
                 view = view[written or 0 :]
         except OSError as exc:
             self.abort()
-            raise StorageError(f"cannot write blob: {exc.strerror}") from exc
+            raise _write_error("write", exc) from exc
         self._size += len(data)
         self._synced = False
 
@@ -80,7 +88,7 @@ class LocalBlobWriter:
             os.fsync(self._file.fileno())
         except OSError as exc:
             self.abort()
-            raise StorageError(f"cannot sync blob: {exc.strerror}") from exc
+            raise _write_error("sync", exc) from exc
         self._synced = True
 
     def commit(self) -> BlobStat:
@@ -100,7 +108,7 @@ class LocalBlobWriter:
             st = target.stat()
         except OSError as exc:
             self.abort()
-            raise StorageError(f"cannot commit blob: {exc.strerror}") from exc
+            raise _write_error("commit", exc) from exc
         return BlobStat(self._key, st.st_size, _mtime(st))
 
     def abort(self) -> None:

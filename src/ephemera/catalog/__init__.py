@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -59,7 +60,14 @@ from ephemera.catalog.schema import (
     sessions,
     tasks,
 )
-from ephemera.errors import Conflict, NotFound, SchemaOutOfDate, StorageError, TooLarge
+from ephemera.errors import (
+    Conflict,
+    InsufficientStorage,
+    NotFound,
+    SchemaOutOfDate,
+    StorageError,
+    TooLarge,
+)
 from ephemera.models import (
     AdminKey,
     Artifact,
@@ -96,6 +104,19 @@ def _configure_sqlite(engine: Engine) -> None:
     def on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("ephemera_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _database_error(exc: SQLAlchemyError) -> StorageError:
+    # SQLITE_FULL, and PostgreSQL's disk_full: the one database failure cleanup can mend.
+    orig = getattr(exc, "orig", None)
+    if (
+        getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        or getattr(orig, "sqlstate", None) == "53100"
+    ):
+        return InsufficientStorage(
+            "the database volume is full: nothing was written (cleanup frees space)"
+        )
+    return StorageError(f"database error: {exc.__class__.__name__}")
 
 
 def _create_sqlite_file(path: Path, file_mode: int, dir_mode: int) -> None:
@@ -357,7 +378,7 @@ class Catalog:
             with self.engine.connect() as conn, conn.begin():
                 yield conn
         except SQLAlchemyError as exc:
-            raise StorageError(f"database error: {exc.__class__.__name__}") from exc
+            raise _database_error(exc) from exc
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -371,7 +392,7 @@ class Catalog:
         except IntegrityError:
             raise
         except SQLAlchemyError as exc:
-            raise StorageError(f"database error: {exc.__class__.__name__}") from exc
+            raise _database_error(exc) from exc
 
     # -- schema ---------------------------------------------------------------------------
 
