@@ -87,6 +87,14 @@ def test_a_permissive_umask_does_not_loosen_the_modes(data_dir: Path, umask: Non
     assert set(folders.values()) == {0o700}
 
 
+def test_folders_keep_the_setgid_bit_of_a_shared_data_dir(data_dir: Path, umask: None) -> None:
+    data_dir.mkdir()
+    os.chmod(data_dir, 0o2750)  # noqa: S103 (group access: files take the dir's group)
+    files, folders = fill_a_store(Settings(data_dir=data_dir, file_mode="0640", dir_mode="0750"))
+    assert set(folders.values()) == {0o2750}
+    assert set(files.values()) == {0o640}
+
+
 def test_the_mode_check_names_each_path_looser_than_configured(data_dir: Path) -> None:
     settings = Settings(data_dir=data_dir)
     fill_a_store(settings)

@@ -58,7 +58,8 @@ def make_dirs(path: Path, mode: int) -> None:
             os.mkdir(folder, mode)
         except FileExistsError:
             continue
-        os.chmod(folder, mode)
+        # Keep the setgid bit a shared parent passed on, so files keep inheriting its group.
+        os.chmod(folder, mode | (os.stat(folder).st_mode & stat.S_ISGID))
 
 
 def create_file(path: Path, mode: int, flags: int = os.O_WRONLY) -> int:
