@@ -309,6 +309,23 @@ def test_a_full_volume_answers_507_reports_not_ready_cleans_up_and_recovers(
         server.stop()
 
 
+def test_a_store_opens_and_cleans_up_on_a_volume_full_to_the_last_byte(
+    small_volume: Path, clock: ManualClock
+) -> None:
+    settings = Settings(data_dir=small_volume, reserve_bytes=1 * MiB, low_space_bytes=3 * MiB)
+    assert prepare_data_dir(settings) == []
+    with Store.open(settings, clock=clock) as store:
+        store.create_session(session_id="s", idle_timeout_s=None)
+        for n in range(8):
+            store.put_artifact("s", bytes(MiB), name=f"{n}.bin", expires_in_s=60)
+    fill_up(small_volume / "filler")  # with the database closed: its -shm is gone
+    clock.advance(120)
+    with Store.open(settings, clock=clock) as store:
+        report = store.cleanup("all")
+        assert (report.deleted_count, report.errors) == (8, [])
+    assert free_bytes(small_volume) >= 8 * MiB
+
+
 # -- emergency cleanup ----------------------------------------------------------------------
 
 

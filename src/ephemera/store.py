@@ -289,6 +289,8 @@ class Store:
     ) -> Store:
         """Open the configured backends; migrate an empty database; refuse an outdated one."""
         settings = settings or Settings()
+        # SQLite cannot even open a database (it sizes its -shm file) on a full volume.
+        Volume(settings).release_reserve_if_full()
         modes = {"file_mode": settings.file_mode_bits, "dir_mode": settings.dir_mode_bits}
         catalog = Catalog(settings.resolved_database_url(), **modes)
         try:

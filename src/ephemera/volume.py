@@ -8,8 +8,9 @@ Free space is watched on the folders that hold the SQLite database and the local
 (nothing is watched when both live elsewhere: PostgreSQL and S3). Below ``reserve_bytes`` free,
 uploads are refused, so the last bytes of the volume stay for the database, which must write
 (to its WAL) even to delete. The reserve is a file of ``reserve_bytes`` in the data dir, held
-by ``ephemera serve``: a cleanup that starts with free space low releases it, so it can run on
-a volume that uploads filled to the last byte; the scheduler takes it again once space is back.
+by ``ephemera serve``: a cleanup that starts with free space low releases it, and so does
+opening a store on a full volume, so both work on a volume filled to the last byte; the
+scheduler takes it again once space is back.
 """
 
 from __future__ import annotations
@@ -196,6 +197,11 @@ class Volume:
 
     def release_reserve_if_low(self) -> int:
         return self.release_reserve() if self.low_space() is not None else 0
+
+    def release_reserve_if_full(self) -> int:
+        free = self.free_bytes()
+        full = free is not None and free < self.settings.reserve_bytes
+        return self.release_reserve() if full else 0
 
     def restore_reserve(self) -> bool:
         """Take the reserve if it is missing and the volume can spare it; True if it is held.
