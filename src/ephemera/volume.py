@@ -129,12 +129,12 @@ class Volume:
         self.settings = settings
         self.reserve_path = settings.data_dir / RESERVE_FILE
         database = sqlite_path(settings)
-        folders = (None if database is None else database.parent, blob_root(settings))
-        self.watched = [p for p in folders if p is not None]
-        if self.watched:
+        folders = [None if database is None else database.parent, blob_root(settings)]
+        if any(folders):
             # The reserve only helps the volume it is on; the data dir holds the database by
             # default.
-            self.watched.append(settings.data_dir)
+            folders.append(Path(os.path.abspath(settings.data_dir)))
+        self.watched = list(dict.fromkeys(p for p in folders if p is not None))
 
     def _free_on(self) -> tuple[int, Path] | None:
         lowest: tuple[int, Path] | None = None
