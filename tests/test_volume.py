@@ -403,6 +403,20 @@ def test_the_reserve_is_released_for_cleanup_and_taken_again_once_space_is_back(
         assert reserve.stat().st_size == 2 * MiB
 
 
+def test_metrics_show_free_space_and_the_threshold(small_volume: Path) -> None:
+    settings = Settings(data_dir=small_volume, reserve_bytes=0, low_space_bytes=3 * MiB)
+    with Store.open(settings) as store:
+        (small_volume / "filler").write_bytes(bytes(10 * MiB))
+        samples = dict(
+            line.split(" ", 1)
+            for line in store.metrics.render().decode().splitlines()
+            if line.startswith("ephemera_volume_")
+        )
+        free = free_bytes(small_volume)
+    assert float(samples["ephemera_volume_free_bytes"]) == free
+    assert float(samples["ephemera_volume_low_space_bytes"]) == 3 * MiB
+
+
 def test_no_volume_is_watched_when_no_backend_is_local(tmp_path: Path) -> None:
     settings = Settings(
         data_dir=tmp_path / "data",
