@@ -417,6 +417,19 @@ def test_metrics_show_free_space_and_the_threshold(small_volume: Path) -> None:
     assert float(samples["ephemera_volume_low_space_bytes"]) == 3 * MiB
 
 
+def test_the_reserve_follows_its_setting_at_start_up(data_dir: Path) -> None:
+    reserve = data_dir / RESERVE_FILE
+    data_dir.mkdir(mode=0o700)
+    (data_dir / f"{RESERVE_FILE}.partial").write_bytes(b"left by a crash")
+    assert prepare_data_dir(Settings(data_dir=data_dir, reserve_bytes=2 * MiB)) == []
+    assert reserve.stat().st_size == 2 * MiB
+    assert sorted(p.name for p in data_dir.iterdir()) == [RESERVE_FILE]
+    prepare_data_dir(Settings(data_dir=data_dir, reserve_bytes=MiB))
+    assert reserve.stat().st_size == MiB
+    prepare_data_dir(Settings(data_dir=data_dir, reserve_bytes=0))
+    assert not reserve.exists()
+
+
 def test_no_volume_is_watched_when_no_backend_is_local(tmp_path: Path) -> None:
     settings = Settings(
         data_dir=tmp_path / "data",

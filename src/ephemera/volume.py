@@ -19,7 +19,6 @@ import errno
 import logging
 import os
 import stat
-import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -116,7 +115,8 @@ def prepare_data_dir(settings: Settings) -> list[str]:
     make_dirs(settings.data_dir, settings.dir_mode_bits)
     warnings = check_modes(settings)
     volume = Volume(settings)
-    if settings.reserve_bytes and volume.watched and not volume.restore_reserve():
+    held = volume.restore_reserve()
+    if settings.reserve_bytes and volume.watched and not held:
         warnings.append(
             f"no reserve of {human_size(settings.reserve_bytes)} taken in {settings.data_dir}: "
             f"{volume.describe_free()}, below low_space_bytes plus reserve_bytes"
@@ -210,16 +210,26 @@ class Volume:
         reserve itself never makes the volume low.
         """
         size = self.settings.reserve_bytes
-        if not size or not self.watched:
+        if not self.watched:
             return False
-        if self.reserve_path.exists():
+        try:
+            held: int | None = self.reserve_path.stat().st_size
+        except FileNotFoundError:
+            held = None
+        if held == size and size:
             return True
+        if held is not None:
+            self.release_reserve()  # resized, or turned off
+        if not size:
+            return False
         free = self.free_bytes()
         if free is None or free - size < self.settings.low_space_bytes:
             return False
-        # Written aside and renamed: a reserve is whole or absent, never a partial file.
-        partial = self.reserve_path.with_name(f".{RESERVE_FILE}-{uuid.uuid4().hex}")
+        # Written aside and renamed: a reserve is whole or absent, never a partial file; one
+        # name, so what a crash left behind is simply replaced.
+        partial = self.reserve_path.with_name(f"{RESERVE_FILE}.partial")
         try:
+            partial.unlink(missing_ok=True)
             fd = create_file(partial, self.settings.file_mode_bits)
             try:
                 _allocate(fd, size)
