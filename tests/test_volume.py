@@ -12,10 +12,12 @@ from pathlib import Path
 
 import httpx2 as httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from ephemera import Settings, Store
 from ephemera.blobs.local import LocalBlobStore
 from ephemera.errors import InsufficientStorage, InvalidInput
+from ephemera.http import create_app
 from ephemera.scheduler import CleanupScheduler
 from ephemera.testing import ManualClock
 from ephemera.volume import RESERVE_FILE, Volume, check_modes, prepare_data_dir
@@ -428,6 +430,13 @@ def test_the_reserve_follows_its_setting_at_start_up(data_dir: Path) -> None:
     assert reserve.stat().st_size == MiB
     prepare_data_dir(Settings(data_dir=data_dir, reserve_bytes=0))
     assert not reserve.exists()
+
+
+def test_the_api_document_lists_507_for_uploads(store: Store) -> None:
+    with TestClient(create_app(store)) as client:
+        document = client.get("/openapi.json").json()
+    responses = document["paths"]["/api/v1/sessions/{session_id}/artifacts"]["post"]["responses"]
+    assert responses["507"]["description"] == "The volume is full; nothing was stored"
 
 
 def test_no_volume_is_watched_when_no_backend_is_local(tmp_path: Path) -> None:
