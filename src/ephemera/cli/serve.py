@@ -33,10 +33,12 @@ def serve(
 
     from ephemera.http import create_app
     from ephemera.service import Service
+    from ephemera.volume import prepare_data_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = settings_for(data_dir)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    for warning in prepare_data_dir(settings):
+        err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     store = open_store(data_dir)
     if not store.has_admin_key():
         key = store.create_admin_key("default")

@@ -79,7 +79,9 @@ def create_app(store: Store) -> FastAPI:
         "/readyz",
         response_model=Health,
         tags=["health"],
-        responses={503: {"model": Health, "description": "A backend does not answer"}},
+        responses={
+            503: {"model": Health, "description": "A backend does not answer, or space is low"}
+        },
     )
     def readyz() -> Health | JSONResponse:
         try:
