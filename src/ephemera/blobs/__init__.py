@@ -131,6 +131,15 @@ class RangedReads(Protocol):
     def open_range(self, key: str, start: int, end: int) -> BinaryIO: ...
 
 
+@runtime_checkable
+class CreatesContainer(Protocol):
+    """Capability: the store lives in a container (a bucket) that can be created."""
+
+    def create_container(self) -> None:
+        """Create it if missing; one that exists already is success."""
+        ...
+
+
 def open_blob_store(url: str) -> BlobStore:
     parts = urlsplit(url)
     if parts.scheme == "file":
