@@ -63,8 +63,8 @@ def _cleanup_progress(operation: str, enabled: bool) -> Iterator[Any]:
             if op not in current:
                 for task in current.values():
                     progress.remove_task(task)
-                if overall is not None and current:
-                    progress.advance(overall)
+                if overall is not None and op in ALL_ORDER:
+                    progress.update(overall, completed=ALL_ORDER.index(op))
                 current.clear()
                 current[op] = progress.add_task(f"{op}: examined", total=None)
             progress.advance(current[op], examined)

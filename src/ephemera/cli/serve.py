@@ -24,12 +24,12 @@ from ephemera.cli.common import (
     write_secret,
 )
 from ephemera.config import Settings
-from ephemera.deployment import check_writable, write_record
+from ephemera.deployment import check_record, check_writable, write_record
 from ephemera.errors import EphemeraError, StorageError
 from ephemera.store import Store
 
 CANNOT_START = "cannot start: "
-DATABASE_HINT = "is the database server running? Check --database-url or EPHEMERA_DATABASE_URL"
+DATABASE_HINT = "check --database-url or EPHEMERA_DATABASE_URL"
 
 
 def start_store(settings: Settings) -> Store:
@@ -38,6 +38,9 @@ def start_store(settings: Settings) -> Store:
     tick helps nobody."""
     backends = announce(settings)
     try:
+        # Starting on other backends than recorded would serve an empty store: only
+        # `migrate` moves a deployment.
+        check_record(settings.data_dir, backends)
         check_writable(settings.data_dir)
     except EphemeraError as exc:
         raise fail(exc, EXIT_USAGE, context=CANNOT_START) from None
