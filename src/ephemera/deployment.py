@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ephemera.blobs import open_blob_store
+from ephemera.catalog import Catalog
 from ephemera.config import Settings
 from ephemera.errors import BackendMismatch, StorageError
 from ephemera.urls import redact_url
@@ -120,6 +122,12 @@ def check_record(data_dir: Path, backends: Backends) -> None:
         f"{data_dir.resolve()} belongs to a deployment whose {fixes}. To move it on "
         "purpose, run `ephemera migrate` with the new URLs"
     )
+
+
+def check_urls(backends: Backends) -> None:
+    """Refuse a malformed or unsupported URL, before anything is created (no I/O)."""
+    open_blob_store(backends.blobs)
+    Catalog(backends.metadata, create=False).dispose()
 
 
 def check_writable(data_dir: Path) -> None:

@@ -24,7 +24,7 @@ from ephemera.cli.common import (
     write_secret,
 )
 from ephemera.config import Settings
-from ephemera.deployment import check_record, check_writable, write_record
+from ephemera.deployment import check_record, check_urls, check_writable, write_record
 from ephemera.errors import EphemeraError, StorageError
 from ephemera.store import Store
 
@@ -40,6 +40,7 @@ def start_store(settings: Settings) -> Store:
     try:
         # Starting on other backends than recorded would serve an empty store: only
         # `migrate` moves a deployment.
+        check_urls(backends)
         check_record(settings.data_dir, backends)
         check_writable(settings.data_dir)
     except EphemeraError as exc:
@@ -147,13 +148,12 @@ def migrate(
 ) -> None:
     """Create the store or bring its schema up to date, and record its backends in the data
     dir (run it with new URLs to move a deployment on purpose)."""
-    from ephemera.blobs import open_blob_store
     from ephemera.catalog import Catalog
 
     settings = settings_for(data_dir, database_url=database_url, blob_url=blob_url)
     backends = announce(settings)
     try:
-        open_blob_store(backends.blobs)  # a bad URL is refused before anything is created
+        check_urls(backends)
         check_writable(settings.data_dir)
         catalog = Catalog(backends.metadata)
     except EphemeraError as exc:
