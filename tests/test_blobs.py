@@ -301,7 +301,7 @@ class TestS3BlobStore(BlobStoreContract):
     ) -> None:
         url = s3_server.bucket_url().replace("s3://test-", "s3://missing-")
         blobs = open_blob_store(url)
-        with pytest.raises(StorageError, match="does not exist: .*EPHEMERA_CREATE_BUCKET=true"):
+        with pytest.raises(StorageError, match=r"does not exist: .*EPHEMERA_CREATE_BUCKET=true"):
             blobs.check()
         with pytest.raises(StorageError) as caught:
             blobs.open("sessions/s/a")
