@@ -21,7 +21,7 @@ from ephemera.blobs import open_blob_store
 from ephemera.catalog import Catalog
 from ephemera.config import Settings
 from ephemera.errors import BackendMismatch, StorageError
-from ephemera.urls import redact_url
+from ephemera.urls import redact_url, without_secrets
 
 RECORD_FILE = "deployment.json"
 
@@ -104,7 +104,7 @@ def check_record(data_dir: Path, backends: Backends) -> None:
     wrong = [
         (part, flag, record.get(part))
         for part, flag in (("metadata", "--database-url"), ("blobs", "--blob-url"))
-        if record.get(part) != current[part]
+        if _identity(record.get(part)) != _identity(current[part])
     ]
     if not wrong:
         return
@@ -141,6 +141,11 @@ def check_writable(data_dir: Path) -> None:
             f"data dir {data_dir} is not writable ({exc.strerror}): fix its permissions, "
             "or choose another with --data-dir or EPHEMERA_DATA_DIR"
         ) from exc
+
+
+def _identity(url: str | None) -> str | None:
+    # Credentials do not name a backend: a password given another way is the same database.
+    return without_secrets(url) if url is not None else None
 
 
 def _shown(url: str | None) -> str:
