@@ -78,7 +78,7 @@ def _key_commands(group: typer.Typer, role: str) -> None:
             except EphemeraError as exc:
                 raise fail(exc) from None
             store.audit(ACTOR, f"{role}-key.revoke", name)
-        err.print(f"revoked {name}")
+        err.print(f"revoked {name}", markup=False)
 
 
 _key_commands(keys_app, "admin")

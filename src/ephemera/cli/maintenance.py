@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -39,7 +40,7 @@ from ephemera.errors import EphemeraError
 
 
 @contextmanager
-def _cleanup_progress(operation: str, enabled: bool) -> Iterator[Any]:
+def _cleanup_progress(operation: str, enabled: bool) -> Iterator[Callable[[str, int], None]]:
     """A bar over the operations of ``all`` (their number is known: total and ETA), and a
     spinner with the count examined by the running one (no operation knows its total
     without a second pass over the store, which would double the cost of cleanup)."""
@@ -146,7 +147,7 @@ def cleanup(
             items.add_row(item.rule, item.kind, render.size(item.size), item.id)
         out.print(items)
     for error in report.errors[:20]:
-        err.print(f"[yellow]{error['target']}[/yellow]: {error['error']}", markup=True)
+        err.print(f"[yellow]{escape(error['target'])}[/yellow]: {escape(error['error'])}")
     if report.errors:
         raise typer.Exit(1)
 
