@@ -44,6 +44,7 @@ from ephemera import ids
 from ephemera.blobs import (
     BlobStore,
     BlobWriter,
+    CreatesContainer,
     LocalPaths,
     RangedReads,
     artifact_key,
@@ -286,19 +287,25 @@ class Store:
         *,
         clock: Clock | None = None,
         migrate_empty: bool = True,
+        create: bool = True,
     ) -> Store:
-        """Open the configured backends; migrate an empty database; refuse an outdated one."""
+        """Open the configured backends; migrate an empty database; refuse an outdated one.
+
+        With ``create=False`` nothing is created: a missing store raises StoreMissing.
+        """
         settings = settings or Settings()
-        # SQLite cannot even open a database (it sizes its -shm file) on a full volume.
-        Volume(settings).release_reserve_if_full()
         modes = {"file_mode": settings.file_mode_bits, "dir_mode": settings.dir_mode_bits}
-        catalog = Catalog(settings.resolved_database_url(), **modes)
+        # Both URLs are checked before anything is created.
+        blobs = open_blob_store(settings.resolved_blob_url(), **modes)
+        catalog = Catalog(settings.resolved_database_url(), create=create, **modes)
         try:
+            # SQLite cannot even open a database (it sizes its -shm file) on a full volume.
+            Volume(settings).release_reserve_if_full()
             catalog.prepare(migrate_empty=migrate_empty)
         except BaseException:
             catalog.dispose()
             raise
-        return cls(catalog, open_blob_store(settings.resolved_blob_url(), **modes), settings, clock)
+        return cls(catalog, blobs, settings, clock)
 
     def close(self) -> None:
         if self.webhook is not None:
@@ -319,6 +326,12 @@ class Store:
         shortage = self.volume.low_space()
         if shortage is not None:
             raise InsufficientStorage(shortage)
+
+    def prepare_blobs(self) -> None:
+        """Start-up check of the blob store; with ``create_bucket``, create a missing bucket."""
+        if self.settings.create_bucket and isinstance(self.blobs, CreatesContainer):
+            self.blobs.create_container()
+        self.blobs.check()
 
     # -- credentials ----------------------------------------------------------------------
 
@@ -465,6 +478,17 @@ class Store:
         if len(rows) > limit:
             return Page(rows[:limit], rows[limit - 1][0].id)
         return Page(rows, None)
+
+    def inspect_session(self, session_id: str) -> tuple[Session, int, list[Artifact]]:
+        """An operator's view of a session, live or past its deadline: the session, its number
+        of valid leases, and its first artifacts. NotFound once it is gone."""
+        session = self.catalog.get_session(session_id)
+        if session is None:
+            raise _session_not_found(session_id)
+        now = self.clock.now()
+        leases = sum(lease.is_valid(now) for lease in self.catalog.list_leases(session_id))
+        artifacts = self.catalog.list_artifacts(session_id, None, None, MAX_PAGE)
+        return session, leases, artifacts
 
     def close_session(self, session_id: str, *, force: bool = False) -> CloseReport:
         """Close now: mark closing, sweep the bytes, drop the records.

@@ -131,6 +131,15 @@ class RangedReads(Protocol):
     def open_range(self, key: str, start: int, end: int) -> BinaryIO: ...
 
 
+@runtime_checkable
+class CreatesContainer(Protocol):
+    """Capability: the store lives in a container (a bucket) that can be created."""
+
+    def create_container(self) -> None:
+        """Create it if missing; one that exists already is success."""
+        ...
+
+
 def open_blob_store(url: str, *, file_mode: int = 0o600, dir_mode: int = 0o700) -> BlobStore:
     """The modes apply to backends that create files (``file://``)."""
     parts = urlsplit(url)

@@ -46,7 +46,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from ephemera import ids
@@ -63,9 +63,11 @@ from ephemera.catalog.schema import (
 from ephemera.errors import (
     Conflict,
     InsufficientStorage,
+    InvalidInput,
     NotFound,
     SchemaOutOfDate,
     StorageError,
+    StoreMissing,
     TooLarge,
 )
 from ephemera.models import (
@@ -83,9 +85,11 @@ from ephemera.models import (
     TaskOutput,
     TaskState,
 )
+from ephemera.urls import redact_url
 from ephemera.volume import create_file, make_dirs
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+CONNECT_TIMEOUT_S = 5
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -351,13 +355,32 @@ def _usage_all(conn: Connection, session_id: str) -> tuple[int, int]:
 
 
 class Catalog:
-    def __init__(self, url: str, *, file_mode: int = 0o600, dir_mode: int = 0o700) -> None:
+    def __init__(
+        self, url: str, *, create: bool = True, file_mode: int = 0o600, dir_mode: int = 0o700
+    ) -> None:
+        """``create=False``: never create the database (``prepare`` raises StoreMissing)."""
         self.url = url
-        parsed = make_url(url)
-        self.dialect = parsed.get_backend_name()
+        try:
+            parsed = make_url(url)
+            self.dialect = parsed.get_backend_name()
+        except (ArgumentError, ValueError) as exc:
+            raise InvalidInput(f"invalid database URL {redact_url(url)!r}: {exc}") from None
+        self._create = create
+        self._sqlite_file: Path | None = None
         if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            _create_sqlite_file(Path(parsed.database), file_mode, dir_mode)
-        self.engine = create_engine(url, pool_pre_ping=self.dialect != "sqlite")
+            self._sqlite_file = Path(parsed.database)
+            if create:
+                _create_sqlite_file(self._sqlite_file, file_mode, dir_mode)
+        # An unreachable server fails in seconds instead of at the OS's TCP timeout.
+        connect_args: dict[str, Any] = {}
+        if self.dialect == "postgresql" and "connect_timeout" not in parsed.query:
+            connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+        try:
+            self.engine = create_engine(
+                url, pool_pre_ping=self.dialect != "sqlite", connect_args=connect_args
+            )
+        except (ArgumentError, ImportError) as exc:
+            raise InvalidInput(f"unsupported database URL {redact_url(url)!r}: {exc}") from None
         # SQLite has one writer at a time. Writers of this process queue here, woken in turn,
         # instead of in SQLite's busy handler, which polls with growing sleeps.
         self._writer_turn: threading.Lock | None = None
@@ -410,7 +433,10 @@ class Catalog:
             with self.engine.connect() as conn:
                 current = MigrationContext.configure(conn).get_current_revision()
         except OperationalError as exc:
-            raise StorageError(f"cannot reach the database: {exc.orig}") from exc
+            # Drivers explain over several lines; callers print one.
+            reason = " ".join(str(exc.orig).split())
+            shown = redact_url(self.url)
+            raise StorageError(f"cannot reach the database {shown}: {reason}") from exc
         return current, head
 
     def migrate(self) -> None:
@@ -420,11 +446,20 @@ class Catalog:
 
     def prepare(self, *, migrate_empty: bool = True) -> None:
         """Migrate an empty database; refuse one that is behind (that takes ``migrate``)."""
+        missing = (
+            f"no ephemera store in {redact_url(self.url)}: "
+            "create one with `ephemera migrate` or `ephemera serve`"
+        )
+        # Connecting would create the file: look first.
+        if not self._create and self._sqlite_file and not self._sqlite_file.exists():
+            raise StoreMissing(missing)
         current, head = self.revisions()
         if current == head:
             return
         with self.engine.connect() as conn:
             has_tables = bool(inspect(conn).get_table_names())
+        if current is None and not has_tables and not self._create:
+            raise StoreMissing(missing)
         if current is None and not has_tables and migrate_empty:
             self.migrate()
             return
