@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
+from rich.markup import escape
 
 from ephemera.config import Settings
 from ephemera.errors import EphemeraError
@@ -29,7 +32,23 @@ ACTOR = f"cli:{getpass.getuser()}"
 
 
 def settings_for(data_dir: Path | None) -> Settings:
-    return Settings(data_dir=data_dir) if data_dir is not None else Settings()
+    try:
+        return Settings(data_dir=data_dir) if data_dir is not None else Settings()
+    except (ValidationError, SettingsError) as exc:
+        # A mistyped EPHEMERA_* variable is the operator's to fix: say which, not a traceback.
+        problems = (
+            [f"{_setting_name(e['loc'])}: {e['msg']}" for e in exc.errors()]
+            if isinstance(exc, ValidationError)
+            else [str(exc)]
+        )
+        text = escape("; ".join(problems))
+        err.print(f"[red]error:[/red] invalid settings: {text}", soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _setting_name(loc: tuple[int | str, ...]) -> str:
+    name = f"EPHEMERA_{str(loc[0]).upper()}" if loc else "settings"
+    return name + "".join(f"[{part}]" for part in loc[1:])
 
 
 def open_store(data_dir: Path | None) -> Store:

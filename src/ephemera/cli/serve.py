@@ -19,6 +19,7 @@ from ephemera.cli.common import (
     settings_for,
     write_secret,
 )
+from ephemera.cli.processors import check_processors
 from ephemera.errors import EphemeraError
 
 
@@ -38,6 +39,7 @@ def serve(
     from ephemera.worker import Worker
 
     settings = settings_for(data_dir)
+    check_processors(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = open_store(data_dir)
     closed, deleted = store.recover()
@@ -90,6 +92,7 @@ def worker(
     from ephemera.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    check_processors(settings_for(data_dir))
     store = open_store(data_dir)
     runner = Worker(store, concurrency=concurrency, name=name, poll_interval_s=poll_interval)
     stop = threading.Event()

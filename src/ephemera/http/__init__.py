@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from ephemera.errors import EphemeraError
 from ephemera.http.admin import admin_router
 from ephemera.http.errors import error_response, install_error_handlers
+from ephemera.http.processors import processors_router
 from ephemera.http.routes import api_router
 from ephemera.http.schemas import Health
 from ephemera.http.workers import worker_router
@@ -34,6 +35,7 @@ def create_app(store: Store) -> FastAPI:
     app.include_router(api_router(store), prefix=API_PREFIX)
     app.include_router(admin_router(store), prefix=API_PREFIX)
     app.include_router(worker_router(store), prefix=API_PREFIX)
+    app.include_router(processors_router(store), prefix=API_PREFIX)
 
     @app.get(
         "/metrics",
@@ -72,5 +74,6 @@ __all__ = [
     "create_app",
     "error_response",
     "install_error_handlers",
+    "processors_router",
     "worker_router",
 ]
