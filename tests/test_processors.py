@@ -25,7 +25,14 @@ from ephemera.processors import ENTRY_POINT_GROUP, ProcessorUnavailable, Registr
 from ephemera.processors.camera_calibration import CameraCalibrationParams
 from ephemera.processors.roi_compare import RoiCompareParams
 from ephemera.worker import Worker
-from tests.conftest import BUILTIN_PROCESSORS, WITH_SAMPLES, WITH_SAMPLES_ENV, bearer, snapshot
+from tests.conftest import (
+    BUILTIN_PROCESSORS,
+    WITH_SAMPLES,
+    WITH_SAMPLES_ENV,
+    bearer,
+    free_port,
+    snapshot,
+)
 
 API = "/api/v1"
 README = Path(__file__).parent.parent / "README.md"
@@ -319,8 +326,11 @@ def test_a_malformed_task_request_lists_every_problem_at_once(make_client: Any) 
 
 
 def readme_examples() -> list[dict[str, Any]]:
-    """Every JSON block of the README that is a task submission."""
-    blocks = re.findall(r"```json\n(.*?)```", README.read_text(), re.S)
+    """Every task submission of the README: JSON blocks, and the bodies its curl commands send."""
+    text = README.read_text()
+    blocks = re.findall(r"```json\n(.*?)```", text, re.S)
+    for shell in re.findall(r"```sh\n(.*?)```", text, re.S):
+        blocks += re.findall(r"-d '(\{.*?\})'", shell, re.S)
     bodies = [json.loads(block) for block in blocks]
     return [b for b in bodies if isinstance(b, dict) and "processor" in b]
 
@@ -330,7 +340,8 @@ def test_the_readmes_examples_validate_against_the_served_schemas(make_client: A
     listed = client.get(f"{API}/processors").json()["items"]
     served = {p["name"]: p["params_schema"] for p in listed}
     examples = readme_examples()
-    assert sorted({e["processor"] for e in examples}) == BUILTIN_PROCESSORS  # each one has one
+    assert len(examples) == 3  # the curl command of "Tasks and processors", one per built-in
+    assert sorted({e["processor"] for e in examples}) == BUILTIN_PROCESSORS
     for example in examples:
         schema = served[example["processor"]]
         jsonschema.Draft202012Validator.check_schema(schema)
@@ -413,7 +424,7 @@ def test_a_bad_processors_setting_is_one_clear_line(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [["serve", "--port", "1"], ["worker"]])
+@pytest.mark.parametrize("command", [["serve", "--port", str(free_port())], ["worker"]])
 def test_serve_and_worker_refuse_to_start_without_a_processor_they_were_told_to_run(
     data_dir: Path, command: list[str]
 ) -> None:
