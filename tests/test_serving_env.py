@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ ROOT = Path(__file__).parent.parent
 API = "api/v1"
 TEST_ONLY = {"pytest", "schemathesis", "moto", "mypy", "ruff", "hypothesis", "jsonschema"}
 SAMPLE_PACKAGE = "ephemera-sample-processors"
+SAMPLE_SOURCE = ROOT / "tests" / "plugins" / "sample"
 
 
 def _die_with_parent_by_sigterm() -> None:
@@ -35,6 +37,12 @@ def _die_with_parent_by_sigterm() -> None:
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("serving") / "venv"
+    # Where it is built, a .venv as the old Makefile left it: the test plugin installed and its
+    # stamp up to date. `make serve` must not serve from it.
+    subprocess.run([sys.executable, "-m", "venv", str(path)], check=True, timeout=120)
+    pip = [str(path / "bin" / "python"), "-m", "pip", "install", "--disable-pip-version-check"]
+    subprocess.run([*pip, "--quiet", "--no-deps", str(SAMPLE_SOURCE)], check=True, timeout=300)
+    (path / ".installed").touch()
     built = subprocess.run(
         ["make", "--no-print-directory", "-C", str(ROOT), "serve-env", f"VENV={path}"],
         capture_output=True,
