@@ -117,7 +117,9 @@ class Settings(BaseSettings):
         60, gt=0, description="An upload whose body stalls this long answers 408"
     )
     max_concurrent_uploads: int = Field(
-        8, ge=1, description="Uploads one session may have in flight at once (429 above)"
+        8,
+        ge=1,
+        description="Uploads one session may have in flight at once, per process (429 above)",
     )
 
     @classmethod
