@@ -15,7 +15,7 @@ from ephemera.store import Store
 
 
 def processors_router(store: Store) -> APIRouter:
-    router = APIRouter(prefix="/processors", tags=["processors"], responses=ERRORS)
+    router = APIRouter(prefix="/processors", tags=["processors"])
 
     @router.get("", response_model=ProcessorList)
     def list_processors() -> ProcessorList:
@@ -23,7 +23,7 @@ def processors_router(store: Store) -> APIRouter:
         items = [ProcessorOut.model_validate(p) for p in store.list_processors()]
         return ProcessorList(items=items)
 
-    @router.get("/{name}", response_model=ProcessorOut)
+    @router.get("/{name}", response_model=ProcessorOut, responses={404: ERRORS[404]})
     def get_processor(name: str) -> ProcessorOut:
         """One enabled processor; 404 (listing the enabled ones) for any other name."""
         return ProcessorOut.model_validate(store.get_processor_info(name))
