@@ -211,7 +211,7 @@ def test_a_bad_setting_in_the_environment_is_one_line_and_exit_2(tmp_path: Path)
     )
     assert result.returncode == 2
     assert result.stderr.startswith("error: invalid settings")
-    assert "idle_timeout_s" in result.stderr
+    assert "EPHEMERA_IDLE_TIMEOUT_S" in result.stderr
     assert len(result.stderr.splitlines()) == 1
     assert not (tmp_path / "data").exists()
 

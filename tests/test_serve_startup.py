@@ -160,7 +160,7 @@ def test_serve_refuses_a_bad_port_setting_and_creates_nothing(tmp_path: Path) ->
     )
     assert result.returncode == 2
     assert result.stderr.startswith("error: invalid settings")
-    assert "port" in result.stderr
+    assert "EPHEMERA_PORT" in result.stderr
     assert not (tmp_path / "data").exists()
 
 

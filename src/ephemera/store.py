@@ -85,7 +85,7 @@ from ephemera.models import (
     TaskState,
     session_deadline,
 )
-from ephemera.processors import Registry
+from ephemera.processors import ProcessorInfo, Registry
 from ephemera.volume import Volume
 
 
@@ -808,11 +808,21 @@ class Store:
 
     @property
     def processors(self) -> Registry:
-        """The built-in processors and those of the ``ephemera.processors`` entry points."""
+        """The processors the settings enable (ProcessorUnavailable if one cannot load)."""
         with self._processors_lock:
             if self._processors is None:
-                self._processors = Registry.load()
+                self._processors = Registry.load(
+                    self.settings.processors, external=self.settings.external_processors
+                )
             return self._processors
+
+    def list_processors(self) -> list[ProcessorInfo]:
+        """Each enabled processor with its description and its params' JSON schema."""
+        return self.processors.describe()
+
+    def get_processor_info(self, name: str) -> ProcessorInfo:
+        """One enabled processor; NotFound, listing the enabled ones, for any other name."""
+        return self.processors.describe_one(name)
 
     def submit_task(
         self,

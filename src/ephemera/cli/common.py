@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.markup import escape
 
@@ -67,11 +68,19 @@ def settings_for(
     }
     try:
         return Settings(**{k: v for k, v in given.items() if v is not None})
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise usage_error(
-            f"invalid settings (flags, EPHEMERA_* or the config file): {problems}"
-        ) from None
+    except (ValidationError, SettingsError) as exc:
+        # A mistyped EPHEMERA_* variable is the operator's to fix: say which, not a traceback.
+        problems = (
+            [f"{_setting_name(e['loc'])}: {e['msg']}" for e in exc.errors()]
+            if isinstance(exc, ValidationError)
+            else [str(exc)]
+        )
+        raise usage_error("invalid settings: " + "; ".join(problems)) from None
+
+
+def _setting_name(loc: tuple[int | str, ...]) -> str:
+    name = f"EPHEMERA_{str(loc[0]).upper()}" if loc else "settings"
+    return name + "".join(f"[{part}]" for part in loc[1:])
 
 
 def announce(settings: Settings) -> Backends:
@@ -109,7 +118,7 @@ def fail(
 
 
 def usage_error(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {escape(message)}")
+    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
     return typer.Exit(EXIT_USAGE)
 
 

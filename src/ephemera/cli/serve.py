@@ -23,6 +23,7 @@ from ephemera.cli.common import (
     settings_for,
     write_secret,
 )
+from ephemera.cli.processors import check_processors
 from ephemera.config import Settings
 from ephemera.deployment import check_record, check_urls, check_writable, write_record
 from ephemera.errors import EphemeraError, StorageError
@@ -85,6 +86,7 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = settings_for(data_dir, database_url=database_url, blob_url=blob_url)
+    check_processors(settings)
     store = start_store(settings)
     if not store.has_admin_key():
         key = store.create_admin_key("default")
@@ -127,6 +129,7 @@ def worker(
     from ephemera.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    check_processors(settings_for(data_dir, database_url=database_url, blob_url=blob_url))
     store = open_store(data_dir, database_url=database_url, blob_url=blob_url)
     try:
         store.blobs.check()
