@@ -1,43 +1,66 @@
-# `make serve` and `make test` work on a fresh machine with only Python 3: they create .venv
-# and install the package with its dev extras the first time (and again when pyproject changes).
+# `make serve` and `make test` work on a fresh machine with only Python 3.
+#
+# Two environments, so that nothing of the tests reaches a server:
+#   .venv       (`make serve`): the package and its runtime dependencies, nothing else.
+#   .venv-test  (`make test`, `lint`, `bench`): the dev extras and the sample processor package.
+# Each is built the first time and again when what it installs changes. The serving one is
+# rebuilt from empty, so nothing installed into it by hand (or by an older Makefile) survives.
 PYTHON ?= python3
-VENV := .venv
-BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+VENV ?= .venv
+TEST_VENV ?= .venv-test
+SERVE_STAMP := $(VENV)/.serve-installed
+TEST_STAMP := $(TEST_VENV)/.installed
+TBIN := $(TEST_VENV)/bin
 
-.PHONY: install serve test lint bench bench-transfer bench-cleanup bench-processing clean
+# `make serve HOST=0.0.0.0 PORT=8080`; without them, `ephemera serve` decides (its options'
+# defaults, EPHEMERA_HOST and EPHEMERA_PORT). Only values given on the command line count:
+# some shells export HOST for their own purposes.
+given = $(filter command line,$(origin $(1)))
+SERVE_ARGS := $(if $(call given,HOST),--host '$(HOST)') $(if $(call given,PORT),--port '$(PORT)')
 
-$(STAMP): pyproject.toml tests/plugins/sample/pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	# A third-party processor package, for the entry-point tests.
-	$(BIN)/python -m pip install --quiet -e tests/plugins/sample
-	touch $(STAMP)
+.PHONY: install serve-env test-env serve test lint bench bench-transfer bench-cleanup \
+	bench-processing clean
 
-install: $(STAMP)
+$(SERVE_STAMP): pyproject.toml
+	$(PYTHON) -m venv --clear $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e .
+	touch $(SERVE_STAMP)
 
-serve: $(STAMP)
-	$(BIN)/ephemera serve
+$(TEST_STAMP): pyproject.toml tests/plugins/sample/pyproject.toml
+	$(PYTHON) -m venv --clear $(TEST_VENV)
+	$(TBIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	# A third-party processor package, for the entry-point tests; never in the serving .venv.
+	$(TBIN)/python -m pip install --quiet --disable-pip-version-check -e tests/plugins/sample
+	touch $(TEST_STAMP)
 
-lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
-	$(BIN)/mypy
+serve-env: $(SERVE_STAMP)
+
+test-env: $(TEST_STAMP)
+
+install: serve-env test-env
+
+serve: serve-env
+	exec $(VENV)/bin/ephemera serve $(SERVE_ARGS)
+
+lint: test-env
+	$(TBIN)/ruff check src tests bench
+	$(TBIN)/ruff format --check src tests bench
+	$(TBIN)/mypy
 
 test: lint
-	$(BIN)/pytest
+	$(TBIN)/pytest
 
 bench: bench-transfer bench-cleanup bench-processing
 
-bench-transfer: $(STAMP)
-	$(BIN)/python -m bench.transfer
+bench-transfer: test-env
+	$(TBIN)/python -m bench.transfer
 
-bench-cleanup: $(STAMP)
-	$(BIN)/python -m bench.cleanup
+bench-cleanup: test-env
+	$(TBIN)/python -m bench.cleanup
 
-bench-processing: $(STAMP)
-	$(BIN)/python -m bench.processing
+bench-processing: test-env
+	$(TBIN)/python -m bench.processing
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TEST_VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache \
+		.ruff_cache

@@ -1,6 +1,6 @@
 """Cleanup benchmark: ephemera's cleanup engine against ``find`` on the same tree.
 
-Run from the project root: ``.venv/bin/python -m bench.cleanup`` (sizes 20,000 and 200,000
+Run from the project root: ``.venv-test/bin/python -m bench.cleanup`` (sizes 20,000 and 200,000
 artifacts), ``--sizes 1000000`` for a large store, or ``--quick`` for a smoke run (2,000).
 
 For each size N (artifacts 1-4 KiB, 100 per session, half of them temporary and expired, the

@@ -1,7 +1,7 @@
 """Processing benchmark: roi-compare through ephemera against a bare loop, and the queue itself.
 
-Run from the project root: ``.venv/bin/python -m bench.processing`` (``make bench-processing``),
-or a smoke run with ``--quick`` (2 repeats, 50 tiny tasks).
+Run from the project root: ``.venv-test/bin/python -m bench.processing``
+(``make bench-processing``), or a smoke run with ``--quick`` (2 repeats, 50 tiny tasks).
 
 Measured in one run, on this machine:
 
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import sqlite3
 import statistics
@@ -66,6 +67,9 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 API = "/api/v1"
 MiB = 1024 * 1024
+TINY_PROCESSOR = "sample-sleep"  # of tests/plugins/sample, in the test environment
+# What the benchmark's stores and server enable: entry-point processors run only when named.
+PROCESSORS = ["roi-compare", TINY_PROCESSOR]
 
 IMAGE_SIZE = (4000, 3000)  # width, height: 12 megapixels
 GRID = (10, 5)  # 50 regions
@@ -291,7 +295,8 @@ class TimedStore(Store):
 
     @classmethod
     def open_dir(cls, data_dir: Path) -> TimedStore:
-        store = cls.open(Settings(data_dir=data_dir, scheduled_cleanup=False))
+        settings = Settings(data_dir=data_dir, scheduled_cleanup=False, processors=PROCESSORS)
+        store = cls.open(settings)
         assert isinstance(store, TimedStore)
         return store
 
@@ -471,7 +476,11 @@ def fsync_files(outputs: Mapping[str, bytes], directory: Path) -> float:
 
 def start_server(run_dir: Path, workers: int) -> tuple[Server, str]:
     """``ephemera serve`` with ``workers`` embedded worker threads and no scheduled cleanup."""
-    env = {"EPHEMERA_WORKERS": str(workers), "EPHEMERA_SCHEDULED_CLEANUP": "false"}
+    env = {
+        "EPHEMERA_WORKERS": str(workers),
+        "EPHEMERA_SCHEDULED_CLEANUP": "false",
+        "EPHEMERA_PROCESSORS": json.dumps(PROCESSORS),
+    }
     return start_ephemera(run_dir, env=env)
 
 
@@ -679,7 +688,6 @@ def bench_server_roi(
 
 # ---------------------------------------------------------------------------- tiny tasks
 
-TINY_PROCESSOR = "sample-sleep"
 TINY_PARAMS: dict[str, Any] = {"seconds": 0}
 TINY: dict[str, Any] = {"processor": TINY_PROCESSOR, "params": TINY_PARAMS}
 

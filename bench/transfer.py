@@ -1,6 +1,6 @@
 """Transfer benchmark: ephemera against a bare Starlette app and the disk itself.
 
-Run from the project root: ``.venv/bin/python -m bench.transfer`` (``make bench``), or a quick
+Run from the project root: ``.venv-test/bin/python -m bench.transfer`` (``make bench``), or a quick
 smoke run with ``--size-mib 64 --repeat 1 --small-seconds 2``.
 
 Measured in one run, on this machine:

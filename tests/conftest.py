@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,6 +26,16 @@ __all__ = ["s3_env", "s3_server", "s3_url"]  # fixtures, registered by being imp
 
 DATABASES = ("sqlite", "postgresql")
 BLOB_STORES = ("local", "s3")
+
+# The built-ins and the sample processors (tests/plugins/sample, installed in the test
+# environment only). Entry-point processors run only where the settings name them, so the
+# tests that run the samples enable them: as a setting, or in a process's environment.
+BUILTIN_PROCESSORS = ["camera-calibration", "roi-compare"]
+WITH_SAMPLES = [*BUILTIN_PROCESSORS, "sample-sleep", "sample-upper"]
+WITH_SAMPLES_ENV = {"EPHEMERA_PROCESSORS": json.dumps(WITH_SAMPLES)}
+# The line sample-sleep logs as it starts a task: which process runs which task, as seen in
+# that process's own output (no file path is ever taken from params). Groups: task ID, pid.
+SAMPLE_RUN_LINE = re.compile(r"sample-sleep task (\S+) runs in process (\d+)$", re.M)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

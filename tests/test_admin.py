@@ -13,14 +13,14 @@ from fastapi.testclient import TestClient
 from ephemera import InvalidInput, Settings, Store
 from ephemera.http import create_app
 from ephemera.testing import ManualClock
-from tests.conftest import bearer
+from tests.conftest import WITH_SAMPLES, bearer
 
 API = "/api/v1"
 
 
 @pytest.fixture
 def admin_store(data_dir: Path, clock: ManualClock) -> Iterator[Store]:
-    settings = Settings(data_dir=data_dir, cleanup_requests_per_minute=5)
+    settings = Settings(data_dir=data_dir, cleanup_requests_per_minute=5, processors=WITH_SAMPLES)
     with Store.open(settings, clock=clock) as store:
         yield store
 

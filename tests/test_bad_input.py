@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,7 +16,7 @@ from httpx2 import Response
 from ephemera import Settings, Store
 from ephemera.http import create_app
 from ephemera.testing import ManualClock
-from tests.conftest import bearer, snapshot
+from tests.conftest import BUILTIN_PROCESSORS, bearer, snapshot
 
 API = "/api/v1"
 LIMIT = 64 * 1024
@@ -38,7 +39,13 @@ class World:
 
 @pytest.fixture
 def world(data_dir: Path, clock: ManualClock) -> Iterator[World]:
-    settings = Settings(data_dir=data_dir, max_upload_bytes=LIMIT, max_json_upload_bytes=LIMIT)
+    settings = Settings(
+        data_dir=data_dir,
+        max_upload_bytes=LIMIT,
+        max_json_upload_bytes=LIMIT,
+        # sample-upper for the task attacks; sample-sleep stays disabled, as in production.
+        processors=[*BUILTIN_PROCESSORS, "sample-upper"],
+    )
     with Store.open(settings, clock=clock) as store, TestClient(create_app(store)) as client:
         admin = bearer(store.create_admin_key("test"))
         created = client.post(f"{API}/sessions", json={"id": "s1"}, headers=admin).json()
@@ -329,6 +336,30 @@ attack("task-malformed-json", 400, "malformed_body")(
 )
 attack("task-unknown-processor", 422, "invalid_input")(
     lambda w: submit(w, {"processor": "../../bin/sh", "inputs": [w.artifact_id]})
+)
+# Names of processors that are not enabled here: installed or not, odd or plain.
+HOSTILE_PROCESSORS = [
+    "sample-sleep",  # installed, and enabled in other tests, but not here
+    "../../bin/sh",
+    "roi-compare\x00",
+    "roi-compare\n",
+    "\x1b[31m",
+    "ROI-COMPARE",
+    "é",
+    "x" * 100,
+]
+for i, hostile in enumerate(HOSTILE_PROCESSORS):
+    attack(f"task-processor-not-enabled-{i}", 422, "invalid_input")(
+        bind(hostile, lambda w, h: submit(w, {"processor": h, "params": {"journal": "/tmp/j"}}))
+    )
+    attack(f"processor-not-enabled-{i}", 404, "not_found")(
+        bind(hostile, lambda w, h: w.client.get(f"{API}/processors/{quote(h, safe='')}"))
+    )
+attack("task-processor-name-too-long", 422, "invalid_input")(
+    lambda w: submit(w, {"processor": "x" * 101})
+)
+attack("processor-path-traversal", 404, "not_found")(
+    lambda w: w.client.get(f"{API}/processors/..%2F..%2Fetc%2Fpasswd")
 )
 attack("task-bad-params", 422, "invalid_input")(
     lambda w: submit(w, upper(w, params={"suffix": {"nested": True}}))

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from ephemera.blobs import BlobStore, open_blob_store, s3
+from ephemera.blobs import BlobStore, CreatesContainer, open_blob_store, s3
 from ephemera.blobs.local import LocalBlobStore
 from ephemera.blobs.s3 import PART_SIZE, S3BlobStore, S3BlobWriter
 from ephemera.errors import BlobNotFound, InvalidInput, StorageError
@@ -284,12 +284,24 @@ class TestS3BlobStore(BlobStoreContract):
                 use()
             assert not isinstance(caught.value, BlobNotFound)
 
+    def test_create_container_makes_a_missing_bucket_once(
+        self, s3_server: S3Server, s3_env: dict[str, str]
+    ) -> None:
+        url = s3_server.bucket_url().replace("s3://test-", "s3://made-")
+        blobs = open_blob_store(url)
+        assert isinstance(blobs, CreatesContainer)
+        with pytest.raises(StorageError):
+            blobs.check()
+        blobs.create_container()
+        blobs.check()
+        blobs.create_container()  # already there: success
+
     def test_a_missing_bucket_is_a_storage_error(
         self, s3_server: S3Server, s3_env: dict[str, str]
     ) -> None:
         url = s3_server.bucket_url().replace("s3://test-", "s3://missing-")
         blobs = open_blob_store(url)
-        with pytest.raises(StorageError, match="NoSuchBucket"):
+        with pytest.raises(StorageError, match=r"does not exist: .*EPHEMERA_CREATE_BUCKET=true"):
             blobs.check()
         with pytest.raises(StorageError) as caught:
             blobs.open("sessions/s/a")

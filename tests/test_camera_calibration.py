@@ -250,4 +250,4 @@ def test_params_that_do_not_fit_are_refused_at_submission(
 
 
 def test_the_builtin_registry_offers_camera_calibration() -> None:
-    assert isinstance(Registry.load(plugins=False)["camera-calibration"], CameraCalibration)
+    assert isinstance(Registry.load()["camera-calibration"], CameraCalibration)

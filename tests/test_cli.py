@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from ephemera import Settings, Store
+from tests.cli import ephemera
 from tests.conftest import Server
 
 
-def ephemera(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ephemera", *args, "--data-dir", str(data_dir)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-
-
 def test_admin_key_create_prints_the_key_alone_and_it_works(data_dir: Path) -> None:
+    assert ephemera("migrate", data_dir=data_dir).returncode == 0
     created = ephemera("admin-key", "create", "ops", data_dir=data_dir)
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
@@ -69,8 +58,9 @@ def test_sessions_list_show_and_close(data_dir: Path) -> None:
     assert "cam-1" in table
     assert "camera one" in table
 
-    shown = json.loads(ephemera("sessions", "show", "cam-1", data_dir=data_dir).stdout)
+    shown = json.loads(ephemera("sessions", "show", "cam-1", "--json", data_dir=data_dir).stdout)
     assert shown["session"]["total_bytes"] == 5
+    assert shown["session"]["state"] == "open"
     assert [a["id"] for a in shown["artifacts"]] == [artifact.id]
 
     closed = ephemera("sessions", "close", "cam-1", data_dir=data_dir)

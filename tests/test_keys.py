@@ -29,7 +29,10 @@ TASK = "01a1fd3f-147d-75e5-bd31-fe6998c9f3b0"
 ARTIFACT = "01a1fd3f-147d-75e5-bd31-fe6998c9f3b1"
 LEASE = "01a1fd3f-147d-75e5-bd31-fe6998c9f3b2"
 
-# Every route but session creation, with a request that is valid apart from its credentials.
+# Routes that take no credentials at all: they describe the API and hold nothing of a session.
+PUBLIC_ROUTES = {("GET", "/processors"), ("GET", "/processors/{name}")}
+
+# Every other route but session creation, with a request valid apart from its credentials.
 OTHER_ROUTES: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/sessions/{session_id}"): {},
     ("PATCH", "/sessions/{session_id}"): {"json": {"label": "mine"}},
@@ -117,7 +120,17 @@ def test_the_route_table_covers_every_route(client: TestClient) -> None:
         for method in operations
         if path.startswith(API)
     }
-    assert routes - {("POST", "/sessions")} == set(OTHER_ROUTES)
+    assert routes - {("POST", "/sessions")} - PUBLIC_ROUTES == set(OTHER_ROUTES)
+
+
+@pytest.mark.parametrize("path", ["/processors", "/processors/roi-compare"])
+def test_a_client_key_gets_no_more_from_public_routes_than_anyone(
+    client: TestClient, store: Store, path: str
+) -> None:
+    key = bearer(store.create_key("kiosk", KeyRole.CLIENT))
+    with_key = client.get(API + path, headers=key)
+    assert with_key.status_code == 200
+    assert with_key.json() == client.get(API + path).json()
 
 
 def test_a_client_key_creates_a_session_whose_token_opens_it(
@@ -384,6 +397,7 @@ def ephemera(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_client_key_commands_create_list_and_revoke(data_dir: Path) -> None:
+    assert ephemera("migrate", data_dir=data_dir).returncode == 0
     created = ephemera("client-key", "create", "kiosk", "--expires-in", "30d", data_dir=data_dir)
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()

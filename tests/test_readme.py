@@ -76,6 +76,15 @@ def test_the_embedding_example_processes_tasks_and_cleans_up_on_schedule(tmp_pat
         "EPHEMERA_CLEANUP_INTERVAL_S": "1",
         "EPHEMERA_PROCESSORS": '["sample-upper"]',  # a processor of tests/plugins/sample
     }
+    # As the README says: the key commands work on a store that exists.
+    subprocess.run(
+        [sys.executable, "-m", "ephemera", "migrate"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
     key = subprocess.run(
         [sys.executable, "-m", "ephemera", "admin-key", "create", "host"],
         cwd=tmp_path,

@@ -18,7 +18,7 @@ import httpx2 as httpx
 import pytest
 
 from ephemera import Settings, Store
-from tests.conftest import Server, bearer
+from tests.conftest import SAMPLE_RUN_LINE, WITH_SAMPLES_ENV, Server, bearer
 from tests.databases import PostgresDatabases
 
 pytestmark = pytest.mark.slow
@@ -49,6 +49,7 @@ def start_replicas(
             "EPHEMERA_DATABASE_URL": url,
             "EPHEMERA_CLEANUP_INTERVAL_S": "1",
             "EPHEMERA_TASK_CLAIM_TTL_S": "3",
+            **WITH_SAMPLES_ENV,
             **({"EPHEMERA_BLOB_URL": blob_url} if blob_url else {}),
             **env,
         }
@@ -152,18 +153,14 @@ def test_cleanup_requested_on_both_at_once_deletes_each_item_once(
     assert (deleted, freed) == (300, sum(range(1, 301)))
 
 
-def test_tasks_are_claimed_once_across_both(replicas: Replicas, tmp_path: Path) -> None:
+def test_tasks_are_claimed_once_across_both(replicas: Replicas) -> None:
     a = replicas.a
     token = create(a, "work")
-    journal = tmp_path / "journal"
     ids = []
     for _ in range(60):
         answer = httpx.post(
             f"{a.api}/sessions/work/tasks",
-            json={
-                "processor": "sample-sleep",
-                "params": {"seconds": 0.2, "journal": str(journal)},
-            },
+            json={"processor": "sample-sleep", "params": {"seconds": 0.2}},
             headers=bearer(token),
         )
         assert answer.status_code == 201, answer.text
@@ -179,10 +176,15 @@ def test_tasks_are_claimed_once_across_both(replicas: Replicas, tmp_path: Path) 
             break
         assert time.monotonic() < deadline, f"{len(page['items'])} of {len(ids)} done"
         time.sleep(0.1)
-    runs = [line.split() for line in journal.read_text().splitlines()]
-    assert Counter(tid for tid, _ in runs) == Counter(ids)
-    pids = {int(pid) for _, pid in runs}
-    assert pids == {replicas.a.process.pid, replicas.b.process.pid}  # type: ignore[union-attr]
+    # Which process started which task, from each replica's own log (sample-sleep logs it).
+    runs = {
+        server.process.pid: SAMPLE_RUN_LINE.findall(server.log.read_text())  # type: ignore[union-attr]
+        for server in (replicas.a, replicas.b)
+    }
+    assert Counter(tid for found in runs.values() for tid, _ in found) == Counter(ids)
+    for pid, found in runs.items():
+        assert found, "both replicas took a share"
+        assert {int(p) for _, p in found} == {pid}
 
 
 def ready(store: Store) -> int:

@@ -418,7 +418,7 @@ def test_params_that_do_not_fit_are_refused_at_submission(change: Any, message: 
 
 
 def test_the_builtin_registry_offers_roi_compare() -> None:
-    assert isinstance(Registry.load(plugins=False)["roi-compare"], RoiCompare)
+    assert isinstance(Registry.load()["roi-compare"], RoiCompare)
 
 
 # --- score and pixel_sha256 -------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 from ephemera import Settings, Store
 from ephemera.models import TaskState
 from ephemera.testing import ManualClock
-from tests.conftest import _die_with_parent
+from tests.conftest import SAMPLE_RUN_LINE, WITH_SAMPLES, WITH_SAMPLES_ENV, _die_with_parent
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,12 @@ CLAIM_TTL_S = 2
 
 @pytest.fixture
 def settings(data_dir: Path) -> Settings:
-    return Settings(data_dir=data_dir, task_claim_ttl_s=CLAIM_TTL_S, task_retry_delay_s=0)
+    return Settings(
+        data_dir=data_dir,
+        task_claim_ttl_s=CLAIM_TTL_S,
+        task_retry_delay_s=0,
+        processors=WITH_SAMPLES,
+    )
 
 
 @pytest.fixture
@@ -37,6 +42,7 @@ def start_worker(
         **os.environ,
         "EPHEMERA_TASK_CLAIM_TTL_S": str(CLAIM_TTL_S),
         "EPHEMERA_TASK_RETRY_DELAY_S": "0",
+        **WITH_SAMPLES_ENV,
     }
 
     def start(name: str) -> subprocess.Popen[bytes]:
@@ -82,13 +88,12 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None
         time.sleep(0.05)
 
 
-def journal_lines(path: Path) -> list[tuple[str, int]]:
-    if not path.exists():
+def runs_of(tmp_path: Path, worker: str) -> list[tuple[str, int]]:
+    """(task ID, pid) of every run the worker process of this name started, in order."""
+    log = tmp_path / f"worker-{worker}.log"
+    if not log.exists():
         return []
-    return [
-        (tid, int(pid))
-        for tid, pid in (line.split() for line in path.read_text().split("\n") if line)
-    ]
+    return [(tid, int(pid)) for tid, pid in SAMPLE_RUN_LINE.findall(log.read_text())]
 
 
 def test_a_task_of_a_killed_worker_is_retried_by_another_and_completes_once(
@@ -97,12 +102,11 @@ def test_a_task_of_a_killed_worker_is_retried_by_another_and_completes_once(
     tmp_path: Path,
     start_worker: Callable[[str], subprocess.Popen[bytes]],
 ) -> None:
-    journal = tmp_path / "journal"
     store.create_session("s1", idle_timeout_s=None)
-    task = store.submit_task("s1", "sample-sleep", params={"seconds": 3, "journal": str(journal)})
+    task = store.submit_task("s1", "sample-sleep", params={"seconds": 3})
 
     doomed = start_worker("doomed")
-    wait_for(lambda: len(journal_lines(journal)) == 1, 30, "the first worker to start the task")
+    wait_for(lambda: len(runs_of(tmp_path, "doomed")) == 1, 30, "the first worker to start it")
     assert store.get_task("s1", task.id).state is TaskState.RUNNING
     doomed.send_signal(signal.SIGKILL)
     doomed.wait(10)
@@ -113,7 +117,8 @@ def test_a_task_of_a_killed_worker_is_retried_by_another_and_completes_once(
     assert done.attempts == 2
     assert done.worker == "survivor"
     assert done.result == {"pid": survivor.pid}
-    assert journal_lines(journal) == [(task.id, doomed.pid), (task.id, survivor.pid)]
+    assert runs_of(tmp_path, "doomed") == [(task.id, doomed.pid)]
+    assert runs_of(tmp_path, "survivor") == [(task.id, survivor.pid)]
     # Only the surviving attempt's output is the task's. Bytes the killed attempt left
     # (staged, or moved into place by a transaction that never committed) have no record,
     # and orphan reconciliation removes them once past the grace period.
@@ -131,12 +136,8 @@ def test_two_worker_processes_complete_each_of_200_tasks_exactly_once(
     tmp_path: Path,
     start_worker: Callable[[str], subprocess.Popen[bytes]],
 ) -> None:
-    journal = tmp_path / "journal"
     store.create_session("s1")
-    tasks = [
-        store.submit_task("s1", "sample-sleep", params={"journal": str(journal)})
-        for _ in range(200)
-    ]
+    tasks = [store.submit_task("s1", "sample-sleep") for _ in range(200)]
     workers = [start_worker("a"), start_worker("b")]
 
     def all_done() -> bool:
@@ -144,9 +145,11 @@ def test_two_worker_processes_complete_each_of_200_tasks_exactly_once(
         return len(page.items) == len(tasks)
 
     wait_for(all_done, 120, "200 tasks")
-    runs = journal_lines(journal)
+    runs = runs_of(tmp_path, "a") + runs_of(tmp_path, "b")
     assert Counter(tid for tid, _ in runs) == Counter(t.id for t in tasks)
-    assert {pid for _, pid in runs} == {w.pid for w in workers}  # both took a share
+    # Each log holds only its own process's runs, and both took a share.
+    assert {pid for _, pid in runs_of(tmp_path, "a")} == {workers[0].pid}
+    assert {pid for _, pid in runs_of(tmp_path, "b")} == {workers[1].pid}
     finished = store.list_tasks("s1", limit=1000).items
     assert {(t.state, t.attempts, len(t.outputs)) for t in finished} == {
         (TaskState.SUCCEEDED, 1, 1)

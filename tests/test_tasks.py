@@ -12,11 +12,11 @@ import pytest
 
 from ephemera import Conflict, InvalidInput, NotFound, Settings, Store
 from ephemera.models import Claim, TaskState
-from ephemera.processors import ENTRY_POINT_GROUP, Registry
+from ephemera.processors import ENTRY_POINT_GROUP
 from ephemera.store import NewOutput
 from ephemera.testing import ManualClock
 from ephemera.worker import Worker
-from tests.conftest import MakeSettings, snapshot
+from tests.conftest import WITH_SAMPLES, MakeSettings, snapshot
 from tests.images import camera_matrix, render_chessboard_views
 
 CONTRACT = True
@@ -27,7 +27,7 @@ DAY = 24 * HOUR
 
 @pytest.fixture
 def settings(make_settings: MakeSettings) -> Settings:
-    return make_settings(task_claim_ttl_s=30, task_retry_delay_s=0)
+    return make_settings(task_claim_ttl_s=30, task_retry_delay_s=0, processors=WITH_SAMPLES)
 
 
 @pytest.fixture
@@ -48,14 +48,11 @@ def stored_keys(store: Store) -> list[str]:
 # -- processors and the registry -------------------------------------------------------------
 
 
-def test_a_third_party_processor_is_found_through_the_entry_point_and_runs(
+def test_a_third_party_processor_the_settings_enable_is_found_through_its_entry_point_and_runs(
     store: Store, worker: Worker
 ) -> None:
-    without_plugins = Registry.load(plugins=False)
-    assert "sample-upper" not in without_plugins
-    registry = Registry.load()
-    assert {"roi-compare", "camera-calibration", "sample-upper", "sample-sleep"} <= set(registry)
-    assert type(registry["sample-upper"]).__module__ == "ephemera_sample"
+    assert sorted(store.processors) == WITH_SAMPLES
+    assert type(store.processors["sample-upper"]).__module__ == "ephemera_sample"
 
     store.create_session("s1")
     text = store.put_artifact("s1", b"hello plugin", name="note.txt")
@@ -80,7 +77,12 @@ def test_params_are_validated_at_submission_and_a_bad_request_changes_nothing(
     cases: list[tuple[str, dict[str, Any], str]] = [
         ("sample-upper", {"suffix": 5}, "suffix"),
         ("sample-upper", {"unknown": 1}, "unknown"),
-        ("no-such-processor", {}, "unknown processor 'no-such-processor'"),
+        (
+            "no-such-processor",
+            {},
+            r"processor 'no-such-processor' is not enabled \(enabled: camera-calibration, "
+            r"roi-compare, sample-sleep, sample-upper\)",
+        ),
         ("roi-compare", {"capture": text.id, "regions": []}, "regions"),
     ]
     for processor, params, message in cases:

@@ -109,7 +109,7 @@ class Settings(BaseSettings):
         16 * 1024**2,
         ge=0,
         description="Space held in reserve in the data dir, released so cleanup can run on a "
-        "full volume",
+        "full volume; uploads are refused when less than this is free",
     )
     create_bucket: bool = Field(False, description="Create the S3 bucket at start-up if missing")
     # -- uploads ------------------------------------------------------------------------------

@@ -86,3 +86,15 @@ class RequestTimeout(EphemeraError):
 
 class SchemaOutOfDate(EphemeraError):
     code = "schema_out_of_date"
+
+
+class StoreMissing(EphemeraError):
+    """Opened without creating, and no store is there (no database file, no schema)."""
+
+    code = "store_missing"
+
+
+class BackendMismatch(InvalidInput):
+    """The configured backends differ from the ones a data dir's deployment recorded."""
+
+    code = "backend_mismatch"

@@ -43,6 +43,7 @@ from ephemera import ids
 from ephemera.blobs import (
     BlobStore,
     BlobWriter,
+    CreatesContainer,
     LocalPaths,
     RangedReads,
     artifact_key,
@@ -58,6 +59,7 @@ from ephemera.errors import (
     Conflict,
     EphemeraError,
     Forbidden,
+    InsufficientStorage,
     InvalidInput,
     NotFound,
     SessionUnreachable,
@@ -87,7 +89,8 @@ from ephemera.models import (
     TaskState,
     session_deadline,
 )
-from ephemera.processors import Registry
+from ephemera.processors import ProcessorInfo, Registry
+from ephemera.volume import Volume
 
 
 class _Default:
@@ -283,6 +286,7 @@ class Store:
         # Optional capabilities of the blob store, decided once.
         self._local_paths = blobs if isinstance(blobs, LocalPaths) else None
         self._ranged = blobs if isinstance(blobs, RangedReads) else None
+        self.volume = Volume(self.settings)
         self.hooks = Hooks()
         self.metrics = Metrics(self)
         self._processors: Registry | None = None
@@ -301,16 +305,25 @@ class Store:
         *,
         clock: Clock | None = None,
         migrate_empty: bool = True,
+        create: bool = True,
     ) -> Store:
-        """Open the configured backends; migrate an empty database; refuse an outdated one."""
+        """Open the configured backends; migrate an empty database; refuse an outdated one.
+
+        With ``create=False`` nothing is created: a missing store raises StoreMissing.
+        """
         settings = settings or Settings()
-        catalog = Catalog(settings.resolved_database_url())
+        modes = {"file_mode": settings.file_mode_bits, "dir_mode": settings.dir_mode_bits}
+        # Both URLs are checked before anything is created.
+        blobs = open_blob_store(settings.resolved_blob_url(), **modes)
+        catalog = Catalog(settings.resolved_database_url(), create=create, **modes)
         try:
+            # SQLite cannot even open a database (it sizes its -shm file) on a full volume.
+            Volume(settings).release_reserve_if_full()
             catalog.prepare(migrate_empty=migrate_empty)
         except BaseException:
             catalog.dispose()
             raise
-        return cls(catalog, open_blob_store(settings.resolved_blob_url()), settings, clock)
+        return cls(catalog, blobs, settings, clock)
 
     def close(self) -> None:
         if self.webhook is not None:
@@ -324,8 +337,18 @@ class Store:
         self.close()
 
     def check_ready(self) -> None:
-        """Raise StorageError unless the database and the blob store both answer."""
+        """Raise StorageError unless the database and the blob store both answer, and
+        InsufficientStorage while free space is below ``low_space_bytes``."""
         self.catalog.ping()
+        self.blobs.check()
+        shortage = self.volume.low_space()
+        if shortage is not None:
+            raise InsufficientStorage(shortage)
+
+    def prepare_blobs(self) -> None:
+        """Start-up check of the blob store; with ``create_bucket``, create a missing bucket."""
+        if self.settings.create_bucket and isinstance(self.blobs, CreatesContainer):
+            self.blobs.create_container()
         self.blobs.check()
 
     # -- credentials ----------------------------------------------------------------------
@@ -572,6 +595,17 @@ class Store:
             return Page(rows[:limit], rows[limit - 1][0].id)
         return Page(rows, None)
 
+    def inspect_session(self, session_id: str) -> tuple[Session, int, list[Artifact]]:
+        """An operator's view of a session, live or past its deadline: the session, its number
+        of valid leases, and its first artifacts. NotFound once it is gone."""
+        session = self.catalog.get_session(session_id)
+        if session is None:
+            raise _session_not_found(session_id)
+        now = self.clock.now()
+        leases = sum(lease.is_valid(now) for lease in self.catalog.list_leases(session_id))
+        artifacts = self.catalog.list_artifacts(session_id, None, None, MAX_PAGE)
+        return session, leases, artifacts
+
     def close_session(self, session_id: str, *, force: bool = False) -> CloseReport:
         """Close now: mark closing, sweep the bytes, drop the records.
 
@@ -642,6 +676,7 @@ class Store:
             raise TooLarge(
                 f"artifact exceeds the upload limit of {self.settings.max_upload_bytes} bytes"
             )
+        self.volume.check_room()
         artifact_id = ids.new_uuid7()
         if not self.catalog.insert_pending_artifact(
             {"id": artifact_id, "session_id": session_id, "created_at": now, **values}
@@ -889,11 +924,21 @@ class Store:
 
     @property
     def processors(self) -> Registry:
-        """The built-in processors and those of the ``ephemera.processors`` entry points."""
+        """The processors the settings enable (ProcessorUnavailable if one cannot load)."""
         with self._processors_lock:
             if self._processors is None:
-                self._processors = Registry.load()
+                self._processors = Registry.load(
+                    self.settings.processors, external=self.settings.external_processors
+                )
             return self._processors
+
+    def list_processors(self) -> list[ProcessorInfo]:
+        """Each enabled processor with its description and its params' JSON schema."""
+        return self.processors.describe()
+
+    def get_processor_info(self, name: str) -> ProcessorInfo:
+        """One enabled processor; NotFound, listing the enabled ones, for any other name."""
+        return self.processors.describe_one(name)
 
     def submit_task(
         self,
@@ -1148,6 +1193,7 @@ class Store:
         if not outputs:
             return []
         session_id = self._claimed_session(task_id, claim_id)
+        self.volume.check_room()
         now = self.clock.now()
         rows: list[dict[str, Any]] = []
         writers: list[BlobWriter] = []
@@ -1253,6 +1299,10 @@ class Store:
         request = CleanupRequest(
             operation, dry_run, hours_old, days_old, session_id, purge_missing, details
         )
+        if not dry_run:
+            request.check()  # a bad request changes nothing, the reserve included
+            # On a full volume the database cannot even record a delete: give it the reserve.
+            self.volume.release_reserve_if_low()
         return run_cleanup(self, request, actor=actor, progress=progress)
 
     def record_cleanup(self, actor: str, request: CleanupRequest, report: CleanupReport) -> None:

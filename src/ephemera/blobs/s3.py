@@ -513,6 +513,14 @@ class S3BlobStore:
                 Bucket=self.bucket, Key=self._root + key, UploadId=upload_id
             )
 
+    def create_container(self) -> None:
+        options: dict[str, Any] = {}
+        if self.region and self.region != "us-east-1":
+            # us-east-1 is the one region that refuses to be named here.
+            options["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
+        with _translated(f"cannot create S3 bucket {self.bucket}", done="BucketAlreadyOwnedByYou"):
+            self.client().create_bucket(Bucket=self.bucket, **options)
+
     def check(self) -> None:
         """One HeadBucket: the bucket exists and these credentials reach it (readiness probes
         call this often, so it writes nothing)."""
@@ -521,7 +529,11 @@ class S3BlobStore:
         except ClientError as exc:
             # HEAD answers carry no error body: a missing bucket is a bare 404.
             code = _code(exc)
-            reason = "NoSuchBucket" if code in ("404", "NotFound", "NoSuchBucket") else code
-            raise StorageError(f"S3 bucket {self.bucket} is not usable: {reason or exc}") from exc
+            if code in ("404", "NotFound", "NoSuchBucket"):
+                raise StorageError(
+                    f"S3 bucket {self.bucket} does not exist: create it, or set "
+                    "EPHEMERA_CREATE_BUCKET=true to have ephemera create it"
+                ) from exc
+            raise StorageError(f"S3 bucket {self.bucket} is not usable: {code or exc}") from exc
         except BotoCoreError as exc:
             raise StorageError(f"S3 bucket {self.bucket} is not usable: {exc}") from exc

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -44,7 +46,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from ephemera import ids
@@ -58,7 +60,16 @@ from ephemera.catalog.schema import (
     sessions,
     tasks,
 )
-from ephemera.errors import Conflict, NotFound, SchemaOutOfDate, StorageError, TooLarge
+from ephemera.errors import (
+    Conflict,
+    InsufficientStorage,
+    InvalidInput,
+    NotFound,
+    SchemaOutOfDate,
+    StorageError,
+    StoreMissing,
+    TooLarge,
+)
 from ephemera.models import (
     AdminKey,
     Artifact,
@@ -75,8 +86,11 @@ from ephemera.models import (
     TaskOutput,
     TaskState,
 )
+from ephemera.urls import redact_url
+from ephemera.volume import create_file, make_dirs
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+CONNECT_TIMEOUT_S = 5
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -95,6 +109,27 @@ def _configure_sqlite(engine: Engine) -> None:
     def on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("ephemera_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _database_error(exc: SQLAlchemyError) -> StorageError:
+    # SQLITE_FULL, and PostgreSQL's disk_full: the one database failure cleanup can mend.
+    orig = getattr(exc, "orig", None)
+    if (
+        getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        or getattr(orig, "sqlstate", None) == "53100"
+    ):
+        return InsufficientStorage(
+            "the database volume is full: nothing was written (cleanup frees space)"
+        )
+    return StorageError(f"database error: {exc.__class__.__name__}")
+
+
+def _create_sqlite_file(path: Path, file_mode: int, dir_mode: int) -> None:
+    # SQLite creates its -wal and -shm files with the database file's mode, so this one
+    # creation decides all three.
+    make_dirs(path.parent, dir_mode)
+    with contextlib.suppress(FileExistsError):
+        os.close(create_file(path, file_mode))
 
 
 def _session(row: Row[Any], count: int = 0, total: int = 0) -> Session:
@@ -331,13 +366,32 @@ def _usage_all(conn: Connection, session_id: str) -> tuple[int, int]:
 
 
 class Catalog:
-    def __init__(self, url: str) -> None:
+    def __init__(
+        self, url: str, *, create: bool = True, file_mode: int = 0o600, dir_mode: int = 0o700
+    ) -> None:
+        """``create=False``: never create the database (``prepare`` raises StoreMissing)."""
         self.url = url
-        parsed = make_url(url)
-        self.dialect = parsed.get_backend_name()
+        try:
+            parsed = make_url(url)
+            self.dialect = parsed.get_backend_name()
+        except (ArgumentError, ValueError) as exc:
+            raise InvalidInput(f"invalid database URL {redact_url(url)!r}: {exc}") from None
+        self._create = create
+        self._sqlite_file: Path | None = None
         if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_engine(url, pool_pre_ping=self.dialect != "sqlite")
+            self._sqlite_file = Path(parsed.database)
+            if create:
+                _create_sqlite_file(self._sqlite_file, file_mode, dir_mode)
+        # An unreachable server fails in seconds instead of at the OS's TCP timeout.
+        connect_args: dict[str, Any] = {}
+        if self.dialect == "postgresql" and "connect_timeout" not in parsed.query:
+            connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+        try:
+            self.engine = create_engine(
+                url, pool_pre_ping=self.dialect != "sqlite", connect_args=connect_args
+            )
+        except (ArgumentError, ImportError) as exc:
+            raise InvalidInput(f"unsupported database URL {redact_url(url)!r}: {exc}") from None
         # SQLite has one writer at a time. Writers of this process queue here, woken in turn,
         # instead of in SQLite's busy handler, which polls with growing sleeps.
         self._writer_turn: threading.Lock | None = None
@@ -358,7 +412,7 @@ class Catalog:
             with self.engine.connect() as conn, conn.begin():
                 yield conn
         except SQLAlchemyError as exc:
-            raise StorageError(f"database error: {exc.__class__.__name__}") from exc
+            raise _database_error(exc) from exc
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -372,7 +426,7 @@ class Catalog:
         except IntegrityError:
             raise
         except SQLAlchemyError as exc:
-            raise StorageError(f"database error: {exc.__class__.__name__}") from exc
+            raise _database_error(exc) from exc
 
     # -- schema ---------------------------------------------------------------------------
 
@@ -390,7 +444,10 @@ class Catalog:
             with self.engine.connect() as conn:
                 current = MigrationContext.configure(conn).get_current_revision()
         except OperationalError as exc:
-            raise StorageError(f"cannot reach the database: {exc.orig}") from exc
+            # Drivers explain over several lines; callers print one.
+            reason = " ".join(str(exc.orig).split())
+            shown = redact_url(self.url)
+            raise StorageError(f"cannot reach the database {shown}: {reason}") from exc
         return current, head
 
     def migrate(self) -> None:
@@ -400,11 +457,20 @@ class Catalog:
 
     def prepare(self, *, migrate_empty: bool = True) -> None:
         """Migrate an empty database; refuse one that is behind (that takes ``migrate``)."""
+        missing = (
+            f"no ephemera store in {redact_url(self.url)}: "
+            "create one with `ephemera migrate` or `ephemera serve`"
+        )
+        # Connecting would create the file: look first.
+        if not self._create and self._sqlite_file and not self._sqlite_file.exists():
+            raise StoreMissing(missing)
         current, head = self.revisions()
         if current == head:
             return
         with self.engine.connect() as conn:
             has_tables = bool(inspect(conn).get_table_names())
+        if current is None and not has_tables and not self._create:
+            raise StoreMissing(missing)
         if current is None and not has_tables and migrate_empty:
             self.migrate()
             return

@@ -8,14 +8,24 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from rich.console import Console
+from rich.markup import escape
 
 from ephemera.config import Settings
-from ephemera.errors import EphemeraError
+from ephemera.deployment import Backends, check_record
+from ephemera.errors import EphemeraError, StorageError
 from ephemera.store import Store
 
 out = Console()
-err = Console(stderr=True)
+# soft_wrap: a message stays one line however narrow the terminal (or log) is.
+err = Console(stderr=True, soft_wrap=True)
+
+# Exit codes, the same for every command.
+EXIT_FAILED = 1  # the operation failed: not found, conflict, cleanup errors
+EXIT_USAGE = 2  # bad flags or settings, no store, other backends than recorded: nothing touched
+EXIT_UNAVAILABLE = 3  # a backend is unreachable or unusable: database, bucket, data dir
 
 DataDir = Annotated[
     Path | None,
@@ -24,25 +34,92 @@ DataDir = Annotated[
     ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table")]
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        metavar="URL",
+        help="Metadata database [default: $EPHEMERA_DATABASE_URL or SQLite in the data dir]",
+    ),
+]
+BlobUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--blob-url",
+        metavar="URL",
+        help="Blob store [default: $EPHEMERA_BLOB_URL or a directory in the data dir]",
+    ),
+]
+# ``ephemera --database-url URL COMMAND``: backends given before the command name, for every
+# command (set by the root callback; a command's own flags win).
+root_backends: dict[str, str | None] = {}
 ADMIN_KEY_FILE = "admin.key"
 ACTOR = f"cli:{getpass.getuser()}"
 
 
-def settings_for(data_dir: Path | None) -> Settings:
-    return Settings(data_dir=data_dir) if data_dir is not None else Settings()
-
-
-def open_store(data_dir: Path | None) -> Store:
+def settings_for(
+    data_dir: Path | None, *, database_url: str | None = None, blob_url: str | None = None
+) -> Settings:
+    """Flags, then ``ephemera --database-url/--blob-url``, then the environment and config."""
+    given: dict[str, Any] = {
+        "data_dir": data_dir,
+        "database_url": database_url or root_backends.get("database_url"),
+        "blob_url": blob_url or root_backends.get("blob_url"),
+    }
     try:
-        return Store.open(settings_for(data_dir))
+        return Settings(**{k: v for k, v in given.items() if v is not None})
+    except (ValidationError, SettingsError) as exc:
+        # A mistyped EPHEMERA_* variable is the operator's to fix: say which, not a traceback.
+        problems = (
+            [f"{_setting_name(e['loc'])}: {e['msg']}" for e in exc.errors()]
+            if isinstance(exc, ValidationError)
+            else [str(exc)]
+        )
+        raise usage_error("invalid settings: " + "; ".join(problems)) from None
+
+
+def _setting_name(loc: tuple[int | str, ...]) -> str:
+    name = f"EPHEMERA_{str(loc[0]).upper()}" if loc else "settings"
+    return name + "".join(f"[{part}]" for part in loc[1:])
+
+
+def announce(settings: Settings) -> Backends:
+    """Say on standard error which backends the command uses (stdout stays for output)."""
+    backends = Backends.of(settings)
+    err.print(f"ephemera: {backends.describe()}", markup=False, highlight=False)
+    return backends
+
+
+def open_store(
+    data_dir: Path | None,
+    *,
+    database_url: str | None = None,
+    blob_url: str | None = None,
+    create: bool = False,
+) -> Store:
+    """The store the command works on; it is never created unless ``create`` says so."""
+    settings = settings_for(data_dir, database_url=database_url, blob_url=blob_url)
+    backends = announce(settings)
+    try:
+        if not create:
+            check_record(settings.data_dir, backends)
+        return Store.open(settings, create=create)
     except EphemeraError as exc:
-        err.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(2) from None
+        raise fail(exc, EXIT_USAGE) from None
 
 
-def fail(exc: EphemeraError) -> typer.Exit:
-    err.print(f"[red]error:[/red] {exc.message}")
-    return typer.Exit(1)
+def fail(
+    exc: EphemeraError, code: int = EXIT_FAILED, *, context: str = "", hint: str = ""
+) -> typer.Exit:
+    """Print the error on one line; a backend failure exits with EXIT_UNAVAILABLE."""
+    message = context + exc.message + (f" ({hint})" if hint else "")
+    err.print(f"[red]error:[/red] {escape(message)}")
+    return typer.Exit(EXIT_UNAVAILABLE if isinstance(exc, StorageError) else code)
+
+
+def usage_error(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    return typer.Exit(EXIT_USAGE)
 
 
 def jsonable(obj: Any) -> Any:

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from ephemera.cli import render
 from ephemera.cli.app import client_keys_app, keys_app, worker_keys_app
-from ephemera.cli.common import ACTOR, AsJson, DataDir, err, fail, jsonable, open_store, out
+from ephemera.cli.common import (
+    ACTOR,
+    AsJson,
+    BlobUrl,
+    DatabaseUrl,
+    DataDir,
+    err,
+    fail,
+    jsonable,
+    open_store,
+    out,
+)
 from ephemera.errors import EphemeraError
 from ephemera.models import KeyRole
 
@@ -38,18 +49,20 @@ ExpiresIn = Annotated[
 ]
 
 
-def _when(value: datetime | None) -> str:
-    return value.isoformat(timespec="seconds") if value is not None else "-"
-
-
 def _key_commands(group: typer.Typer, role: KeyRole) -> None:
     """create, list and revoke for one role of key."""
 
     @group.command("create")
-    def create(name: str, expires_in: ExpiresIn = None, data_dir: DataDir = None) -> None:
+    def create(
+        name: str,
+        expires_in: ExpiresIn = None,
+        data_dir: DataDir = None,
+        database_url: DatabaseUrl = None,
+        blob_url: BlobUrl = None,
+    ) -> None:
         """Create a key; the key alone is printed on standard output, once."""
         seconds = None if expires_in is None else parse_duration(expires_in)
-        with open_store(data_dir) as store:
+        with open_store(data_dir, database_url=database_url, blob_url=blob_url) as store:
             try:
                 key = store.create_key(name, role, expires_in_s=seconds)
             except EphemeraError as exc:
@@ -58,30 +71,47 @@ def _key_commands(group: typer.Typer, role: KeyRole) -> None:
         print(key)
 
     @group.command("list")
-    def list_keys(data_dir: DataDir = None, as_json: AsJson = False) -> None:
+    def list_keys(
+        data_dir: DataDir = None,
+        database_url: DatabaseUrl = None,
+        blob_url: BlobUrl = None,
+        as_json: AsJson = False,
+    ) -> None:
         """Key names, roles and times (the keys themselves are stored only as hashes)."""
-        with open_store(data_dir) as store:
-            keys = store.list_keys(role)
+        with open_store(data_dir, database_url=database_url, blob_url=blob_url) as store:
+            try:
+                keys = store.list_keys(role)
+            except EphemeraError as exc:
+                raise fail(exc) from None
         if as_json:
             print(json.dumps(jsonable(keys)))
             return
         table = Table("name", "role", "created", "last used", "expires")
         for k in keys:
             table.add_row(
-                k.name, k.role, _when(k.created_at), _when(k.last_used_at), _when(k.expires_at)
+                k.name,
+                k.role,
+                render.instant(k.created_at),
+                render.instant(k.last_used_at),
+                render.instant(k.expires_at),
             )
         out.print(table)
 
     @group.command("revoke")
-    def revoke(name: str, data_dir: DataDir = None) -> None:
+    def revoke(
+        name: str,
+        data_dir: DataDir = None,
+        database_url: DatabaseUrl = None,
+        blob_url: BlobUrl = None,
+    ) -> None:
         """Revoke a key: it stops working at once."""
-        with open_store(data_dir) as store:
+        with open_store(data_dir, database_url=database_url, blob_url=blob_url) as store:
             try:
                 store.revoke_key(name, role)
             except EphemeraError as exc:
                 raise fail(exc) from None
             store.audit(ACTOR, f"{role}-key.revoke", name)
-        err.print(f"revoked {name}")
+        err.print(f"revoked {name}", markup=False)
 
 
 _key_commands(keys_app, KeyRole.ADMIN)

@@ -3,14 +3,76 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated
 
 import typer
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
+from ephemera.cleanup import ALL_ORDER
+from ephemera.cli import render
 from ephemera.cli.app import app
-from ephemera.cli.common import ACTOR, AsJson, DataDir, err, fail, jsonable, open_store, out
+from ephemera.cli.common import (
+    ACTOR,
+    AsJson,
+    BlobUrl,
+    DatabaseUrl,
+    DataDir,
+    err,
+    fail,
+    jsonable,
+    open_store,
+    out,
+)
 from ephemera.errors import EphemeraError
+
+
+@contextmanager
+def _cleanup_progress(operation: str, enabled: bool) -> Iterator[Callable[[str, int], None]]:
+    """A bar over the operations of ``all`` (their number is known: total and ETA), and a
+    spinner with the count examined by the running one (no operation knows its total
+    without a second pass over the store, which would double the cost of cleanup)."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not enabled,
+    ) as progress:
+        overall = (
+            progress.add_task("operations", total=len(ALL_ORDER)) if operation == "all" else None
+        )
+        current: dict[str, TaskID] = {}
+
+        def advance(op: str, examined: int) -> None:
+            if op not in current:
+                for task in current.values():
+                    progress.remove_task(task)
+                if overall is not None and op in ALL_ORDER:
+                    progress.update(overall, completed=ALL_ORDER.index(op))
+                current.clear()
+                current[op] = progress.add_task(f"{op}: examined", total=None)
+            progress.advance(current[op], examined)
+
+        yield advance
+        if overall is not None:
+            progress.update(overall, completed=len(ALL_ORDER))
 
 
 @app.command()
@@ -22,6 +84,8 @@ def cleanup(
         ),
     ],
     data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    blob_url: BlobUrl = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Report, delete nothing")] = False,
     hours: Annotated[float | None, typer.Option(help="Idle threshold override")] = None,
     days: Annotated[float | None, typer.Option(help="Result retention override")] = None,
@@ -32,30 +96,13 @@ def cleanup(
     as_json: AsJson = False,
 ) -> None:
     """Run a cleanup operation now (also fit for cron); it is recorded in the audit log."""
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     session_id = None
     if operation.startswith("session/"):
         operation, session_id = "session", operation.split("/", 1)[1]
     with (
-        open_store(data_dir) as store,
-        Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            TextColumn("{task.completed} examined"),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-            disable=as_json or not err.is_terminal,
-        ) as progress,
+        open_store(data_dir, database_url=database_url, blob_url=blob_url) as store,
+        _cleanup_progress(operation, not as_json and err.is_terminal) as advance,
     ):
-        tasks: dict[str, Any] = {}
-
-        def advance(op: str, done: int) -> None:
-            if op not in tasks:
-                tasks[op] = progress.add_task(op, total=None)
-            progress.advance(tasks[op], done)
-
         try:
             report = store.cleanup(
                 operation,
@@ -73,10 +120,12 @@ def cleanup(
     if as_json:
         print(json.dumps(report.as_dict(details)))
         return
+    # A dry run deletes nothing: its columns say what a real run would do.
+    deleted, freed = ("would delete", "would free") if dry_run else ("deleted", "freed")
     table = Table(
         "operation",
-        "deleted",
-        "bytes",
+        deleted,
+        freed,
         "protected",
         "errors",
         "seconds",
@@ -84,19 +133,21 @@ def cleanup(
     )
     for part in [*report.reports, report]:
         table.add_row(
-            part.operation,
+            part.operation if part is not report or not report.reports else "total",
             str(part.deleted_count),
-            f"{part.deleted_size_bytes} ({part.deleted_size_mb} MB)",
+            render.size(part.deleted_size_bytes),
             str(part.skipped_protected),
             str(len(part.errors)),
             f"{part.duration_s:.3f}",
         )
     out.print(table)
     if details:
+        items = Table("rule", "kind", "size", "id", title=deleted)
         for item in report.items or [i for r in report.reports for i in r.items]:
-            out.print(f"{item.rule:20} {item.kind:9} {item.size:>12} {item.id}")
+            items.add_row(item.rule, item.kind, render.size(item.size), item.id)
+        out.print(items)
     for error in report.errors[:20]:
-        err.print(f"[yellow]{error['target']}[/yellow]: {error['error']}")
+        err.print(f"[yellow]{escape(error['target'])}[/yellow]: {escape(error['error'])}")
     if report.errors:
         raise typer.Exit(1)
 
@@ -104,51 +155,84 @@ def cleanup(
 @app.command()
 def stats(
     data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    blob_url: BlobUrl = None,
     orphaned: Annotated[bool, typer.Option("--orphaned", help="Also walk for orphans")] = False,
     as_json: AsJson = False,
 ) -> None:
     """Storage by state and class, what each cleanup would delete now, leases, last runs."""
-    with open_store(data_dir) as store:
-        numbers = store.cleanup_stats(include_orphaned=orphaned)
+    with open_store(data_dir, database_url=database_url, blob_url=blob_url) as store:
+        try:
+            numbers = store.cleanup_stats(include_orphaned=orphaned)
+        except EphemeraError as exc:
+            raise fail(exc) from None
     if as_json:
         print(json.dumps(jsonable(numbers), default=str))
         return
-    out.print(f"sessions: {numbers['sessions']}   leased: {numbers['leased']}")
-    out.print(f"tasks: {numbers['tasks']}")
-    out.print(f"usage: {numbers['usage']}")
-    stored = Table("storage class", "state", "artifacts", "bytes", title="stored")
+    out.print(_counts("sessions", numbers["sessions"]))
+    out.print(_counts("tasks", numbers["tasks"]))
+    leased = Table("under a valid lease", "count", title="leased now")
+    for what, n in numbers["leased"].items():
+        leased.add_row(what.replace("_", " "), str(n))
+    out.print(leased)
+    usage = numbers["usage"]
+    volume = Table("stored", "high-water mark", "low-water mark", title="usage")
+    volume.add_row(
+        render.size(usage["stored_bytes"]),
+        render.size(usage["high_water_bytes"]),
+        render.size(usage["low_water_bytes"]),
+    )
+    out.print(volume)
+    stored = Table("storage class", "state", "artifacts", "size", title="stored")
     for row in numbers["artifacts"]:
-        stored.add_row(row["storage_class"], row["state"], str(row["count"]), str(row["bytes"]))
+        stored.add_row(
+            row["storage_class"], row["state"], str(row["count"]), render.size(row["bytes"])
+        )
     out.print(stored)
-    cleanable = Table("operation", "would delete", "bytes", "protected", title="cleanable now")
+    cleanable = Table("operation", "would delete", "would free", "protected", title="cleanable now")
     for op, n in numbers["cleanable"].items():
-        cleanable.add_row(op, str(n["count"]), str(n["bytes"]), str(n["skipped_protected"]))
+        cleanable.add_row(op, str(n["count"]), render.size(n["bytes"]), str(n["skipped_protected"]))
     out.print(cleanable)
-    runs = Table("operation", "at", "actor", "deleted", "bytes", "errors", title="last runs")
+    runs = Table("operation", "at", "actor", "run", "deleted", "freed", "errors", title="last runs")
     for op, run in numbers["last_runs"].items():
         result = run["result"]
         runs.add_row(
             op,
-            run["at"].isoformat(timespec="seconds"),
+            render.instant(run["at"]),
             run["actor"],
-            str(result.get("deleted_count")),
-            str(result.get("deleted_size_bytes")),
-            str(result.get("errors")),
+            "dry" if run["params"].get("dry_run") else "real",
+            str(result.get("deleted_count", "-")),
+            render.size(result.get("deleted_size_bytes")),
+            str(result.get("errors", "-")),
         )
     out.print(runs)
+
+
+def _counts(what: str, counts: dict[str, int]) -> Table:
+    table = Table("state", what, title=what)
+    for state, n in sorted(counts.items()):
+        table.add_row(state, str(n))
+    if not counts:
+        table.add_row("-", "0")
+    return table
 
 
 @app.command()
 def audit(
     data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    blob_url: BlobUrl = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
     cursor: Annotated[int | None, typer.Option(help="Entries older than this ID")] = None,
     action: Annotated[str | None, typer.Option(help="Only actions starting with this")] = None,
     as_json: AsJson = False,
 ) -> None:
     """The audit log, newest first."""
-    with open_store(data_dir) as store:
-        page = store.audit_log(before=cursor, limit=limit, action=action)
+    with open_store(data_dir, database_url=database_url, blob_url=blob_url) as store:
+        try:
+            page = store.audit_log(before=cursor, limit=limit, action=action)
+        except EphemeraError as exc:
+            raise fail(exc) from None
     if as_json:
         print(json.dumps({"items": jsonable(page.items), "next_cursor": page.next_cursor}))
         return
@@ -156,7 +240,7 @@ def audit(
     for e in page.items:
         table.add_row(
             str(e.id),
-            e.at.isoformat(timespec="seconds"),
+            render.instant(e.at),
             e.actor,
             e.action,
             e.target or "",

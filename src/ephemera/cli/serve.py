@@ -11,7 +11,11 @@ import typer
 from ephemera.cli.app import app
 from ephemera.cli.common import (
     ADMIN_KEY_FILE,
+    EXIT_USAGE,
+    BlobUrl,
+    DatabaseUrl,
     DataDir,
+    announce,
     err,
     fail,
     open_store,
@@ -19,14 +23,60 @@ from ephemera.cli.common import (
     settings_for,
     write_secret,
 )
-from ephemera.errors import EphemeraError
+from ephemera.cli.processors import check_processors
+from ephemera.config import Settings
+from ephemera.deployment import check_record, check_urls, check_writable, write_record
+from ephemera.errors import EphemeraError, StorageError
+from ephemera.store import Store
+from ephemera.volume import prepare_data_dir
+
+CANNOT_START = "cannot start: "
+DATABASE_HINT = "check --database-url or EPHEMERA_DATABASE_URL"
+
+
+def start_store(settings: Settings) -> Store:
+    """Open (creating) the store and check every backend, or exit with one line saying what
+    failed and how to fix it: a server that reports ready and then logs tracebacks every
+    tick helps nobody."""
+    backends = announce(settings)
+    try:
+        # Starting on other backends than recorded would serve an empty store: only
+        # `migrate` moves a deployment.
+        check_urls(backends)
+        check_record(settings.data_dir, backends)
+        check_writable(settings.data_dir, settings.dir_mode_bits)
+    except EphemeraError as exc:
+        raise fail(exc, EXIT_USAGE, context=CANNOT_START) from None
+    for warning in prepare_data_dir(settings):
+        err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
+    try:
+        store = Store.open(settings)
+    except StorageError as exc:
+        raise fail(exc, context=CANNOT_START, hint=DATABASE_HINT) from None
+    except EphemeraError as exc:
+        raise fail(exc, EXIT_USAGE, context=CANNOT_START) from None
+    try:
+        store.prepare_blobs()
+        write_record(settings.data_dir, backends)
+    except EphemeraError as exc:
+        store.close()
+        raise fail(exc, EXIT_USAGE, context=CANNOT_START) from None
+    return store
 
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    host: Annotated[
+        str | None,
+        typer.Option(help="Interface to listen on [default: $EPHEMERA_HOST or 127.0.0.1]"),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="TCP port [default: $EPHEMERA_PORT or 8000]"),
+    ] = None,
     data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    blob_url: BlobUrl = None,
 ) -> None:
     """Run the HTTP API on the configured backends (SQLite + a local directory by default)."""
     import uvicorn
@@ -35,9 +85,9 @@ def serve(
     from ephemera.service import Service
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = settings_for(data_dir)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(data_dir)
+    settings = settings_for(data_dir, database_url=database_url, blob_url=blob_url)
+    check_processors(settings)
+    store = start_store(settings)
     if not store.has_admin_key():
         key = store.create_admin_key("default")
         key_file = settings.data_dir / ADMIN_KEY_FILE
@@ -50,8 +100,8 @@ def serve(
         with Service(store):
             uvicorn.run(
                 create_app(store),
-                host=host,
-                port=port,
+                host=host if host is not None else settings.host,
+                port=port if port is not None else settings.port,
                 loop="uvloop" if os.name != "nt" else "asyncio",
                 http="httptools",
                 log_level="info",
@@ -69,6 +119,8 @@ def worker(
         float, typer.Option(min=0.01, help="Seconds between looks at an empty queue")
     ] = 0.5,
     data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    blob_url: BlobUrl = None,
 ) -> None:
     """Run tasks from the queue on this machine until interrupted (as many at once as wanted)."""
     import signal
@@ -77,7 +129,13 @@ def worker(
     from ephemera.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    store = open_store(data_dir)
+    check_processors(settings_for(data_dir, database_url=database_url, blob_url=blob_url))
+    store = open_store(data_dir, database_url=database_url, blob_url=blob_url)
+    try:
+        store.blobs.check()
+    except EphemeraError as exc:
+        store.close()
+        raise fail(exc, EXIT_USAGE, context=CANNOT_START) from None
     runner = Worker(store, concurrency=concurrency, name=name, poll_interval_s=poll_interval)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -91,17 +149,27 @@ def worker(
 
 
 @app.command()
-def migrate(data_dir: DataDir = None) -> None:
-    """Bring the database schema up to date."""
+def migrate(
+    data_dir: DataDir = None, database_url: DatabaseUrl = None, blob_url: BlobUrl = None
+) -> None:
+    """Create the store or bring its schema up to date, and record its backends in the data
+    dir (run it with new URLs to move a deployment on purpose)."""
     from ephemera.catalog import Catalog
 
-    settings = settings_for(data_dir)
-    catalog = Catalog(settings.resolved_database_url())
+    settings = settings_for(data_dir, database_url=database_url, blob_url=blob_url)
+    backends = announce(settings)
+    try:
+        check_urls(backends)
+        check_writable(settings.data_dir)
+        catalog = Catalog(backends.metadata)
+    except EphemeraError as exc:
+        raise fail(exc, EXIT_USAGE) from None
     try:
         before, head = catalog.revisions()
         catalog.migrate()
+        write_record(settings.data_dir, backends)
     except EphemeraError as exc:
-        raise fail(exc) from None
+        raise fail(exc, EXIT_USAGE) from None
     finally:
         catalog.dispose()
     out.print(f"schema at {head}" + (" (was up to date)" if before == head else f" (was {before})"))

@@ -8,34 +8,55 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ephemera.cli import render
 from ephemera.cli.app import sessions_app
-from ephemera.cli.common import ACTOR, AsJson, DataDir, fail, jsonable, open_store, out
+from ephemera.cli.common import (
+    ACTOR,
+    AsJson,
+    BlobUrl,
+    DatabaseUrl,
+    DataDir,
+    fail,
+    jsonable,
+    open_store,
+    out,
+)
 from ephemera.errors import EphemeraError
 
 
 @sessions_app.command("list")
 def sessions_list(
     data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    blob_url: BlobUrl = None,
     as_json: AsJson = False,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 100,
     cursor: Annotated[str | None, typer.Option(help="Start after this session ID")] = None,
 ) -> None:
     """Every session with its state, activity, artifact count and bytes."""
-    with open_store(data_dir) as store:
-        page = store.list_sessions(cursor, limit)
+    with open_store(data_dir, database_url=database_url, blob_url=blob_url) as store:
+        try:
+            page = store.list_sessions_with_leases(cursor, limit)
+        except EphemeraError as exc:
+            raise fail(exc) from None
+        now = store.clock.now()
     if as_json:
-        print(json.dumps({"items": jsonable(page.items), "next_cursor": page.next_cursor}))
+        items = [
+            {**jsonable(s), "state": render.session_state(s, now, leases), "leases": leases}
+            for s, leases in page.items
+        ]
+        print(json.dumps({"items": items, "next_cursor": page.next_cursor}))
         return
-    table = Table("id", "label", "state", "last activity", "expires", "artifacts", "bytes")
-    for s in page.items:
+    table = Table("id", "label", "state", "last activity", "expires", "artifacts", "size")
+    for s, leases in page.items:
         table.add_row(
             s.id,
             s.label or "",
-            s.state.value,
-            s.last_activity_at.isoformat(timespec="seconds"),
-            s.expires_at.isoformat(timespec="seconds") if s.expires_at else "never",
+            render.session_state(s, now, leases),
+            render.instant(s.last_activity_at),
+            render.instant(s.expires_at),
             str(s.artifact_count),
-            str(s.total_bytes),
+            render.size(s.total_bytes),
         )
     out.print(table)
     if page.next_cursor:
@@ -43,28 +64,74 @@ def sessions_list(
 
 
 @sessions_app.command("show")
-def sessions_show(session_id: str, data_dir: DataDir = None) -> None:
+def sessions_show(
+    session_id: str,
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    blob_url: BlobUrl = None,
+    as_json: AsJson = False,
+) -> None:
     """One session, with its artifacts."""
-    with open_store(data_dir) as store:
+    with open_store(data_dir, database_url=database_url, blob_url=blob_url) as store:
         try:
-            session = store.get_session(session_id)
-            artifacts = store.list_artifacts(session_id, limit=1000).items
+            session, leases, artifacts = store.inspect_session(session_id)
         except EphemeraError as exc:
             raise fail(exc) from None
-    print(json.dumps({"session": jsonable(session), "artifacts": jsonable(artifacts)}, indent=2))
+        state = render.session_state(session, store.clock.now(), leases)
+    if as_json:
+        shown = {**jsonable(session), "state": state, "leases": leases}
+        print(json.dumps({"session": shown, "artifacts": jsonable(artifacts)}, indent=2))
+        return
+    about = Table.grid(padding=(0, 2))
+    about.add_column(style="bold")
+    about.add_column()
+    for name, value in (
+        ("session", session.id),
+        ("label", session.label or ""),
+        ("state", state),
+        ("created", render.instant(session.created_at)),
+        ("last activity", render.instant(session.last_activity_at)),
+        ("expires", render.instant(session.expires_at)),
+        ("idle timeout", _seconds(session.idle_timeout_s)),
+        ("max age", _seconds(session.max_age_s)),
+        ("leases", str(leases)),
+        ("artifacts", f"{session.artifact_count} ({render.size(session.total_bytes)})"),
+        ("metadata", json.dumps(session.metadata) if session.metadata else ""),
+    ):
+        about.add_row(name, value)
+    out.print(about)
+    table = Table("id", "name", "kind", "class", "state", "size", "created", "expires")
+    for a in artifacts:
+        table.add_row(
+            a.id,
+            a.name,
+            a.kind,
+            a.storage_class.value,
+            a.state.value,
+            render.size(a.size),
+            render.instant(a.created_at),
+            render.instant(a.expires_at),
+        )
+    out.print(table)
 
 
 @sessions_app.command("close")
 def sessions_close(
     session_id: str,
     data_dir: DataDir = None,
-    force: Annotated[bool, typer.Option(help="Close even while leased")] = False,
+    database_url: DatabaseUrl = None,
+    blob_url: BlobUrl = None,
+    force: Annotated[bool, typer.Option("--force", help="Close even while leased")] = False,
 ) -> None:
     """Close a session now: its bytes and records are removed."""
-    with open_store(data_dir) as store:
+    with open_store(data_dir, database_url=database_url, blob_url=blob_url) as store:
         try:
             report = store.close_session(session_id, force=force)
         except EphemeraError as exc:
             raise fail(exc) from None
         store.audit(ACTOR, "session.close", session_id, {"force": force})
     print(json.dumps(jsonable(report)))
+
+
+def _seconds(value: int | None) -> str:
+    return "never" if value is None else f"{value} s"

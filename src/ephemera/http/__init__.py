@@ -19,6 +19,7 @@ from ephemera.errors import EphemeraError, Forbidden, Unauthenticated
 from ephemera.http.admin import admin_router
 from ephemera.http.errors import error_response, install_error_handlers
 from ephemera.http.openapi import install_openapi, operation_id
+from ephemera.http.processors import processors_router
 from ephemera.http.routes import ERRORS, api_router, bearer
 from ephemera.http.schemas import Health
 from ephemera.http.workers import worker_router
@@ -48,6 +49,7 @@ def create_app(store: Store) -> FastAPI:
     app.include_router(api_router(store), prefix=API_PREFIX)
     app.include_router(admin_router(store), prefix=API_PREFIX)
     app.include_router(worker_router(store), prefix=API_PREFIX)
+    app.include_router(processors_router(store), prefix=API_PREFIX)
 
     @app.get(
         "/metrics",
@@ -81,7 +83,9 @@ def create_app(store: Store) -> FastAPI:
         "/readyz",
         response_model=Health,
         tags=["health"],
-        responses={503: {"model": Health, "description": "A backend does not answer"}},
+        responses={
+            503: {"model": Health, "description": "A backend does not answer, or space is low"}
+        },
     )
     def readyz() -> Health | JSONResponse:
         try:
@@ -101,5 +105,6 @@ __all__ = [
     "error_response",
     "install_error_handlers",
     "install_openapi",
+    "processors_router",
     "worker_router",
 ]

@@ -108,8 +108,9 @@ async def _on_validation_error(_request: Request, exc: Exception) -> JSONRespons
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return error_response(400, MalformedBody.code, "request body is not valid JSON")
+    # Every problem, not the first few: a client fixes its request in one round trip.
     parts = []
-    for e in errors[:5]:
+    for e in errors:
         where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
         parts.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
     return error_response(422, InvalidInput.code, "; ".join(parts) or "invalid request")

@@ -59,6 +59,7 @@ UPLOAD_BODY: dict[str, Any] = {
 UPLOAD_RESPONSES: dict[int | str, dict[str, Any]] = {
     408: {"model": ErrorBody, "description": "The body stalled; nothing was stored"},
     429: {"model": ErrorBody, "description": "Too many uploads in flight in this session"},
+    507: {"model": ErrorBody, "description": "The volume is full; nothing was stored"},
 }
 
 RAW_UPLOAD_BODY: dict[str, Any] = {

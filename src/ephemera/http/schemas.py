@@ -349,3 +349,18 @@ class FailIn(BaseModel):
 
     error: str = Field(min_length=1, max_length=2000)
     retry: bool = Field(False, description="Queue again while attempts remain")
+
+
+class ProcessorOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    description: str | None
+    params_schema: dict[str, Any] | None = Field(
+        description="JSON schema of the task's params; null for an external processor"
+    )
+    external: bool = Field(description="Run only by external workers, which check its params")
+
+
+class ProcessorList(BaseModel):
+    items: list[ProcessorOut]

@@ -11,24 +11,52 @@ the same inputs again would fail the same way.
 
 Third-party processors register in the entry-point group ``ephemera.processors``; an entry
 point names a processor object, a class to instantiate without arguments, or a zero-argument
-factory.
+factory. Installing a package enables nothing: a processor runs only when the settings name it
+(``processors``; by default the built-ins alone), so a package that happens to be installed on
+a server never becomes something any session token can run.
+
+A processor may describe itself for the processor list with a ``description`` attribute;
+without one, its class's docstring is used.
 """
 
 from __future__ import annotations
 
-import logging
+import inspect
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from importlib.metadata import entry_points
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
-from ephemera.errors import InvalidInput
+from ephemera.errors import EphemeraError, InvalidInput, NotFound
 from ephemera.models import Artifact
 
 ENTRY_POINT_GROUP = "ephemera.processors"
 
-log = logging.getLogger(__name__)
+# The built-ins, enabled by default; they load through the same path as entry points, so the
+# image libraries are imported only where a built-in is enabled.
+BUILTINS: dict[str, str] = {
+    "roi-compare": "ephemera.processors.roi_compare:RoiCompare",
+    "camera-calibration": "ephemera.processors.camera_calibration:CameraCalibration",
+}
+
+
+class ProcessorUnavailable(EphemeraError):
+    """A processor the settings enable is not installed, or its code cannot be loaded."""
+
+    code = "processor_unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorInfo:
+    """What the processor list shows of one enabled processor."""
+
+    name: str
+    description: str | None
+    # The JSON schema of the params; None for external processors, whose workers check them.
+    params_schema: dict[str, Any] | None
+    external: bool
 
 
 class TaskFailed(Exception):
@@ -110,12 +138,16 @@ class ChecksInputs(Protocol):
 
 
 class Registry(Mapping[str, Processor]):
-    """Processors by name: the built-ins, then those found through the entry-point group."""
+    """The enabled processors by name, and the names external workers run.
 
-    def __init__(self, processors: Iterable[Processor] = ()) -> None:
+    As a mapping it holds only processors that run here: what embedded workers claim.
+    """
+
+    def __init__(self, processors: Iterable[Processor] = (), external: Iterable[str] = ()) -> None:
         self._processors: dict[str, Processor] = {}
         for processor in processors:
             self.add(processor)
+        self.external = frozenset(external)
 
     def add(self, processor: Processor) -> None:
         if not isinstance(processor, Processor):
@@ -133,12 +165,33 @@ class Registry(Mapping[str, Processor]):
     def __len__(self) -> int:
         return len(self._processors)
 
+    def enabled(self) -> list[str]:
+        """Every name a task may use: processors that run here and external ones."""
+        return sorted({*self._processors, *self.external})
+
+    def not_enabled(self, name: str) -> str:
+        # The same answer for unknown, uninstalled and disabled names: a client learns what it
+        # may use, not what the server has installed.
+        return f"processor {name[:64]!r} is not enabled (enabled: {', '.join(self.enabled())})"
+
     def get_processor(self, name: str) -> Processor:
         try:
             return self._processors[name]
         except KeyError:
-            known = ", ".join(sorted(self._processors)) or "none"
-            raise InvalidInput(f"unknown processor {name[:64]!r} (known: {known})") from None
+            raise InvalidInput(self.not_enabled(name)) from None
+
+    def describe(self) -> list[ProcessorInfo]:
+        return [self.describe_one(name) for name in self.enabled()]
+
+    def describe_one(self, name: str) -> ProcessorInfo:
+        processor = self._processors.get(name)
+        if processor is not None:
+            return ProcessorInfo(
+                name, description_of(processor), processor.params_model.model_json_schema(), False
+            )
+        if name in self.external:
+            return ProcessorInfo(name, None, None, True)
+        raise NotFound(self.not_enabled(name))
 
     def validate(self, name: str, params: Any, inputs: Sequence[Artifact]) -> BaseModel:
         """The params as the processor's model; InvalidInput naming every problem."""
@@ -156,21 +209,53 @@ class Registry(Mapping[str, Processor]):
         return model
 
     @classmethod
-    def load(cls, *, builtins: bool = True, plugins: bool = True) -> Registry:
-        registry = cls()
-        if builtins:
-            from ephemera.processors.camera_calibration import CameraCalibration
-            from ephemera.processors.roi_compare import RoiCompare
+    def load(cls, names: Sequence[str] | None = None, external: Iterable[str] = ()) -> Registry:
+        """The processors named (default: the built-ins), loaded now.
 
-            registry.add(RoiCompare())
-            registry.add(CameraCalibration())
-        if plugins:
-            for entry in entry_points(group=ENTRY_POINT_GROUP):
-                try:
-                    loaded = entry.load()
-                    is_instance = isinstance(loaded, Processor) and not isinstance(loaded, type)
-                    registry.add(loaded if is_instance else loaded())
-                except Exception:
-                    # One broken plugin must not take the service down; it is named in the log.
-                    log.exception("processor entry point %r could not be loaded", entry.name)
+        A name is a built-in or the name of an entry point of the ``ephemera.processors``
+        group; only named entry points are imported. A name that nothing installed provides,
+        or whose code fails to load, raises ProcessorUnavailable: the operator asked for it,
+        so running without it would be a silent miss.
+        """
+        registry = cls(external=external)
+        for name in dict.fromkeys(BUILTINS if names is None else names):
+            registry.add(_load(name))
         return registry
+
+
+def description_of(processor: Processor) -> str | None:
+    text = getattr(processor, "description", None)
+    if isinstance(text, str):
+        return text
+    return inspect.getdoc(type(processor))
+
+
+def _load(name: str) -> Processor:
+    if name in BUILTINS:
+        entry = EntryPoint(name=name, value=BUILTINS[name], group=ENTRY_POINT_GROUP)
+    else:
+        found = list(entry_points(group=ENTRY_POINT_GROUP, name=name))
+        if len(found) != 1:
+            installed = sorted({*BUILTINS, *entry_points(group=ENTRY_POINT_GROUP).names})
+            problem = "no installed package provides it" if not found else "two packages do"
+            raise ProcessorUnavailable(
+                f"processor {name!r} is enabled but {problem} (installed: {', '.join(installed)})"
+            )
+        (entry,) = found
+    try:
+        loaded = entry.load()
+        is_instance = isinstance(loaded, Processor) and not isinstance(loaded, type)
+        processor = loaded if is_instance else loaded()
+    except Exception as exc:
+        raise ProcessorUnavailable(
+            f"processor {name!r} ({entry.value}) could not be loaded: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(processor, Processor):
+        raise ProcessorUnavailable(
+            f"processor {name!r} ({entry.value}) is not a processor (name, params_model, run)"
+        )
+    if processor.name != name:
+        raise ProcessorUnavailable(
+            f"entry point {name!r} ({entry.value}) gives a processor named {processor.name!r}"
+        )
+    return processor

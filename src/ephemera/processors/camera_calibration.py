@@ -39,11 +39,20 @@ class Board(BaseModel):
 class CameraCalibrationParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    board: Board
-    square_size: float = Field(default=1.0, gt=0, allow_inf_nan=False)
+    board: Board = Field(description="the chessboard, by its inner corners")
+    square_size: float = Field(
+        default=1.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="side of a square, in the unit wanted for the extrinsics",
+    )
     images: list[str] | None = Field(default=None, description="artifact IDs; default: all inputs")
-    min_images: int = Field(default=3, ge=3)
-    preview: bool = True
+    min_images: int = Field(
+        default=3, ge=3, description="fewest views with the board found that still calibrate"
+    )
+    preview: bool = Field(
+        default=True, description="store an undistorted copy of the first view with the board"
+    )
 
 
 def _decode(data: bytes, label: str, flags: int) -> Image:
@@ -91,6 +100,11 @@ def _floats(values: Any) -> list[float]:
 
 class CameraCalibration:
     name = "camera-calibration"
+    description = (
+        "Chessboard views in; camera matrix, distortion coefficients, per-image corner detection "
+        "and reprojection error out, plus an undistorted preview. Views where the board is not "
+        "found are reported, not fatal, unless fewer than min_images remain."
+    )
     params_model = CameraCalibrationParams
 
     def check_inputs(self, params: CameraCalibrationParams, inputs: Sequence[Artifact]) -> None:

@@ -61,26 +61,37 @@ _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]
 class Box(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    x: int = Field(ge=0)
-    y: int = Field(ge=0)
-    width: int = Field(ge=1)
-    height: int = Field(ge=1)
+    x: int = Field(ge=0, description="left edge, in pixels of the capture")
+    y: int = Field(ge=0, description="top edge, in pixels of the capture")
+    width: int = Field(ge=1, description="in pixels; the box must lie inside the capture")
+    height: int = Field(ge=1, description="in pixels; the box must lie inside the capture")
 
 
 class Region(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    box: Box
-    goldens: list[str] = Field(min_length=1, max_length=16)
-    method: Method = "ncc"
-    threshold: float = Field(ge=-1.0, le=1.0)
+    name: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="unique among the regions; names the region's outputs and result",
+    )
+    box: Box = Field(description="the region of the capture to crop")
+    goldens: list[str] = Field(
+        min_length=1,
+        max_length=16,
+        description="artifact IDs among the task's inputs; the best-scoring golden counts",
+    )
+    method: Method = Field("ncc", description="how the crop and a golden are scored")
+    threshold: float = Field(ge=-1.0, le=1.0, description="the lowest score that passes")
 
 
 class RoiCompareParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    capture: str = Field(min_length=1)
+    capture: str = Field(
+        min_length=1, description="artifact ID, among the task's inputs, of the image to inspect"
+    )
     regions: list[Region] = Field(min_length=1, max_length=1000)
 
     @field_validator("regions")
@@ -269,6 +280,13 @@ def _channels(image: Image) -> int:
 
 class RoiCompare:
     name = "roi-compare"
+    description = (
+        "Automated optical inspection: per region of interest of a captured image, crops, "
+        "resizes each golden to the crop, normalises illumination and scores the pair (ncc, "
+        "ssim or hist-cosine) against the region's threshold; pass/fail per region and overall. "
+        "The exact crop and resized golden compared are stored as lossless PNG outputs, and the "
+        "result records a hash of their pixels."
+    )
     params_model = RoiCompareParams
 
     def check_inputs(self, params: RoiCompareParams, inputs: Sequence[Artifact]) -> None:

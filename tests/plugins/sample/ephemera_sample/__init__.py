@@ -1,18 +1,29 @@
-"""Sample processors from outside ephemera, registered through its entry-point group."""
+"""Sample processors from outside ephemera, registered through its entry-point group.
+
+Like any processor, they touch nothing but their task's inputs and outputs. What a test needs
+to know of a run (which process ran which task) is in the output, the result and one log line
+on the worker's standard error, never in a file whose path a client could choose.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+log = logging.getLogger(__name__)
+
+# The line each run of sample-sleep logs, so tests can tell which process ran which task.
+RUN_LINE = "sample-sleep task %s runs in process %d"
+
 
 class UpperParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    suffix: str = Field("", max_length=20)
+    suffix: str = Field("", max_length=20, description="Appended to each output's name")
 
 
 class Upper:
@@ -36,8 +47,7 @@ upper = Upper()
 class SleepParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seconds: float = Field(0, ge=0, le=600)
-    journal: str | None = Field(None, description="A file to append 'task-id pid' lines to")
+    seconds: float = Field(0, ge=0, le=600, description="How long to sleep")
 
 
 class Sleep:
@@ -48,13 +58,7 @@ class Sleep:
 
     def run(self, ctx: Any, params: SleepParams) -> dict[str, Any]:
         pid = os.getpid()
-        if params.journal:
-            # O_APPEND: lines of concurrent processes never interleave.
-            fd = os.open(params.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, f"{ctx.task_id} {pid}\n".encode())
-            finally:
-                os.close(fd)
+        log.info(RUN_LINE, ctx.task_id, pid)
         ctx.write_output("ran-by.txt", str(pid).encode())
         deadline = time.monotonic() + params.seconds
         steps = 0
