@@ -35,6 +35,7 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     from ephemera.scheduler import CleanupScheduler
+    from ephemera.scrub import Scrubber
     from ephemera.worker import Worker
 
     settings = settings_for(data_dir)
@@ -53,6 +54,9 @@ def serve(
     scheduler = CleanupScheduler(store) if settings.scheduled_cleanup else None
     if scheduler is not None:
         scheduler.start()
+    scrubber = Scrubber(store) if settings.scrub_period_s > 0 else None
+    if scrubber is not None:
+        scrubber.start()
     workers = Worker(store, concurrency=settings.workers) if settings.workers else None
     if workers is not None:
         workers.start()
@@ -71,6 +75,8 @@ def serve(
             workers.stop()
         if scheduler is not None:
             scheduler.stop()
+        if scrubber is not None:
+            scrubber.stop()
         store.close()
 
 

@@ -360,6 +360,8 @@ def api_router(store: Store) -> APIRouter:
 
 def serve_artifact(store: Store, artifact: Artifact, request: Request) -> Response:
     """The stored bytes, exactly: ETag is the sha256; Range and If-None-Match work."""
+    # Before any answer that carries the ETag, a 304 included: the sha256 no longer vouches.
+    store.check_intact(artifact)
     etag = f'"{artifact.sha256}"'
     headers = _download_headers(artifact, etag)
     if _etag_matches(request.headers.get("if-none-match"), etag):
