@@ -11,7 +11,7 @@ import pytest
 from ephemera import Settings, Store
 from ephemera.errors import ArtifactCorrupt, InvalidInput, NotFound
 from ephemera.hooks import ArtifactDeleted
-from ephemera.integrity import VerifyProgress, VerifyRequest, run_verify
+from ephemera.integrity import VerifyProgress, VerifyRequest, run_verify, verified_chunks
 from ephemera.models import Artifact
 from ephemera.scrub import Scrubber
 from ephemera.testing import ManualClock
@@ -281,6 +281,39 @@ def test_an_unknown_session_is_not_found_and_changes_nothing(store: Store) -> No
     with pytest.raises(NotFound):
         store.verify(session_id="no-such-session")
     assert database_dump(store) == rows
+
+
+def test_reading_verified_holds_back_the_last_chunk_of_wrong_bytes_and_flags_them(
+    store: Store,
+) -> None:
+    sid = store.create_session().session.id
+    artifact = store.put_artifact(sid, bytes(range(256)) * 40, name="a.bin")
+    flip_a_byte(store, artifact, at=5000)
+    chunks: list[bytes] = []
+    with pytest.raises(ArtifactCorrupt, match="corrupt"):
+        chunks.extend(verified_chunks(store, artifact, chunk_size=4096))
+    assert sum(map(len, chunks)) == 8192  # two of three chunks: never the whole body
+    assert store.get_artifact(sid, artifact.id).integrity == "corrupt"
+    with pytest.raises(ArtifactCorrupt):
+        store.iter_verified(store.get_artifact(sid, artifact.id))
+
+
+def test_reading_verified_yields_right_bytes_whole(store: Store) -> None:
+    sid = store.create_session().session.id
+    data = bytes(range(256)) * 40
+    artifact = store.put_artifact(sid, data, name="a.bin")
+    assert b"".join(verified_chunks(store, artifact, chunk_size=4096)) == data
+    assert b"".join(store.iter_verified(artifact)) == data
+    assert store.get_artifact(sid, artifact.id).integrity is None
+
+
+def test_reading_verified_flags_missing_bytes_before_yielding_anything(store: Store) -> None:
+    sid = store.create_session().session.id
+    artifact = store.put_artifact(sid, b"x" * 10, name="a.bin")
+    path_of(store, artifact).unlink()
+    with pytest.raises(ArtifactCorrupt, match="missing"):
+        store.iter_verified(artifact)
+    assert store.get_artifact(sid, artifact.id).integrity == "missing"
 
 
 # -- the scrub ------------------------------------------------------------------------------

@@ -212,6 +212,18 @@ def test_a_task_worker_cannot_download_a_flagged_input(data_dir: Path, clock: Ma
         assert got.json()["error"]["code"] == "artifact_corrupt"
 
 
+def test_a_download_of_a_vanished_file_flags_it_missing(
+    client: TestClient, admin: dict[str, str], data_dir: Path
+) -> None:
+    sid, auth, ids = populate(client, admin)
+    blob_path(data_dir, sid, ids["missing.bin"]).unlink()
+    url = f"{API}/sessions/{sid}/artifacts/{ids['missing.bin']}"
+    got = client.get(f"{url}/content", headers=auth)
+    assert got.status_code == 500
+    assert got.json()["error"]["code"] == "artifact_corrupt"
+    assert client.get(url, headers=auth).json()["integrity"] == "missing"
+
+
 # -- the command line and the real server -------------------------------------------------
 
 
@@ -253,6 +265,42 @@ def test_flip_a_byte_and_delete_a_file_verify_exits_non_zero_naming_both(server:
     assert as_json.returncode == 1
     report = json.loads(as_json.stdout)
     assert (report["missing_count"], report["corrupt_count"]) == (1, 1)
+
+
+def read_into(http: httpx.Client, url: str, headers: dict[str, str], into: bytearray) -> None:
+    with http.stream("GET", url, headers=headers) as response:
+        assert response.status_code == 200
+        for chunk in response.iter_bytes():
+            into += chunk
+
+
+@pytest.mark.slow
+def test_a_full_download_of_corrupt_bytes_is_cut_before_its_end_and_then_refused(
+    server: Server,
+) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        created = http.post(f"{API}/sessions", json={}, headers=server.admin()).json()
+        sid, auth = created["id"], bearer(created["token"])
+        data = bytes(range(256)) * 16 * 1024  # 4 MiB: several chunks
+        artifact = http.post(
+            f"{API}/sessions/{sid}/artifacts",
+            params={"name": "big.bin"},
+            content=data,
+            headers=auth,
+        ).json()
+        flip_a_byte(blob_path(server.data_dir, sid, artifact["id"]))
+        url = f"{API}/sessions/{sid}/artifacts/{artifact['id']}/content"
+
+        received = bytearray()
+        with pytest.raises(httpx.RemoteProtocolError):
+            read_into(http, url, auth, received)
+        assert 0 < len(received) < len(data)
+
+        refused = http.get(url, headers=auth)
+        assert refused.status_code == 500
+        assert refused.json()["error"]["code"] == "artifact_corrupt"
+        meta = http.get(f"{API}/sessions/{sid}/artifacts/{artifact['id']}", headers=auth).json()
+        assert meta["integrity"] == "corrupt"
 
 
 @pytest.mark.slow

@@ -20,11 +20,11 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 from ephemera import ids
 from ephemera.blobs import artifact_key
@@ -173,12 +173,68 @@ class VerifyReport:
 
 def refuse_flagged(artifact: Artifact) -> None:
     """ArtifactCorrupt for an artifact verification found wrong: never serve its bytes."""
-    if artifact.integrity is None:
-        return
-    raise ArtifactCorrupt(
-        f"artifact {artifact.id} failed verification: its stored bytes are {artifact.integrity}"
-        f" ({artifact.integrity_error}); restore them and verify again, or delete it"
+    if artifact.integrity is not None:
+        raise _corrupt(artifact.id, artifact.integrity, artifact.integrity_error or "")
+
+
+def _corrupt(artifact_id: str, integrity: str, error: str) -> ArtifactCorrupt:
+    return ArtifactCorrupt(
+        f"artifact {artifact_id} failed verification: its stored bytes are {integrity}"
+        f" ({error}); restore them and verify again, or delete it"
     )
+
+
+def verified_chunks(store: Store, artifact: Artifact, chunk_size: int = CHUNK) -> Iterator[bytes]:
+    """The artifact's bytes, hashed on the way; the last chunk is held back until the whole
+    body hashed right. On a mismatch the artifact is flagged and ArtifactCorrupt raised
+    instead of the last chunk, so a reader never receives the complete wrong body.
+
+    Opens the bytes at once (missing ones are flagged and refused before anything is sent).
+    """
+    refuse_flagged(artifact)
+    try:
+        stream = store.blobs.open(artifact_key(artifact.session_id, artifact.id))
+    except BlobNotFound:
+        _flag_on_read(store, artifact, Integrity.MISSING, "no stored bytes")
+    return _hashed(store, artifact, stream, chunk_size)
+
+
+def _hashed(store: Store, artifact: Artifact, stream: BinaryIO, chunk_size: int) -> Iterator[bytes]:
+    digest = hashlib.sha256()
+    size = 0
+    held = b""
+    with stream:
+        while chunk := stream.read(chunk_size):
+            if held:
+                yield held
+            digest.update(chunk)
+            size += len(chunk)
+            held = chunk
+    if size != artifact.size:
+        why = f"{size} bytes stored, {artifact.size} recorded"
+        _flag_on_read(store, artifact, Integrity.CORRUPT, why)
+    if digest.hexdigest() != artifact.sha256:
+        why = f"sha256 {digest.hexdigest()}, {artifact.sha256} recorded"
+        _flag_on_read(store, artifact, Integrity.CORRUPT, why)
+    if held:
+        yield held
+
+
+def _flag_on_read(store: Store, artifact: Artifact, kind: Integrity, why: str) -> NoReturn:
+    flagged = store.catalog.flag_artifacts([(artifact.id, kind.value, why)])
+    if not flagged:  # deleted while it was read: simply gone
+        raise NotFound(f"artifact {artifact.id} not found")
+    log.warning(
+        "artifact %s/%s (%s) is %s, found while serving it: %s",
+        artifact.session_id,
+        artifact.id,
+        artifact.name,
+        kind.value,
+        why,
+        extra={"action": "verify"},
+    )
+    store.metrics.verified.labels(kind.value).inc()
+    raise _corrupt(artifact.id, kind.value, why)
 
 
 class _Pacer:

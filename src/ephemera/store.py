@@ -71,6 +71,7 @@ from ephemera.integrity import (
     VerifyRequest,
     refuse_flagged,
     run_verify,
+    verified_chunks,
 )
 from ephemera.metrics import Metrics
 from ephemera.models import (
@@ -1201,6 +1202,11 @@ class Store:
         """Re-hash stored bytes (see ``ephemera.integrity``); recorded in the audit log."""
         request = VerifyRequest.checked(session_id, rate_mb_s, repair)
         return run_verify(self, request, actor=actor, progress=progress)
+
+    def iter_verified(self, artifact: Artifact) -> Iterator[bytes]:
+        """The bytes of an artifact already looked up, hashed as they stream: a mismatch flags
+        it and raises ArtifactCorrupt before the last chunk (see ``ephemera.integrity``)."""
+        return verified_chunks(self, artifact)
 
     def check_intact(self, artifact: Artifact) -> None:
         """ArtifactCorrupt if verification found this artifact's bytes wrong or missing."""

@@ -366,26 +366,33 @@ def serve_artifact(store: Store, artifact: Artifact, request: Request) -> Respon
     headers = _download_headers(artifact, etag)
     if _etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
-    path = store.artifact_path(artifact.session_id, artifact.id)
-    if path is not None:
-        if not path.is_file():
-            raise StorageError(f"artifact {artifact.id} has lost its bytes")
-        return FileResponse(path, media_type=artifact.content_type, headers=headers)
-    # No file to hand over (an object store): stream it, honouring one byte range.
     headers["accept-ranges"] = "bytes"
-    wanted = _byte_range(request, etag, artifact.size)
+    path = store.artifact_path(artifact.session_id, artifact.id)
+    wanted: tuple[int, int] | str | None = None
+    if path is not None:
+        if "range" in request.headers:
+            # A part cannot be checked against the whole body's hash: ranges go out as stored,
+            # by sendfile (verification and the scrub flag corrupt bytes for every reader).
+            if not path.is_file():
+                raise StorageError(f"artifact {artifact.id} has lost its bytes")
+            return FileResponse(path, media_type=artifact.content_type, headers=headers)
+    else:
+        wanted = _byte_range(request, etag, artifact.size)
     if isinstance(wanted, str):  # unsatisfiable
         return Response(
             status_code=416, headers={**headers, "content-range": f"bytes */{artifact.size}"}
         )
     if wanted is None:
-        start, end, status = 0, artifact.size - 1, 200
-        stream = store.open_blob(artifact)
-    else:
-        start, end = wanted
-        status = 206
-        headers["content-range"] = f"bytes {start}-{end}/{artifact.size}"
-        stream = store.open_artifact_range(artifact, start, end)
+        # The whole body is hashed as it streams; on a mismatch the connection is cut before
+        # the last chunk, so no client ever completes wrong bytes under the recorded ETag.
+        headers["content-length"] = str(artifact.size)
+        return StreamingResponse(
+            store.iter_verified(artifact), media_type=artifact.content_type, headers=headers
+        )
+    # No file to hand over (an object store): stream the one byte range asked for.
+    start, end = wanted
+    headers["content-range"] = f"bytes {start}-{end}/{artifact.size}"
+    stream = store.open_artifact_range(artifact, start, end)
     remaining = end - start + 1
 
     def chunks() -> Any:
@@ -397,7 +404,7 @@ def serve_artifact(store: Store, artifact: Artifact, request: Request) -> Respon
 
     headers["content-length"] = str(remaining)
     return StreamingResponse(
-        chunks(), status_code=status, media_type=artifact.content_type, headers=headers
+        chunks(), status_code=206, media_type=artifact.content_type, headers=headers
     )
 
 
