@@ -307,6 +307,15 @@ def test_reading_verified_yields_right_bytes_whole(store: Store) -> None:
     assert store.get_artifact(sid, artifact.id).integrity is None
 
 
+def test_read_artifact_checks_the_hash_of_what_it_returns(store: Store) -> None:
+    sid = store.create_session().session.id
+    artifact = store.put_artifact(sid, b"abc" * 100, name="a.bin")
+    flip_a_byte(store, artifact)
+    with pytest.raises(ArtifactCorrupt, match="sha256"):
+        store.read_artifact(sid, artifact.id)
+    assert store.get_artifact(sid, artifact.id).integrity == "corrupt"
+
+
 def test_reading_verified_flags_missing_bytes_before_yielding_anything(store: Store) -> None:
     sid = store.create_session().session.id
     artifact = store.put_artifact(sid, b"x" * 10, name="a.bin")

@@ -261,6 +261,8 @@ def test_flip_a_byte_and_delete_a_file_verify_exits_non_zero_naming_both(server:
         metrics = http.get("/metrics", headers=server.admin()).text
         assert 'ephemera_artifacts_flagged{integrity="corrupt"} 1.0' in metrics
 
+    stats = ephemera("stats", data_dir=server.data_dir)
+    assert "integrity: 1 corrupt, 1 missing" in stats.stdout, stats.stderr
     as_json = ephemera("verify", "--json", "--session", sid, data_dir=server.data_dir)
     assert as_json.returncode == 1
     report = json.loads(as_json.stdout)

@@ -681,10 +681,9 @@ class Store:
         return stream
 
     def read_artifact(self, session_id: str, artifact_id: str) -> bytes:
-        """The whole artifact in memory: for small ones; stream big ones with open_artifact."""
-        _, stream = self.open_artifact(session_id, artifact_id)
-        with stream:
-            return stream.read()
+        """The whole artifact in memory, hash checked: for small ones; stream big ones with
+        open_artifact or iter_verified."""
+        return b"".join(self.iter_verified(self.get_artifact(session_id, artifact_id)))
 
     def artifact_path(self, session_id: str, artifact_id: str) -> Path | None:
         """A local file path for zero-copy serving, when the blob store has one."""

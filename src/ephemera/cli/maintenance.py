@@ -116,6 +116,11 @@ def stats(
     out.print(f"sessions: {numbers['sessions']}   leased: {numbers['leased']}")
     out.print(f"tasks: {numbers['tasks']}")
     out.print(f"usage: {numbers['usage']}")
+    flagged = numbers["integrity"]
+    out.print(
+        f"integrity: {flagged['corrupt']} corrupt, {flagged['missing']} missing, "
+        f"{flagged['never_verified']} never verified"
+    )
     stored = Table("storage class", "state", "artifacts", "bytes", title="stored")
     for row in numbers["artifacts"]:
         stored.add_row(row["storage_class"], row["state"], str(row["count"]), str(row["bytes"]))
