@@ -302,7 +302,14 @@ class Verifier:
 
     def _scrub(self, due_before: datetime) -> None:
         unreadable: list[str] = []
+        previous: list[str] = []
         while batch := self.store.catalog.scrub_batch(due_before, unreadable, BATCH):
+            # Each batch leaves the selection (verified or flagged); one that would not must
+            # not spin the scrub.
+            if [item.id for item in batch] == previous:
+                log.warning("scrub made no progress; stopping this run", extra={"action": "verify"})
+                return
+            previous = [item.id for item in batch]
             before = len(self.report.errors)
             self._check(batch)
             unreadable += [e["artifact_id"] for e in self.report.errors[before:]]
