@@ -221,6 +221,74 @@ def test_progress_reports_running_totals_up_to_the_whole(store: Store) -> None:
     assert [p.done_bytes for p in seen] == sorted(p.done_bytes for p in seen)
 
 
+def unreadable(store: Store, artifact: Artifact) -> None:
+    """Bytes the blob store cannot read (not missing): a directory where the file was."""
+    path = path_of(store, artifact)
+    path.unlink()
+    path.mkdir()
+
+
+def test_unreadable_bytes_are_reported_as_errors_not_flagged(store: Store) -> None:
+    sid, good, corrupt, _ = three(store)
+    unreadable(store, corrupt)
+    report = store.verify()
+    assert not report.ok
+    assert [e["artifact_id"] for e in report.errors] == [corrupt.id]
+    assert (report.corrupt_count, report.missing_count) == (0, 0)
+    assert store.get_artifact(sid, corrupt.id).integrity is None
+    assert store.get_artifact(sid, good.id).verified_at is not None
+
+
+def test_a_run_stops_once_the_blob_store_keeps_failing(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ephemera.integrity.MAX_READ_ERRORS", 2)
+    _, good, corrupt, missing = three(store)
+    for artifact in (good, corrupt, missing):
+        unreadable(store, artifact)
+    report = store.verify()
+    assert report.interrupted
+    assert len(report.errors) == 2
+
+
+def test_the_scrub_passes_over_unreadable_bytes_and_finishes(store: Store) -> None:
+    sid, _good, corrupt, missing = three(store)
+    unreadable(store, corrupt)
+    store.clock.advance(10)  # type: ignore[attr-defined]
+    due = VerifyRequest(due_before=store.clock.now())
+    store.clock.advance(1)  # type: ignore[attr-defined]
+    report = run_verify(store, due, actor="scrub")
+    assert not report.interrupted
+    assert report.checked_count == 3
+    assert [e["artifact_id"] for e in report.errors] == [corrupt.id]
+    assert store.get_artifact(sid, missing.id).verified_at == store.clock.now()
+
+
+class RecordedWaits(threading.Event):
+    """A stop event that records how long the pacer asks to wait, and never waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.asked.append(timeout or 0.0)
+        return False
+
+
+def test_the_rate_limit_paces_reading_to_the_rate(store: Store) -> None:
+    sid = store.create_session().session.id
+    store.put_artifact(sid, b"x" * 3_000_000, name="3mb.bin")
+    paced = RecordedWaits()
+    run_verify(store, VerifyRequest(rate_mb_s=1), stop=paced)
+    # Waits never happen here, so each asks for the whole lead: 3 MB at 1 MB/s is 3 s ahead
+    # of the clock by the end (less what reading took).
+    assert 2.0 < max(paced.asked) <= 3.0
+    unpaced = RecordedWaits()
+    run_verify(store, VerifyRequest(), stop=unpaced)
+    assert unpaced.asked == []
+
+
 def test_every_run_is_audited_with_actor_params_and_totals(store: Store) -> None:
     sid, _, corrupt, _ = three(store)
     flip_a_byte(store, corrupt)

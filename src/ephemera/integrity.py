@@ -50,7 +50,7 @@ CHUNK = 1024 * 1024
 MAX_RATE_MB_S = 1_000_000.0
 # Problems listed by name in a report; the counts are always exact.
 MAX_LISTED = 1000
-# A scrub gives up on its run after this many unreadable (not missing) artifacts.
+# A run gives up after this many unreadable (not missing) artifacts.
 MAX_READ_ERRORS = 100
 MB = 1_000_000
 
@@ -313,9 +313,6 @@ class Verifier:
             before = len(self.report.errors)
             self._check(batch)
             unreadable += [e["artifact_id"] for e in self.report.errors[before:]]
-            if len(unreadable) >= MAX_READ_ERRORS:
-                log.warning("scrub stopped: %d unreadable artifacts", len(unreadable))
-                return
 
     def _check(self, batch: list[Stored]) -> None:
         good: list[Stored] = []
@@ -323,6 +320,10 @@ class Verifier:
         try:
             for item in batch:
                 if self.stop is not None and self.stop.is_set():
+                    raise _Stopped
+                if len(self.report.errors) >= MAX_READ_ERRORS:
+                    # The blob store is failing, not the bytes: stop rather than list them all.
+                    log.warning("verify stopped after %d unreadable artifacts", MAX_READ_ERRORS)
                     raise _Stopped
                 found = self._hash(item)
                 if found is None:

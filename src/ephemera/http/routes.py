@@ -79,6 +79,10 @@ CONTENT_RESPONSES: dict[int | str, dict[str, Any]] = {
     206: {"description": "The requested range of the stored bytes"},
     304: {"description": "Not modified (If-None-Match matched the sha256 ETag)"},
     416: {"description": "Range not satisfiable"},
+    500: {
+        "model": ErrorBody,
+        "description": "artifact_corrupt: verification found the stored bytes wrong or missing",
+    },
 }
 
 bearer = HTTPBearer(auto_error=False, description="A session token or an admin key")
