@@ -249,8 +249,12 @@ def test_flip_a_byte_and_delete_a_file_verify_exits_non_zero_naming_both(server:
 
         assert run.returncode == 1, run.stdout + run.stderr
         assert "1 missing, 1 corrupt" in run.stdout
-        assert f"corrupt {sid}/{ids['corrupt.bin']} (corrupt.bin)" in run.stderr
-        assert f"missing {sid}/{ids['missing.bin']} (missing.bin)" in run.stderr
+        assert f"corrupt {sid}/{ids['corrupt.bin']} (corrupt.bin): sha256 " in run.stderr
+        assert "recorded; flagged" in run.stderr
+        assert (
+            f"missing {sid}/{ids['missing.bin']} (missing.bin): no stored bytes; flagged"
+            in run.stderr
+        )
         assert "good.bin" not in run.stderr
         refused = http.get(content, headers=auth)
         assert refused.status_code != 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Annotated
 
 import typer
@@ -34,6 +35,9 @@ def verify(
 ) -> None:
     """Re-hash every stored artifact (on the configured database and blob store); exit 1
     naming each one missing or corrupt. Recorded in the audit log."""
+    # Each problem is printed below; the library's log warnings would only repeat them.
+    logging.getLogger("ephemera.integrity").addHandler(logging.NullHandler())
+    logging.getLogger("ephemera.integrity").propagate = False
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -76,14 +80,16 @@ def verify(
             f"verified {report.checked_count} artifacts, {report.checked_bytes} bytes in "
             f"{report.duration_s:.1f} s: {report.missing_count} missing, "
             f"{report.corrupt_count} corrupt, {report.restored_count} restored, "
-            f"{report.repaired_count} dropped, {report.skipped_protected} kept (leased)"
+            f"{report.repaired_count} dropped, {report.skipped_protected} kept (leased)",
+            soft_wrap=True,
         )
         for p in report.problems:
             action = "dropped" if p.dropped else "flagged"
             err.print(
                 f"[red]{p.integrity.value}[/red] {p.session_id}/{p.artifact_id} "
-                f"({p.name}): {p.error} [{action}]",
+                f"({p.name}): {p.error}; {action}",
                 highlight=False,
+                soft_wrap=True,
             )
         listed = len(report.problems)
         if report.missing_count + report.corrupt_count > listed:
