@@ -305,13 +305,37 @@ def test_metrics_count_runs_deletions_and_storage(
         headers={"Authorization": s["Authorization"]},
     )
     assert queued.status_code == 201, queued.text
-    text = client.get("/metrics").text
+    text = client.get("/metrics", headers=admin).text
     assert 'ephemera_cleanup_runs_total{dry_run="false",operation="expired"} 1.0' in text
     assert 'ephemera_cleanup_deleted_items_total{dry_run="false",operation="expired"} 1.0' in text
     assert 'ephemera_cleanup_deleted_bytes_total{dry_run="false",operation="expired"} 10.0' in text
     assert 'ephemera_sessions{state="open"} 1.0' in text
     assert 'ephemera_tasks{state="pending"} 1.0' in text
     assert "ephemera_cleanup_duration_seconds_bucket" in text
+
+
+def test_metrics_take_an_admin_key(client: TestClient, admin: dict[str, str]) -> None:
+    anonymous = client.get("/metrics")
+    assert anonymous.status_code == 401
+    assert anonymous.json()["error"]["code"] == "unauthenticated"
+    s = session(client, admin)
+    with_token = client.get("/metrics", headers={"Authorization": s["Authorization"]})
+    assert with_token.status_code == 403
+    assert with_token.json()["error"]["code"] == "forbidden"
+    answered = client.get("/metrics", headers=admin)
+    assert answered.status_code == 200
+    assert "ephemera_sessions" in answered.text
+
+
+def test_public_metrics_need_no_credentials(data_dir: Path) -> None:
+    with (
+        Store.open(Settings(data_dir=data_dir, metrics_public=True)) as public,
+        TestClient(create_app(public)) as client,
+    ):
+        answered = client.get("/metrics")
+        assert answered.status_code == 200
+        assert answered.headers["content-type"].startswith("text/plain")
+        assert "ephemera_sessions" in answered.text
 
 
 def test_an_audit_cursor_beyond_64_bits_is_refused_not_a_crash(

@@ -253,6 +253,16 @@ for i, hostile in enumerate(["..%2Fx", "a%2Fb", "x" * 65, "%C3%A9", "%00"]):
             ),
         )
     )
+for i, value in enumerate(["bytes=999999-", "bytes=abc", "bytes=9-1", "bytes=-0", "bytes"]):
+    attack(f"download-range-{i}", 416, "range_not_satisfiable")(
+        bind(
+            value,
+            lambda w, r: w.client.get(
+                f"{API}/sessions/s1/artifacts/{w.artifact_id}/content",
+                headers={**w.auth, "range": r},
+            ),
+        )
+    )
 for label, headers in {
     "missing": {},
     "empty": {"Authorization": "Bearer "},

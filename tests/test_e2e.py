@@ -6,6 +6,7 @@ import base64
 import hashlib
 import random
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -105,12 +106,17 @@ def test_isolation_under_concurrent_interleaved_uploads(server: Server) -> None:
 
         def upload(job: tuple[str, int]) -> tuple[str, dict[str, Any]]:
             sid, n = job
-            response = http.post(
-                f"/sessions/{sid}/artifacts",
-                params={"name": f"{n}.bin"},
-                content=f"{sid}:{n}:".encode() * 500,
-                headers=bearer(tokens[sid]),
-            )
+            while True:
+                response = http.post(
+                    f"/sessions/{sid}/artifacts",
+                    params={"name": f"{n}.bin"},
+                    content=f"{sid}:{n}:".encode() * 500,
+                    headers=bearer(tokens[sid]),
+                )
+                # More of one session's uploads in flight than it may have: wait as told.
+                if response.status_code != 429:
+                    break
+                time.sleep(float(response.headers["retry-after"]))
             assert response.status_code == 201, response.text
             return sid, response.json()
 

@@ -109,7 +109,7 @@ class Settings(BaseSettings):
         16 * 1024**2,
         ge=0,
         description="Space held in reserve in the data dir, released so cleanup can run on a "
-        "full volume",
+        "full volume; uploads are refused when less than this is free",
     )
     create_bucket: bool = Field(False, description="Create the S3 bucket at start-up if missing")
     # -- uploads ------------------------------------------------------------------------------
@@ -117,7 +117,9 @@ class Settings(BaseSettings):
         60, gt=0, description="An upload whose body stalls this long answers 408"
     )
     max_concurrent_uploads: int = Field(
-        8, ge=1, description="Uploads one session may have in flight at once (429 above)"
+        8,
+        ge=1,
+        description="Uploads one session may have in flight at once, per process (429 above)",
     )
 
     @classmethod

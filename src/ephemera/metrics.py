@@ -52,6 +52,26 @@ class _StorageCollector(Collector):
         yield from (stored, counted, sessions, tasks, flagged)
 
 
+class _VolumeCollector(Collector):
+    """Free space of the local volume, for an alert well before uploads answer 507."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        free = self.store.volume.free_bytes()
+        if free is None:
+            return  # no backend is local
+        yield GaugeMetricFamily(
+            "ephemera_volume_free_bytes", "Free bytes on the fullest local data volume", free
+        )
+        yield GaugeMetricFamily(
+            "ephemera_volume_low_space_bytes",
+            "Below this, /readyz fails and the scheduler cleans up at once",
+            self.store.settings.low_space_bytes,
+        )
+
+
 class Metrics:
     """One registry per store, so several stores in one process never share counters."""
 
@@ -96,6 +116,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_StorageCollector(store))
+        self.registry.register(_VolumeCollector(store))
 
     def observe(self, report: CleanupReport) -> None:
         for part in report.reports or [report]:

@@ -4,6 +4,10 @@ Who runs is decided by a named lock in the database, not by a PID file: the runn
 the lock until the next tick is due and keeps it after the run, so every other process
 sharing the database skips that tick; if the runner dies, another takes over within one
 interval. The loop is supervised (an error is logged, never fatal) and stops on request.
+
+Between ticks the loop watches free space: when it falls below ``low_space_bytes``, an
+emergency cleanup (``expired``, then ``quota``) runs at once, and again at most once a minute
+while space stays low; once space is back, the reserve is taken again (``ephemera.volume``).
 """
 
 from __future__ import annotations
@@ -24,12 +28,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ephemera.scheduler")
 LOCK = "scheduled-cleanup"
+EMERGENCY_ACTOR = "scheduler:emergency"
+EMERGENCY_OPERATIONS = ("expired", "quota")
 
 
 class CleanupScheduler:
-    def __init__(self, store: Store, interval_s: float | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        interval_s: float | None = None,
+        *,
+        space_poll_s: float = 5.0,
+        emergency_every_s: float = 60.0,
+    ) -> None:
         self.store = store
         self.interval_s = interval_s or store.settings.cleanup_interval_s
+        self.space_poll_s = space_poll_s
+        self.emergency_every_s = emergency_every_s
+        self._next_emergency = 0.0
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -54,7 +70,32 @@ class CleanupScheduler:
                 self.tick()
             except Exception:
                 log.exception("scheduled cleanup failed", extra={"action": "tick"})
-            self._stop.wait(self.interval_s)
+            self._wait_watching_space(self.interval_s)
+
+    def _wait_watching_space(self, span_s: float) -> None:
+        # A volume fills faster than an interval passes: look at free space between ticks.
+        due = time.monotonic() + span_s
+        while (left := due - time.monotonic()) > 0:
+            if self._stop.wait(min(left, self.space_poll_s)):
+                return
+            try:
+                self.watch_space()
+            except Exception:
+                log.exception("emergency cleanup failed", extra={"action": "emergency"})
+
+    def watch_space(self) -> list[CleanupReport]:
+        """Run the emergency cleanup if free space is low and it is due; its reports."""
+        volume = self.store.volume
+        shortage = volume.low_space()
+        if shortage is None:
+            self._next_emergency = 0.0
+            volume.restore_reserve()
+            return []
+        if time.monotonic() < self._next_emergency:
+            return []
+        self._next_emergency = time.monotonic() + self.emergency_every_s
+        log.warning("%s: emergency cleanup", shortage, extra={"action": "emergency"})
+        return [self.store.cleanup(op, actor=EMERGENCY_ACTOR) for op in EMERGENCY_OPERATIONS]
 
     def _hold(self, span_s: float) -> bool:
         now = self.store.clock.now()

@@ -58,6 +58,7 @@ from ephemera.errors import (
     ChecksumMismatch,
     Conflict,
     EphemeraError,
+    InsufficientStorage,
     InvalidInput,
     NotFound,
     StorageError,
@@ -93,6 +94,7 @@ from ephemera.models import (
     session_deadline,
 )
 from ephemera.processors import Registry
+from ephemera.volume import Volume
 
 
 class _Default:
@@ -274,6 +276,7 @@ class Store:
         # Optional capabilities of the blob store, decided once.
         self._local_paths = blobs if isinstance(blobs, LocalPaths) else None
         self._ranged = blobs if isinstance(blobs, RangedReads) else None
+        self.volume = Volume(self.settings)
         self.hooks = Hooks()
         self.metrics = Metrics(self)
         self._processors: Registry | None = None
@@ -295,13 +298,16 @@ class Store:
     ) -> Store:
         """Open the configured backends; migrate an empty database; refuse an outdated one."""
         settings = settings or Settings()
-        catalog = Catalog(settings.resolved_database_url())
+        # SQLite cannot even open a database (it sizes its -shm file) on a full volume.
+        Volume(settings).release_reserve_if_full()
+        modes = {"file_mode": settings.file_mode_bits, "dir_mode": settings.dir_mode_bits}
+        catalog = Catalog(settings.resolved_database_url(), **modes)
         try:
             catalog.prepare(migrate_empty=migrate_empty)
         except BaseException:
             catalog.dispose()
             raise
-        return cls(catalog, open_blob_store(settings.resolved_blob_url()), settings, clock)
+        return cls(catalog, open_blob_store(settings.resolved_blob_url(), **modes), settings, clock)
 
     def close(self) -> None:
         if self.webhook is not None:
@@ -315,9 +321,13 @@ class Store:
         self.close()
 
     def check_ready(self) -> None:
-        """Raise StorageError unless the database and the blob store both answer."""
+        """Raise StorageError unless the database and the blob store both answer, and
+        InsufficientStorage while free space is below ``low_space_bytes``."""
         self.catalog.ping()
         self.blobs.check()
+        shortage = self.volume.low_space()
+        if shortage is not None:
+            raise InsufficientStorage(shortage)
 
     # -- credentials ----------------------------------------------------------------------
 
@@ -535,6 +545,7 @@ class Store:
             raise TooLarge(
                 f"artifact exceeds the upload limit of {self.settings.max_upload_bytes} bytes"
             )
+        self.volume.check_room()
         artifact_id = ids.new_uuid7()
         if not self.catalog.insert_pending_artifact(
             {"id": artifact_id, "session_id": session_id, "created_at": now, **values}
@@ -1051,6 +1062,7 @@ class Store:
         if not outputs:
             return []
         session_id = self._claimed_session(task_id, claim_id)
+        self.volume.check_room()
         now = self.clock.now()
         rows: list[dict[str, Any]] = []
         writers: list[BlobWriter] = []
@@ -1156,6 +1168,10 @@ class Store:
         request = CleanupRequest(
             operation, dry_run, hours_old, days_old, session_id, purge_missing, details
         )
+        if not dry_run:
+            request.check()  # a bad request changes nothing, the reserve included
+            # On a full volume the database cannot even record a delete: give it the reserve.
+            self.volume.release_reserve_if_low()
         return run_cleanup(self, request, actor=actor, progress=progress)
 
     def record_cleanup(self, actor: str, request: CleanupRequest, report: CleanupReport) -> None:

@@ -131,12 +131,13 @@ class RangedReads(Protocol):
     def open_range(self, key: str, start: int, end: int) -> BinaryIO: ...
 
 
-def open_blob_store(url: str) -> BlobStore:
+def open_blob_store(url: str, *, file_mode: int = 0o600, dir_mode: int = 0o700) -> BlobStore:
+    """The modes apply to backends that create files (``file://``)."""
     parts = urlsplit(url)
     if parts.scheme == "file":
         from ephemera.blobs.local import LocalBlobStore
 
-        return LocalBlobStore(Path(parts.path))
+        return LocalBlobStore(Path(parts.path), file_mode=file_mode, dir_mode=dir_mode)
     if parts.scheme == "memory":
         from ephemera.testing import MemoryBlobStore
 

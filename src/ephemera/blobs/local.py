@@ -19,11 +19,20 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ephemera.blobs import BlobStat, StagedBlob, check_key
-from ephemera.errors import BlobNotFound, StorageError
+from ephemera.errors import BlobNotFound, InsufficientStorage, StorageError
+from ephemera.volume import create_file, is_no_space, make_dirs
 
 
 def _mtime(st: os.stat_result) -> datetime:
     return datetime.fromtimestamp(st.st_mtime, UTC)
+
+
+def _write_error(action: str, exc: OSError) -> StorageError:
+    if is_no_space(exc):
+        return InsufficientStorage(
+            f"cannot {action} blob: the volume is full ({exc.strerror}); nothing was stored"
+        )
+    return StorageError(f"cannot {action} blob: {exc.strerror}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -44,10 +53,11 @@ class LocalBlobWriter:
         self._done = False
         self._synced = False
         try:
+            fd = create_file(self._staging, store.file_mode)
             # Unbuffered: chunks arrive large already, and a buffer would only add a copy.
-            self._file: io.FileIO | None = open(self._staging, "xb", buffering=0)  # noqa: SIM115
+            self._file: io.FileIO | None = open(fd, "wb", buffering=0)  # noqa: SIM115
         except OSError as exc:
-            raise StorageError(f"cannot stage blob: {exc.strerror}") from exc
+            raise _write_error("stage", exc) from exc
 
     @property
     def size(self) -> int:
@@ -64,7 +74,7 @@ class LocalBlobWriter:
                 view = view[written or 0 :]
         except OSError as exc:
             self.abort()
-            raise StorageError(f"cannot write blob: {exc.strerror}") from exc
+            raise _write_error("write", exc) from exc
         self._size += len(data)
         self._synced = False
 
@@ -78,7 +88,7 @@ class LocalBlobWriter:
             os.fsync(self._file.fileno())
         except OSError as exc:
             self.abort()
-            raise StorageError(f"cannot sync blob: {exc.strerror}") from exc
+            raise _write_error("sync", exc) from exc
         self._synced = True
 
     def commit(self) -> BlobStat:
@@ -91,14 +101,14 @@ class LocalBlobWriter:
         try:
             self._file.close()
             self._file = None
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(target.parent, self._store.dir_mode)
             os.rename(self._staging, target)
             self._done = True
             _fsync_dir(target.parent)
             st = target.stat()
         except OSError as exc:
             self.abort()
-            raise StorageError(f"cannot commit blob: {exc.strerror}") from exc
+            raise _write_error("commit", exc) from exc
         return BlobStat(self._key, st.st_size, _mtime(st))
 
     def abort(self) -> None:
@@ -111,8 +121,10 @@ class LocalBlobWriter:
 
 
 class LocalBlobStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, file_mode: int = 0o600, dir_mode: int = 0o700) -> None:
         self.root = root
+        self.file_mode = file_mode
+        self.dir_mode = dir_mode
         self.blob_dir = root / "sessions"
         self.staging_dir = root / "staging"
         self._ready = False
@@ -121,8 +133,8 @@ class LocalBlobStore:
         # Done on first use, not in the constructor: opening a store does no I/O.
         if not self._ready:
             try:
-                self.blob_dir.mkdir(parents=True, exist_ok=True)
-                self.staging_dir.mkdir(parents=True, exist_ok=True)
+                make_dirs(self.blob_dir, self.dir_mode)
+                make_dirs(self.staging_dir, self.dir_mode)
             except OSError as exc:
                 raise StorageError(f"cannot create {self.root}: {exc.strerror}") from exc
             self._ready = True

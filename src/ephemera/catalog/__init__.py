@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -59,7 +61,14 @@ from ephemera.catalog.schema import (
     sessions,
     tasks,
 )
-from ephemera.errors import Conflict, NotFound, SchemaOutOfDate, StorageError, TooLarge
+from ephemera.errors import (
+    Conflict,
+    InsufficientStorage,
+    NotFound,
+    SchemaOutOfDate,
+    StorageError,
+    TooLarge,
+)
 from ephemera.models import (
     AdminKey,
     Artifact,
@@ -75,6 +84,7 @@ from ephemera.models import (
     TaskOutput,
     TaskState,
 )
+from ephemera.volume import create_file, make_dirs
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -95,6 +105,27 @@ def _configure_sqlite(engine: Engine) -> None:
     def on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get("ephemera_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _database_error(exc: SQLAlchemyError) -> StorageError:
+    # SQLITE_FULL, and PostgreSQL's disk_full: the one database failure cleanup can mend.
+    orig = getattr(exc, "orig", None)
+    if (
+        getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        or getattr(orig, "sqlstate", None) == "53100"
+    ):
+        return InsufficientStorage(
+            "the database volume is full: nothing was written (cleanup frees space)"
+        )
+    return StorageError(f"database error: {exc.__class__.__name__}")
+
+
+def _create_sqlite_file(path: Path, file_mode: int, dir_mode: int) -> None:
+    # SQLite creates its -wal and -shm files with the database file's mode, so this one
+    # creation decides all three.
+    make_dirs(path.parent, dir_mode)
+    with contextlib.suppress(FileExistsError):
+        os.close(create_file(path, file_mode))
 
 
 def _session(row: Row[Any], count: int = 0, total: int = 0) -> Session:
@@ -356,12 +387,12 @@ def _usage_all(conn: Connection, session_id: str) -> tuple[int, int]:
 
 
 class Catalog:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, file_mode: int = 0o600, dir_mode: int = 0o700) -> None:
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
         if self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:"):
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            _create_sqlite_file(Path(parsed.database), file_mode, dir_mode)
         self.engine = create_engine(url, pool_pre_ping=self.dialect != "sqlite")
         # SQLite has one writer at a time. Writers of this process queue here, woken in turn,
         # instead of in SQLite's busy handler, which polls with growing sleeps.
@@ -383,7 +414,7 @@ class Catalog:
             with self.engine.connect() as conn, conn.begin():
                 yield conn
         except SQLAlchemyError as exc:
-            raise StorageError(f"database error: {exc.__class__.__name__}") from exc
+            raise _database_error(exc) from exc
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
@@ -397,7 +428,7 @@ class Catalog:
         except IntegrityError:
             raise
         except SQLAlchemyError as exc:
-            raise StorageError(f"database error: {exc.__class__.__name__}") from exc
+            raise _database_error(exc) from exc
 
     # -- schema ---------------------------------------------------------------------------
 

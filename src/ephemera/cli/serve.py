@@ -32,18 +32,14 @@ def serve(
     import uvicorn
 
     from ephemera.http import create_app
+    from ephemera.service import Service
+    from ephemera.volume import prepare_data_dir
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    from ephemera.scheduler import CleanupScheduler
-    from ephemera.scrub import Scrubber
-    from ephemera.worker import Worker
-
     settings = settings_for(data_dir)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    for warning in prepare_data_dir(settings):
+        err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     store = open_store(data_dir)
-    closed, deleted = store.recover()
-    if closed or deleted:
-        err.print(f"recovered: finished closing {closed} sessions, deleting {deleted} artifacts")
     if not store.has_admin_key():
         key = store.create_admin_key("default")
         key_file = settings.data_dir / ADMIN_KEY_FILE
@@ -51,32 +47,19 @@ def serve(
         write_secret(key_file, key)
         err.print(f"Created admin key 'default' (shown once; also saved to {key_file}):")
         print(key, flush=True)
-    scheduler = CleanupScheduler(store) if settings.scheduled_cleanup else None
-    if scheduler is not None:
-        scheduler.start()
-    scrubber = Scrubber(store) if settings.scrub_period_s > 0 else None
-    if scrubber is not None:
-        scrubber.start()
-    workers = Worker(store, concurrency=settings.workers) if settings.workers else None
-    if workers is not None:
-        workers.start()
     try:
-        uvicorn.run(
-            create_app(store),
-            host=host,
-            port=port,
-            loop="uvloop" if os.name != "nt" else "asyncio",
-            http="httptools",
-            log_level="info",
-            timeout_graceful_shutdown=10,
-        )
+        # Recovery, scheduled cleanup and workers: what a host app runs in its lifespan.
+        with Service(store):
+            uvicorn.run(
+                create_app(store),
+                host=host,
+                port=port,
+                loop="uvloop" if os.name != "nt" else "asyncio",
+                http="httptools",
+                log_level="info",
+                timeout_graceful_shutdown=10,
+            )
     finally:
-        if workers is not None:
-            workers.stop()
-        if scheduler is not None:
-            scheduler.stop()
-        if scrubber is not None:
-            scrubber.stop()
         store.close()
 
 

@@ -2,18 +2,24 @@
 
 To add ephemera to an existing FastAPI app, mount the whole app
 (``app.mount("/files", create_app(store))``), or include ``api_router(store)`` and call
-``install_error_handlers(app)`` so errors keep the contract's JSON shape.
+``install_error_handlers(app)`` and ``install_openapi(app)`` so errors keep the contract's
+JSON shape and the document stays complete. Either way only routes are added: the host runs
+workers and scheduled cleanup with ``lifespan=ephemera.service.lifespan(store)``.
 """
 
 from __future__ import annotations
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse, Response
+from typing import Annotated
 
-from ephemera.errors import EphemeraError
+from fastapi import Depends, FastAPI
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
+
+from ephemera.errors import EphemeraError, Forbidden, Unauthenticated
 from ephemera.http.admin import admin_router
 from ephemera.http.errors import error_response, install_error_handlers
-from ephemera.http.routes import api_router
+from ephemera.http.openapi import install_openapi, operation_id
+from ephemera.http.routes import ERRORS, api_router, bearer
 from ephemera.http.schemas import Health
 from ephemera.http.workers import worker_router
 from ephemera.store import Store
@@ -22,15 +28,22 @@ API_PREFIX = "/api/v1"
 
 
 def create_app(store: Store) -> FastAPI:
+    """The API over ``store``: routes only, nothing runs in the background.
+
+    Workers, scheduled cleanup and recovery at start-up are :mod:`ephemera.service`'s job
+    (``ephemera serve`` runs it; a host app runs it in its lifespan).
+    """
     app = FastAPI(
         title="ephemera",
         summary="Isolated, self-cleaning session workspaces for file-processing backends",
         version="0.1.0",
         docs_url="/docs",
         openapi_url="/openapi.json",
+        generate_unique_id_function=operation_id,
     )
     app.state.store = store
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(api_router(store), prefix=API_PREFIX)
     app.include_router(admin_router(store), prefix=API_PREFIX)
     app.include_router(worker_router(store), prefix=API_PREFIX)
@@ -39,10 +52,23 @@ def create_app(store: Store) -> FastAPI:
         "/metrics",
         tags=["health"],
         response_class=Response,
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+            401: ERRORS[401],
+            403: ERRORS[403],
+        },
     )
-    def metrics() -> Response:
-        """Prometheus metrics: cleanup runs, deletions, bytes freed, errors, storage in use."""
+    def get_metrics(
+        auth: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> Response:
+        """Prometheus metrics: cleanup runs, deletions, bytes freed, errors, storage in use.
+
+        Takes an admin key unless ``metrics_public`` is set (a private scrape network)."""
+        if not store.settings.metrics_public:
+            if auth is None or not auth.credentials:
+                raise Unauthenticated("/metrics takes an admin key (or set metrics_public)")
+            if store.admin_key_name(auth.credentials) is None:
+                raise Forbidden("/metrics takes an admin key")
         return Response(store.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/healthz", response_model=Health, tags=["health"])
@@ -53,7 +79,9 @@ def create_app(store: Store) -> FastAPI:
         "/readyz",
         response_model=Health,
         tags=["health"],
-        responses={503: {"model": Health, "description": "A backend does not answer"}},
+        responses={
+            503: {"model": Health, "description": "A backend does not answer, or space is low"}
+        },
     )
     def readyz() -> Health | JSONResponse:
         try:
@@ -72,5 +100,6 @@ __all__ = [
     "create_app",
     "error_response",
     "install_error_handlers",
+    "install_openapi",
     "worker_router",
 ]

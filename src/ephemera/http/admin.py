@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query
 
 from ephemera.errors import Forbidden
 from ephemera.http.errors import RateLimited
+from ephemera.http.openapi import operation_id
 from ephemera.http.routes import ERRORS, Credential
 from ephemera.http.schemas import (
     AdminSessionOut,
@@ -61,6 +62,7 @@ def admin_router(store: Store) -> APIRouter:
         prefix="/admin",
         tags=["admin"],
         responses={**ERRORS, 429: ERRORS[409] | {"description": "Too many requests"}},
+        generate_unique_id_function=operation_id,
     )
     limit = RateLimit(store.settings.cleanup_requests_per_minute)
 
@@ -115,7 +117,7 @@ def admin_router(store: Store) -> APIRouter:
         )
 
     @router.post("/cleanup/{operation}", response_model=CleanupReportOut)
-    def cleanup(
+    def run_cleanup(
         operation: str,
         token: Credential,
         dry_run: DryRun = False,
@@ -158,7 +160,7 @@ def admin_router(store: Store) -> APIRouter:
         return report.as_dict()
 
     @router.get("/cleanup/stats", response_model=CleanupStats)
-    def stats(
+    def cleanup_stats(
         token: Credential,
         include_orphaned: Annotated[
             bool, Query(description="Also walk the blob store for orphans (slow on big stores)")
@@ -168,7 +170,7 @@ def admin_router(store: Store) -> APIRouter:
         return store.cleanup_stats(include_orphaned=include_orphaned)
 
     @router.get("/audit", response_model=AuditPage)
-    def audit(
+    def list_audit_entries(
         token: Credential,
         cursor: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -183,7 +185,7 @@ def admin_router(store: Store) -> APIRouter:
         )
 
     @router.get("/sessions", response_model=AdminSessionPage)
-    def sessions(
+    def list_all_sessions(
         token: Credential,
         cursor: Annotated[str | None, Query(max_length=64)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,

@@ -42,6 +42,16 @@ class RateLimited(EphemeraError):
         self.retry_after_s = retry_after_s
 
 
+class RangeNotSatisfiable(EphemeraError):
+    """A ``Range`` header that cannot be served: malformed, or outside the artifact's bytes."""
+
+    code = "range_not_satisfiable"
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+
 # Most specific first: the first class an error is an instance of decides.
 STATUS: list[tuple[type[EphemeraError], int]] = [
     (MalformedBody, 400),
@@ -54,6 +64,7 @@ STATUS: list[tuple[type[EphemeraError], int]] = [
     (TooLarge, 413),
     (RequestTimeout, 408),
     (RateLimited, 429),
+    (RangeNotSatisfiable, 416),
     (SchemaOutOfDate, 503),
     # Bytes that fail verification are the server's fault, and no retry will mend them.
     (ArtifactCorrupt, 500),
@@ -84,6 +95,11 @@ async def _on_ephemera_error(_request: Request, exc: Exception) -> JSONResponse:
     response = error_response(status, exc.code, exc.message)
     if isinstance(exc, RateLimited):
         response.headers["Retry-After"] = str(exc.retry_after_s)
+    elif isinstance(exc, RangeNotSatisfiable):
+        response.headers["Content-Range"] = f"bytes */{exc.size}"
+    elif isinstance(exc, RequestTimeout):
+        # The rest of the body may still come: the connection cannot carry another request.
+        response.headers["Connection"] = "close"
     return response
 
 

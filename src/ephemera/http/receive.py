@@ -22,7 +22,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from ephemera.errors import InvalidInput, TooLarge
+from ephemera.errors import InvalidInput, RequestTimeout, TooLarge
 from ephemera.http.errors import MalformedBody
 from ephemera.http.schemas import JsonUpload
 from ephemera.models import Artifact
@@ -142,13 +142,28 @@ def _declared_length(request: Request) -> int | None:
         raise MalformedBody("invalid Content-Length") from None
 
 
-async def _stream(request: Request) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in request.stream():
-            if chunk:
-                yield chunk
-    except ClientDisconnect:
-        raise MalformedBody("the client went away before the body was complete") from None
+async def _stream(request: Request, idle_timeout_s: float) -> AsyncIterator[bytes]:
+    """The body's chunks; a client that sends nothing for ``idle_timeout_s`` gets RequestTimeout.
+
+    Without it a stalled client would hold its socket, its staging file and its pending
+    record for as long as it liked.
+    """
+    chunks = request.stream()
+    while True:
+        try:
+            with anyio.fail_after(idle_timeout_s):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise RequestTimeout(
+                f"no bytes of the request body arrived for {idle_timeout_s:g} s: "
+                "the upload was abandoned and nothing was stored"
+            ) from None
+        except ClientDisconnect:
+            raise MalformedBody("the client went away before the body was complete") from None
+        if chunk:
+            yield chunk
 
 
 async def receive_raw(
@@ -164,7 +179,7 @@ async def receive_raw(
     )
     sink = _Sink(upload)
     try:
-        async for chunk in _stream(request):
+        async for chunk in _stream(request, store.settings.upload_idle_timeout_s):
             await sink.feed(chunk)
         return await sink.commit(params.sha256)
     except BaseException:
@@ -180,7 +195,7 @@ async def receive_json(
     if declared is not None and declared > limit:
         raise TooLarge(f"JSON uploads are limited to {limit} bytes: use a raw or multipart upload")
     body = bytearray()
-    async for chunk in _stream(request):
+    async for chunk in _stream(request, store.settings.upload_idle_timeout_s):
         body += chunk
         if len(body) > limit:
             raise TooLarge(
@@ -336,7 +351,7 @@ async def receive_multipart(
             finished = True
 
     try:
-        async for chunk in _stream(request):
+        async for chunk in _stream(request, store.settings.upload_idle_timeout_s):
             try:
                 parser.write(chunk)
             except MultipartParseError as exc:

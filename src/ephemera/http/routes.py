@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -9,9 +11,17 @@ import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import Receive, Scope, Send
 
 from ephemera.errors import Forbidden, StorageError, Unauthenticated
-from ephemera.http.errors import MalformedBody
+from ephemera.http.errors import MalformedBody, RangeNotSatisfiable
+from ephemera.http.openapi import (
+    CONTENT_REQUEST,
+    CONTENT_RESPONSES,
+    UPLOAD_BODY,
+    UPLOAD_RESPONSES,
+    operation_id,
+)
 from ephemera.http.receive import UploadParams, receive_json, receive_multipart, receive_raw
 from ephemera.http.schemas import (
     ArtifactOut,
@@ -30,6 +40,7 @@ from ephemera.http.schemas import (
     TaskOut,
     TaskPage,
 )
+from ephemera.http.slots import UploadSlots
 from ephemera.models import Artifact
 from ephemera.store import DEFAULT, Store
 
@@ -45,44 +56,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (422, "Invalid input"),
         (503, "Storage unavailable"),
     ]
-}
-
-UPLOAD_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": "Raw bytes, a multipart form with a `file` part, or JSON with base64.",
-        "content": {
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary"},
-                        "name": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "storage": {"type": "string", "enum": ["persistent", "temporary"]},
-                        "sha256": {"type": "string"},
-                    },
-                }
-            },
-            "application/json": {"schema": {"$ref": "#/components/schemas/JsonUpload"}},
-        },
-    }
-}
-
-CONTENT_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "The stored bytes",
-        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-    },
-    206: {"description": "The requested range of the stored bytes"},
-    304: {"description": "Not modified (If-None-Match matched the sha256 ETag)"},
-    416: {"description": "Range not satisfiable"},
-    500: {
-        "model": ErrorBody,
-        "description": "artifact_corrupt: verification found the stored bytes wrong or missing",
-    },
 }
 
 bearer = HTTPBearer(auto_error=False, description="A session token or an admin key")
@@ -114,7 +87,8 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 
 
 def api_router(store: Store) -> APIRouter:
-    router = APIRouter(responses=ERRORS)
+    router = APIRouter(responses=ERRORS, generate_unique_id_function=operation_id)
+    upload_slots = UploadSlots(store.settings.max_concurrent_uploads)
 
     def authed(session_id: str, token: str) -> str | None:
         return store.authenticate(session_id, token)
@@ -167,6 +141,7 @@ def api_router(store: Store) -> APIRouter:
         status_code=201,
         response_model=ArtifactOut,
         openapi_extra=UPLOAD_BODY,
+        responses=UPLOAD_RESPONSES,
         tags=["artifacts"],
     )
     async def upload_artifact(
@@ -193,14 +168,15 @@ def api_router(store: Store) -> APIRouter:
             producer=producer,
         )
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        if media_type == "multipart/form-data":
-            artifact = await receive_multipart(store, session_id, request, params)
-        elif media_type == "application/json":
-            artifact = await receive_json(store, session_id, request, params)
-        elif media_type.startswith("multipart/"):
-            raise MalformedBody("use multipart/form-data for multipart uploads")
-        else:
-            artifact = await receive_raw(store, session_id, request, params)
+        with upload_slots.hold(session_id):
+            if media_type == "multipart/form-data":
+                artifact = await receive_multipart(store, session_id, request, params)
+            elif media_type == "application/json":
+                artifact = await receive_json(store, session_id, request, params)
+            elif media_type.startswith("multipart/"):
+                raise MalformedBody("use multipart/form-data for multipart uploads")
+            else:
+                artifact = await receive_raw(store, session_id, request, params)
         return ArtifactOut.model_validate(artifact)
 
     @router.get("/sessions/{session_id}/artifacts", response_model=ArtifactPage, tags=["artifacts"])
@@ -230,6 +206,7 @@ def api_router(store: Store) -> APIRouter:
         "/sessions/{session_id}/artifacts/{artifact_id}/content",
         response_class=Response,
         responses=CONTENT_RESPONSES,
+        openapi_extra=CONTENT_REQUEST,
         tags=["artifacts"],
     )
     def download_artifact(
@@ -370,31 +347,26 @@ def serve_artifact(store: Store, artifact: Artifact, request: Request) -> Respon
     headers = _download_headers(artifact, etag)
     if _etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
-    headers["accept-ranges"] = "bytes"
-    path = store.artifact_path(artifact.session_id, artifact.id)
-    wanted: tuple[int, int] | str | None = None
-    if path is not None:
-        if "range" in request.headers:
-            # A part cannot be checked against the whole body's hash: ranges go out as stored,
-            # by sendfile (verification and the scrub flag corrupt bytes for every reader).
-            if not path.is_file():
-                raise StorageError(f"artifact {artifact.id} has lost its bytes")
-            return FileResponse(path, media_type=artifact.content_type, headers=headers)
-    else:
-        wanted = _byte_range(request, etag, artifact.size)
-    if isinstance(wanted, str):  # unsatisfiable
-        return Response(
-            status_code=416, headers={**headers, "content-range": f"bytes */{artifact.size}"}
-        )
+    wanted = _byte_range(request, etag, artifact.size)
     if wanted is None:
         # The whole body is hashed as it streams; on a mismatch the connection is cut before
         # the last chunk, so no client ever completes wrong bytes under the recorded ETag.
+        headers["accept-ranges"] = "bytes"
         headers["content-length"] = str(artifact.size)
         return StreamingResponse(
             store.iter_verified(artifact), media_type=artifact.content_type, headers=headers
         )
-    # No file to hand over (an object store): stream the one byte range asked for.
+    # A part cannot be checked against the whole body's hash: ranges go out as stored
+    # (verification and the scrub flag corrupt bytes for every reader).
+    path = store.artifact_path(artifact.session_id, artifact.id)
+    if path is not None:
+        if not path.is_file():
+            raise StorageError(f"artifact {artifact.id} has lost its bytes")
+        return _RangedFile(path, wanted, media_type=artifact.content_type, headers=headers)
+    # No file to hand over (an object store): stream the one byte range.
+    headers["accept-ranges"] = "bytes"
     start, end = wanted
+    status = 206
     headers["content-range"] = f"bytes {start}-{end}/{artifact.size}"
     stream = store.open_artifact_range(artifact, start, end)
     remaining = end - start + 1
@@ -408,36 +380,68 @@ def serve_artifact(store: Store, artifact: Artifact, request: Request) -> Respon
 
     headers["content-length"] = str(remaining)
     return StreamingResponse(
-        chunks(), status_code=206, media_type=artifact.content_type, headers=headers
+        chunks(), status_code=status, media_type=artifact.content_type, headers=headers
     )
 
 
-def _byte_range(request: Request, etag: str, size: int) -> tuple[int, int] | str | None:
-    """The one range a request asks for, None for the whole body, or "unsatisfiable".
+# first-last, first- or -suffix_length (RFC 9110 §14.1.2), digits in ASCII only.
+_RANGE_SPEC = re.compile(r"([0-9]*)-([0-9]*)")
+_RANGE_FORMS = "use bytes=first-last, bytes=first- or bytes=-length"
 
-    Several ranges, an invalid header or an If-Range that does not match get the whole body,
-    as RFC 9110 allows; a valid range outside the body is unsatisfiable.
+
+def _byte_range(request: Request, etag: str, size: int) -> tuple[int, int] | None:
+    """The one byte range a request asks for (first and last, inclusive), or None for all.
+
+    Decided here for every blob store, so all answer alike. Another unit, several ranges, or
+    an If-Range that does not match get the whole body, as RFC 9110 allows (several ranges
+    would need multipart/byteranges, which overlapping ranges turn into an amplifier). A
+    malformed bytes range, or one outside the body, is RangeNotSatisfiable.
     """
-    header = request.headers.get("range", "")
-    if not header.startswith("bytes=") or "," in header:
+    header = request.headers.get("range")
+    if header is None:
+        return None
+    unit, equals, spec = header.partition("=")
+    if unit.strip().lower() != "bytes":
         return None
     if_range = request.headers.get("if-range")
     if if_range is not None and if_range.strip() != etag:
         return None
-    first, dash, last = header.removeprefix("bytes=").strip().partition("-")
-    if not dash or not (first or last) or not (first + last).isdigit():
+    if "," in spec:
         return None
+    match = _RANGE_SPEC.fullmatch(spec.strip())
+    if not equals or match is None or match[0] == "-":
+        raise RangeNotSatisfiable(f"malformed Range header: {_RANGE_FORMS}", size)
+    first, last = match.groups()
     if not first:  # a suffix: the last N bytes
-        length = int(last)
-        if length == 0 or size == 0:
-            return "unsatisfiable"
-        return max(size - length, 0), size - 1
+        if size == 0:
+            raise RangeNotSatisfiable("the artifact is empty: no range of it exists", size)
+        if int(last) == 0:
+            raise RangeNotSatisfiable("a suffix range of 0 bytes selects nothing", size)
+        return max(size - int(last), 0), size - 1
     start = int(first)
     if last and int(last) < start:
-        return None
+        raise RangeNotSatisfiable(f"malformed Range header: last < first; {_RANGE_FORMS}", size)
     if start >= size:
-        return "unsatisfiable"
+        raise RangeNotSatisfiable(f"range starts at byte {start} of {size} bytes", size)
     return start, min(int(last), size - 1) if last else size - 1
+
+
+class _RangedFile(FileResponse):
+    """Starlette's file serving, shown only the range decided by :func:`_byte_range`.
+
+    On its own it would parse Range again, answer errors as text/plain, and serve several
+    ranges as multipart/byteranges.
+    """
+
+    def __init__(self, path: Path, wanted: tuple[int, int] | None, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self._wanted = wanted
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"range", b"if-range")]
+        if self._wanted is not None:
+            headers.append((b"range", "bytes={}-{}".format(*self._wanted).encode()))
+        await super().__call__({**scope, "headers": headers}, receive, send)
 
 
 def _download_headers(artifact: Artifact, etag: str) -> dict[str, str]:

@@ -13,6 +13,7 @@ import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from ephemera.errors import Forbidden
+from ephemera.http.openapi import CONTENT_REQUEST, CONTENT_RESPONSES, RAW_UPLOAD_BODY, operation_id
 from ephemera.http.receive import UploadParams, receive_raw
 from ephemera.http.routes import ERRORS, Credential, serve_artifact
 from ephemera.http.schemas import (
@@ -46,6 +47,7 @@ def worker_router(store: Store) -> APIRouter:
         tags=["workers"],
         responses=ERRORS,
         dependencies=[Depends(worker_key)],
+        generate_unique_id_function=operation_id,
     )
 
     @router.post(
@@ -53,7 +55,7 @@ def worker_router(store: Store) -> APIRouter:
         response_model=ClaimOut,
         responses={204: {"description": "No task is waiting"}},
     )
-    async def claim(
+    async def claim_task(
         body: ClaimRequest,
         wait_s: Annotated[float, Query(ge=0, le=30, description="Long-poll this long")] = 0,
     ) -> ClaimOut | Response:
@@ -75,7 +77,7 @@ def worker_router(store: Store) -> APIRouter:
             await anyio.sleep(min(WAIT_STEP_S, deadline - anyio.current_time()))
 
     @router.post("/tasks/{task_id}/heartbeat", response_model=HeartbeatOut)
-    def heartbeat(task_id: str, body: HeartbeatIn, claim_id: ClaimHeader) -> HeartbeatOut:
+    def send_heartbeat(task_id: str, body: HeartbeatIn, claim_id: ClaimHeader) -> HeartbeatOut:
         """Renew the claim (and report progress); 409 means stop: the claim is gone."""
         progress = (body.progress.done, body.progress.total) if body.progress else None
         until = store.heartbeat_task(task_id, claim_id, progress=progress, ttl_s=body.ttl_s)
@@ -84,8 +86,10 @@ def worker_router(store: Store) -> APIRouter:
     @router.get(
         "/tasks/{task_id}/inputs/{artifact_id}/content",
         response_class=Response,
+        responses=CONTENT_RESPONSES,
+        openapi_extra=CONTENT_REQUEST,
     )
-    def download_input(
+    def download_task_input(
         task_id: str, artifact_id: str, request: Request, claim_id: ClaimHeader
     ) -> Response:
         """An input's bytes (reference data included), while the claim holds."""
@@ -95,16 +99,9 @@ def worker_router(store: Store) -> APIRouter:
         "/tasks/{task_id}/outputs",
         status_code=201,
         response_model=ArtifactOut,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
-                },
-            }
-        },
+        openapi_extra=RAW_UPLOAD_BODY,
     )
-    async def upload_output(
+    async def upload_task_output(
         task_id: str,
         request: Request,
         claim_id: ClaimHeader,
@@ -125,12 +122,12 @@ def worker_router(store: Store) -> APIRouter:
         return ArtifactOut.model_validate(artifact)
 
     @router.post("/tasks/{task_id}/complete", response_model=TaskOut)
-    def complete(task_id: str, body: CompleteIn, claim_id: ClaimHeader) -> TaskOut:
+    def complete_task(task_id: str, body: CompleteIn, claim_id: ClaimHeader) -> TaskOut:
         """Succeed with a result; the outputs uploaded under this claim become the task's."""
         return TaskOut.of(store.complete_task(task_id, claim_id, body.result))
 
     @router.post("/tasks/{task_id}/fail", response_model=TaskOut)
-    def fail(task_id: str, body: FailIn, claim_id: ClaimHeader) -> TaskOut:
+    def fail_task(task_id: str, body: FailIn, claim_id: ClaimHeader) -> TaskOut:
         """Fail this attempt; with ``retry`` it is queued again while attempts remain."""
         return TaskOut.of(store.fail_task(task_id, claim_id, body.error, retry=body.retry))
 
