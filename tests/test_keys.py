@@ -59,6 +59,7 @@ OTHER_ROUTES: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/admin/cleanup/stats"): {},
     ("GET", "/admin/audit"): {},
     ("GET", "/admin/sessions"): {},
+    ("POST", "/admin/verify"): {},
     ("POST", "/worker/claim"): {"json": CLAIM_BODY},
     ("POST", "/worker/tasks/{task_id}/heartbeat"): {"json": {}},
     ("GET", "/worker/tasks/{task_id}/inputs/{artifact_id}/content"): {},

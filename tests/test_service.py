@@ -1,5 +1,5 @@
 """What runs beside the API: nothing with ``create_app`` alone; with the service, recovery,
-scheduled cleanup and workers, started with the host app and stopped with it."""
+scheduled cleanup, the scrub and workers, started with the host app and stopped with it."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ def test_a_host_app_with_the_lifespan_processes_tasks_and_cleans_up_on_schedule(
     host = FastAPI(lifespan=lifespan(service_store))
     host.mount("/files", create_app(service_store))
     with TestClient(host) as client:
-        assert {"ephemera-worker-0", "ephemera-cleanup"} <= ephemera_threads() - before
+        started = {"ephemera-worker-0", "ephemera-cleanup", "ephemera-scrub"}
+        assert started <= ephemera_threads() - before
         admin = bearer(service_store.create_admin_key("host"))
         created = client.post(f"{API}/sessions", json={}, headers=admin).json()
         sid, token = created["id"], bearer(created["token"])
@@ -83,9 +84,13 @@ def test_a_host_app_with_the_lifespan_processes_tasks_and_cleans_up_on_schedule(
 
 def test_settings_say_what_the_service_starts(data_dir: Path) -> None:
     before = ephemera_threads()
-    settings = Settings(data_dir=data_dir, workers=0, scheduled_cleanup=False)
+    settings = Settings(data_dir=data_dir, workers=0, scheduled_cleanup=False, scrub_period_s=0)
     with Store.open(settings) as store, Service(store):
         assert ephemera_threads() == before
+    assert ephemera_threads() == before
+    scrub_only = Settings(data_dir=data_dir, workers=0, scheduled_cleanup=False)
+    with Store.open(scrub_only) as store, Service(store):
+        assert ephemera_threads() - before == {"ephemera-scrub"}
     assert ephemera_threads() == before
 
 

@@ -11,6 +11,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from ephemera.cleanup import CleanupReport
+    from ephemera.integrity import VerifyReport
     from ephemera.store import Store
 
 
@@ -40,7 +41,15 @@ class _StorageCollector(Collector):
         tasks = GaugeMetricFamily("ephemera_tasks", "Tasks by state", labels=["state"])
         for state, count in self.store.catalog.task_counts().items():
             tasks.add_metric([state], count)
-        yield from (stored, counted, sessions, tasks)
+        flagged = GaugeMetricFamily(
+            "ephemera_artifacts_flagged",
+            "Ready artifacts verification found wrong, by integrity (corrupt, missing)",
+            labels=["integrity"],
+        )
+        counts = self.store.catalog.integrity_counts()
+        for integrity in ("corrupt", "missing"):
+            flagged.add_metric([integrity], counts.get(integrity, {}).get("count", 0))
+        yield from (stored, counted, sessions, tasks, flagged)
 
 
 class _VolumeCollector(Collector):
@@ -92,6 +101,20 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800),
         )
+        self.verified = Counter(
+            "ephemera_verify_items",
+            "Artifacts verification read, by outcome (ok, corrupt, missing, error)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.verified_bytes = Counter(
+            "ephemera_verify_bytes", "Bytes verification re-hashed", registry=self.registry
+        )
+        self.verify_runs = Counter(
+            "ephemera_verify_runs",
+            "Verification runs (on demand and scrub)",
+            registry=self.registry,
+        )
         self.registry.register(_StorageCollector(store))
         self.registry.register(_VolumeCollector(store))
 
@@ -103,6 +126,15 @@ class Metrics:
             self.freed.labels(*labels).inc(part.deleted_size_bytes)
             self.errors.labels(*labels).inc(len(part.errors))
             self.duration.labels(*labels).observe(part.duration_s)
+
+    def observe_verify(self, report: VerifyReport) -> None:
+        self.verify_runs.inc()
+        self.verified_bytes.inc(report.checked_bytes)
+        wrong = report.missing_count + report.corrupt_count + len(report.errors)
+        self.verified.labels("ok").inc(max(report.checked_count - wrong, 0))
+        self.verified.labels("corrupt").inc(report.corrupt_count)
+        self.verified.labels("missing").inc(report.missing_count)
+        self.verified.labels("error").inc(len(report.errors))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

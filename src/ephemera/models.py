@@ -77,6 +77,11 @@ class Artifact:
     expires_at: datetime | None
     retain_until: datetime | None
     producer: str | None = None
+    # Set by verification: "corrupt" or "missing" (None: never found wrong), and when the
+    # bytes last hashed right.
+    integrity: str | None = None
+    integrity_error: str | None = None
+    verified_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,11 @@
-"""What runs beside the API: recovery at start-up, scheduled cleanup and embedded workers.
+"""What runs beside the API: recovery at start-up, scheduled cleanup, the scrub and embedded
+workers.
 
 ``ephemera serve`` runs a :class:`Service` around its HTTP server. An app that mounts
 ephemera's API runs the same in its own lifespan (``FastAPI(lifespan=lifespan(store))``);
-``create_app`` alone adds routes and runs nothing. ``settings.scheduled_cleanup`` and
-``settings.workers`` say what starts. Creating admin keys is left to the host
-(``store.create_admin_key``, ``ephemera admin-key create``).
+``create_app`` alone adds routes and runs nothing. ``settings.scheduled_cleanup``,
+``settings.scrub_period_s`` (0: no scrub) and ``settings.workers`` say what starts. Creating
+admin keys is left to the host (``store.create_admin_key``, ``ephemera admin-key create``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ephemera.scheduler import CleanupScheduler
+from ephemera.scrub import Scrubber
 from ephemera.worker import Worker
 
 if TYPE_CHECKING:
@@ -31,6 +33,7 @@ class Service:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.scheduler: CleanupScheduler | None = None
+        self.scrubber: Scrubber | None = None
         self.workers: Worker | None = None
 
     def start(self) -> None:
@@ -46,18 +49,24 @@ class Service:
         if settings.scheduled_cleanup:
             self.scheduler = CleanupScheduler(self.store)
             self.scheduler.start()
+        if settings.scrub_period_s > 0:
+            self.scrubber = Scrubber(self.store)
+            self.scrubber.start()
         if settings.workers:
             self.workers = Worker(self.store, concurrency=settings.workers)
             self.workers.start()
 
     def stop(self) -> None:
-        """Stop claiming tasks (running ones get their grace period), then the scheduler."""
+        """Stop claiming tasks (running ones get their grace period), then the background loops."""
         if self.workers is not None:
             self.workers.stop()
             self.workers = None
         if self.scheduler is not None:
             self.scheduler.stop()
             self.scheduler = None
+        if self.scrubber is not None:
+            self.scrubber.stop()
+            self.scrubber = None
 
     def __enter__(self) -> Service:
         self.start()

@@ -68,6 +68,15 @@ from ephemera.errors import (
     Unauthenticated,
 )
 from ephemera.hooks import ArtifactDeleted, Hooks, SessionClosed, Webhook
+from ephemera.integrity import (
+    ProgressFn,
+    Repair,
+    VerifyReport,
+    VerifyRequest,
+    refuse_flagged,
+    run_verify,
+    verified_chunks,
+)
 from ephemera.jsonvalues import check_json
 from ephemera.metrics import Metrics
 from ephemera.models import (
@@ -796,7 +805,11 @@ class Store:
         return artifact, self.open_blob(artifact)
 
     def open_blob(self, artifact: Artifact) -> BinaryIO:
-        """The bytes of an artifact already looked up and authorised (no further reads)."""
+        """The bytes of an artifact already looked up and authorised (no further reads).
+
+        ArtifactCorrupt for one that verification flagged: wrong bytes are never handed out.
+        """
+        refuse_flagged(artifact)
         return self.blobs.open(artifact_key(artifact.session_id, artifact.id))
 
     def open_artifact_range(self, artifact: Artifact, start: int, end: int) -> BinaryIO:
@@ -804,6 +817,7 @@ class Store:
 
         Reads only that range where the blob store can; otherwise skips to ``start``.
         """
+        refuse_flagged(artifact)
         if self._ranged is not None:
             return self._ranged.open_range(
                 artifact_key(artifact.session_id, artifact.id), start, end
@@ -818,10 +832,9 @@ class Store:
         return stream
 
     def read_artifact(self, session_id: str, artifact_id: str) -> bytes:
-        """The whole artifact in memory: for small ones; stream big ones with open_artifact."""
-        _, stream = self.open_artifact(session_id, artifact_id)
-        with stream:
-            return stream.read()
+        """The whole artifact in memory, hash checked: for small ones; stream big ones with
+        open_artifact or iter_verified."""
+        return b"".join(self.iter_verified(self.get_artifact(session_id, artifact_id)))
 
     def artifact_path(self, session_id: str, artifact_id: str) -> Path | None:
         """A local file path for zero-copy serving, when the blob store has one."""
@@ -968,6 +981,8 @@ class Store:
             raise InvalidInput("max_attempts must be between 1 and 100")
         now = self.clock.now()
         artifacts = self.catalog.task_inputs(refs, now)
+        for artifact in artifacts:
+            refuse_flagged(artifact)
         checked = dict(params or {})
         if processor in self.settings.external_processors:
             pass  # run by an external worker, which checks its own params
@@ -1120,6 +1135,7 @@ class Store:
                 artifact = self.catalog.get_artifact(ref.session_id, artifact_id)
                 if artifact is None:
                     break
+                refuse_flagged(artifact)
                 return artifact
         raise NotFound(f"artifact {artifact_id[:40]} is not an input of task {task_id}")
 
@@ -1336,6 +1352,28 @@ class Store:
             return Page(items[:limit], str(items[limit - 1].id))
         return Page(items, None)
 
+    def verify(
+        self,
+        *,
+        session_id: str | None = None,
+        rate_mb_s: float | None = None,
+        repair: Repair | str = Repair.FLAG,
+        actor: str = "library",
+        progress: ProgressFn | None = None,
+    ) -> VerifyReport:
+        """Re-hash stored bytes (see ``ephemera.integrity``); recorded in the audit log."""
+        request = VerifyRequest.checked(session_id, rate_mb_s, repair)
+        return run_verify(self, request, actor=actor, progress=progress)
+
+    def iter_verified(self, artifact: Artifact) -> Iterator[bytes]:
+        """The bytes of an artifact already looked up, hashed as they stream: a mismatch flags
+        it and raises ArtifactCorrupt before the last chunk (see ``ephemera.integrity``)."""
+        return verified_chunks(self, artifact)
+
+    def check_intact(self, artifact: Artifact) -> None:
+        """ArtifactCorrupt if verification found this artifact's bytes wrong or missing."""
+        refuse_flagged(artifact)
+
     def cleanup_stats(self, *, include_orphaned: bool = False) -> dict[str, Any]:
         """What is stored, what each operation would delete now, leases, usage, last runs."""
         now = self.clock.now()
@@ -1365,6 +1403,7 @@ class Store:
                 "high_water_bytes": self.settings.quota_high_water_bytes,
                 "low_water_bytes": self.settings.quota_low_water_bytes,
             },
+            "integrity": self._integrity_stats(),
             "last_runs": {
                 e.action.removeprefix("cleanup."): {
                     "at": e.at,
@@ -1374,6 +1413,20 @@ class Store:
                 }
                 for e in self.catalog.last_audit_per_action("cleanup.")
             },
+        }
+
+    def _integrity_stats(self) -> dict[str, Any]:
+        counts = self.catalog.integrity_counts()
+        last = self.catalog.last_audit_per_action("verify")
+        return {
+            "corrupt": counts.get("corrupt", {}).get("count", 0),
+            "missing": counts.get("missing", {}).get("count", 0),
+            "never_verified": counts["never_verified"]["count"],
+            "last_run": (
+                {"at": last[0].at, "actor": last[0].actor, "result": last[0].result}
+                if last
+                else None
+            ),
         }
 
 

@@ -30,6 +30,7 @@ from sqlalchemy import (
     Engine,
     Row,
     and_,
+    bindparam,
     case,
     create_engine,
     delete,
@@ -185,6 +186,9 @@ def _artifact(row: Row[Any]) -> Artifact:
         expires_at=row.expires_at,
         retain_until=row.retain_until,
         producer=row.producer,
+        integrity=row.integrity,
+        integrity_error=row.integrity_error,
+        verified_at=row.verified_at,
     )
 
 
@@ -323,6 +327,38 @@ class Candidate:
     leased: bool
     retained: bool
     order_key: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What verification needs of an artifact record."""
+
+    id: str
+    session_id: str
+    name: str
+    size: int
+    sha256: str
+    integrity: str | None
+
+
+_STORED = (
+    artifacts.c.id,
+    artifacts.c.session_id,
+    artifacts.c.name,
+    artifacts.c.size,
+    artifacts.c.sha256,
+    artifacts.c.integrity,
+)
+
+
+def _scrub_due(due_before: datetime) -> ColumnElement[bool]:
+    return and_(
+        artifacts.c.integrity.is_(None),
+        or_(
+            artifacts.c.verified_at <= due_before,
+            and_(artifacts.c.verified_at.is_(None), artifacts.c.ready_at <= due_before),
+        ),
+    )
 
 
 _ready_usage = (
@@ -1271,6 +1307,129 @@ class Catalog:
                 .values(state=ArtifactState.DELETING)
             )
             return done.rowcount == 1
+
+    # -- integrity ------------------------------------------------------------------------
+
+    def verify_totals(self, session_id: str | None, due_before: datetime | None) -> tuple[int, int]:
+        """Number and bytes of the ready artifacts a verify run will read."""
+        query = select(func.count(), func.coalesce(func.sum(artifacts.c.size), 0)).where(
+            artifacts.c.state == ArtifactState.READY
+        )
+        if session_id is not None:
+            query = query.where(artifacts.c.session_id == session_id)
+        if due_before is not None:
+            query = query.where(_scrub_due(due_before))
+        with self._read() as conn:
+            count, total = conn.execute(query).one()
+        return int(count), int(total)
+
+    def verify_batch(self, session_id: str | None, after: str | None, limit: int) -> list[Stored]:
+        """Ready artifacts (of one session, or all) in ID order after ``after``."""
+        query = (
+            select(*_STORED)
+            .where(artifacts.c.state == ArtifactState.READY)
+            .order_by(artifacts.c.id)
+            .limit(limit)
+        )
+        if session_id is not None:
+            query = query.where(artifacts.c.session_id == session_id)
+        if after is not None:
+            query = query.where(artifacts.c.id > after)
+        with self._read() as conn:
+            return [Stored(*r) for r in conn.execute(query)]
+
+    def scrub_batch(self, due_before: datetime, skip: Sequence[str], limit: int) -> list[Stored]:
+        """Unflagged ready artifacts not verified since ``due_before``, least recently first.
+
+        Never verified ones (by upload time) come first, then by ``verified_at``: each
+        verification moves an artifact out of the selection, so a stopped scrub resumes
+        where it stopped. ``skip``: those a read error left undecided in this run.
+        """
+        never = (
+            select(*_STORED)
+            .where(
+                artifacts.c.state == ArtifactState.READY,
+                artifacts.c.integrity.is_(None),
+                artifacts.c.verified_at.is_(None),
+                artifacts.c.ready_at <= due_before,
+            )
+            .order_by(artifacts.c.ready_at, artifacts.c.id)
+        )
+        stale = (
+            select(*_STORED)
+            .where(
+                artifacts.c.state == ArtifactState.READY,
+                artifacts.c.integrity.is_(None),
+                artifacts.c.verified_at <= due_before,
+            )
+            .order_by(artifacts.c.verified_at, artifacts.c.id)
+        )
+        if skip:
+            never = never.where(artifacts.c.id.not_in(skip))
+            stale = stale.where(artifacts.c.id.not_in(skip))
+        with self._read() as conn:
+            found = [Stored(*r) for r in conn.execute(never.limit(limit))]
+            if len(found) < limit:
+                found += [Stored(*r) for r in conn.execute(stale.limit(limit - len(found)))]
+        return found
+
+    def mark_verified(self, ids: Sequence[str], now: datetime) -> None:
+        """The bytes hashed right: record when, and lift any flag (restored from a backup)."""
+        if not ids:
+            return
+        with self._write() as conn:
+            conn.execute(
+                update(artifacts)
+                .where(artifacts.c.id.in_(ids), artifacts.c.state == ArtifactState.READY)
+                .values(verified_at=now, integrity=None, integrity_error=None)
+            )
+
+    def flag_artifacts(self, flags: Sequence[tuple[str, str, str]]) -> set[str]:
+        """Flag (id, integrity, error) artifacts; returns the IDs flagged (still ready)."""
+        if not flags:
+            return set()
+        ids = [f[0] for f in flags]
+        with self._write() as conn:
+            conn.execute(
+                update(artifacts)
+                .where(
+                    artifacts.c.id == bindparam("flag_id"),
+                    artifacts.c.state == ArtifactState.READY,
+                )
+                .values(
+                    integrity=bindparam("flag_integrity"), integrity_error=bindparam("flag_error")
+                ),
+                [
+                    {"flag_id": i, "flag_integrity": kind, "flag_error": error[:500]}
+                    for i, kind, error in flags
+                ],
+            )
+            return set(
+                conn.scalars(
+                    select(artifacts.c.id).where(
+                        artifacts.c.id.in_(ids),
+                        artifacts.c.state == ArtifactState.READY,
+                        artifacts.c.integrity.is_not(None),
+                    )
+                )
+            )
+
+    def integrity_counts(self) -> dict[str, dict[str, int]]:
+        """Ready artifacts by integrity flag ("ok" when never found wrong): count and bytes."""
+        kind = func.coalesce(artifacts.c.integrity, "ok")
+        with self._read() as conn:
+            rows = conn.execute(
+                select(kind, func.count(), func.coalesce(func.sum(artifacts.c.size), 0))
+                .where(artifacts.c.state == ArtifactState.READY)
+                .group_by(kind)
+            )
+            counts = {r[0]: {"count": int(r[1]), "bytes": int(r[2])} for r in rows}
+            never = conn.scalar(
+                select(func.count()).where(
+                    artifacts.c.state == ArtifactState.READY, artifacts.c.verified_at.is_(None)
+                )
+            )
+        return {**counts, "never_verified": {"count": int(never or 0)}}
 
     # -- stats ----------------------------------------------------------------------------
 

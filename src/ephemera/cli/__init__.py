@@ -5,10 +5,10 @@ Importing the command modules registers their commands on :data:`app`.
 
 from __future__ import annotations
 
-from ephemera.cli import keys, maintenance, processors, serve, sessions
+from ephemera.cli import keys, maintenance, processors, serve, sessions, verify
 from ephemera.cli.app import app
 
-__all__ = ["app", "keys", "main", "maintenance", "processors", "serve", "sessions"]
+__all__ = ["app", "keys", "main", "maintenance", "processors", "serve", "sessions", "verify"]
 
 
 def main() -> None:

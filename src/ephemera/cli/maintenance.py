@@ -183,6 +183,12 @@ def stats(
         render.size(usage["low_water_bytes"]),
     )
     out.print(volume)
+    flagged = numbers["integrity"]
+    integrity = Table("corrupt", "missing", "never verified", title="integrity")
+    integrity.add_row(
+        str(flagged["corrupt"]), str(flagged["missing"]), str(flagged["never_verified"])
+    )
+    out.print(integrity)
     stored = Table("storage class", "state", "artifacts", "size", title="stored")
     for row in numbers["artifacts"]:
         stored.add_row(

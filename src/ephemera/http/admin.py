@@ -20,7 +20,9 @@ from ephemera.http.schemas import (
     CleanupStats,
     SessionOut,
     SessionTotals,
+    VerifyReportOut,
 )
+from ephemera.integrity import MAX_RATE_MB_S, Repair
 from ephemera.models import KeyRole
 from ephemera.store import Store
 
@@ -112,6 +114,28 @@ def admin_router(store: Store) -> APIRouter:
             details=details,
             purge_missing=purge_missing,
         )
+
+    @router.post("/verify", response_model=VerifyReportOut)
+    def verify(
+        token: Credential,
+        session_id: Annotated[
+            str | None, Query(max_length=64, description="Only this session's artifacts")
+        ] = None,
+        rate_mb_s: Annotated[
+            float | None, Query(gt=0, le=MAX_RATE_MB_S, description="Read at most this many MB/s")
+        ] = None,
+        repair: Annotated[
+            Repair,
+            Query(description="flag: keep wrong artifacts flagged; drop: delete them (not leased)"),
+        ] = Repair.FLAG,
+    ) -> dict[str, Any]:
+        """Re-hash stored bytes; flag (or drop) missing and corrupt artifacts; audited."""
+        name = admin_name(token)
+        limit.check(name)
+        report = store.verify(
+            session_id=session_id, rate_mb_s=rate_mb_s, repair=repair, actor=f"admin:{name}"
+        )
+        return report.as_dict()
 
     @router.get("/cleanup/stats", response_model=CleanupStats)
     def cleanup_stats(

@@ -121,6 +121,10 @@ CONTENT_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "Range malformed or outside the bytes: nothing is served",
         "headers": {"Content-Range": _header("`bytes */size`")},
     },
+    500: {
+        "model": ErrorBody,
+        "description": "artifact_corrupt: verification found the stored bytes wrong or missing",
+    },
 }
 
 

@@ -403,26 +403,34 @@ def api_router(store: Store) -> APIRouter:
 
 def serve_artifact(store: Store, artifact: Artifact, request: Request) -> Response:
     """The stored bytes, exactly: ETag is the sha256; Range and If-None-Match work."""
+    # Before any answer that carries the ETag, a 304 included: the sha256 no longer vouches.
+    store.check_intact(artifact)
     etag = f'"{artifact.sha256}"'
     headers = _download_headers(artifact, etag)
     if _etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     wanted = _byte_range(request, etag, artifact.size)
+    if wanted is None:
+        # The whole body is hashed as it streams; on a mismatch the connection is cut before
+        # the last chunk, so no client ever completes wrong bytes under the recorded ETag.
+        headers["accept-ranges"] = "bytes"
+        headers["content-length"] = str(artifact.size)
+        return StreamingResponse(
+            store.iter_verified(artifact), media_type=artifact.content_type, headers=headers
+        )
+    # A part cannot be checked against the whole body's hash: ranges go out as stored
+    # (verification and the scrub flag corrupt bytes for every reader).
     path = store.artifact_path(artifact.session_id, artifact.id)
     if path is not None:
         if not path.is_file():
             raise StorageError(f"artifact {artifact.id} has lost its bytes")
         return _RangedFile(path, wanted, media_type=artifact.content_type, headers=headers)
-    # No file to hand over (an object store): stream it, honouring one byte range.
+    # No file to hand over (an object store): stream the one byte range.
     headers["accept-ranges"] = "bytes"
-    if wanted is None:
-        start, end, status = 0, artifact.size - 1, 200
-        stream = store.open_blob(artifact)
-    else:
-        start, end = wanted
-        status = 206
-        headers["content-range"] = f"bytes {start}-{end}/{artifact.size}"
-        stream = store.open_artifact_range(artifact, start, end)
+    start, end = wanted
+    status = 206
+    headers["content-range"] = f"bytes {start}-{end}/{artifact.size}"
+    stream = store.open_artifact_range(artifact, start, end)
     remaining = end - start + 1
 
     def chunks() -> Any:

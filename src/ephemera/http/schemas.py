@@ -92,6 +92,11 @@ class ArtifactOut(BaseModel):
     created_at: datetime
     expires_at: datetime | None
     retain_until: datetime | None
+    integrity: str | None = Field(
+        None, description="Set when verification found the bytes 'corrupt' or 'missing'"
+    )
+    integrity_error: str | None = None
+    verified_at: datetime | None = Field(None, description="When the bytes last hashed right")
 
 
 class ArtifactPage(BaseModel):
@@ -220,7 +225,33 @@ class CleanupStats(BaseModel):
     leased: dict[str, int]
     tasks: dict[str, int] = Field(description="Tasks by state")
     usage: dict[str, int | None]
+    integrity: dict[str, Any] = Field(
+        description="Artifacts flagged corrupt or missing, never verified, last verify run"
+    )
     last_runs: dict[str, dict[str, Any]]
+
+
+class VerifyProblemOut(BaseModel):
+    session_id: str
+    artifact_id: str
+    name: str
+    integrity: str
+    error: str
+    dropped: bool
+
+
+class VerifyReportOut(BaseModel):
+    checked_count: int
+    checked_bytes: int
+    missing_count: int
+    corrupt_count: int
+    restored_count: int = Field(description="Flagged artifacts whose bytes hash right again")
+    repaired_count: int = Field(description="Flagged artifacts dropped (repair=drop)")
+    skipped_protected: int = Field(description="Flagged artifacts a lease kept from being dropped")
+    interrupted: bool
+    duration_s: float
+    problems: list[VerifyProblemOut] = Field(description="Each missing or corrupt artifact")
+    errors: list[dict[str, str]] = Field(description="Artifacts that could not be read")
 
 
 class TaskInputRef(BaseModel):
