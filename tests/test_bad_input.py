@@ -284,11 +284,7 @@ for label, headers in {
     attack(f"create-{label}-token", 401, "unauthenticated")(
         bind(headers, lambda w, h: w.client.post(f"{API}/sessions", json={}, headers=h))
     )
-for label, token in {
-    "wrong": "eps_wrong",
-    "admin-looking": "epa_wrong",
-    "junk": "x" * 5000,
-}.items():
+for label, token in {"wrong": "eps_wrong", "junk": "x" * 5000}.items():
     attack(f"upload-{label}-token", 404, "not_found")(
         bind(token, lambda w, t: w.upload(params={"name": "a"}, content=b"x", headers=bearer(t)))
     )
@@ -304,6 +300,18 @@ for label, token in {
         )
     )
     attack(f"create-{label}-token", 403, "forbidden")(
+        bind(token, lambda w, t: w.client.post(f"{API}/sessions", json={}, headers=bearer(t)))
+    )
+
+# A credential shaped like a key is judged as a key, never as a session token: unknown, 401.
+for label, token in {"admin": "epa_wrong", "worker": "epw_wrong", "client": "epc_wrong"}.items():
+    attack(f"upload-unknown-{label}-key", 401, "unauthenticated")(
+        bind(token, lambda w, t: w.upload(params={"name": "a"}, content=b"x", headers=bearer(t)))
+    )
+    attack(f"close-unknown-{label}-key", 401, "unauthenticated")(
+        bind(token, lambda w, t: w.client.delete(f"{API}/sessions/s1", headers=bearer(t)))
+    )
+    attack(f"create-unknown-{label}-key", 401, "unauthenticated")(
         bind(token, lambda w, t: w.client.post(f"{API}/sessions", json={}, headers=bearer(t)))
     )
 

@@ -7,6 +7,7 @@ import hashlib
 import random
 import sqlite3
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,20 @@ def test_the_whole_life_of_a_session(server: Server) -> None:
         assert http.get("/sessions/line-4", headers=auth).status_code == 404  # old token
 
 
-def test_isolation_under_concurrent_interleaved_uploads(server: Server) -> None:
+@pytest.fixture
+def probed_server(tmp_path: Path) -> Iterator[Server]:
+    # Thousands of wrong-token probes from one address are, to the server, failed
+    # authentications: the limit on them (tested on its own) must not answer them first.
+    env = {"EPHEMERA_AUTH_FAILURES_PER_MINUTE": "1000000"}
+    running = Server(tmp_path / "data", env=env).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_isolation_under_concurrent_interleaved_uploads(probed_server: Server) -> None:
+    server = probed_server
     with httpx.Client(
         base_url=server.api, timeout=60, limits=httpx.Limits(max_connections=32)
     ) as http:

@@ -222,7 +222,7 @@ def test_an_external_worker_claims_heartbeats_and_completes_over_http(
     assert thumb == b"thumbnail bytes"
 
     # The worker key opens the worker API only; a session token does not open it.
-    assert httpx.get(f"{server.api}/sessions/s1", headers=bearer(worker_key)).status_code == 404
+    assert httpx.get(f"{server.api}/sessions/s1", headers=bearer(worker_key)).status_code == 403
     assert (
         httpx.post(
             f"{server.api}/worker/claim",

@@ -31,6 +31,13 @@ class NotFound(EphemeraError, LookupError):
     code = "not_found"
 
 
+class SessionUnreachable(NotFound):
+    """Authentication on a session failed: missing, gone, expired or a wrong token, as one.
+
+    Answered exactly like any NotFound; the HTTP layer counts it as a failed authentication.
+    """
+
+
 class Unauthenticated(EphemeraError):
     code = "unauthenticated"
 

@@ -22,6 +22,9 @@ MAX_NAME_CHARS = 255
 SESSION_TOKEN_PREFIX = "eps_"  # noqa: S105 - a prefix, not a secret
 ADMIN_KEY_PREFIX = "epa_"
 WORKER_KEY_PREFIX = "epw_"
+CLIENT_KEY_PREFIX = "epc_"
+# A key's role shows in its prefix, so a key is never mistaken for a session token.
+KEY_PREFIXES = {"admin": ADMIN_KEY_PREFIX, "worker": WORKER_KEY_PREFIX, "client": CLIENT_KEY_PREFIX}
 
 
 def new_uuid7() -> str:
@@ -63,7 +66,7 @@ def check_kind(value: str) -> str:
 
 def check_admin_key_name(value: str) -> str:
     if not ADMIN_KEY_NAME_RE.fullmatch(value):
-        raise InvalidInput("admin key name must be 1-64 characters of A-Z, a-z, 0-9, '_', '.', '-'")
+        raise InvalidInput("key name must be 1-64 characters of A-Z, a-z, 0-9, '_', '.', '-'")
     return value
 
 
@@ -94,6 +97,18 @@ def new_admin_key() -> str:
 
 def new_worker_key() -> str:
     return WORKER_KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_key(role: str) -> str:
+    return KEY_PREFIXES[role] + secrets.token_urlsafe(32)
+
+
+def key_role(credential: str) -> str | None:
+    """The role a credential claims by its prefix; None for anything else (a session token)."""
+    for role, prefix in KEY_PREFIXES.items():
+        if credential.startswith(prefix):
+            return role
+    return None
 
 
 def new_claim_id() -> str:

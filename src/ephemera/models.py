@@ -125,11 +125,27 @@ class Page(Generic[T]):
     next_cursor: str | None
 
 
+class KeyRole(StrEnum):
+    """What a key opens: ``admin`` everything, ``worker`` the worker API only, ``client``
+    creating sessions only (the new session's token is what opens it)."""
+
+    ADMIN = "admin"
+    WORKER = "worker"
+    CLIENT = "client"
+
+
 @dataclass(frozen=True, slots=True)
 class AdminKey:
+    """A key of any role (the table and the name predate the other roles)."""
+
     name: str
     created_at: datetime
     last_used_at: datetime | None
+    role: KeyRole = KeyRole.ADMIN
+    expires_at: datetime | None = None
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
 
 
 class TaskState(StrEnum):

@@ -27,13 +27,12 @@ Artifact delete::
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import mimetypes
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -59,11 +58,14 @@ from ephemera.errors import (
     ChecksumMismatch,
     Conflict,
     EphemeraError,
+    Forbidden,
     InsufficientStorage,
     InvalidInput,
     NotFound,
+    SessionUnreachable,
     StorageError,
     TooLarge,
+    Unauthenticated,
 )
 from ephemera.hooks import ArtifactDeleted, Hooks, SessionClosed, Webhook
 from ephemera.integrity import (
@@ -75,6 +77,7 @@ from ephemera.integrity import (
     run_verify,
     verified_chunks,
 )
+from ephemera.jsonvalues import check_json
 from ephemera.metrics import Metrics
 from ephemera.models import (
     AdminKey,
@@ -84,6 +87,7 @@ from ephemera.models import (
     Claim,
     CloseReport,
     CreatedSession,
+    KeyRole,
     Lease,
     Page,
     Session,
@@ -108,6 +112,15 @@ log = logging.getLogger("ephemera.store")
 DEFAULT: Final = _Default()
 """Use the configured default (as opposed to ``None``, which means "never")."""
 
+
+class _Unchanged:
+    def __repr__(self) -> str:
+        return "UNCHANGED"
+
+
+UNCHANGED: Final = _Unchanged()
+"""Leave as it is (as opposed to ``None``, which clears or means "never")."""
+
 CONTENT_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 MAX_PAGE = 1000
@@ -115,10 +128,15 @@ MAX_TASK_INPUTS = 1000
 MAX_TASK_JSON_BYTES = 1024 * 1024
 LABEL_MAX = 200
 METADATA_MAX_BYTES = 64 * 1024
+MAX_TIMEOUT_S = 10 * 365 * 86400
 
 
 def _session_not_found(session_id: str) -> NotFound:
     return NotFound(f"session {session_id} not found")
+
+
+def _session_unreachable(session_id: str) -> SessionUnreachable:
+    return SessionUnreachable(f"session {session_id} not found")
 
 
 def check_content_type(value: str) -> str:
@@ -349,57 +367,103 @@ class Store:
 
         Returns the admin key's name when an admin key was used (for the audit log).
 
-        A wrong token, an unknown or malformed ID, and an expired session all raise the same
-        NotFound, so a caller cannot tell them apart.
+        With a session token, a wrong token, an unknown or malformed ID, and an expired session
+        all raise the same SessionUnreachable (a NotFound), so a caller cannot tell them apart;
+        with an admin key a session that is not there is a plain NotFound. A key is judged
+        as a key, before the session is looked at: an unknown, revoked or expired one is
+        Unauthenticated, a worker or client key Forbidden.
         """
+        key = self.resolve_key(credential)
+        if key is not None and key.role != KeyRole.ADMIN:
+            raise Forbidden(f"a {key.role} key does not open sessions")
+        # With an admin key a missing session is only that; with a token it is one of the
+        # indistinguishable failures of authentication.
+        missing = _session_not_found if key is not None else _session_unreachable
         if not ids.SESSION_ID_RE.fullmatch(session_id):
-            raise _session_not_found(session_id)
+            raise missing(session_id)
         now = self.clock.now()
         row = self.catalog.session_with_liveness(session_id, now)
         if row is None:
-            raise _session_not_found(session_id)
-        admin = self.admin_key_name(credential)
-        if admin is None and not ids.secret_matches(credential, row.token_hash):
-            raise _session_not_found(session_id)
+            raise missing(session_id)
+        if key is None and not ids.secret_matches(credential, row.token_hash):
+            raise missing(session_id)
         if not row.live:
-            raise _session_not_found(session_id)
+            raise missing(session_id)
         interval = timedelta(seconds=self.settings.activity_write_interval_s)
         if now - row.last_activity_at >= interval:
             expires_at = session_deadline(now, row.created_at, row.idle_timeout_s, row.max_age_s)
             self.catalog.touch_session(session_id, now, expires_at, now - interval)
-        return admin
+        return None if key is None else key.name
+
+    def resolve_key(self, credential: str) -> AdminKey | None:
+        """The key ``credential`` is, with its role; None if it is not a key (a session token).
+
+        A credential with a key's prefix is only ever a key: unknown (never issued or revoked)
+        or expired, it is Unauthenticated, never tried as a session token. Use is recorded at
+        most every ``activity_write_interval_s``.
+        """
+        role = ids.key_role(credential)
+        if role is None:
+            return None
+        key = self.catalog.find_key(ids.hash_secret(credential))
+        if key is None or key.role != role:
+            raise Unauthenticated("unknown or revoked key")
+        now = self.clock.now()
+        if key.expired(now):
+            assert key.expires_at is not None
+            raise Unauthenticated(f"this key expired at {key.expires_at.isoformat()}")
+        interval = timedelta(seconds=self.settings.activity_write_interval_s)
+        if key.last_used_at is None or now - key.last_used_at >= interval:
+            self.catalog.touch_key(key.name, now, now - interval)
+        return key
 
     def admin_key_name(self, credential: str) -> str | None:
-        if not credential.startswith(ids.ADMIN_KEY_PREFIX):
+        """The name of the valid admin key ``credential`` is, else None."""
+        return self._key_name(credential, KeyRole.ADMIN)
+
+    def worker_key_name(self, credential: str) -> str | None:
+        """The name of the valid worker key ``credential`` is, else None."""
+        return self._key_name(credential, KeyRole.WORKER)
+
+    def _key_name(self, credential: str, role: KeyRole) -> str | None:
+        try:
+            key = self.resolve_key(credential)
+        except Unauthenticated:
             return None
-        return self.catalog.admin_key_name(ids.hash_secret(credential))
+        return key.name if key is not None and key.role == role else None
 
     def create_admin_key(self, name: str) -> str:
-        return self.create_key(name, "admin")
+        return self.create_key(name, KeyRole.ADMIN)
 
-    def create_key(self, name: str, role: str = "admin") -> str:
-        """A new key: ``admin`` opens everything; ``worker`` only the worker API."""
-        key = ids.new_worker_key() if _role(role) == "worker" else ids.new_admin_key()
+    def create_key(
+        self,
+        name: str,
+        role: KeyRole | str = KeyRole.ADMIN,
+        *,
+        expires_in_s: float | None = None,
+    ) -> str:
+        """A new key of ``role`` (see :class:`KeyRole`), valid for ``expires_in_s`` or ever."""
+        checked = _role(role)
+        if expires_in_s is not None and not 1 <= expires_in_s <= 10 * 365 * 86400:
+            raise InvalidInput("a key's expiry must be between 1 second and 10 years")
+        now = self.clock.now()
+        expires_at = None if expires_in_s is None else now + timedelta(seconds=expires_in_s)
+        key = ids.new_key(checked)
         self.catalog.insert_admin_key(
-            ids.check_admin_key_name(name), ids.hash_secret(key), self.clock.now(), role
+            ids.check_admin_key_name(name), ids.hash_secret(key), now, checked, expires_at
         )
         return key
 
-    def worker_key_name(self, credential: str) -> str | None:
-        if not credential.startswith(ids.WORKER_KEY_PREFIX):
-            return None
-        return self.catalog.admin_key_name(ids.hash_secret(credential), "worker")
-
     def list_admin_keys(self) -> list[AdminKey]:
-        return self.list_keys("admin")
+        return self.list_keys(KeyRole.ADMIN)
 
-    def list_keys(self, role: str = "admin") -> list[AdminKey]:
+    def list_keys(self, role: KeyRole | str = KeyRole.ADMIN) -> list[AdminKey]:
         return self.catalog.list_admin_keys(_role(role))
 
     def revoke_admin_key(self, name: str) -> None:
-        self.revoke_key(name, "admin")
+        self.revoke_key(name, KeyRole.ADMIN)
 
-    def revoke_key(self, name: str, role: str = "admin") -> None:
+    def revoke_key(self, name: str, role: KeyRole | str = KeyRole.ADMIN) -> None:
         if not self.catalog.delete_admin_key(name, _role(role)):
             raise NotFound(f"no {role} key named {name!r}")
 
@@ -416,28 +480,27 @@ class Store:
         metadata: dict[str, Any] | None = None,
         idle_timeout_s: int | _Default | None = DEFAULT,
         max_age_s: int | _Default | None = DEFAULT,
+        confirm: Callable[[CreatedSession], None] | None = None,
     ) -> CreatedSession:
         """Create a session; a client-chosen ID of a live session is a Conflict.
 
         An ID whose earlier session is gone, expired or half-closed starts afresh: whatever
         is left of the earlier one is removed first, so the new session is empty.
+        ``confirm`` runs before the creation commits (e.g. to render the answer that hands
+        out the token): if it raises, nothing is created.
         """
         if session_id is None:
             session_id = ids.new_uuid7()
         else:
             ids.check_session_id(session_id)
-        if label is not None and len(label) > LABEL_MAX:
-            raise InvalidInput(f"label must be at most {LABEL_MAX} characters")
-        metadata = dict(metadata or {})
-        if len(_json_size(metadata)) > METADATA_MAX_BYTES:
-            raise InvalidInput(f"metadata must be at most {METADATA_MAX_BYTES} bytes of JSON")
+        label = _check_label(label)
+        metadata = _check_metadata(metadata)
         idle = (
             self.settings.idle_timeout_s if isinstance(idle_timeout_s, _Default) else idle_timeout_s
         )
         max_age = self.settings.max_age_s if isinstance(max_age_s, _Default) else max_age_s
-        for name, value in (("idle_timeout_s", idle), ("max_age_s", max_age)):
-            if value is not None and not (1 <= value <= 10 * 365 * 86400):
-                raise InvalidInput(f"{name} must be between 1 and 315360000, or null")
+        idle = _check_timeout("idle_timeout_s", idle)
+        max_age = _check_timeout("max_age_s", max_age)
 
         now = self.clock.now()
         if self.catalog.get_session_row(session_id) is not None:
@@ -445,6 +508,11 @@ class Store:
                 raise Conflict(f"session {session_id} already exists")
             self._finish_close(session_id, force=False)
         token = ids.new_session_token()
+
+        def confirmed(session: Session) -> None:
+            if confirm is not None:
+                confirm(CreatedSession(session, token))
+
         session = self.catalog.insert_session(
             {
                 "id": session_id,
@@ -457,7 +525,8 @@ class Store:
                 "idle_timeout_s": idle,
                 "max_age_s": max_age,
                 "expires_at": session_deadline(now, now, idle, max_age),
-            }
+            },
+            confirmed,
         )
         return CreatedSession(session, token)
 
@@ -472,6 +541,53 @@ class Store:
         if session is None:
             raise _session_not_found(session_id)
         return session
+
+    def update_session(
+        self,
+        session_id: str,
+        *,
+        label: str | _Unchanged | None = UNCHANGED,
+        metadata: Mapping[str, Any] | _Unchanged = UNCHANGED,
+        idle_timeout_s: int | _Unchanged | None = UNCHANGED,
+        max_age_s: int | _Unchanged | None = UNCHANGED,
+        confirm: Callable[[Session], None] | None = None,
+    ) -> tuple[Session, Session]:
+        """Change a live session's label, metadata (replaced whole) or timeouts; (before, after).
+
+        The limits are those of :meth:`create_session`. The change counts as activity, and
+        the deadline is computed again from the new timeouts; a max age the session has
+        already outlived is refused (close the session to end it now). ``confirm`` runs
+        before the change commits: if it raises, nothing changes.
+        """
+        if not ids.SESSION_ID_RE.fullmatch(session_id):
+            raise _session_not_found(session_id)
+        values: dict[str, Any] = {}
+        if not isinstance(label, _Unchanged):
+            values["label"] = _check_label(label)
+        if not isinstance(metadata, _Unchanged):
+            values["metadata"] = _check_metadata(metadata)
+        if not isinstance(idle_timeout_s, _Unchanged):
+            values["idle_timeout_s"] = _check_timeout("idle_timeout_s", idle_timeout_s)
+        if not isinstance(max_age_s, _Unchanged):
+            values["max_age_s"] = _check_timeout("max_age_s", max_age_s)
+        now = self.clock.now()
+
+        def change(row: Any) -> dict[str, Any]:
+            idle = values.get("idle_timeout_s", row.idle_timeout_s)
+            max_age = values.get("max_age_s", row.max_age_s)
+            if max_age is not None and row.created_at + timedelta(seconds=max_age) <= now:
+                age = int((now - row.created_at).total_seconds())
+                raise InvalidInput(
+                    f"max_age_s {max_age} has already passed (the session is {age} s old): "
+                    "close the session to end it now"
+                )
+            deadline = session_deadline(now, row.created_at, idle, max_age)
+            return {**values, "last_activity_at": now, "expires_at": deadline}
+
+        changed = self.catalog.update_session(session_id, now, change, confirm)
+        if changed is None:
+            raise _session_not_found(session_id)
+        return changed
 
     def list_sessions(self, cursor: str | None = None, limit: int = 100) -> Page[Session]:
         """Every session (live or not), in ID order."""
@@ -874,8 +990,7 @@ class Store:
             checked = self.processors.validate(processor, checked, artifacts).model_dump(
                 mode="json"
             )
-        if len(_json_size(checked)) > MAX_TASK_JSON_BYTES:
-            raise InvalidInput(f"params must be at most {MAX_TASK_JSON_BYTES} bytes of JSON")
+        checked = check_json(checked, "params", max_bytes=MAX_TASK_JSON_BYTES)
         task = self.catalog.insert_task(
             {
                 "id": ids.new_uuid7(),
@@ -988,9 +1103,7 @@ class Store:
         self, task_id: str, claim_id: str, result: Mapping[str, Any] | None = None
     ) -> Task:
         """Succeed: the outputs written under this claim become the task's outputs."""
-        value = dict(result or {})
-        if len(_json_size(value)) > MAX_TASK_JSON_BYTES:
-            raise InvalidInput(f"result must be at most {MAX_TASK_JSON_BYTES} bytes of JSON")
+        value = check_json(dict(result or {}), "result", max_bytes=MAX_TASK_JSON_BYTES)
         task, _ = self.catalog.finish_task(task_id, claim_id, self.clock.now(), result=value)
         return task
 
@@ -1317,10 +1430,11 @@ class Store:
         }
 
 
-def _role(role: str) -> str:
-    if role not in ("admin", "worker"):
-        raise InvalidInput("a key's role is 'admin' or 'worker'")
-    return role
+def _role(role: KeyRole | str) -> KeyRole:
+    try:
+        return KeyRole(role)
+    except ValueError:
+        raise InvalidInput("a key's role is 'admin', 'worker' or 'client'") from None
 
 
 def _claim_lost(task_id: str) -> Conflict:
@@ -1337,11 +1451,27 @@ def _task_input(session_id: str, item: str | tuple[str, str] | Sequence[str]) ->
     return TaskInput(owner, artifact_id)
 
 
-def _json_size(value: Any) -> bytes:
-    try:
-        return json.dumps(value, separators=(",", ":")).encode()
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput("metadata must be a JSON object") from exc
+def _check_label(label: str | None) -> str | None:
+    if label is not None and (not isinstance(label, str) or len(label) > LABEL_MAX):
+        raise InvalidInput(f"label must be text of at most {LABEL_MAX} characters")
+    return label
+
+
+def _check_timeout(name: str, value: int | None) -> int | None:
+    if value is not None and not (
+        isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_TIMEOUT_S
+    ):
+        raise InvalidInput(f"{name} must be between 1 and {MAX_TIMEOUT_S}, or null")
+    return value
+
+
+def _check_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise InvalidInput("metadata must be a JSON object")
+    checked: dict[str, Any] = check_json(
+        dict(metadata or {}), "metadata", max_bytes=METADATA_MAX_BYTES
+    )
+    return checked
 
 
 def _check_limit(limit: int) -> int:

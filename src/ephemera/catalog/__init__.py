@@ -77,6 +77,7 @@ from ephemera.models import (
     ArtifactState,
     AuditEntry,
     Claim,
+    KeyRole,
     Lease,
     Session,
     SessionState,
@@ -145,6 +146,16 @@ def _session(row: Row[Any], count: int = 0, total: int = 0) -> Session:
         expires_at=row.expires_at,
         artifact_count=count,
         total_bytes=total,
+    )
+
+
+def _key(row: Row[Any]) -> AdminKey:
+    return AdminKey(
+        name=row.name,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+        role=KeyRole(row.role),
+        expires_at=row.expires_at,
     )
 
 
@@ -510,14 +521,20 @@ class Catalog:
 
     # -- sessions -------------------------------------------------------------------------
 
-    def insert_session(self, values: dict[str, Any]) -> Session:
+    def insert_session(
+        self, values: dict[str, Any], confirm: Callable[[Session], None] | None = None
+    ) -> Session:
+        """Insert a session; ``confirm`` sees it before the commit and may still refuse it."""
         try:
             with self._write() as conn:
                 conn.execute(insert(sessions).values(**values))
                 row = conn.execute(select(sessions).where(sessions.c.id == values["id"])).one()
+                session = _session(row)
+                if confirm is not None:
+                    confirm(session)
         except IntegrityError as exc:
             raise Conflict(f"session {values['id']} already exists") from exc
-        return _session(row)
+        return session
 
     def is_live(self, session_id: str, now: datetime) -> bool:
         with self._read() as conn:
@@ -595,6 +612,36 @@ class Catalog:
                 )
                 .values(last_activity_at=now, expires_at=expires_at)
             )
+
+    def update_session(
+        self,
+        session_id: str,
+        now: datetime,
+        change: Callable[[Row[Any]], dict[str, Any]],
+        confirm: Callable[[Session], None] | None = None,
+    ) -> tuple[Session, Session] | None:
+        """Apply ``change(row)``'s values to a live session, atomically; (before, after).
+
+        None if the session is not live. ``change`` and ``confirm`` run inside the transaction:
+        if either raises, nothing changes.
+        """
+        with self._write() as conn:
+            row = conn.execute(
+                select(sessions, live_session(now).label("live"))
+                .where(sessions.c.id == session_id)
+                .with_for_update(of=sessions)
+            ).first()
+            if row is None or not row.live:
+                return None
+            values = change(row)
+            conn.execute(update(sessions).where(sessions.c.id == session_id).values(**values))
+            count, total = _usage(conn, session_id)
+            after = conn.execute(select(sessions).where(sessions.c.id == session_id)).one()
+            before_session = _session(row, count, total)
+            after_session = _session(after, count, total)
+            if confirm is not None:
+                confirm(after_session)
+        return before_session, after_session
 
     def begin_close(self, session_id: str, now: datetime, *, force: bool = True) -> Session | None:
         """open/closing -> closing; returns the session as it was, or None if it is gone.
@@ -1767,13 +1814,22 @@ class Catalog:
     # -- admin and worker keys -------------------------------------------------------------
 
     def insert_admin_key(
-        self, name: str, key_hash: str, now: datetime, role: str = "admin"
+        self,
+        name: str,
+        key_hash: str,
+        now: datetime,
+        role: str = "admin",
+        expires_at: datetime | None = None,
     ) -> None:
         try:
             with self._write() as conn:
                 conn.execute(
                     insert(admin_keys).values(
-                        name=name, key_hash=key_hash, created_at=now, role=role
+                        name=name,
+                        key_hash=key_hash,
+                        created_at=now,
+                        role=role,
+                        expires_at=expires_at,
                     )
                 )
         except IntegrityError as exc:
@@ -1787,10 +1843,27 @@ class Catalog:
                 )
             )
 
+    def find_key(self, key_hash: str) -> AdminKey | None:
+        with self._read() as conn:
+            row = conn.execute(select(admin_keys).where(admin_keys.c.key_hash == key_hash)).first()
+        return None if row is None else _key(row)
+
+    def touch_key(self, name: str, now: datetime, not_since: datetime) -> None:
+        """Record a key's use, unless it was recorded after ``not_since`` (keeps reads cheap)."""
+        with self._write() as conn:
+            conn.execute(
+                update(admin_keys)
+                .where(
+                    admin_keys.c.name == name,
+                    or_(admin_keys.c.last_used_at.is_(None), admin_keys.c.last_used_at < not_since),
+                )
+                .values(last_used_at=now)
+            )
+
     def list_admin_keys(self, role: str = "admin") -> list[AdminKey]:
         with self._read() as conn:
             return [
-                AdminKey(r.name, r.created_at, r.last_used_at)
+                _key(r)
                 for r in conn.execute(
                     select(admin_keys).where(admin_keys.c.role == role).order_by(admin_keys.c.name)
                 )

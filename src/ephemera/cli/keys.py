@@ -1,14 +1,16 @@
-"""``ephemera admin-key`` and ``ephemera worker-key``: create, list and revoke keys."""
+"""``ephemera admin-key``, ``worker-key`` and ``client-key``: create, list and revoke keys."""
 
 from __future__ import annotations
 
 import json
+import re
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from ephemera.cli import render
-from ephemera.cli.app import keys_app, worker_keys_app
+from ephemera.cli.app import client_keys_app, keys_app, worker_keys_app
 from ephemera.cli.common import (
     ACTOR,
     AsJson,
@@ -22,25 +24,50 @@ from ephemera.cli.common import (
     out,
 )
 from ephemera.errors import EphemeraError
+from ephemera.models import KeyRole
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+DURATION_RE = re.compile(r"([1-9][0-9]{0,8})([smhdw])")
 
 
-def _key_commands(group: typer.Typer, role: str) -> None:
-    """create, list and revoke for one kind of key: admin keys and worker keys alike."""
+def parse_duration(text: str) -> int:
+    """``90s``, ``15m``, ``12h``, ``30d`` or ``2w`` in seconds."""
+    match = DURATION_RE.fullmatch(text.strip())
+    if match is None:
+        raise typer.BadParameter(
+            "a number and a unit: s, m, h, d or w (e.g. 30d, 12h)", param_hint="--expires-in"
+        )
+    return int(match[1]) * UNITS[match[2]]
+
+
+ExpiresIn = Annotated[
+    str | None,
+    typer.Option(
+        "--expires-in",
+        help="The key stops working after this long (e.g. 30d, 12h) [default: never]",
+    ),
+]
+
+
+def _key_commands(group: typer.Typer, role: KeyRole) -> None:
+    """create, list and revoke for one role of key."""
 
     @group.command("create")
     def create(
         name: str,
+        expires_in: ExpiresIn = None,
         data_dir: DataDir = None,
         database_url: DatabaseUrl = None,
         blob_url: BlobUrl = None,
     ) -> None:
         """Create a key; the key alone is printed on standard output, once."""
+        seconds = None if expires_in is None else parse_duration(expires_in)
         with open_store(data_dir, database_url=database_url, blob_url=blob_url) as store:
             try:
-                key = store.create_key(name, role)
+                key = store.create_key(name, role, expires_in_s=seconds)
             except EphemeraError as exc:
                 raise fail(exc) from None
-            store.audit(ACTOR, f"{role}-key.create", name)
+            store.audit(ACTOR, f"{role}-key.create", name, {"expires_in_s": seconds})
         print(key)
 
     @group.command("list")
@@ -50,7 +77,7 @@ def _key_commands(group: typer.Typer, role: str) -> None:
         blob_url: BlobUrl = None,
         as_json: AsJson = False,
     ) -> None:
-        """Key names (the keys themselves are stored only as hashes)."""
+        """Key names, roles and times (the keys themselves are stored only as hashes)."""
         with open_store(data_dir, database_url=database_url, blob_url=blob_url) as store:
             try:
                 keys = store.list_keys(role)
@@ -59,9 +86,15 @@ def _key_commands(group: typer.Typer, role: str) -> None:
         if as_json:
             print(json.dumps(jsonable(keys)))
             return
-        table = Table("name", "created")
+        table = Table("name", "role", "created", "last used", "expires")
         for k in keys:
-            table.add_row(k.name, render.instant(k.created_at))
+            table.add_row(
+                k.name,
+                k.role,
+                render.instant(k.created_at),
+                render.instant(k.last_used_at),
+                render.instant(k.expires_at),
+            )
         out.print(table)
 
     @group.command("revoke")
@@ -81,5 +114,6 @@ def _key_commands(group: typer.Typer, role: str) -> None:
         err.print(f"revoked {name}", markup=False)
 
 
-_key_commands(keys_app, "admin")
-_key_commands(worker_keys_app, "worker")
+_key_commands(keys_app, KeyRole.ADMIN)
+_key_commands(worker_keys_app, KeyRole.WORKER)
+_key_commands(client_keys_app, KeyRole.CLIENT)

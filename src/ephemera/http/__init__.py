@@ -23,6 +23,7 @@ from ephemera.http.processors import processors_router
 from ephemera.http.routes import ERRORS, api_router, bearer
 from ephemera.http.schemas import Health
 from ephemera.http.workers import worker_router
+from ephemera.models import KeyRole
 from ephemera.store import Store
 
 API_PREFIX = "/api/v1"
@@ -69,7 +70,8 @@ def create_app(store: Store) -> FastAPI:
         if not store.settings.metrics_public:
             if auth is None or not auth.credentials:
                 raise Unauthenticated("/metrics takes an admin key (or set metrics_public)")
-            if store.admin_key_name(auth.credentials) is None:
+            key = store.resolve_key(auth.credentials)  # an unknown or expired key: 401
+            if key is None or key.role != KeyRole.ADMIN:
                 raise Forbidden("/metrics takes an admin key")
         return Response(store.metrics.render(), media_type="text/plain; version=0.0.4")
 

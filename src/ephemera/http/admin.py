@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import math
-import threading
-import time
-from collections import deque
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 
 from ephemera.errors import Forbidden
-from ephemera.http.errors import RateLimited
+from ephemera.http.jsonbody import JsonDepthGuardedRoute
 from ephemera.http.openapi import operation_id
+from ephemera.http.ratelimit import RateLimit, auth_failures
 from ephemera.http.routes import ERRORS, Credential
 from ephemera.http.schemas import (
     AdminSessionOut,
@@ -26,6 +23,7 @@ from ephemera.http.schemas import (
     VerifyReportOut,
 )
 from ephemera.integrity import MAX_RATE_MB_S, Repair
+from ephemera.models import KeyRole
 from ephemera.store import Store
 
 DryRun = Annotated[bool, Query(description="Report what would be deleted; delete nothing")]
@@ -35,42 +33,22 @@ Details = Annotated[bool, Query(description="List every item with the rule that 
 Purge = Annotated[bool, Query(description="orphaned: drop ready records whose bytes are lost")]
 
 
-class RateLimit:
-    """At most ``per_minute`` calls per key in any sliding minute, per process."""
-
-    def __init__(self, per_minute: int) -> None:
-        self.per_minute = per_minute
-        self._calls: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def check(self, key: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            calls = self._calls.setdefault(key, deque())
-            while calls and calls[0] <= now - 60:
-                calls.popleft()
-            if len(calls) >= self.per_minute:
-                wait = math.ceil(calls[0] + 60 - now)
-                raise RateLimited(
-                    f"at most {self.per_minute} cleanup requests a minute", max(wait, 1)
-                )
-            calls.append(now)
-
-
 def admin_router(store: Store) -> APIRouter:
     router = APIRouter(
         prefix="/admin",
+        route_class=JsonDepthGuardedRoute,
         tags=["admin"],
         responses={**ERRORS, 429: ERRORS[409] | {"description": "Too many requests"}},
+        dependencies=[Depends(auth_failures(store).gate)],
         generate_unique_id_function=operation_id,
     )
-    limit = RateLimit(store.settings.cleanup_requests_per_minute)
+    limit = RateLimit(store.settings.cleanup_requests_per_minute, "cleanup requests")
 
     def admin_name(token: str) -> str:
-        name = store.admin_key_name(token)
-        if name is None:
+        key = store.resolve_key(token)
+        if key is None or key.role != KeyRole.ADMIN:
             raise Forbidden("this takes an admin key")
-        return name
+        return key.name
 
     def run(
         token: str,

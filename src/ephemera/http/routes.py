@@ -11,10 +11,12 @@ import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from ephemera.errors import Forbidden, StorageError, Unauthenticated
 from ephemera.http.errors import MalformedBody, RangeNotSatisfiable
+from ephemera.http.jsonbody import JsonDepthGuardedRoute
 from ephemera.http.openapi import (
     CONTENT_REQUEST,
     CONTENT_RESPONSES,
@@ -22,6 +24,7 @@ from ephemera.http.openapi import (
     UPLOAD_RESPONSES,
     operation_id,
 )
+from ephemera.http.ratelimit import RateLimit, auth_failures, client_address
 from ephemera.http.receive import UploadParams, receive_json, receive_multipart, receive_raw
 from ephemera.http.schemas import (
     ArtifactOut,
@@ -36,29 +39,31 @@ from ephemera.http.schemas import (
     SessionCreate,
     SessionCreated,
     SessionOut,
+    SessionUpdate,
     TaskCreate,
     TaskOut,
     TaskPage,
 )
 from ephemera.http.slots import UploadSlots
-from ephemera.models import Artifact
+from ephemera.models import Artifact, CreatedSession, KeyRole, Session
 from ephemera.store import DEFAULT, Store
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in [
         (400, "Malformed request body or checksum mismatch"),
-        (401, "Missing credentials"),
+        (401, "Missing credentials, or a key that is unknown, revoked or expired"),
         (403, "These credentials do not allow this"),
         (404, "Not found, or not reachable with these credentials"),
         (409, "Conflict"),
         (413, "Too large"),
         (422, "Invalid input"),
+        (429, "Too many requests, or too many failed authentications from this address"),
         (503, "Storage unavailable"),
     ]
 }
 
-bearer = HTTPBearer(auto_error=False, description="A session token or an admin key")
+bearer = HTTPBearer(auto_error=False, description="A session token or a key")
 
 
 def credential(
@@ -70,6 +75,11 @@ def credential(
 
 
 Credential = Annotated[str, Depends(credential)]
+
+
+def as_json(model: BaseModel, status: int) -> Response:
+    """The answer rendered now, so that whatever cannot be rendered is never committed."""
+    return Response(model.model_dump_json(), status_code=status, media_type="application/json")
 
 
 def content_disposition(name: str) -> str:
@@ -87,7 +97,13 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 
 
 def api_router(store: Store) -> APIRouter:
-    router = APIRouter(responses=ERRORS, generate_unique_id_function=operation_id)
+    router = APIRouter(
+        responses=ERRORS,
+        route_class=JsonDepthGuardedRoute,
+        dependencies=[Depends(auth_failures(store).gate)],
+        generate_unique_id_function=operation_id,
+    )
+    anonymous = RateLimit(store.settings.anonymous_sessions_per_minute, "anonymous sessions")
     upload_slots = UploadSlots(store.settings.max_concurrent_uploads)
 
     def authed(session_id: str, token: str) -> str | None:
@@ -100,29 +116,75 @@ def api_router(store: Store) -> APIRouter:
         if admin is not None:
             store.audit(f"admin:{admin}", action, target, params or {})
 
-    @router.post("/sessions", status_code=201, response_model=SessionCreated, tags=["sessions"])
-    def create_session(body: SessionCreate, token: Credential) -> SessionCreated:
-        """Create a session (admin key required); the token in the answer is shown once."""
-        admin = store.admin_key_name(token)
-        if admin is None:
-            raise Forbidden("creating a session takes an admin key")
+    @router.post(
+        "/sessions",
+        status_code=201,
+        response_model=SessionCreated,
+        tags=["sessions"],
+    )
+    def create_session(
+        body: SessionCreate,
+        request: Request,
+        auth: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    ) -> Response:
+        """Create a session (an admin or client key, or none where anonymous creation is on);
+        the token in the answer is shown once, and only it opens the session."""
+        actor = None
+        if auth is None or not auth.credentials:
+            if not store.settings.anonymous_sessions:
+                raise Unauthenticated("creating a session takes an admin or client key")
+            anonymous.check(client_address(request))
+        else:
+            key = store.resolve_key(auth.credentials)
+            if key is None or key.role not in (KeyRole.ADMIN, KeyRole.CLIENT):
+                raise Forbidden("creating a session takes an admin or client key")
+            actor = key.name if key.role == KeyRole.ADMIN else None
         given = body.model_fields_set
+        rendered: list[Response] = []
+
+        def render(created: CreatedSession) -> None:
+            out = SessionOut.model_validate(created.session).model_dump()
+            rendered.append(as_json(SessionCreated(**out, token=created.token), 201))
+
         created = store.create_session(
             body.id,
             label=body.label,
             metadata=body.metadata,
             idle_timeout_s=body.idle_timeout_s if "idle_timeout_s" in given else DEFAULT,
             max_age_s=body.max_age_s if "max_age_s" in given else DEFAULT,
+            confirm=render,
         )
-        audit_admin(admin, "session.create", created.session.id, {"label": body.label})
-        return SessionCreated(
-            **SessionOut.model_validate(created.session).model_dump(), token=created.token
-        )
+        audit_admin(actor, "session.create", created.session.id, {"label": body.label})
+        return rendered[0]
 
     @router.get("/sessions/{session_id}", response_model=SessionOut, tags=["sessions"])
     def get_session(session_id: str, token: Credential) -> SessionOut:
         store.authenticate(session_id, token)
         return SessionOut.model_validate(store.get_session(session_id))
+
+    @router.patch("/sessions/{session_id}", response_model=SessionOut, tags=["sessions"])
+    def update_session(session_id: str, body: SessionUpdate, token: Credential) -> Response:
+        """Change the label, the metadata (replaced whole) or the timeouts; the deadline is
+        computed again. Only the fields sent change."""
+        admin = authed(session_id, token)
+        changes = {name: getattr(body, name) for name in body.model_fields_set}
+        rendered: list[Response] = []
+
+        def render(session: Session) -> None:
+            rendered.append(as_json(SessionOut.model_validate(session), 200))
+
+        before, after = store.update_session(session_id, **changes, confirm=render)
+        audit_admin(
+            admin,
+            "session.update",
+            session_id,
+            {
+                "fields": sorted(changes),
+                "old_expires_at": before.expires_at.isoformat() if before.expires_at else None,
+                "new_expires_at": after.expires_at.isoformat() if after.expires_at else None,
+            },
+        )
+        return rendered[0]
 
     @router.delete("/sessions/{session_id}", response_model=CloseReportOut, tags=["sessions"])
     def close_session(

@@ -31,6 +31,17 @@ class SessionCreate(BaseModel):
     max_age_s: int | None = SECONDS
 
 
+class SessionUpdate(BaseModel):
+    """Only the fields sent change; ``null`` clears the label or makes a timeout "never"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str | None = Field(None, max_length=200)
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Replaces the metadata")
+    idle_timeout_s: int | None = SECONDS
+    max_age_s: int | None = SECONDS
+
+
 class SessionOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 

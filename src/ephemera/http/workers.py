@@ -13,7 +13,9 @@ import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from ephemera.errors import Forbidden
+from ephemera.http.jsonbody import JsonDepthGuardedRoute
 from ephemera.http.openapi import CONTENT_REQUEST, CONTENT_RESPONSES, RAW_UPLOAD_BODY, operation_id
+from ephemera.http.ratelimit import auth_failures
 from ephemera.http.receive import UploadParams, receive_raw
 from ephemera.http.routes import ERRORS, Credential, serve_artifact
 from ephemera.http.schemas import (
@@ -26,7 +28,7 @@ from ephemera.http.schemas import (
     HeartbeatOut,
     TaskOut,
 )
-from ephemera.models import Claim
+from ephemera.models import Claim, KeyRole
 from ephemera.store import Store
 
 ClaimHeader = Annotated[
@@ -37,16 +39,17 @@ WAIT_STEP_S = 0.25
 
 def worker_router(store: Store) -> APIRouter:
     def worker_key(token: Credential) -> str:
-        name = store.worker_key_name(token) or store.admin_key_name(token)
-        if name is None:
+        key = store.resolve_key(token)
+        if key is None or key.role not in (KeyRole.WORKER, KeyRole.ADMIN):
             raise Forbidden("the worker API takes a worker key or an admin key")
-        return name
+        return key.name
 
     router = APIRouter(
         prefix="/worker",
+        route_class=JsonDepthGuardedRoute,
         tags=["workers"],
         responses=ERRORS,
-        dependencies=[Depends(worker_key)],
+        dependencies=[Depends(auth_failures(store).gate), Depends(worker_key)],
         generate_unique_id_function=operation_id,
     )
 
