@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -444,6 +445,44 @@ def test_two_runs_at_once_delete_each_item_once_without_errors(
     assert sum(r.deleted_size_bytes for r in reports) == expected.deleted_size_bytes
     assert store.catalog.table_row_counts()["artifacts"] == 0
     assert stored_keys(store) == []
+
+
+class DeleteBeforeListing:
+    """A blob store through which a delete lands between the orphan scan's read of a
+    session's records and its listing of the session's bytes: the interleaving that two
+    cleanups at once, or a close during a scan, produce by chance."""
+
+    def __init__(self, blobs: Any, delete: Callable[[], object]) -> None:
+        self._blobs = blobs
+        self._delete: Callable[[], object] | None = delete
+
+    def list_children(self, prefix: str) -> Iterator[str]:
+        if self._delete is not None and prefix.startswith("sessions/") and prefix != "sessions/":
+            delete, self._delete = self._delete, None
+            delete()
+        return self._blobs.list_children(prefix)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._blobs, name)
+
+
+def test_orphaned_reports_no_lost_bytes_for_an_artifact_deleted_during_its_scan(
+    store: Store,
+) -> None:
+    store.create_session("s1", idle_timeout_s=None)
+    doomed = store.put_artifact("s1", b"doomed", name="doomed.bin")
+    lost = store.put_artifact("s1", b"lost", name="lost.bin")
+    store.blobs.delete(artifact_key("s1", lost.id))  # bytes really lost, record still ready
+    racing = Store(
+        store.catalog,
+        DeleteBeforeListing(store.blobs, lambda: store.delete_artifact("s1", doomed.id)),
+        store.settings,
+        store.clock,
+    )
+    report = racing.cleanup("orphaned")
+    assert report.errors == [
+        {"target": f"artifact {lost.id}", "error": "integrity: ready record without bytes"}
+    ]
 
 
 def test_leases_taken_while_cleanup_runs_never_lose_what_they_protect(

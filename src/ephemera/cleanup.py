@@ -503,6 +503,14 @@ class Cleaner:
             report.add(CleanupItem("blob", stat.key, session_id, stat.size, "no-record"))
         unfinished: list[Candidate] = []
         purged: list[Candidate] = []
+        missing = {a for a, s in records.items() if s == ArtifactState.READY and a not in names}
+        if missing:
+            # Read again: an artifact that a delete (a concurrent cleanup, a close) marked and
+            # removed after the first read lost no bytes, and is that delete's to finish. One
+            # still ready had its bytes before the listing, so only it really lacks them.
+            now = catalog.artifact_states([session_id])[session_id]
+            gone = {a for a in missing if now.get(a) != ArtifactState.READY}
+            records = {a: s for a, s in records.items() if a not in gone}
         for artifact_id, state in sorted(records.items()):
             if artifact_id in self._dry_artifacts:
                 continue  # removed by an earlier pass of this (dry) run
