@@ -427,6 +427,14 @@ attack("worker-input-without-claim", 422, "invalid_input")(
     )
 )
 
+attack("retention-before-year-one-in-utc", 422, "invalid_input")(
+    lambda w: w.client.put(
+        f"{API}/sessions/s1/artifacts/{w.artifact_id}/retention",
+        json={"retain_until": "0001-01-01T00:00:00.0+00:01"},
+        headers=w.auth,
+    )
+)
+
 
 @pytest.mark.parametrize("key", list(ATTACKS))
 def test_bad_input_is_refused_clearly_and_changes_nothing(world: World, key: str) -> None:

@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, Final
@@ -859,8 +859,13 @@ class Store:
     ) -> Artifact:
         """Keep an artifact past expiry and result retention until ``until`` (None: stop)."""
         self._require_live(session_id)
-        if until is not None and until.tzinfo is None:
-            raise InvalidInput("retain_until must carry a time zone")
+        if until is not None:
+            if until.tzinfo is None:
+                raise InvalidInput("retain_until must carry a time zone")
+            try:
+                until = until.astimezone(UTC)
+            except OverflowError:  # e.g. 0001-01-01T00:00+00:01 is before year 1 in UTC
+                raise InvalidInput("retain_until is outside the years 1 to 9999 in UTC") from None
         artifact = self.catalog.set_retention(session_id, artifact_id, until)
         if artifact is None:
             raise NotFound(f"artifact {artifact_id} not found")
