@@ -122,6 +122,20 @@ def test_sessions_show_says_expired_for_a_session_past_its_deadline(populated: P
     assert as_json["artifacts"] == []
 
 
+def test_what_clients_named_prints_as_text_never_as_markup(data_dir: Path) -> None:
+    label = "[bold]x[/bold] [link=https://example.invalid]y[/link]"
+    name = "[reverse]frame.png"  # file names cannot hold the '/' of a closing tag
+    assert ephemera("migrate", data_dir=data_dir).returncode == 0
+    with Store.open(Settings(data_dir=data_dir)) as store:
+        store.create_session("s1", label=label)
+        store.put_artifact("s1", b"x", name=name)
+    listed = ephemera("sessions", "list", data_dir=data_dir)
+    assert label in listed.stdout, listed.stdout
+    shown = ephemera("sessions", "show", "s1", data_dir=data_dir)
+    assert label in shown.stdout, shown.stdout
+    assert name in shown.stdout, shown.stdout
+
+
 def test_sessions_show_of_a_missing_session_is_exit_1(populated: Path) -> None:
     missing = ephemera("sessions", "show", "nope", "--json", data_dir=populated)
     assert missing.returncode == 1

@@ -18,7 +18,9 @@ from ephemera.deployment import Backends, check_record
 from ephemera.errors import EphemeraError, StorageError
 from ephemera.store import Store
 
-out = Console()
+# No markup on standard output: it shows what clients named (labels, file names, metadata),
+# which must print as the text it is, never as styles or terminal links.
+out = Console(markup=False)
 # soft_wrap: a message stays one line however narrow the terminal (or log) is.
 err = Console(stderr=True, soft_wrap=True)
 

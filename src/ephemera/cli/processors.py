@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ephemera.cli.app import app
 from ephemera.cli.common import AsJson, DataDir, err, jsonable, out, settings_for
@@ -68,17 +69,17 @@ def processors(
         return
     if name is not None:
         (info,) = infos
-        out.print(f"[bold]{escape(info.name)}[/bold]" + (" (external)" if info.external else ""))
+        out.print(Text(info.name, style="bold") + (" (external)" if info.external else ""))
         if info.description:
-            out.print(escape(info.description), highlight=False)
+            out.print(info.description, highlight=False)
         if info.params_schema is not None:
             out.print_json(data=info.params_schema)
         return
     table = Table("name", "params (* required)", "description")
     for info in infos:
         table.add_row(
-            escape(info.name),
-            escape(_params_summary(info.params_schema)),
-            escape(_first_sentence(info.description)),
+            info.name,
+            _params_summary(info.params_schema),
+            _first_sentence(info.description),
         )
     out.print(table)
