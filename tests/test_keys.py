@@ -404,6 +404,25 @@ def test_a_burst_of_failed_authentications_gets_429_and_one_audit_entry(
     ]
 
 
+def test_key_guessing_on_metrics_is_counted_throttled_and_audited(make_store: MakeStore) -> None:
+    store = make_store(auth_failures_per_minute=3)
+    admin = bearer(store.create_admin_key("ops"))
+    with TestClient(create_app(store), client=("10.0.0.11", 1000)) as attacker:
+        statuses = [
+            attacker.get("/metrics", headers=bearer(f"epa_guess{i}")).status_code for i in range(3)
+        ]
+        assert statuses == [401, 401, 401]
+        for path in ("/metrics", f"{API}/admin/audit"):  # one count for the whole address
+            refused = attacker.get(path, headers=admin)
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["code"] == "rate_limited"
+            assert 1 <= int(refused.headers["retry-after"]) <= 60
+    with TestClient(create_app(store), client=("10.0.0.12", 1000)) as bystander:
+        assert bystander.get("/metrics", headers=admin).status_code == 200
+    entries = store.audit_log(action="auth.throttled").items
+    assert [(e.actor, e.target) for e in entries] == [("http", "10.0.0.11")]
+
+
 def test_successful_requests_do_not_count_as_failures(make_store: MakeStore) -> None:
     store = make_store(auth_failures_per_minute=2)
     admin = bearer(store.create_admin_key("ops"))
