@@ -129,7 +129,7 @@ class Settings(BaseSettings):
     create_bucket: bool = Field(False, description="Create the S3 bucket at start-up if missing")
     # -- uploads ------------------------------------------------------------------------------
     upload_idle_timeout_s: float = Field(
-        60, gt=0, description="An upload whose body stalls this long answers 408"
+        60, gt=0, description="An upload or JSON request body that stalls this long answers 408"
     )
     max_concurrent_uploads: int = Field(
         8,

@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from ephemera.errors import Forbidden, StorageError, Unauthenticated
 from ephemera.http.errors import MalformedBody, RangeNotSatisfiable
-from ephemera.http.jsonbody import JsonDepthGuardedRoute
+from ephemera.http.jsonbody import json_body_route
 from ephemera.http.openapi import (
     CONTENT_REQUEST,
     CONTENT_RESPONSES,
@@ -99,7 +99,7 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 def api_router(store: Store) -> APIRouter:
     router = APIRouter(
         responses=ERRORS,
-        route_class=JsonDepthGuardedRoute,
+        route_class=json_body_route(store.settings.upload_idle_timeout_s),
         dependencies=[Depends(auth_failures(store).gate)],
         generate_unique_id_function=operation_id,
     )
