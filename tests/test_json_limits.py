@@ -13,9 +13,9 @@ from fastapi.testclient import TestClient
 from ephemera import Settings, Store
 from ephemera.errors import InvalidInput
 from ephemera.http import create_app
-from ephemera.http.jsonbody import nesting_exceeds
+from ephemera.http.jsonbody import MAX_JSON_BODY_BYTES, nesting_exceeds
 from ephemera.jsonvalues import MAX_DEPTH, check_json
-from tests.conftest import Server, bearer, database_dump
+from tests.conftest import Server, bearer, database_dump, snapshot
 
 API = "/api/v1"
 DEPTHS = [100, 500, 990, 100_000]
@@ -260,6 +260,54 @@ def test_the_store_refuses_hostile_metadata_itself(store: Store) -> None:
 )
 def test_nesting_scan(text: bytes, deeper: bool) -> None:
     assert nesting_exceeds(text, 2) is deeper
+
+
+# -- the size of a body, before any authentication --------------------------------------------
+
+
+def oversized_session_body() -> bytes:
+    """Valid JSON just above the cap, the bulk in a label no one would ever keep."""
+    padding = MAX_JSON_BODY_BYTES - len(b'{"label": ""}') + 1
+    return b'{"label": "' + b"x" * padding + b'"}'
+
+
+@pytest.mark.parametrize("credentials", ["none", "admin"])
+def test_a_body_above_the_cap_is_413_by_its_content_length(
+    client: TestClient, store: Store, admin: dict[str, str], credentials: str
+) -> None:
+    headers = admin if credentials == "admin" else {}
+    before = snapshot(store)
+    response = client.post(
+        f"{API}/sessions", content=oversized_session_body(), headers={**headers, **JSON}
+    )
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "too_large"
+    assert str(MAX_JSON_BODY_BYTES) in response.json()["error"]["message"]
+    assert snapshot(store) == before
+
+
+def test_a_body_without_content_length_is_cut_off_at_the_cap(
+    client: TestClient, store: Store, token: dict[str, str]
+) -> None:
+    body = oversized_session_body()
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: the bytes are counted as they come
+        for start in range(0, len(body), 64 * 1024):
+            yield body[start : start + 64 * 1024]
+
+    before = snapshot(store)
+    response = client.patch(f"{API}/sessions/s1", content=chunked(), headers={**token, **JSON})
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "too_large"
+    assert snapshot(store) == before
+    assert client.get(f"{API}/sessions/s1", headers=token).json()["label"] is None
+
+
+def test_a_body_of_exactly_the_cap_is_accepted(client: TestClient, token: dict[str, str]) -> None:
+    padded = b'{"label": "kept"}' + b" " * (MAX_JSON_BODY_BYTES - 17)
+    response = client.patch(f"{API}/sessions/s1", content=padded, headers={**token, **JSON})
+    assert response.status_code == 200, response.text
+    assert response.json()["label"] == "kept"
 
 
 # -- over a real server ---------------------------------------------------------------------------

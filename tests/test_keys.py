@@ -317,6 +317,65 @@ def test_anonymous_creation_when_on_is_rate_limited_per_address(make_store: Make
         assert create(second, {}).status_code == 201
 
 
+# -- what creators may ask for, and the record of who created what ------------------------------
+
+FOREVER = {"idle_timeout_s": None, "max_age_s": None}
+
+
+def test_a_client_key_cannot_create_a_session_that_never_expires(
+    client: TestClient, store: Store
+) -> None:
+    key = bearer(store.create_key("kiosk", KeyRole.CLIENT))
+    before = snapshot(store)
+    for body in (FOREVER, {"idle_timeout_s": None}, {"idle_timeout_s": 7 * 86400 + 1}):
+        refused = create(client, key, **body)
+        assert refused.status_code == 422, (body, refused.text)
+        assert "takes an admin key" in refused.json()["error"]["message"]
+        assert snapshot(store) == before
+    kept = create(client, key, idle_timeout_s=7 * 86400, max_age_s=None)
+    assert kept.status_code == 201, kept.text
+    assert kept.json()["expires_at"] is not None
+
+
+def test_anonymous_creation_is_held_to_the_configured_max_age(make_store: MakeStore) -> None:
+    store = make_store(anonymous_sessions=True, max_age_s=3600)
+    with TestClient(create_app(store)) as client:
+        before = snapshot(store)
+        for body in (FOREVER, {"max_age_s": None}, {"max_age_s": 3601}):
+            assert create(client, {}, **body).status_code == 422, body
+            assert snapshot(store) == before
+        default = create(client, {})
+        assert default.status_code == 201, default.text
+        assert default.json()["max_age_s"] == 3600
+        assert create(client, {}, max_age_s=60).json()["max_age_s"] == 60
+
+
+def test_an_admin_key_may_create_a_session_that_never_expires(
+    make_store: MakeStore,
+) -> None:
+    store = make_store(max_age_s=3600, max_idle_timeout_s=60)
+    admin = bearer(store.create_admin_key("ops"))
+    with TestClient(create_app(store)) as client:
+        created = create(client, admin, **FOREVER)
+        assert created.status_code == 201, created.text
+        assert created.json()["expires_at"] is None
+
+
+def test_every_session_creation_is_audited_with_its_creator(make_store: MakeStore) -> None:
+    store = make_store(anonymous_sessions=True)
+    admin = bearer(store.create_admin_key("ops"))
+    kiosk = bearer(store.create_key("kiosk", KeyRole.CLIENT))
+    with TestClient(create_app(store), client=("10.0.0.7", 1000)) as client:
+        for sid, headers in (("by-admin", admin), ("by-kiosk", kiosk), ("by-anyone", {})):
+            assert create(client, headers, id=sid, label=sid).status_code == 201
+    entries = store.audit_log(action="session.create").items
+    assert sorted((e.actor, e.target, e.params["label"]) for e in entries) == [
+        ("admin:ops", "by-admin", "by-admin"),
+        ("anonymous:10.0.0.7", "by-anyone", "by-anyone"),
+        ("client:kiosk", "by-kiosk", "by-kiosk"),
+    ]
+
+
 # -- failed authentication ----------------------------------------------------------------------
 
 
@@ -343,6 +402,25 @@ def test_a_burst_of_failed_authentications_gets_429_and_one_audit_entry(
     assert [(e.actor, e.target, e.params) for e in entries] == [
         ("http", "10.0.0.9", {"failures": 5, "window_s": 60})
     ]
+
+
+def test_key_guessing_on_metrics_is_counted_throttled_and_audited(make_store: MakeStore) -> None:
+    store = make_store(auth_failures_per_minute=3)
+    admin = bearer(store.create_admin_key("ops"))
+    with TestClient(create_app(store), client=("10.0.0.11", 1000)) as attacker:
+        statuses = [
+            attacker.get("/metrics", headers=bearer(f"epa_guess{i}")).status_code for i in range(3)
+        ]
+        assert statuses == [401, 401, 401]
+        for path in ("/metrics", f"{API}/admin/audit"):  # one count for the whole address
+            refused = attacker.get(path, headers=admin)
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["code"] == "rate_limited"
+            assert 1 <= int(refused.headers["retry-after"]) <= 60
+    with TestClient(create_app(store), client=("10.0.0.12", 1000)) as bystander:
+        assert bystander.get("/metrics", headers=admin).status_code == 200
+    entries = store.audit_log(action="auth.throttled").items
+    assert [(e.actor, e.target) for e in entries] == [("http", "10.0.0.11")]
 
 
 def test_successful_requests_do_not_count_as_failures(make_store: MakeStore) -> None:

@@ -74,7 +74,7 @@ def test_null_clears_the_label(client: TestClient, token: dict[str, str]) -> Non
 
 
 def test_new_timeouts_recompute_the_deadline(
-    client: TestClient, token: dict[str, str], clock: ManualClock
+    client: TestClient, token: dict[str, str], admin: dict[str, str], clock: ManualClock
 ) -> None:
     clock.advance(100)
     longer = patch(client, token, {"idle_timeout_s": 7200}).json()
@@ -87,7 +87,7 @@ def test_new_timeouts_recompute_the_deadline(
     assert capped["expires_at"] == (created + timedelta(seconds=1000)).isoformat().replace(
         "+00:00", "Z"
     )
-    never = patch(client, token, {"idle_timeout_s": None, "max_age_s": None}).json()
+    never = patch(client, admin, {"idle_timeout_s": None, "max_age_s": None}).json()
     assert never["expires_at"] is None
     clock.advance(10 * 86400)
     assert client.get(f"{API}/sessions/s1", headers=token).status_code == 200
@@ -205,6 +205,67 @@ def test_a_patch_with_the_session_token_is_not_an_admin_action(
 ) -> None:
     assert patch(client, token, {"idle_timeout_s": 86400}).status_code == 200
     assert store.audit_log(action="session.update").items == []
+
+
+# -- the operator's ceilings: a session token cannot outlast what the operator allows ------------
+
+WEEK = 7 * 86400
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"max_age_s": None, "idle_timeout_s": None},
+        {"idle_timeout_s": None},
+        {"idle_timeout_s": WEEK + 1},
+    ],
+    ids=["both-never", "idle-never", "idle-beyond-the-ceiling"],
+)
+def test_a_session_token_cannot_make_its_session_live_forever(
+    client: TestClient, store: Store, token: dict[str, str], body: dict[str, Any]
+) -> None:
+    before = database_dump(store)
+    response = patch(client, token, body)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_input"
+    assert "takes an admin key" in response.json()["error"]["message"]
+    assert database_dump(store) == before
+    assert client.get(f"{API}/sessions/s1", headers=token).json()["expires_at"] is not None
+
+
+def test_a_session_token_may_ask_for_up_to_the_idle_ceiling(
+    client: TestClient, token: dict[str, str]
+) -> None:
+    response = patch(client, token, {"idle_timeout_s": WEEK, "max_age_s": None})
+    assert response.status_code == 200, response.text
+    assert response.json()["idle_timeout_s"] == WEEK  # no max age is configured: null is fine
+    assert response.json()["expires_at"] is not None
+
+
+def test_with_a_configured_max_age_a_session_token_cannot_ask_for_more(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    settings = Settings(data_dir=tmp_path / "aged", max_age_s=86400, max_idle_timeout_s=3600)
+    with Store.open(settings, clock=clock) as store, TestClient(create_app(store)) as client:
+        token = bearer(store.create_session("s1").token)
+        before = database_dump(store)
+        for body in ({"max_age_s": None}, {"max_age_s": 86401}, {"idle_timeout_s": 3601}):
+            response = patch(client, token, body)
+            assert response.status_code == 422, (body, response.text)
+            assert database_dump(store) == before
+        shorter = patch(client, token, {"max_age_s": 3600, "idle_timeout_s": 600})
+        assert shorter.status_code == 200, shorter.text
+        assert shorter.json()["max_age_s"] == 3600
+
+
+def test_an_admin_key_keeps_full_control_of_the_timeouts(
+    client: TestClient, admin: dict[str, str], token: dict[str, str]
+) -> None:
+    forever = patch(client, admin, {"max_age_s": None, "idle_timeout_s": None})
+    assert forever.status_code == 200, forever.text
+    assert forever.json()["expires_at"] is None
+    assert patch(client, admin, {"idle_timeout_s": 315_360_000}).status_code == 200
+    assert patch(client, admin, {"idle_timeout_s": 315_360_001}).status_code == 422
 
 
 def test_the_library_refuses_a_change_its_confirmation_refuses(

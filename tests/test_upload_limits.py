@@ -235,6 +235,39 @@ def test_fifty_stalled_uploads_are_answered_408_and_leave_nothing_behind(
         assert listed["items"] == []
 
 
+def open_json_request(server: Server, method: str, path: str, token: str | None) -> socket.socket:
+    """Send the headers of a JSON request and half its body, then leave the socket as it is."""
+    body = json.dumps({"label": "never finished"}).encode()
+    authorization = f"Authorization: Bearer {token}\r\n" if token else ""
+    head = (
+        f"{method} /api/v1{path} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{server.port}\r\n{authorization}"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    _opened.append(sock)
+    sock.sendall(head + body[: len(body) // 2])
+    return sock
+
+
+def test_stalled_json_bodies_are_answered_408_before_any_authentication(
+    server: Server, http: httpx.Client, new_session: Callable[[], tuple[str, str]]
+) -> None:
+    sid, token = new_session()
+    sockets = [
+        open_json_request(server, "POST", "/sessions", None),  # anonymous
+        open_json_request(server, "PATCH", f"/sessions/{sid}", token),
+        open_json_request(server, "POST", "/worker/claim", None),
+    ]
+    deadline = time.monotonic() + IDLE_TIMEOUT_S + 20
+    answers = [read_answer(sock, deadline) for sock in sockets]
+    assert [a.status for a in answers] == [408, 408, 408]
+    assert {a.error()["code"] for a in answers} == {"request_timeout"}
+    assert all(a.headers["connection"] == "close" and a.closed for a in answers)
+    session = http.get(f"/sessions/{sid}", headers=bearer(token)).json()
+    assert session["label"] is None
+
+
 @pytest.mark.parametrize("kind", list(BODY_KINDS))
 def test_a_body_that_keeps_trickling_is_not_timed_out(
     server: Server, http: httpx.Client, new_session: Callable[[], tuple[str, str]], kind: str

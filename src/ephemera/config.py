@@ -13,6 +13,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from ephemera.models import MAX_TIMEOUT_S
+
 GiB = 1024**3
 
 
@@ -25,7 +27,20 @@ class Settings(BaseSettings):
     )
     blob_url: str | None = Field(None, description="Blob store; default a directory in data_dir")
     idle_timeout_s: int | None = Field(3600, ge=1, description="Default idle timeout of a session")
-    max_age_s: int | None = Field(None, ge=1, description="Default maximum age of a session")
+    max_age_s: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_TIMEOUT_S,
+        description="Default maximum age of a session, and the longest one a caller without an "
+        "admin key may ask for",
+    )
+    max_idle_timeout_s: int = Field(
+        7 * 86400,
+        ge=1,
+        le=MAX_TIMEOUT_S,
+        description="Longest idle timeout a caller without an admin key may ask for (never "
+        "expiring takes an admin key)",
+    )
     temporary_ttl_s: int = Field(24 * 3600, ge=1, description="Life of a temporary artifact")
     result_retention_days: float = Field(30, gt=0, description="How long task outputs are kept")
     orphan_grace_s: int = Field(3600, ge=0, description="Age before unreferenced bytes are removed")
@@ -114,7 +129,7 @@ class Settings(BaseSettings):
     create_bucket: bool = Field(False, description="Create the S3 bucket at start-up if missing")
     # -- uploads ------------------------------------------------------------------------------
     upload_idle_timeout_s: float = Field(
-        60, gt=0, description="An upload whose body stalls this long answers 408"
+        60, gt=0, description="An upload or JSON request body that stalls this long answers 408"
     )
     max_concurrent_uploads: int = Field(
         8,

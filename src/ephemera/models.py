@@ -26,6 +26,10 @@ class StorageClass(StrEnum):
     TEMPORARY = "temporary"
 
 
+MAX_TIMEOUT_S = 10 * 365 * 86400
+"""The longest timeout, max age or expiry anything may be given: 10 years, in seconds."""
+
+
 def session_deadline(
     last_activity_at: datetime,
     created_at: datetime,

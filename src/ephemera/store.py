@@ -80,6 +80,7 @@ from ephemera.integrity import (
 from ephemera.jsonvalues import check_json
 from ephemera.metrics import Metrics
 from ephemera.models import (
+    MAX_TIMEOUT_S,
     AdminKey,
     Artifact,
     ArtifactState,
@@ -128,7 +129,6 @@ MAX_TASK_INPUTS = 1000
 MAX_TASK_JSON_BYTES = 1024 * 1024
 LABEL_MAX = 200
 METADATA_MAX_BYTES = 64 * 1024
-MAX_TIMEOUT_S = 10 * 365 * 86400
 
 
 def _session_not_found(session_id: str) -> NotFound:
@@ -444,7 +444,7 @@ class Store:
     ) -> str:
         """A new key of ``role`` (see :class:`KeyRole`), valid for ``expires_in_s`` or ever."""
         checked = _role(role)
-        if expires_in_s is not None and not 1 <= expires_in_s <= 10 * 365 * 86400:
+        if expires_in_s is not None and not 1 <= expires_in_s <= MAX_TIMEOUT_S:
             raise InvalidInput("a key's expiry must be between 1 second and 10 years")
         now = self.clock.now()
         expires_at = None if expires_in_s is None else now + timedelta(seconds=expires_in_s)
@@ -481,13 +481,16 @@ class Store:
         idle_timeout_s: int | _Default | None = DEFAULT,
         max_age_s: int | _Default | None = DEFAULT,
         confirm: Callable[[CreatedSession], None] | None = None,
+        capped: bool = False,
     ) -> CreatedSession:
         """Create a session; a client-chosen ID of a live session is a Conflict.
 
         An ID whose earlier session is gone, expired or half-closed starts afresh: whatever
         is left of the earlier one is removed first, so the new session is empty.
         ``confirm`` runs before the creation commits (e.g. to render the answer that hands
-        out the token): if it raises, nothing is created.
+        out the token): if it raises, nothing is created. ``capped`` (a caller without an
+        admin key) holds the timeouts asked for to the operator's ceilings
+        (:meth:`check_ceilings`); the configured defaults always apply.
         """
         if session_id is None:
             session_id = ids.new_uuid7()
@@ -501,6 +504,9 @@ class Store:
         max_age = self.settings.max_age_s if isinstance(max_age_s, _Default) else max_age_s
         idle = _check_timeout("idle_timeout_s", idle)
         max_age = _check_timeout("max_age_s", max_age)
+        if capped:
+            asked = {"idle_timeout_s": idle_timeout_s, "max_age_s": max_age_s}
+            self.check_ceilings({k: v for k, v in asked.items() if not isinstance(v, _Default)})
 
         now = self.clock.now()
         if self.catalog.get_session_row(session_id) is not None:
@@ -530,6 +536,31 @@ class Store:
         )
         return CreatedSession(session, token)
 
+    def check_ceilings(self, timeouts: Mapping[str, Any]) -> None:
+        """Refuse timeouts beyond what a caller without an admin key may ask for.
+
+        ``timeouts`` holds the ``idle_timeout_s`` and ``max_age_s`` asked for (either may be
+        absent). The idle timeout must be at most ``max_idle_timeout_s`` ("never" is for admin
+        keys); where ``max_age_s`` is configured, the max age must be at most that. Without
+        these, a session's own token (or a client key) could make it live forever.
+        """
+        ceiling = self.settings.max_idle_timeout_s
+        if "idle_timeout_s" in timeouts:
+            idle = timeouts["idle_timeout_s"]
+            if idle is None or idle > ceiling:
+                raise InvalidInput(
+                    f"idle_timeout_s must be at most {ceiling} (max_idle_timeout_s); "
+                    "a longer one, or null (never), takes an admin key"
+                )
+        limit = self.settings.max_age_s
+        if "max_age_s" in timeouts and limit is not None:
+            max_age = timeouts["max_age_s"]
+            if max_age is None or max_age > limit:
+                raise InvalidInput(
+                    f"max_age_s must be at most {limit} (the configured max_age_s); "
+                    "a longer one, or null (never), takes an admin key"
+                )
+
     def _require_live(self, session_id: str) -> None:
         if not self.catalog.is_live(session_id, self.clock.now()):
             raise _session_not_found(session_id)
@@ -551,10 +582,12 @@ class Store:
         idle_timeout_s: int | _Unchanged | None = UNCHANGED,
         max_age_s: int | _Unchanged | None = UNCHANGED,
         confirm: Callable[[Session], None] | None = None,
+        capped: bool = False,
     ) -> tuple[Session, Session]:
         """Change a live session's label, metadata (replaced whole) or timeouts; (before, after).
 
-        The limits are those of :meth:`create_session`. The change counts as activity, and
+        The limits are those of :meth:`create_session` (``capped`` too: the timeouts sent are
+        held to :meth:`check_ceilings`). The change counts as activity, and
         the deadline is computed again from the new timeouts; a max age the session has
         already outlived is refused (close the session to end it now). ``confirm`` runs
         before the change commits: if it raises, nothing changes.
@@ -570,6 +603,8 @@ class Store:
             values["idle_timeout_s"] = _check_timeout("idle_timeout_s", idle_timeout_s)
         if not isinstance(max_age_s, _Unchanged):
             values["max_age_s"] = _check_timeout("max_age_s", max_age_s)
+        if capped:
+            self.check_ceilings(values)
         now = self.clock.now()
 
         def change(row: Any) -> dict[str, Any]:
@@ -717,8 +752,8 @@ class Store:
         except ValueError:
             raise InvalidInput("storage must be 'persistent' or 'temporary'") from None
         if expires_in_s is not None:
-            if not (1 <= expires_in_s <= 10 * 365 * 86400):
-                raise InvalidInput("expires_in_s must be between 1 and 315360000")
+            if not (1 <= expires_in_s <= MAX_TIMEOUT_S):
+                raise InvalidInput(f"expires_in_s must be between 1 and {MAX_TIMEOUT_S}")
             if storage_class is StorageClass.PERSISTENT:
                 raise InvalidInput("expires_in_s applies to temporary artifacts only")
             storage_class = StorageClass.TEMPORARY

@@ -20,6 +20,7 @@ from ephemera.http.admin import admin_router
 from ephemera.http.errors import error_response, install_error_handlers
 from ephemera.http.openapi import install_openapi, operation_id
 from ephemera.http.processors import processors_router
+from ephemera.http.ratelimit import auth_failures
 from ephemera.http.routes import ERRORS, api_router, bearer
 from ephemera.http.schemas import Health
 from ephemera.http.workers import worker_router
@@ -59,7 +60,10 @@ def create_app(store: Store) -> FastAPI:
             200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
             401: ERRORS[401],
             403: ERRORS[403],
+            429: ERRORS[429],
         },
+        # Keys guessed here are counted and throttled like everywhere else.
+        dependencies=[Depends(auth_failures(store).gate)],
     )
     def get_metrics(
         auth: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 
 from ephemera.errors import Forbidden
-from ephemera.http.jsonbody import JsonDepthGuardedRoute
+from ephemera.http.jsonbody import json_body_route
 from ephemera.http.openapi import operation_id
 from ephemera.http.ratelimit import RateLimit, auth_failures
 from ephemera.http.routes import ERRORS, Credential
@@ -36,7 +36,7 @@ Purge = Annotated[bool, Query(description="orphaned: drop ready records whose by
 def admin_router(store: Store) -> APIRouter:
     router = APIRouter(
         prefix="/admin",
-        route_class=JsonDepthGuardedRoute,
+        route_class=json_body_route(store.settings.upload_idle_timeout_s),
         tags=["admin"],
         responses={**ERRORS, 429: ERRORS[409] | {"description": "Too many requests"}},
         dependencies=[Depends(auth_failures(store).gate)],

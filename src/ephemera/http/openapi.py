@@ -16,6 +16,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 from ephemera.http.schemas import ErrorBody, JsonUpload
+from ephemera.models import MAX_TIMEOUT_S
 
 SCHEMAS = "#/components/schemas/"
 BINARY = {"type": "string", "format": "binary"}
@@ -36,7 +37,7 @@ MULTIPART_UPLOAD: dict[str, Any] = {
         "kind": {"type": "string"},
         "content_type": {"type": "string", "maxLength": 255},
         "storage": {"type": "string", "enum": ["persistent", "temporary"]},
-        "expires_in_s": {"type": "integer", "minimum": 1, "maximum": 315_360_000},
+        "expires_in_s": {"type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT_S},
         "sha256": {"type": "string", "description": "Refused with 400 if the bytes differ"},
     },
     "additionalProperties": False,

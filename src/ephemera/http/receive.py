@@ -132,7 +132,7 @@ class _Sink:
             await anyio.to_thread.run_sync(self.upload.abort)
 
 
-def _declared_length(request: Request) -> int | None:
+def declared_length(request: Request) -> int | None:
     value = request.headers.get("content-length")
     if value is None:
         return None
@@ -142,7 +142,7 @@ def _declared_length(request: Request) -> int | None:
         raise MalformedBody("invalid Content-Length") from None
 
 
-async def _stream(request: Request, idle_timeout_s: float) -> AsyncIterator[bytes]:
+async def body_chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[bytes]:
     """The body's chunks; a client that sends nothing for ``idle_timeout_s`` gets RequestTimeout.
 
     Without it a stalled client would hold its socket, its staging file and its pending
@@ -175,11 +175,11 @@ async def receive_raw(
         if header.split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
             params.content_type = header or None
     upload = await anyio.to_thread.run_sync(
-        params.begin, store, session_id, _declared_length(request)
+        params.begin, store, session_id, declared_length(request)
     )
     sink = _Sink(upload)
     try:
-        async for chunk in _stream(request, store.settings.upload_idle_timeout_s):
+        async for chunk in body_chunks(request, store.settings.upload_idle_timeout_s):
             await sink.feed(chunk)
         return await sink.commit(params.sha256)
     except BaseException:
@@ -191,11 +191,11 @@ async def receive_json(
     store: Store, session_id: str, request: Request, params: UploadParams
 ) -> Artifact:
     limit = store.settings.max_json_upload_bytes
-    declared = _declared_length(request)
+    declared = declared_length(request)
     if declared is not None and declared > limit:
         raise TooLarge(f"JSON uploads are limited to {limit} bytes: use a raw or multipart upload")
     body = bytearray()
-    async for chunk in _stream(request, store.settings.upload_idle_timeout_s):
+    async for chunk in body_chunks(request, store.settings.upload_idle_timeout_s):
         body += chunk
         if len(body) > limit:
             raise TooLarge(
@@ -351,7 +351,7 @@ async def receive_multipart(
             finished = True
 
     try:
-        async for chunk in _stream(request, store.settings.upload_idle_timeout_s):
+        async for chunk in body_chunks(request, store.settings.upload_idle_timeout_s):
             try:
                 parser.write(chunk)
             except MultipartParseError as exc:

@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from ephemera.errors import Forbidden, StorageError, Unauthenticated
 from ephemera.http.errors import MalformedBody, RangeNotSatisfiable
-from ephemera.http.jsonbody import JsonDepthGuardedRoute
+from ephemera.http.jsonbody import json_body_route
 from ephemera.http.openapi import (
     CONTENT_REQUEST,
     CONTENT_RESPONSES,
@@ -45,7 +45,7 @@ from ephemera.http.schemas import (
     TaskPage,
 )
 from ephemera.http.slots import UploadSlots
-from ephemera.models import Artifact, CreatedSession, KeyRole, Session
+from ephemera.models import MAX_TIMEOUT_S, Artifact, CreatedSession, KeyRole, Session
 from ephemera.store import DEFAULT, Store
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -99,7 +99,7 @@ def _etag_matches(header: str | None, etag: str) -> bool:
 def api_router(store: Store) -> APIRouter:
     router = APIRouter(
         responses=ERRORS,
-        route_class=JsonDepthGuardedRoute,
+        route_class=json_body_route(store.settings.upload_idle_timeout_s),
         dependencies=[Depends(auth_failures(store).gate)],
         generate_unique_id_function=operation_id,
     )
@@ -129,16 +129,17 @@ def api_router(store: Store) -> APIRouter:
     ) -> Response:
         """Create a session (an admin or client key, or none where anonymous creation is on);
         the token in the answer is shown once, and only it opens the session."""
-        actor = None
         if auth is None or not auth.credentials:
             if not store.settings.anonymous_sessions:
                 raise Unauthenticated("creating a session takes an admin or client key")
-            anonymous.check(client_address(request))
+            address = client_address(request)
+            anonymous.check(address)
+            actor, admin = f"anonymous:{address}", False
         else:
             key = store.resolve_key(auth.credentials)
             if key is None or key.role not in (KeyRole.ADMIN, KeyRole.CLIENT):
                 raise Forbidden("creating a session takes an admin or client key")
-            actor = key.name if key.role == KeyRole.ADMIN else None
+            actor, admin = f"{key.role}:{key.name}", key.role == KeyRole.ADMIN
         given = body.model_fields_set
         rendered: list[Response] = []
 
@@ -153,8 +154,10 @@ def api_router(store: Store) -> APIRouter:
             idle_timeout_s=body.idle_timeout_s if "idle_timeout_s" in given else DEFAULT,
             max_age_s=body.max_age_s if "max_age_s" in given else DEFAULT,
             confirm=render,
+            capped=not admin,
         )
-        audit_admin(actor, "session.create", created.session.id, {"label": body.label})
+        # Every creation is audited, so that each session can be traced to its creator.
+        store.audit(actor, "session.create", created.session.id, {"label": body.label})
         return rendered[0]
 
     @router.get("/sessions/{session_id}", response_model=SessionOut, tags=["sessions"])
@@ -173,7 +176,9 @@ def api_router(store: Store) -> APIRouter:
         def render(session: Session) -> None:
             rendered.append(as_json(SessionOut.model_validate(session), 200))
 
-        before, after = store.update_session(session_id, **changes, confirm=render)
+        before, after = store.update_session(
+            session_id, **changes, confirm=render, capped=admin is None
+        )
         audit_admin(
             admin,
             "session.update",
@@ -214,7 +219,7 @@ def api_router(store: Store) -> APIRouter:
         kind: str | None = None,
         content_type: Annotated[str | None, Query(max_length=255)] = None,
         storage: str | None = None,
-        expires_in_s: Annotated[int | None, Query(ge=1, le=315_360_000)] = None,
+        expires_in_s: Annotated[int | None, Query(ge=1, le=MAX_TIMEOUT_S)] = None,
         sha256: str | None = None,
         producer: Annotated[str | None, Query(max_length=64)] = None,
     ) -> ArtifactOut:

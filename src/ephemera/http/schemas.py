@@ -8,8 +8,9 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ephemera.ids import SESSION_ID_RE
+from ephemera.models import MAX_TIMEOUT_S
 
-SECONDS = Field(None, ge=1, le=315_360_000)
+SECONDS = Field(None, ge=1, le=MAX_TIMEOUT_S)
 
 
 class ErrorDetail(BaseModel):

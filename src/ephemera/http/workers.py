@@ -13,7 +13,7 @@ import anyio
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from ephemera.errors import Forbidden
-from ephemera.http.jsonbody import JsonDepthGuardedRoute
+from ephemera.http.jsonbody import json_body_route
 from ephemera.http.openapi import CONTENT_REQUEST, CONTENT_RESPONSES, RAW_UPLOAD_BODY, operation_id
 from ephemera.http.ratelimit import auth_failures
 from ephemera.http.receive import UploadParams, receive_raw
@@ -46,7 +46,7 @@ def worker_router(store: Store) -> APIRouter:
 
     router = APIRouter(
         prefix="/worker",
-        route_class=JsonDepthGuardedRoute,
+        route_class=json_body_route(store.settings.upload_idle_timeout_s),
         tags=["workers"],
         responses=ERRORS,
         dependencies=[Depends(auth_failures(store).gate), Depends(worker_key)],
