@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
 
 from ephemera import Settings, Store
+from ephemera.blobs import artifact_key, session_prefix
 from ephemera.errors import ArtifactCorrupt, InvalidInput, NotFound
 from ephemera.hooks import ArtifactDeleted
 from ephemera.integrity import VerifyProgress, VerifyRequest, run_verify, verified_chunks
@@ -391,6 +393,87 @@ def test_reading_verified_flags_missing_bytes_before_yielding_anything(store: St
     with pytest.raises(ArtifactCorrupt, match="missing"):
         store.iter_verified(artifact)
     assert store.get_artifact(sid, artifact.id).integrity == "missing"
+
+
+# -- sessions being closed, artifacts being deleted ---------------------------------------
+
+
+def begin_closing(store: Store, sid: str) -> None:
+    """The first steps of closing a session: marked closing, then its bytes removed."""
+    store.catalog.begin_close(sid, store.clock.now())
+    store.blobs.delete_prefix(session_prefix(sid))
+
+
+def test_a_session_being_closed_has_nothing_missing(any_store: Store) -> None:
+    store = any_store
+    sid, good, _, _ = three(store)
+    closing = store.create_session(idle_timeout_s=None).session.id
+    for n in range(3):
+        store.put_artifact(closing, bytes([n]) * 100, name=f"{n}.bin")
+    begin_closing(store, closing)
+
+    report = store.verify()
+    assert report.ok
+    assert (report.checked_count, report.missing_count) == (3, 0)
+    store.clock.advance(3600)  # type: ignore[attr-defined]
+    scrubbed = run_verify(store, VerifyRequest(due_before=store.clock.now()), actor="scrub")
+    assert scrubbed.ok
+    assert (scrubbed.checked_count, scrubbed.missing_count) == (3, 0)
+    assert store.get_artifact(sid, good.id).integrity is None
+
+
+class RemoveWhenOpened:
+    """A blob store through which a removal lands between verification reading a batch of
+    records and opening one of its artifacts: what a close or a delete during a run does."""
+
+    def __init__(self, blobs: Any, key: str, remove: Callable[[], object]) -> None:
+        self._blobs = blobs
+        self._key = key
+        self._remove: Callable[[], object] | None = remove
+
+    def open(self, key: str) -> BinaryIO:
+        if self._remove is not None and key == self._key:
+            remove, self._remove = self._remove, None
+            remove()
+        return self._blobs.open(key)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._blobs, name)
+
+
+def racing(store: Store, key: str, remove: Callable[[], object]) -> Store:
+    return Store(
+        store.catalog, RemoveWhenOpened(store.blobs, key, remove), store.settings, store.clock
+    )
+
+
+@pytest.mark.parametrize("scrub", [False, True], ids=["verify", "scrub"])
+def test_a_session_that_begins_closing_during_a_run_is_no_finding(
+    any_store: Store, scrub: bool
+) -> None:
+    store = any_store
+    sid, good, _, _ = three(store)
+    verifier = racing(store, artifact_key(sid, good.id), lambda: begin_closing(store, sid))
+    request = VerifyRequest(due_before=store.clock.now() if scrub else None)
+
+    report = run_verify(verifier, request, actor="test")
+
+    assert report.ok
+    assert (report.missing_count, report.corrupt_count, report.problems) == (0, 0, [])
+    assert store.catalog.flag_artifacts([(good.id, "missing", "no stored bytes")]) == set()
+
+
+def test_an_artifact_deleted_during_a_run_is_no_finding(any_store: Store) -> None:
+    store = any_store
+    sid, good, _, missing = three(store)
+    path_of(store, missing).unlink()
+
+    def delete_good() -> None:
+        store.catalog.mark_artifact_deleting(sid, good.id, store.clock.now())
+        store.blobs.delete(artifact_key(sid, good.id))
+
+    report = racing(store, artifact_key(sid, good.id), delete_good).verify()
+    assert [(p.artifact_id, p.integrity) for p in report.problems] == [(missing.id, "missing")]
 
 
 # -- the scrub ------------------------------------------------------------------------------
