@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -15,7 +16,7 @@ from ephemera.errors import ArtifactCorrupt, InvalidInput, NotFound
 from ephemera.hooks import ArtifactDeleted
 from ephemera.integrity import VerifyProgress, VerifyRequest, run_verify, verified_chunks
 from ephemera.models import Artifact
-from ephemera.scrub import Scrubber
+from ephemera.scrub import LOCK, Scrubber
 from ephemera.testing import ManualClock
 from tests.conftest import MakeSettings, database_dump, snapshot
 from tests.databases import PostgresDatabases
@@ -558,6 +559,29 @@ def test_one_process_scrubs_each_tick(data_dir: Path, clock: ManualClock) -> Non
         clock.advance(first.tick_s + 1)  # the first missed its tick: the second takes over
         assert second.tick() is not None
         assert first.tick() is None
+
+
+def test_a_scrub_that_loses_its_lock_stops_its_run(store: Store, clock: ManualClock) -> None:
+    sid = store.create_session(idle_timeout_s=None).session.id
+    stored = [store.put_artifact(sid, bytes([n]) * 100, name=f"{n}.bin") for n in range(5)]
+    clock.advance(3600)
+
+    def held_up_and_taken_over() -> None:
+        # This run stalls past its lock's expiry, and another process takes the lock.
+        clock.advance(scrub.tick_s + 1)
+        now = clock.now()
+        assert store.catalog.try_lock(LOCK, "another", now, now + timedelta(hours=1))
+
+    second = artifact_key(sid, sorted(a.id for a in stored)[1])
+    scrub = Scrubber(racing(store, second, held_up_and_taken_over), period_s=3600)
+
+    report = scrub.tick()
+
+    assert report is not None
+    assert report.interrupted
+    assert report.checked_count == 2
+    assert sum(store.get_artifact(sid, a.id).verified_at is None for a in stored) == 4
+    assert scrub.tick() is None  # the other process's until it lets go
 
 
 def test_the_scrub_needs_a_period(store: Store) -> None:
