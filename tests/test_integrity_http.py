@@ -349,25 +349,27 @@ def test_verify_exits_zero_when_everything_hashes_right(server: Server) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "code", "message"),
     [
-        (("--rate", "-1"), "rate"),
-        (("--rate", "0"), "rate"),
-        (("--rate", "nan"), "rate"),
-        (("--session", "../../etc/passwd"), "invalid session ID"),
-        (("--session", "nobody"), "not found"),
-        (("--repair", "shred"), "shred"),
+        # 2: bad flags (1 would read as "corruption found"); 1: the session is not found.
+        (("--rate", "-1"), 2, "rate"),
+        (("--rate", "0"), 2, "rate"),
+        (("--rate", "nan"), 2, "rate"),
+        (("--session", "../../etc/passwd"), 2, "invalid session ID"),
+        (("--session", "bad id!"), 2, "invalid session ID"),
+        (("--session", "nobody"), 1, "not found"),
+        (("--repair", "shred"), 2, "shred"),
     ],
 )
 def test_bad_verify_flags_are_refused_and_change_nothing(
-    data_dir: Path, args: tuple[str, ...], message: str
+    data_dir: Path, args: tuple[str, ...], code: int, message: str
 ) -> None:
     with Store.open(Settings(data_dir=data_dir)) as store:
         sid = store.create_session().session.id
         store.put_artifact(sid, b"x" * 10, name="x.bin")
         rows = database_dump(store)
     run = ephemera("verify", *args, data_dir=data_dir)
-    assert run.returncode in (1, 2)
+    assert run.returncode == code, run.stderr
     assert message in run.stderr
     with Store.open(Settings(data_dir=data_dir)) as store:
         assert database_dump(store) == rows
