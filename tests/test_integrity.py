@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
+from sqlalchemy import event
 
 from ephemera import Settings, Store
 from ephemera.blobs import artifact_key, session_prefix
@@ -319,6 +320,30 @@ def test_stats_and_metrics_count_flagged_artifacts(store: Store) -> None:
     assert 'ephemera_verify_items_total{outcome="ok"} 1.0' in text
     assert 'ephemera_verify_items_total{outcome="corrupt"} 1.0' in text
     assert "ephemera_verify_bytes_total 2000.0" in text
+
+
+def test_a_metrics_scrape_counts_flagged_artifacts_from_their_index_alone(store: Store) -> None:
+    _, _, corrupt, _ = three(store)
+    flip_a_byte(store, corrupt)
+    store.verify()
+    statements: list[tuple[str, Any]] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        statements.append((statement, parameters))
+
+    event.listen(store.catalog.engine, "before_cursor_execute", seen)
+    try:
+        text = store.metrics.render().decode()
+    finally:
+        event.remove(store.catalog.engine, "before_cursor_execute", seen)
+
+    assert 'ephemera_artifacts_flagged{integrity="corrupt"} 1.0' in text
+    integrity = [(s, p) for s, p in statements if "integrity" in s]
+    assert integrity
+    with store.catalog.engine.connect() as conn:
+        for statement, parameters in integrity:
+            plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters).all()
+            assert "ix_artifacts_flagged" in " ".join(row[-1] for row in plan), statement
 
 
 @pytest.mark.parametrize(
