@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
+from sqlalchemy import event
 
 from ephemera import Settings, Store
+from ephemera.blobs import artifact_key, session_prefix
 from ephemera.errors import ArtifactCorrupt, InvalidInput, NotFound
 from ephemera.hooks import ArtifactDeleted
 from ephemera.integrity import VerifyProgress, VerifyRequest, run_verify, verified_chunks
 from ephemera.models import Artifact
-from ephemera.scrub import Scrubber
+from ephemera.scrub import LOCK, Scrubber
 from ephemera.testing import ManualClock
 from tests.conftest import MakeSettings, database_dump, snapshot
 from tests.databases import PostgresDatabases
@@ -318,6 +322,30 @@ def test_stats_and_metrics_count_flagged_artifacts(store: Store) -> None:
     assert "ephemera_verify_bytes_total 2000.0" in text
 
 
+def test_a_metrics_scrape_counts_flagged_artifacts_from_their_index_alone(store: Store) -> None:
+    _, _, corrupt, _ = three(store)
+    flip_a_byte(store, corrupt)
+    store.verify()
+    statements: list[tuple[str, Any]] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        statements.append((statement, parameters))
+
+    event.listen(store.catalog.engine, "before_cursor_execute", seen)
+    try:
+        text = store.metrics.render().decode()
+    finally:
+        event.remove(store.catalog.engine, "before_cursor_execute", seen)
+
+    assert 'ephemera_artifacts_flagged{integrity="corrupt"} 1.0' in text
+    integrity = [(s, p) for s, p in statements if "integrity" in s]
+    assert integrity
+    with store.catalog.engine.connect() as conn:
+        for statement, parameters in integrity:
+            plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters).all()
+            assert "ix_artifacts_flagged" in " ".join(row[-1] for row in plan), statement
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -391,6 +419,87 @@ def test_reading_verified_flags_missing_bytes_before_yielding_anything(store: St
     with pytest.raises(ArtifactCorrupt, match="missing"):
         store.iter_verified(artifact)
     assert store.get_artifact(sid, artifact.id).integrity == "missing"
+
+
+# -- sessions being closed, artifacts being deleted ---------------------------------------
+
+
+def begin_closing(store: Store, sid: str) -> None:
+    """The first steps of closing a session: marked closing, then its bytes removed."""
+    store.catalog.begin_close(sid, store.clock.now())
+    store.blobs.delete_prefix(session_prefix(sid))
+
+
+def test_a_session_being_closed_has_nothing_missing(any_store: Store) -> None:
+    store = any_store
+    sid, good, _, _ = three(store)
+    closing = store.create_session(idle_timeout_s=None).session.id
+    for n in range(3):
+        store.put_artifact(closing, bytes([n]) * 100, name=f"{n}.bin")
+    begin_closing(store, closing)
+
+    report = store.verify()
+    assert report.ok
+    assert (report.checked_count, report.missing_count) == (3, 0)
+    store.clock.advance(3600)  # type: ignore[attr-defined]
+    scrubbed = run_verify(store, VerifyRequest(due_before=store.clock.now()), actor="scrub")
+    assert scrubbed.ok
+    assert (scrubbed.checked_count, scrubbed.missing_count) == (3, 0)
+    assert store.get_artifact(sid, good.id).integrity is None
+
+
+class RemoveWhenOpened:
+    """A blob store through which a removal lands between verification reading a batch of
+    records and opening one of its artifacts: what a close or a delete during a run does."""
+
+    def __init__(self, blobs: Any, key: str, remove: Callable[[], object]) -> None:
+        self._blobs = blobs
+        self._key = key
+        self._remove: Callable[[], object] | None = remove
+
+    def open(self, key: str) -> BinaryIO:
+        if self._remove is not None and key == self._key:
+            remove, self._remove = self._remove, None
+            remove()
+        return self._blobs.open(key)  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._blobs, name)
+
+
+def racing(store: Store, key: str, remove: Callable[[], object]) -> Store:
+    return Store(
+        store.catalog, RemoveWhenOpened(store.blobs, key, remove), store.settings, store.clock
+    )
+
+
+@pytest.mark.parametrize("scrub", [False, True], ids=["verify", "scrub"])
+def test_a_session_that_begins_closing_during_a_run_is_no_finding(
+    any_store: Store, scrub: bool
+) -> None:
+    store = any_store
+    sid, good, _, _ = three(store)
+    verifier = racing(store, artifact_key(sid, good.id), lambda: begin_closing(store, sid))
+    request = VerifyRequest(due_before=store.clock.now() if scrub else None)
+
+    report = run_verify(verifier, request, actor="test")
+
+    assert report.ok
+    assert (report.missing_count, report.corrupt_count, report.problems) == (0, 0, [])
+    assert store.catalog.flag_artifacts([(good.id, "missing", "no stored bytes")]) == set()
+
+
+def test_an_artifact_deleted_during_a_run_is_no_finding(any_store: Store) -> None:
+    store = any_store
+    sid, good, _, missing = three(store)
+    path_of(store, missing).unlink()
+
+    def delete_good() -> None:
+        store.catalog.mark_artifact_deleting(sid, good.id, store.clock.now())
+        store.blobs.delete(artifact_key(sid, good.id))
+
+    report = racing(store, artifact_key(sid, good.id), delete_good).verify()
+    assert [(p.artifact_id, p.integrity) for p in report.problems] == [(missing.id, "missing")]
 
 
 # -- the scrub ------------------------------------------------------------------------------
@@ -475,6 +584,29 @@ def test_one_process_scrubs_each_tick(data_dir: Path, clock: ManualClock) -> Non
         clock.advance(first.tick_s + 1)  # the first missed its tick: the second takes over
         assert second.tick() is not None
         assert first.tick() is None
+
+
+def test_a_scrub_that_loses_its_lock_stops_its_run(store: Store, clock: ManualClock) -> None:
+    sid = store.create_session(idle_timeout_s=None).session.id
+    stored = [store.put_artifact(sid, bytes([n]) * 100, name=f"{n}.bin") for n in range(5)]
+    clock.advance(3600)
+
+    def held_up_and_taken_over() -> None:
+        # This run stalls past its lock's expiry, and another process takes the lock.
+        clock.advance(scrub.tick_s + 1)
+        now = clock.now()
+        assert store.catalog.try_lock(LOCK, "another", now, now + timedelta(hours=1))
+
+    second = artifact_key(sid, sorted(a.id for a in stored)[1])
+    scrub = Scrubber(racing(store, second, held_up_and_taken_over), period_s=3600)
+
+    report = scrub.tick()
+
+    assert report is not None
+    assert report.interrupted
+    assert report.checked_count == 2
+    assert sum(store.get_artifact(sid, a.id).verified_at is None for a in stored) == 4
+    assert scrub.tick() is None  # the other process's until it lets go
 
 
 def test_the_scrub_needs_a_period(store: Store) -> None:

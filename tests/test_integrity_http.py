@@ -226,6 +226,29 @@ def test_a_download_of_a_vanished_file_flags_it_missing(
     assert client.get(url, headers=auth).json()["integrity"] == "missing"
 
 
+@pytest.mark.parametrize("whole", ["bytes=0-", "bytes=0-7999", "bytes=0-99999", "bytes=-8000"])
+def test_a_range_of_the_whole_body_is_verified_like_a_full_download(
+    admin_store: Store, admin: dict[str, str], data_dir: Path, whole: str
+) -> None:
+    with TestClient(create_app(admin_store), raise_server_exceptions=False) as client:
+        sid, auth, ids = populate(client, admin)
+        url = f"{API}/sessions/{sid}/artifacts/{ids['good.bin']}"
+        intact = client.get(f"{url}/content", headers={**auth, "Range": whole})
+        assert intact.status_code == 206
+        assert intact.headers["content-range"] == "bytes 0-7999/8000"
+        assert intact.content == b"good.bin" * 1000
+        flip_a_byte(blob_path(data_dir, sid, ids["good.bin"]))
+
+        # Cut before the last chunk: the server fails the response, the client never has it all.
+        cut = client.get(f"{url}/content", headers={**auth, "Range": whole})
+        assert len(cut.content) < 8000
+
+        assert client.get(url, headers=auth).json()["integrity"] == "corrupt"
+        refused = client.get(f"{url}/content", headers={**auth, "Range": whole})
+        assert refused.status_code == 500
+        assert "etag" not in refused.headers
+
+
 # -- the command line and the real server -------------------------------------------------
 
 
@@ -326,25 +349,27 @@ def test_verify_exits_zero_when_everything_hashes_right(server: Server) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("args", "message"),
+    ("args", "code", "message"),
     [
-        (("--rate", "-1"), "rate"),
-        (("--rate", "0"), "rate"),
-        (("--rate", "nan"), "rate"),
-        (("--session", "../../etc/passwd"), "invalid session ID"),
-        (("--session", "nobody"), "not found"),
-        (("--repair", "shred"), "shred"),
+        # 2: bad flags (1 would read as "corruption found"); 1: the session is not found.
+        (("--rate", "-1"), 2, "rate"),
+        (("--rate", "0"), 2, "rate"),
+        (("--rate", "nan"), 2, "rate"),
+        (("--session", "../../etc/passwd"), 2, "invalid session ID"),
+        (("--session", "bad id!"), 2, "invalid session ID"),
+        (("--session", "nobody"), 1, "not found"),
+        (("--repair", "shred"), 2, "shred"),
     ],
 )
 def test_bad_verify_flags_are_refused_and_change_nothing(
-    data_dir: Path, args: tuple[str, ...], message: str
+    data_dir: Path, args: tuple[str, ...], code: int, message: str
 ) -> None:
     with Store.open(Settings(data_dir=data_dir)) as store:
         sid = store.create_session().session.id
         store.put_artifact(sid, b"x" * 10, name="x.bin")
         rows = database_dump(store)
     run = ephemera("verify", *args, data_dir=data_dir)
-    assert run.returncode in (1, 2)
+    assert run.returncode == code, run.stderr
     assert message in run.stderr
     with Store.open(Settings(data_dir=data_dir)) as store:
         assert database_dump(store) == rows

@@ -26,9 +26,9 @@ def schema_differences(catalog: Catalog) -> list[object]:
 def test_the_migrated_schema_equals_the_declared_one(tmp_path: Path) -> None:
     catalog = Catalog(f"sqlite:///{tmp_path / 'm.db'}")
     try:
-        assert catalog.revisions() == (None, "0004")
+        assert catalog.revisions() == (None, "0005")
         catalog.migrate()
-        assert catalog.revisions() == ("0004", "0004")
+        assert catalog.revisions() == ("0005", "0005")
         assert schema_differences(catalog) == []
     finally:
         catalog.dispose()
@@ -40,9 +40,9 @@ def test_the_migrated_schema_equals_the_declared_one_on_postgresql(
     url = postgres_databases.empty()
     catalog = Catalog(url)
     try:
-        assert catalog.revisions() == (None, "0004")
+        assert catalog.revisions() == (None, "0005")
         catalog.migrate()
-        assert catalog.revisions() == ("0004", "0004")
+        assert catalog.revisions() == ("0005", "0005")
         catalog.migrate()
         assert schema_differences(catalog) == []
     finally:
@@ -55,7 +55,7 @@ def test_an_empty_database_is_migrated_on_open_and_an_outdated_one_refused(
 ) -> None:
     settings = Settings(data_dir=tmp_path)
     with Store.open(settings) as store:
-        assert store.catalog.revisions() == ("0004", "0004")
+        assert store.catalog.revisions() == ("0005", "0005")
         with store.catalog.engine.begin() as conn:
             conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0000'")
     with pytest.raises(SchemaOutOfDate, match="ephemera migrate"):
@@ -75,7 +75,7 @@ def test_upgrading_a_populated_first_schema_keeps_its_rows(tmp_path: Path) -> No
                 " '2026-01-01 00:00:00')"
             )
         catalog.migrate()
-        assert catalog.revisions() == ("0004", "0004")
+        assert catalog.revisions() == ("0005", "0005")
         assert catalog.get_session_row("s1") is not None
         assert schema_differences(catalog) == []
     finally:

@@ -46,9 +46,9 @@ class _StorageCollector(Collector):
             "Ready artifacts verification found wrong, by integrity (corrupt, missing)",
             labels=["integrity"],
         )
-        counts = self.store.catalog.integrity_counts()
+        counts = self.store.catalog.flagged_counts()
         for integrity in ("corrupt", "missing"):
-            flagged.add_metric([integrity], counts.get(integrity, {}).get("count", 0))
+            flagged.add_metric([integrity], counts.get(integrity, 0))
         yield from (stored, counted, sessions, tasks, flagged)
 
 

@@ -8,7 +8,8 @@ spreads over the period as uploads did; a backlog (a first run on an old store) 
 the rate until it is gone. Flagged artifacts are left to ``ephemera verify``, which also lifts
 flags of restored bytes.
 
-One process at a time, by a named lock in the database, as for scheduled cleanup.
+One process at a time, by a named lock in the database, as for scheduled cleanup. A run
+renews the lock as it goes, and stops (where the next one resumes) once it has lost it.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from ephemera.integrity import VerifyProgress, VerifyReport, VerifyRequest, run_verify
@@ -55,7 +55,9 @@ class Scrubber:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._last_renew = 0.0
+        # Set to stop the current run: by stop(), or when the run loses its lock.
+        self._run_stop = threading.Event()
+        self._last_renew = datetime.min
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="ephemera-scrub", daemon=True)
@@ -70,6 +72,7 @@ class Scrubber:
 
     def stop(self, timeout_s: float = 30) -> None:
         self._stop.set()
+        self._run_stop.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
             if self._thread.is_alive():
@@ -94,13 +97,26 @@ class Scrubber:
         if not self._hold():
             log.info("another process scrubs this tick", extra={"action": "skip"})
             return None
-        self._last_renew = time.monotonic()
+        self._last_renew = self.store.clock.now()
+        self._run_stop = threading.Event()
+        if self._stop.is_set():
+            self._run_stop.set()
         due_before = self.store.clock.now() - timedelta(seconds=self.period_s - self.tick_s)
         request = VerifyRequest(rate_mb_s=self.rate_mb_s, due_before=due_before)
-        return run_verify(self.store, request, actor="scrub", progress=self._renew, stop=self._stop)
+        return run_verify(
+            self.store, request, actor="scrub", progress=self._renew, stop=self._run_stop
+        )
 
     def _renew(self, _progress: VerifyProgress) -> None:
-        # A run longer than a tick keeps its lock, or a second scrubber would start.
-        if time.monotonic() - self._last_renew > min(60.0, self.tick_s / 2):
-            self._hold()
-            self._last_renew = time.monotonic()
+        # A run longer than a tick keeps its lock, or a second scrubber would start; one that
+        # lost it (expired while it was held up, taken by another) stops. Timed on the clock
+        # the lock expires by.
+        now = self.store.clock.now()
+        if now - self._last_renew > timedelta(seconds=min(60.0, self.tick_s / 2)):
+            if not self._hold():
+                log.warning(
+                    "scrub lost its lock to another process; stopping this run",
+                    extra={"action": "skip"},
+                )
+                self._run_stop.set()
+            self._last_renew = now

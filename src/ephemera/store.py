@@ -1456,12 +1456,12 @@ class Store:
         }
 
     def _integrity_stats(self) -> dict[str, Any]:
-        counts = self.catalog.integrity_counts()
+        flagged = self.catalog.flagged_counts()
         last = self.catalog.last_audit_per_action("verify")
         return {
-            "corrupt": counts.get("corrupt", {}).get("count", 0),
-            "missing": counts.get("missing", {}).get("count", 0),
-            "never_verified": counts["never_verified"]["count"],
+            "corrupt": flagged.get("corrupt", 0),
+            "missing": flagged.get("missing", 0),
+            "never_verified": self.catalog.never_verified_count(),
             "last_run": (
                 {"at": last[0].at, "actor": last[0].actor, "result": last[0].result}
                 if last

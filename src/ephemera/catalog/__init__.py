@@ -351,6 +351,20 @@ _STORED = (
 )
 
 
+def _verifiable() -> ColumnElement[bool]:
+    """A ready artifact of an open session: what verification reads and flags.
+
+    A closing session's bytes are being removed (its artifacts stay ``ready`` until its
+    records go), and a ``deleting`` artifact's too: their absence is no finding.
+    """
+    return and_(
+        artifacts.c.state == ArtifactState.READY,
+        artifacts.c.session_id.in_(
+            select(sessions.c.id).where(sessions.c.state == SessionState.OPEN)
+        ),
+    )
+
+
 def _scrub_due(due_before: datetime) -> ColumnElement[bool]:
     return and_(
         artifacts.c.integrity.is_(None),
@@ -1313,7 +1327,7 @@ class Catalog:
     def verify_totals(self, session_id: str | None, due_before: datetime | None) -> tuple[int, int]:
         """Number and bytes of the ready artifacts a verify run will read."""
         query = select(func.count(), func.coalesce(func.sum(artifacts.c.size), 0)).where(
-            artifacts.c.state == ArtifactState.READY
+            _verifiable()
         )
         if session_id is not None:
             query = query.where(artifacts.c.session_id == session_id)
@@ -1324,13 +1338,8 @@ class Catalog:
         return int(count), int(total)
 
     def verify_batch(self, session_id: str | None, after: str | None, limit: int) -> list[Stored]:
-        """Ready artifacts (of one session, or all) in ID order after ``after``."""
-        query = (
-            select(*_STORED)
-            .where(artifacts.c.state == ArtifactState.READY)
-            .order_by(artifacts.c.id)
-            .limit(limit)
-        )
+        """Ready artifacts of open sessions (one, or all) in ID order after ``after``."""
+        query = select(*_STORED).where(_verifiable()).order_by(artifacts.c.id).limit(limit)
         if session_id is not None:
             query = query.where(artifacts.c.session_id == session_id)
         if after is not None:
@@ -1348,7 +1357,7 @@ class Catalog:
         never = (
             select(*_STORED)
             .where(
-                artifacts.c.state == ArtifactState.READY,
+                _verifiable(),
                 artifacts.c.integrity.is_(None),
                 artifacts.c.verified_at.is_(None),
                 artifacts.c.ready_at <= due_before,
@@ -1358,7 +1367,7 @@ class Catalog:
         stale = (
             select(*_STORED)
             .where(
-                artifacts.c.state == ArtifactState.READY,
+                _verifiable(),
                 artifacts.c.integrity.is_(None),
                 artifacts.c.verified_at <= due_before,
             )
@@ -1385,17 +1394,18 @@ class Catalog:
             )
 
     def flag_artifacts(self, flags: Sequence[tuple[str, str, str]]) -> set[str]:
-        """Flag (id, integrity, error) artifacts; returns the IDs flagged (still ready)."""
+        """Flag (id, integrity, error) artifacts; returns the IDs flagged.
+
+        Re-checked as it writes: an artifact marked deleting, or whose session began closing,
+        since it was read is being removed, not found wrong, and is left alone.
+        """
         if not flags:
             return set()
         ids = [f[0] for f in flags]
         with self._write() as conn:
             conn.execute(
                 update(artifacts)
-                .where(
-                    artifacts.c.id == bindparam("flag_id"),
-                    artifacts.c.state == ArtifactState.READY,
-                )
+                .where(artifacts.c.id == bindparam("flag_id"), _verifiable())
                 .values(
                     integrity=bindparam("flag_integrity"), integrity_error=bindparam("flag_error")
                 ),
@@ -1407,29 +1417,31 @@ class Catalog:
             return set(
                 conn.scalars(
                     select(artifacts.c.id).where(
-                        artifacts.c.id.in_(ids),
-                        artifacts.c.state == ArtifactState.READY,
-                        artifacts.c.integrity.is_not(None),
+                        artifacts.c.id.in_(ids), _verifiable(), artifacts.c.integrity.is_not(None)
                     )
                 )
             )
 
-    def integrity_counts(self) -> dict[str, dict[str, int]]:
-        """Ready artifacts by integrity flag ("ok" when never found wrong): count and bytes."""
-        kind = func.coalesce(artifacts.c.integrity, "ok")
+    def flagged_counts(self) -> dict[str, int]:
+        """Ready artifacts verification found wrong, by integrity flag (``corrupt``,
+        ``missing``). Reads only the partial index of flagged ones: cheap at every scrape."""
         with self._read() as conn:
             rows = conn.execute(
-                select(kind, func.count(), func.coalesce(func.sum(artifacts.c.size), 0))
-                .where(artifacts.c.state == ArtifactState.READY)
-                .group_by(kind)
+                select(artifacts.c.integrity, func.count())
+                .where(artifacts.c.integrity.is_not(None), artifacts.c.state == ArtifactState.READY)
+                .group_by(artifacts.c.integrity)
             )
-            counts = {r[0]: {"count": int(r[1]), "bytes": int(r[2])} for r in rows}
+            return {r[0]: int(r[1]) for r in rows}
+
+    def never_verified_count(self) -> int:
+        """Ready artifacts whose bytes no verification has hashed yet."""
+        with self._read() as conn:
             never = conn.scalar(
                 select(func.count()).where(
                     artifacts.c.state == ArtifactState.READY, artifacts.c.verified_at.is_(None)
                 )
             )
-        return {**counts, "never_verified": {"count": int(never or 0)}}
+        return int(never or 0)
 
     # -- stats ----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from ephemera.cli import render
 from ephemera.cli.app import app
 from ephemera.cli.common import (
     ACTOR,
+    EXIT_USAGE,
     AsJson,
     BlobUrl,
     DatabaseUrl,
@@ -22,7 +23,7 @@ from ephemera.cli.common import (
     open_store,
     out,
 )
-from ephemera.errors import EphemeraError
+from ephemera.errors import EphemeraError, InvalidInput
 from ephemera.integrity import Repair, VerifyProgress
 
 
@@ -85,6 +86,8 @@ def verify(
                 actor=ACTOR,
                 progress=advance,
             )
+        except InvalidInput as exc:
+            raise fail(exc, EXIT_USAGE) from None
         except EphemeraError as exc:
             raise fail(exc) from None
     if as_json:

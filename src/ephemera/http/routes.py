@@ -415,16 +415,26 @@ def serve_artifact(store: Store, artifact: Artifact, request: Request) -> Respon
     if _etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     wanted = _byte_range(request, etag, artifact.size)
-    if wanted is None:
+    if wanted is None or wanted == (0, artifact.size - 1):
         # The whole body is hashed as it streams; on a mismatch the connection is cut before
-        # the last chunk, so no client ever completes wrong bytes under the recorded ETag.
+        # the last chunk, so no client ever completes wrong bytes under the recorded ETag. A
+        # range that covers the whole body (bytes=0-) is the whole body and goes the same way.
         headers["accept-ranges"] = "bytes"
         headers["content-length"] = str(artifact.size)
+        status = 200
+        if wanted is not None:
+            status = 206
+            headers["content-range"] = f"bytes 0-{artifact.size - 1}/{artifact.size}"
         return StreamingResponse(
-            store.iter_verified(artifact), media_type=artifact.content_type, headers=headers
+            store.iter_verified(artifact),
+            status_code=status,
+            media_type=artifact.content_type,
+            headers=headers,
         )
-    # A part cannot be checked against the whole body's hash: ranges go out as stored
-    # (verification and the scrub flag corrupt bytes for every reader).
+    # A part cannot be checked against the whole body's hash without reading all of it (every
+    # small range a full read): parts go out as stored, under the ETag RFC 9110 requires on a
+    # 206, which names the whole body; verification and the scrub flag corrupt bytes for every
+    # reader, and a client that joins parts checks the whole against the sha256 (the ETag).
     path = store.artifact_path(artifact.session_id, artifact.id)
     if path is not None:
         if not path.is_file():
