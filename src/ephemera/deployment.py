@@ -21,8 +21,8 @@ from ephemera.blobs import open_blob_store
 from ephemera.catalog import Catalog
 from ephemera.config import Settings
 from ephemera.errors import BackendMismatch, StorageError
+from ephemera.fsutil import make_dirs
 from ephemera.urls import redact_url, without_secrets
-from ephemera.volume import make_dirs
 
 RECORD_FILE = "deployment.json"
 

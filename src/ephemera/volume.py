@@ -26,51 +26,12 @@ from sqlalchemy.engine import make_url
 
 from ephemera.config import Settings
 from ephemera.errors import InsufficientStorage
+from ephemera.fsutil import binary_size, create_file, make_dirs
 
 log = logging.getLogger("ephemera.volume")
 
 RESERVE_FILE = "reserve"
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _CHUNK = 1024 * 1024
-
-
-def is_no_space(exc: OSError) -> bool:
-    return exc.errno in _NO_SPACE
-
-
-def human_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-def make_dirs(path: Path, mode: int) -> None:
-    """Create ``path`` and its missing parents, each with exactly ``mode``."""
-    missing: list[Path] = []
-    while not path.exists() and path != path.parent:
-        missing.append(path)
-        path = path.parent
-    for folder in reversed(missing):
-        try:
-            os.mkdir(folder, mode)
-        except FileExistsError:
-            continue
-        # Keep the setgid bit a shared parent passed on, so files keep inheriting its group.
-        os.chmod(folder, mode | (os.stat(folder).st_mode & stat.S_ISGID))
-
-
-def create_file(path: Path, mode: int, flags: int = os.O_WRONLY) -> int:
-    """Create ``path`` (it must not exist) with exactly ``mode``; return its descriptor."""
-    fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.fchmod(fd, mode)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 
 def sqlite_path(settings: Settings) -> Path | None:
@@ -118,7 +79,7 @@ def prepare_data_dir(settings: Settings) -> list[str]:
     held = volume.restore_reserve()
     if settings.reserve_bytes and volume.watched and not held:
         warnings.append(
-            f"no reserve of {human_size(settings.reserve_bytes)} taken in {settings.data_dir}: "
+            f"no reserve of {binary_size(settings.reserve_bytes)} taken in {settings.data_dir}: "
             f"{volume.describe_free()}, below low_space_bytes plus reserve_bytes"
         )
     return warnings
@@ -158,7 +119,7 @@ class Volume:
 
     def describe_free(self) -> str:
         found = self._free_on()
-        return "not watched" if found is None else f"{human_size(found[0])} free on {found[1]}"
+        return "not watched" if found is None else f"{binary_size(found[0])} free on {found[1]}"
 
     def low_space(self) -> str | None:
         """A description of the shortage when free space is below ``low_space_bytes``."""
@@ -166,8 +127,8 @@ class Volume:
         if found is None or found[0] >= self.settings.low_space_bytes:
             return None
         return (
-            f"low space: {human_size(found[0])} free on {found[1]}, threshold "
-            f"{human_size(self.settings.low_space_bytes)}"
+            f"low space: {binary_size(found[0])} free on {found[1]}, threshold "
+            f"{binary_size(self.settings.low_space_bytes)}"
         )
 
     def check_room(self) -> None:
@@ -175,8 +136,8 @@ class Volume:
         found = self._free_on()
         if found is not None and found[0] < self.settings.reserve_bytes:
             raise InsufficientStorage(
-                f"the volume is full: {human_size(found[0])} free on {found[1]}, and the last "
-                f"{human_size(self.settings.reserve_bytes)} are kept for cleanup; nothing was "
+                f"the volume is full: {binary_size(found[0])} free on {found[1]}, and the last "
+                f"{binary_size(self.settings.reserve_bytes)} are kept for cleanup; nothing was "
                 "stored"
             )
 
@@ -189,7 +150,7 @@ class Volume:
             return 0
         log.warning(
             "released the reserve of %s in %s",
-            human_size(size),
+            binary_size(size),
             self.settings.data_dir,
             extra={"action": "reserve.release"},
         )
@@ -243,7 +204,7 @@ class Volume:
             return False
         log.info(
             "holding a reserve of %s in %s",
-            human_size(size),
+            binary_size(size),
             self.settings.data_dir,
             extra={"action": "reserve.take"},
         )

@@ -20,7 +20,7 @@ from typing import BinaryIO
 
 from ephemera.blobs import BlobStat, StagedBlob, check_key
 from ephemera.errors import BlobNotFound, InsufficientStorage, StorageError
-from ephemera.volume import create_file, is_no_space, make_dirs
+from ephemera.fsutil import create_file, is_no_space, make_dirs
 
 
 def _mtime(st: os.stat_result) -> datetime:

@@ -71,6 +71,7 @@ from ephemera.errors import (
     StoreMissing,
     TooLarge,
 )
+from ephemera.fsutil import create_file, make_dirs
 from ephemera.models import (
     AdminKey,
     Artifact,
@@ -88,7 +89,6 @@ from ephemera.models import (
     TaskState,
 )
 from ephemera.urls import redact_url
-from ephemera.volume import create_file, make_dirs
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 CONNECT_TIMEOUT_S = 5

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from ephemera.fsutil import binary_size
 from ephemera.models import Session, SessionState
-
-_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
 
 
 def size(n: int | None) -> str:
-    """Bytes in binary units: ``512 B``, ``1.5 KiB``, ``3.0 GiB``."""
-    if n is None:
-        return "-"
-    if abs(n) < 1024:
-        return f"{n} B"
-    value = float(n)
-    for unit in _UNITS:
-        value /= 1024
-        if abs(value) < 1024 or unit == _UNITS[-1]:
-            break
-    return f"{value:.1f} {unit}"
+    """Bytes in binary units: ``512 B``, ``1.5 KiB``, ``3.0 GiB``; ``-`` for none."""
+    return "-" if n is None else binary_size(n)
 
 
 def instant(at: datetime | None, never: str = "never") -> str:

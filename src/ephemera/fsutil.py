@@ -1,0 +1,58 @@
+"""Files and folders with exact modes, and telling a full volume from other failures.
+
+Kept free of settings and databases, so the blob stores and the catalog can use it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_no_space(exc: OSError) -> bool:
+    return exc.errno in _NO_SPACE
+
+
+def make_dirs(path: Path, mode: int) -> None:
+    """Create ``path`` and its missing parents, each with exactly ``mode``."""
+    missing: list[Path] = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, mode)
+        except FileExistsError:
+            continue
+        # Keep the setgid bit a shared parent passed on, so files keep inheriting its group.
+        os.chmod(folder, mode | (os.stat(folder).st_mode & stat.S_ISGID))
+
+
+def create_file(path: Path, mode: int, flags: int = os.O_WRONLY) -> int:
+    """Create ``path`` (it must not exist) with exactly ``mode``; return its descriptor."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def binary_size(n: int) -> str:
+    """Bytes in binary units: ``512 B``, ``1.5 KiB``, ``3.0 GiB``."""
+    if abs(n) < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in _UNITS:
+        value /= 1024
+        if abs(value) < 1024 or unit == _UNITS[-1]:
+            break
+    return f"{value:.1f} {unit}"
