@@ -135,7 +135,7 @@ def test_a_postgresql_deployment_refuses_a_command_without_its_database_url(
     shown = postgres_url.replace("postgresql://", "postgresql+psycopg://")
     assert f"pass --database-url {shown}" in refused.stderr
     assert "EPHEMERA_DATABASE_URL" in refused.stderr
-    assert "`ephemera migrate`" in refused.stderr
+    assert "`ephemera migrate --move`" in refused.stderr
     assert tree(data_dir) == before  # no SQLite file appeared
 
     served = ephemera(
@@ -156,14 +156,58 @@ def test_a_default_deployment_refuses_another_database(data_dir: Path, postgres_
     assert "drop --database-url and EPHEMERA_DATABASE_URL" in refused.stderr
 
 
-def test_migrate_with_new_urls_moves_the_deployment_on_purpose(
+def test_migrate_without_the_database_url_keeps_a_postgresql_deployment_where_it_is(
+    data_dir: Path, postgres_url: str
+) -> None:
+    assert ephemera("migrate", "--database-url", postgres_url, data_dir=data_dir).returncode == 0
+    with Store.open(Settings(data_dir=data_dir, database_url=postgres_url)) as store:
+        store.create_session("s1")
+    before = tree(data_dir)
+    record = (data_dir / "deployment.json").read_text()
+
+    # A rollout that lost EPHEMERA_DATABASE_URL: refused, nothing created or rewritten.
+    refused = ephemera("migrate", data_dir=data_dir)
+    assert refused.returncode == 2
+    shown = postgres_url.replace("postgresql://", "postgresql+psycopg://")
+    assert f"pass --database-url {shown}" in refused.stderr
+    assert "`ephemera migrate --move`" in refused.stderr
+    assert tree(data_dir) == before  # no SQLite file appeared
+    assert (data_dir / "deployment.json").read_text() == record
+
+    again = ephemera("migrate", data_dir=data_dir, env={"EPHEMERA_DATABASE_URL": postgres_url})
+    assert again.returncode == 0, again.stderr
+    assert "(was up to date)" in again.stdout
+    listed = ephemera(
+        "sessions", "list", "--json", "--database-url", postgres_url, data_dir=data_dir
+    )
+    assert [s["id"] for s in json.loads(listed.stdout)["items"]] == ["s1"]
+
+
+def test_migrate_moves_the_deployment_to_new_urls_only_when_told_to(
     data_dir: Path, postgres_url: str
 ) -> None:
     assert ephemera("migrate", data_dir=data_dir).returncode == 0
-    moved = ephemera("migrate", "--database-url", postgres_url, data_dir=data_dir)
+    refused = ephemera("migrate", "--database-url", postgres_url, data_dir=data_dir)
+    assert refused.returncode == 2
+    assert "drop --database-url and EPHEMERA_DATABASE_URL" in refused.stderr
+    assert ephemera("stats", data_dir=data_dir).returncode == 0  # still where it was
+
+    moved = ephemera("migrate", "--move", "--database-url", postgres_url, data_dir=data_dir)
     assert moved.returncode == 0, moved.stderr
     assert ephemera("stats", "--database-url", postgres_url, data_dir=data_dir).returncode == 0
     assert ephemera("stats", data_dir=data_dir).returncode == 2
+
+
+def test_a_damaged_record_is_refused_until_migrate_moves_the_deployment(data_dir: Path) -> None:
+    assert ephemera("migrate", data_dir=data_dir).returncode == 0
+    (data_dir / "deployment.json").write_text("{not json")
+    refused = ephemera("migrate", data_dir=data_dir)
+    assert refused.returncode == 3  # as for every command: the record is unusable
+    assert "deployment.json is damaged: rewrite it with `ephemera migrate --move`" in (
+        refused.stderr
+    )
+    assert ephemera("migrate", "--move", data_dir=data_dir).returncode == 0
+    assert ephemera("stats", data_dir=data_dir).returncode == 0
 
 
 def test_a_data_dir_moved_elsewhere_is_still_its_deployment(tmp_path: Path) -> None:

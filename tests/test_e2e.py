@@ -106,6 +106,10 @@ def probed_server(tmp_path: Path) -> Iterator[Server]:
         running.stop()
 
 
+# 200 small uploads, at most a few in flight per session, on 2 shared cores.
+UPLOADS_WITHIN_S = 120
+
+
 def test_isolation_under_concurrent_interleaved_uploads(probed_server: Server) -> None:
     server = probed_server
     with httpx.Client(
@@ -117,6 +121,9 @@ def test_isolation_under_concurrent_interleaved_uploads(probed_server: Server) -
             tokens[response.json()["id"]] = response.json()["token"]
         jobs = [(sid, n) for sid in tokens for n in range(25)]
         random.Random(8).shuffle(jobs)
+        # Every upload is done well within this; an upload slot that is never given back
+        # would answer 429 forever.
+        deadline = time.monotonic() + UPLOADS_WITHIN_S
 
         def upload(job: tuple[str, int]) -> tuple[str, dict[str, Any]]:
             sid, n = job
@@ -130,7 +137,13 @@ def test_isolation_under_concurrent_interleaved_uploads(probed_server: Server) -
                 # More of one session's uploads in flight than it may have: wait as told.
                 if response.status_code != 429:
                     break
-                time.sleep(float(response.headers["retry-after"]))
+                wait_s = float(response.headers["retry-after"])
+                if time.monotonic() + wait_s > deadline:
+                    pytest.fail(
+                        f"{sid}/{n}.bin still refused (429) at the {UPLOADS_WITHIN_S} s "
+                        f"deadline of all uploads: are upload slots given back? {response.text}"
+                    )
+                time.sleep(wait_s)
             assert response.status_code == 201, response.text
             return sid, response.json()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import stat
@@ -263,6 +264,8 @@ def test_a_full_volume_answers_507_reports_not_ready_cleans_up_and_recovers(
         "EPHEMERA_LOW_SPACE_BYTES": str(3 * MiB),
         "EPHEMERA_SCHEDULED_CLEANUP": "false",  # the cleanup here is the admin's
         "EPHEMERA_WORKERS": "0",
+        # Credentials idle longer than this have their use written on the next request.
+        "EPHEMERA_ACTIVITY_WRITE_INTERVAL_S": "0.5",
     }
     server = Server(small_volume, env).start()
     try:
@@ -297,7 +300,7 @@ def test_a_full_volume_answers_507_reports_not_ready_cleans_up_and_recovers(
 
             # Whatever space is left, another writer takes: the volume is 100% full.
             fill_up(small_volume / "filler")
-            time.sleep(2.5)  # the uploads expire
+            time.sleep(2.5)  # the uploads expire; the admin key is idle past the interval
             cleaned = http.post("/admin/cleanup/all", headers=server.admin())
             assert cleaned.status_code == 200, cleaned.text
             assert cleaned.json()["totals"]["deleted_count"] == stored
@@ -307,8 +310,50 @@ def test_a_full_volume_answers_507_reports_not_ready_cleans_up_and_recovers(
 
             assert httpx.get(f"{server.url}/readyz").status_code == 200
             assert upload("after.bin", MiB).status_code == 201
+
+            # The reserve is taken again (as the scheduler, off here, would), another writer
+            # fills the volume to the last byte, and the session token goes idle: the client
+            # can still close its session, which frees its bytes.
+            settings = Settings(data_dir=small_volume, reserve_bytes=MiB, low_space_bytes=3 * MiB)
+            assert Volume(settings).restore_reserve()
+            fill_up(small_volume / "filler-2")
+            time.sleep(1.0)  # twice the interval
+            closed = http.delete("/sessions/cam", headers=auth)
+            assert closed.status_code == 200, closed.text
+            assert closed.json()["deleted_bytes"] == MiB
+            assert http.get("/sessions/cam", headers=server.admin()).status_code == 404
+            assert not (small_volume / RESERVE_FILE).exists()  # spent on the close
     finally:
         server.stop()
+
+
+def test_idle_credentials_still_open_the_store_on_a_full_volume_and_it_is_logged_once(
+    small_volume: Path, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ephemera.store")
+
+    def activity_logs() -> list[str]:
+        return [r.levelname for r in caplog.records if r.getMessage().startswith("activity")]
+
+    settings = Settings(data_dir=small_volume, reserve_bytes=0, low_space_bytes=0)
+    with Store.open(settings, clock=clock) as store:
+        key = store.create_admin_key("ops")
+        token = store.create_session(session_id="s").token
+        artifact = store.put_artifact("s", b"bytes", name="a.bin")
+        fill_up(small_volume / "filler")
+        with pytest.raises(InsufficientStorage):  # the volume really refuses writes
+            store.create_session(session_id="t")
+        for _ in range(3):
+            clock.advance(60)  # idle far past activity_write_interval_s
+            assert store.resolve_key(key) is not None
+            assert store.authenticate("s", token) is None
+            assert store.read_artifact("s", artifact.id) == b"bytes"
+        assert activity_logs() == ["WARNING"]
+        (small_volume / "filler").unlink()
+        clock.advance(60)
+        store.authenticate("s", token)
+        assert store.get_session("s").last_activity_at == clock.now()
+        assert activity_logs() == ["WARNING", "INFO"]
 
 
 def test_a_store_opens_and_cleans_up_on_a_volume_full_to_the_last_byte(

@@ -3,8 +3,8 @@
 ``ephemera serve`` and ``ephemera migrate`` write it; every other command compares the
 backends it resolved with it before touching anything. Without it a cron job on a PostgreSQL
 deployment that lost ``EPHEMERA_DATABASE_URL`` would open the SQLite default in the data dir
-and report success forever. Moving a deployment on purpose is ``ephemera migrate`` with the
-new URLs: it rewrites the record.
+and report success forever; ``ephemera migrate`` refuses them too. Moving a deployment on
+purpose is ``ephemera migrate --move`` with the new URLs: it rewrites the record.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def read_record(data_dir: Path) -> dict[str, Any] | None:
         record = None
     if not isinstance(record, dict):
         raise StorageError(
-            f"{data_dir / RECORD_FILE} is damaged: rewrite it with `ephemera migrate`"
+            f"{data_dir / RECORD_FILE} is damaged: rewrite it with `ephemera migrate --move` "
+            "and the deployment's URLs"
         )
     return record
 
@@ -121,7 +122,7 @@ def check_record(data_dir: Path, backends: Backends) -> None:
     )
     raise BackendMismatch(
         f"{data_dir.resolve()} belongs to a deployment whose {fixes}. To move it on "
-        "purpose, run `ephemera migrate` with the new URLs"
+        "purpose, run `ephemera migrate --move` with the new URLs"
     )
 
 

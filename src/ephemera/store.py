@@ -296,6 +296,7 @@ class Store:
         self._local_paths = blobs if isinstance(blobs, LocalPaths) else None
         self._ranged = blobs if isinstance(blobs, RangedReads) else None
         self.volume = Volume(self.settings)
+        self._activity_unrecorded = False  # a full volume refused the last activity write
         self.hooks = Hooks()
         self.metrics = Metrics(self)
         self._processors: Registry | None = None
@@ -392,7 +393,9 @@ class Store:
         interval = timedelta(seconds=self.settings.activity_write_interval_s)
         if now - row.last_activity_at >= interval:
             expires_at = session_deadline(now, row.created_at, row.idle_timeout_s, row.max_age_s)
-            self.catalog.touch_session(session_id, now, expires_at, now - interval)
+            self._record_activity(
+                lambda: self.catalog.touch_session(session_id, now, expires_at, now - interval)
+            )
         return None if key is None else key.name
 
     def resolve_key(self, credential: str) -> AdminKey | None:
@@ -414,8 +417,29 @@ class Store:
             raise Unauthenticated(f"this key expired at {key.expires_at.isoformat()}")
         interval = timedelta(seconds=self.settings.activity_write_interval_s)
         if key.last_used_at is None or now - key.last_used_at >= interval:
-            self.catalog.touch_key(key.name, now, now - interval)
+            self._record_activity(lambda: self.catalog.touch_key(key.name, now, now - interval))
         return key
+
+    def _record_activity(self, write: Callable[[], None]) -> None:
+        """Run a last-use or activity write, best effort on a full volume.
+
+        The request goes on without it: it may be the one that frees space (a cleanup, a
+        close) or need none (a download). Logged once until such a write succeeds again.
+        """
+        try:
+            write()
+        except InsufficientStorage as exc:
+            if not self._activity_unrecorded:
+                self._activity_unrecorded = True
+                log.warning(
+                    "activity and key use are not recorded until space is freed: %s",
+                    exc.message,
+                    extra={"action": "activity"},
+                )
+            return
+        if self._activity_unrecorded:
+            self._activity_unrecorded = False
+            log.info("activity and key use are recorded again", extra={"action": "activity"})
 
     def admin_key_name(self, credential: str) -> str | None:
         """The name of the valid admin key ``credential`` is, else None."""
@@ -659,6 +683,9 @@ class Store:
         started = time.perf_counter()
         if not ids.SESSION_ID_RE.fullmatch(session_id):
             raise _session_not_found(session_id)
+        if self.volume.low_space() is not None and self.catalog.get_session(session_id) is not None:
+            # A close frees space, but on a full volume the database needs room to record it.
+            self.volume.release_reserve()
         before = self.catalog.begin_close(session_id, self.clock.now(), force=force)
         if before is None:
             raise _session_not_found(session_id)

@@ -41,7 +41,7 @@ def start_store(settings: Settings) -> Store:
     backends = announce(settings)
     try:
         # Starting on other backends than recorded would serve an empty store: only
-        # `migrate` moves a deployment.
+        # `migrate --move` moves a deployment.
         check_urls(backends)
         check_record(settings.data_dir, backends)
         check_writable(settings.data_dir, settings.dir_mode_bits)
@@ -150,16 +150,29 @@ def worker(
 
 @app.command()
 def migrate(
-    data_dir: DataDir = None, database_url: DatabaseUrl = None, blob_url: BlobUrl = None
+    data_dir: DataDir = None,
+    database_url: DatabaseUrl = None,
+    blob_url: BlobUrl = None,
+    move: Annotated[
+        bool,
+        typer.Option(
+            "--move",
+            help="Accept backends other than the data dir's deployment recorded: move it there",
+        ),
+    ] = False,
 ) -> None:
     """Create the store or bring its schema up to date, and record its backends in the data
-    dir (run it with new URLs to move a deployment on purpose)."""
+    dir. Other backends than recorded are refused (exit 2) unless --move."""
     from ephemera.catalog import Catalog
 
     settings = settings_for(data_dir, database_url=database_url, blob_url=blob_url)
     backends = announce(settings)
     try:
         check_urls(backends)
+        if not move:
+            # Without its URL, a PostgreSQL deployment would silently become an empty
+            # SQLite store in the data dir.
+            check_record(settings.data_dir, backends)
         check_writable(settings.data_dir)
         catalog = Catalog(backends.metadata)
     except EphemeraError as exc:
