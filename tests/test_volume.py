@@ -22,6 +22,7 @@ from ephemera.http import create_app
 from ephemera.scheduler import CleanupScheduler
 from ephemera.testing import ManualClock
 from ephemera.volume import RESERVE_FILE, Volume, check_modes, prepare_data_dir
+from tests.cli import ephemera
 from tests.conftest import Server, bearer, snapshot
 
 MiB = 1024 * 1024
@@ -96,6 +97,18 @@ def test_folders_keep_the_setgid_bit_of_a_shared_data_dir(data_dir: Path, umask:
     files, folders = fill_a_store(Settings(data_dir=data_dir, file_mode="0640", dir_mode="0750"))
     assert set(folders.values()) == {0o2750}
     assert set(files.values()) == {0o640}
+
+
+def test_migrate_creates_a_store_with_the_configured_modes(data_dir: Path, umask: None) -> None:
+    os.umask(0o077)
+    created = ephemera(
+        "migrate",
+        data_dir=data_dir,
+        env={"EPHEMERA_FILE_MODE": "0640", "EPHEMERA_DIR_MODE": "0750"},
+    )
+    assert created.returncode == 0, created.stderr
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o750
+    assert stat.S_IMODE((data_dir / "ephemera.db").stat().st_mode) == 0o640
 
 
 def test_the_mode_check_names_each_path_looser_than_configured(data_dir: Path) -> None:

@@ -173,8 +173,10 @@ def migrate(
             # Without its URL, a PostgreSQL deployment would silently become an empty
             # SQLite store in the data dir.
             check_record(settings.data_dir, backends)
-        check_writable(settings.data_dir)
-        catalog = Catalog(backends.metadata)
+        check_writable(settings.data_dir, settings.dir_mode_bits)
+        catalog = Catalog(
+            backends.metadata, file_mode=settings.file_mode_bits, dir_mode=settings.dir_mode_bits
+        )
     except EphemeraError as exc:
         raise fail(exc, EXIT_USAGE) from None
     try:
