@@ -15,6 +15,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from ephemera.volume import RESERVE_FILE
 from tests.cli import BACKEND_VARIABLES, ephemera, tree
 from tests.conftest import _die_with_parent, free_port
 from tests.s3server import REGION, S3Server
@@ -91,6 +92,7 @@ def test_serve_fails_at_once_on_an_unreachable_database(data_dir: Path) -> None:
     assert "check --database-url or EPHEMERA_DATABASE_URL" in outcome.error
     assert "Traceback" not in outcome.stderr
     assert not (data_dir / "deployment.json").exists()
+    assert not (data_dir / RESERVE_FILE).exists()
 
 
 def test_serve_fails_at_once_on_a_data_dir_it_cannot_write(read_only_dir: Path) -> None:

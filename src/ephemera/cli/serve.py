@@ -47,8 +47,6 @@ def start_store(settings: Settings) -> Store:
         check_writable(settings.data_dir, settings.dir_mode_bits)
     except EphemeraError as exc:
         raise fail(exc, EXIT_USAGE, context=CANNOT_START) from None
-    for warning in prepare_data_dir(settings):
-        err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     try:
         store = Store.open(settings)
     except StorageError as exc:
@@ -61,6 +59,9 @@ def start_store(settings: Settings) -> Store:
     except EphemeraError as exc:
         store.close()
         raise fail(exc, EXIT_USAGE, context=CANNOT_START) from None
+    # Only a server that will run takes the reserve: a failed start leaves no 16 MiB behind.
+    for warning in prepare_data_dir(settings):
+        err.print(f"warning: {warning}", markup=False, highlight=False, soft_wrap=True)
     return store
 
 
