@@ -18,6 +18,7 @@ from botocore.config import Config
 from ephemera.volume import RESERVE_FILE
 from tests.cli import BACKEND_VARIABLES, ephemera, tree
 from tests.conftest import _die_with_parent, free_port
+from tests.mounts import tmpfs
 from tests.s3server import REGION, S3Server
 
 pytestmark = pytest.mark.slow
@@ -61,24 +62,9 @@ def serve(data_dir: Path, *args: str, env: dict[str, str] | None = None) -> Outc
 
 @pytest.fixture
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
-    """A folder in which nobody, root included, can create a file: a read-only tmpfs (needs
-    root, as the suite's other mounts do; under CI a missing mount fails, never skips)."""
-    folder = tmp_path / "locked"
-    folder.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m,mode=0700", "tmpfs", str(folder)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        reason = f"cannot mount a read-only tmpfs: {mounted.stderr.strip() or mounted.returncode}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    try:
+    """A folder in which nobody, root included, can create a file: a read-only tmpfs."""
+    with tmpfs(tmp_path / "locked", "ro,size=1m,mode=0700") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=True)
 
 
 def test_serve_fails_at_once_on_an_unreachable_database(data_dir: Path) -> None:

@@ -6,7 +6,6 @@ import logging
 import os
 import sqlite3
 import stat
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from ephemera.testing import ManualClock
 from ephemera.volume import RESERVE_FILE, Volume, check_modes, prepare_data_dir
 from tests.cli import ephemera
 from tests.conftest import Server, bearer, snapshot
+from tests.mounts import tmpfs
 
 MiB = 1024 * 1024
 
@@ -150,23 +150,9 @@ def test_serve_warns_at_start_up_about_loose_modes(tmp_path: Path) -> None:
 
 @pytest.fixture
 def small_volume(tmp_path: Path) -> Iterator[Path]:
-    """A 16 MiB tmpfs, so the test can fill it; needs root."""
-    mount_point = tmp_path / "data"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        reason = f"cannot mount a tmpfs: {mounted.stderr.strip() or mounted.returncode}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    try:
+    """A 16 MiB tmpfs, so the test can fill it."""
+    with tmpfs(tmp_path / "data", "size=16m,mode=0700") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def artifact_rows(data_dir: Path) -> int:
