@@ -148,7 +148,7 @@ def open_blob_store(url: str, *, file_mode: int = 0o600, dir_mode: int = 0o700) 
 
         return LocalBlobStore(Path(parts.path), file_mode=file_mode, dir_mode=dir_mode)
     if parts.scheme == "memory":
-        from ephemera.testing import MemoryBlobStore
+        from ephemera.blobs.memory import MemoryBlobStore
 
         return MemoryBlobStore()
     if parts.scheme == "s3":

@@ -1,0 +1,136 @@
+"""Blobs in memory: the blob store contract without I/O, for fast tests (``memory://``).
+
+Re-exported by :mod:`ephemera.testing`; production code opens it only through
+``open_blob_store("memory://")``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import BinaryIO
+
+from ephemera.blobs import BlobStat, StagedBlob, check_key
+from ephemera.errors import BlobNotFound, StorageError
+
+
+class _MemoryWriter:
+    def __init__(self, store: MemoryBlobStore, key: str, name: str) -> None:
+        self._store = store
+        self._key = key
+        self._name = name
+        self._buffer = bytearray()
+        self._hash = hashlib.sha256()
+        self._done = False
+
+    @property
+    def size(self) -> int:
+        return len(self._buffer)
+
+    def write(self, data: bytes) -> None:
+        if self._done:
+            raise StorageError("write after commit or abort")
+        self._hash.update(data)
+        self._buffer += data
+        self._store._staged[self._name] = len(self._buffer)
+
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def sync(self) -> None:
+        if self._done:
+            raise StorageError("sync after commit or abort")
+
+    def commit(self) -> BlobStat:
+        if self._done:
+            raise StorageError("commit after commit or abort")
+        self._done = True
+        with self._store._lock:
+            self._store._staged.pop(self._name, None)
+            self._store._blobs[self._key] = (bytes(self._buffer), self._store._now())
+        return self._store.stat(self._key)
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            self._store._staged.pop(self._name, None)
+
+
+class MemoryBlobStore:
+    """A BlobStore in a dict: same contract as the real ones, for unit tests."""
+
+    def __init__(self) -> None:
+        self._blobs: dict[str, tuple[bytes, datetime]] = {}
+        self._staged: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._counter = 0
+
+    @staticmethod
+    def _now() -> datetime:
+        return datetime.now(UTC)
+
+    def writer(self, key: str) -> _MemoryWriter:
+        check_key(key)
+        with self._lock:
+            self._counter += 1
+            name = f"{self._counter}.part"
+            self._staged[name] = 0
+        return _MemoryWriter(self, key, name)
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return io.BytesIO(self._blobs[check_key(key)][0])
+        except KeyError:
+            raise BlobNotFound(f"no blob at {key}") from None
+
+    def stat(self, key: str) -> BlobStat:
+        try:
+            data, modified = self._blobs[check_key(key)]
+        except KeyError:
+            raise BlobNotFound(f"no blob at {key}") from None
+        return BlobStat(key, len(data), modified)
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._blobs.pop(check_key(key), None)
+
+    def delete_many(self, keys: Sequence[str]) -> dict[str, str]:
+        for key in keys:
+            self.delete(key)
+        return {}
+
+    def delete_prefix(self, prefix: str) -> int:
+        with self._lock:
+            doomed = [k for k in self._blobs if k.startswith(prefix)]
+            for key in doomed:
+                del self._blobs[key]
+        return len(doomed)
+
+    def list(self, prefix: str = "") -> Iterator[BlobStat]:
+        with self._lock:
+            keys = sorted(k for k in self._blobs if k.startswith(prefix))
+        for key in keys:
+            try:
+                yield self.stat(key)
+            except BlobNotFound:
+                continue
+
+    def list_children(self, prefix: str) -> Iterator[str]:
+        with self._lock:
+            names = {k[len(prefix) :].split("/", 1)[0] for k in self._blobs if k.startswith(prefix)}
+        yield from sorted(names)
+
+    def list_staged(self) -> Iterator[StagedBlob]:
+        with self._lock:
+            staged = list(self._staged.items())
+        for name, size in staged:
+            yield StagedBlob(name, size, self._now())
+
+    def delete_staged(self, name: str) -> None:
+        self._staged.pop(name, None)
+
+    def check(self) -> None:
+        return None
