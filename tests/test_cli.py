@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from ephemera import Settings, Store
+from ephemera.errors import Unauthenticated
+from ephemera.models import KeyRole
 from tests.cli import ephemera
 from tests.conftest import Server
 
@@ -21,7 +23,9 @@ def test_admin_key_create_prints_the_key_alone_and_it_works(data_dir: Path) -> N
     assert created.stdout == key + "\n"
     assert key.startswith("epa_")
     with Store.open(Settings(data_dir=data_dir)) as store:
-        assert store.admin_key_name(key) == "ops"
+        resolved = store.resolve_key(key)
+        assert resolved is not None
+        assert (resolved.name, resolved.role) == ("ops", KeyRole.ADMIN)
 
     listed = ephemera("admin-key", "list", "--json", data_dir=data_dir)
     assert [k["name"] for k in json.loads(listed.stdout)] == ["ops"]
@@ -32,8 +36,8 @@ def test_admin_key_create_prints_the_key_alone_and_it_works(data_dir: Path) -> N
     assert "already exists" in again.stderr
 
     assert ephemera("admin-key", "revoke", "ops", data_dir=data_dir).returncode == 0
-    with Store.open(Settings(data_dir=data_dir)) as store:
-        assert store.admin_key_name(key) is None
+    with Store.open(Settings(data_dir=data_dir)) as store, pytest.raises(Unauthenticated):
+        store.resolve_key(key)
     missing = ephemera("admin-key", "revoke", "ops", data_dir=data_dir)
     assert missing.returncode == 1
 

@@ -91,14 +91,6 @@ def new_session_token() -> str:
     return SESSION_TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
-def new_admin_key() -> str:
-    return ADMIN_KEY_PREFIX + secrets.token_urlsafe(32)
-
-
-def new_worker_key() -> str:
-    return WORKER_KEY_PREFIX + secrets.token_urlsafe(32)
-
-
 def new_key(role: str) -> str:
     return KEY_PREFIXES[role] + secrets.token_urlsafe(32)
 

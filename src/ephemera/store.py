@@ -441,21 +441,6 @@ class Store:
             self._activity_unrecorded = False
             log.info("activity and key use are recorded again", extra={"action": "activity"})
 
-    def admin_key_name(self, credential: str) -> str | None:
-        """The name of the valid admin key ``credential`` is, else None."""
-        return self._key_name(credential, KeyRole.ADMIN)
-
-    def worker_key_name(self, credential: str) -> str | None:
-        """The name of the valid worker key ``credential`` is, else None."""
-        return self._key_name(credential, KeyRole.WORKER)
-
-    def _key_name(self, credential: str, role: KeyRole) -> str | None:
-        try:
-            key = self.resolve_key(credential)
-        except Unauthenticated:
-            return None
-        return key.name if key is not None and key.role == role else None
-
     def create_admin_key(self, name: str) -> str:
         return self.create_key(name, KeyRole.ADMIN)
 
