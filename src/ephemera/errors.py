@@ -98,3 +98,9 @@ class BackendMismatch(InvalidInput):
     """The configured backends differ from the ones a data dir's deployment recorded."""
 
     code = "backend_mismatch"
+
+
+class MissingExtra(InvalidInput):
+    """A configured feature needs an optional dependency group that is not installed."""
+
+    code = "missing_extra"

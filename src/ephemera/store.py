@@ -54,6 +54,7 @@ from ephemera.catalog import RESULT_KINDS, Catalog, task_producer
 from ephemera.cleanup import Cleaner, CleanupReport, CleanupRequest, Progress, run_cleanup
 from ephemera.clock import Clock, SystemClock
 from ephemera.config import Settings
+from ephemera.context import Context
 from ephemera.errors import (
     ChecksumMismatch,
     Conflict,
@@ -298,6 +299,7 @@ class Store:
         self.volume = Volume(self.settings)
         self._activity_unrecorded = False  # a full volume refused the last activity write
         self.hooks = Hooks()
+        self.context = Context(catalog, blobs, self.settings, self.clock, self.hooks, self.volume)
         self.metrics = Metrics(self)
         self._processors: Registry | None = None
         self._processors_lock = threading.Lock()

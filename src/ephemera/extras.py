@@ -1,0 +1,30 @@
+"""Optional dependency groups: which extra a feature needs, and one clear error without it.
+
+The core install serves sessions, artifacts, leases and cleanup on SQLite and a local
+directory. PostgreSQL, an S3-compatible store and the image processors each need an extra;
+choosing one without it fails at start-up with a line that names what to install.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from ephemera.errors import MissingExtra
+
+# extra -> the modules it provides, checked without importing them.
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "postgres": ("psycopg",),
+    "s3": ("boto3", "botocore"),
+    "vision": ("cv2", "numpy"),
+}
+
+
+def missing(extra: str) -> list[str]:
+    """The modules of ``extra`` that cannot be imported here."""
+    return [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+
+
+def require(extra: str, feature: str) -> None:
+    """MissingExtra, naming the extra to install, unless every module of ``extra`` is here."""
+    if missing(extra):
+        raise MissingExtra(f"{feature} needs the {extra!r} extra: pip install 'ephemera[{extra}]'")
