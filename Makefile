@@ -18,7 +18,7 @@ TBIN := $(TEST_VENV)/bin
 given = $(filter command line,$(origin $(1)))
 SERVE_ARGS := $(if $(call given,HOST),--host '$(HOST)') $(if $(call given,PORT),--port '$(PORT)')
 
-.PHONY: install serve-env test-env serve test lint bench bench-transfer bench-cleanup \
+.PHONY: install serve-env test-env serve test test-fast lint bench bench-transfer bench-cleanup \
 	bench-processing clean
 
 $(SERVE_STAMP): pyproject.toml
@@ -49,6 +49,10 @@ lint: test-env
 
 test: lint
 	$(TBIN)/pytest
+
+# The unit tier alone: in process, no servers or subprocesses, well under a minute.
+test-fast: test-env
+	$(TBIN)/pytest tests/unit
 
 bench: bench-transfer bench-cleanup bench-processing
 

@@ -7,7 +7,7 @@ Measured in one run, on this machine:
 
 1. roi-compare on a 12-megapixel capture (4000x3000, 50 regions, one golden per region at
    1.25x the region's size so every golden is resized; ncc, ssim and hist-cosine in turn,
-   thresholds as in ``tests/test_roi_compare.py``; one region has a missing part):
+   thresholds as in ``tests/unit/test_roi_compare.py``; one region has a missing part):
 
    * **bare**: ``RoiCompare().run`` with a ``MemoryTaskContext`` holding the PNG bytes, in a
      plain loop in this process: the same decode, crop, resize, score and PNG encoding of the
@@ -79,7 +79,7 @@ GOLDEN_SCALE = 1.25  # goldens larger than the regions: every one is resized
 GOLDEN_GAIN = 0.9  # and relit, which the scoring normalises away
 GOLDEN_OFFSET = 4.0
 DEFECT_REGION = "r17"  # a missing part here: this region, and only this one, must fail
-# As in tests/test_roi_compare.py: between the clean scores and the defect scores for
+# As in tests/unit/test_roi_compare.py: between the clean scores and the defect scores for
 # goldens resized and relit.
 THRESHOLDS = {"ncc": 0.95, "ssim": 0.9, "hist-cosine": 0.93}
 METHODS = list(THRESHOLDS)

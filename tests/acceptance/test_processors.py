@@ -35,7 +35,7 @@ from tests.conftest import (
 )
 
 API = "/api/v1"
-README = Path(__file__).parent.parent / "README.md"
+README = Path(__file__).parents[2] / "README.md"
 BUILTIN_SCHEMAS = {
     "camera-calibration": CameraCalibrationParams.model_json_schema(),
     "roi-compare": RoiCompareParams.model_json_schema(),

@@ -19,7 +19,7 @@ from tests.conftest import BUILTIN_PROCESSORS, bearer, free_port
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 API = "api/v1"
 TEST_ONLY = {"pytest", "schemathesis", "moto", "mypy", "ruff", "hypothesis", "jsonschema"}
 SAMPLE_PACKAGE = "ephemera-sample-processors"

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from ephemera import Settings, Store
 from ephemera.models import TaskState
 from ephemera.testing import ManualClock
 from tests.conftest import SAMPLE_RUN_LINE, WITH_SAMPLES, WITH_SAMPLES_ENV, _die_with_parent
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -78,14 +78,6 @@ def start_worker(
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(5)
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def runs_of(tmp_path: Path, worker: str) -> list[tuple[str, int]]:

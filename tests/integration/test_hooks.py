@@ -14,6 +14,7 @@ import pytest
 
 from ephemera import Settings, Store
 from ephemera.testing import ManualClock
+from tests.waiting import wait_for
 
 
 class Receiver:
@@ -26,7 +27,7 @@ class Receiver:
             def do_POST(self) -> None:
                 receiver.attempts += 1
                 body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-                time.sleep(delay_s)
+                time.sleep(delay_s)  # a slow receiver, where a test asks for one
                 if receiver.attempts <= fail_first:
                     self.send_response(503)
                 else:
@@ -43,10 +44,12 @@ class Receiver:
         self.thread.start()
 
     def wait_for(self, count: int, timeout_s: float = 10) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout_s
-        while len(self.bodies) < count:
-            assert time.monotonic() < deadline, f"got {self.bodies}"
-            time.sleep(0.01)
+        wait_for(
+            lambda: len(self.bodies) >= count,
+            timeout_s,
+            lambda: f"{count} deliveries, got {self.bodies}",
+            interval_s=0.01,
+        )
         return self.bodies
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ import pytest
 from ephemera import Settings, Store
 from tests.conftest import SAMPLE_RUN_LINE, WITH_SAMPLES_ENV, Server, bearer
 from tests.databases import PostgresDatabases
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -104,8 +105,14 @@ def test_a_session_lives_in_both_replicas_and_a_close_is_seen_at_once(
 
 
 def test_their_schedulers_never_run_at_the_same_time(replicas: Replicas) -> None:
-    time.sleep(4)  # a few one-second ticks on each replica
     with Store.open(replicas.settings) as store:
+
+        def scheduled_runs() -> int:
+            runs = store.audit_log(action="cleanup.all", limit=1000).items
+            return sum(entry.actor == "scheduler" for entry in runs)
+
+        # A few one-second ticks on each replica.
+        wait_for(lambda: scheduled_runs() >= 4, 30, "four scheduled runs")
         runs = store.audit_log(action="cleanup.all", limit=1000).items
     spans = sorted(
         (entry.at - timedelta(seconds=entry.result["duration_s"]), entry.at)
@@ -130,7 +137,7 @@ def test_cleanup_requested_on_both_at_once_deletes_each_item_once(
         store.create_session("bulk", idle_timeout_s=None)
         for i in range(300):
             store.put_artifact("bulk", b"x" * (i + 1), name=f"{i}.bin", expires_in_s=1)
-    time.sleep(1.5)
+    time.sleep(1.5)  # the servers' clocks are real: the artifacts expire by really waiting
     answers: list[dict[str, Any]] = []
 
     def clean(server: Server) -> None:
@@ -205,7 +212,7 @@ def test_a_replica_killed_during_cleanup_leaves_the_other_to_finish(
         store.create_session("bulk", idle_timeout_s=None)
         for i in range(1500):
             store.put_artifact("bulk", b"y", name=f"{i}.bin", expires_in_s=1)
-    time.sleep(1.5)
+    time.sleep(1.5)  # the servers' clocks are real: the artifacts expire by really waiting
     started = threading.Event()
 
     def clean() -> None:

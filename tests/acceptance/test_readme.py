@@ -16,7 +16,7 @@ from tests.conftest import Server, _die_with_parent, bearer, free_port
 
 pytestmark = pytest.mark.slow
 
-README = Path(__file__).parent.parent / "README.md"
+README = Path(__file__).parents[2] / "README.md"
 
 
 def blocks(language: str) -> list[str]:

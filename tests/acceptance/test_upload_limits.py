@@ -14,6 +14,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.conftest import Server, bearer
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -172,15 +173,6 @@ def pending_rows(server: Server, http: httpx.Client) -> int:
     return sum(row["count"] for row in stats.json()["artifacts"] if row["state"] == "pending")
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 15) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
 def upload(http: httpx.Client, sid: str, token: str, **kwargs: object) -> httpx.Response:
     params = kwargs.pop("params", {"name": "a.bin"})
     content = kwargs.pop("content", b"a")
@@ -218,7 +210,11 @@ def test_fifty_stalled_uploads_are_answered_408_and_leave_nothing_behind(
     ]
     assert len(sockets) == 50
     # The stalls hold staging files and pending records until the timeout takes them.
-    assert wait_for(lambda: len(staged(server)) > 0 and pending_rows(server, http) > 0, 10)
+    wait_for(
+        lambda: len(staged(server)) > 0 and pending_rows(server, http) > 0,
+        10,
+        "staged bytes and pending records of the stalled uploads",
+    )
 
     deadline = time.monotonic() + IDLE_TIMEOUT_S + 20
     answers = [read_answer(sock, deadline) for sock in sockets]
@@ -294,7 +290,7 @@ def test_an_upload_beyond_the_sessions_slots_is_429_and_stores_nothing(
 ) -> None:
     sid, token = new_session()
     stalls = [open_upload(server, sid, token, "raw") for _ in range(SLOTS)]
-    assert wait_for(lambda: pending_rows(server, http) == SLOTS)
+    wait_for(lambda: pending_rows(server, http) == SLOTS, 15, f"{SLOTS} pending records")
     staged_before = sorted(staged(server))
 
     refused = upload(http, sid, token, params={"name": "one-too-many.bin"})
@@ -341,9 +337,9 @@ def _mismatch_the_checksum(server: Server, http: httpx.Client, sid: str, token: 
 def _disconnect(server: Server, http: httpx.Client, sid: str, token: str) -> None:
     staged_before = len(staged(server))
     sock = open_upload(server, sid, token, "multipart")
-    assert wait_for(lambda: len(staged(server)) > staged_before)
+    wait_for(lambda: len(staged(server)) > staged_before, 15, "the upload's staged file")
     sock.close()
-    assert wait_for(lambda: len(staged(server)) == staged_before)
+    wait_for(lambda: len(staged(server)) == staged_before, 15, "the staged file to go")
 
 
 def _time_out(server: Server, http: httpx.Client, sid: str, token: str) -> None:

@@ -18,6 +18,7 @@ from ephemera.testing import ManualClock
 from ephemera.worker import Worker
 from tests.conftest import WITH_SAMPLES, MakeSettings, snapshot
 from tests.images import camera_matrix, render_chessboard_views
+from tests.waiting import wait_for
 
 CONTRACT = True
 
@@ -331,11 +332,12 @@ def test_a_worker_runs_queued_tasks_on_its_threads_and_stops_cleanly(store: Stor
     pool = Worker(store, concurrency=3, poll_interval_s=0.02)
     pool.start()
     try:
-        for _ in range(500):
-            states = {store.get_task("s1", t.id).state for t in tasks}
-            if states == {TaskState.SUCCEEDED}:
-                break
-            time.sleep(0.02)
+        wait_for(
+            lambda: {store.get_task("s1", t.id).state for t in tasks} == {TaskState.SUCCEEDED},
+            30,
+            "the 20 tasks to succeed",
+            interval_s=0.02,
+        )
     finally:
         stopping = time.monotonic()
         pool.stop(timeout_s=5)
@@ -396,15 +398,20 @@ def test_a_running_worker_stops_a_cancelled_task_and_goes_on_with_the_queue(
     pool = Worker(store, poll_interval_s=0.02)
     pool.start()
     try:
-        deadline = time.monotonic() + 10
-        while store.get_task("s1", slow.id).state is not TaskState.RUNNING:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_for(
+            lambda: store.get_task("s1", slow.id).state is TaskState.RUNNING,
+            10,
+            "the slow task to run",
+            interval_s=0.02,
+        )
         store.cancel_task("s1", slow.id)
         quick = store.submit_task("s1", "sample-sleep", params={"seconds": 0})
-        while store.get_task("s1", quick.id).state is not TaskState.SUCCEEDED:
-            assert time.monotonic() < deadline, "the worker is still busy with the cancelled task"
-            time.sleep(0.02)
+        wait_for(
+            lambda: store.get_task("s1", quick.id).state is TaskState.SUCCEEDED,
+            10,  # far less than the 60 s the cancelled task would sleep
+            "the quick task: the worker is still busy with the cancelled task",
+            interval_s=0.02,
+        )
     finally:
         pool.stop(timeout_s=5)
     cancelled = store.get_task("s1", slow.id)
