@@ -11,6 +11,7 @@ from alembic.runtime.migration import MigrationContext
 
 from ephemera import Settings, Store
 from ephemera.catalog import Catalog
+from ephemera.catalog.migrate import alembic_config
 from ephemera.catalog.schema import metadata
 from ephemera.errors import SchemaOutOfDate
 from tests.databases import PostgresDatabases
@@ -24,7 +25,7 @@ def schema_differences(catalog: Catalog) -> list[object]:
 
 
 def test_the_migrated_schema_equals_the_declared_one(tmp_path: Path) -> None:
-    catalog = Catalog(f"sqlite:///{tmp_path / 'm.db'}")
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'm.db'}")
     try:
         assert catalog.revisions() == (None, "0005")
         catalog.migrate()
@@ -38,7 +39,7 @@ def test_the_migrated_schema_equals_the_declared_one_on_postgresql(
     postgres_databases: PostgresDatabases,
 ) -> None:
     url = postgres_databases.empty()
-    catalog = Catalog(url)
+    catalog = Catalog.open(url)
     try:
         assert catalog.revisions() == (None, "0005")
         catalog.migrate()
@@ -63,10 +64,10 @@ def test_an_empty_database_is_migrated_on_open_and_an_outdated_one_refused(
 
 
 def test_upgrading_a_populated_first_schema_keeps_its_rows(tmp_path: Path) -> None:
-    catalog = Catalog(f"sqlite:///{tmp_path / 'm.db'}")
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'm.db'}")
     try:
         with catalog.engine.connect() as conn:
-            command.upgrade(catalog._alembic_config(conn), "0001")
+            command.upgrade(alembic_config(conn), "0001")
             conn.commit()
         with catalog.engine.begin() as conn:
             conn.exec_driver_sql(
