@@ -35,7 +35,13 @@ from ephemera.catalog import (
 from ephemera.catalog.db import Database, open_database
 from ephemera.catalog.locks import AdvisoryLocks
 from ephemera.catalog.predicates import RESULT_KINDS
-from ephemera.catalog.sweeps import ArtifactSweep, Candidate, SessionSweep
+from ephemera.catalog.sweeps import (
+    ArtifactRule,
+    ArtifactSweep,
+    Candidate,
+    SessionRule,
+    SessionSweep,
+)
 from ephemera.catalog.tasks import task_producer
 from ephemera.catalog.verification import Stored
 from ephemera.models import (
@@ -447,9 +453,11 @@ class Catalog:
 
 __all__: Sequence[str] = [
     "RESULT_KINDS",
+    "ArtifactRule",
     "ArtifactSweep",
     "Candidate",
     "Catalog",
+    "SessionRule",
     "SessionSweep",
     "Stored",
     "task_producer",

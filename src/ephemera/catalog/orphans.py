@@ -30,7 +30,15 @@ def stale_pending(
         )
     with db.read() as conn:
         return [
-            Candidate(r.id, r.session_id, 0, "pending", False, False, r.created_at)
+            Candidate(
+                id=r.id,
+                session_id=r.session_id,
+                size=0,
+                state=ArtifactState.PENDING,
+                leased=False,
+                retained=False,
+                order_key=r.created_at,
+            )
             for r in conn.execute(query)
         ]
 

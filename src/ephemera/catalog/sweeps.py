@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, delete, func, not_, or_, select, tuple_, update
@@ -22,6 +23,21 @@ from ephemera.catalog.usage import all_usage
 from ephemera.models import ArtifactState, SessionState
 
 
+class ArtifactRule(StrEnum):
+    """Why an artifact-deleting cleanup selects an artifact (see ``ArtifactSweep``)."""
+
+    EXPIRED = "expired"
+    OLD_RESULTS = "old-results"
+
+
+class SessionRule(StrEnum):
+    """Why a session-closing cleanup selects a session (see ``SessionSweep``)."""
+
+    IDLE = "idle"
+    ONE = "one"
+    QUOTA = "quota"
+
+
 @dataclass(frozen=True, slots=True)
 class ArtifactSweep:
     """Which artifacts an artifact-deleting cleanup selects.
@@ -30,18 +46,18 @@ class ArtifactSweep:
     producer that became ready before ``cutoff``. Retained artifacts are never selected.
     """
 
-    rule: str
+    rule: ArtifactRule
     now: datetime
     cutoff: datetime
 
     def condition(self) -> ColumnElement[bool]:
-        if self.rule == "expired":
+        if self.rule == ArtifactRule.EXPIRED:
             matches = and_(
                 artifacts.c.storage_class == "temporary",
                 artifacts.c.expires_at.is_not(None),
                 artifacts.c.expires_at <= self.cutoff,
             )
-        elif self.rule == "old-results":
+        elif self.rule == ArtifactRule.OLD_RESULTS:
             matches = and_(
                 artifacts.c.kind.in_(RESULT_KINDS),
                 artifacts.c.producer.is_not(None),
@@ -53,7 +69,8 @@ class ArtifactSweep:
         return and_(matches, not_(artifact_retained(self.now)))
 
     def order(self) -> tuple[Any, Any]:
-        column = artifacts.c.expires_at if self.rule == "expired" else artifacts.c.ready_at
+        expired = self.rule == ArtifactRule.EXPIRED
+        column = artifacts.c.expires_at if expired else artifacts.c.ready_at
         return column, artifacts.c.id
 
 
@@ -66,7 +83,7 @@ class SessionSweep:
     the named session, if still open.
     """
 
-    rule: str
+    rule: SessionRule
     now: datetime
     idle_before: datetime | None = None
     session_id: str | None = None
@@ -74,13 +91,13 @@ class SessionSweep:
     def condition(self) -> ColumnElement[bool]:
         closing = sessions.c.state == SessionState.CLOSING
         is_open = sessions.c.state == SessionState.OPEN
-        if self.rule == "idle":
+        if self.rule == SessionRule.IDLE:
             if self.idle_before is not None:
                 idle = sessions.c.last_activity_at <= self.idle_before
             else:
                 idle = and_(sessions.c.expires_at.is_not(None), sessions.c.expires_at <= self.now)
             return or_(closing, and_(is_open, idle))
-        if self.rule in ("one", "quota"):
+        if self.rule in (SessionRule.ONE, SessionRule.QUOTA):
             return and_(sessions.c.id == self.session_id, or_(closing, is_open))
         raise ValueError(self.rule)
 
@@ -91,17 +108,23 @@ class SessionSweep:
         lease protects.
         """
         free = not_(session_leased(self.now))
-        if self.rule == "quota":
+        if self.rule == SessionRule.QUOTA:
             return free
         return and_(free, not_(session_retained(self.now)))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Candidate:
+    """An artifact or session a sweep selected (for a session, ``id == session_id``).
+
+    ``leased``/``retained``: protected at selection time; the claim checks again.
+    ``order_key``: the sweep's sort value, to resume after this candidate.
+    """
+
     id: str
     session_id: str
     size: int
-    state: str
+    state: ArtifactState | SessionState
     leased: bool
     retained: bool
     order_key: Any = None
@@ -142,13 +165,13 @@ def artifact_candidates(
     with db.read() as conn:
         return [
             Candidate(
-                r.id,
-                r.session_id,
-                r.size or 0,
-                r.state,
-                bool(r.leased) and r.state == ArtifactState.READY,
-                False,
-                r.order_key,
+                id=r.id,
+                session_id=r.session_id,
+                size=r.size or 0,
+                state=ArtifactState(r.state),
+                leased=bool(r.leased) and r.state == ArtifactState.READY,
+                retained=False,
+                order_key=r.order_key,
             )
             for r in conn.execute(query)
         ]
@@ -195,7 +218,17 @@ def claim_artifacts(db: Database, sweep: ArtifactSweep, ids: Sequence[str]) -> l
                 artifacts.c.id.in_(ids), artifacts.c.state == ArtifactState.DELETING
             )
         )
-        return [Candidate(r.id, r.session_id, r.size or 0, "deleting", False, False) for r in rows]
+        return [
+            Candidate(
+                id=r.id,
+                session_id=r.session_id,
+                size=r.size or 0,
+                state=ArtifactState.DELETING,
+                leased=False,
+                retained=False,
+            )
+            for r in rows
+        ]
 
 
 def drop_deleting_artifacts(db: Database, ids: Sequence[str]) -> list[tuple[str, str, int]]:
@@ -233,12 +266,12 @@ def session_candidates(
     with db.read() as conn:
         return [
             Candidate(
-                r.id,
-                r.id,
-                int(r.size or 0),
-                r.state,
-                bool(r.leased) and r.state == SessionState.OPEN,
-                bool(r.retained) and r.state == SessionState.OPEN,
+                id=r.id,
+                session_id=r.id,
+                size=int(r.size or 0),
+                state=SessionState(r.state),
+                leased=bool(r.leased) and r.state == SessionState.OPEN,
+                retained=bool(r.retained) and r.state == SessionState.OPEN,
             )
             for r in conn.execute(query)
         ]
@@ -302,7 +335,15 @@ def eviction_candidates(
         )
     with db.read() as conn:
         return [
-            Candidate(r.id, r.id, int(r.size or 0), r.state, bool(r.leased), False, r.order_key)
+            Candidate(
+                id=r.id,
+                session_id=r.id,
+                size=int(r.size or 0),
+                state=SessionState(r.state),
+                leased=bool(r.leased),
+                retained=False,
+                order_key=r.order_key,
+            )
             for r in conn.execute(query)
         ]
 
