@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from ephemera import extras
 from ephemera.catalog import Catalog
@@ -75,6 +76,38 @@ def test_any_other_database_error_is_a_storage_error(catalog: Catalog) -> None:
     catalog.insert_lease(lease)
     with pytest.raises(StorageError, match="database error: IntegrityError"):
         catalog.insert_lease(lease)
+
+
+def test_list_leases_reads_every_lease_in_one_query(catalog: Catalog) -> None:
+    catalog.insert_session(session_values("s1"))
+    artifacts = ["a1", "a2"]
+    for artifact_id in artifacts:
+        assert catalog.insert_pending_artifact(artifact_values(artifact_id, "s1"))
+        catalog.finalize_artifact(
+            artifact_id, "s1", {"size": 1, "sha256": "0" * 64}, None, lambda: None
+        )
+    later = NOW + timedelta(hours=1)
+    leases = [
+        Lease("l1", "s1", "whole", (), NOW, later),
+        Lease("l2", "s1", "both", ("a1", "a2"), NOW, later),
+        Lease("l3", "s1", "one", ("a2",), NOW, later),
+    ]
+    for lease in leases:
+        catalog.insert_lease(lease)
+    selects: list[str] = []
+
+    def seen(*args: Any) -> None:
+        if args[2].lstrip().upper().startswith("SELECT"):
+            selects.append(args[2])
+
+    event.listen(catalog.engine, "before_cursor_execute", seen)
+    try:
+        assert catalog.list_leases("s1") == leases
+    finally:
+        event.remove(catalog.engine, "before_cursor_execute", seen)
+    assert len(selects) == 1
+    assert catalog.get_lease("s1", "l2") == leases[1]
+    assert catalog.get_lease("s1", "nope") is None
 
 
 def test_only_open_creates_the_database_file(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import ColumnElement, Connection, Row, delete, insert, select, update
 
 from ephemera.catalog.db import Database
 from ephemera.catalog.predicates import live_session
@@ -58,25 +58,35 @@ def insert_lease(db: Database, lease: Lease) -> None:
             )
 
 
+def _leases(conn: Connection, *where: ColumnElement[bool]) -> list[Lease]:
+    """The leases ``where`` selects, with the artifacts each names, in one query, by ID."""
+    rows = conn.execute(
+        select(leases, lease_artifacts.c.artifact_id)
+        .outerjoin(lease_artifacts, lease_artifacts.c.lease_id == leases.c.id)
+        .where(*where)
+        .order_by(leases.c.id, lease_artifacts.c.artifact_id)
+    )
+    found: dict[str, tuple[Row[Any], list[str]]] = {}
+    for row in rows:
+        names = found.setdefault(row.id, (row, []))[1]
+        if row.artifact_id is not None:
+            names.append(row.artifact_id)
+    return [
+        Lease(
+            id=row.id,
+            session_id=row.session_id,
+            holder=row.holder,
+            artifact_ids=tuple(names),
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+        )
+        for row, names in found.values()
+    ]
+
+
 def _lease(conn: Connection, session_id: str, lease_id: str) -> Lease | None:
-    row = conn.execute(
-        select(leases).where(leases.c.id == lease_id, leases.c.session_id == session_id)
-    ).first()
-    if row is None:
-        return None
-    names = conn.scalars(
-        select(lease_artifacts.c.artifact_id)
-        .where(lease_artifacts.c.lease_id == lease_id)
-        .order_by(lease_artifacts.c.artifact_id)
-    )
-    return Lease(
-        id=row.id,
-        session_id=row.session_id,
-        holder=row.holder,
-        artifact_ids=tuple(names),
-        created_at=row.created_at,
-        expires_at=row.expires_at,
-    )
+    found = _leases(conn, leases.c.id == lease_id, leases.c.session_id == session_id)
+    return found[0] if found else None
 
 
 def get_lease(db: Database, session_id: str, lease_id: str) -> Lease | None:
@@ -127,12 +137,7 @@ def delete_lease(db: Database, session_id: str, lease_id: str) -> bool:
 
 def list_leases(db: Database, session_id: str) -> list[Lease]:
     with db.read() as conn:
-        lease_ids = list(
-            conn.scalars(
-                select(leases.c.id).where(leases.c.session_id == session_id).order_by(leases.c.id)
-            )
-        )
-        return [lease for i in lease_ids if (lease := _lease(conn, session_id, i))]
+        return _leases(conn, leases.c.session_id == session_id)
 
 
 def purge_expired_leases(db: Database, now: datetime) -> int:
