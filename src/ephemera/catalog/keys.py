@@ -8,7 +8,7 @@ from sqlalchemy import delete, func, insert, or_, select, update
 
 from ephemera.catalog.db import Database
 from ephemera.catalog.rows import key_model
-from ephemera.catalog.schema import admin_keys
+from ephemera.catalog.schema import api_keys
 from ephemera.models import AdminKey
 
 
@@ -22,7 +22,7 @@ def insert_admin_key(
 ) -> None:
     with db.write(duplicate=f"a key named {name!r} already exists") as conn:
         conn.execute(
-            insert(admin_keys).values(
+            insert(api_keys).values(
                 name=name,
                 key_hash=key_hash,
                 created_at=now,
@@ -35,15 +35,13 @@ def insert_admin_key(
 def admin_key_name(db: Database, key_hash: str, role: str = "admin") -> str | None:
     with db.read() as conn:
         return conn.scalar(
-            select(admin_keys.c.name).where(
-                admin_keys.c.key_hash == key_hash, admin_keys.c.role == role
-            )
+            select(api_keys.c.name).where(api_keys.c.key_hash == key_hash, api_keys.c.role == role)
         )
 
 
 def find_key(db: Database, key_hash: str) -> AdminKey | None:
     with db.read() as conn:
-        row = conn.execute(select(admin_keys).where(admin_keys.c.key_hash == key_hash)).first()
+        row = conn.execute(select(api_keys).where(api_keys.c.key_hash == key_hash)).first()
     return None if row is None else key_model(row)
 
 
@@ -51,10 +49,10 @@ def touch_key(db: Database, name: str, now: datetime, not_since: datetime) -> No
     """Record a key's use, unless it was recorded after ``not_since`` (keeps reads cheap)."""
     with db.write() as conn:
         conn.execute(
-            update(admin_keys)
+            update(api_keys)
             .where(
-                admin_keys.c.name == name,
-                or_(admin_keys.c.last_used_at.is_(None), admin_keys.c.last_used_at < not_since),
+                api_keys.c.name == name,
+                or_(api_keys.c.last_used_at.is_(None), api_keys.c.last_used_at < not_since),
             )
             .values(last_used_at=now)
         )
@@ -65,7 +63,7 @@ def list_admin_keys(db: Database, role: str = "admin") -> list[AdminKey]:
         return [
             key_model(r)
             for r in conn.execute(
-                select(admin_keys).where(admin_keys.c.role == role).order_by(admin_keys.c.name)
+                select(api_keys).where(api_keys.c.role == role).order_by(api_keys.c.name)
             )
         ]
 
@@ -74,7 +72,7 @@ def delete_admin_key(db: Database, name: str, role: str = "admin") -> bool:
     with db.write() as conn:
         return (
             conn.execute(
-                delete(admin_keys).where(admin_keys.c.name == name, admin_keys.c.role == role)
+                delete(api_keys).where(api_keys.c.name == name, api_keys.c.role == role)
             ).rowcount
             > 0
         )
@@ -84,7 +82,7 @@ def count_admin_keys(db: Database) -> int:
     with db.read() as conn:
         return (
             conn.scalar(
-                select(func.count()).select_from(admin_keys).where(admin_keys.c.role == "admin")
+                select(func.count()).select_from(api_keys).where(api_keys.c.role == "admin")
             )
             or 0
         )
