@@ -50,7 +50,7 @@ class PostgresDatabases:
     def _prepare(self) -> None:
         with _admin() as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.template)))
-        catalog = Catalog(_url(self.template))
+        catalog = Catalog.open(_url(self.template))
         try:
             catalog.migrate()
         finally:

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from ephemera.blobs import artifact_key, session_prefix
-from ephemera.catalog import ArtifactSweep, Candidate, SessionSweep
+from ephemera.catalog import ArtifactRule, ArtifactSweep, Candidate, SessionRule, SessionSweep
 from ephemera.errors import EphemeraError, InvalidInput, NotFound
 from ephemera.hooks import ArtifactDeleted, SessionClosed
 from ephemera.ids import SESSION_ID_RE
@@ -231,14 +231,14 @@ class Cleaner:
     # -- artifacts ------------------------------------------------------------------------
 
     def expired(self, report: CleanupReport) -> None:
-        self._artifact_pass(report, ArtifactSweep("expired", self.now, self.now))
+        self._artifact_pass(report, ArtifactSweep(ArtifactRule.EXPIRED, self.now, self.now))
 
     def old_results(self, report: CleanupReport) -> None:
         days = self.request.days_old
         if days is None:
             days = self.store.settings.result_retention_days
         cutoff = self.now - timedelta(days=days)
-        self._artifact_pass(report, ArtifactSweep("old-results", self.now, cutoff))
+        self._artifact_pass(report, ArtifactSweep(ArtifactRule.OLD_RESULTS, self.now, cutoff))
 
     def _artifact_pass(self, report: CleanupReport, sweep: ArtifactSweep) -> None:
         catalog = self.store.catalog
@@ -287,11 +287,13 @@ class Cleaner:
     def idle_sessions(self, report: CleanupReport) -> None:
         hours = self.request.hours_old
         idle_before = self.now - timedelta(hours=hours) if hours is not None else None
-        self._session_pass(report, SessionSweep("idle", self.now, idle_before=idle_before))
+        self._session_pass(
+            report, SessionSweep(SessionRule.IDLE, self.now, idle_before=idle_before)
+        )
 
     def one_session(self, report: CleanupReport) -> None:
         assert self.request.session_id is not None
-        sweep = SessionSweep("one", self.now, session_id=self.request.session_id)
+        sweep = SessionSweep(SessionRule.ONE, self.now, session_id=self.request.session_id)
         self._session_pass(report, sweep)
 
     def _session_pass(self, report: CleanupReport, sweep: SessionSweep) -> None:
@@ -355,7 +357,7 @@ class Cleaner:
             for candidate in batch:
                 if used <= low:
                     break
-                sweep = SessionSweep("quota", self.now, session_id=candidate.id)
+                sweep = SessionSweep(SessionRule.QUOTA, self.now, session_id=candidate.id)
                 before = report.deleted_size_bytes
                 self._close(report, candidate, sweep)
                 used -= report.deleted_size_bytes - before
@@ -515,13 +517,31 @@ class Cleaner:
             if artifact_id in self._dry_artifacts:
                 continue  # removed by an earlier pass of this (dry) run
             if state == ArtifactState.DELETING:
-                unfinished.append(Candidate(artifact_id, session_id, 0, state, False, False))
+                unfinished.append(
+                    Candidate(
+                        id=artifact_id,
+                        session_id=session_id,
+                        size=0,
+                        state=ArtifactState(state),
+                        leased=False,
+                        retained=False,
+                    )
+                )
             elif state == ArtifactState.READY and artifact_id not in names:
                 report.error(f"artifact {artifact_id}", "integrity: ready record without bytes")
                 if self.request.purge_missing and (
                     self.dry_run or catalog.mark_missing_deleting(artifact_id)
                 ):
-                    purged.append(Candidate(artifact_id, session_id, 0, state, False, False))
+                    purged.append(
+                        Candidate(
+                            id=artifact_id,
+                            session_id=session_id,
+                            size=0,
+                            state=ArtifactState(state),
+                            leased=False,
+                            retained=False,
+                        )
+                    )
         if self.dry_run:
             # Record sizes count in stored bytes (the quota) until a real run drops them.
             sizes = catalog.artifact_sizes([c.id for c in unfinished + purged])

@@ -129,7 +129,7 @@ def check_record(data_dir: Path, backends: Backends) -> None:
 def check_urls(backends: Backends) -> None:
     """Refuse a malformed or unsupported URL, before anything is created (no I/O)."""
     open_blob_store(backends.blobs)
-    Catalog(backends.metadata, create=False).dispose()
+    Catalog.open(backends.metadata, create=False).dispose()
 
 
 def check_writable(data_dir: Path, dir_mode: int = 0o700) -> None:

@@ -327,7 +327,7 @@ class Store:
         modes = {"file_mode": settings.file_mode_bits, "dir_mode": settings.dir_mode_bits}
         # Both URLs are checked before anything is created.
         blobs = open_blob_store(settings.resolved_blob_url(), **modes)
-        catalog = Catalog(settings.resolved_database_url(), create=create, **modes)
+        catalog = Catalog.open(settings.resolved_database_url(), create=create, **modes)
         try:
             # SQLite cannot even open a database (it sizes its -shm file) on a full volume.
             Volume(settings).release_reserve_if_full()

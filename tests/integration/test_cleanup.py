@@ -12,7 +12,7 @@ import pytest
 from ephemera import Conflict, NotFound, StorageError, Store
 from ephemera.blobs import artifact_key
 from ephemera.blobs.s3 import S3BlobStore
-from ephemera.catalog import ArtifactSweep
+from ephemera.catalog import ArtifactRule, ArtifactSweep
 from ephemera.cleanup import CleanupReport
 from ephemera.hooks import ArtifactDeleted, SessionClosed
 from ephemera.testing import ManualClock
@@ -409,7 +409,7 @@ def test_a_run_interrupted_after_marking_is_finished_by_the_next(
         store.put_artifact("s1", b"x" * 10, name=f"{i}.bin", expires_in_s=5) for i in range(4)
     ]
     clock.advance(10)
-    sweep = ArtifactSweep("expired", clock.now(), clock.now())
+    sweep = ArtifactSweep(ArtifactRule.EXPIRED, clock.now(), clock.now())
     store.catalog.claim_artifacts(sweep, [a.id for a in doomed[:2]])  # marked, then the crash
     store.blobs.delete(f"sessions/s1/{doomed[0].id}")  # one even lost its bytes already
     assert store.list_artifacts("s1").items == [doomed[2], doomed[3]]

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
 
 from ephemera import Settings, Store
 from ephemera.catalog import Catalog
+from ephemera.catalog.migrate import alembic_config
 from ephemera.catalog.schema import metadata
 from ephemera.errors import SchemaOutOfDate
 from tests.databases import PostgresDatabases
@@ -24,11 +27,11 @@ def schema_differences(catalog: Catalog) -> list[object]:
 
 
 def test_the_migrated_schema_equals_the_declared_one(tmp_path: Path) -> None:
-    catalog = Catalog(f"sqlite:///{tmp_path / 'm.db'}")
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'm.db'}")
     try:
-        assert catalog.revisions() == (None, "0005")
+        assert catalog.revisions() == (None, "0006")
         catalog.migrate()
-        assert catalog.revisions() == ("0005", "0005")
+        assert catalog.revisions() == ("0006", "0006")
         assert schema_differences(catalog) == []
     finally:
         catalog.dispose()
@@ -38,11 +41,11 @@ def test_the_migrated_schema_equals_the_declared_one_on_postgresql(
     postgres_databases: PostgresDatabases,
 ) -> None:
     url = postgres_databases.empty()
-    catalog = Catalog(url)
+    catalog = Catalog.open(url)
     try:
-        assert catalog.revisions() == (None, "0005")
+        assert catalog.revisions() == (None, "0006")
         catalog.migrate()
-        assert catalog.revisions() == ("0005", "0005")
+        assert catalog.revisions() == ("0006", "0006")
         catalog.migrate()
         assert schema_differences(catalog) == []
     finally:
@@ -55,7 +58,7 @@ def test_an_empty_database_is_migrated_on_open_and_an_outdated_one_refused(
 ) -> None:
     settings = Settings(data_dir=tmp_path)
     with Store.open(settings) as store:
-        assert store.catalog.revisions() == ("0005", "0005")
+        assert store.catalog.revisions() == ("0006", "0006")
         with store.catalog.engine.begin() as conn:
             conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0000'")
     with pytest.raises(SchemaOutOfDate, match="ephemera migrate"):
@@ -63,10 +66,10 @@ def test_an_empty_database_is_migrated_on_open_and_an_outdated_one_refused(
 
 
 def test_upgrading_a_populated_first_schema_keeps_its_rows(tmp_path: Path) -> None:
-    catalog = Catalog(f"sqlite:///{tmp_path / 'm.db'}")
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'm.db'}")
     try:
         with catalog.engine.connect() as conn:
-            command.upgrade(catalog._alembic_config(conn), "0001")
+            command.upgrade(alembic_config(conn), "0001")
             conn.commit()
         with catalog.engine.begin() as conn:
             conn.exec_driver_sql(
@@ -75,8 +78,51 @@ def test_upgrading_a_populated_first_schema_keeps_its_rows(tmp_path: Path) -> No
                 " '2026-01-01 00:00:00')"
             )
         catalog.migrate()
-        assert catalog.revisions() == ("0005", "0005")
+        assert catalog.revisions() == ("0006", "0006")
         assert catalog.get_session_row("s1") is not None
         assert schema_differences(catalog) == []
     finally:
         catalog.dispose()
+
+
+def keys_table_round_trip(catalog: Catalog) -> None:
+    """0006 renames ``admin_keys`` to ``api_keys`` with its rows; its downgrade undoes it."""
+    catalog.migrate()
+    catalog.insert_admin_key("ops", "h" * 64, datetime(2026, 1, 1, tzinfo=UTC), role="worker")
+    with catalog.engine.connect() as conn:
+        command.downgrade(alembic_config(conn), "0005")
+        conn.commit()
+        assert "admin_keys" in inspect(conn).get_table_names()
+        assert "api_keys" not in inspect(conn).get_table_names()
+        assert conn.exec_driver_sql("SELECT name, role FROM admin_keys").all() == [
+            ("ops", "worker")
+        ]
+        assert inspect(conn).get_pk_constraint("admin_keys")["name"] == "pk_admin_keys"
+        unique = inspect(conn).get_unique_constraints("admin_keys")
+        assert [u["name"] for u in unique] == ["uq_admin_keys_key_hash"]
+    catalog.migrate()
+    assert catalog.revisions() == ("0006", "0006")
+    assert [(k.name, k.role) for k in catalog.list_admin_keys("worker")] == [("ops", "worker")]
+    with catalog.engine.connect() as conn:
+        assert inspect(conn).get_pk_constraint("api_keys")["name"] == "pk_api_keys"
+    assert schema_differences(catalog) == []
+
+
+def test_the_keys_table_rename_upgrades_and_downgrades(tmp_path: Path) -> None:
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        keys_table_round_trip(catalog)
+    finally:
+        catalog.dispose()
+
+
+def test_the_keys_table_rename_upgrades_and_downgrades_on_postgresql(
+    postgres_databases: PostgresDatabases,
+) -> None:
+    url = postgres_databases.empty()
+    catalog = Catalog.open(url)
+    try:
+        keys_table_round_trip(catalog)
+    finally:
+        catalog.dispose()
+        postgres_databases.drop(url)

@@ -169,8 +169,9 @@ locks = Table(
     Column("expires_at", UTCDateTime(), nullable=False),
 )
 
-admin_keys = Table(
-    "admin_keys",
+# Every API key (admin, worker, client), stored as a hash.
+api_keys = Table(
+    "api_keys",
     metadata,
     Column("name", String(64), primary_key=True),
     Column("key_hash", String(64), nullable=False, unique=True),

@@ -175,7 +175,7 @@ def migrate(
             # SQLite store in the data dir.
             check_record(settings.data_dir, backends)
         check_writable(settings.data_dir, settings.dir_mode_bits)
-        catalog = Catalog(
+        catalog = Catalog.open(
             backends.metadata, file_mode=settings.file_mode_bits, dir_mode=settings.dir_mode_bits
         )
     except EphemeraError as exc:

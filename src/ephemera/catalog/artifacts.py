@@ -1,0 +1,253 @@
+"""Artifacts: the pending -> ready -> deleting life of one artifact record."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from ephemera.catalog.db import Database, lock_first
+from ephemera.catalog.predicates import artifact_leased, live_session
+from ephemera.catalog.rows import artifact_model
+from ephemera.catalog.schema import artifacts, lease_artifacts, leases, sessions, tasks
+from ephemera.catalog.tasks import held
+from ephemera.catalog.usage import ready_usage
+from ephemera.errors import Conflict, NotFound, TooLarge
+from ephemera.models import Artifact, ArtifactState, SessionState
+
+
+def insert_pending_artifact(db: Database, values: dict[str, Any]) -> bool:
+    """Insert a pending artifact if its session is live; False if it is not."""
+    now = values["created_at"]
+    with db.write() as conn:
+        live = conn.scalar(
+            select(live_session(now))
+            .where(sessions.c.id == values["session_id"])
+            .with_for_update(read=True)
+        )
+        if not live:
+            return False
+        conn.execute(insert(artifacts).values(**values, state=ArtifactState.PENDING))
+        return True
+
+
+def finalize_artifact(
+    db: Database,
+    artifact_id: str,
+    session_id: str,
+    values: dict[str, Any],
+    quota_bytes: int | None,
+    commit_bytes: Callable[[], object],
+    claim: tuple[str, str] | None = None,
+) -> Artifact:
+    """pending -> ready, with ``commit_bytes`` run inside the transaction.
+
+    The session row is locked (shared) first, so a concurrent close either happens
+    entirely before (then this raises NotFound and nothing is committed) or entirely
+    after (then it sees a ready artifact and removes its bytes). Nothing the transaction
+    writes is visible before it commits, and ``commit_bytes`` runs before that commit:
+    ``ready`` is never seen without durable bytes.
+
+    A task's output (``claim``: task ID, claim ID) commits only while that claim holds
+    the task, and joins the task's lease in the same transaction.
+    """
+    with db.write() as conn:
+        lease_id = _admit(conn, session_id, values["size"], quota_bytes, claim)
+        if lease_id is not None:
+            conn.execute(insert(lease_artifacts).values(lease_id=lease_id, artifact_id=artifact_id))
+        done = conn.execute(
+            update(artifacts)
+            .where(artifacts.c.id == artifact_id, artifacts.c.state == ArtifactState.PENDING)
+            .values(**values, state=ArtifactState.READY)
+        )
+        if done.rowcount != 1:
+            raise NotFound(f"upload {artifact_id} was abandoned and has been removed")
+        commit_bytes()
+        row = conn.execute(select(artifacts).where(artifacts.c.id == artifact_id)).one()
+    return artifact_model(row)
+
+
+def insert_ready_artifacts(
+    db: Database,
+    session_id: str,
+    rows: Sequence[dict[str, Any]],
+    quota_bytes: int | None,
+    commit_bytes: Sequence[Callable[[], object]],
+    claim: tuple[str, str] | None = None,
+) -> list[Artifact]:
+    """Several artifacts whose bytes are staged and synced, made ready in one transaction.
+
+    The same ordering as ``finalize_artifact``, with no pending record first: a
+    crash before the commit leaves only staged or unreferenced bytes, which orphan
+    reconciliation removes. One transaction for a batch is what makes many small task
+    outputs cheap.
+    """
+    total = sum(int(r["size"]) for r in rows)
+    with db.write() as conn:
+        lease_id = _admit(conn, session_id, total, quota_bytes, claim)
+        conn.execute(
+            insert(artifacts),
+            [{**r, "session_id": session_id, "state": ArtifactState.READY} for r in rows],
+        )
+        if lease_id is not None:
+            conn.execute(
+                insert(lease_artifacts),
+                [{"lease_id": lease_id, "artifact_id": r["id"]} for r in rows],
+            )
+        for commit in commit_bytes:
+            commit()
+        found = {
+            r.id: artifact_model(r)
+            for r in conn.execute(
+                select(artifacts).where(artifacts.c.id.in_([r["id"] for r in rows]))
+            )
+        }
+        return [found[r["id"]] for r in rows]
+
+
+def delete_pending_artifact(db: Database, artifact_id: str) -> None:
+    with db.write() as conn:
+        conn.execute(
+            delete(artifacts).where(
+                artifacts.c.id == artifact_id, artifacts.c.state == ArtifactState.PENDING
+            )
+        )
+
+
+def get_artifact(db: Database, session_id: str, artifact_id: str) -> Artifact | None:
+    with db.read() as conn:
+        row = conn.execute(
+            select(artifacts).where(
+                artifacts.c.id == artifact_id,
+                artifacts.c.session_id == session_id,
+                artifacts.c.state == ArtifactState.READY,
+            )
+        ).first()
+    return artifact_model(row) if row is not None else None
+
+
+def list_artifacts(
+    db: Database, session_id: str, kind: str | None, after: str | None, limit: int
+) -> list[Artifact]:
+    query = (
+        select(artifacts)
+        .where(
+            artifacts.c.session_id == session_id,
+            artifacts.c.state == ArtifactState.READY,
+        )
+        .order_by(artifacts.c.id)
+        .limit(limit)
+    )
+    if kind is not None:
+        query = query.where(artifacts.c.kind == kind)
+    if after is not None:
+        query = query.where(artifacts.c.id > after)
+    with db.read() as conn:
+        return [artifact_model(r) for r in conn.execute(query)]
+
+
+def mark_artifact_deleting(
+    db: Database, session_id: str, artifact_id: str, now: datetime
+) -> Artifact | None:
+    """ready -> deleting (idempotent for one already deleting); None if there is none.
+
+    An artifact that a valid lease protects is refused (Conflict).
+    """
+    with db.write() as conn:
+        lock_first(
+            conn,
+            select(sessions.c.id).where(sessions.c.id == session_id),
+            read=True,
+        )
+        lock_first(conn, select(artifacts.c.id).where(artifacts.c.id == artifact_id))
+        row = conn.execute(
+            select(artifacts, artifact_leased(now).label("leased"))
+            .where(
+                artifacts.c.id == artifact_id,
+                artifacts.c.session_id == session_id,
+                artifacts.c.state.in_([ArtifactState.READY, ArtifactState.DELETING]),
+            )
+            .with_for_update()
+        ).first()
+        if row is None:
+            return None
+        if row.leased and row.state == ArtifactState.READY:
+            raise Conflict(f"artifact {artifact_id} is leased")
+        conn.execute(
+            update(artifacts)
+            .where(artifacts.c.id == artifact_id)
+            .values(state=ArtifactState.DELETING)
+        )
+    return artifact_model(row)
+
+
+def artifacts_in_state(db: Database, state: ArtifactState) -> list[tuple[str, str]]:
+    with db.read() as conn:
+        return [
+            (r.session_id, r.id)
+            for r in conn.execute(
+                select(artifacts.c.session_id, artifacts.c.id).where(artifacts.c.state == state)
+            )
+        ]
+
+
+def set_retention(
+    db: Database, session_id: str, artifact_id: str, retain_until: datetime | None
+) -> Artifact | None:
+    with db.write() as conn:
+        done = conn.execute(
+            update(artifacts)
+            .where(
+                artifacts.c.id == artifact_id,
+                artifacts.c.session_id == session_id,
+                artifacts.c.state == ArtifactState.READY,
+            )
+            .values(retain_until=retain_until)
+        )
+        if done.rowcount != 1:
+            return None
+        row = conn.execute(select(artifacts).where(artifacts.c.id == artifact_id)).one()
+    return artifact_model(row)
+
+
+def _admit(
+    conn: Connection,
+    session_id: str,
+    size: int,
+    quota_bytes: int | None,
+    claim: tuple[str, str] | None,
+) -> str | None:
+    """Checks before new bytes become ready: the session is open (its row locked shared,
+    against a concurrent close), the claim still holds the task, the quota has room.
+
+    Returns the lease a task output joins (None for a plain upload).
+    """
+    state = conn.scalar(
+        select(sessions.c.state).where(sessions.c.id == session_id).with_for_update(read=True)
+    )
+    if state != SessionState.OPEN:
+        raise NotFound(f"session {session_id} not found")
+    lease_id = None
+    if claim is not None:
+        task_id, claim_id = claim
+        lease_id = conn.scalar(
+            select(leases.c.id)
+            .join(tasks, tasks.c.id == leases.c.task_id)
+            .where(
+                held(task_id, claim_id),
+                tasks.c.session_id == session_id,
+                leases.c.session_id == session_id,
+            )
+        )
+        if lease_id is None:
+            raise Conflict(f"task {task_id} is not held by this claim")
+    if quota_bytes is not None:
+        _, used = ready_usage(conn, session_id)
+        if used + size > quota_bytes:
+            raise TooLarge(
+                f"session quota of {quota_bytes} bytes would be exceeded "
+                f"({used} in use, {size} uploaded)"
+            )
+    return lease_id

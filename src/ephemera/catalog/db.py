@@ -1,0 +1,170 @@
+"""The catalog's database: engine creation, SQLite pragmas, transactions, error translation.
+
+Writes run in short transactions that take the write lock up front (``BEGIN IMMEDIATE`` on
+SQLite; row locks on PostgreSQL), so two writers never deadlock on a lock upgrade.
+A connection is checked out by one thread for one transaction and returned: connections are
+never shared across threads. No SQLAlchemy error leaves a transaction untranslated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from ephemera.errors import Conflict, InsufficientStorage, InvalidInput, StorageError
+from ephemera.extras import require
+from ephemera.fsutil import create_file, make_dirs
+from ephemera.urls import redact_url
+
+CONNECT_TIMEOUT_S = 5
+
+# SQLite's extended result codes for a duplicate key; PostgreSQL's unique_violation.
+_SQLITE_DUPLICATE = (sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY)
+_PG_UNIQUE_VIOLATION = "23505"
+
+
+class Database:
+    """An engine and the transactions every catalog statement runs in."""
+
+    def __init__(self, url: str, engine: Engine, *, create: bool, sqlite_file: Path | None) -> None:
+        """``create=False``: the database must exist already (see ``migrate.prepare``)."""
+        self.url = url
+        self.engine = engine
+        self.dialect = engine.dialect.name
+        self.create = create
+        self.sqlite_file = sqlite_file
+        # SQLite has one writer at a time. Writers of this process queue here, woken in turn,
+        # instead of in SQLite's busy handler, which polls with growing sleeps.
+        self._writer_turn = threading.Lock() if self.dialect == "sqlite" else None
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
+        except SQLAlchemyError as exc:
+            raise translate(exc) from exc
+
+    @contextmanager
+    def write(self, *, duplicate: str | None = None) -> Iterator[Connection]:
+        """A write transaction. ``duplicate``: the Conflict message for a duplicate key,
+        where the caller expects one; any other database error is a StorageError."""
+        try:
+            with (
+                self._writer_turn or contextlib.nullcontext(),
+                self.engine.connect().execution_options(ephemera_write=True) as conn,
+                conn.begin(),
+            ):
+                yield conn
+        except SQLAlchemyError as exc:
+            raise translate(exc, duplicate) from exc
+
+
+def open_database(
+    url: str, *, create: bool = True, file_mode: int = 0o600, dir_mode: int = 0o700
+) -> Database:
+    """Check the URL, create an SQLite file (and its directories) unless ``create=False``,
+    and build the engine. Connects to nothing."""
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_backend_name()
+    except (ArgumentError, ValueError) as exc:
+        raise InvalidInput(f"invalid database URL {redact_url(url)!r}: {exc}") from None
+    sqlite_file: Path | None = None
+    if dialect == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        sqlite_file = Path(parsed.database)
+        if create:
+            _create_sqlite_file(sqlite_file, file_mode, dir_mode)
+    # An unreachable server fails in seconds instead of at the OS's TCP timeout.
+    connect_args: dict[str, Any] = {}
+    if dialect == "postgresql":
+        # Before SQLAlchemy imports the driver: a missing one is one line naming the extra.
+        require("postgres", "PostgreSQL")
+        if "connect_timeout" not in parsed.query:
+            connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+    try:
+        engine = create_engine(url, pool_pre_ping=dialect != "sqlite", connect_args=connect_args)
+    except (ArgumentError, ImportError) as exc:
+        raise InvalidInput(f"unsupported database URL {redact_url(url)!r}: {exc}") from None
+    if dialect == "sqlite":
+        _configure_sqlite(engine)
+    return Database(url, engine, create=create, sqlite_file=sqlite_file)
+
+
+def translate(exc: SQLAlchemyError, duplicate: str | None = None) -> Conflict | StorageError:
+    """The ephemera error for a database failure; Conflict(``duplicate``) for a duplicate key."""
+    orig = getattr(exc, "orig", None)
+    if duplicate is not None and isinstance(exc, IntegrityError) and _is_duplicate(orig):
+        return Conflict(duplicate)
+    # SQLITE_FULL, and PostgreSQL's disk_full: the one database failure cleanup can mend.
+    if (
+        getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        or getattr(orig, "sqlstate", None) == "53100"
+    ):
+        return InsufficientStorage(
+            "the database volume is full: nothing was written (cleanup frees space)"
+        )
+    return StorageError(f"database error: {exc.__class__.__name__}")
+
+
+def _is_duplicate(orig: object) -> bool:
+    return (
+        getattr(orig, "sqlite_errorcode", None) in _SQLITE_DUPLICATE
+        or getattr(orig, "sqlstate", None) == _PG_UNIQUE_VIOLATION
+    )
+
+
+def lock_first(conn: Connection, rows: Any, *, read: bool = False) -> None:
+    """PostgreSQL: lock the rows a check is about before the statement that checks.
+
+    Under READ COMMITTED a statement sees what was committed when it began; one that waits
+    for a row lock and then re-checks its condition still reads its subqueries (leases) as
+    of its start. Taking the lock in an earlier statement makes the check see every
+    protector that held the row first: protectors (leases, tasks) lock what they protect
+    exclusively, cleaners lock it before they look. SQLite has one writer at a time and
+    needs none of this.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(rows.with_for_update(read=read)).all()
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # Let SQLAlchemy's "begin" event, not the driver, decide how transactions start.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get("ephemera_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _create_sqlite_file(path: Path, file_mode: int, dir_mode: int) -> None:
+    # SQLite creates its -wal and -shm files with the database file's mode, so this one
+    # creation decides all three.
+    make_dirs(path.parent, dir_mode)
+    with contextlib.suppress(FileExistsError):
+        os.close(create_file(path, file_mode))
+
+
+def ping(db: Database) -> None:
+    with db.read() as conn:
+        conn.execute(select(1))

@@ -1,0 +1,98 @@
+"""Orphan reconciliation: stale uploads, and the records to compare with the stored bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import delete, select, tuple_, update
+
+from ephemera.catalog.db import Database
+from ephemera.catalog.predicates import PENDING
+from ephemera.catalog.schema import artifacts, sessions
+from ephemera.catalog.sweeps import Candidate
+from ephemera.models import ArtifactState
+
+
+def stale_pending(
+    db: Database, cutoff: datetime, after: tuple[datetime, str] | None, limit: int
+) -> list[Candidate]:
+    query = (
+        select(artifacts.c.id, artifacts.c.session_id, artifacts.c.created_at)
+        # Spelled literally: a partial index serves only a query that repeats its predicate.
+        .where(PENDING, artifacts.c.created_at < cutoff)
+        .order_by(artifacts.c.created_at, artifacts.c.id)
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(
+            tuple_(artifacts.c.created_at, artifacts.c.id) > tuple_(after[0], after[1])
+        )
+    with db.read() as conn:
+        return [
+            Candidate(
+                id=r.id,
+                session_id=r.session_id,
+                size=0,
+                state=ArtifactState.PENDING,
+                leased=False,
+                retained=False,
+                order_key=r.created_at,
+            )
+            for r in conn.execute(query)
+        ]
+
+
+def drop_pending(db: Database, ids: Sequence[str], cutoff: datetime) -> list[str]:
+    if not ids:
+        return []
+    with db.write() as conn:
+        rows = conn.execute(
+            delete(artifacts)
+            .where(
+                artifacts.c.id.in_(ids),
+                artifacts.c.state == ArtifactState.PENDING,
+                artifacts.c.created_at < cutoff,
+            )
+            .returning(artifacts.c.id)
+        )
+        return [r.id for r in rows]
+
+
+def session_ids(db: Database, after: str | None, limit: int) -> list[str]:
+    query = select(sessions.c.id).order_by(sessions.c.id).limit(limit)
+    if after is not None:
+        query = query.where(sessions.c.id > after)
+    with db.read() as conn:
+        return list(conn.scalars(query))
+
+
+def artifact_states(db: Database, session_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+    """Every artifact record of these sessions: session -> id -> state (index only)."""
+    found: dict[str, dict[str, str]] = {sid: {} for sid in session_ids}
+    query = select(artifacts.c.session_id, artifacts.c.id, artifacts.c.state).where(
+        artifacts.c.session_id.in_(session_ids)
+    )
+    with db.read() as conn:
+        for sid, aid, state in conn.execute(query):
+            found[sid][aid] = state
+    return found
+
+
+def artifact_sizes(db: Database, ids: Sequence[str]) -> dict[str, int]:
+    if not ids:
+        return {}
+    with db.read() as conn:
+        rows = conn.execute(select(artifacts.c.id, artifacts.c.size).where(artifacts.c.id.in_(ids)))
+        return {r[0]: r[1] or 0 for r in rows}
+
+
+def mark_missing_deleting(db: Database, artifact_id: str) -> bool:
+    """ready -> deleting for a record whose bytes are gone (purge on request)."""
+    with db.write() as conn:
+        done = conn.execute(
+            update(artifacts)
+            .where(artifacts.c.id == artifact_id, artifacts.c.state == ArtifactState.READY)
+            .values(state=ArtifactState.DELETING)
+        )
+        return done.rowcount == 1
