@@ -71,6 +71,7 @@ from ephemera.errors import (
     StoreMissing,
     TooLarge,
 )
+from ephemera.extras import require
 from ephemera.fsutil import create_file, make_dirs
 from ephemera.models import (
     AdminKey,
@@ -436,6 +437,8 @@ class Catalog:
         connect_args: dict[str, Any] = {}
         if self.dialect == "postgresql" and "connect_timeout" not in parsed.query:
             connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+        if self.dialect == "postgresql":
+            require("postgres", "PostgreSQL")
         try:
             self.engine = create_engine(
                 url, pool_pre_ping=self.dialect != "sqlite", connect_args=connect_args
