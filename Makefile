@@ -1,8 +1,10 @@
 # `make serve` and `make test` work on a fresh machine with only Python 3.
 #
 # Two environments, so that nothing of the tests reaches a server:
-#   .venv       (`make serve`): the package and its runtime dependencies, nothing else.
-#   .venv-test  (`make test`, `lint`, `bench`): the dev extras and the sample processor package.
+#   .venv       (`make serve`): the package with the `vision` extra (the built-in processors'
+#               image libraries), what the embedded default needs; no PostgreSQL or S3 client.
+#   .venv-test  (`make test`, `lint`, `bench`): the dev extras (which include `all`, so every
+#               backend and processor is tested) and the sample processor package.
 # Each is built the first time and again when what it installs changes. The serving one is
 # rebuilt from empty, so nothing installed into it by hand (or by an older Makefile) survives.
 PYTHON ?= python3
@@ -23,7 +25,7 @@ SERVE_ARGS := $(if $(call given,HOST),--host '$(HOST)') $(if $(call given,PORT),
 
 $(SERVE_STAMP): pyproject.toml
 	$(PYTHON) -m venv --clear $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e .
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[vision]'
 	touch $(SERVE_STAMP)
 
 $(TEST_STAMP): pyproject.toml tests/plugins/sample/pyproject.toml

@@ -24,7 +24,12 @@ def missing(extra: str) -> list[str]:
     return [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
 
 
+def needs(extra: str, feature: str) -> str:
+    """The sentence that says what to install: ``feature needs the 'x' extra: pip install …``."""
+    return f"{feature} needs the {extra!r} extra: pip install 'ephemera[{extra}]'"
+
+
 def require(extra: str, feature: str) -> None:
     """MissingExtra, naming the extra to install, unless every module of ``extra`` is here."""
     if missing(extra):
-        raise MissingExtra(f"{feature} needs the {extra!r} extra: pip install 'ephemera[{extra}]'")
+        raise MissingExtra(needs(extra, feature))

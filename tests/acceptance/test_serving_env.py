@@ -69,6 +69,8 @@ def test_the_serving_environment_holds_the_package_and_no_test_code(venv: Path) 
     assert "ephemera" in packages
     assert {"fastapi", "uvicorn", "sqlalchemy", "opencv-python-headless"} <= packages
     assert packages & TEST_ONLY == set()
+    # The vision extra for the built-ins, and no other: the embedded default needs neither.
+    assert packages & {"boto3", "psycopg", "psycopg-binary"} == set()
     assert SAMPLE_PACKAGE not in packages
     imported = subprocess.run(
         [str(venv / "bin" / "python"), "-c", "import ephemera_sample"],

@@ -24,7 +24,7 @@ Optional capabilities are separate Protocols, checked once when the store is ope
 
 ``open_blob_store`` picks the backend by URL (``EPHEMERA_BLOB_URL``): ``file:///path``
 (:mod:`ephemera.blobs.local`), ``s3://bucket/prefix?endpoint=URL&region=NAME``
-(:mod:`ephemera.blobs.s3`), or ``memory://`` for tests.
+(:mod:`ephemera.blobs.s3`, which needs the ``s3`` extra), or ``memory://`` for tests.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from typing import BinaryIO, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from ephemera.errors import InvalidInput
+from ephemera.extras import require
 
 KEY_RE = re.compile(r"[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*")
 
@@ -152,7 +153,8 @@ def open_blob_store(url: str, *, file_mode: int = 0o600, dir_mode: int = 0o700) 
 
         return MemoryBlobStore()
     if parts.scheme == "s3":
-        # Imported here: only a deployment on S3 pays for loading boto3.
+        # Imported here: only a deployment on S3 pays for loading boto3, or needs it installed.
+        require("s3", "The S3 blob store")
         from ephemera.blobs.s3 import S3BlobStore
 
         return S3BlobStore.from_url(url)

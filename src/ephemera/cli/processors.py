@@ -14,6 +14,7 @@ from ephemera.cli.app import app
 from ephemera.cli.common import AsJson, DataDir, err, jsonable, out, settings_for
 from ephemera.config import Settings
 from ephemera.errors import EphemeraError
+from ephemera.extras import needs
 from ephemera.processors import ProcessorInfo, ProcessorUnavailable, Registry
 
 
@@ -26,11 +27,21 @@ def load_processors(settings: Settings) -> Registry:
         raise typer.Exit(2) from None
 
 
+def note_lacking_extras(registry: Registry) -> None:
+    """One line per extra naming the default built-ins left out for want of it."""
+    for extra in sorted(set(registry.lacking_extra.values())):
+        names = ", ".join(sorted(n for n, e in registry.lacking_extra.items() if e == extra))
+        feature = f"built-in processors not enabled ({names}): each"
+        err.print(f"note: {escape(needs(extra, feature))}", soft_wrap=True)
+
+
 def check_processors(settings: Settings) -> None:
     """Before a server or worker starts (and creates anything): never run without a processor
     that was asked for."""
-    enabled = load_processors(settings).enabled()
+    registry = load_processors(settings)
+    enabled = registry.enabled()
     err.print(f"processors enabled: {escape(', '.join(enabled)) or 'none'}", soft_wrap=True)
+    note_lacking_extras(registry)
 
 
 def _params_summary(schema: dict[str, Any] | None) -> str:
@@ -57,6 +68,7 @@ def processors(
     Reads the settings only: no database or blob store is opened.
     """
     registry = load_processors(settings_for(data_dir))
+    note_lacking_extras(registry)
     try:
         infos: list[ProcessorInfo] = (
             registry.describe() if name is None else [registry.describe_one(name)]

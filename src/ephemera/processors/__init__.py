@@ -15,6 +15,11 @@ factory. Installing a package enables nothing: a processor runs only when the se
 (``processors``; by default the built-ins alone), so a package that happens to be installed on
 a server never becomes something any session token can run.
 
+The built-ins need the ``vision`` extra (OpenCV, NumPy). By default (``processors`` unset)
+the registry holds the built-ins whose extra is installed and remembers the others, so that a
+task for one of them is refused with the extra to install; a built-in named in the settings
+without its extra stops start-up with that same advice.
+
 A processor may describe itself for the processor list with a ``description`` attribute;
 without one, its class's docstring is used.
 """
@@ -29,16 +34,26 @@ from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ValidationError
 
+from ephemera import extras
 from ephemera.errors import EphemeraError, InvalidInput, NotFound
 from ephemera.models import Artifact
 
 ENTRY_POINT_GROUP = "ephemera.processors"
 
+
+@dataclass(frozen=True, slots=True)
+class Builtin:
+    target: str  # ``module:attribute``, as an entry point names it
+    extra: str  # the optional dependency group its module imports
+
+
 # The built-ins, enabled by default; they load through the same path as entry points, so the
-# image libraries are imported only where a built-in is enabled.
-BUILTINS: dict[str, str] = {
-    "roi-compare": "ephemera.processors.roi_compare:RoiCompare",
-    "camera-calibration": "ephemera.processors.camera_calibration:CameraCalibration",
+# image libraries are imported only where a built-in is enabled and its extra is installed.
+BUILTINS: dict[str, Builtin] = {
+    "roi-compare": Builtin("ephemera.processors.roi_compare:RoiCompare", "vision"),
+    "camera-calibration": Builtin(
+        "ephemera.processors.camera_calibration:CameraCalibration", "vision"
+    ),
 }
 
 
@@ -141,13 +156,20 @@ class Registry(Mapping[str, Processor]):
     """The enabled processors by name, and the names external workers run.
 
     As a mapping it holds only processors that run here: what embedded workers claim.
+    ``lacking_extra`` maps the default built-ins left out for want of their extra to it.
     """
 
-    def __init__(self, processors: Iterable[Processor] = (), external: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        processors: Iterable[Processor] = (),
+        external: Iterable[str] = (),
+        lacking_extra: Mapping[str, str] | None = None,
+    ) -> None:
         self._processors: dict[str, Processor] = {}
         for processor in processors:
             self.add(processor)
         self.external = frozenset(external)
+        self.lacking_extra: Mapping[str, str] = dict(lacking_extra or {})
 
     def add(self, processor: Processor) -> None:
         if not isinstance(processor, Processor):
@@ -171,8 +193,13 @@ class Registry(Mapping[str, Processor]):
 
     def not_enabled(self, name: str) -> str:
         # The same answer for unknown, uninstalled and disabled names: a client learns what it
-        # may use, not what the server has installed.
-        return f"processor {name[:64]!r} is not enabled (enabled: {', '.join(self.enabled())})"
+        # may use, not what the server has installed. A built-in left out for want of its
+        # extra says which: the built-ins' names are public, so that reveals nothing.
+        enabled = f"(enabled: {', '.join(self.enabled())})"
+        extra = self.lacking_extra.get(name)
+        if extra is not None:
+            return f"processor {name!r} is not enabled: {extras.needs(extra, 'it')} {enabled}"
+        return f"processor {name[:64]!r} is not enabled {enabled}"
 
     def get_processor(self, name: str) -> Processor:
         try:
@@ -210,15 +237,20 @@ class Registry(Mapping[str, Processor]):
 
     @classmethod
     def load(cls, names: Sequence[str] | None = None, external: Iterable[str] = ()) -> Registry:
-        """The processors named (default: the built-ins), loaded now.
+        """The processors named (default: the built-ins whose extra is installed), loaded now.
 
         A name is a built-in or the name of an entry point of the ``ephemera.processors``
         group; only named entry points are imported. A name that nothing installed provides,
-        or whose code fails to load, raises ProcessorUnavailable: the operator asked for it,
-        so running without it would be a silent miss.
+        whose extra is missing, or whose code fails to load, raises ProcessorUnavailable: the
+        operator asked for it, so running without it would be a silent miss. The default asks
+        for nothing in particular: a lean install serves without the built-ins it cannot run.
         """
-        registry = cls(external=external)
-        for name in dict.fromkeys(BUILTINS if names is None else names):
+        lacking: dict[str, str] = {}
+        if names is None:
+            lacking = {n: b.extra for n, b in BUILTINS.items() if extras.missing(b.extra)}
+            names = [n for n in BUILTINS if n not in lacking]
+        registry = cls(external=external, lacking_extra=lacking)
+        for name in dict.fromkeys(names):
             registry.add(_load(name))
         return registry
 
@@ -232,7 +264,10 @@ def description_of(processor: Processor) -> str | None:
 
 def _load(name: str) -> Processor:
     if name in BUILTINS:
-        entry = EntryPoint(name=name, value=BUILTINS[name], group=ENTRY_POINT_GROUP)
+        builtin = BUILTINS[name]
+        if extras.missing(builtin.extra):
+            raise ProcessorUnavailable(extras.needs(builtin.extra, f"processor {name!r}"))
+        entry = EntryPoint(name=name, value=builtin.target, group=ENTRY_POINT_GROUP)
     else:
         found = list(entry_points(group=ENTRY_POINT_GROUP, name=name))
         if len(found) != 1:
