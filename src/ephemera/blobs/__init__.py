@@ -1,6 +1,6 @@
 """Blob stores: where artifact bytes live.
 
-The contract every backend keeps (and ``tests/test_blobs.py`` checks for each):
+The contract every backend keeps (and ``tests/integration/test_blobs.py`` checks for each):
 
 - Keys are ``/``-separated segments of ``[A-Za-z0-9_-]``; they derive from IDs only.
 - ``writer(key)`` stages bytes out of sight, counting and hashing them as they stream.

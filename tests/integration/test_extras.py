@@ -2,7 +2,7 @@
 install, and the built-in processors it would need are left out of the default.
 
 Here every extra is installed; a missing one is simulated by pointing its check at a module
-that does not exist. tests/test_lean_install.py proves the same on a real install without them.
+that does not exist. tests/acceptance/test_lean_install.py proves the same on a real install without them.
 """
 
 from __future__ import annotations
