@@ -300,7 +300,7 @@ class Store:
         self._activity_unrecorded = False  # a full volume refused the last activity write
         self.hooks = Hooks()
         self.context = Context(catalog, blobs, self.settings, self.clock, self.hooks, self.volume)
-        self.metrics = Metrics(self)
+        self.metrics = Metrics(catalog, self.volume)
         self._processors: Registry | None = None
         self._processors_lock = threading.Lock()
         # Set on every submission, so this process's idle workers claim at once.
