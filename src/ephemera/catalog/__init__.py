@@ -1906,6 +1906,69 @@ class Catalog:
                 for t in (sessions, artifacts, admin_keys, leases, lease_artifacts, tasks)
             }
 
+    # -- engine additions -------------------------------------------------------------------
+
+    def closing_session_ids(self, after: str | None, limit: int) -> list[str]:
+        """Sessions left ``closing``, in ID order, a page after ``after``."""
+        query = select(sessions.c.id).where(sessions.c.state == SessionState.CLOSING)
+        if after is not None:
+            query = query.where(sessions.c.id > after)
+        with self._read() as conn:
+            return list(conn.scalars(query.order_by(sessions.c.id).limit(limit)))
+
+    def deleting_artifacts(self, after: str | None, limit: int) -> list[tuple[str, str]]:
+        """(session, artifact) of artifacts left ``deleting``, in artifact ID order, a page
+        after ``after``."""
+        query = select(artifacts.c.session_id, artifacts.c.id).where(
+            artifacts.c.state == ArtifactState.DELETING
+        )
+        if after is not None:
+            query = query.where(artifacts.c.id > after)
+        with self._read() as conn:
+            rows = conn.execute(query.order_by(artifacts.c.id).limit(limit))
+            return [(r.session_id, r.id) for r in rows]
+
+    def drop_sessions(self, session_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """``drop_session`` for many ``closing`` sessions in one write transaction.
+
+        Returns the number and bytes of the artifact records removed, by session, for the
+        sessions this call removed (those still ``closing``; others are left alone).
+        """
+        if not session_ids:
+            return {}
+        with self._write() as conn:
+            _lock_first(conn, select(sessions.c.id).where(sessions.c.id.in_(session_ids)))
+            closing = list(
+                conn.scalars(
+                    select(sessions.c.id).where(
+                        sessions.c.id.in_(session_ids), sessions.c.state == SessionState.CLOSING
+                    )
+                )
+            )
+            if not closing:
+                return {}
+            usage = {
+                r.session_id: (int(r.n), int(r.total))
+                for r in conn.execute(
+                    select(
+                        artifacts.c.session_id,
+                        func.count().label("n"),
+                        func.coalesce(func.sum(artifacts.c.size), 0).label("total"),
+                    )
+                    .where(artifacts.c.session_id.in_(closing))
+                    .group_by(artifacts.c.session_id)
+                )
+            }
+            lease_ids = select(leases.c.id).where(leases.c.session_id.in_(closing))
+            conn.execute(delete(lease_artifacts).where(lease_artifacts.c.lease_id.in_(lease_ids)))
+            conn.execute(delete(leases).where(leases.c.session_id.in_(closing)))
+            own_tasks = select(tasks.c.id).where(tasks.c.session_id.in_(closing))
+            _release_task_leases(conn, own_tasks)
+            conn.execute(delete(tasks).where(tasks.c.session_id.in_(closing)))
+            conn.execute(delete(artifacts).where(artifacts.c.session_id.in_(closing)))
+            conn.execute(delete(sessions).where(sessions.c.id.in_(closing)))
+        return {session_id: usage.get(session_id, (0, 0)) for session_id in closing}
+
 
 # -- tasks: helpers that run inside a caller's transaction ------------------------------------
 
