@@ -56,7 +56,8 @@ class SharedStats:
         self._ttl = timedelta(seconds=ttl_s)
         self._locks = {False: threading.Lock(), True: threading.Lock()}
         self._cached: dict[bool, tuple[datetime, dict[str, Any]]] = {}
-        self._generation = 0
+        self._generation = 0  # bumped by clear(): an answer computed across it is not kept
+        self._state = threading.Lock()
 
     def get(self, include_orphaned: bool, before_computing: Callable[[], None]) -> dict[str, Any]:
         """The cached stats, or fresh ones (``before_computing`` may refuse: rate limits)."""
@@ -68,13 +69,15 @@ class SharedStats:
             before_computing()
             generation = self._generation
             value = self._compute(include_orphaned)
-            if generation == self._generation:  # no run changed the store meanwhile
-                self._cached[include_orphaned] = (now, value)
+            with self._state:
+                if generation == self._generation:
+                    self._cached[include_orphaned] = (now, value)
             return value
 
     def clear(self) -> None:
-        self._generation += 1
-        self._cached.clear()
+        with self._state:
+            self._generation += 1
+            self._cached.clear()
 
 
 def admin_router(store: Store) -> APIRouter:
