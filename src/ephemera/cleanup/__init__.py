@@ -1,6 +1,6 @@
 """The cleanup engine: each operation is a plain function over a Context (see ``engine``)."""
 
-from ephemera.cleanup.engine import run_cleanup, run_passes
+from ephemera.cleanup.engine import run_cleanup
 from ephemera.cleanup.records import (
     ALL_ORDER,
     CleanupItem,
@@ -24,5 +24,4 @@ __all__ = [
     "Rule",
     "cleanup_stats",
     "run_cleanup",
-    "run_passes",
 ]
