@@ -100,6 +100,8 @@ class Webhook:
         self.timeout_s = timeout_s
         self._queue: queue.Queue[Event | None] = queue.Queue(capacity)
         self._thread: threading.Thread | None = None
+        # Senders race to the first event; only one of them may start the delivery thread.
+        self._start_lock = threading.Lock()
         self.dropped = 0
 
     def attach(self, hooks: Hooks) -> None:
@@ -107,14 +109,20 @@ class Webhook:
         hooks.on_artifact_deleted(self.send)
 
     def send(self, event: Event) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="ephemera-webhook", daemon=True)
-            self._thread.start()
+        self._start()
         try:
             self._queue.put_nowait(event)
         except queue.Full:
             self.dropped += 1
             log.warning("webhook queue full: dropped %s", type(event).__name__)
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="ephemera-webhook", daemon=True
+                )
+                self._thread.start()
 
     def close(self, timeout_s: float = 5.0) -> None:
         if self._thread is not None:

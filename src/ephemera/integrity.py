@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 from ephemera import ids
 from ephemera.blobs import artifact_key
 from ephemera.catalog import Stored
+from ephemera.context import Context
 from ephemera.errors import (
     ArtifactCorrupt,
     BlobNotFound,
@@ -37,11 +38,10 @@ from ephemera.errors import (
     InvalidInput,
     NotFound,
 )
-from ephemera.hooks import ArtifactDeleted
+from ephemera.removal import remove_artifacts
 
 if TYPE_CHECKING:
     from ephemera.models import Artifact
-    from ephemera.store import Store
 
 log = logging.getLogger("ephemera.integrity")
 
@@ -184,7 +184,13 @@ def _corrupt(artifact_id: str, integrity: str, error: str) -> ArtifactCorrupt:
     )
 
 
-def verified_chunks(store: Store, artifact: Artifact, chunk_size: int = CHUNK) -> Iterator[bytes]:
+def verified_chunks(
+    context: Context,
+    artifact: Artifact,
+    chunk_size: int = CHUNK,
+    *,
+    on_flagged: Callable[[Integrity], object] | None = None,
+) -> Iterator[bytes]:
     """The artifact's bytes, hashed on the way; the last chunk is held back until the whole
     body hashed right. On a mismatch the artifact is flagged and ArtifactCorrupt raised
     instead of the last chunk, so a reader never receives the complete wrong body.
@@ -192,14 +198,17 @@ def verified_chunks(store: Store, artifact: Artifact, chunk_size: int = CHUNK) -
     Opens the bytes at once (missing ones are flagged and refused before anything is sent).
     """
     refuse_flagged(artifact)
+    flag = _Flagger(context, artifact, on_flagged)
     try:
-        stream = store.blobs.open(artifact_key(artifact.session_id, artifact.id))
+        stream = context.blobs.open(artifact_key(artifact.session_id, artifact.id))
     except BlobNotFound:
-        _flag_on_read(store, artifact, Integrity.MISSING, "no stored bytes")
-    return _hashed(store, artifact, stream, chunk_size)
+        flag(Integrity.MISSING, "no stored bytes")
+    return _hashed(flag, artifact, stream, chunk_size)
 
 
-def _hashed(store: Store, artifact: Artifact, stream: BinaryIO, chunk_size: int) -> Iterator[bytes]:
+def _hashed(
+    flag: _Flagger, artifact: Artifact, stream: BinaryIO, chunk_size: int
+) -> Iterator[bytes]:
     digest = hashlib.sha256()
     size = 0
     held = b""
@@ -212,29 +221,39 @@ def _hashed(store: Store, artifact: Artifact, stream: BinaryIO, chunk_size: int)
             held = chunk
     if size != artifact.size:
         why = f"{size} bytes stored, {artifact.size} recorded"
-        _flag_on_read(store, artifact, Integrity.CORRUPT, why)
+        flag(Integrity.CORRUPT, why)
     if digest.hexdigest() != artifact.sha256:
         why = f"sha256 {digest.hexdigest()}, {artifact.sha256} recorded"
-        _flag_on_read(store, artifact, Integrity.CORRUPT, why)
+        flag(Integrity.CORRUPT, why)
     if held:
         yield held
 
 
-def _flag_on_read(store: Store, artifact: Artifact, kind: Integrity, why: str) -> NoReturn:
-    flagged = store.catalog.flag_artifacts([(artifact.id, kind.value, why)])
-    if not flagged:  # deleted while it was read: simply gone
-        raise NotFound(f"artifact {artifact.id} not found")
-    log.warning(
-        "artifact %s/%s (%s) is %s, found while serving it: %s",
-        artifact.session_id,
-        artifact.id,
-        artifact.name,
-        kind.value,
-        why,
-        extra={"action": "verify"},
-    )
-    store.metrics.verified.labels(kind.value).inc()
-    raise _corrupt(artifact.id, kind.value, why)
+@dataclass(frozen=True, slots=True)
+class _Flagger:
+    """Flags the artifact being served as wrong, and refuses it."""
+
+    context: Context
+    artifact: Artifact
+    on_flagged: Callable[[Integrity], object] | None
+
+    def __call__(self, kind: Integrity, why: str) -> NoReturn:
+        artifact = self.artifact
+        flagged = self.context.catalog.flag_artifacts([(artifact.id, kind.value, why)])
+        if not flagged:  # deleted while it was read: simply gone
+            raise NotFound(f"artifact {artifact.id} not found")
+        log.warning(
+            "artifact %s/%s (%s) is %s, found while serving it: %s",
+            artifact.session_id,
+            artifact.id,
+            artifact.name,
+            kind.value,
+            why,
+            extra={"action": "verify"},
+        )
+        if self.on_flagged is not None:
+            self.on_flagged(kind)
+        raise _corrupt(artifact.id, kind.value, why)
 
 
 class _Pacer:
@@ -262,16 +281,18 @@ class _Stopped(Exception):
     pass
 
 
-class Verifier:
+class _Verifier:
+    """One run's state: the report so far, the pace, the progress totals."""
+
     def __init__(
         self,
-        store: Store,
+        context: Context,
         request: VerifyRequest,
         *,
         progress: ProgressFn | None = None,
         stop: threading.Event | None = None,
     ) -> None:
-        self.store = store
+        self.context = context
         self.request = request
         self.progress = progress
         self.stop = stop
@@ -283,7 +304,7 @@ class Verifier:
     def run(self) -> VerifyReport:
         started = time.perf_counter()
         request = self.request
-        self._totals = self.store.catalog.verify_totals(request.session_id, request.due_before)
+        self._totals = self.context.catalog.verify_totals(request.session_id, request.due_before)
         try:
             if request.due_before is not None:
                 self._scrub(request.due_before)
@@ -296,14 +317,14 @@ class Verifier:
 
     def _all(self) -> None:
         after: str | None = None
-        while batch := self.store.catalog.verify_batch(self.request.session_id, after, BATCH):
+        while batch := self.context.catalog.verify_batch(self.request.session_id, after, BATCH):
             self._check(batch)
             after = batch[-1].id
 
     def _scrub(self, due_before: datetime) -> None:
         unreadable: list[str] = []
         previous: list[str] = []
-        while batch := self.store.catalog.scrub_batch(due_before, unreadable, BATCH):
+        while batch := self.context.catalog.scrub_batch(due_before, unreadable, BATCH):
             # Each batch leaves the selection (verified or flagged); one that would not must
             # not spin the scrub.
             if [item.id for item in batch] == previous:
@@ -339,7 +360,7 @@ class Verifier:
         digest = hashlib.sha256()
         size = 0
         try:
-            with self.store.blobs.open(artifact_key(item.session_id, item.id)) as stream:
+            with self.context.blobs.open(artifact_key(item.session_id, item.id)) as stream:
                 while chunk := stream.read(CHUNK):
                     digest.update(chunk)
                     size += len(chunk)
@@ -368,9 +389,9 @@ class Verifier:
             self.progress(VerifyProgress(*self._done, *self._totals))
 
     def _record(self, good: list[Stored], bad: list[tuple[Stored, Integrity, str]]) -> None:
-        catalog = self.store.catalog
+        catalog = self.context.catalog
         if good:
-            catalog.mark_verified([item.id for item in good], self.store.clock.now())
+            catalog.mark_verified([item.id for item in good], self.context.clock.now())
             self.report.restored_count += sum(1 for item in good if item.integrity is not None)
         if not bad:
             return
@@ -400,40 +421,38 @@ class Verifier:
                 )
 
     def _drop(self, items: list[Stored]) -> set[str]:
-        store = self.store
-        now = store.clock.now()
+        catalog = self.context.catalog
+        now = self.context.clock.now()
         marked: list[tuple[str, str]] = []
         for item in items:
             try:
-                if store.catalog.mark_artifact_deleting(item.session_id, item.id, now) is not None:
+                if catalog.mark_artifact_deleting(item.session_id, item.id, now) is not None:
                     marked.append((item.session_id, item.id))
             except Conflict:
                 self.report.skipped_protected += 1
-        removed, failed = store.remove_deleting(marked)
-        for artifact_id, error in failed.items():
+        removal = remove_artifacts(self.context, marked, "verify", self.context.clock.now())
+        for artifact_id, error in removal.failed.items():
             self.report.errors.append({"artifact_id": artifact_id, "error": error})
-        for session_id, artifact_id, size in removed:
-            store.hooks.artifact_deleted(
-                ArtifactDeleted(session_id, artifact_id, size, "verify", store.clock.now())
-            )
-        self.report.repaired_count += len(removed)
-        return {artifact_id for _, artifact_id, _ in removed}
+        self.report.repaired_count += len(removal.removed)
+        return {item.artifact_id for item in removal.removed}
 
 
 def run_verify(
-    store: Store,
+    context: Context,
     request: VerifyRequest,
     *,
     actor: str = "library",
     progress: ProgressFn | None = None,
     stop: threading.Event | None = None,
 ) -> VerifyReport:
-    """Verify, record the run in the audit log and the metrics, and return its report."""
-    if request.session_id is not None and store.catalog.get_session_row(request.session_id) is None:
+    """Verify, record the run in the audit log, and return its report."""
+    catalog = context.catalog
+    if request.session_id is not None and catalog.get_session_row(request.session_id) is None:
         raise NotFound(f"session {request.session_id} not found")
-    report = Verifier(store, request, progress=progress, stop=stop).run()
-    store.audit(actor, "verify", request.session_id, request.params(), report.totals())
-    store.metrics.observe_verify(report)
+    report = _Verifier(context, request, progress=progress, stop=stop).run()
+    params = request.params()
+    totals = report.totals()
+    catalog.insert_audit(context.clock.now(), actor, "verify", request.session_id, params, totals)
     log.info(
         "verify by %s: %d checked, %d bytes, %d missing, %d corrupt, %d dropped in %.3f s",
         actor,

@@ -9,17 +9,19 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ephemera.catalog import Catalog
+from ephemera.volume import Volume
+
 if TYPE_CHECKING:
     from ephemera.cleanup import CleanupReport
-    from ephemera.integrity import VerifyReport
-    from ephemera.store import Store
+    from ephemera.integrity import Integrity, VerifyReport
 
 
 class _StorageCollector(Collector):
     """Reads the catalog when scraped, so the numbers are never stale."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
 
     def collect(self) -> Iterator[Metric]:
         stored = GaugeMetricFamily(
@@ -32,21 +34,21 @@ class _StorageCollector(Collector):
             "Artifacts by storage class and state",
             labels=["storage_class", "state"],
         )
-        for storage_class, state, count, size in self.store.catalog.artifact_breakdown():
+        for storage_class, state, count, size in self.catalog.artifact_breakdown():
             stored.add_metric([storage_class, state], size)
             counted.add_metric([storage_class, state], count)
         sessions = GaugeMetricFamily("ephemera_sessions", "Sessions by state", labels=["state"])
-        for state, count in self.store.catalog.session_states().items():
+        for state, count in self.catalog.session_states().items():
             sessions.add_metric([state], count)
         tasks = GaugeMetricFamily("ephemera_tasks", "Tasks by state", labels=["state"])
-        for state, count in self.store.catalog.task_counts().items():
+        for state, count in self.catalog.task_counts().items():
             tasks.add_metric([state], count)
         flagged = GaugeMetricFamily(
             "ephemera_artifacts_flagged",
             "Ready artifacts verification found wrong, by integrity (corrupt, missing)",
             labels=["integrity"],
         )
-        counts = self.store.catalog.flagged_counts()
+        counts = self.catalog.flagged_counts()
         for integrity in ("corrupt", "missing"):
             flagged.add_metric([integrity], counts.get(integrity, 0))
         yield from (stored, counted, sessions, tasks, flagged)
@@ -55,11 +57,11 @@ class _StorageCollector(Collector):
 class _VolumeCollector(Collector):
     """Free space of the local volume, for an alert well before uploads answer 507."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, volume: Volume) -> None:
+        self.volume = volume
 
     def collect(self) -> Iterator[Metric]:
-        free = self.store.volume.free_bytes()
+        free = self.volume.free_bytes()
         if free is None:
             return  # no backend is local
         yield GaugeMetricFamily(
@@ -68,14 +70,14 @@ class _VolumeCollector(Collector):
         yield GaugeMetricFamily(
             "ephemera_volume_low_space_bytes",
             "Below this, /readyz fails and the scheduler cleans up at once",
-            self.store.settings.low_space_bytes,
+            self.volume.settings.low_space_bytes,
         )
 
 
 class Metrics:
     """One registry per store, so several stores in one process never share counters."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, catalog: Catalog, volume: Volume) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ["operation", "dry_run"]
         self.runs = Counter("ephemera_cleanup_runs", "Cleanup runs", labels, registry=self.registry)
@@ -115,8 +117,8 @@ class Metrics:
             "Verification runs (on demand and scrub)",
             registry=self.registry,
         )
-        self.registry.register(_StorageCollector(store))
-        self.registry.register(_VolumeCollector(store))
+        self.registry.register(_StorageCollector(catalog))
+        self.registry.register(_VolumeCollector(volume))
 
     def observe(self, report: CleanupReport) -> None:
         for part in report.reports or [report]:
@@ -126,6 +128,10 @@ class Metrics:
             self.freed.labels(*labels).inc(part.deleted_size_bytes)
             self.errors.labels(*labels).inc(len(part.errors))
             self.duration.labels(*labels).observe(part.duration_s)
+
+    def observe_flagged(self, integrity: Integrity) -> None:
+        """An artifact found wrong while it was served."""
+        self.verified.labels(integrity.value).inc()
 
     def observe_verify(self, report: VerifyReport) -> None:
         self.verify_runs.inc()

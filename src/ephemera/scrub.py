@@ -103,9 +103,11 @@ class Scrubber:
             self._run_stop.set()
         due_before = self.store.clock.now() - timedelta(seconds=self.period_s - self.tick_s)
         request = VerifyRequest(rate_mb_s=self.rate_mb_s, due_before=due_before)
-        return run_verify(
-            self.store, request, actor="scrub", progress=self._renew, stop=self._run_stop
+        report = run_verify(
+            self.store.context, request, actor="scrub", progress=self._renew, stop=self._run_stop
         )
+        self.store.metrics.observe_verify(report)
+        return report
 
     def _renew(self, _progress: VerifyProgress) -> None:
         # A run longer than a tick keeps its lock, or a second scrubber would start; one that

@@ -48,10 +48,15 @@ from ephemera.blobs import (
     RangedReads,
     artifact_key,
     open_blob_store,
-    session_prefix,
 )
 from ephemera.catalog import RESULT_KINDS, Catalog, task_producer
-from ephemera.cleanup import Cleaner, CleanupReport, CleanupRequest, Progress, run_cleanup
+from ephemera.cleanup import (
+    CleanupReport,
+    CleanupRequest,
+    Progress,
+    cleanup_stats,
+    run_cleanup,
+)
 from ephemera.clock import Clock, SystemClock
 from ephemera.config import Settings
 from ephemera.context import Context
@@ -68,7 +73,7 @@ from ephemera.errors import (
     TooLarge,
     Unauthenticated,
 )
-from ephemera.hooks import ArtifactDeleted, Hooks, SessionClosed, Webhook
+from ephemera.hooks import ArtifactDeleted, Hooks, Webhook
 from ephemera.integrity import (
     ProgressFn,
     Repair,
@@ -84,7 +89,6 @@ from ephemera.models import (
     MAX_TIMEOUT_S,
     AdminKey,
     Artifact,
-    ArtifactState,
     AuditEntry,
     Claim,
     CloseReport,
@@ -101,6 +105,8 @@ from ephemera.models import (
     session_deadline,
 )
 from ephemera.processors import ProcessorInfo, Registry
+from ephemera.recovery import recover
+from ephemera.removal import remove_artifacts, remove_session
 from ephemera.volume import Volume
 
 
@@ -300,7 +306,7 @@ class Store:
         self._activity_unrecorded = False  # a full volume refused the last activity write
         self.hooks = Hooks()
         self.context = Context(catalog, blobs, self.settings, self.clock, self.hooks, self.volume)
-        self.metrics = Metrics(self)
+        self.metrics = Metrics(catalog, self.volume)
         self._processors: Registry | None = None
         self._processors_lock = threading.Lock()
         # Set on every submission, so this process's idle workers claim at once.
@@ -676,12 +682,7 @@ class Store:
         before = self.catalog.begin_close(session_id, self.clock.now(), force=force)
         if before is None:
             raise _session_not_found(session_id)
-        self._finish_close(session_id)
-        self.hooks.session_closed(
-            SessionClosed(
-                session_id, before.artifact_count, before.total_bytes, "close", self.clock.now()
-            )
-        )
+        remove_session(self.context, session_id, "close", self.clock.now())
         return CloseReport(
             closed=True,
             duration_s=round(time.perf_counter() - started, 6),
@@ -692,21 +693,14 @@ class Store:
 
     def _finish_close(self, session_id: str, *, force: bool = True) -> None:
         self.catalog.begin_close(session_id, self.clock.now(), force=force)
-        self.blobs.delete_prefix(session_prefix(session_id))
-        self.catalog.drop_session(session_id)
+        remove_session(self.context, session_id, "close", self.clock.now())
 
     def recover(self) -> tuple[int, int]:
-        """Finish what a crash interrupted: closing sessions and deleting artifacts."""
-        closed = 0
-        for session_id in self.catalog.session_ids_in_state(SessionState.CLOSING):
-            self._finish_close(session_id)
-            closed += 1
-        deleted = 0
-        for session_id, artifact_id in self.catalog.artifacts_in_state(ArtifactState.DELETING):
-            self.blobs.delete(artifact_key(session_id, artifact_id))
-            self.catalog.drop_artifact(artifact_id)
-            deleted += 1
-        return closed, deleted
+        """Finish what a crash interrupted: closing sessions and deleting artifacts.
+
+        Items whose bytes will not go are logged and left for the next run or cleanup."""
+        done = recover(self.context)
+        return done.closed, done.deleted
 
     # -- artifacts ------------------------------------------------------------------------
 
@@ -1317,38 +1311,16 @@ class Store:
         doubling = float(2 ** max(attempts - 1, 0))
         return min(self.settings.task_retry_delay_s * doubling, 300.0)
 
-    def remove_deleting(
-        self, artifacts: Sequence[tuple[str, str]]
-    ) -> tuple[list[tuple[str, str, int]], dict[str, str]]:
-        """Bytes first, then records, of (session, artifact) pairs marked ``deleting``.
-
-        Returns the (session, artifact, size) records removed and the failures by artifact
-        ID. A blob that will not go keeps its ``deleting`` record, for the next cleanup.
-        """
-        keys = {artifact_key(s, a): a for s, a in artifacts}
-        try:
-            failed = self.blobs.delete_many(list(keys))
-        except EphemeraError as exc:
-            failed = dict.fromkeys(keys, exc.message)
-        gone = [artifact_id for key, artifact_id in keys.items() if key not in failed]
-        removed = self.catalog.drop_deleting_artifacts(gone)
-        return removed, {keys[key]: error for key, error in failed.items()}
-
     def _remove_outputs(self, dropped: Sequence[tuple[str, str]]) -> None:
         """Remove outputs a task's end marked ``deleting``. Never raises: the state change
         that marked them is committed, and what is left is finished by recovery and cleanup."""
-        if not dropped:
-            return
         try:
-            removed, failed = self.remove_deleting(dropped)
+            removal = remove_artifacts(self.context, dropped, "task", self.clock.now())
         except EphemeraError as exc:
             log.warning("task outputs left deleting: %s", exc.message, extra={"action": "task"})
             return
-        for artifact_id, error in failed.items():
+        for artifact_id, error in removal.failed.items():
             log.warning("output %s left deleting: %s", artifact_id, error, extra={"action": "task"})
-        now = self.clock.now()
-        for session_id, artifact_id, size in removed:
-            self.hooks.artifact_deleted(ArtifactDeleted(session_id, artifact_id, size, "task", now))
 
     # -- cleanup, audit, stats ------------------------------------------------------------
 
@@ -1366,22 +1338,22 @@ class Store:
         progress: Progress | None = None,
     ) -> CleanupReport:
         """Run a cleanup operation (see ``ephemera.cleanup``); it is recorded in the audit log."""
-        request = CleanupRequest(
-            operation, dry_run, hours_old, days_old, session_id, purge_missing, details
+        # A bad request changes nothing, the reserve included.
+        request = CleanupRequest.checked(
+            operation,
+            dry_run=dry_run,
+            hours_old=hours_old,
+            days_old=days_old,
+            session_id=session_id,
+            purge_missing=purge_missing,
+            details=details,
         )
         if not dry_run:
-            request.check()  # a bad request changes nothing, the reserve included
             # On a full volume the database cannot even record a delete: give it the reserve.
             self.volume.release_reserve_if_low()
-        return run_cleanup(self, request, actor=actor, progress=progress)
-
-    def record_cleanup(self, actor: str, request: CleanupRequest, report: CleanupReport) -> None:
-        """One audit entry per operation run (``all`` adds one for each of its parts)."""
-        params = request.params()
-        for part in report.reports:
-            self.audit(actor, f"cleanup.{part.operation}", None, params, part.totals())
-        target = request.session_id
-        self.audit(actor, f"cleanup.{request.operation}", target, params, report.totals())
+        report = run_cleanup(self.context, request, actor=actor, progress=progress)
+        self.metrics.observe(report)
+        return report
 
     def audit(
         self,
@@ -1417,12 +1389,14 @@ class Store:
     ) -> VerifyReport:
         """Re-hash stored bytes (see ``ephemera.integrity``); recorded in the audit log."""
         request = VerifyRequest.checked(session_id, rate_mb_s, repair)
-        return run_verify(self, request, actor=actor, progress=progress)
+        report = run_verify(self.context, request, actor=actor, progress=progress)
+        self.metrics.observe_verify(report)
+        return report
 
     def iter_verified(self, artifact: Artifact) -> Iterator[bytes]:
         """The bytes of an artifact already looked up, hashed as they stream: a mismatch flags
         it and raises ArtifactCorrupt before the last chunk (see ``ephemera.integrity``)."""
-        return verified_chunks(self, artifact)
+        return verified_chunks(self.context, artifact, on_flagged=self.metrics.observe_flagged)
 
     def check_intact(self, artifact: Artifact) -> None:
         """ArtifactCorrupt if verification found this artifact's bytes wrong or missing."""
@@ -1430,58 +1404,7 @@ class Store:
 
     def cleanup_stats(self, *, include_orphaned: bool = False) -> dict[str, Any]:
         """What is stored, what each operation would delete now, leases, usage, last runs."""
-        now = self.clock.now()
-        cleanable: dict[str, Any] = {}
-        for operation in ("expired", "idle-sessions", "old-results", "quota", "orphaned"):
-            if operation == "orphaned" and not include_orphaned:
-                continue
-            report = Cleaner(self, CleanupRequest(operation, dry_run=True), now=now).run()
-            cleanable[operation] = {
-                "count": report.deleted_count,
-                "bytes": report.deleted_size_bytes,
-                "skipped_protected": report.skipped_protected,
-            }
-        stored = self.catalog.stored_bytes()
-        return {
-            "at": now,
-            "sessions": self.catalog.session_states(),
-            "artifacts": [
-                {"storage_class": c, "state": s, "count": n, "bytes": b}
-                for c, s, n, b in self.catalog.artifact_breakdown()
-            ],
-            "cleanable": cleanable,
-            "leased": self.catalog.lease_counts(now),
-            "tasks": self.catalog.task_counts(),
-            "usage": {
-                "stored_bytes": stored,
-                "high_water_bytes": self.settings.quota_high_water_bytes,
-                "low_water_bytes": self.settings.quota_low_water_bytes,
-            },
-            "integrity": self._integrity_stats(),
-            "last_runs": {
-                e.action.removeprefix("cleanup."): {
-                    "at": e.at,
-                    "actor": e.actor,
-                    "params": e.params,
-                    "result": e.result,
-                }
-                for e in self.catalog.last_audit_per_action("cleanup.")
-            },
-        }
-
-    def _integrity_stats(self) -> dict[str, Any]:
-        flagged = self.catalog.flagged_counts()
-        last = self.catalog.last_audit_per_action("verify")
-        return {
-            "corrupt": flagged.get("corrupt", 0),
-            "missing": flagged.get("missing", 0),
-            "never_verified": self.catalog.never_verified_count(),
-            "last_run": (
-                {"at": last[0].at, "actor": last[0].actor, "result": last[0].result}
-                if last
-                else None
-            ),
-        }
+        return cleanup_stats(self.context, include_orphaned=include_orphaned)
 
 
 def _role(role: KeyRole | str) -> KeyRole:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -12,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from ephemera import InvalidInput, Settings, Store
 from ephemera.http import create_app
+from ephemera.http.admin import SharedStats
 from ephemera.testing import ManualClock
 from tests.conftest import WITH_SAMPLES, bearer
 
@@ -347,3 +350,82 @@ def test_an_audit_cursor_beyond_64_bits_is_refused_not_a_crash(
     assert response.status_code == 422
     with pytest.raises(InvalidInput):
         admin_store.audit_log(before=2**70)
+
+
+def test_a_burst_of_stats_requests_costs_one_computation(
+    client: TestClient,
+    admin: dict[str, str],
+    admin_store: Store,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    computed: list[bool] = []
+    compute = admin_store.cleanup_stats
+
+    def counted(*, include_orphaned: bool = False) -> dict[str, Any]:
+        computed.append(include_orphaned)
+        return compute(include_orphaned=include_orphaned)
+
+    monkeypatch.setattr(admin_store, "cleanup_stats", counted)
+
+    def stats(**params: Any) -> Any:
+        response = client.get(f"{API}/admin/cleanup/stats", params=params, headers=admin)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    # More requests than the per-minute limit (5): answers from the cache cost nothing.
+    first = [stats() for _ in range(8)]
+    assert computed == [False]
+    assert all(answer == first[0] for answer in first)
+    stats(include_orphaned=True)
+    assert computed == [False, True]
+
+    session(client, admin, id="new")  # a change, seen once the second is over
+    assert stats()["sessions"] == {}
+    clock.advance(1)
+    assert stats()["sessions"] == {"open": 1}
+    assert computed == [False, True, False]
+
+    # A cleanup run through these routes shows at once.
+    client.post(f"{API}/admin/cleanup/session/new", headers=admin)
+    assert stats()["sessions"] == {}
+    assert computed == [False, True, False, False]
+
+
+def test_stats_computations_are_rate_limited_per_key(
+    client: TestClient, admin: dict[str, str], clock: ManualClock
+) -> None:
+    statuses = []
+    for _ in range(6):
+        statuses.append(client.get(f"{API}/admin/cleanup/stats", headers=admin).status_code)
+        clock.advance(1)
+    assert statuses == [200] * 5 + [429]
+    # Cleanup requests keep their own budget.
+    assert client.post(f"{API}/admin/cleanup/quota", headers=admin).status_code == 200
+
+
+def test_stats_callers_arriving_during_a_computation_share_it() -> None:
+    computing = threading.Event()
+    computed: list[bool] = []
+
+    def slow(include_orphaned: bool) -> dict[str, Any]:
+        computed.append(include_orphaned)
+        computing.set()
+        time.sleep(0.2)
+        return {"n": len(computed)}
+
+    shared = SharedStats(slow, ManualClock(), ttl_s=1.0)
+    answers: list[dict[str, Any]] = []
+    first = threading.Thread(target=lambda: answers.append(shared.get(False, lambda: None)))
+    first.start()
+    computing.wait(5)
+    others = [
+        threading.Thread(target=lambda: answers.append(shared.get(False, lambda: None)))
+        for _ in range(4)
+    ]
+    for thread in others:
+        thread.start()
+    for thread in [first, *others]:
+        thread.join()
+    assert computed == [False]
+    assert answers == [{"n": 1}] * 5

@@ -2,7 +2,8 @@
 install, and the built-in processors it would need are left out of the default.
 
 Here every extra is installed; a missing one is simulated by pointing its check at a module
-that does not exist. tests/acceptance/test_lean_install.py proves the same on a real install without them.
+that does not exist. tests/acceptance/test_lean_install.py proves the same on a real install
+without them.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def test_a_postgresql_url_without_the_postgres_extra_is_refused(
 ) -> None:
     uninstall(monkeypatch, "postgres")
     with pytest.raises(MissingExtra) as raised:
-        Catalog("postgresql+psycopg://user@127.0.0.1:1/db", create=False)
+        Catalog.open("postgresql+psycopg://user@127.0.0.1:1/db", create=False)
     assert raised.value.message == (
         "PostgreSQL needs the 'postgres' extra: pip install 'ephemera[postgres]'"
     )

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from ephemera import Settings, Store
+from ephemera.hooks import SessionClosed, Webhook
 from ephemera.testing import ManualClock
 from tests.waiting import wait_for
 
@@ -101,3 +103,37 @@ def test_a_slow_webhook_never_slows_cleanup(data_dir: Path, clock: ManualClock) 
             slow.wait_for(1)
     finally:
         slow.close()
+
+
+def test_senders_racing_to_the_first_event_start_one_delivery_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[threading.Thread] = []
+
+    class SlowToStart(threading.Thread):
+        """Widens the window between checking for a thread and having one."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            time.sleep(0.05)
+            super().__init__(*args, **kwargs)
+
+        def start(self) -> None:
+            started.append(self)
+            super().start()
+
+    webhook = Webhook("http://127.0.0.1:9/unused", attempts=1, backoff_s=0)
+    event = SessionClosed("s1", 0, 0, "close", datetime.now(UTC))
+    go = threading.Barrier(8)
+
+    def send() -> None:
+        go.wait()
+        webhook.send(event)
+
+    senders = [threading.Thread(target=send) for _ in range(8)]
+    monkeypatch.setattr(threading, "Thread", SlowToStart)  # for the webhook's thread only
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join()
+    webhook.close(timeout_s=10)
+    assert len(started) == 1

@@ -261,7 +261,7 @@ def test_the_scrub_passes_over_unreadable_bytes_and_finishes(store: Store) -> No
     store.clock.advance(10)  # type: ignore[attr-defined]
     due = VerifyRequest(due_before=store.clock.now())
     store.clock.advance(1)  # type: ignore[attr-defined]
-    report = run_verify(store, due, actor="scrub")
+    report = run_verify(store.context, due, actor="scrub")
     assert not report.interrupted
     assert report.checked_count == 3
     assert [e["artifact_id"] for e in report.errors] == [corrupt.id]
@@ -284,12 +284,12 @@ def test_the_rate_limit_paces_reading_to_the_rate(store: Store) -> None:
     sid = store.create_session().session.id
     store.put_artifact(sid, b"x" * 3_000_000, name="3mb.bin")
     paced = RecordedWaits()
-    run_verify(store, VerifyRequest(rate_mb_s=1), stop=paced)
+    run_verify(store.context, VerifyRequest(rate_mb_s=1), stop=paced)
     # Waits never happen here, so each asks for the whole lead: 3 MB at 1 MB/s is 3 s ahead
     # of the clock by the end (less what reading took).
     assert 2.0 < max(paced.asked) <= 3.0
     unpaced = RecordedWaits()
-    run_verify(store, VerifyRequest(), stop=unpaced)
+    run_verify(store.context, VerifyRequest(), stop=unpaced)
     assert unpaced.asked == []
 
 
@@ -387,7 +387,7 @@ def test_reading_verified_holds_back_the_last_chunk_of_wrong_bytes_and_flags_the
     flip_a_byte(store, artifact, at=5000)
     chunks: list[bytes] = []
     with pytest.raises(ArtifactCorrupt, match="corrupt"):
-        chunks.extend(verified_chunks(store, artifact, chunk_size=4096))
+        chunks.extend(verified_chunks(store.context, artifact, chunk_size=4096))
     assert sum(map(len, chunks)) == 8192  # two of three chunks: never the whole body
     assert store.get_artifact(sid, artifact.id).integrity == "corrupt"
     with pytest.raises(ArtifactCorrupt):
@@ -398,7 +398,7 @@ def test_reading_verified_yields_right_bytes_whole(store: Store) -> None:
     sid = store.create_session().session.id
     data = bytes(range(256)) * 40
     artifact = store.put_artifact(sid, data, name="a.bin")
-    assert b"".join(verified_chunks(store, artifact, chunk_size=4096)) == data
+    assert b"".join(verified_chunks(store.context, artifact, chunk_size=4096)) == data
     assert b"".join(store.iter_verified(artifact)) == data
     assert store.get_artifact(sid, artifact.id).integrity is None
 
@@ -442,7 +442,7 @@ def test_a_session_being_closed_has_nothing_missing(any_store: Store) -> None:
     assert report.ok
     assert (report.checked_count, report.missing_count) == (3, 0)
     store.clock.advance(3600)  # type: ignore[attr-defined]
-    scrubbed = run_verify(store, VerifyRequest(due_before=store.clock.now()), actor="scrub")
+    scrubbed = run_verify(store.context, VerifyRequest(due_before=store.clock.now()), actor="scrub")
     assert scrubbed.ok
     assert (scrubbed.checked_count, scrubbed.missing_count) == (3, 0)
     assert store.get_artifact(sid, good.id).integrity is None
@@ -482,7 +482,7 @@ def test_a_session_that_begins_closing_during_a_run_is_no_finding(
     verifier = racing(store, artifact_key(sid, good.id), lambda: begin_closing(store, sid))
     request = VerifyRequest(due_before=store.clock.now() if scrub else None)
 
-    report = run_verify(verifier, request, actor="test")
+    report = run_verify(verifier.context, request, actor="test")
 
     assert report.ok
     assert (report.missing_count, report.corrupt_count, report.problems) == (0, 0, [])
@@ -565,14 +565,14 @@ def test_a_stopped_scrub_resumes_where_it_stopped(any_store: Store) -> None:
         if p.done_count == 2:
             stop.set()
 
-    first = run_verify(store, due, actor="scrub", progress=stop_after_two, stop=stop)
+    first = run_verify(store.context, due, actor="scrub", progress=stop_after_two, stop=stop)
     assert first.interrupted
     assert first.checked_count == 2
 
-    second = run_verify(store, due, actor="scrub")
+    second = run_verify(store.context, due, actor="scrub")
     assert not second.interrupted
     assert second.checked_count == 3
-    assert run_verify(store, due, actor="scrub").checked_count == 0
+    assert run_verify(store.context, due, actor="scrub").checked_count == 0
 
 
 def test_one_process_scrubs_each_tick(data_dir: Path, clock: ManualClock) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import uuid
+from typing import Any
 
 import pytest
 
@@ -250,6 +251,22 @@ def test_closing_reports_and_leaves_nothing_behind(store: Store) -> None:
     assert not (store.settings.data_dir / "blobs" / "sessions" / "s1").exists()
     with pytest.raises(NotFound):
         store.close_session("s1")
+
+
+def test_a_close_marks_once_and_drops_once(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.create_session("s1")
+    store.put_artifact("s1", b"abc", name="a.bin")
+    writes: list[str] = []
+    for name in ("begin_close", "drop_session"):
+        original = getattr(store.catalog, name)
+
+        def counted(*args: Any, _name: str = name, _original: Any = original, **kw: Any) -> Any:
+            writes.append(_name)
+            return _original(*args, **kw)
+
+        monkeypatch.setattr(store.catalog, name, counted)
+    store.close_session("s1")
+    assert writes == ["begin_close", "drop_session"]
 
 
 def test_recover_finishes_a_close_interrupted_after_the_mark(store: Store) -> None:

@@ -47,12 +47,10 @@ from ephemera.catalog.verification import Stored
 from ephemera.models import (
     AdminKey,
     Artifact,
-    ArtifactState,
     AuditEntry,
     Claim,
     Lease,
     Session,
-    SessionState,
     Task,
     TaskInput,
     TaskState,
@@ -151,8 +149,11 @@ class Catalog:
     def drop_session(self, session_id: str) -> tuple[int, int] | None:
         return sessions.drop_session(self._db, session_id)
 
-    def session_ids_in_state(self, state: SessionState) -> list[str]:
-        return sessions.session_ids_in_state(self._db, state)
+    def closing_session_ids(self, after: str | None, limit: int) -> list[str]:
+        return sessions.closing_session_ids(self._db, after, limit)
+
+    def drop_sessions(self, session_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        return sessions.drop_sessions(self._db, session_ids)
 
     # -- artifacts ------------------------------------------------------------------------
 
@@ -200,8 +201,8 @@ class Catalog:
     ) -> Artifact | None:
         return artifacts.mark_artifact_deleting(self._db, session_id, artifact_id, now)
 
-    def artifacts_in_state(self, state: ArtifactState) -> list[tuple[str, str]]:
-        return artifacts.artifacts_in_state(self._db, state)
+    def deleting_artifacts(self, after: str | None, limit: int) -> list[tuple[str, str]]:
+        return artifacts.deleting_artifacts(self._db, after, limit)
 
     def set_retention(
         self, session_id: str, artifact_id: str, retain_until: datetime | None
@@ -423,9 +424,6 @@ class Catalog:
         expires_at: datetime | None = None,
     ) -> None:
         keys.insert_admin_key(self._db, name, key_hash, now, role, expires_at)
-
-    def admin_key_name(self, key_hash: str, role: str = "admin") -> str | None:
-        return keys.admin_key_name(self._db, key_hash, role)
 
     def find_key(self, key_hash: str) -> AdminKey | None:
         return keys.find_key(self._db, key_hash)

@@ -183,14 +183,17 @@ def mark_artifact_deleting(
     return artifact_model(row)
 
 
-def artifacts_in_state(db: Database, state: ArtifactState) -> list[tuple[str, str]]:
+def deleting_artifacts(db: Database, after: str | None, limit: int) -> list[tuple[str, str]]:
+    """(session, artifact) of artifacts left ``deleting``, in artifact ID order, a page
+    after ``after``."""
+    query = select(artifacts.c.session_id, artifacts.c.id).where(
+        artifacts.c.state == ArtifactState.DELETING
+    )
+    if after is not None:
+        query = query.where(artifacts.c.id > after)
     with db.read() as conn:
-        return [
-            (r.session_id, r.id)
-            for r in conn.execute(
-                select(artifacts.c.session_id, artifacts.c.id).where(artifacts.c.state == state)
-            )
-        ]
+        rows = conn.execute(query.order_by(artifacts.c.id).limit(limit))
+        return [(r.session_id, r.id) for r in rows]
 
 
 def set_retention(

@@ -32,13 +32,6 @@ def insert_admin_key(
         )
 
 
-def admin_key_name(db: Database, key_hash: str, role: str = "admin") -> str | None:
-    with db.read() as conn:
-        return conn.scalar(
-            select(api_keys.c.name).where(api_keys.c.key_hash == key_hash, api_keys.c.role == role)
-        )
-
-
 def find_key(db: Database, key_hash: str) -> AdminKey | None:
     with db.read() as conn:
         row = conn.execute(select(api_keys).where(api_keys.c.key_hash == key_hash)).first()

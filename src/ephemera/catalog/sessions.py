@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -212,6 +212,51 @@ def drop_session(db: Database, session_id: str) -> tuple[int, int] | None:
     return (int(count), int(total)) if gone is not None else None
 
 
-def session_ids_in_state(db: Database, state: SessionState) -> list[str]:
+def closing_session_ids(db: Database, after: str | None, limit: int) -> list[str]:
+    """Sessions left ``closing``, in ID order, a page after ``after``."""
+    query = select(sessions.c.id).where(sessions.c.state == SessionState.CLOSING)
+    if after is not None:
+        query = query.where(sessions.c.id > after)
     with db.read() as conn:
-        return list(conn.scalars(select(sessions.c.id).where(sessions.c.state == state)))
+        return list(conn.scalars(query.order_by(sessions.c.id).limit(limit)))
+
+
+def drop_sessions(db: Database, session_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """``drop_session`` for many ``closing`` sessions in one write transaction.
+
+    Returns the number and bytes of the artifact records removed, by session, for the
+    sessions this call removed (those still ``closing``; others are left alone).
+    """
+    if not session_ids:
+        return {}
+    with db.write() as conn:
+        lock_first(conn, select(sessions.c.id).where(sessions.c.id.in_(session_ids)))
+        closing = list(
+            conn.scalars(
+                select(sessions.c.id).where(
+                    sessions.c.id.in_(session_ids), sessions.c.state == SessionState.CLOSING
+                )
+            )
+        )
+        if not closing:
+            return {}
+        usage = {
+            r.session_id: (int(r.n), int(r.total))
+            for r in conn.execute(
+                select(
+                    artifacts.c.session_id,
+                    func.count().label("n"),
+                    func.coalesce(func.sum(artifacts.c.size), 0).label("total"),
+                )
+                .where(artifacts.c.session_id.in_(closing))
+                .group_by(artifacts.c.session_id)
+            )
+        }
+        lease_ids = select(leases.c.id).where(leases.c.session_id.in_(closing))
+        conn.execute(delete(lease_artifacts).where(lease_artifacts.c.lease_id.in_(lease_ids)))
+        conn.execute(delete(leases).where(leases.c.session_id.in_(closing)))
+        release_task_leases(conn, select(tasks.c.id).where(tasks.c.session_id.in_(closing)))
+        conn.execute(delete(tasks).where(tasks.c.session_id.in_(closing)))
+        conn.execute(delete(artifacts).where(artifacts.c.session_id.in_(closing)))
+        conn.execute(delete(sessions).where(sessions.c.id.in_(closing)))
+    return {session_id: usage.get(session_id, (0, 0)) for session_id in closing}

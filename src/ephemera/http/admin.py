@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
+from ephemera.clock import Clock
 from ephemera.errors import Forbidden
 from ephemera.http.jsonbody import json_body_route
 from ephemera.http.openapi import operation_id
@@ -32,6 +36,49 @@ Days = Annotated[float | None, Query(ge=0, le=36_500, description="Result retent
 Details = Annotated[bool, Query(description="List every item with the rule that chose it")]
 Purge = Annotated[bool, Query(description="orphaned: drop ready records whose bytes are lost")]
 
+# Stats are several dry runs over the store: a burst of requests shares one computation.
+STATS_TTL_S = 1.0
+
+
+class SharedStats:
+    """The stats, computed at most once per ``ttl_s`` for each ``include_orphaned``.
+
+    Callers arriving while a computation runs wait for it and take its answer. A cleanup or
+    verification run through these routes drops what was cached, so its own admin sees the
+    change at once.
+    """
+
+    def __init__(
+        self, compute: Callable[[bool], dict[str, Any]], clock: Clock, ttl_s: float
+    ) -> None:
+        self._compute = compute
+        self._clock = clock
+        self._ttl = timedelta(seconds=ttl_s)
+        self._locks = {False: threading.Lock(), True: threading.Lock()}
+        self._cached: dict[bool, tuple[datetime, dict[str, Any]]] = {}
+        self._generation = 0  # bumped by clear(): an answer computed across it is not kept
+        self._state = threading.Lock()
+
+    def get(self, include_orphaned: bool, before_computing: Callable[[], None]) -> dict[str, Any]:
+        """The cached stats, or fresh ones (``before_computing`` may refuse: rate limits)."""
+        with self._locks[include_orphaned]:
+            now = self._clock.now()
+            hit = self._cached.get(include_orphaned)
+            if hit is not None and timedelta(0) <= now - hit[0] < self._ttl:
+                return hit[1]
+            before_computing()
+            generation = self._generation
+            value = self._compute(include_orphaned)
+            with self._state:
+                if generation == self._generation:
+                    self._cached[include_orphaned] = (now, value)
+            return value
+
+    def clear(self) -> None:
+        with self._state:
+            self._generation += 1
+            self._cached.clear()
+
 
 def admin_router(store: Store) -> APIRouter:
     router = APIRouter(
@@ -43,6 +90,10 @@ def admin_router(store: Store) -> APIRouter:
         generate_unique_id_function=operation_id,
     )
     limit = RateLimit(store.settings.cleanup_requests_per_minute, "cleanup requests")
+    stats_limit = RateLimit(store.settings.cleanup_requests_per_minute, "stats computations")
+    stats = SharedStats(
+        lambda orphaned: store.cleanup_stats(include_orphaned=orphaned), store.clock, STATS_TTL_S
+    )
 
     def admin_name(token: str) -> str:
         key = store.resolve_key(token)
@@ -73,6 +124,7 @@ def admin_router(store: Store) -> APIRouter:
             details=details,
             actor=f"admin:{name}",
         )
+        stats.clear()
         return report.as_dict(details)
 
     @router.post("/cleanup/session/{session_id}", response_model=CleanupReportOut)
@@ -135,6 +187,7 @@ def admin_router(store: Store) -> APIRouter:
         report = store.verify(
             session_id=session_id, rate_mb_s=rate_mb_s, repair=repair, actor=f"admin:{name}"
         )
+        stats.clear()
         return report.as_dict()
 
     @router.get("/cleanup/stats", response_model=CleanupStats)
@@ -144,8 +197,15 @@ def admin_router(store: Store) -> APIRouter:
             bool, Query(description="Also walk the blob store for orphans (slow on big stores)")
         ] = False,
     ) -> dict[str, Any]:
-        admin_name(token)
-        return store.cleanup_stats(include_orphaned=include_orphaned)
+        """What is stored, what each cleanup would delete now, leases, usage, integrity and
+        the last runs.
+
+        Computed at most once a second (per ``include_orphaned``): requests within that second
+        share one computation, and only computations count against the per-key limit of
+        cleanup requests a minute. A cleanup or verification run here shows at once.
+        """
+        name = admin_name(token)
+        return stats.get(include_orphaned, lambda: stats_limit.check(name))
 
     @router.get("/audit", response_model=AuditPage)
     def list_audit_entries(

@@ -1,0 +1,245 @@
+"""The ``orphaned`` pass: what a crash or a lost race left behind.
+
+Staging leftovers, pending records of uploads that died, stored bytes without a record,
+``deleting`` records whose delete was interrupted, and (asked for) ready records whose bytes
+are lost. Everything younger than the orphan grace period is an upload still in flight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+from ephemera.blobs import BlobStat, BlobStore, artifact_key, session_prefix
+from ephemera.catalog import Candidate
+from ephemera.cleanup.records import CleanupItem, CleanupReport, ItemKind, Rule
+from ephemera.cleanup.run import Run, delete_marked
+from ephemera.errors import EphemeraError
+from ephemera.ids import SESSION_ID_RE
+from ephemera.models import ArtifactState
+
+RECONCILE_CHUNK = 64
+
+
+def orphaned(run: Run, report: CleanupReport) -> None:
+    cutoff = run.now - timedelta(seconds=run.context.settings.orphan_grace_s)
+    _staged(run, report, cutoff)
+    _stale_pending(run, report, cutoff)
+    _reconcile(run, report, cutoff)
+    if not run.dry_run:
+        # Expired lease rows protect nothing: bookkeeping, not data, so not reported.
+        run.context.catalog.purge_expired_leases(run.now)
+
+
+def _staged(run: Run, report: CleanupReport, cutoff: datetime) -> None:
+    blobs = run.context.blobs
+    for staged in blobs.list_staged():
+        if staged.modified_at >= cutoff:
+            continue  # an upload still in flight
+        if not run.dry_run:
+            try:
+                blobs.delete_staged(staged.name)
+            except EphemeraError as exc:
+                report.error(f"staged {staged.name}", exc.message)
+                continue
+        report.add(
+            CleanupItem(ItemKind.STAGED, staged.name, None, staged.size, Rule.STAGING_LEFTOVER)
+        )
+
+
+def _stale_pending(run: Run, report: CleanupReport, cutoff: datetime) -> None:
+    catalog = run.context.catalog
+    after: tuple[datetime, str] | None = None
+    while batch := catalog.stale_pending(cutoff, after, run.batch_size):
+        after = (batch[-1].order_key, batch[-1].id)
+        batch = [c for c in batch if not run.ledger.gone(c)]
+        if run.dry_run:
+            for c in batch:
+                report.add(CleanupItem(ItemKind.PENDING, c.id, c.session_id, 0, Rule.STALE_PENDING))
+            continue
+        gone = []
+        for c in batch:
+            try:
+                # An upload that died between its commit and its record keeps its bytes.
+                run.context.blobs.delete(artifact_key(c.session_id, c.id))
+                gone.append(c.id)
+            except EphemeraError as exc:
+                report.error(f"artifact {c.id}", exc.message)
+        owners = {c.id: c.session_id for c in batch}
+        for artifact_id in catalog.drop_pending(gone, cutoff):
+            report.add(
+                CleanupItem(
+                    ItemKind.PENDING, artifact_id, owners[artifact_id], 0, Rule.STALE_PENDING
+                )
+            )
+        run.progress(report.operation, len(batch))
+
+
+def _reconcile(run: Run, report: CleanupReport, cutoff: datetime) -> None:
+    """Merge the stored sessions with the recorded ones, then each session's contents.
+
+    Both sides come in ID order, a batch at a time, so memory stays flat however large
+    the store is and the database is read through its indexes.
+    """
+    listed = run.context.blobs.list_children("sessions/")
+    recorded = _recorded_sessions(run)
+    chunk: list[tuple[str, bool]] = []
+    for session_id, on_disk, in_db in _merge(listed, recorded):
+        if session_id in run.ledger.sessions:
+            continue  # closed by an earlier pass of this (dry) run
+        if not SESSION_ID_RE.fullmatch(session_id) or (on_disk and not in_db):
+            _orphan_tree(run, report, session_id, cutoff)
+            run.progress(report.operation, 1)
+            continue
+        chunk.append((session_id, on_disk))
+        if len(chunk) == RECONCILE_CHUNK:
+            _reconcile_sessions(run, report, chunk, cutoff)
+            chunk = []
+    _reconcile_sessions(run, report, chunk, cutoff)
+
+
+def _reconcile_sessions(
+    run: Run, report: CleanupReport, chunk: list[tuple[str, bool]], cutoff: datetime
+) -> None:
+    # One query for the records of a whole chunk of sessions.
+    records = run.context.catalog.artifact_states([sid for sid, _ in chunk])
+    for session_id, on_disk in chunk:
+        _reconcile_session(run, report, session_id, cutoff, on_disk, records[session_id])
+    run.progress(report.operation, len(chunk))
+
+
+def _recorded_sessions(run: Run) -> Iterator[str]:
+    after: str | None = None
+    while batch := run.context.catalog.session_ids(after, run.batch_size * 4):
+        yield from batch
+        after = batch[-1]
+
+
+def _orphan_tree(run: Run, report: CleanupReport, session_id: str, cutoff: datetime) -> None:
+    """Bytes of a session with no record at all: every old one goes."""
+    blobs = run.context.blobs
+    prefix = f"sessions/{session_id}/"
+    stats = list(_safe_list(blobs, prefix, report))
+    old = [s for s in stats if s.modified_at < cutoff]
+    for stat in old:
+        report.add(CleanupItem(ItemKind.BLOB, stat.key, session_id, stat.size, Rule.NO_RECORD))
+    if run.dry_run or not old:
+        return
+    try:
+        if len(old) == len(stats):
+            blobs.delete_prefix(prefix)  # one sweep, and no empty folder left behind
+        else:
+            for stat in old:
+                blobs.delete(stat.key)
+    except EphemeraError as exc:
+        report.error(f"session {session_id}", exc.message)
+
+
+def _reconcile_session(
+    run: Run,
+    report: CleanupReport,
+    session_id: str,
+    cutoff: datetime,
+    on_disk: bool,
+    records: dict[str, str],
+) -> None:
+    """Compare one session's stored names with its records, as sets.
+
+    Only names without a record are stat-ed (for their age and size): a consistent
+    session costs one directory listing and one indexed query.
+    """
+    blobs = run.context.blobs
+    catalog = run.context.catalog
+    prefix = session_prefix(session_id)
+    try:
+        names = set(blobs.list_children(prefix)) if on_disk else set()
+    except EphemeraError as exc:
+        report.error(f"list {prefix}", exc.message)
+        return
+    for name in sorted(names - records.keys()):
+        try:
+            stat = blobs.stat(prefix + name)
+        except EphemeraError:
+            continue  # gone meanwhile, or not a blob: nothing of ours to remove
+        if stat.modified_at >= cutoff:
+            continue
+        if not run.dry_run:
+            try:
+                blobs.delete(stat.key)
+            except EphemeraError as exc:
+                report.error(f"blob {stat.key}", exc.message)
+                continue
+        report.add(CleanupItem(ItemKind.BLOB, stat.key, session_id, stat.size, Rule.NO_RECORD))
+    unfinished: list[Candidate] = []
+    purged: list[Candidate] = []
+    missing = {a for a, s in records.items() if s == ArtifactState.READY and a not in names}
+    if missing:
+        # Read again: an artifact that a delete (a concurrent cleanup, a close) marked and
+        # removed after the first read lost no bytes, and is that delete's to finish. One
+        # still ready had its bytes before the listing, so only it really lacks them.
+        now = catalog.artifact_states([session_id])[session_id]
+        gone = {a for a in missing if now.get(a) != ArtifactState.READY}
+        records = {a: s for a, s in records.items() if a not in gone}
+    for artifact_id, state in sorted(records.items()):
+        if artifact_id in run.ledger.artifacts:
+            continue  # removed by an earlier pass of this (dry) run
+        if state == ArtifactState.DELETING:
+            unfinished.append(_record(artifact_id, session_id, state))
+        elif state == ArtifactState.READY and artifact_id not in names:
+            report.error(f"artifact {artifact_id}", "integrity: ready record without bytes")
+            if run.request.purge_missing and (
+                run.dry_run or catalog.mark_missing_deleting(artifact_id)
+            ):
+                purged.append(_record(artifact_id, session_id, state))
+    if run.dry_run:
+        # Record sizes count in stored bytes (the quota) until a real run drops them.
+        sizes = catalog.artifact_sizes([c.id for c in unfinished + purged])
+        for c in unfinished:
+            size = sizes.get(c.id, 0)
+            report.add(
+                CleanupItem(ItemKind.ARTIFACT, c.id, session_id, size, Rule.INTERRUPTED_DELETE)
+            )
+            run.ledger.remove_artifact(session_id, c.id, size)
+        for c in purged:
+            report.add(CleanupItem(ItemKind.ARTIFACT, c.id, session_id, 0, Rule.MISSING_BYTES))
+            run.ledger.remove_artifact(session_id, c.id, sizes.get(c.id, 0))
+    else:
+        delete_marked(run, report, unfinished, Rule.INTERRUPTED_DELETE)
+        # Their bytes were already gone: purging frees nothing.
+        delete_marked(run, report, purged, Rule.MISSING_BYTES, frees_bytes=False)
+
+
+def _record(artifact_id: str, session_id: str, state: str) -> Candidate:
+    """A record reconciliation found: no size yet, and nothing protects it here."""
+    return Candidate(
+        id=artifact_id,
+        session_id=session_id,
+        size=0,
+        state=ArtifactState(state),
+        leased=False,
+        retained=False,
+    )
+
+
+def _safe_list(blobs: BlobStore, prefix: str, report: CleanupReport) -> Iterator[BlobStat]:
+    try:
+        yield from blobs.list(prefix)
+    except EphemeraError as exc:
+        report.error(f"list {prefix}", exc.message)
+
+
+def _merge(left: Iterator[str], right: Iterator[str]) -> Iterator[tuple[str, bool, bool]]:
+    """Merge two ascending streams of names: (name, in left, in right)."""
+    a = next(left, None)
+    b = next(right, None)
+    while a is not None or b is not None:
+        if b is None or (a is not None and a < b):
+            assert a is not None
+            yield a, True, False
+            a = next(left, None)
+        elif a is None or b < a:
+            yield b, False, True
+            b = next(right, None)
+        else:
+            yield a, True, True
+            a, b = next(left, None), next(right, None)

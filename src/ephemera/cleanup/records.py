@@ -1,0 +1,196 @@
+"""What a cleanup is asked, what it chooses by, and what it reports."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from ephemera.errors import InvalidInput
+from ephemera.ids import SESSION_ID_RE
+
+MB = 1_000_000
+MAX_HOURS = 100 * 365 * 24
+
+
+class Operation(StrEnum):
+    EXPIRED = "expired"
+    IDLE_SESSIONS = "idle-sessions"
+    SESSION = "session"
+    OLD_RESULTS = "old-results"
+    ORPHANED = "orphaned"
+    QUOTA = "quota"
+    ALL = "all"
+
+
+# Order of `all`: finish and close sessions first (that removes most bytes in whole sweeps),
+# then single artifacts, then whatever is left unreferenced, and the quota last, on what
+# remains.
+ALL_ORDER = (
+    Operation.IDLE_SESSIONS,
+    Operation.EXPIRED,
+    Operation.OLD_RESULTS,
+    Operation.ORPHANED,
+    Operation.QUOTA,
+)
+
+
+class ItemKind(StrEnum):
+    SESSION = "session"
+    ARTIFACT = "artifact"
+    BLOB = "blob"
+    STAGED = "staged"
+    PENDING = "pending"
+
+
+class Rule(StrEnum):
+    """Why an item was chosen; also the reason its hook event carries."""
+
+    EXPIRED = "expired"
+    OLD_RESULTS = "old-results"
+    IDLE = "idle"
+    ONE = "one"
+    QUOTA = "quota"
+    CLOSING = "closing"
+    STAGING_LEFTOVER = "staging-leftover"
+    STALE_PENDING = "stale-pending"
+    NO_RECORD = "no-record"
+    INTERRUPTED_DELETE = "interrupted-delete"
+    MISSING_BYTES = "missing-bytes"
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupItem:
+    kind: ItemKind
+    id: str
+    session_id: str | None
+    size: int
+    rule: Rule
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "id": self.id,
+            "session_id": self.session_id,
+            "size": self.size,
+            "rule": self.rule,
+        }
+
+
+@dataclass
+class CleanupReport:
+    operation: Operation
+    dry_run: bool
+    deleted_count: int = 0
+    deleted_size_bytes: int = 0
+    skipped_protected: int = 0
+    errors: list[dict[str, str]] = field(default_factory=list)
+    duration_s: float = 0.0
+    items: list[CleanupItem] = field(default_factory=list)
+    keep_items: bool = False
+    reports: list[CleanupReport] = field(default_factory=list)
+
+    @property
+    def deleted_size_mb(self) -> float:
+        return round(self.deleted_size_bytes / MB, 3)
+
+    def add(self, item: CleanupItem) -> None:
+        self.deleted_count += 1
+        self.deleted_size_bytes += item.size
+        if self.keep_items:
+            self.items.append(item)
+
+    def error(self, target: str, error: str) -> None:
+        self.errors.append({"target": target, "error": error})
+
+    def absorb(self, part: CleanupReport) -> None:
+        self.reports.append(part)
+        self.deleted_count += part.deleted_count
+        self.deleted_size_bytes += part.deleted_size_bytes
+        self.skipped_protected += part.skipped_protected
+        self.errors.extend(part.errors)
+
+    def as_dict(self, details: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "operation": self.operation,
+            "dry_run": self.dry_run,
+            "deleted_count": self.deleted_count,
+            "deleted_size_bytes": self.deleted_size_bytes,
+            "deleted_size_mb": self.deleted_size_mb,
+            "skipped_protected": self.skipped_protected,
+            "errors": self.errors,
+            "duration_s": self.duration_s,
+        }
+        if details:
+            body["items"] = [i.as_dict() for i in self.items]
+        if self.operation == Operation.ALL:
+            body["reports"] = [r.as_dict(details) for r in self.reports]
+            body["totals"] = {
+                k: body[k] for k in ("deleted_count", "deleted_size_bytes", "deleted_size_mb")
+            } | {"skipped_protected": self.skipped_protected, "errors": len(self.errors)}
+        return body
+
+    def totals(self) -> dict[str, Any]:
+        return {
+            "deleted_count": self.deleted_count,
+            "deleted_size_bytes": self.deleted_size_bytes,
+            "skipped_protected": self.skipped_protected,
+            "errors": len(self.errors),
+            "first_errors": self.errors[:10],
+            "duration_s": self.duration_s,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupRequest:
+    operation: Operation
+    dry_run: bool = False
+    hours_old: float | None = None
+    days_old: float | None = None
+    session_id: str | None = None
+    purge_missing: bool = False
+    details: bool = False
+
+    @classmethod
+    def checked(
+        cls,
+        operation: str,
+        *,
+        dry_run: bool = False,
+        hours_old: float | None = None,
+        days_old: float | None = None,
+        session_id: str | None = None,
+        purge_missing: bool = False,
+        details: bool = False,
+    ) -> CleanupRequest:
+        """The request, or InvalidInput before anything is touched."""
+        try:
+            op = Operation(operation)
+        except ValueError:
+            raise InvalidInput(f"unknown cleanup operation {operation!r}") from None
+        if op == Operation.SESSION and (
+            session_id is None or not SESSION_ID_RE.fullmatch(session_id)
+        ):
+            raise InvalidInput("the session operation needs a valid session id")
+        for name, value in (("hours_old", hours_old), ("days_old", days_old)):
+            if value is not None and not (0 <= value <= MAX_HOURS):
+                raise InvalidInput(f"{name} must be between 0 and {MAX_HOURS}")
+        return cls(op, dry_run, hours_old, days_old, session_id, purge_missing, details)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            k: v
+            for k, v in {
+                "dry_run": self.dry_run,
+                "hours_old": self.hours_old,
+                "days_old": self.days_old,
+                "session_id": self.session_id,
+                "purge_missing": self.purge_missing or None,
+            }.items()
+            if v is not None
+        }
+
+
+# Told the operation running and how many candidates it has just examined.
+Progress = Callable[[str, int], None]

@@ -1,0 +1,114 @@
+"""The one delete path: bytes first, then records, then hooks.
+
+Everything that removes what was stored (an explicit close, cleanup, the outputs a task's end
+drops, verification's repair, recovery) comes here once its items are marked (``deleting``
+artifacts, ``closing`` sessions). Marked items are invisible and finished by whoever gets to
+them: a crash, or a blob that will not go, leaves the mark and its record for the next run.
+A record is counted (and its hook fired) by the call whose delete statement removed it, so
+two removers at once never both report one item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from ephemera.blobs import artifact_key, session_prefix
+from ephemera.context import Context
+from ephemera.errors import EphemeraError
+from ephemera.hooks import ArtifactDeleted, SessionClosed
+
+
+@dataclass(frozen=True, slots=True)
+class RemovedArtifact:
+    session_id: str
+    artifact_id: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class Removal:
+    removed: list[RemovedArtifact]
+    failed: dict[str, str]  # artifact ID -> why its bytes are still there
+
+
+def remove_artifacts(
+    context: Context,
+    marked: Sequence[tuple[str, str]],
+    reason: str,
+    at: datetime,
+    *,
+    frees_bytes: bool = True,
+) -> Removal:
+    """Remove (session, artifact) pairs marked ``deleting``.
+
+    ``frees_bytes=False`` (bytes already lost) tells hooks and the caller a size of 0.
+    """
+    if not marked:
+        return Removal([], {})
+    keys = {artifact_key(s, a): a for s, a in marked}
+    try:
+        failed = context.blobs.delete_many(list(keys))
+    except EphemeraError as exc:
+        failed = dict.fromkeys(keys, exc.message)
+    gone = [artifact_id for key, artifact_id in keys.items() if key not in failed]
+    removed = [
+        RemovedArtifact(session_id, artifact_id, size if frees_bytes else 0)
+        for session_id, artifact_id, size in context.catalog.drop_deleting_artifacts(gone)
+    ]
+    # Told as each batch is committed: memory stays flat however much is deleted.
+    for item in removed:
+        context.hooks.artifact_deleted(
+            ArtifactDeleted(item.session_id, item.artifact_id, item.size, reason, at)
+        )
+    return Removal(removed, {keys[key]: error for key, error in failed.items()})
+
+
+def remove_session(
+    context: Context, session_id: str, reason: str, at: datetime
+) -> tuple[int, int] | None:
+    """Remove a ``closing`` session: its prefix in one sweep, then its records.
+
+    Returns the number and bytes of the artifact records removed, or None when another
+    remover dropped the session first. StorageError (the sweep failed) leaves the session
+    ``closing``.
+    """
+    context.blobs.delete_prefix(session_prefix(session_id))
+    dropped = context.catalog.drop_session(session_id)
+    if dropped is not None:
+        _told_closed(context, session_id, dropped, reason, at)
+    return dropped
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRemoval:
+    removed: dict[str, tuple[int, int]]  # session ID -> artifact records and bytes removed
+    failed: dict[str, str]  # session ID -> why its bytes are still there
+
+
+def remove_sessions(
+    context: Context, session_ids: Sequence[str], reason: str, at: datetime
+) -> SessionRemoval:
+    """Remove many ``closing`` sessions: each prefix, then the records of those whose bytes
+    went, in one transaction. A session whose sweep failed stays ``closing``."""
+    failed: dict[str, str] = {}
+    swept: list[str] = []
+    for session_id in session_ids:
+        try:
+            context.blobs.delete_prefix(session_prefix(session_id))
+        except EphemeraError as exc:
+            failed[session_id] = exc.message
+        else:
+            swept.append(session_id)
+    removed = context.catalog.drop_sessions(swept)
+    for session_id, dropped in removed.items():
+        _told_closed(context, session_id, dropped, reason, at)
+    return SessionRemoval(removed, failed)
+
+
+def _told_closed(
+    context: Context, session_id: str, dropped: tuple[int, int], reason: str, at: datetime
+) -> None:
+    count, size = dropped
+    context.hooks.session_closed(SessionClosed(session_id, count, size, reason, at))
