@@ -1,13 +1,14 @@
 """The library API: :class:`Store`, one flat facade over one module per concept.
 
-Each method checks nothing and decides nothing itself: it hands the engine's
-:class:`~ephemera.context.Context` (catalog, blobs, settings, clock, hooks, volume) to the
-module that owns the concept, and does only what joins two concepts (a task's end removes
-the outputs it dropped; a new session replaces what is left of a dead one).
+A method hands the engine's :class:`~ephemera.context.Context` (catalog, blobs, settings,
+clock, hooks, volume) to the module that owns its concept, and does here only what joins two
+concepts (a task's end removes the outputs it dropped; a new session replaces what is left
+of a dead one). Closing, recovery, removal, cleanup and verification are the engine's
+(``ephemera.cleanup``, ``ephemera.integrity``): the Store starts them and records them.
 
 =====================  ===============================================================
 ``store.sessions``     create, get, update, list and inspect sessions
-``store.credentials``  which token or key opens what; activity and last-use writes
+``store.access``       which token or key opens what; activity and last-use writes
 ``store.keys``         admin, worker and client keys (one set of names, a role)
 ``store.uploads``      an artifact's metadata checks, streamed writes, the commit
 ``store.artifacts``    look up, list, read, retain and delete artifacts
@@ -85,9 +86,9 @@ from ephemera.models import (
 )
 from ephemera.processors import ProcessorInfo, Registry
 from ephemera.store import (
+    access,
     artifacts,
     audit,
-    credentials,
     keys,
     leases,
     limits,
@@ -122,7 +123,7 @@ class Store:
         self._local_paths = blobs if isinstance(blobs, LocalPaths) else None
         self._ranged = blobs if isinstance(blobs, RangedReads) else None
         self.volume = Volume(self.settings)
-        self._activity = credentials.ActivityWrites()
+        self._activity = access.ActivityWrites()
         self.hooks = Hooks()
         self.context = Context(catalog, blobs, self.settings, self.clock, self.hooks, self.volume)
         self.metrics = Metrics(self)
@@ -206,7 +207,7 @@ class Store:
         as a key, before the session is looked at: an unknown, revoked or expired one is
         Unauthenticated, a worker or client key Forbidden.
         """
-        return credentials.authenticate(self.context, self._activity, session_id, credential)
+        return access.authenticate(self.context, self._activity, session_id, credential)
 
     def resolve_key(self, credential: str) -> AdminKey | None:
         """The key ``credential`` is, with its role; None if it is not a key (a session token).
@@ -215,7 +216,7 @@ class Store:
         or expired, it is Unauthenticated, never tried as a session token. Use is recorded at
         most every ``activity_write_interval_s``.
         """
-        return credentials.resolve_key(self.context, self._activity, credential)
+        return access.resolve_key(self.context, self._activity, credential)
 
     def create_key(
         self,

@@ -18,7 +18,7 @@ from ephemera.integrity import refuse_flagged
 from ephemera.jsonvalues import check_json
 from ephemera.models import Page, Task, TaskInput, TaskState
 from ephemera.processors import Registry
-from ephemera.store.credentials import ActivityWrites, authenticate
+from ephemera.store.access import ActivityWrites, authenticate
 from ephemera.store.limits import MAX_TASK_INPUTS, MAX_TASK_JSON_BYTES, check_limit
 from ephemera.store.paging import page
 from ephemera.store.sessions import require_live
