@@ -56,10 +56,10 @@ import httpx2 as httpx
 
 from bench.transfer import Server, remove_run_dir, start_ephemera
 from ephemera import Settings
-from ephemera.models import Artifact, Claim, Task
+from ephemera.models import Artifact, Claim, NewOutput, Task
 from ephemera.processors import Registry
 from ephemera.processors.roi_compare import RoiCompare, RoiCompareParams
-from ephemera.store import NewOutput, Store
+from ephemera.store import Store
 from ephemera.testing import MemoryTaskContext
 from ephemera.worker import Worker
 

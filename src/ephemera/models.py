@@ -182,6 +182,18 @@ class TaskOutput:
 
 
 @dataclass(frozen=True, slots=True)
+class NewOutput:
+    """A task output held in memory, for :meth:`Store.put_task_outputs`."""
+
+    name: str
+    data: bytes = field(repr=False)
+    kind: str = "output"
+    content_type: str | None = None
+    # Chosen by the caller when it must name the artifact before it is stored.
+    artifact_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Task:
     id: str
     session_id: str

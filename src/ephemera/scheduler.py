@@ -100,7 +100,7 @@ class CleanupScheduler:
     def _hold(self, span_s: float) -> bool:
         now = self.store.clock.now()
         until = now + timedelta(seconds=span_s)
-        return self.store.catalog.try_lock(LOCK, self.holder, now, until)
+        return self.store.try_lock(LOCK, self.holder, until)
 
     def tick(self) -> CleanupReport | None:
         """Run `all` if this tick is ours; None when another process has it."""

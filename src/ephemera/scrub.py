@@ -90,7 +90,7 @@ class Scrubber:
     def _hold(self) -> bool:
         now = self.store.clock.now()
         until = now + timedelta(seconds=self.tick_s)
-        return self.store.catalog.try_lock(LOCK, self.holder, now, until)
+        return self.store.try_lock(LOCK, self.holder, until)
 
     def tick(self) -> VerifyReport | None:
         """Verify what falls due before the next tick, if this tick is ours (else None)."""

@@ -5,7 +5,7 @@ workers.
 ephemera's API runs the same in its own lifespan (``FastAPI(lifespan=lifespan(store))``);
 ``create_app`` alone adds routes and runs nothing. ``settings.scheduled_cleanup``,
 ``settings.scrub_period_s`` (0: no scrub) and ``settings.workers`` say what starts. Creating
-admin keys is left to the host (``store.create_admin_key``, ``ephemera admin-key create``).
+admin keys is left to the host (``store.create_key``, ``ephemera admin-key create``).
 """
 
 from __future__ import annotations

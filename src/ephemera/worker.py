@@ -28,9 +28,8 @@ from pydantic import ValidationError
 from ephemera import ids
 from ephemera.catalog import task_producer
 from ephemera.errors import Conflict, EphemeraError, StorageError
-from ephemera.models import Artifact, ArtifactState, Claim, StorageClass
+from ephemera.models import Artifact, ArtifactState, Claim, NewOutput, StorageClass
 from ephemera.processors import Registry, TaskCancelled, TaskFailed
-from ephemera.store import NewOutput
 
 if TYPE_CHECKING:
     from ephemera.store import Store

@@ -38,7 +38,7 @@ def client(admin_store: Store) -> Iterator[TestClient]:
 
 @pytest.fixture
 def admin(admin_store: Store) -> dict[str, str]:
-    return bearer(admin_store.create_admin_key("ops"))
+    return bearer(admin_store.create_key("ops"))
 
 
 def blob_path(data_dir: Path, sid: str, aid: str) -> Path:
@@ -176,7 +176,7 @@ def test_verify_of_an_unknown_session_is_404_and_changes_nothing(
 def test_verify_takes_an_admin_key_and_is_rate_limited(data_dir: Path, clock: ManualClock) -> None:
     settings = Settings(data_dir=data_dir, cleanup_requests_per_minute=2)
     with Store.open(settings, clock=clock) as store, TestClient(create_app(store)) as client:
-        admin = bearer(store.create_admin_key("ops"))
+        admin = bearer(store.create_key("ops"))
         session = client.post(f"{API}/sessions", json={}, headers=admin).json()
         rows = database_dump(store)
         assert client.post(f"{API}/admin/verify").status_code == 401
@@ -194,7 +194,7 @@ def test_verify_takes_an_admin_key_and_is_rate_limited(data_dir: Path, clock: Ma
 def test_a_task_worker_cannot_download_a_flagged_input(data_dir: Path, clock: ManualClock) -> None:
     settings = Settings(data_dir=data_dir, external_processors=["external"])
     with Store.open(settings, clock=clock) as store, TestClient(create_app(store)) as client:
-        admin = bearer(store.create_admin_key("ops"))
+        admin = bearer(store.create_key("ops"))
         sid, _, ids = populate(client, admin)
         task = store.submit_task(sid, "external", [ids["corrupt.bin"]])
         damage(data_dir, sid, ids)

@@ -159,7 +159,7 @@ def test_a_client_key_can_do_nothing_but_create(
 
 
 def test_an_admin_key_still_creates_and_opens_sessions(client: TestClient, store: Store) -> None:
-    admin = bearer(store.create_admin_key("ops"))
+    admin = bearer(store.create_key("ops"))
     created = create(client, admin, id="s1")
     assert created.status_code == 201
     assert client.get(f"{API}/sessions/s1", headers=admin).status_code == 200
@@ -168,7 +168,7 @@ def test_an_admin_key_still_creates_and_opens_sessions(client: TestClient, store
 
 
 def test_a_worker_key_cannot_create_or_open_sessions(client: TestClient, store: Store) -> None:
-    admin = bearer(store.create_admin_key("ops"))
+    admin = bearer(store.create_key("ops"))
     sid = create(client, admin).json()["id"]
     worker = bearer(store.create_key("w1", KeyRole.WORKER))
     before = snapshot(store)
@@ -191,8 +191,8 @@ def test_metrics_take_an_admin_key_and_refuse_unknown_ones(
 
 
 def test_a_revoked_key_answers_401_everywhere(client: TestClient, store: Store) -> None:
-    admin = bearer(store.create_admin_key("ops"))
-    doomed = bearer(store.create_admin_key("doomed"))
+    admin = bearer(store.create_key("ops"))
+    doomed = bearer(store.create_key("doomed"))
     sid = create(client, admin).json()["id"]
     assert client.get(f"{API}/sessions/{sid}", headers=doomed).status_code == 200
     store.revoke_key("doomed")
@@ -213,7 +213,7 @@ def test_a_revoked_key_answers_401_everywhere(client: TestClient, store: Store) 
 def test_an_expired_key_answers_401_and_says_so(
     client: TestClient, store: Store, clock: ManualClock
 ) -> None:
-    admin = bearer(store.create_admin_key("ops"))
+    admin = bearer(store.create_key("ops"))
     sid = create(client, admin).json()["id"]
     short = bearer(store.create_key("short", KeyRole.ADMIN, expires_in_s=3600))
     client_key = bearer(store.create_key("kiosk", KeyRole.CLIENT, expires_in_s=3600))
@@ -233,7 +233,7 @@ def test_an_expired_key_answers_401_and_says_so(
 def test_a_never_issued_key_is_401_whether_or_not_the_session_exists(
     client: TestClient, store: Store
 ) -> None:
-    admin = bearer(store.create_admin_key("ops"))
+    admin = bearer(store.create_key("ops"))
     sid = create(client, admin).json()["id"]
     forged = bearer("epa_" + "A" * 43)
     existing = client.get(f"{API}/sessions/{sid}", headers=forged)
@@ -245,7 +245,7 @@ def test_a_never_issued_key_is_401_whether_or_not_the_session_exists(
 def test_a_wrong_session_token_is_still_indistinguishable_from_a_missing_session(
     client: TestClient, store: Store
 ) -> None:
-    admin = bearer(store.create_admin_key("ops"))
+    admin = bearer(store.create_key("ops"))
     create(client, admin, id="s1")
     wrong = client.get(f"{API}/sessions/s1", headers=bearer("eps_wrong"))
     missing = client.get(f"{API}/sessions/s2", headers=bearer("eps_wrong"))
@@ -281,7 +281,7 @@ def test_a_failed_key_records_no_use(store: Store, clock: ManualClock) -> None:
     clock.advance(10)
     with pytest.raises(Unauthenticated):
         store.resolve_key(key)
-    assert store.list_admin_keys()[0].last_used_at is None
+    assert store.list_keys()[0].last_used_at is None
 
 
 # -- anonymous creation -------------------------------------------------------------------------
@@ -353,7 +353,7 @@ def test_an_admin_key_may_create_a_session_that_never_expires(
     make_store: MakeStore,
 ) -> None:
     store = make_store(max_age_s=3600, max_idle_timeout_s=60)
-    admin = bearer(store.create_admin_key("ops"))
+    admin = bearer(store.create_key("ops"))
     with TestClient(create_app(store)) as client:
         created = create(client, admin, **FOREVER)
         assert created.status_code == 201, created.text
@@ -362,7 +362,7 @@ def test_an_admin_key_may_create_a_session_that_never_expires(
 
 def test_every_session_creation_is_audited_with_its_creator(make_store: MakeStore) -> None:
     store = make_store(anonymous_sessions=True)
-    admin = bearer(store.create_admin_key("ops"))
+    admin = bearer(store.create_key("ops"))
     kiosk = bearer(store.create_key("kiosk", KeyRole.CLIENT))
     with TestClient(create_app(store), client=("10.0.0.7", 1000)) as client:
         for sid, headers in (("by-admin", admin), ("by-kiosk", kiosk), ("by-anyone", {})):
@@ -382,7 +382,7 @@ def test_a_burst_of_failed_authentications_gets_429_and_one_audit_entry(
     make_store: MakeStore,
 ) -> None:
     store = make_store(auth_failures_per_minute=5)
-    admin = bearer(store.create_admin_key("ops"))
+    admin = bearer(store.create_key("ops"))
     with TestClient(create_app(store), client=("10.0.0.9", 1000)) as attacker:
         guesses = [bearer(f"epa_guess{i}") for i in range(3)] + [bearer("eps_guess"), {}]
         statuses = [attacker.get(f"{API}/admin/audit", headers=h).status_code for h in guesses]
@@ -405,7 +405,7 @@ def test_a_burst_of_failed_authentications_gets_429_and_one_audit_entry(
 
 def test_key_guessing_on_metrics_is_counted_throttled_and_audited(make_store: MakeStore) -> None:
     store = make_store(auth_failures_per_minute=3)
-    admin = bearer(store.create_admin_key("ops"))
+    admin = bearer(store.create_key("ops"))
     with TestClient(create_app(store), client=("10.0.0.11", 1000)) as attacker:
         statuses = [
             attacker.get("/metrics", headers=bearer(f"epa_guess{i}")).status_code for i in range(3)
@@ -424,7 +424,7 @@ def test_key_guessing_on_metrics_is_counted_throttled_and_audited(make_store: Ma
 
 def test_successful_requests_do_not_count_as_failures(make_store: MakeStore) -> None:
     store = make_store(auth_failures_per_minute=2)
-    admin = bearer(store.create_admin_key("ops"))
+    admin = bearer(store.create_key("ops"))
     with TestClient(create_app(store)) as client:
         for _ in range(10):
             assert client.get(f"{API}/admin/audit", headers=admin).status_code == 200
@@ -436,7 +436,7 @@ def test_an_admin_key_asking_for_missing_sessions_is_no_failed_authentication(
     make_store: MakeStore,
 ) -> None:
     store = make_store(auth_failures_per_minute=2)
-    admin = bearer(store.create_admin_key("ops"))
+    admin = bearer(store.create_key("ops"))
     with TestClient(create_app(store)) as client:
         for i in range(5):
             assert client.get(f"{API}/sessions/gone-{i}", headers=admin).status_code == 404

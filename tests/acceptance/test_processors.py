@@ -243,7 +243,7 @@ def test_submitting_sample_sleep_with_a_file_path_to_a_default_server_is_refused
     make_client: Any, tmp_path: Path
 ) -> None:
     store, client = make_client()
-    admin = bearer(store.create_admin_key("ops"))
+    admin = bearer(store.create_key("ops"))
     token = client.post(f"{API}/sessions", json={"id": "s1"}, headers=admin).json()["token"]
     journal = tmp_path / "journal"
     before = snapshot(store)
@@ -260,7 +260,7 @@ def test_submitting_sample_sleep_with_a_file_path_to_a_default_server_is_refused
 
 def test_a_bad_params_422_lists_every_problem_at_once(make_client: Any) -> None:
     store, client = make_client()
-    admin = bearer(store.create_admin_key("ops"))
+    admin = bearer(store.create_key("ops"))
     token = client.post(f"{API}/sessions", json={"id": "s1"}, headers=admin).json()["token"]
     before = snapshot(store)
     params = {
@@ -300,7 +300,7 @@ def test_a_bad_params_422_lists_every_problem_at_once(make_client: Any) -> None:
 
 def test_a_malformed_task_request_lists_every_problem_at_once(make_client: Any) -> None:
     store, client = make_client()
-    admin = bearer(store.create_admin_key("ops"))
+    admin = bearer(store.create_key("ops"))
     token = client.post(f"{API}/sessions", json={"id": "s1"}, headers=admin).json()["token"]
     before = snapshot(store)
     body = {

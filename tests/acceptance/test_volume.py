@@ -336,7 +336,7 @@ def test_idle_credentials_still_open_the_store_on_a_full_volume_and_it_is_logged
 
     settings = Settings(data_dir=small_volume, reserve_bytes=0, low_space_bytes=0)
     with Store.open(settings, clock=clock) as store:
-        key = store.create_admin_key("ops")
+        key = store.create_key("ops")
         token = store.create_session(session_id="s").token
         artifact = store.put_artifact("s", b"bytes", name="a.bin")
         fill_up(small_volume / "filler")

@@ -36,7 +36,7 @@ def client(admin_store: Store) -> Iterator[TestClient]:
 
 @pytest.fixture
 def admin(admin_store: Store) -> dict[str, str]:
-    return bearer(admin_store.create_admin_key("ops"))
+    return bearer(admin_store.create_key("ops"))
 
 
 def session(client: TestClient, admin: dict[str, str], **body: Any) -> dict[str, str]:
@@ -150,7 +150,7 @@ def test_cleanup_requests_are_rate_limited_per_key(
     limited = client.post(f"{API}/admin/cleanup/quota", headers=admin)
     assert limited.json()["error"]["code"] == "rate_limited"
     assert 1 <= int(limited.headers["retry-after"]) <= 60
-    other = bearer(admin_store.create_admin_key("other"))
+    other = bearer(admin_store.create_key("other"))
     assert client.post(f"{API}/admin/cleanup/quota", headers=other).status_code == 200
 
 

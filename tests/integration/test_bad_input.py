@@ -47,7 +47,7 @@ def world(data_dir: Path, clock: ManualClock) -> Iterator[World]:
         processors=[*BUILTIN_PROCESSORS, "sample-upper"],
     )
     with Store.open(settings, clock=clock) as store, TestClient(create_app(store)) as client:
-        admin = bearer(store.create_admin_key("test"))
+        admin = bearer(store.create_key("test"))
         created = client.post(f"{API}/sessions", json={"id": "s1"}, headers=admin).json()
         auth = bearer(created["token"])
         artifact = client.post(

@@ -61,9 +61,9 @@ def test_a_duplicate_the_caller_expects_is_a_conflict(catalog: Catalog) -> None:
     catalog.insert_session(session_values("s1"))
     with pytest.raises(Conflict, match="session s1 already exists"):
         catalog.insert_session(session_values("s1"))
-    catalog.insert_admin_key("ops", "1" * 64, NOW)
+    catalog.insert_key("ops", "1" * 64, NOW)
     with pytest.raises(Conflict, match="a key named 'ops' already exists"):
-        catalog.insert_admin_key("ops", "2" * 64, NOW)
+        catalog.insert_key("ops", "2" * 64, NOW)
 
 
 def test_any_other_database_error_is_a_storage_error(catalog: Catalog) -> None:

@@ -121,7 +121,7 @@ def test_idle_sessions_are_closed_whole_and_active_ones_kept(
     store.create_session("busy", idle_timeout_s=HOUR)
     store.create_session("forever", idle_timeout_s=None)
     clock.advance(HOUR - 10)
-    store.authenticate("busy", store.create_admin_key("ops"))
+    store.authenticate("busy", store.create_key("ops"))
     clock.advance(20)
     report = dry_then_real(store, "idle-sessions")
     assert items(report) == [("session", "idle", 15, "idle")]
@@ -326,7 +326,7 @@ def test_quota_evicts_least_recently_active_unleased_sessions_to_the_low_mark(
     quota_store: Store, clock: ManualClock
 ) -> None:
     store = quota_store
-    key = store.create_admin_key("ops")
+    key = store.create_key("ops")
     for name in ("oldest", "older", "leased", "recent"):
         store.create_session(name, idle_timeout_s=None)
         store.put_artifact(name, b"x" * 100, name="a.bin")

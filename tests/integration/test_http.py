@@ -25,7 +25,7 @@ API = "/api/v1"
 
 @pytest.fixture
 def admin_key(store: Store) -> str:
-    return store.create_admin_key("test")
+    return store.create_key("test")
 
 
 @pytest.fixture

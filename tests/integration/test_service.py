@@ -53,7 +53,7 @@ def test_a_host_app_with_the_lifespan_processes_tasks_and_cleans_up_on_schedule(
     with TestClient(host) as client:
         started = {"ephemera-worker-0", "ephemera-cleanup", "ephemera-scrub"}
         assert started <= ephemera_threads() - before
-        admin = bearer(service_store.create_admin_key("host"))
+        admin = bearer(service_store.create_key("host"))
         created = client.post(f"{API}/sessions", json={}, headers=admin).json()
         sid, token = created["id"], bearer(created["token"])
         uploaded = client.post(

@@ -36,7 +36,7 @@ def client(store: Store) -> Iterator[TestClient]:
 
 @pytest.fixture
 def admin(store: Store) -> dict[str, str]:
-    return bearer(store.create_admin_key("ops"))
+    return bearer(store.create_key("ops"))
 
 
 @pytest.fixture

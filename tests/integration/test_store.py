@@ -112,10 +112,10 @@ def test_wrong_token_unknown_id_and_hostile_id_are_the_same_not_found(store: Sto
 
 
 def test_an_admin_key_opens_every_session(store: Store) -> None:
-    key = store.create_admin_key("ops")
+    key = store.create_key("ops")
     store.create_session("s1")
     store.authenticate("s1", key)
-    store.revoke_admin_key("ops")
+    store.revoke_key("ops")
     with pytest.raises(Unauthenticated):  # a revoked key is no wrong session token
         store.authenticate("s1", key)
 

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 
 from ephemera import Conflict, InvalidInput, NotFound, Settings, Store
-from ephemera.models import Claim, TaskState
+from ephemera.models import Claim, NewOutput, TaskState
 from ephemera.processors import ENTRY_POINT_GROUP
-from ephemera.store import NewOutput
 from ephemera.testing import ManualClock
 from ephemera.worker import Worker
 from tests.conftest import WITH_SAMPLES, MakeSettings, snapshot

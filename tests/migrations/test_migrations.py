@@ -88,7 +88,7 @@ def test_upgrading_a_populated_first_schema_keeps_its_rows(tmp_path: Path) -> No
 def keys_table_round_trip(catalog: Catalog) -> None:
     """0006 renames ``admin_keys`` to ``api_keys`` with its rows; its downgrade undoes it."""
     catalog.migrate()
-    catalog.insert_admin_key("ops", "h" * 64, datetime(2026, 1, 1, tzinfo=UTC), role="worker")
+    catalog.insert_key("ops", "h" * 64, datetime(2026, 1, 1, tzinfo=UTC), role="worker")
     with catalog.engine.connect() as conn:
         command.downgrade(alembic_config(conn), "0005")
         conn.commit()
@@ -102,7 +102,7 @@ def keys_table_round_trip(catalog: Catalog) -> None:
         assert [u["name"] for u in unique] == ["uq_admin_keys_key_hash"]
     catalog.migrate()
     assert catalog.revisions() == ("0006", "0006")
-    assert [(k.name, k.role) for k in catalog.list_admin_keys("worker")] == [("ops", "worker")]
+    assert [(k.name, k.role) for k in catalog.list_keys("worker")] == [("ops", "worker")]
     with catalog.engine.connect() as conn:
         assert inspect(conn).get_pk_constraint("api_keys")["name"] == "pk_api_keys"
     assert schema_differences(catalog) == []

@@ -209,9 +209,6 @@ class Catalog:
     ) -> Artifact | None:
         return artifacts.set_retention(self._db, session_id, artifact_id, retain_until)
 
-    def drop_artifact(self, artifact_id: str) -> None:
-        sweeps.drop_deleting_artifacts(self._db, [artifact_id])
-
     # -- leases ---------------------------------------------------------------------------
 
     def insert_lease(self, lease: Lease) -> None:
@@ -415,7 +412,7 @@ class Catalog:
 
     # -- API keys -------------------------------------------------------------------------
 
-    def insert_admin_key(
+    def insert_key(
         self,
         name: str,
         key_hash: str,
@@ -423,7 +420,7 @@ class Catalog:
         role: str = "admin",
         expires_at: datetime | None = None,
     ) -> None:
-        keys.insert_admin_key(self._db, name, key_hash, now, role, expires_at)
+        keys.insert_key(self._db, name, key_hash, now, role, expires_at)
 
     def find_key(self, key_hash: str) -> AdminKey | None:
         return keys.find_key(self._db, key_hash)
@@ -431,11 +428,11 @@ class Catalog:
     def touch_key(self, name: str, now: datetime, not_since: datetime) -> None:
         keys.touch_key(self._db, name, now, not_since)
 
-    def list_admin_keys(self, role: str = "admin") -> list[AdminKey]:
-        return keys.list_admin_keys(self._db, role)
+    def list_keys(self, role: str = "admin") -> list[AdminKey]:
+        return keys.list_keys(self._db, role)
 
-    def delete_admin_key(self, name: str, role: str = "admin") -> bool:
-        return keys.delete_admin_key(self._db, name, role)
+    def delete_key(self, name: str, role: str = "admin") -> bool:
+        return keys.delete_key(self._db, name, role)
 
     def count_admin_keys(self) -> int:
         return keys.count_admin_keys(self._db)

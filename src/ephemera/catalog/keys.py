@@ -12,7 +12,7 @@ from ephemera.catalog.schema import api_keys
 from ephemera.models import AdminKey
 
 
-def insert_admin_key(
+def insert_key(
     db: Database,
     name: str,
     key_hash: str,
@@ -51,7 +51,7 @@ def touch_key(db: Database, name: str, now: datetime, not_since: datetime) -> No
         )
 
 
-def list_admin_keys(db: Database, role: str = "admin") -> list[AdminKey]:
+def list_keys(db: Database, role: str = "admin") -> list[AdminKey]:
     with db.read() as conn:
         return [
             key_model(r)
@@ -61,7 +61,7 @@ def list_admin_keys(db: Database, role: str = "admin") -> list[AdminKey]:
         ]
 
 
-def delete_admin_key(db: Database, name: str, role: str = "admin") -> bool:
+def delete_key(db: Database, name: str, role: str = "admin") -> bool:
     with db.write() as conn:
         return (
             conn.execute(

@@ -90,7 +90,7 @@ def serve(
     check_processors(settings)
     store = start_store(settings)
     if not store.has_admin_key():
-        key = store.create_admin_key("default")
+        key = store.create_key("default")
         key_file = settings.data_dir / ADMIN_KEY_FILE
         key_file.unlink(missing_ok=True)
         write_secret(key_file, key)

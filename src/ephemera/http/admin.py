@@ -231,7 +231,7 @@ def admin_router(store: Store) -> APIRouter:
         """Every session with its state, activity, artifacts, bytes and valid leases."""
         admin_name(token)
         rows = store.list_sessions_with_leases(cursor, limit)
-        sessions_total, artifacts_total, bytes_total = store.catalog.totals()
+        sessions_total, artifacts_total, bytes_total = store.totals()
         return AdminSessionPage(
             items=[
                 AdminSessionOut(**SessionOut.model_validate(s).model_dump(), lease_count=leases)

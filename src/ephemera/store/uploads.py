@@ -1,0 +1,308 @@
+"""Uploads: an artifact's metadata checked up front, its bytes streamed, then committed.
+
+Upload (guarantee 3, "no dangling record")::
+
+    (none) --insert--> pending --bytes staged, fsynced--> [commit: in one write transaction
+    holding the session row: rename bytes into place, then mark ready] --> ready
+
+    A crash before the commit transaction leaves a pending record (invisible; removed by
+    orphan reconciliation after the grace period) and staged bytes (likewise). A crash inside
+    it leaves committed bytes with a pending record: still invisible, still reconciled.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import re
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, BinaryIO
+
+from ephemera import ids
+from ephemera.blobs import BlobWriter, artifact_key
+from ephemera.config import Settings
+from ephemera.context import Context
+from ephemera.errors import ChecksumMismatch, InvalidInput, StorageError, TooLarge
+from ephemera.models import MAX_TIMEOUT_S, Artifact, StorageClass
+from ephemera.store.sessions import session_not_found
+
+CONTENT_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def check_content_type(value: str) -> str:
+    base = value.split(";", 1)[0].strip().lower()
+    if len(value) > 255 or not CONTENT_TYPE_RE.fullmatch(base):
+        raise InvalidInput(f"invalid content type {value[:80]!r}")
+    return base
+
+
+def check_sha256(value: str) -> str:
+    value = value.strip().lower()
+    if not SHA256_RE.fullmatch(value):
+        raise InvalidInput("sha256 must be 64 hexadecimal characters")
+    return value
+
+
+def artifact_values(
+    settings: Settings,
+    name: str,
+    kind: str,
+    content_type: str | None,
+    storage: StorageClass | str | None,
+    expires_in_s: int | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """An artifact's checked metadata, as stored: name, kind, type, storage class, expiry."""
+    ids.check_file_name(name)
+    ids.check_kind(kind)
+    if not content_type:
+        content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    content_type = check_content_type(content_type)
+    try:
+        storage_class = StorageClass(storage) if storage else None
+    except ValueError:
+        raise InvalidInput("storage must be 'persistent' or 'temporary'") from None
+    if expires_in_s is not None:
+        if not (1 <= expires_in_s <= MAX_TIMEOUT_S):
+            raise InvalidInput(f"expires_in_s must be between 1 and {MAX_TIMEOUT_S}")
+        if storage_class is StorageClass.PERSISTENT:
+            raise InvalidInput("expires_in_s applies to temporary artifacts only")
+        storage_class = StorageClass.TEMPORARY
+    storage_class = storage_class or StorageClass.PERSISTENT
+    expires_at = None
+    if storage_class is StorageClass.TEMPORARY:
+        expires_at = now + timedelta(seconds=expires_in_s or settings.temporary_ttl_s)
+    return {
+        "name": name,
+        "kind": kind,
+        "content_type": content_type,
+        "storage_class": storage_class,
+        "expires_at": expires_at,
+    }
+
+
+def chunks(data: bytes | BinaryIO | Iterable[bytes], size: int) -> Iterator[bytes]:
+    if isinstance(data, bytes | bytearray | memoryview):
+        view = memoryview(data)
+        for start in range(0, len(view), size):
+            yield bytes(view[start : start + size])
+    elif hasattr(data, "read"):
+        while chunk := data.read(size):
+            yield chunk
+    else:
+        yield from data
+
+
+class Upload:
+    """One artifact being written: ``write`` chunks, then ``commit`` (or ``abort``).
+
+    Thread-confined: one thread writes at a time (the HTTP layer hands chunks to a worker
+    thread in order). Used as a context manager it aborts on any exception.
+    """
+
+    def __init__(
+        self,
+        ctx: Context,
+        session_id: str,
+        artifact_id: str,
+        writer: BlobWriter,
+        values: dict[str, Any],
+        started_at: datetime,
+        claim: tuple[str, str] | None = None,
+    ) -> None:
+        self._ctx = ctx
+        # A task output commits only while this (task ID, claim ID) holds.
+        self._claim = claim
+        self.session_id = session_id
+        self.artifact_id = artifact_id
+        self._writer = writer
+        self._values = values
+        self._started_at = started_at
+        self._finished = False
+
+    def amend(
+        self,
+        *,
+        name: str,
+        kind: str = "input",
+        content_type: str | None = None,
+        storage: StorageClass | str | None = None,
+        expires_in_s: int | None = None,
+    ) -> None:
+        """Replace the artifact's metadata before commit (for metadata that trails the bytes)."""
+        try:
+            producer = self._values.get("producer")
+            self._values = artifact_values(
+                self._ctx.settings,
+                name,
+                kind,
+                content_type,
+                storage,
+                expires_in_s,
+                self._started_at,
+            )
+            if producer is not None:
+                self._values["producer"] = producer
+        except BaseException:
+            self.abort()
+            raise
+
+    @property
+    def size(self) -> int:
+        return self._writer.size
+
+    def write(self, data: bytes) -> None:
+        limit = self._ctx.settings.max_upload_bytes
+        if self._writer.size + len(data) > limit:
+            self.abort()
+            raise TooLarge(f"artifact exceeds the upload limit of {limit} bytes")
+        self._writer.write(data)
+
+    def commit(self, expected_sha256: str | None = None) -> Artifact:
+        if self._finished:
+            raise InvalidInput("upload already finished")
+        digest = self._writer.sha256()
+        if expected_sha256 is not None and check_sha256(expected_sha256) != digest:
+            self.abort()
+            raise ChecksumMismatch(
+                f"sha256 mismatch: client sent {expected_sha256.lower()}, received {digest}"
+            )
+        self._finished = True
+        ctx = self._ctx
+        try:
+            # The slow part of durability happens here, outside the commit transaction.
+            self._writer.sync()
+        except BaseException:
+            discard(ctx, self.session_id, self.artifact_id, self._writer)
+            raise
+        values = {
+            **self._values,
+            "size": self._writer.size,
+            "sha256": digest,
+            "ready_at": ctx.clock.now(),
+        }
+        try:
+            artifact = ctx.catalog.finalize_artifact(
+                self.artifact_id,
+                self.session_id,
+                values,
+                ctx.settings.session_quota_bytes,
+                self._writer.commit,
+                self._claim,
+            )
+        except BaseException:
+            discard(ctx, self.session_id, self.artifact_id, self._writer)
+            raise
+        return artifact
+
+    def abort(self) -> None:
+        if not self._finished:
+            self._finished = True
+            discard(self._ctx, self.session_id, self.artifact_id, self._writer)
+
+    def __enter__(self) -> Upload:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def begin_upload(
+    ctx: Context,
+    session_id: str,
+    *,
+    name: str,
+    kind: str,
+    content_type: str | None,
+    storage: StorageClass | str | None,
+    expires_in_s: int | None,
+    declared_size: int | None,
+    producer: str | None,
+) -> Upload:
+    """Start an artifact: validates everything up front, so a bad request stores nothing."""
+    now = ctx.clock.now()
+    values = artifact_values(ctx.settings, name, kind, content_type, storage, expires_in_s, now)
+    if producer is not None:
+        values["producer"] = ids.check_producer(producer)
+    return begin(ctx, session_id, values, now, declared_size)
+
+
+def begin(
+    ctx: Context,
+    session_id: str,
+    values: dict[str, Any],
+    now: datetime,
+    declared_size: int | None,
+    claim: tuple[str, str] | None = None,
+) -> Upload:
+    """Record a pending artifact of checked ``values`` and open its writer; with ``claim``
+    (task ID, claim ID) it is a task output, committed only while that claim holds."""
+    if declared_size is not None and declared_size > ctx.settings.max_upload_bytes:
+        raise TooLarge(
+            f"artifact exceeds the upload limit of {ctx.settings.max_upload_bytes} bytes"
+        )
+    ctx.volume.check_room()
+    artifact_id = ids.new_uuid7()
+    if not ctx.catalog.insert_pending_artifact(
+        {"id": artifact_id, "session_id": session_id, "created_at": now, **values}
+    ):
+        raise session_not_found(session_id)
+    try:
+        writer = ctx.blobs.writer(artifact_key(session_id, artifact_id))
+    except BaseException:
+        ctx.catalog.delete_pending_artifact(artifact_id)
+        raise
+    return Upload(ctx, session_id, artifact_id, writer, values, now, claim)
+
+
+def put(
+    ctx: Context,
+    session_id: str,
+    data: bytes | BinaryIO | Iterable[bytes],
+    *,
+    name: str,
+    kind: str,
+    content_type: str | None,
+    storage: StorageClass | str | None,
+    expires_in_s: int | None,
+    sha256: str | None,
+    producer: str | None,
+    chunk_size: int,
+) -> Artifact:
+    """Store an artifact from bytes, a binary file, or an iterable of chunks (streamed)."""
+    if sha256 is not None:
+        check_sha256(sha256)
+    upload = begin_upload(
+        ctx,
+        session_id,
+        name=name,
+        kind=kind,
+        content_type=content_type,
+        storage=storage,
+        expires_in_s=expires_in_s,
+        declared_size=len(data) if isinstance(data, bytes) else None,
+        producer=producer,
+    )
+    with upload:
+        for chunk in chunks(data, chunk_size):
+            upload.write(chunk)
+        return upload.commit(sha256)
+
+
+def discard(ctx: Context, session_id: str, artifact_id: str, writer: BlobWriter) -> None:
+    # Best effort: whatever is left is found by orphan reconciliation.
+    writer.abort()
+    try:
+        ctx.catalog.delete_pending_artifact(artifact_id)
+        if ctx.catalog.get_artifact(session_id, artifact_id) is None:
+            ctx.blobs.delete(artifact_key(session_id, artifact_id))
+    except StorageError:
+        pass

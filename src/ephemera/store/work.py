@@ -1,0 +1,246 @@
+"""Tasks, the worker's side: claim, heartbeat, read inputs, write outputs, end the attempt.
+
+Everything here holds only while the claim does: a cancelled task, or one whose claim ran out
+and was taken over, answers Conflict, and nothing the lost attempt writes counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, BinaryIO
+
+from ephemera import ids
+from ephemera.blobs import BlobWriter, artifact_key
+from ephemera.catalog import RESULT_KINDS, task_producer
+from ephemera.config import Settings
+from ephemera.context import Context
+from ephemera.errors import Conflict, InvalidInput, NotFound, StorageError, TooLarge
+from ephemera.integrity import refuse_flagged
+from ephemera.jsonvalues import check_json
+from ephemera.models import Artifact, Claim, NewOutput, Task
+from ephemera.store.limits import MAX_TASK_JSON_BYTES
+from ephemera.store.tasks import Processors
+from ephemera.store.uploads import Upload, artifact_values, begin, chunks
+
+Dropped = list[tuple[str, str]]
+"""The (session, artifact) outputs a task's end marked ``deleting``, for the caller to remove."""
+
+RETRY_DELAY_MAX_S = 300.0
+
+
+def claim(
+    ctx: Context,
+    processors: Processors,
+    worker: str,
+    names: Sequence[str] | None,
+    ttl_s: float | None,
+) -> tuple[Claim | None, Dropped]:
+    """Take the oldest runnable task of ``names`` (default: the registry's); see
+    :meth:`Store.claim_task`."""
+    if not worker or len(worker) > 200 or not worker.isprintable():
+        raise InvalidInput("worker must be 1-200 printable characters")
+    wanted = list(processors.registry) if names is None else list(names)
+    if not wanted:
+        return None, []
+    now = ctx.clock.now()
+    return ctx.catalog.claim_task(
+        wanted,
+        worker,
+        ids.new_claim_id(),
+        now,
+        now + timedelta(seconds=_claim_ttl(ctx.settings, ttl_s)),
+        _retry_delay(ctx.settings),
+    )
+
+
+def heartbeat(
+    ctx: Context,
+    task_id: str,
+    claim_id: str,
+    progress: tuple[int, int | None] | None,
+    ttl_s: float | None,
+) -> datetime:
+    if progress is not None:
+        done, total = progress
+        if done < 0 or (total is not None and not 0 <= done <= total):
+            raise InvalidInput("progress must satisfy 0 <= done <= total")
+    until = ctx.clock.now() + timedelta(seconds=_claim_ttl(ctx.settings, ttl_s))
+    if not ctx.catalog.heartbeat_task(task_id, claim_id, until, progress):
+        raise _claim_lost(task_id)
+    return until
+
+
+def complete(ctx: Context, task_id: str, claim_id: str, result: Mapping[str, Any] | None) -> Task:
+    value = check_json(dict(result or {}), "result", max_bytes=MAX_TASK_JSON_BYTES)
+    task, _ = ctx.catalog.finish_task(task_id, claim_id, ctx.clock.now(), result=value)
+    return task
+
+
+def fail(
+    ctx: Context, task_id: str, claim_id: str, error: str, retry: bool
+) -> tuple[Task, Dropped]:
+    return ctx.catalog.finish_task(
+        task_id,
+        claim_id,
+        ctx.clock.now(),
+        error=error or "failed",
+        retry_delay=_retry_delay(ctx.settings) if retry else None,
+    )
+
+
+def claimed_session(ctx: Context, task_id: str, claim_id: str) -> str:
+    found = ctx.catalog.claimed_session(task_id, claim_id) if ids.is_task_id(task_id) else None
+    if found is None:
+        raise _claim_lost(task_id)
+    return found
+
+
+def task_input(ctx: Context, task_id: str, claim_id: str, artifact_id: str) -> Artifact:
+    inputs = ctx.catalog.claimed_inputs(task_id, claim_id) if ids.is_task_id(task_id) else None
+    if inputs is None:
+        raise _claim_lost(task_id)
+    for ref in inputs:
+        if ref.artifact_id == artifact_id:
+            artifact = ctx.catalog.get_artifact(ref.session_id, artifact_id)
+            if artifact is None:
+                break
+            refuse_flagged(artifact)
+            return artifact
+    raise NotFound(f"artifact {artifact_id[:40]} is not an input of task {task_id}")
+
+
+def check_output(ctx: Context, name: str, kind: str, content_type: str | None) -> dict[str, Any]:
+    """The stored metadata of a task output with this name, kind and type; or InvalidInput."""
+    if kind not in RESULT_KINDS:
+        raise InvalidInput(f"a task output's kind is one of {', '.join(RESULT_KINDS)}")
+    return artifact_values(ctx.settings, name, kind, content_type, None, None, ctx.clock.now())
+
+
+def begin_output(
+    ctx: Context,
+    task_id: str,
+    claim_id: str,
+    *,
+    name: str,
+    kind: str,
+    content_type: str | None,
+    declared_size: int | None,
+) -> Upload:
+    """Start an output of a claimed task (streamed); it commits only while the claim holds."""
+    values = check_output(ctx, name, kind, content_type)
+    session_id = claimed_session(ctx, task_id, claim_id)
+    values["producer"] = task_producer(task_id)
+    return begin(ctx, session_id, values, ctx.clock.now(), declared_size, (task_id, claim_id))
+
+
+def put_output(
+    ctx: Context,
+    task_id: str,
+    claim_id: str,
+    data: bytes | BinaryIO | Iterable[bytes],
+    *,
+    name: str,
+    kind: str,
+    content_type: str | None,
+    chunk_size: int,
+) -> Artifact:
+    if isinstance(data, bytes):
+        (artifact,) = put_outputs(
+            ctx, task_id, claim_id, [NewOutput(name, data, kind, content_type)]
+        )
+        return artifact
+    upload = begin_output(
+        ctx,
+        task_id,
+        claim_id,
+        name=name,
+        kind=kind,
+        content_type=content_type,
+        declared_size=None,
+    )
+    with upload:
+        for chunk in chunks(data, chunk_size):
+            upload.write(chunk)
+        return upload.commit()
+
+
+def put_outputs(
+    ctx: Context, task_id: str, claim_id: str, outputs: Sequence[NewOutput]
+) -> list[Artifact]:
+    """Store outputs held in memory: bytes staged and synced, then one transaction for all.
+
+    Each output is still all or nothing (ready only with durable bytes); a batch costs
+    one commit instead of two per output.
+    """
+    if not outputs:
+        return []
+    session_id = claimed_session(ctx, task_id, claim_id)
+    ctx.volume.check_room()
+    now = ctx.clock.now()
+    rows: list[dict[str, Any]] = []
+    writers: list[BlobWriter] = []
+    keys: list[str] = []
+    try:
+        for out in outputs:
+            values = check_output(ctx, out.name, out.kind, out.content_type)
+            if len(out.data) > ctx.settings.max_upload_bytes:
+                raise TooLarge(f"output {out.name!r} exceeds the upload limit")
+            artifact_id = out.artifact_id or ids.new_uuid7()
+            if not ids.is_artifact_id(artifact_id):
+                raise InvalidInput(f"invalid artifact ID {artifact_id[:40]!r}")
+            keys.append(artifact_key(session_id, artifact_id))
+            writer = ctx.blobs.writer(keys[-1])
+            writers.append(writer)
+            writer.write(out.data)
+            writer.sync()
+            rows.append(
+                {
+                    **values,
+                    "id": artifact_id,
+                    "producer": task_producer(task_id),
+                    "size": writer.size,
+                    "sha256": writer.sha256(),
+                    "created_at": now,
+                    "ready_at": now,
+                }
+            )
+        return ctx.catalog.insert_ready_artifacts(
+            session_id,
+            rows,
+            ctx.settings.session_quota_bytes,
+            [w.commit for w in writers],
+            (task_id, claim_id),
+        )
+    except BaseException:
+        # Nothing was recorded: whatever bytes were staged or moved into place go again.
+        for writer in writers:
+            writer.abort()
+        with contextlib.suppress(StorageError):
+            ctx.blobs.delete_many(keys)
+        raise
+
+
+def _claim_ttl(settings: Settings, ttl_s: float | None) -> float:
+    ttl = settings.task_claim_ttl_s if ttl_s is None else ttl_s
+    if not 0 < ttl <= settings.lease_max_ttl_s:
+        raise InvalidInput(f"ttl_s must be between 0 and {settings.lease_max_ttl_s}")
+    return ttl
+
+
+def _retry_delay(settings: Settings) -> Callable[[int], float]:
+    """The wait before attempt ``attempts + 1``: the configured delay, doubling, capped."""
+
+    def delay(attempts: int) -> float:
+        doubling = float(2 ** max(attempts - 1, 0))
+        return min(settings.task_retry_delay_s * doubling, RETRY_DELAY_MAX_S)
+
+    return delay
+
+
+def _claim_lost(task_id: str) -> Conflict:
+    return Conflict(
+        f"task {task_id[:40]} is not held by this claim (cancelled, finished, or its claim "
+        "expired and was taken over)"
+    )
