@@ -48,6 +48,8 @@ lint: test-env
 	$(TBIN)/ruff check src tests bench
 	$(TBIN)/ruff format --check src tests bench
 	$(TBIN)/mypy
+	# The layer contracts in pyproject.toml ([tool.importlinter]).
+	$(TBIN)/lint-imports --no-cache
 
 test: lint
 	$(TBIN)/pytest

@@ -27,7 +27,7 @@ from ephemera.cli.processors import check_processors
 from ephemera.config import Settings
 from ephemera.deployment import check_record, check_urls, check_writable, write_record
 from ephemera.errors import EphemeraError, StorageError
-from ephemera.store import Store
+from ephemera.store import Store, migrate_schema
 from ephemera.volume import prepare_data_dir
 
 CANNOT_START = "cannot start: "
@@ -164,8 +164,6 @@ def migrate(
 ) -> None:
     """Create the store or bring its schema up to date, and record its backends in the data
     dir. Other backends than recorded are refused (exit 2) unless --move."""
-    from ephemera.catalog import Catalog
-
     settings = settings_for(data_dir, database_url=database_url, blob_url=blob_url)
     backends = announce(settings)
     try:
@@ -175,17 +173,10 @@ def migrate(
             # SQLite store in the data dir.
             check_record(settings.data_dir, backends)
         check_writable(settings.data_dir, settings.dir_mode_bits)
-        catalog = Catalog.open(
+        before, head = migrate_schema(
             backends.metadata, file_mode=settings.file_mode_bits, dir_mode=settings.dir_mode_bits
         )
-    except EphemeraError as exc:
-        raise fail(exc, EXIT_USAGE) from None
-    try:
-        before, head = catalog.revisions()
-        catalog.migrate()
         write_record(settings.data_dir, backends)
     except EphemeraError as exc:
         raise fail(exc, EXIT_USAGE) from None
-    finally:
-        catalog.dispose()
     out.print(f"schema at {head}" + (" (was up to date)" if before == head else f" (was {before})"))

@@ -18,6 +18,7 @@ of a dead one). Closing, recovery, removal, cleanup and verification are the eng
 ``store.audit``        the audit log
 ``store.limits``       the bounds on labels, timeouts, metadata and page sizes
 ``store.paging``       pages of a listing
+``store.schema``       creating or upgrading the schema (``ephemera migrate``)
 =====================  ===============================================================
 
 Close (guarantee 4, "no leak")::
