@@ -10,15 +10,19 @@ cleanup: recovery never stops start-up over one item.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ephemera.cleanup.records import Rule
 from ephemera.context import Context
+from ephemera.errors import EphemeraError
 from ephemera.removal import remove_artifacts, remove_sessions
 
 log = logging.getLogger("ephemera.recovery")
 
 BATCH = 500
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -43,9 +47,14 @@ def recover(context: Context, *, batch_size: int = BATCH) -> Recovery:
 
 def _finish_closes(context: Context, result: Recovery, batch_size: int) -> None:
     after: str | None = None
-    while batch := context.catalog.closing_session_ids(after, batch_size):
+    while batch := _page(result, context.catalog.closing_session_ids, after, batch_size):
         after = batch[-1]
-        removal = remove_sessions(context, batch, Rule.CLOSING, context.clock.now())
+        try:
+            removal = remove_sessions(context, batch, Rule.CLOSING, context.clock.now())
+        except EphemeraError as exc:  # the database refused this page (e.g. a deadlock)
+            for session_id in batch:
+                _failed(result, f"session {session_id}", exc.message)
+            continue
         result.closed += len(removal.removed)
         for session_id, error in removal.failed.items():
             _failed(result, f"session {session_id}", error)
@@ -53,12 +62,29 @@ def _finish_closes(context: Context, result: Recovery, batch_size: int) -> None:
 
 def _finish_deletes(context: Context, result: Recovery, batch_size: int) -> None:
     after: str | None = None
-    while batch := context.catalog.deleting_artifacts(after, batch_size):
+    while batch := _page(result, context.catalog.deleting_artifacts, after, batch_size):
         after = batch[-1][1]
-        removal = remove_artifacts(context, batch, Rule.INTERRUPTED_DELETE, context.clock.now())
+        try:
+            removal = remove_artifacts(context, batch, Rule.INTERRUPTED_DELETE, context.clock.now())
+        except EphemeraError as exc:
+            for _session_id, artifact_id in batch:
+                _failed(result, f"artifact {artifact_id}", exc.message)
+            continue
         result.deleted += len(removal.removed)
         for artifact_id, error in removal.failed.items():
             _failed(result, f"artifact {artifact_id}", error)
+
+
+def _page(
+    result: Recovery, read: Callable[[str | None, int], list[T]], after: str | None, limit: int
+) -> list[T]:
+    """The next page, or none when the database will not list it: what is left stays marked
+    for the next run or cleanup."""
+    try:
+        return read(after, limit)
+    except EphemeraError as exc:
+        _failed(result, "listing", exc.message)
+        return []
 
 
 def _failed(result: Recovery, target: str, error: str) -> None:

@@ -66,18 +66,24 @@ def remove_artifacts(
 
 
 def remove_session(
-    context: Context, session_id: str, reason: str, at: datetime
+    context: Context,
+    session_id: str,
+    reason: str,
+    at: datetime,
+    *,
+    told: tuple[int, int] | None = None,
 ) -> tuple[int, int] | None:
     """Remove a ``closing`` session: its prefix in one sweep, then its records.
 
     Returns the number and bytes of the artifact records removed, or None when another
     remover dropped the session first. StorageError (the sweep failed) leaves the session
-    ``closing``.
+    ``closing``. The hook tells ``told`` (count, bytes) if given (an explicit close reports
+    the ready artifacts it answered with), else what was dropped.
     """
     context.blobs.delete_prefix(session_prefix(session_id))
     dropped = context.catalog.drop_session(session_id)
     if dropped is not None:
-        _told_closed(context, session_id, dropped, reason, at)
+        _told_closed(context, session_id, told or dropped, reason, at)
     return dropped
 
 

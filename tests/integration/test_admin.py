@@ -429,3 +429,34 @@ def test_stats_callers_arriving_during_a_computation_share_it() -> None:
         thread.join()
     assert computed == [False]
     assert answers == [{"n": 1}] * 5
+
+
+def test_a_computation_longer_than_the_interval_is_still_shared_with_who_waited() -> None:
+    clock = ManualClock()
+    computing = threading.Event()
+    computed: list[bool] = []
+
+    def slower_than_the_interval(include_orphaned: bool) -> dict[str, Any]:
+        computed.append(include_orphaned)
+        computing.set()
+        time.sleep(0.2)  # the others arrive (and read the clock) meanwhile
+        clock.advance(2)  # the computation outlasts the one-second interval
+        return {"n": len(computed)}
+
+    shared = SharedStats(slower_than_the_interval, clock, ttl_s=1.0)
+    answers: list[dict[str, Any]] = []
+    first = threading.Thread(target=lambda: answers.append(shared.get(False, lambda: None)))
+    first.start()
+    computing.wait(5)
+    others = [
+        threading.Thread(target=lambda: answers.append(shared.get(False, lambda: None)))
+        for _ in range(3)
+    ]
+    for thread in others:
+        thread.start()
+    for thread in [first, *others]:
+        thread.join()
+    assert computed == [False]
+    assert answers == [{"n": 1}] * 4
+    # Who comes after it finished, more than the interval after it began, gets a new one.
+    assert shared.get(False, lambda: None) == {"n": 2}

@@ -380,6 +380,32 @@ def test_all_runs_every_operation_with_totals_and_audits_each(
     assert entries[6].params == {"dry_run": True}
 
 
+def test_a_close_tells_its_hook_what_it_answers(store: Store) -> None:
+    closed: list[SessionClosed] = []
+    store.hooks.on_session_closed(closed.append)
+    store.create_session("s1", idle_timeout_s=None)
+    store.put_artifact("s1", b"abc", name="a.bin")
+    pending = store.begin_upload("s1", name="pending.bin")
+    pending.write(b"12345")  # never committed: a record, but not a ready artifact
+    report = store.close_session("s1")
+    pending.abort()
+    assert (report.artifact_count, report.deleted_bytes) == (1, 3)
+    assert [(e.artifact_count, e.deleted_bytes, e.reason) for e in closed] == [(1, 3, "close")]
+
+
+def test_reusing_the_id_of_an_expired_session_tells_the_hook_it_went_idle(
+    store: Store, clock: ManualClock
+) -> None:
+    closed: list[SessionClosed] = []
+    store.hooks.on_session_closed(closed.append)
+    store.create_session("s1", idle_timeout_s=60)
+    store.put_artifact("s1", b"abcd", name="a.bin")
+    clock.advance(61)
+    store.create_session("s1", idle_timeout_s=60)  # no cleanup ran in between
+    assert [(e.session_id, e.artifact_count, e.reason) for e in closed] == [("s1", 1, "idle")]
+    assert store.list_artifacts("s1").items == []
+
+
 def test_hooks_hear_of_every_close_and_delete(store: Store, clock: ManualClock) -> None:
     closed: list[SessionClosed] = []
     deleted: list[ArtifactDeleted] = []

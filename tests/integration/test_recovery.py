@@ -7,6 +7,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
+import pytest
+
 from ephemera import Store
 from ephemera.blobs import BlobStore, artifact_key, session_prefix
 from ephemera.errors import StorageError
@@ -101,3 +103,28 @@ def test_a_blob_store_refusing_everything_does_not_stop_start_up(store: Store) -
 
     assert sorted(store.catalog.closing_session_ids(None, 10)) == closing
     assert store.recover() == (3, 3)
+
+
+def test_a_database_error_on_one_page_is_reported_and_the_rest_recovered(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closing, _deleting = interrupted(store)
+    drop_sessions = store.catalog.drop_sessions
+    refusals: list[Sequence[str]] = []
+
+    def unwilling_once(session_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+        if not refusals:  # a deadlock, a dropped connection: the first page's removal fails
+            refusals.append(session_ids)
+            raise StorageError("database error: OperationalError")
+        return drop_sessions(session_ids)
+
+    monkeypatch.setattr(store.catalog, "drop_sessions", unwilling_once)
+
+    result = recover(store.context, batch_size=2)
+
+    assert refusals == [closing[:2]]
+    assert (result.closed, result.deleted) == (1, 3)
+    assert set(result.failed) == {f"session {sid}" for sid in closing[:2]}
+    assert store.catalog.closing_session_ids(None, 10) == closing[:2]
+    assert store.recover() == (2, 0)
+    assert store.catalog.closing_session_ids(None, 10) == []

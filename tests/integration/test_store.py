@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from ephemera import (
     ChecksumMismatch,
@@ -253,20 +254,38 @@ def test_closing_reports_and_leaves_nothing_behind(store: Store) -> None:
         store.close_session("s1")
 
 
-def test_a_close_marks_once_and_drops_once(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_close_takes_two_transactions_mark_then_drop(store: Store) -> None:
     store.create_session("s1")
     store.put_artifact("s1", b"abc", name="a.bin")
-    writes: list[str] = []
-    for name in ("begin_close", "drop_session"):
-        original = getattr(store.catalog, name)
+    transactions: list[list[str]] = []
+    statements: list[str] = []
 
-        def counted(*args: Any, _name: str = name, _original: Any = original, **kw: Any) -> Any:
-            writes.append(_name)
-            return _original(*args, **kw)
+    def executed(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        words = statement.split()
+        verb = words[0].upper()
+        if verb in ("INSERT", "UPDATE", "DELETE"):
+            statements.append(f"{verb} {words[2 if verb != 'UPDATE' else 1]}")
+        else:
+            statements.append(verb)
 
-        monkeypatch.setattr(store.catalog, name, counted)
-    store.close_session("s1")
-    assert writes == ["begin_close", "drop_session"]
+    def committed(_conn: Any) -> None:
+        if statements:
+            transactions.append(statements.copy())
+            statements.clear()
+
+    engine = store.catalog.engine
+    event.listen(engine, "before_cursor_execute", executed)
+    event.listen(engine, "commit", committed)
+    try:
+        store.close_session("s1")
+    finally:
+        event.remove(engine, "before_cursor_execute", executed)
+        event.remove(engine, "commit", committed)
+    # Every transaction counts, reads too: one to mark, one to drop, nothing else.
+    assert len(transactions) == 2, transactions
+    mark, drop = transactions
+    assert "UPDATE sessions" in mark
+    assert drop[-1] == "DELETE sessions"
 
 
 def test_recover_finishes_a_close_interrupted_after_the_mark(store: Store) -> None:

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import Connection, column, inspect, select, table
+from sqlalchemy.sql.expression import ColumnClause
 
 from ephemera import Settings, Store
 from ephemera.catalog import Catalog
 from ephemera.catalog.migrate import alembic_config
 from ephemera.catalog.schema import metadata
-from ephemera.errors import SchemaOutOfDate
+from ephemera.errors import Conflict, SchemaOutOfDate
 from tests.databases import PostgresDatabases
 
 
@@ -88,23 +90,38 @@ def test_upgrading_a_populated_first_schema_keeps_its_rows(tmp_path: Path) -> No
 def keys_table_round_trip(catalog: Catalog) -> None:
     """0006 renames ``admin_keys`` to ``api_keys`` with its rows; its downgrade undoes it."""
     catalog.migrate()
-    catalog.insert_key("ops", "h" * 64, datetime(2026, 1, 1, tzinfo=UTC), role="worker")
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    catalog.insert_key("ops", "h" * 64, at, role="worker")
+    catalog.insert_key("root", "g" * 64, at, role="admin", expires_at=at + timedelta(days=30))
+    catalog.touch_key("root", at + timedelta(hours=1), at + timedelta(hours=1))
+    columns = ("name", "key_hash", "created_at", "last_used_at", "role", "expires_at")
+
+    def rows(conn: Connection, name: str) -> list[Any]:
+        selected: list[ColumnClause[Any]] = [column(c) for c in columns]
+        return list(conn.execute(select(*selected).select_from(table(name)).order_by("name")))
+
+    with catalog.engine.connect() as conn:
+        before = rows(conn, "api_keys")
+    assert [r[0] for r in before] == ["ops", "root"]
+    assert all(value is not None for value in before[1])  # every column of "root" is set
     with catalog.engine.connect() as conn:
         command.downgrade(alembic_config(conn), "0005")
         conn.commit()
         assert "admin_keys" in inspect(conn).get_table_names()
         assert "api_keys" not in inspect(conn).get_table_names()
-        assert conn.exec_driver_sql("SELECT name, role FROM admin_keys").all() == [
-            ("ops", "worker")
-        ]
+        assert rows(conn, "admin_keys") == before
         assert inspect(conn).get_pk_constraint("admin_keys")["name"] == "pk_admin_keys"
         unique = inspect(conn).get_unique_constraints("admin_keys")
         assert [u["name"] for u in unique] == ["uq_admin_keys_key_hash"]
     catalog.migrate()
     assert catalog.revisions() == ("0006", "0006")
-    assert [(k.name, k.role) for k in catalog.list_keys("worker")] == [("ops", "worker")]
     with catalog.engine.connect() as conn:
+        assert rows(conn, "api_keys") == before
         assert inspect(conn).get_pk_constraint("api_keys")["name"] == "pk_api_keys"
+        unique = inspect(conn).get_unique_constraints("api_keys")
+        assert [u["name"] for u in unique] == ["uq_api_keys_key_hash"]
+    with pytest.raises(Conflict):  # the unique key hash still holds
+        catalog.insert_key("other", "h" * 64, at)
     assert schema_differences(catalog) == []
 
 

@@ -14,7 +14,7 @@ from ephemera.catalog.predicates import live_session, session_leased
 from ephemera.catalog.rows import session_model
 from ephemera.catalog.schema import artifacts, lease_artifacts, leases, sessions, tasks
 from ephemera.catalog.tasks import end_task
-from ephemera.catalog.usage import all_usage, ready_usage
+from ephemera.catalog.usage import ready_usage
 from ephemera.errors import Conflict
 from ephemera.models import ArtifactState, Session, SessionState, TaskState
 
@@ -195,21 +195,7 @@ def drop_session(db: Database, session_id: str) -> tuple[int, int] | None:
     Returns the number and bytes of the artifact records removed, or None when another
     caller removed the session first: exactly one caller counts each session.
     """
-    with db.write() as conn:
-        count, total = all_usage(conn, session_id)
-        lease_ids = select(leases.c.id).where(leases.c.session_id == session_id)
-        conn.execute(delete(lease_artifacts).where(lease_artifacts.c.lease_id.in_(lease_ids)))
-        conn.execute(delete(leases).where(leases.c.session_id == session_id))
-        own_tasks = select(tasks.c.id).where(tasks.c.session_id == session_id)
-        release_task_leases(conn, own_tasks)
-        conn.execute(delete(tasks).where(tasks.c.session_id == session_id))
-        conn.execute(delete(artifacts).where(artifacts.c.session_id == session_id))
-        gone = conn.execute(
-            delete(sessions)
-            .where(sessions.c.id == session_id, sessions.c.state == SessionState.CLOSING)
-            .returning(sessions.c.id)
-        ).first()
-    return (int(count), int(total)) if gone is not None else None
+    return drop_sessions(db, [session_id]).get(session_id)
 
 
 def closing_session_ids(db: Database, after: str | None, limit: int) -> list[str]:
@@ -230,7 +216,12 @@ def drop_sessions(db: Database, session_ids: Sequence[str]) -> dict[str, tuple[i
     if not session_ids:
         return {}
     with db.write() as conn:
-        lock_first(conn, select(sessions.c.id).where(sessions.c.id.in_(session_ids)))
+        # Session rows first, in ID order, then what they own: every remover locks in this
+        # order, so two of them (a close and a recovery on another replica) never deadlock.
+        lock_first(
+            conn,
+            select(sessions.c.id).where(sessions.c.id.in_(session_ids)).order_by(sessions.c.id),
+        )
         closing = list(
             conn.scalars(
                 select(sessions.c.id).where(

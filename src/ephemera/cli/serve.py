@@ -133,7 +133,7 @@ def worker(
     check_processors(settings_for(data_dir, database_url=database_url, blob_url=blob_url))
     store = open_store(data_dir, database_url=database_url, blob_url=blob_url)
     try:
-        store.blobs.check()
+        store.check_blobs()
     except EphemeraError as exc:
         store.close()
         raise fail(exc, EXIT_USAGE, context=CANNOT_START) from None

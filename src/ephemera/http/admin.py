@@ -43,9 +43,10 @@ STATS_TTL_S = 1.0
 class SharedStats:
     """The stats, computed at most once per ``ttl_s`` for each ``include_orphaned``.
 
-    Callers arriving while a computation runs wait for it and take its answer. A cleanup or
-    verification run through these routes drops what was cached, so its own admin sees the
-    change at once.
+    An answer is served while its computation began less than ``ttl_s`` ago, and to every
+    caller that arrived while it ran (they waited for it): a burst shares one computation
+    however long it takes. A cleanup or verification run through these routes drops what was
+    cached, so its own admin sees the change at once.
     """
 
     def __init__(
@@ -55,23 +56,27 @@ class SharedStats:
         self._clock = clock
         self._ttl = timedelta(seconds=ttl_s)
         self._locks = {False: threading.Lock(), True: threading.Lock()}
-        self._cached: dict[bool, tuple[datetime, dict[str, Any]]] = {}
+        # include_orphaned -> (began, finished, answer)
+        self._cached: dict[bool, tuple[datetime, datetime, dict[str, Any]]] = {}
         self._generation = 0  # bumped by clear(): an answer computed across it is not kept
         self._state = threading.Lock()
 
     def get(self, include_orphaned: bool, before_computing: Callable[[], None]) -> dict[str, Any]:
         """The cached stats, or fresh ones (``before_computing`` may refuse: rate limits)."""
+        arrived = self._clock.now()
         with self._locks[include_orphaned]:
-            now = self._clock.now()
             hit = self._cached.get(include_orphaned)
-            if hit is not None and timedelta(0) <= now - hit[0] < self._ttl:
-                return hit[1]
+            if hit is not None:
+                began, finished, value = hit
+                if finished >= arrived or timedelta(0) <= arrived - began < self._ttl:
+                    return value
             before_computing()
             generation = self._generation
+            began = self._clock.now()
             value = self._compute(include_orphaned)
             with self._state:
                 if generation == self._generation:
-                    self._cached[include_orphaned] = (now, value)
+                    self._cached[include_orphaned] = (began, self._clock.now(), value)
             return value
 
     def clear(self) -> None:

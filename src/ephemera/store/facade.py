@@ -21,6 +21,9 @@ of a dead one). Closing, recovery, removal, cleanup and verification are the eng
 ``store.schema``       creating or upgrading the schema (``ephemera migrate``)
 =====================  ===============================================================
 
+The module is longer than the others only because it is the flat API: some sixty public
+methods, each a signature, a docstring and a delegation; what they do is in the modules.
+
 Close (guarantee 4, "no leak")::
 
     open --mark--> closing --remove the session's prefix in one sweep--> --drop records--> gone
@@ -185,6 +188,10 @@ class Store:
         """Start-up check of the blob store; with ``create_bucket``, create a missing bucket."""
         if self.settings.create_bucket and isinstance(self.blobs, CreatesContainer):
             self.blobs.create_container()
+        self.check_blobs()
+
+    def check_blobs(self) -> None:
+        """StorageError unless the blob store answers (a worker's start-up check)."""
         self.blobs.check()
 
     def try_lock(self, name: str, holder: str, until: datetime) -> bool:
@@ -267,7 +274,6 @@ class Store:
             max_age_s=max_age_s,
             confirm=confirm,
             capped=capped,
-            remove_earlier=lambda earlier: self._finish_close(earlier, force=False),
         )
 
     def check_ceilings(self, timeouts: Mapping[str, Any]) -> None:
@@ -349,7 +355,8 @@ class Store:
         before = self.catalog.begin_close(session_id, self.clock.now(), force=force)
         if before is None:
             raise _session_not_found(session_id)
-        remove_session(self.context, session_id, "close", self.clock.now())
+        told = (before.artifact_count, before.total_bytes)
+        remove_session(self.context, session_id, "close", self.clock.now(), told=told)
         return CloseReport(
             closed=True,
             duration_s=round(time.perf_counter() - started, 6),
@@ -357,10 +364,6 @@ class Store:
             deleted_bytes=before.total_bytes,
             storage_removed=True,
         )
-
-    def _finish_close(self, session_id: str, *, force: bool = True) -> None:
-        self.catalog.begin_close(session_id, self.clock.now(), force=force)
-        remove_session(self.context, session_id, "close", self.clock.now())
 
     def recover(self) -> tuple[int, int]:
         """Finish what a crash interrupted: closing sessions and deleting artifacts.

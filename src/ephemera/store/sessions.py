@@ -7,10 +7,11 @@ activity) and its max age (from its creation); past it, it answers as if it were
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from ephemera import ids
+from ephemera.cleanup import Rule
 from ephemera.context import Context
 from ephemera.errors import Conflict, InvalidInput, NotFound, SessionUnreachable
 from ephemera.models import (
@@ -21,6 +22,7 @@ from ephemera.models import (
     SessionState,
     session_deadline,
 )
+from ephemera.removal import remove_session
 from ephemera.store.limits import (
     MAX_PAGE,
     check_ceilings,
@@ -73,10 +75,8 @@ def create(
     max_age_s: int | Default | None,
     confirm: Callable[[CreatedSession], None] | None,
     capped: bool,
-    remove_earlier: Callable[[str], None],
 ) -> CreatedSession:
-    """Create a session (see :meth:`Store.create_session`); ``remove_earlier`` removes what is
-    left of an earlier session of the same ID that is no longer live."""
+    """Create a session (see :meth:`Store.create_session`)."""
     if session_id is None:
         session_id = ids.new_uuid7()
     else:
@@ -95,7 +95,7 @@ def create(
     if ctx.catalog.get_session_row(session_id) is not None:
         if ctx.catalog.is_live(session_id, now):
             raise Conflict(f"session {session_id} already exists")
-        remove_earlier(session_id)
+        _remove_earlier(ctx, session_id, now)
     token = ids.new_session_token()
 
     def confirmed(session: Session) -> None:
@@ -187,3 +187,12 @@ def inspect(ctx: Context, session_id: str) -> tuple[Session, int, list[Artifact]
     leases = sum(lease.is_valid(now) for lease in ctx.catalog.list_leases(session_id))
     artifacts = ctx.catalog.list_artifacts(session_id, None, None, MAX_PAGE)
     return session, leases, artifacts
+
+
+def _remove_earlier(ctx: Context, session_id: str, now: datetime) -> None:
+    """Remove what is left of an earlier session of this ID that is no longer live, as the
+    cleanup would have (and with its reason): a client-chosen ID never reaches old data."""
+    earlier = ctx.catalog.begin_close(session_id, now, force=False)
+    if earlier is not None:
+        reason = Rule.CLOSING if earlier.state == SessionState.CLOSING else Rule.IDLE
+        remove_session(ctx, session_id, reason, now)
