@@ -23,7 +23,7 @@ from tests.conftest import bearer, free_port
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 API = "api/v1"
 EXTRA_ONLY = {"numpy", "opencv-python-headless", "boto3", "botocore", "psycopg", "psycopg-binary"}
 
