@@ -404,6 +404,25 @@ def test_stats_computations_are_rate_limited_per_key(
     assert client.post(f"{API}/admin/cleanup/quota", headers=admin).status_code == 200
 
 
+def one_then_more_while_it_computes(
+    shared: SharedStats, computing: threading.Event, more: int
+) -> list[dict[str, Any]]:
+    """One caller starts a computation; ``more`` callers arrive while it runs. Their answers."""
+    answers: list[dict[str, Any]] = []
+    first = threading.Thread(target=lambda: answers.append(shared.get(False, lambda: None)))
+    first.start()
+    computing.wait(5)
+    others = [
+        threading.Thread(target=lambda: answers.append(shared.get(False, lambda: None)))
+        for _ in range(more)
+    ]
+    for thread in others:
+        thread.start()
+    for thread in [first, *others]:
+        thread.join()
+    return answers
+
+
 def test_stats_callers_arriving_during_a_computation_share_it() -> None:
     computing = threading.Event()
     computed: list[bool] = []
@@ -415,18 +434,7 @@ def test_stats_callers_arriving_during_a_computation_share_it() -> None:
         return {"n": len(computed)}
 
     shared = SharedStats(slow, ManualClock(), ttl_s=1.0)
-    answers: list[dict[str, Any]] = []
-    first = threading.Thread(target=lambda: answers.append(shared.get(False, lambda: None)))
-    first.start()
-    computing.wait(5)
-    others = [
-        threading.Thread(target=lambda: answers.append(shared.get(False, lambda: None)))
-        for _ in range(4)
-    ]
-    for thread in others:
-        thread.start()
-    for thread in [first, *others]:
-        thread.join()
+    answers = one_then_more_while_it_computes(shared, computing, more=4)
     assert computed == [False]
     assert answers == [{"n": 1}] * 5
 
@@ -444,18 +452,7 @@ def test_a_computation_longer_than_the_interval_is_still_shared_with_who_waited(
         return {"n": len(computed)}
 
     shared = SharedStats(slower_than_the_interval, clock, ttl_s=1.0)
-    answers: list[dict[str, Any]] = []
-    first = threading.Thread(target=lambda: answers.append(shared.get(False, lambda: None)))
-    first.start()
-    computing.wait(5)
-    others = [
-        threading.Thread(target=lambda: answers.append(shared.get(False, lambda: None)))
-        for _ in range(3)
-    ]
-    for thread in others:
-        thread.start()
-    for thread in [first, *others]:
-        thread.join()
+    answers = one_then_more_while_it_computes(shared, computing, more=3)
     assert computed == [False]
     assert answers == [{"n": 1}] * 4
     # Who comes after it finished, more than the interval after it began, gets a new one.
