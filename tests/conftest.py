@@ -8,19 +8,18 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx2 as httpx
 import pytest
 
 from ephemera import Settings, Store
 from ephemera.testing import ManualClock
 from tests.databases import PostgresDatabases
 from tests.s3server import s3_env, s3_server, s3_url
+from tests.waiting import wait_until_serving
 
 __all__ = ["s3_env", "s3_server", "s3_url"]  # fixtures, registered by being imported here
 
@@ -190,17 +189,7 @@ class Server:
                 env=self.env,
                 preexec_fn=_die_with_parent,
             )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.05)
-        else:
-            raise RuntimeError(f"server did not start: {self.log.read_text()}")
+        wait_until_serving(self.process, self.url, self.log.read_text, timeout_s=30)
         self.admin_key = (self.data_dir / "admin.key").read_text().strip()
         return self
 

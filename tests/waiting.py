@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import httpx2 as httpx
 
 T = TypeVar("T")
 
@@ -25,3 +28,19 @@ def wait_for(
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {awaited}")
         time.sleep(interval_s)
     return value
+
+
+def wait_until_serving(
+    process: subprocess.Popen[Any], url: str, log: Callable[[], str], timeout_s: float = 60
+) -> None:
+    """Wait until the server ``process`` answers ``url``/healthz; fail at once, showing its
+    ``log``, if it exits first."""
+
+    def answering() -> bool:
+        assert process.poll() is None, f"server exited: {log()}"
+        try:
+            return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_for(answering, timeout_s, lambda: f"{url}/healthz to answer: {log()}")

@@ -13,13 +13,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx2 as httpx
 import pytest
 
 from tests.conftest import bearer, free_port
+from tests.waiting import wait_until_serving
 
 pytestmark = pytest.mark.slow
 
@@ -112,16 +112,7 @@ def test_the_lean_server_keeps_and_cleans_sessions_on_the_embedded_default(
             preexec_fn=_die_with_parent,
         )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.1)
+        wait_until_serving(process, url, log_path.read_text)
 
         admin = bearer((data_dir / "admin.key").read_text().strip())
         created = httpx.post(f"{url}/{API}/sessions", json={"id": "lean"}, headers=admin)

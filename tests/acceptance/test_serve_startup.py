@@ -20,6 +20,7 @@ from tests.cli import BACKEND_VARIABLES, ephemera, tree
 from tests.conftest import _die_with_parent, free_port
 from tests.mounts import tmpfs
 from tests.s3server import REGION, S3Server
+from tests.waiting import wait_until_serving
 
 pytestmark = pytest.mark.slow
 
@@ -158,7 +159,6 @@ def test_serve_refuses_a_bad_port_setting_and_creates_nothing(tmp_path: Path) ->
 
 
 def test_serve_listens_on_the_port_of_the_settings(tmp_path: Path) -> None:
-    import httpx2 as httpx
 
     port = free_port()
     base = {k: v for k, v in os.environ.items() if k not in BACKEND_VARIABLES}
@@ -170,16 +170,7 @@ def test_serve_listens_on_the_port_of_the_settings(tmp_path: Path) -> None:
         preexec_fn=_die_with_parent,
     )
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert process.poll() is None, "serve exited"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        else:
-            pytest.fail(f"nothing answered on port {port}")
+        wait_until_serving(process, f"http://127.0.0.1:{port}", lambda: "", timeout_s=30)
     finally:
         process.terminate()
         process.wait(15)

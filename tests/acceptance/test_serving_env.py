@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.conftest import BUILTIN_PROCESSORS, bearer, free_port
+from tests.waiting import wait_until_serving
 
 pytestmark = pytest.mark.slow
 
@@ -137,16 +137,7 @@ def make_serve(venv: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log_path.read_text()
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.1)
+        wait_until_serving(process, url, log_path.read_text)
         yield url, data_dir
     finally:
         process.send_signal(signal.SIGTERM)  # timeout passes it to make and the server
