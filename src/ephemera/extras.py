@@ -1,8 +1,9 @@
 """Optional dependency groups: which extra a feature needs, and one clear error without it.
 
 The core install serves sessions, artifacts, leases and cleanup on SQLite and a local
-directory. PostgreSQL, an S3-compatible store and the image processors each need an extra;
-choosing one without it fails at start-up with a line that names what to install.
+directory. PostgreSQL, an S3-compatible store, the image processors and the document
+processors each need an extra; choosing one without it fails at start-up with a line that
+names what to install.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from ephemera.errors import MissingExtra
 EXTRAS: dict[str, tuple[str, ...]] = {
     "postgres": ("psycopg",),
     "s3": ("boto3", "botocore"),
-    "vision": ("cv2", "numpy"),
+    "vision": ("cv2", "numpy", "PIL", "imagehash"),
+    "documents": ("pypdf", "pdfplumber"),
 }
 
 

@@ -222,3 +222,43 @@ class Claim:
     claim_id: str = field(repr=False)
     claimed_until: datetime
     inputs: tuple[Artifact, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ImportOrigin:
+    """Where an imported file came from, as the import ledger keys it.
+
+    ``source`` names the root folder (by default ``host:/absolute/path``), ``path`` is the
+    file's POSIX path relative to it; ``size`` and ``mtime_ns`` tell one version of the file
+    from the next. The same origin is imported into a session at most once.
+    """
+
+    source: str
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class ImportEntry:
+    """One line of a session's import ledger: a file version and the artifact it became.
+
+    ``replaces`` is the artifact of the previous version of the same path, if any. The entry
+    outlives its artifact (deleting the artifact does not make the file importable again);
+    it goes with its session.
+    """
+
+    session_id: str
+    origin: ImportOrigin
+    artifact_id: str
+    sha256: str
+    replaces: str | None
+    imported_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Imported:
+    """What importing one file did: ``created`` is False when the ledger already held it."""
+
+    entry: ImportEntry
+    created: bool

@@ -1,0 +1,1 @@
+"""The HTTP client: speaks ephemera's API from another process or machine."""
