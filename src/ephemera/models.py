@@ -243,9 +243,10 @@ class ImportOrigin:
 class ImportEntry:
     """One line of a session's import ledger: a file version and the artifact it became.
 
-    ``replaces`` is the artifact of the previous version of the same path, if any. The entry
-    outlives its artifact (deleting the artifact does not make the file importable again);
-    it goes with its session.
+    ``replaces`` is the artifact of the previous version of the same path, if any;
+    ``task_id`` the follow-up task submitted for it (``import --then``), once submitted. The
+    entry outlives its artifact (deleting the artifact does not make the file importable
+    again); it goes with its session.
     """
 
     session_id: str
@@ -254,6 +255,16 @@ class ImportEntry:
     sha256: str
     replaces: str | None
     imported_at: datetime
+    task_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """The task to submit for each imported file: ``processor`` with ``params``, the file's
+    artifact as its only input."""
+
+    processor: str
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
