@@ -45,8 +45,8 @@ serve: serve-env
 	exec $(VENV)/bin/ephemera serve $(SERVE_ARGS)
 
 lint: test-env
-	$(TBIN)/ruff check src tests bench
-	$(TBIN)/ruff format --check src tests bench
+	$(TBIN)/ruff check src tests bench examples
+	$(TBIN)/ruff format --check src tests bench examples
 	$(TBIN)/mypy
 	# The layer contracts in pyproject.toml ([tool.importlinter]).
 	$(TBIN)/lint-imports --no-cache

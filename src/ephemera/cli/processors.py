@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -12,6 +13,7 @@ from rich.text import Text
 
 from ephemera.cli.app import app
 from ephemera.cli.common import AsJson, DataDir, err, jsonable, out, settings_for
+from ephemera.cli.paramdocs import processors_markdown
 from ephemera.config import Settings
 from ephemera.errors import EphemeraError
 from ephemera.extras import needs
@@ -62,11 +64,21 @@ def processors(
     name: Annotated[str | None, typer.Argument(help="Show only this processor")] = None,
     data_dir: DataDir = None,
     as_json: AsJson = False,
+    markdown: Annotated[
+        bool,
+        typer.Option(
+            "--markdown",
+            help="Print each processor's description and a table of its params, as Markdown",
+        ),
+    ] = False,
 ) -> None:
     """The processors tasks may use here (EPHEMERA_PROCESSORS), with their params' JSON schema.
 
     Reads the settings only: no database or blob store is opened.
     """
+    if as_json and markdown:
+        err.print("[red]error:[/red] --json and --markdown exclude each other")
+        raise typer.Exit(2)
     registry = load_processors(settings_for(data_dir))
     note_lacking_extras(registry)
     try:
@@ -78,6 +90,10 @@ def processors(
         raise typer.Exit(1) from None
     if as_json:
         print(json.dumps(jsonable(infos if name is None else infos[0])))
+        return
+    if markdown:
+        # Plain text, never wrapped to the terminal: it is pasted into the README as it is.
+        sys.stdout.write(processors_markdown(infos))
         return
     if name is not None:
         (info,) = infos

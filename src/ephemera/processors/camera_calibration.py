@@ -48,7 +48,10 @@ class CameraCalibrationParams(BaseModel):
     )
     images: list[str] | None = Field(default=None, description="artifact IDs; default: all inputs")
     min_images: int = Field(
-        default=3, ge=3, description="fewest views with the board found that still calibrate"
+        default=3,
+        ge=3,
+        description="fewest views with the board found that still calibrate; fewer views is "
+        "a 422 at submission, fewer boards found a failed task",
     )
     preview: bool = Field(
         default=True, description="store an undistorted copy of the first view with the board"

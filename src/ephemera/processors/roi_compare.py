@@ -82,7 +82,11 @@ class Region(BaseModel):
         max_length=16,
         description="artifact IDs among the task's inputs; the best-scoring golden counts",
     )
-    method: Method = Field("ncc", description="how the crop and a golden are scored")
+    method: Method = Field(
+        "ncc",
+        description="how the crop and a golden are scored: ncc and ssim in [-1, 1], "
+        "hist-cosine in [0, 1]",
+    )
     threshold: float = Field(ge=-1.0, le=1.0, description="the lowest score that passes")
 
 
@@ -92,7 +96,9 @@ class RoiCompareParams(BaseModel):
     capture: str = Field(
         min_length=1, description="artifact ID, among the task's inputs, of the image to inspect"
     )
-    regions: list[Region] = Field(min_length=1, max_length=1000)
+    regions: list[Region] = Field(
+        min_length=1, max_length=1000, description="the regions of interest, by unique names"
+    )
 
     @field_validator("regions")
     @classmethod
