@@ -15,6 +15,7 @@ import pytest
 from PIL import Image, ImageChops
 
 from ephemera import InvalidInput, Settings, Store
+from ephemera.errors import StorageError
 from ephemera.models import Task, TaskState
 from ephemera.processors import TaskCancelled, TaskFailed
 from ephemera.processors.image_catalog import (
@@ -506,4 +507,20 @@ def test_progress_is_reported_per_input_and_cancellation_stops_between_images() 
 def test_all_inputs_failing_raises_task_failed_in_process() -> None:
     ctx = MemoryTaskContext({"x": ("x.bin", b"\x00" * 10)})
     with pytest.raises(TaskFailed, match=r"^no input could be catalogued: x.bin: not an image"):
+        ImageCatalog().run(ctx, ImageCatalogParams())
+
+
+def test_a_store_failing_mid_read_fails_the_attempt_not_the_image() -> None:
+    """A read error of the store is not a bad image: it must reach the worker (to retry)."""
+    data = png(photo(1, (64, 48)))
+
+    class FailingStream(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            if self.tell() > 100:
+                raise StorageError("blob store unreachable")
+            return super().read(size)
+
+    ctx = MemoryTaskContext({"a": ("a.png", data)})
+    ctx.open_input = lambda artifact_id: FailingStream(data)  # type: ignore[method-assign]
+    with pytest.raises(StorageError, match="unreachable"):
         ImageCatalog().run(ctx, ImageCatalogParams())

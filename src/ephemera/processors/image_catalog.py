@@ -29,9 +29,9 @@ import numpy.typing as npt
 from PIL import Image, ImageChops, ImageOps, UnidentifiedImageError, features
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ephemera.errors import InvalidInput
+from ephemera.errors import EphemeraError, InvalidInput
 from ephemera.models import Artifact
-from ephemera.processors import TaskContext, TaskFailed
+from ephemera.processors import TaskCancelled, TaskContext, TaskFailed
 from ephemera.processors.image_exif import exif_fields
 from ephemera.processors.near_duplicates import HashedImage, group_duplicates
 
@@ -345,8 +345,8 @@ def decode(stream: Any, max_pixels: int, need: int, *, gps: bool) -> Decoded:
                 # the values are plain, so undo that inversion.
                 oriented = ImageChops.invert(oriented)
             image = _display(oriented)
-    except ItemFailed:
-        raise
+    except (ItemFailed, TaskCancelled, EphemeraError):
+        raise  # the store failing to read is not the image's fault
     except UnidentifiedImageError:
         raise ItemFailed(
             f"not an image Pillow can read (supported: {', '.join(FORMATS)})"
