@@ -139,8 +139,8 @@ class _GivenEntry(BaseModel):
     """What grouping needs of an earlier catalog entry; the rest is carried through."""
 
     schema_: Literal["ephemera.image-catalog/1"] = Field(alias="schema")
-    artifact_id: str
-    name: str
+    artifact_id: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=1024)
     hash: _EntryHash
 
 
