@@ -1,4 +1,4 @@
-"""Synthetic images for the image processors' tests: chessboard views and inspection scenes.
+"""Synthetic images for the image processors' tests: chessboards, inspection scenes, photos.
 
 Everything is rendered from a seed, so a failing test fails the same way every time, and
 nothing is stored in the repository.
@@ -6,6 +6,7 @@ nothing is stored in the repository.
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 import cv2
 import numpy as np
 import numpy.typing as npt
+from PIL import ExifTags
+from PIL import Image as PilImage
 
 Image = npt.NDArray[np.uint8]
 Floats = npt.NDArray[np.float64]
@@ -345,3 +348,94 @@ def _component(
     label = f"{'URC'[kind]}{index + 10}"
     cv2.putText(image, label, (x + 6, y + h - 8), font, 0.5, SILK, 1, cv2.LINE_AA)
     return bx, by, bw, bh
+
+
+# --- photos for the image catalogue ----------------------------------------------------------
+
+
+def photo(seed: int, size: tuple[int, int] = (800, 600)) -> Image:
+    """A photo-like RGB picture: a lit gradient, a textured ground and shapes of a few colours.
+
+    Different seeds give clearly different pictures (their perceptual hashes differ widely);
+    the texture keeps the picture sharp for a blur measure.
+    """
+    width, height = size
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    angle = rng.uniform(0, 2 * math.pi)
+    ramp = (np.cos(angle) * x / width + np.sin(angle) * y / height + 1) / 2
+    sky = np.array(rng.uniform(40, 220, 3), np.float32)
+    ground = np.array(rng.uniform(40, 220, 3), np.float32)
+    image = sky * ramp[..., None] + ground * (1 - ramp[..., None])
+    image += rng.normal(0, 6, (height, width, 1)).astype(np.float32)
+    canvas = np.clip(image, 0, 255).astype(np.uint8)
+    for _ in range(12):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        cx, cy = int(rng.integers(0, width)), int(rng.integers(0, height))
+        r = int(rng.integers(height // 12, height // 4))
+        if rng.random() < 0.5:
+            cv2.circle(canvas, (cx, cy), r, colour, -1, cv2.LINE_AA)
+        else:
+            cv2.rectangle(canvas, (cx - r, cy - r // 2), (cx + r, cy + r // 2), colour, -1)
+    return np.ascontiguousarray(canvas[:, :, ::-1])  # drawn as RGB, stored as BGR like cv2
+
+
+def rgb(arr: Image) -> PilImage.Image:
+    """A BGR array (cv2's order) as a Pillow RGB image."""
+    return PilImage.fromarray(np.ascontiguousarray(arr[:, :, ::-1]), "RGB")
+
+
+def encoded(image: PilImage.Image, fmt: str, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def exif_jpeg(
+    image: PilImage.Image,
+    *,
+    orientation: int | None = None,
+    camera: tuple[str, str] | None = None,
+    gps: tuple[float, float] | None = None,
+    taken_at: str | None = None,
+) -> bytes:
+    """A JPEG with the EXIF fields given: orientation, make and model, GPS position (decimal
+    degrees), DateTimeOriginal (EXIF's "YYYY:MM:DD HH:MM:SS")."""
+    exif = PilImage.Exif()
+    if orientation is not None:
+        exif[ExifTags.Base.Orientation] = orientation
+    if camera is not None:
+        exif[ExifTags.Base.Make], exif[ExifTags.Base.Model] = camera
+    if taken_at is not None:
+        exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.DateTimeOriginal] = taken_at
+        exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.ExposureTime] = 1 / 250
+        exif.get_ifd(ExifTags.IFD.Exif)[ExifTags.Base.FNumber] = 2.8
+    if gps is not None:
+        info = exif.get_ifd(ExifTags.IFD.GPSInfo)
+        for value, ref, hemispheres in (
+            (gps[0], ExifTags.GPS.GPSLatitudeRef, "NS"),
+            (gps[1], ExifTags.GPS.GPSLongitudeRef, "EW"),
+        ):
+            degrees = abs(value)
+            d = int(degrees)
+            m = int((degrees - d) * 60)
+            s = round((degrees - d - m / 60) * 3600, 4)
+            info[ref] = hemispheres[value < 0]
+            info[ref + 1] = (d, m, s)
+    return encoded(image, "JPEG", quality=92, exif=exif)
+
+
+def strip_jpeg_segment(data: bytes, marker: int) -> bytes:
+    """The JPEG without its segments of one marker (e.g. 0xEE, Adobe's APP14)."""
+    out = bytearray(data[:2])
+    at = 2
+    while at < len(data):
+        assert data[at] == 0xFF
+        if data[at + 1] == 0xDA:  # start of scan: the rest is image data
+            out += data[at:]
+            break
+        length = int.from_bytes(data[at + 2 : at + 4], "big")
+        if data[at + 1] != marker:
+            out += data[at : at + 2 + length]
+        at += 2 + length
+    return bytes(out)

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import bearer, free_port
+from tests.conftest import BUILTINS_LISTED, bearer, free_port
 from tests.waiting import wait_until_serving
 
 pytestmark = pytest.mark.slow
@@ -153,7 +153,7 @@ def test_the_lean_server_keeps_and_cleans_sessions_on_the_embedded_default(
     log = log_path.read_text()
     assert "processors enabled: none" in log
     assert (
-        "note: built-in processors not enabled (camera-calibration, roi-compare): each needs "
+        f"note: built-in processors not enabled ({BUILTINS_LISTED}): each needs "
         "the 'vision' extra: pip install 'ephemera[vision]'"
     ) in log
     assert "Traceback" not in log

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import BUILTIN_PROCESSORS, bearer, free_port
+from tests.conftest import BUILTIN_PROCESSORS, BUILTINS_LISTED, bearer, free_port
 from tests.waiting import wait_until_serving
 
 pytestmark = pytest.mark.slow
@@ -166,7 +166,7 @@ def test_make_serve_listens_where_asked_and_refuses_the_test_processors(
     )
     assert refused.status_code == 422, refused.text
     assert refused.json()["error"]["message"] == (
-        "processor 'sample-sleep' is not enabled (enabled: camera-calibration, roi-compare)"
+        f"processor 'sample-sleep' is not enabled (enabled: {BUILTINS_LISTED})"
     )
     tasks = httpx.get(f"{url}/{API}/sessions/s1/tasks", headers=admin)
     assert tasks.json()["items"] == []

@@ -25,7 +25,7 @@ from ephemera.errors import MissingExtra, NotFound
 from ephemera.extras import EXTRAS, missing, require
 from ephemera.http import create_app
 from ephemera.processors import BUILTINS, ProcessorUnavailable, Registry
-from tests.conftest import BUILTIN_PROCESSORS, bearer
+from tests.conftest import BUILTIN_PROCESSORS, BUILTINS_LISTED, bearer
 
 API = "/api/v1"
 VISION = "needs the 'vision' extra: pip install 'ephemera[vision]'"
@@ -193,7 +193,7 @@ def test_the_processors_command_names_the_extra_of_the_builtins_it_leaves_out(
     assert shown.exit_code == 0, shown.output
     assert shown.stdout.strip() == "[]"
     assert shown.stderr.splitlines() == [
-        "note: built-in processors not enabled (camera-calibration, roi-compare): each "
+        f"note: built-in processors not enabled ({BUILTINS_LISTED}): each "
         "needs the 'vision' extra: pip install 'ephemera[vision]'"
     ]
 

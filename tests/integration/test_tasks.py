@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from importlib.metadata import entry_points
 from typing import Any
@@ -80,8 +81,9 @@ def test_params_are_validated_at_submission_and_a_bad_request_changes_nothing(
         (
             "no-such-processor",
             {},
-            r"processor 'no-such-processor' is not enabled \(enabled: camera-calibration, "
-            r"roi-compare, sample-sleep, sample-upper\)",
+            re.escape(
+                f"processor 'no-such-processor' is not enabled (enabled: {', '.join(WITH_SAMPLES)})"
+            ),
         ),
         ("roi-compare", {"capture": text.id, "regions": []}, "regions"),
     ]
