@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import secrets
+import zlib
 from collections.abc import Mapping, Sequence
 
 from pypdf import PdfReader, PdfWriter
@@ -143,16 +144,21 @@ def truncated_pdf(data: bytes) -> bytes:
 
 def many_pages_pdf(pages: int, *, declared: int | None = None) -> bytes:
     """``pages`` blank A4 pages, written directly (a PDF library takes seconds for 10,000);
-    the page tree declares ``declared`` pages (default: the truth)."""
+    the page tree declares ``declared`` pages (default: the truth). Each page has a content
+    stream of its own that inflates from 64 bytes to 64 KiB of blanks: a reader that kept
+    every page's objects would hold 64 KiB a page."""
+    blank = zlib.compress(b" " * 65536, 9)
+    stream = b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream" % (len(blank), blank)
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Count %d /MediaBox [0 0 595 842] /Kids [%s] >>"
         % (
             pages if declared is None else declared,
-            b" ".join(b"%d 0 R" % (n + 3) for n in range(pages)),
+            b" ".join(b"%d 0 R" % (2 * n + 3) for n in range(pages)),
         ),
-        *([b"<< /Type /Page /Parent 2 0 R >>"] * pages),
     ]
+    for n in range(pages):
+        objects += [b"<< /Type /Page /Parent 2 0 R /Contents %d 0 R >>" % (2 * n + 4), stream]
     out = io.BytesIO()
     out.write(b"%PDF-1.4\n")
     offsets = []

@@ -53,6 +53,7 @@ def planted() -> dict[str, tuple[str, bytes]]:
     spacing, B-1006 does not print its pieces, B-1007 prints "Label value" lines without a
     colon, B-1010 is a filled form, B-9999 is not expected, B-1011 has no document."""
     expected = [shipment(n) for n in range(1001, 1012)]
+    expected[3]["consignee"] = " Consignee   1004\tBV "  # as typed into a spreadsheet
     inputs = {"csv": ("expected.csv", csv_of(expected))}
     for row in expected[:9]:
         values = dict(row)
@@ -60,7 +61,7 @@ def planted() -> dict[str, tuple[str, bytes]]:
         if number == 1003:
             values["weight_kg"] = "345.0"
         if number == 1004:
-            values["consignee"] = "  consignee   1004 bv "
+            values["consignee"] = "CONSIGNEE 1004 bv"
         if number == 1006:
             del values["pieces"]
         separator = "  " if number == 1007 else ": "
@@ -228,3 +229,14 @@ def test_bad_params_are_refused_at_submission(
     ctx = MemoryTaskContext(dict(list(inputs.items())[:count]))
     with pytest.raises(InvalidInput, match=message):
         Registry([BolReconcile()]).validate("bol-reconcile", params, ctx.inputs)
+
+
+def test_a_line_belongs_to_the_longest_label_that_starts_it() -> None:
+    """ "Weight kg: 340" is the weight_kg field, not a weight of "kg: 340"."""
+    expected = b"bol_number,weight,weight_kg\nB-1,2 t,340\n"
+    text_pdf = bol_pdf({"bol_number": "B-1", "weight_kg": "340"})
+    params = {"expected": "csv", "key_column": "bol_number", "labels": {"weight": "Weight"}}
+    ctx, _ = run({"csv": ("expected.csv", expected), "d": ("b.pdf", text_pdf)}, params)
+    fields = json.loads(ctx.outputs["reconcile.json"])["documents"][0]["fields"]
+    assert fields["weight_kg"]["status"] == "match"
+    assert fields["weight"] == {"expected": "2 t", "found": None, "status": "missing"}
