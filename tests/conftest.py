@@ -29,7 +29,13 @@ BLOB_STORES = ("local", "s3")
 # The built-ins and the sample processors (tests/plugins/sample, installed in the test
 # environment only). Entry-point processors run only where the settings name them, so the
 # tests that run the samples enable them: as a setting, or in a process's environment.
-BUILTIN_PROCESSORS = ["camera-calibration", "image-catalog", "roi-compare"]
+BUILTIN_PROCESSORS = [
+    "bol-reconcile",
+    "camera-calibration",
+    "image-catalog",
+    "pdf-extract",
+    "roi-compare",
+]
 WITH_SAMPLES = [*BUILTIN_PROCESSORS, "sample-sleep", "sample-upper"]
 # How messages list the built-ins, e.g. "enabled: camera-calibration, roi-compare".
 BUILTINS_LISTED = ", ".join(BUILTIN_PROCESSORS)

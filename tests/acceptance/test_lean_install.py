@@ -156,6 +156,10 @@ def test_the_lean_server_keeps_and_cleans_sessions_on_the_embedded_default(
         f"note: built-in processors not enabled ({BUILTINS_LISTED}): each needs "
         "the 'vision' extra: pip install 'ephemera[vision]'"
     ) in log
+    assert (
+        "note: built-in processors not enabled (bol-reconcile, pdf-extract): each needs "
+        "the 'documents' extra: pip install 'ephemera[documents]'"
+    ) in log
     assert "Traceback" not in log
 
     cleaned = ephemera(venv, "cleanup", "all", "--data-dir", str(data_dir), cwd=tmp_path)

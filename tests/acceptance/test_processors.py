@@ -23,6 +23,8 @@ from ephemera.http import create_app
 from ephemera.models import TaskState
 from ephemera.processors import ENTRY_POINT_GROUP, ProcessorUnavailable, Registry
 from ephemera.processors.camera_calibration import CameraCalibrationParams
+from ephemera.processors.documents.extract import PdfExtractParams
+from ephemera.processors.documents.reconcile import BolReconcileParams
 from ephemera.processors.image_catalog import ImageCatalogParams
 from ephemera.processors.roi_compare import RoiCompareParams
 from ephemera.worker import Worker
@@ -39,8 +41,10 @@ from tests.conftest import (
 API = "/api/v1"
 README = Path(__file__).parents[2] / "README.md"
 BUILTIN_SCHEMAS = {
+    "bol-reconcile": BolReconcileParams.model_json_schema(),
     "camera-calibration": CameraCalibrationParams.model_json_schema(),
     "image-catalog": ImageCatalogParams.model_json_schema(),
+    "pdf-extract": PdfExtractParams.model_json_schema(),
     "roi-compare": RoiCompareParams.model_json_schema(),
 }
 NOT_ENABLED_BY_DEFAULT = f"processor 'sample-sleep' is not enabled (enabled: {BUILTINS_LISTED})"

@@ -22,10 +22,10 @@ from ephemera.blobs import open_blob_store
 from ephemera.catalog import Catalog
 from ephemera.cli import app
 from ephemera.errors import MissingExtra, NotFound
-from ephemera.extras import EXTRAS, missing, require
+from ephemera.extras import EXTRAS, missing, needs, require
 from ephemera.http import create_app
 from ephemera.processors import BUILTINS, ProcessorUnavailable, Registry
-from tests.conftest import BUILTIN_PROCESSORS, BUILTINS_LISTED, bearer
+from tests.conftest import BUILTIN_PROCESSORS, bearer
 
 API = "/api/v1"
 VISION = "needs the 'vision' extra: pip install 'ephemera[vision]'"
@@ -33,6 +33,11 @@ VISION = "needs the 'vision' extra: pip install 'ephemera[vision]'"
 
 def uninstall(monkeypatch: pytest.MonkeyPatch, extra: str) -> None:
     monkeypatch.setitem(EXTRAS, extra, ("ephemera_no_such_module",))
+
+
+def listed(extra: str) -> str:
+    """The built-ins of ``extra`` as a message lists them."""
+    return ", ".join(sorted(n for n, b in BUILTINS.items() if b.extra == extra))
 
 
 def test_every_extra_is_installed_for_the_tests() -> None:
@@ -108,10 +113,12 @@ def test_by_default_the_builtins_without_their_extra_are_left_out(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     uninstall(monkeypatch, "vision")
+    uninstall(monkeypatch, "documents")
     registry = Registry.load()
     assert list(registry) == []
     assert registry.enabled() == []
-    assert registry.lacking_extra == dict.fromkeys(BUILTIN_PROCESSORS, "vision")
+    assert registry.lacking_extra == {name: BUILTINS[name].extra for name in BUILTIN_PROCESSORS}
+    assert set(registry.lacking_extra.values()) == {"vision", "documents"}
     with pytest.raises(InvalidInput) as refused:
         registry.validate("roi-compare", {}, [])
     assert (
@@ -129,6 +136,7 @@ def test_external_processors_are_still_enabled_without_the_vision_extra(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     uninstall(monkeypatch, "vision")
+    uninstall(monkeypatch, "documents")
     registry = Registry.load(external=["thumbnail-go"])
     assert registry.enabled() == ["thumbnail-go"]
     with pytest.raises(InvalidInput) as refused:
@@ -142,10 +150,12 @@ def test_external_processors_are_still_enabled_without_the_vision_extra(
 def test_a_builtin_named_in_the_settings_without_its_extra_is_unavailable(
     monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
-    uninstall(monkeypatch, "vision")
+    extra = BUILTINS[name].extra
+    uninstall(monkeypatch, extra)
     with pytest.raises(ProcessorUnavailable) as raised:
         Registry.load([name])
-    assert raised.value.message == f"processor {name!r} {VISION}"
+    assert raised.value.message == needs(extra, f"processor {name!r}")
+    assert raised.value.message.endswith(f"pip install 'ephemera[{extra}]'")
 
 
 def test_named_explicitly_the_builtins_are_never_remembered_as_lacking(
@@ -163,6 +173,7 @@ def test_a_task_for_a_builtin_without_its_extra_is_refused_over_http_with_the_ex
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     uninstall(monkeypatch, "vision")
+    uninstall(monkeypatch, "documents")
     with (
         Store.open(Settings(data_dir=tmp_path / "data")) as store,
         TestClient(create_app(store)) as client,
@@ -188,13 +199,15 @@ def test_the_processors_command_names_the_extra_of_the_builtins_it_leaves_out(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     uninstall(monkeypatch, "vision")
+    uninstall(monkeypatch, "documents")
     monkeypatch.delenv("EPHEMERA_PROCESSORS", raising=False)
     shown = CliRunner().invoke(app, ["processors", "--json", "--data-dir", str(tmp_path / "d")])
     assert shown.exit_code == 0, shown.output
     assert shown.stdout.strip() == "[]"
     assert shown.stderr.splitlines() == [
-        f"note: built-in processors not enabled ({BUILTINS_LISTED}): each "
-        "needs the 'vision' extra: pip install 'ephemera[vision]'"
+        f"note: built-in processors not enabled ({listed(extra)}): each "
+        f"needs the {extra!r} extra: pip install 'ephemera[{extra}]'"
+        for extra in ("documents", "vision")
     ]
 
 

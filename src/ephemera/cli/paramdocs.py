@@ -149,6 +149,9 @@ def _one_type(root: Schema, schema: Schema) -> str:
 
 def _bounds(schema: Schema, low_key: str, high_key: str, unit: str) -> str:
     low, high = schema.get(low_key), schema.get(high_key)
+    if low is not None and low == high:
+        # "1 characters" would read oddly; a delimiter is "exactly 1 character".
+        return f", exactly {low} {unit.removesuffix('s') if low == 1 else unit}"
     if low is not None and high is not None:
         return f", {low} to {high} {unit}"
     if low is not None:
