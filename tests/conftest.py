@@ -29,7 +29,7 @@ BLOB_STORES = ("local", "s3")
 # The built-ins and the sample processors (tests/plugins/sample, installed in the test
 # environment only). Entry-point processors run only where the settings name them, so the
 # tests that run the samples enable them: as a setting, or in a process's environment.
-BUILTIN_PROCESSORS = ["camera-calibration", "roi-compare"]
+BUILTIN_PROCESSORS = ["camera-calibration", "pdf-form-fill", "roi-compare"]
 WITH_SAMPLES = [*BUILTIN_PROCESSORS, "sample-sleep", "sample-upper"]
 WITH_SAMPLES_ENV = {"EPHEMERA_PROCESSORS": json.dumps(WITH_SAMPLES)}
 # The line sample-sleep logs as it starts a task: which process runs which task, as seen in

@@ -23,6 +23,7 @@ from ephemera.http import create_app
 from ephemera.models import TaskState
 from ephemera.processors import ENTRY_POINT_GROUP, ProcessorUnavailable, Registry
 from ephemera.processors.camera_calibration import CameraCalibrationParams
+from ephemera.processors.documents.form_fill import PdfFormFillParams
 from ephemera.processors.roi_compare import RoiCompareParams
 from ephemera.worker import Worker
 from tests.conftest import (
@@ -38,10 +39,12 @@ API = "/api/v1"
 README = Path(__file__).parents[2] / "README.md"
 BUILTIN_SCHEMAS = {
     "camera-calibration": CameraCalibrationParams.model_json_schema(),
+    "pdf-form-fill": PdfFormFillParams.model_json_schema(),
     "roi-compare": RoiCompareParams.model_json_schema(),
 }
 NOT_ENABLED_BY_DEFAULT = (
-    "processor 'sample-sleep' is not enabled (enabled: camera-calibration, roi-compare)"
+    "processor 'sample-sleep' is not enabled (enabled: camera-calibration, pdf-form-fill, "
+    "roi-compare)"
 )
 
 
@@ -80,7 +83,8 @@ def test_a_disabled_processor_is_refused_at_submission_naming_the_enabled_ones(
         with pytest.raises(InvalidInput) as unknown:
             store.submit_task("s1", "no-such-thing")
         assert unknown.value.message == (
-            "processor 'no-such-thing' is not enabled (enabled: camera-calibration, roi-compare)"
+            "processor 'no-such-thing' is not enabled (enabled: camera-calibration, "
+            "pdf-form-fill, roi-compare)"
         )
         assert snapshot(store) == before
     assert not journal.exists()
@@ -115,7 +119,7 @@ def test_an_enabled_name_that_nothing_installed_provides_fails_with_one_clear_me
         Registry.load(["roi-compare", "thumbnail"])
     assert missing.value.message == (
         "processor 'thumbnail' is enabled but no installed package provides it "
-        "(installed: camera-calibration, roi-compare, sample-sleep, sample-upper)"
+        "(installed: camera-calibration, pdf-form-fill, roi-compare, sample-sleep, sample-upper)"
     )
 
 
@@ -210,7 +214,7 @@ def test_the_processor_list_needs_no_credential_and_shows_exactly_the_builtins_b
         assert item["external"] is False
         assert item["description"]
     # Every parameter is described in the schema itself.
-    roi = items[1]["params_schema"]
+    roi = next(p["params_schema"] for p in items if p["name"] == "roi-compare")
     assert all("description" in p for p in roi["$defs"]["Region"]["properties"].values())
 
 
@@ -340,7 +344,8 @@ def test_the_readmes_examples_validate_against_the_served_schemas(make_client: A
     listed = client.get(f"{API}/processors").json()["items"]
     served = {p["name"]: p["params_schema"] for p in listed}
     examples = readme_examples()
-    assert len(examples) == 3  # the curl command of "Tasks and processors", one per built-in
+    # The curl command of "Tasks and processors", and one per built-in.
+    assert len(examples) == len(BUILTIN_PROCESSORS) + 1
     assert sorted({e["processor"] for e in examples}) == BUILTIN_PROCESSORS
     for example in examples:
         schema = served[example["processor"]]
@@ -399,7 +404,9 @@ def test_the_processors_command_refuses_a_name_that_is_not_enabled(
     shown = ephemera("processors", name, "--data-dir", str(data_dir))
     assert shown.returncode == 1
     assert shown.stdout == ""
-    assert "is not enabled (enabled: camera-calibration, roi-compare)" in shown.stderr
+    assert (
+        "is not enabled (enabled: camera-calibration, pdf-form-fill, roi-compare)" in shown.stderr
+    )
     assert "\x1b[31m" not in shown.stderr
     assert not data_dir.exists()
 

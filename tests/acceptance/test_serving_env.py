@@ -166,7 +166,8 @@ def test_make_serve_listens_where_asked_and_refuses_the_test_processors(
     )
     assert refused.status_code == 422, refused.text
     assert refused.json()["error"]["message"] == (
-        "processor 'sample-sleep' is not enabled (enabled: camera-calibration, roi-compare)"
+        "processor 'sample-sleep' is not enabled (enabled: camera-calibration, "
+        "pdf-form-fill, roi-compare)"
     )
     tasks = httpx.get(f"{url}/{API}/sessions/s1/tasks", headers=admin)
     assert tasks.json()["items"] == []

@@ -35,6 +35,17 @@ def uninstall(monkeypatch: pytest.MonkeyPatch, extra: str) -> None:
     monkeypatch.setitem(EXTRAS, extra, ("ephemera_no_such_module",))
 
 
+def uninstall_builtin_extras(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The built-ins' extras (vision, documents), so that no built-in is left enabled."""
+    for extra in sorted({builtin.extra for builtin in BUILTINS.values()}):
+        uninstall(monkeypatch, extra)
+
+
+def needs_own_extra(name: str) -> str:
+    extra = BUILTINS[name].extra
+    return f"needs the {extra!r} extra: pip install 'ephemera[{extra}]'"
+
+
 def test_every_extra_is_installed_for_the_tests() -> None:
     """The guard of the tests below: what they simulate missing is really here otherwise."""
     assert {extra: missing(extra) for extra in EXTRAS} == {e: [] for e in EXTRAS}
@@ -107,11 +118,11 @@ def test_the_embedded_default_needs_no_extra(
 def test_by_default_the_builtins_without_their_extra_are_left_out(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    uninstall(monkeypatch, "vision")
+    uninstall_builtin_extras(monkeypatch)
     registry = Registry.load()
     assert list(registry) == []
     assert registry.enabled() == []
-    assert registry.lacking_extra == dict.fromkeys(BUILTIN_PROCESSORS, "vision")
+    assert registry.lacking_extra == {name: BUILTINS[name].extra for name in BUILTIN_PROCESSORS}
     with pytest.raises(InvalidInput) as refused:
         registry.validate("roi-compare", {}, [])
     assert (
@@ -128,7 +139,7 @@ def test_by_default_the_builtins_without_their_extra_are_left_out(
 def test_external_processors_are_still_enabled_without_the_vision_extra(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    uninstall(monkeypatch, "vision")
+    uninstall_builtin_extras(monkeypatch)
     registry = Registry.load(external=["thumbnail-go"])
     assert registry.enabled() == ["thumbnail-go"]
     with pytest.raises(InvalidInput) as refused:
@@ -142,16 +153,16 @@ def test_external_processors_are_still_enabled_without_the_vision_extra(
 def test_a_builtin_named_in_the_settings_without_its_extra_is_unavailable(
     monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
-    uninstall(monkeypatch, "vision")
+    uninstall_builtin_extras(monkeypatch)
     with pytest.raises(ProcessorUnavailable) as raised:
         Registry.load([name])
-    assert raised.value.message == f"processor {name!r} {VISION}"
+    assert raised.value.message == f"processor {name!r} {needs_own_extra(name)}"
 
 
 def test_named_explicitly_the_builtins_are_never_remembered_as_lacking(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    uninstall(monkeypatch, "vision")
+    uninstall_builtin_extras(monkeypatch)
     registry = Registry.load([])
     assert registry.lacking_extra == {}
     with pytest.raises(InvalidInput) as refused:
@@ -162,7 +173,7 @@ def test_named_explicitly_the_builtins_are_never_remembered_as_lacking(
 def test_a_task_for_a_builtin_without_its_extra_is_refused_over_http_with_the_extra(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    uninstall(monkeypatch, "vision")
+    uninstall_builtin_extras(monkeypatch)
     with (
         Store.open(Settings(data_dir=tmp_path / "data")) as store,
         TestClient(create_app(store)) as client,
@@ -187,21 +198,23 @@ def test_a_task_for_a_builtin_without_its_extra_is_refused_over_http_with_the_ex
 def test_the_processors_command_names_the_extra_of_the_builtins_it_leaves_out(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    uninstall(monkeypatch, "vision")
+    uninstall_builtin_extras(monkeypatch)
     monkeypatch.delenv("EPHEMERA_PROCESSORS", raising=False)
     shown = CliRunner().invoke(app, ["processors", "--json", "--data-dir", str(tmp_path / "d")])
     assert shown.exit_code == 0, shown.output
     assert shown.stdout.strip() == "[]"
     assert shown.stderr.splitlines() == [
+        "note: built-in processors not enabled (pdf-form-fill): each "
+        "needs the 'documents' extra: pip install 'ephemera[documents]'",
         "note: built-in processors not enabled (camera-calibration, roi-compare): each "
-        "needs the 'vision' extra: pip install 'ephemera[vision]'"
+        "needs the 'vision' extra: pip install 'ephemera[vision]'",
     ]
 
 
 def test_a_builtin_named_without_its_extra_stops_the_command_with_one_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    uninstall(monkeypatch, "vision")
+    uninstall_builtin_extras(monkeypatch)
     monkeypatch.setenv("EPHEMERA_PROCESSORS", '["roi-compare"]')
     shown = CliRunner().invoke(app, ["processors", "--data-dir", str(tmp_path / "d")])
     assert shown.exit_code == 2

@@ -81,6 +81,7 @@ def test_params_are_validated_at_submission_and_a_bad_request_changes_nothing(
             "no-such-processor",
             {},
             r"processor 'no-such-processor' is not enabled \(enabled: camera-calibration, "
+            r"pdf-form-fill, "
             r"roi-compare, sample-sleep, sample-upper\)",
         ),
         ("roi-compare", {"capture": text.id, "regions": []}, "regions"),

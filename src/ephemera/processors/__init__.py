@@ -15,7 +15,8 @@ factory. Installing a package enables nothing: a processor runs only when the se
 (``processors``; by default the built-ins alone), so a package that happens to be installed on
 a server never becomes something any session token can run.
 
-The built-ins need the ``vision`` extra (OpenCV, NumPy). By default (``processors`` unset)
+The built-ins need an extra: ``vision`` (OpenCV, NumPy) for the image processors,
+``documents`` (pypdf, pdfplumber) for the document ones. By default (``processors`` unset)
 the registry holds the built-ins whose extra is installed and remembers the others, so that a
 task for one of them is refused with the extra to install; a built-in named in the settings
 without its extra stops start-up with that same advice.
@@ -54,6 +55,7 @@ BUILTINS: dict[str, Builtin] = {
     "camera-calibration": Builtin(
         "ephemera.processors.camera_calibration:CameraCalibration", "vision"
     ),
+    "pdf-form-fill": Builtin("ephemera.processors.documents.form_fill:PdfFormFill", "documents"),
 }
 
 
