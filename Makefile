@@ -1,8 +1,9 @@
 # `make serve` and `make test` work on a fresh machine with only Python 3.
 #
 # Two environments, so that nothing of the tests reaches a server:
-#   .venv       (`make serve`): the package with the `vision` extra (the built-in processors'
-#               image libraries), what the embedded default needs; no PostgreSQL or S3 client.
+#   .venv       (`make serve`): the package with the `vision` and `documents` extras (the
+#               built-in processors' image and PDF libraries), what the embedded default
+#               needs; no PostgreSQL or S3 client.
 #   .venv-test  (`make test`, `lint`, `bench`): the dev extras (which include `all`, so every
 #               backend and processor is tested) and the sample processor package.
 # Each is built the first time and again when what it installs changes. The serving one is
@@ -25,7 +26,7 @@ SERVE_ARGS := $(if $(call given,HOST),--host '$(HOST)') $(if $(call given,PORT),
 
 $(SERVE_STAMP): pyproject.toml
 	$(PYTHON) -m venv --clear $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[vision]'
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[vision,documents]'
 	touch $(SERVE_STAMP)
 
 $(TEST_STAMP): pyproject.toml tests/plugins/sample/pyproject.toml

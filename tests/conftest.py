@@ -34,6 +34,7 @@ BUILTIN_PROCESSORS = [
     "camera-calibration",
     "image-catalog",
     "pdf-extract",
+    "pdf-form-fill",
     "roi-compare",
 ]
 WITH_SAMPLES = [*BUILTIN_PROCESSORS, "sample-sleep", "sample-upper"]

@@ -24,6 +24,7 @@ from ephemera.models import TaskState
 from ephemera.processors import ENTRY_POINT_GROUP, ProcessorUnavailable, Registry
 from ephemera.processors.camera_calibration import CameraCalibrationParams
 from ephemera.processors.documents.extract import PdfExtractParams
+from ephemera.processors.documents.form_fill import PdfFormFillParams
 from ephemera.processors.documents.reconcile import BolReconcileParams
 from ephemera.processors.image_catalog import ImageCatalogParams
 from ephemera.processors.roi_compare import RoiCompareParams
@@ -45,6 +46,7 @@ BUILTIN_SCHEMAS = {
     "camera-calibration": CameraCalibrationParams.model_json_schema(),
     "image-catalog": ImageCatalogParams.model_json_schema(),
     "pdf-extract": PdfExtractParams.model_json_schema(),
+    "pdf-form-fill": PdfFormFillParams.model_json_schema(),
     "roi-compare": RoiCompareParams.model_json_schema(),
 }
 NOT_ENABLED_BY_DEFAULT = f"processor 'sample-sleep' is not enabled (enabled: {BUILTINS_LISTED})"

@@ -40,6 +40,12 @@ def listed(extra: str) -> str:
     return ", ".join(sorted(n for n, b in BUILTINS.items() if b.extra == extra))
 
 
+def uninstall_builtin_extras(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The built-ins' extras (vision, documents), so that no built-in is left enabled."""
+    for extra in sorted({builtin.extra for builtin in BUILTINS.values()}):
+        uninstall(monkeypatch, extra)
+
+
 def test_every_extra_is_installed_for_the_tests() -> None:
     """The guard of the tests below: what they simulate missing is really here otherwise."""
     assert {extra: missing(extra) for extra in EXTRAS} == {e: [] for e in EXTRAS}
@@ -112,8 +118,7 @@ def test_the_embedded_default_needs_no_extra(
 def test_by_default_the_builtins_without_their_extra_are_left_out(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    uninstall(monkeypatch, "vision")
-    uninstall(monkeypatch, "documents")
+    uninstall_builtin_extras(monkeypatch)
     registry = Registry.load()
     assert list(registry) == []
     assert registry.enabled() == []
@@ -135,8 +140,7 @@ def test_by_default_the_builtins_without_their_extra_are_left_out(
 def test_external_processors_are_still_enabled_without_the_vision_extra(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    uninstall(monkeypatch, "vision")
-    uninstall(monkeypatch, "documents")
+    uninstall_builtin_extras(monkeypatch)
     registry = Registry.load(external=["thumbnail-go"])
     assert registry.enabled() == ["thumbnail-go"]
     with pytest.raises(InvalidInput) as refused:
@@ -161,7 +165,7 @@ def test_a_builtin_named_in_the_settings_without_its_extra_is_unavailable(
 def test_named_explicitly_the_builtins_are_never_remembered_as_lacking(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    uninstall(monkeypatch, "vision")
+    uninstall_builtin_extras(monkeypatch)
     registry = Registry.load([])
     assert registry.lacking_extra == {}
     with pytest.raises(InvalidInput) as refused:
@@ -172,8 +176,7 @@ def test_named_explicitly_the_builtins_are_never_remembered_as_lacking(
 def test_a_task_for_a_builtin_without_its_extra_is_refused_over_http_with_the_extra(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    uninstall(monkeypatch, "vision")
-    uninstall(monkeypatch, "documents")
+    uninstall_builtin_extras(monkeypatch)
     with (
         Store.open(Settings(data_dir=tmp_path / "data")) as store,
         TestClient(create_app(store)) as client,
@@ -198,8 +201,7 @@ def test_a_task_for_a_builtin_without_its_extra_is_refused_over_http_with_the_ex
 def test_the_processors_command_names_the_extra_of_the_builtins_it_leaves_out(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    uninstall(monkeypatch, "vision")
-    uninstall(monkeypatch, "documents")
+    uninstall_builtin_extras(monkeypatch)
     monkeypatch.delenv("EPHEMERA_PROCESSORS", raising=False)
     shown = CliRunner().invoke(app, ["processors", "--json", "--data-dir", str(tmp_path / "d")])
     assert shown.exit_code == 0, shown.output
@@ -214,7 +216,7 @@ def test_the_processors_command_names_the_extra_of_the_builtins_it_leaves_out(
 def test_a_builtin_named_without_its_extra_stops_the_command_with_one_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    uninstall(monkeypatch, "vision")
+    uninstall_builtin_extras(monkeypatch)
     monkeypatch.setenv("EPHEMERA_PROCESSORS", '["roi-compare"]')
     shown = CliRunner().invoke(app, ["processors", "--data-dir", str(tmp_path / "d")])
     assert shown.exit_code == 2

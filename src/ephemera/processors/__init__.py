@@ -15,11 +15,11 @@ factory. Installing a package enables nothing: a processor runs only when the se
 (``processors``; by default the built-ins alone), so a package that happens to be installed on
 a server never becomes something any session token can run.
 
-The built-ins need an extra: ``vision`` (OpenCV, NumPy, Pillow, ImageHash) for the image processors,
-``documents`` (pypdf, pdfplumber) for the document ones. By default (``processors`` unset)
-the registry holds the built-ins whose extra is installed and remembers the others, so that a
-task for one of them is refused with the extra to install; a built-in named in the settings
-without its extra stops start-up with that same advice.
+The built-ins need an extra: ``vision`` (OpenCV, NumPy, Pillow, ImageHash) for the image
+processors, ``documents`` (pypdf, pdfplumber) for the document ones. By default
+(``processors`` unset) the registry holds the built-ins whose extra is installed and remembers
+the others, so that a task for one of them is refused with the extra to install; a built-in
+named in the settings without its extra stops start-up with that same advice.
 
 A processor may describe itself for the processor list with a ``description`` attribute;
 without one, its class's docstring is used.
@@ -49,13 +49,14 @@ class Builtin:
 
 
 # The built-ins, enabled by default; they load through the same path as entry points, so the
-# image libraries are imported only where a built-in is enabled and its extra is installed.
+# image and PDF libraries are imported only where a built-in is enabled and its extra is installed.
 BUILTINS: dict[str, Builtin] = {
     "roi-compare": Builtin("ephemera.processors.roi_compare:RoiCompare", "vision"),
     "camera-calibration": Builtin(
         "ephemera.processors.camera_calibration:CameraCalibration", "vision"
     ),
     "image-catalog": Builtin("ephemera.processors.image_catalog:ImageCatalog", "vision"),
+    "pdf-form-fill": Builtin("ephemera.processors.documents.form_fill:PdfFormFill", "documents"),
     "pdf-extract": Builtin("ephemera.processors.documents.extract:PdfExtract", "documents"),
     "bol-reconcile": Builtin("ephemera.processors.documents.reconcile:BolReconcile", "documents"),
 }

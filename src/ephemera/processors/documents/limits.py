@@ -16,6 +16,7 @@ class PdfLimits:
     max_pages: int = 2_000  # pages read from one PDF
     max_chars_per_page: int = 1_000_000  # a page with more text is not a document page
     max_outputs: int = 10_000  # files one task may write (filled forms, per-page tables)
+    max_form_fields: int = 10_000  # terminal fields of one AcroForm
 
 
 PDF = PdfLimits()
