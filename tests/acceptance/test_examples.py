@@ -104,6 +104,37 @@ def test_the_batch_services_dry_run_names_exactly_what_the_real_run_deletes(
     assert summary["closed_artifacts"] == 4
 
 
+def test_concurrent_bol_jobs_under_their_callers_ids_see_only_their_own_documents(
+    shared_server: Server,
+) -> None:
+    summary = summary_of(
+        run_example("bol_processor.py", shared_server, "--jobs", "3", "--rows", "4")
+    )
+    assert summary["workflow"] == "bol-processor"
+    jobs = summary["jobs"]
+    assert len(jobs) == 3
+    # Each job filled, extracted and reconciled its own four BOLs and found the one weight
+    # its shipper corrected; the script fails on any key of another job in its report.
+    assert all(job == {"documents": 4, "mismatches": 1} for job in jobs.values())
+    assert not set(jobs) & set(live_sessions(shared_server))
+
+
+def test_the_bol_processor_stops_with_a_message_when_reconciling_is_not_enabled(
+    tmp_path: Path,
+) -> None:
+    enabled = '["pdf-form-fill", "pdf-extract"]'
+    server = Server(tmp_path / "data", env={"EPHEMERA_PROCESSORS": enabled}).start()
+    try:
+        done = run_example("bol_processor.py", server, "--jobs", "2", "--rows", "2")
+        assert done.returncode != 0
+        assert done.stdout == ""
+        assert "bol-reconcile" in done.stderr
+        # Each job closed its session on the way out, failed or not.
+        assert live_sessions(server) == []
+    finally:
+        server.stop()
+
+
 def test_the_inspection_station_stops_with_a_message_when_roi_compare_is_not_enabled(
     tmp_path: Path,
 ) -> None:
