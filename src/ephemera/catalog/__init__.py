@@ -4,9 +4,10 @@
 a function in the module that owns the concept: ``db`` (engine, transactions, error
 translation), ``migrate``, ``sessions``, ``artifacts``, ``leases``, ``tasks``, ``sweeps``
 (which records a cleanup selects), ``orphans``, ``verification``, ``stats``, ``audit``,
-``keys`` and ``locks``; ``rows`` builds models from rows, ``predicates`` holds the
-conditions they share and ``usage`` counts what a session holds. The facade is long only
-because it lists every operation; the SQL and the reasons for it are in those modules.
+``keys``, ``locks`` and ``imports`` (the import ledger); ``rows`` builds models from rows,
+``predicates`` holds the conditions they share and ``usage`` counts what a session holds.
+The facade is long only because it lists every operation; the SQL and the reasons for it are
+in those modules.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ephemera.catalog import (
     artifacts,
     audit,
     db,
+    imports,
     keys,
     leases,
     locks,
@@ -49,6 +51,8 @@ from ephemera.models import (
     Artifact,
     AuditEntry,
     Claim,
+    ImportEntry,
+    ImportOrigin,
     Lease,
     Session,
     Task,
@@ -168,9 +172,10 @@ class Catalog:
         quota_bytes: int | None,
         commit_bytes: Callable[[], object],
         claim: tuple[str, str] | None = None,
+        ledger: ImportOrigin | None = None,
     ) -> Artifact:
         return artifacts.finalize_artifact(
-            self._db, artifact_id, session_id, values, quota_bytes, commit_bytes, claim
+            self._db, artifact_id, session_id, values, quota_bytes, commit_bytes, claim, ledger
         )
 
     def insert_ready_artifacts(
@@ -208,6 +213,22 @@ class Catalog:
         self, session_id: str, artifact_id: str, retain_until: datetime | None
     ) -> Artifact | None:
         return artifacts.set_retention(self._db, session_id, artifact_id, retain_until)
+
+    # -- import ledger --------------------------------------------------------------------
+
+    def find_import(self, session_id: str, origin: ImportOrigin) -> ImportEntry | None:
+        return imports.find_import(self._db, session_id, origin)
+
+    def import_of_artifact(self, session_id: str, artifact_id: str) -> ImportEntry | None:
+        return imports.import_of_artifact(self._db, session_id, artifact_id)
+
+    def list_imports(
+        self, session_id: str, source: str | None, after: int | None, limit: int
+    ) -> list[tuple[int, ImportEntry]]:
+        return imports.list_imports(self._db, session_id, source, after, limit)
+
+    def set_import_task(self, session_id: str, artifact_id: str, task_id: str) -> bool:
+        return imports.set_import_task(self._db, session_id, artifact_id, task_id)
 
     # -- leases ---------------------------------------------------------------------------
 

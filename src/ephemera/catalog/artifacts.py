@@ -9,13 +9,14 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select, update
 
 from ephemera.catalog.db import Database, lock_first
+from ephemera.catalog.imports import record_import
 from ephemera.catalog.predicates import artifact_leased, live_session
 from ephemera.catalog.rows import artifact_model
 from ephemera.catalog.schema import artifacts, lease_artifacts, leases, sessions, tasks
 from ephemera.catalog.tasks import held
 from ephemera.catalog.usage import ready_usage
 from ephemera.errors import Conflict, NotFound, TooLarge
-from ephemera.models import Artifact, ArtifactState, SessionState
+from ephemera.models import Artifact, ArtifactState, ImportOrigin, SessionState
 
 
 def insert_pending_artifact(db: Database, values: dict[str, Any]) -> bool:
@@ -41,6 +42,7 @@ def finalize_artifact(
     quota_bytes: int | None,
     commit_bytes: Callable[[], object],
     claim: tuple[str, str] | None = None,
+    ledger: ImportOrigin | None = None,
 ) -> Artifact:
     """pending -> ready, with ``commit_bytes`` run inside the transaction.
 
@@ -52,8 +54,12 @@ def finalize_artifact(
 
     A task's output (``claim``: task ID, claim ID) commits only while that claim holds
     the task, and joins the task's lease in the same transaction.
+
+    An imported file (``ledger``: its origin) gets its ledger entry in the same transaction;
+    an origin the session's ledger already holds is a Conflict and nothing is committed.
     """
-    with db.write() as conn:
+    duplicate = f"{ledger.path[:200]!r} of this version is already imported" if ledger else None
+    with db.write(duplicate=duplicate) as conn:
         lease_id = _admit(conn, session_id, values["size"], quota_bytes, claim)
         if lease_id is not None:
             conn.execute(insert(lease_artifacts).values(lease_id=lease_id, artifact_id=artifact_id))
@@ -64,6 +70,9 @@ def finalize_artifact(
         )
         if done.rowcount != 1:
             raise NotFound(f"upload {artifact_id} was abandoned and has been removed")
+        if ledger is not None:
+            sha256, now = values["sha256"], values["ready_at"]
+            record_import(conn, session_id, ledger, artifact_id, sha256, now)
         commit_bytes()
         row = conn.execute(select(artifacts).where(artifacts.c.id == artifact_id)).one()
     return artifact_model(row)

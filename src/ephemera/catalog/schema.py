@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     TypeDecorator,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -224,4 +225,33 @@ tasks = Table(
         sqlite_where=text("state = 'running'"),
         postgresql_where=text("state = 'running'"),
     ),
+)
+
+# The import ledger: each file version imported into a session and the artifact it became.
+# Source and path may be longer than a PostgreSQL btree entry holds, so lookups go through
+# sha256 keys of them; the entry outlives its artifact (no foreign key), not its session.
+import_ledger = Table(
+    "import_ledger",
+    metadata,
+    # The order of entries, and the cursor of their listing.
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("session_id", String(64), ForeignKey("sessions.id"), nullable=False),
+    Column("source", String(1024), nullable=False),
+    Column("path", String(4096), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    # sha256 of (source, path, size, mtime_ns): one file version.
+    Column("origin_key", String(64), nullable=False),
+    # sha256 of source, and of (source, path): its listing and its versions.
+    Column("source_key", String(64), nullable=False),
+    Column("path_key", String(64), nullable=False),
+    Column("artifact_id", String(36), nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("replaces", String(36)),
+    Column("task_id", String(36)),
+    Column("imported_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("session_id", "origin_key", name="uq_import_ledger_session_id_origin_key"),
+    Index(None, "session_id", "path_key", "id"),
+    Index(None, "session_id", "source_key", "id"),
+    Index(None, "session_id", "artifact_id"),
 )

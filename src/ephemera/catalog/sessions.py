@@ -12,7 +12,14 @@ from ephemera.catalog.db import Database, lock_first
 from ephemera.catalog.leases import release_task_leases
 from ephemera.catalog.predicates import live_session, session_leased
 from ephemera.catalog.rows import session_model
-from ephemera.catalog.schema import artifacts, lease_artifacts, leases, sessions, tasks
+from ephemera.catalog.schema import (
+    artifacts,
+    import_ledger,
+    lease_artifacts,
+    leases,
+    sessions,
+    tasks,
+)
 from ephemera.catalog.tasks import end_task
 from ephemera.catalog.usage import ready_usage
 from ephemera.errors import Conflict
@@ -249,5 +256,6 @@ def drop_sessions(db: Database, session_ids: Sequence[str]) -> dict[str, tuple[i
         release_task_leases(conn, select(tasks.c.id).where(tasks.c.session_id.in_(closing)))
         conn.execute(delete(tasks).where(tasks.c.session_id.in_(closing)))
         conn.execute(delete(artifacts).where(artifacts.c.session_id.in_(closing)))
+        conn.execute(delete(import_ledger).where(import_ledger.c.session_id.in_(closing)))
         conn.execute(delete(sessions).where(sessions.c.id.in_(closing)))
     return {session_id: usage.get(session_id, (0, 0)) for session_id in closing}

@@ -7,7 +7,15 @@ from datetime import datetime
 from sqlalchemy import func, select
 
 from ephemera.catalog.db import Database
-from ephemera.catalog.schema import api_keys, artifacts, lease_artifacts, leases, sessions, tasks
+from ephemera.catalog.schema import (
+    api_keys,
+    artifacts,
+    import_ledger,
+    lease_artifacts,
+    leases,
+    sessions,
+    tasks,
+)
 from ephemera.models import ArtifactState
 
 
@@ -79,5 +87,5 @@ def table_row_counts(db: Database) -> dict[str, int]:
     with db.read() as conn:
         return {
             t.name: conn.scalar(select(func.count()).select_from(t)) or 0
-            for t in (sessions, artifacts, api_keys, leases, lease_artifacts, tasks)
+            for t in (sessions, artifacts, api_keys, leases, lease_artifacts, tasks, import_ledger)
         }

@@ -24,7 +24,7 @@ from ephemera.blobs import BlobWriter, artifact_key
 from ephemera.config import Settings
 from ephemera.context import Context
 from ephemera.errors import ChecksumMismatch, InvalidInput, StorageError, TooLarge
-from ephemera.models import MAX_TIMEOUT_S, Artifact, StorageClass
+from ephemera.models import MAX_TIMEOUT_S, Artifact, ImportOrigin, StorageClass
 from ephemera.store.sessions import session_not_found
 
 CONTENT_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
@@ -160,7 +160,11 @@ class Upload:
             raise TooLarge(f"artifact exceeds the upload limit of {limit} bytes")
         self._writer.write(data)
 
-    def commit(self, expected_sha256: str | None = None) -> Artifact:
+    def commit(
+        self, expected_sha256: str | None = None, ledger: ImportOrigin | None = None
+    ) -> Artifact:
+        """Make the artifact ready; with ``ledger``, record its import in the same transaction
+        (Conflict, and nothing kept, when the session's ledger already holds that origin)."""
         if self._finished:
             raise InvalidInput("upload already finished")
         digest = self._writer.sha256()
@@ -191,6 +195,7 @@ class Upload:
                 ctx.settings.session_quota_bytes,
                 self._writer.commit,
                 self._claim,
+                ledger,
             )
         except BaseException:
             discard(ctx, self.session_id, self.artifact_id, self._writer)
