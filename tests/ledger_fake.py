@@ -31,8 +31,8 @@ class FakeTarget:
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: Iterator[int] = field(default_factory=itertools.count)
 
-    def check(self, session_id: str, then: FollowUp | None) -> None:
-        if session_id != self.session_id:
+    def check(self, session_id: str | None, then: FollowUp | None) -> None:
+        if session_id is not None and session_id != self.session_id:
             raise NotFound(f"session {session_id} not found")
         if then is not None and then.processor not in self.processors:
             raise NotFound(f"processor {then.processor} is not enabled")

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import EllipsisType, TracebackType
 from typing import Any, BinaryIO
+from urllib.parse import quote
 
 import httpx2
 
@@ -212,6 +213,13 @@ def task_of(body: Mapping[str, Any]) -> Task:
     )
 
 
+def _seg(value: str) -> str:
+    """One path segment, whatever it holds: an ID can never reach another route."""
+    if value in ("", ".", ".."):
+        raise InvalidInput(f"invalid ID {value!r}")
+    return quote(value, safe="")
+
+
 def _query(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
@@ -285,7 +293,7 @@ class Client:
         return CreatedSession(session_of(answer), answer["token"])
 
     def get_session(self, session_id: str) -> Session:
-        return session_of(self._call("GET", f"/sessions/{session_id}"))
+        return session_of(self._call("GET", f"/sessions/{_seg(session_id)}"))
 
     # -- artifacts ------------------------------------------------------------------------
 
@@ -313,12 +321,29 @@ class Client:
         )
         answer = self._call(
             "POST",
-            f"/sessions/{session_id}/artifacts",
+            f"/sessions/{_seg(session_id)}/artifacts",
             params=params,
             content=_chunks(file),
             headers={"Content-Type": "application/octet-stream"},
         )
         return artifact_of(answer)
+
+    def list_artifacts(
+        self, session_id: str, *, kind: str | None = None, page_size: int = 1000
+    ) -> Iterator[Artifact]:
+        """Every ready artifact of the session (of one kind), page by page."""
+        cursor: str | None = None
+        while True:
+            answer = self._call(
+                "GET",
+                f"/sessions/{_seg(session_id)}/artifacts",
+                params=_query(kind=kind, cursor=cursor, limit=page_size),
+            )
+            for item in answer["items"]:
+                yield artifact_of(item)
+            cursor = answer.get("next_cursor")
+            if not cursor:
+                return
 
     # -- the import ledger ----------------------------------------------------------------
 
@@ -350,7 +375,7 @@ class Client:
             headers["Ephemera-Then-Params"] = json.dumps(then.params)
         answer = self._call(
             "POST",
-            f"/sessions/{session_id}/imports",
+            f"/sessions/{_seg(session_id)}/imports",
             params=params,
             content=_chunks(file),
             headers=headers,
@@ -365,7 +390,7 @@ class Client:
         while True:
             answer = self._call(
                 "GET",
-                f"/sessions/{session_id}/imports",
+                f"/sessions/{_seg(session_id)}/imports",
                 params=_query(source=source, cursor=cursor, limit=page_size),
             )
             for item in answer["items"]:
@@ -378,7 +403,7 @@ class Client:
         """Submit ``then`` for an entry that has no task yet; one that has keeps its own."""
         answer = self._call(
             "POST",
-            f"/sessions/{session_id}/imports/{artifact_id}/follow-up",
+            f"/sessions/{_seg(session_id)}/imports/{_seg(artifact_id)}/follow-up",
             json={"processor": then.processor, "params": then.params},
         )
         return import_entry_of(session_id, answer)
@@ -400,12 +425,12 @@ class Client:
             params=dict(params or {}),
             max_attempts=max_attempts,
         )
-        return task_of(self._call("POST", f"/sessions/{session_id}/tasks", json=body))
+        return task_of(self._call("POST", f"/sessions/{_seg(session_id)}/tasks", json=body))
 
     def get_task(self, session_id: str, task_id: str) -> Task:
-        return task_of(self._call("GET", f"/sessions/{session_id}/tasks/{task_id}"))
+        return task_of(self._call("GET", f"/sessions/{_seg(session_id)}/tasks/{_seg(task_id)}"))
 
     def get_processor(self, name: str) -> dict[str, Any]:
         """An enabled processor's description (its parameters' JSON schema); NotFound else."""
-        answer: dict[str, Any] = self._call("GET", f"/processors/{name}")
+        answer: dict[str, Any] = self._call("GET", f"/processors/{_seg(name)}")
         return answer

@@ -198,6 +198,7 @@ def import_files(
                 assert token is not None
                 client = stack.enter_context(Client(server, token))
                 if new_session:
+                    HttpTarget(client).check(None, follow_up)  # before a session is made
                     created = client.create_session(label=label)
                     # The new session's own token opens it (a client key cannot).
                     client = stack.enter_context(Client(server, created.token))
@@ -207,6 +208,7 @@ def import_files(
                     open_store(data_dir, database_url=database_url, blob_url=blob_url)
                 )
                 if new_session:
+                    StoreTarget(store).check(None, follow_up)
                     created = store.create_session(label=label)
                 target = StoreTarget(store)
         except (NotFound, Unauthenticated, Forbidden) as exc:
@@ -238,7 +240,7 @@ def import_files(
             ):
                 summary = Importer(target, plan, progress=progress, stop=stop, abort=abort).run()
         except (NotFound, Unauthenticated, Forbidden) as exc:
-            raise fail(exc, 2, context=f"session {session_id}: ") from None
+            raise fail(exc, 2) from None
         except EphemeraError as exc:
             raise fail(exc) from None
     _print(summary, as_json, created)

@@ -233,7 +233,12 @@ class Importer:
                 self._summary.tasks.append(done.task_id)
 
     def _scan(self) -> None:
+        settle_ns = int(self.plan.settle_s * 1e9)
         for found in scan(self.plan.root, self._filter, self._fail):
+            if self._watcher is not None and time.time_ns() - found.mtime_ns < settle_ns:
+                # Written to just now, maybe still being written: imported once it settles.
+                self._watcher.retry(found.path)
+                continue
             if not self._enqueue(found):
                 return
 

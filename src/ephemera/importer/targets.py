@@ -16,9 +16,9 @@ from ephemera.store import Store
 
 
 class Target(Protocol):
-    def check(self, session_id: str, then: FollowUp | None) -> None:
-        """Raise NotFound (or Unauthenticated) unless the session is reachable, and NotFound
-        unless ``then``'s processor is enabled: before anything is read or stored."""
+    def check(self, session_id: str | None, then: FollowUp | None) -> None:
+        """Raise NotFound (or Unauthenticated) unless the session (if given) is reachable,
+        and NotFound unless ``then``'s processor is enabled: before anything is stored."""
 
     def entries(self, session_id: str, source: str) -> Iterator[ImportEntry]:
         """The ledger of ``source`` in the session, oldest first (fetched page by page)."""
@@ -47,8 +47,9 @@ class StoreTarget:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def check(self, session_id: str, then: FollowUp | None) -> None:
-        self.store.get_session(session_id)
+    def check(self, session_id: str | None, then: FollowUp | None) -> None:
+        if session_id is not None:
+            self.store.get_session(session_id)
         if then is not None:
             self.store.get_processor_info(then.processor)
 
@@ -86,8 +87,9 @@ class HttpTarget:
     def __init__(self, client: Client) -> None:
         self.client = client
 
-    def check(self, session_id: str, then: FollowUp | None) -> None:
-        self.client.get_session(session_id)
+    def check(self, session_id: str | None, then: FollowUp | None) -> None:
+        if session_id is not None:
+            self.client.get_session(session_id)
         if then is not None:
             self.client.get_processor(then.processor)
 
