@@ -93,7 +93,7 @@ def test_per_file_errors_are_listed_and_counted_and_the_rest_is_imported(tmp_pat
     def delete_one_after_the_scan(progress: Progress) -> None:
         # Called as each file is found, before it is queued: it vanishes before the read.
         if progress.found == 5:
-            (tmp_path / victim).unlink()
+            (tmp_path / victim).unlink(missing_ok=True)
 
     target = FakeTarget(before_read=refuse)
     summary = run(target, plan(tmp_path, workers=2), progress=delete_one_after_the_scan)
@@ -262,3 +262,19 @@ def test_a_session_that_goes_away_mid_run_ends_it(tmp_path: Path) -> None:
     assert summary.imported == 3
     assert summary.failed == 1
     assert "not found" in summary.errors[0].error
+
+
+def test_an_unexpected_failure_costs_one_file_and_never_hangs_the_run(tmp_path: Path) -> None:
+    fill(tmp_path, 10)
+
+    def bug(origin: ImportOrigin) -> None:
+        if origin.path == "d1/f4.png":
+            raise RuntimeError("a bug")
+
+    target = FakeTarget(before_read=bug)
+    summary = run(target, plan(tmp_path, workers=1))
+
+    assert [(e.path, e.error) for e in summary.errors] == [
+        ("d1/f4.png", "unexpected error: RuntimeError('a bug')")
+    ]
+    assert summary.imported == 9

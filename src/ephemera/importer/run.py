@@ -10,6 +10,7 @@ the run goes on; only a session that can no longer be reached ends it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import queue
 import threading
@@ -24,6 +25,8 @@ from ephemera.importer.scan import Filter, FoundFile, scan, stat_file
 from ephemera.importer.targets import Target
 from ephemera.importer.watch import Watcher
 from ephemera.models import FollowUp, ImportEntry, ImportOrigin
+
+log = logging.getLogger("ephemera.importer")
 
 CHUNK_SIZE = 1024 * 1024
 # Errors after which no other file can succeed either: the run stops.
@@ -261,7 +264,11 @@ class Importer:
             if self.stop.is_set():  # queued, not started: the next run finds it again
                 self._uncount()
                 continue
-            self._handle(item)
+            try:
+                self._handle(item)
+            except Exception as exc:  # a bug costs one file, never the run (or a hang)
+                log.exception("importing %s failed", item.path)
+                self._fail(item.path, f"unexpected error: {exc!r}")
 
     def _handle(self, found: FoundFile) -> None:
         """One path at a time: a newer notice of a path being imported waits for it."""
@@ -272,16 +279,19 @@ class Importer:
                 self._again[found.path] = found
                 return
             self._busy.add(found.path)
-        while True:
-            self._import(found)
+        try:
+            while True:
+                self._import(found)
+                with self._lock:
+                    later = self._again.pop(found.path, None)
+                    if later is None or self.stop.is_set():
+                        if later is not None:
+                            self._summary.found -= 1
+                        return
+                found = later
+        finally:
             with self._lock:
-                later = self._again.pop(found.path, None)
-                if later is None or self.stop.is_set():
-                    self._busy.discard(found.path)
-                    if later is not None:
-                        self._summary.found -= 1
-                    return
-            found = later
+                self._busy.discard(found.path)
 
     # -- one file -------------------------------------------------------------------------
 
