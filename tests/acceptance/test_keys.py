@@ -45,6 +45,14 @@ OTHER_ROUTES: dict[tuple[str, str], dict[str, Any]] = {
     ("PUT", "/sessions/{session_id}/artifacts/{artifact_id}/retention"): {
         "json": {"retain_until": None}
     },
+    ("POST", "/sessions/{session_id}/imports"): {
+        "params": {"source": "host:/in", "path": "a.txt", "size": 1, "mtime_ns": 1},
+        "content": b"x",
+    },
+    ("GET", "/sessions/{session_id}/imports"): {},
+    ("POST", "/sessions/{session_id}/imports/{artifact_id}/follow-up"): {
+        "json": {"processor": "sample-upper"}
+    },
     ("POST", "/sessions/{session_id}/leases"): {"json": {}},
     ("GET", "/sessions/{session_id}/leases"): {},
     ("GET", "/sessions/{session_id}/leases/{lease_id}"): {},

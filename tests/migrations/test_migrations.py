@@ -143,3 +143,49 @@ def test_the_keys_table_rename_upgrades_and_downgrades_on_postgresql(
     finally:
         catalog.dispose()
         postgres_databases.drop(url)
+
+
+def import_ledger_round_trip(catalog: Catalog) -> None:
+    """0007 adds the import ledger; its downgrade drops it, and upgrading again restores it."""
+    catalog.migrate()
+    with catalog.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO sessions (id, token_hash, metadata, state, created_at,"
+            " last_activity_at) VALUES ('s1', 'h', '{}', 'open', '2026-01-01 00:00:00',"
+            " '2026-01-01 00:00:00')"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO import_ledger (session_id, source, path, size, mtime_ns, origin_key,"
+            " source_key, path_key, artifact_id, sha256, imported_at) VALUES ('s1', 'src',"
+            " 'a.txt', 1, 2, 'o', 's', 'p', 'a', 'h', '2026-01-01 00:00:00')"
+        )
+    with catalog.engine.connect() as conn:
+        command.downgrade(alembic_config(conn), "0006")
+        conn.commit()
+        assert "import_ledger" not in inspect(conn).get_table_names()
+    assert catalog.get_session_row("s1") is not None
+    catalog.migrate()
+    assert catalog.revisions() == ("0007", "0007")
+    with catalog.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM import_ledger").scalar() == 0
+    assert schema_differences(catalog) == []
+
+
+def test_the_import_ledger_upgrades_and_downgrades(tmp_path: Path) -> None:
+    catalog = Catalog.open(f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        import_ledger_round_trip(catalog)
+    finally:
+        catalog.dispose()
+
+
+def test_the_import_ledger_upgrades_and_downgrades_on_postgresql(
+    postgres_databases: PostgresDatabases,
+) -> None:
+    url = postgres_databases.empty()
+    catalog = Catalog.open(url)
+    try:
+        import_ledger_round_trip(catalog)
+    finally:
+        catalog.dispose()
+        postgres_databases.drop(url)

@@ -17,11 +17,12 @@ from fastapi.security import HTTPAuthorizationCredentials
 
 from ephemera.errors import EphemeraError, Forbidden, Unauthenticated
 from ephemera.http.admin import admin_router
+from ephemera.http.credentials import bearer
 from ephemera.http.errors import error_response, install_error_handlers
 from ephemera.http.openapi import install_openapi, operation_id
 from ephemera.http.processors import processors_router
 from ephemera.http.ratelimit import auth_failures
-from ephemera.http.routes import ERRORS, api_router, bearer
+from ephemera.http.routes import ERRORS, api_router
 from ephemera.http.schemas import Health
 from ephemera.http.workers import worker_router
 from ephemera.models import KeyRole

@@ -11,10 +11,11 @@ from fastapi import APIRouter, Depends, Query
 
 from ephemera.clock import Clock
 from ephemera.errors import Forbidden
+from ephemera.http.credentials import Credential
 from ephemera.http.jsonbody import json_body_route
 from ephemera.http.openapi import operation_id
 from ephemera.http.ratelimit import RateLimit, auth_failures
-from ephemera.http.routes import ERRORS, Credential
+from ephemera.http.routes import ERRORS
 from ephemera.http.schemas import (
     AdminSessionOut,
     AdminSessionPage,

@@ -11,10 +11,10 @@ import asyncio
 import base64
 import binascii
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from pydantic import ValidationError
@@ -30,6 +30,7 @@ from ephemera.store import Store, Upload
 
 BUFFER = 1024 * 1024
 FIELD_MAX = 4096
+T = TypeVar("T")
 FIELDS = ("name", "kind", "content_type", "storage", "expires_in_s", "sha256")
 
 
@@ -112,13 +113,14 @@ class _Sink:
         if self._chunks:
             await anyio.to_thread.run_sync(self._write, self._take())
 
-    async def commit(self, sha256: str | None) -> Artifact:
+    async def commit(self, commit: Callable[[], T]) -> T:
+        """Write the tail, then ``commit`` (which commits the upload)."""
         await self._wait()
         chunks = self._take()
 
-        def write_and_commit() -> Artifact:
+        def write_and_commit() -> T:
             self._write(chunks)
-            return self.upload.commit(sha256)
+            return commit()
 
         # One trip to a worker thread for the tail and the commit: small uploads take one.
         return await anyio.to_thread.run_sync(write_and_commit)
@@ -177,11 +179,17 @@ async def receive_raw(
     upload = await anyio.to_thread.run_sync(
         params.begin, store, session_id, declared_length(request)
     )
+    return await stream_into(store, request, upload, partial(upload.commit, params.sha256))
+
+
+async def stream_into(store: Store, request: Request, upload: Upload, commit: Callable[[], T]) -> T:
+    """The raw body streamed into ``upload``, then ``commit``; the upload is discarded if
+    anything fails."""
     sink = _Sink(upload)
     try:
         async for chunk in body_chunks(request, store.settings.upload_idle_timeout_s):
             await sink.feed(chunk)
-        return await sink.commit(params.sha256)
+        return await sink.commit(commit)
     except BaseException:
         await sink.discard()
         raise
@@ -373,7 +381,7 @@ async def receive_multipart(
         if not final.name:
             raise InvalidInput("a file name is required (a 'name' field or the part's filename)")
         await anyio.to_thread.run_sync(partial(sink.upload.amend, **final.metadata()))
-        return await sink.commit(final.sha256)
+        return await sink.commit(partial(sink.upload.commit, final.sha256))
     except BaseException:
         if sink is not None:
             await sink.discard()

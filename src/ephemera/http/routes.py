@@ -10,12 +10,14 @@ from urllib.parse import quote
 import anyio
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from ephemera.errors import Forbidden, StorageError, Unauthenticated
+from ephemera.http.credentials import Credential, bearer
 from ephemera.http.errors import MalformedBody, RangeNotSatisfiable
+from ephemera.http.imports import add_import_routes
 from ephemera.http.jsonbody import json_body_route
 from ephemera.http.openapi import (
     CONTENT_REQUEST,
@@ -62,19 +64,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (503, "Storage unavailable"),
     ]
 }
-
-bearer = HTTPBearer(auto_error=False, description="A session token or a key")
-
-
-def credential(
-    auth: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> str:
-    if auth is None or not auth.credentials:
-        raise Unauthenticated("missing credentials: send 'Authorization: Bearer <token>'")
-    return auth.credentials
-
-
-Credential = Annotated[str, Depends(credential)]
 
 
 def as_json(model: BaseModel, status: int) -> Response:
@@ -403,6 +392,7 @@ def api_router(store: Store) -> APIRouter:
         audit_admin(admin, "task.cancel", f"{session_id}/{task_id}")
         return TaskOut.of(task)
 
+    add_import_routes(router, store, authed, upload_slots)
     return router
 
 

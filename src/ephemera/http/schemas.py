@@ -396,3 +396,41 @@ class ProcessorOut(BaseModel):
 
 class ProcessorList(BaseModel):
     items: list[ProcessorOut]
+
+
+class ImportOriginOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    source: str = Field(description="The root folder the file was imported from")
+    path: str = Field(description="The file's POSIX path relative to the source")
+    size: int
+    mtime_ns: int
+
+
+class ImportEntryOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    origin: ImportOriginOut
+    artifact_id: str
+    sha256: str
+    replaces: str | None = Field(description="The artifact of the previous version of the path")
+    task_id: str | None = Field(description="The follow-up task, once submitted")
+    imported_at: datetime
+
+
+class ImportOut(BaseModel):
+    created: bool = Field(description="False when the ledger already held this file version")
+    entry: ImportEntryOut
+    artifact: ArtifactOut | None = Field(description="None once the artifact has been deleted")
+
+
+class ImportPage(BaseModel):
+    items: list[ImportEntryOut]
+    next_cursor: str | None
+
+
+class FollowUpIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    processor: str = Field(min_length=1, max_length=100)
+    params: dict[str, Any] = Field(default_factory=dict)
