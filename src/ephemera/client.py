@@ -324,7 +324,6 @@ class Client:
             f"/sessions/{_seg(session_id)}/artifacts",
             params=params,
             content=_chunks(file),
-            headers={"Content-Type": "application/octet-stream"},
         )
         return artifact_of(answer)
 
@@ -370,7 +369,8 @@ class Client:
             sha256=sha256,
             then=then.processor if then else None,
         )
-        headers = {"Content-Type": "application/octet-stream"}
+        # No Content-Type: the server guesses it from the name, as for any raw upload.
+        headers = {}
         if then is not None:
             headers["Ephemera-Then-Params"] = json.dumps(then.params)
         answer = self._call(

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from ephemera import Settings, Store
+from ephemera.client import Client
 from ephemera.importer import Filter, scan
 from tests.cli import BACKEND_VARIABLES, ephemera
+from tests.conftest import Server
 
 pytestmark = pytest.mark.slow
 
@@ -194,3 +196,30 @@ def test_usage_errors_exit_2_with_one_line_and_import_nothing(
     done = ephemera("import", str(root), "--new-session", "--then", "nope", data_dir=data_dir)
     assert done.returncode == 2
     assert store.totals() == before
+
+
+def test_remote_import_with_a_client_key_into_a_new_session_and_a_wrong_token(
+    server: Server, tmp_path: Path
+) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    for i in range(3):
+        (root / f"{i}.png").write_bytes(os.urandom(500))
+    key = ephemera("client-key", "create", "camera-pc", data_dir=server.data_dir)
+    assert key.returncode == 0, key.stderr
+    remote = ["--server", server.url, "--json"]
+
+    created = ephemera(
+        "import", str(root), "--new-session", *remote, env={"EPHEMERA_TOKEN": key.stdout.strip()}
+    )
+    wrong = ephemera(
+        "import", str(root), "--session", "x", "--server", server.url, "--token", "eps_wrong"
+    )
+
+    assert created.returncode == 0, created.stderr
+    summary = json.loads(created.stdout)
+    assert (summary["imported"], summary["failed"]) == (3, 0)
+    with Client(server.url, summary["token"]) as own:
+        assert len(list(own.list_imports(summary["session_id"]))) == 3
+    assert wrong.returncode == 2
+    assert "not found" in wrong.stderr

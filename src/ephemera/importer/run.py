@@ -29,6 +29,7 @@ from ephemera.models import FollowUp, ImportEntry, ImportOrigin
 log = logging.getLogger("ephemera.importer")
 
 CHUNK_SIZE = 1024 * 1024
+MAX_ERRORS_LISTED = 10_000
 # Errors after which no other file can succeed either: the run stops.
 FATAL = (NotFound, Unauthenticated, Forbidden)
 
@@ -386,7 +387,10 @@ class Importer:
     def _fail(self, path: str, error: str) -> None:
         with self._lock:
             self._summary.failed += 1
-            self._summary.errors.append(FileError(path, error))
+            # A long watch through a server outage fails the same files again and again:
+            # the count goes on, the list stops growing.
+            if len(self._summary.errors) < MAX_ERRORS_LISTED:
+                self._summary.errors.append(FileError(path, error))
         self._report()
 
     def _report(self) -> None:
