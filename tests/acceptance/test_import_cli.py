@@ -223,3 +223,44 @@ def test_remote_import_with_a_client_key_into_a_new_session_and_a_wrong_token(
         assert len(list(own.list_imports(summary["session_id"]))) == 3
     assert wrong.returncode == 2
     assert "not found" in wrong.stderr
+
+
+def test_sigterm_stops_a_run_cleanly_and_a_rerun_imports_the_rest_once(
+    store: Store, data_dir: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "photos"
+    root.mkdir()
+    for i in range(40):
+        (root / f"img{i:02}.png").write_bytes(os.urandom(2000))
+    first = next(scan(root, Filter())).path
+    os.truncate(root / first, 64 * 1024 * 1024)  # sparse, and long enough to read
+    session_id = store.create_session().session.id
+    args = [root.as_posix(), "--session", session_id, "--workers", "1", "--json"]
+    process = subprocess.Popen(
+        import_command(*args, data_dir=data_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(),
+    )
+    deadline = time.monotonic() + 20
+    while not opened_by(process.pid, root / first):
+        assert process.poll() is None, process.stderr
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 130, stderr
+    stopped = json.loads(stdout)
+    assert stopped["failed"] == 0
+    assert 1 <= stopped["imported"] < 40  # the file in flight finished; the queue did not
+    rerun = ephemera("import", *args, data_dir=data_dir)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    assert (summary["imported"], summary["skipped"]) == (
+        40 - stopped["imported"],
+        stopped["imported"],
+    )
+    paths = [e.origin.path for e in store.list_imports(session_id).items]
+    assert sorted(paths) == sorted(f"img{i:02}.png" for i in range(40))

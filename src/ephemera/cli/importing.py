@@ -29,7 +29,6 @@ from rich.progress import (
 from ephemera.cli import render
 from ephemera.cli.app import app
 from ephemera.cli.common import (
-    AsJson,
     BlobUrl,
     DatabaseUrl,
     DataDir,
@@ -44,6 +43,8 @@ from ephemera.errors import EphemeraError, Forbidden, NotFound, Unauthenticated
 from ephemera.importer import HttpTarget, Importer, Plan, StoreTarget, Summary, Target
 from ephemera.importer import Progress as ImportProgress
 from ephemera.models import CreatedSession, FollowUp
+
+EXIT_INTERRUPTED = 130  # the shell's code for a command ended by SIGINT
 
 
 def _then(processor: str | None, params: str | None) -> FollowUp | None:
@@ -107,7 +108,9 @@ def _progress_bar(enabled: bool, watch: bool) -> Iterator[Callable[[ImportProgre
 
 @app.command("import")
 def import_files(
-    path: Annotated[Path, typer.Argument(help="The folder to import", show_default=False)],
+    path: Annotated[
+        Path, typer.Argument(metavar="PATH", help="The folder to import", show_default=False)
+    ],
     session: Annotated[
         str | None, typer.Option("--session", metavar="SID", help="Import into this session")
     ] = None,
@@ -115,7 +118,10 @@ def import_files(
         bool, typer.Option("--new-session", help="Create a session and import into it")
     ] = False,
     label: Annotated[
-        str | None, typer.Option(help="The new session's label (with --new-session)")
+        str | None,
+        typer.Option(
+            "--label", metavar="LABEL", help="The new session's label (with --new-session)"
+        ),
     ] = None,
     watch: Annotated[
         bool, typer.Option("--watch", help="Keep importing files that appear or change")
@@ -125,9 +131,17 @@ def import_files(
     ] = False,
     settle: Annotated[
         float,
-        typer.Option(min=0.05, max=3600, help="Seconds a file's size and mtime must stay the same"),
+        typer.Option(
+            "--settle",
+            min=0.05,
+            max=3600,
+            metavar="SECONDS",
+            help="With --watch: how long a file's size and mtime must stay the same",
+        ),
     ] = 1.0,
-    kind: Annotated[str, typer.Option(help="Kind of the artifacts")] = "input",
+    kind: Annotated[
+        str, typer.Option("--kind", metavar="KIND", help="Kind of the artifacts")
+    ] = "input",
     pattern: Annotated[
         list[str] | None,
         typer.Option(
@@ -136,7 +150,11 @@ def import_files(
     ] = None,
     source: Annotated[
         str | None,
-        typer.Option(help="Name of the folder in the ledger [default: host:/absolute/path]"),
+        typer.Option(
+            "--source",
+            metavar="NAME",
+            help="Name of the folder in the ledger [default: host:/absolute/path]",
+        ),
     ] = None,
     server: Annotated[
         str | None, typer.Option(metavar="URL", help="Import into a remote ephemera serve")
@@ -144,6 +162,8 @@ def import_files(
     token: Annotated[
         str | None,
         typer.Option(
+            "--token",
+            metavar="TOKEN",
             envvar="EPHEMERA_TOKEN",
             show_envvar=True,
             help="With --server: the session's token or a key (a client or admin key to "
@@ -157,8 +177,12 @@ def import_files(
     params: Annotated[
         str | None, typer.Option(metavar="JSON", help="The task's params (with --then)")
     ] = None,
-    workers: Annotated[int, typer.Option(min=1, max=64, help="Upload threads")] = 4,
-    as_json: AsJson = False,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, max=64, metavar="N", help="Upload threads")
+    ] = 4,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON summary on standard output")
+    ] = False,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
     blob_url: BlobUrl = None,
@@ -169,8 +193,9 @@ def import_files(
 
     Hidden files and folders and partial downloads (*.part, *.partial, *.tmp, *.temp,
     *.crdownload, *.download, *.swp, *~) are skipped; symbolic links are not followed.
-    Exit codes: 0 every file imported or skipped; 1 some failed (listed); 2 bad flags, path,
-    session, token or processor (nothing imported); 3 a backend is unreachable.
+    Exit codes: 0 every file imported or skipped (with --watch: until stopped); 1 some failed
+    (listed); 2 bad flags, path, session, token or processor (nothing imported); 3 a backend
+    is unreachable; 130 stopped by SIGINT/SIGTERM before the end of a run without --watch.
     """
     if (session is None) == (not new_session):
         raise usage_error("give exactly one of --session SID and --new-session")
@@ -246,6 +271,8 @@ def import_files(
     _print(summary, as_json, created)
     if summary.failed:
         raise typer.Exit(1)
+    if stop.is_set() and not watch:  # stopped before the end: not every file was looked at
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _from_env(name: str, value: str) -> bool:
