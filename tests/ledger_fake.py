@@ -26,6 +26,9 @@ class FakeTarget:
     stored: dict[str, bytes] = field(default_factory=dict)
     # Called with the origin before its data is read: a test's way to make one file fail.
     before_read: Callable[[ImportOrigin], None] | None = None
+    # Called after the first chunk of a file is read: a test's way to change it mid-read.
+    during_read: Callable[[ImportOrigin], None] | None = None
+    puts: int = 0
     reads: int = 0
     follow_ups: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -55,6 +58,7 @@ class FakeTarget:
     ) -> Imported:
         self.check(session_id, then)
         with self.lock:
+            self.puts += 1
             for entry in self.entries_:
                 if entry.origin == origin:
                     return Imported(entry, created=False)
@@ -64,9 +68,11 @@ class FakeTarget:
         digest, body = hashlib.sha256(), bytearray()
         with self.lock:
             self.reads += 1
-        for chunk in data:
+        for i, chunk in enumerate(data):
             digest.update(chunk)
             body += chunk
+            if i == 0 and self.during_read is not None:
+                self.during_read(origin)
         with self.lock:
             for entry in self.entries_:
                 if entry.origin == origin:
