@@ -28,6 +28,8 @@ class FakeTarget:
     before_read: Callable[[ImportOrigin], None] | None = None
     # Called after the first chunk of a file is read: a test's way to change it mid-read.
     during_read: Callable[[ImportOrigin], None] | None = None
+    # Records this instead of the hash of what it read: a transport that changed the bytes.
+    records_sha256: str | None = None
     puts: int = 0
     reads: int = 0
     follow_ups: int = 0
@@ -84,7 +86,7 @@ class FakeTarget:
                 session_id,
                 origin,
                 artifact_id,
-                digest.hexdigest(),
+                self.records_sha256 or digest.hexdigest(),
                 previous[-1].artifact_id if previous else None,
                 datetime.now(UTC),
                 task_id,

@@ -299,3 +299,16 @@ def test_an_unexpected_failure_costs_one_file_and_never_hangs_the_run(tmp_path: 
         ("d1/f4.png", "unexpected error: RuntimeError('a bug')")
     ]
     assert summary.imported == 9
+
+
+def test_a_target_that_stored_other_bytes_than_were_read_is_a_listed_error(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "a.png").write_bytes(b"the bytes")
+    summary = run(FakeTarget(records_sha256="0" * 64), plan(tmp_path))
+
+    read = hashlib.sha256(b"the bytes").hexdigest()
+    assert [(e.path, e.error) for e in summary.errors] == [
+        ("a.png", f"checksum mismatch: read {read}, the target stored {'0' * 64}")
+    ]
+    assert summary.imported == 0
