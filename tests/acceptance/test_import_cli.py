@@ -169,6 +169,7 @@ def test_usage_errors_exit_2_with_one_line_and_import_nothing(
         ("not a folder", [str(tmp_path / "nowhere"), "--session", session_id]),
         ("session no-such-session not found", [str(root), "--session", "no-such-session"]),
         ("give exactly one of --session SID and --new-session", [str(root)]),
+        ("--kind: kind must be", [str(root), "--session", session_id, "--kind", "Bad Kind"]),
         (
             "--params is not valid JSON",
             [str(root), "--session", session_id, "--then", "roi-compare", "--params", "{bad"],

@@ -26,6 +26,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ephemera import ids
 from ephemera.cli import render
 from ephemera.cli.app import app
 from ephemera.cli.common import (
@@ -39,7 +40,7 @@ from ephemera.cli.common import (
     usage_error,
 )
 from ephemera.client import Client
-from ephemera.errors import EphemeraError, Forbidden, NotFound, Unauthenticated
+from ephemera.errors import EphemeraError, Forbidden, InvalidInput, NotFound, Unauthenticated
 from ephemera.importer import HttpTarget, Importer, Plan, StoreTarget, Summary, Target
 from ephemera.importer import Progress as ImportProgress
 from ephemera.models import CreatedSession, FollowUp
@@ -76,6 +77,19 @@ def _signals(stop: threading.Event, abort: threading.Event) -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+@contextmanager
+def _token_on_failure(created: CreatedSession | None, as_json: bool) -> Iterator[None]:
+    """A new session's token goes in the JSON summary; if the run ends without one, the
+    token is printed on standard error instead, or nobody could ever open the session."""
+    try:
+        yield
+    except BaseException:
+        if created is not None and as_json:
+            token = escape(created.token)
+            err.print(f"session {created.session.id} token: {token}", highlight=False)
+        raise
 
 
 @contextmanager
@@ -208,6 +222,10 @@ def import_files(
     if server is not None and not token:
         raise usage_error("--server needs --token (or EPHEMERA_TOKEN)")
     follow_up = _then(then, params)
+    try:
+        ids.check_kind(kind)
+    except InvalidInput as exc:
+        raise usage_error(f"--kind: {exc.message}") from None
     if not path.is_dir():
         raise usage_error(f"not a folder: {path}")
     root = path.resolve()
@@ -262,12 +280,16 @@ def import_files(
             with (
                 _signals(stop, abort),
                 _progress_bar(err.is_terminal, watch) as progress,
+                _token_on_failure(created, as_json),
             ):
                 summary = Importer(target, plan, progress=progress, stop=stop, abort=abort).run()
         except (NotFound, Unauthenticated, Forbidden) as exc:
             raise fail(exc, 2) from None
         except EphemeraError as exc:
             raise fail(exc) from None
+        except OSError as exc:  # the watch could not start (e.g. the inotify watch limit)
+            hint = "; --poll watches without inotify" if watch and not poll else ""
+            raise usage_error(f"cannot watch {root}: {exc.strerror or exc}{hint}") from None
     _print(summary, as_json, created)
     if summary.failed:
         raise typer.Exit(1)
