@@ -5,10 +5,20 @@ Importing the command modules registers their commands on :data:`app`.
 
 from __future__ import annotations
 
-from ephemera.cli import keys, maintenance, processors, serve, sessions, verify
+from ephemera.cli import importing, keys, maintenance, processors, serve, sessions, verify
 from ephemera.cli.app import app
 
-__all__ = ["app", "keys", "main", "maintenance", "processors", "serve", "sessions", "verify"]
+__all__ = [
+    "app",
+    "importing",
+    "keys",
+    "main",
+    "maintenance",
+    "processors",
+    "serve",
+    "sessions",
+    "verify",
+]
 
 
 def main() -> None:
