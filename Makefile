@@ -22,7 +22,7 @@ given = $(filter command line,$(origin $(1)))
 SERVE_ARGS := $(if $(call given,HOST),--host '$(HOST)') $(if $(call given,PORT),--port '$(PORT)')
 
 .PHONY: install serve-env test-env serve test test-fast lint bench bench-transfer bench-cleanup \
-	bench-processing clean
+	bench-processing bench-import clean
 
 $(SERVE_STAMP): pyproject.toml
 	$(PYTHON) -m venv --clear $(VENV)
@@ -59,7 +59,7 @@ test: lint
 test-fast: test-env
 	$(TBIN)/pytest tests/unit
 
-bench: bench-transfer bench-cleanup bench-processing
+bench: bench-transfer bench-cleanup bench-processing bench-import
 
 bench-transfer: test-env
 	$(TBIN)/python -m bench.transfer
@@ -69,6 +69,9 @@ bench-cleanup: test-env
 
 bench-processing: test-env
 	$(TBIN)/python -m bench.processing
+
+bench-import: test-env
+	$(TBIN)/python -m bench.importing
 
 clean:
 	rm -rf $(VENV) $(TEST_VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache \
