@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import tracemalloc
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,18 +13,21 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from PIL import Image, ImageChops
+from PIL import Image, ImageChops, ImageCms, features
 
 from ephemera import InvalidInput, Settings, Store
 from ephemera.errors import StorageError
 from ephemera.models import Task, TaskState
-from ephemera.processors import TaskCancelled, TaskFailed
+from ephemera.processors import TaskCancelled, TaskFailed, image_catalog
 from ephemera.processors.image_catalog import (
     BLURRY_BELOW,
+    MAX_PIXELS_CEILING,
     ImageCatalog,
     ImageCatalogParams,
     analyse,
     aspect_name,
+    decode,
+    encode_thumbnail,
 )
 from ephemera.testing import MemoryTaskContext
 from ephemera.worker import Worker
@@ -240,6 +244,26 @@ def test_a_16_bit_image_keeps_its_whole_range_in_the_thumbnail(run: Run) -> None
     assert (np.diff(thumbnail[64]) >= 0).all()
 
 
+def test_a_16_bit_image_is_narrowed_without_widening_its_pixels() -> None:
+    """At the 100 MP ceiling every byte a pixel is 100 MB: narrowing 16 to 8 bits holds the
+    1-byte result and a band of pixels, never a copy of the whole image, let alone a wider
+    (int64) one."""
+    width, height = 2000, 1500
+    ramp = np.linspace(0, 65535, width).round().astype(np.uint16)
+    data = png(np.tile(ramp, (height, 1)))
+    tracemalloc.start()
+    try:
+        decoded = decode(io.BytesIO(data), MAX_PIXELS_CEILING, 512, gps=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (decoded.mode, decoded.image.mode) == ("I;16", "L")
+    assert peak < 2 * width * height
+    row = np.asarray(decoded.image)[0]
+    assert (row[0], row[-1]) == (0, 255)
+    assert np.array_equal(row, (ramp >> 8).astype(np.uint8))
+
+
 @pytest.mark.parametrize("name", ["cmyk-adobe.jpg", "cmyk-plain.jpg"])
 def test_a_cmyk_jpeg_keeps_its_colours_whichever_convention_it_follows(run: Run, name: str) -> None:
     assert run.entry(name)["mode"] == "CMYK"
@@ -284,6 +308,26 @@ def test_an_image_above_max_pixels_fails_before_it_is_decoded(store: Store) -> N
     (failure,) = outcome.result["failed"]
     assert failure["error"] == "big.png: is 800x600 pixels (0.5 MP), above max_pixels (0.1 MP)"
     assert [i["name"] for i in outcome.result["items"]] == ["small.png"]
+
+
+def test_32_bit_grey_is_clipped_to_the_16_bit_range_then_narrowed() -> None:
+    values = np.array([[-5, 0, 255, 256, 65535, 70000]] * 3, np.int32)
+    tiff = encoded(Image.fromarray(values), "TIFF")
+    decoded = decode(io.BytesIO(tiff), MAX_PIXELS_CEILING, 512, gps=False)
+    assert (decoded.mode, decoded.image.mode) == ("I", "L")
+    assert np.asarray(decoded.image)[0].tolist() == [0, 0, 0, 1, 255, 255]
+
+
+def test_an_image_just_over_pillows_warning_threshold_but_under_max_pixels_decodes() -> None:
+    """Pillow only warns from 89.5 MP; max_pixels alone decides, whatever the warning filters
+    (here they make warnings errors, as in no production run)."""
+    assert Image.MAX_IMAGE_PIXELS is not None
+    width, height = 9500, Image.MAX_IMAGE_PIXELS // 9500 + 1
+    buffer = io.BytesIO()
+    Image.new("1", (width, height), 1).save(buffer, "PNG", compress_level=1)
+    decoded = decode(io.BytesIO(buffer.getvalue()), MAX_PIXELS_CEILING, 512, gps=False)
+    assert (decoded.width, decoded.height) == (width, height)
+    assert decoded.image.getextrema() == (255, 255)
 
 
 @pytest.mark.parametrize(
@@ -368,8 +412,17 @@ def test_an_entry_that_is_not_comparable_fails_alone(store: Store) -> None:
 # -- EXIF ------------------------------------------------------------------------------------
 
 
+THUMBNAIL_FORMATS = [
+    "png",
+    pytest.param(
+        "webp", marks=pytest.mark.skipif(not features.check("webp"), reason="no WebP support")
+    ),
+]
+
+
+@pytest.mark.parametrize("fmt", THUMBNAIL_FORMATS)
 def test_gps_is_reported_only_when_asked_and_never_copied_into_the_thumbnail(
-    store: Store,
+    store: Store, fmt: str
 ) -> None:
     data = exif_jpeg(
         rgb(photo(1, (320, 240))),
@@ -377,7 +430,7 @@ def test_gps_is_reported_only_when_asked_and_never_copied_into_the_thumbnail(
         gps=(48.858222, -2.2945),
         taken_at="2024:05:01 10:20:30",
     )
-    quiet = catalogue(store, "photos", {"paris.jpg": data})
+    quiet = catalogue(store, "photos", {"paris.jpg": data}, {"thumbnail_format": fmt})
     entry = quiet.entry("paris.jpg")
     assert entry["exif"] == {
         "make": "Canon",
@@ -390,12 +443,36 @@ def test_gps_is_reported_only_when_asked_and_never_copied_into_the_thumbnail(
     assert b"48.85" not in raw
     assert b"gps" not in raw
 
-    asked = catalogue(store, "photos", {"paris-2.jpg": data}, {"gps": True})
+    asked = catalogue(
+        store, "photos", {"paris-2.jpg": data}, {"gps": True, "thumbnail_format": fmt}
+    )
     position = asked.entry("paris-2.jpg")["exif"]["gps"]
     assert position["latitude"] == pytest.approx(48.858222, abs=1e-5)
     assert position["longitude"] == pytest.approx(-2.2945, abs=1e-5)
     for outcome, name in ((quiet, "paris.jpg"), (asked, "paris-2.jpg")):
-        assert not outcome.thumbnail(name).getexif()
+        thumbnail = outcome.thumbnail(name)
+        assert thumbnail.format == fmt.upper()
+        assert not thumbnail.getexif()
+        assert b"Exif" not in outcome.read(outcome.item(name)["thumbnail"]["artifact_id"])
+
+
+@pytest.mark.parametrize("fmt", THUMBNAIL_FORMATS)
+def test_a_thumbnail_carries_none_of_the_metadata_its_source_image_holds(fmt: str) -> None:
+    source = rgb(photo(1, (320, 240)))
+    exif = Image.Exif()
+    exif.get_ifd(0x8825)[2] = (48, 51, 29.6)  # GPSLatitude
+    source.info.update(
+        exif=exif.tobytes(),
+        xmp=b"<x:xmpmeta>where it was taken</x:xmpmeta>",
+        icc_profile=ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes(),
+        comment=b"a private note",
+    )
+    thumbnail, _ = encode_thumbnail(source, 64, fmt)
+    for marker in (b"Exif", b"xmpmeta", b"private note", b"ICCP", b"iCCP"):
+        assert marker not in thumbnail.data
+    opened = open_image(thumbnail.data)
+    assert not {"exif", "xmp", "icc_profile", "comment"} & set(opened.info)
+    assert source.info["comment"] == b"a private note"  # the source is left as it was
 
 
 # -- thumbnails, tags ------------------------------------------------------------------------
@@ -507,6 +584,64 @@ def test_progress_is_reported_per_input_and_cancellation_stops_between_images() 
 def test_all_inputs_failing_raises_task_failed_in_process() -> None:
     ctx = MemoryTaskContext({"x": ("x.bin", b"\x00" * 10)})
     with pytest.raises(TaskFailed, match=r"^no input could be catalogued: x.bin: not an image"):
+        ImageCatalog().run(ctx, ImageCatalogParams())
+
+
+@pytest.mark.parametrize(
+    ("step", "error", "reason"),
+    [
+        ("analyse", MemoryError(), "needs more memory than is available to analyse"),
+        ("perceptual_hash", ValueError("bad shape"), "cannot be analysed (ValueError: bad shape)"),
+        (
+            "encode_thumbnail",
+            OSError("encoder error -2"),
+            "cannot be analysed (OSError: encoder error -2)",
+        ),
+        (
+            "analyse",
+            Image.DecompressionBombError("too many pixels"),
+            "cannot be analysed (DecompressionBombError: too many pixels)",
+        ),
+    ],
+)
+def test_an_image_that_breaks_after_decoding_fails_alone_and_stores_nothing(
+    monkeypatch: pytest.MonkeyPatch, step: str, error: Exception, reason: str
+) -> None:
+    """Only the 64x64 image breaks (in analysis, hashing or encoding); the other one is
+    catalogued and the task succeeds."""
+    real = getattr(image_catalog, step)
+
+    def breaks_on_the_square_one(image: Image.Image, *args: Any) -> Any:
+        if image.size == (64, 64):
+            raise error
+        return real(image, *args)
+
+    monkeypatch.setattr(image_catalog, step, breaks_on_the_square_one)
+    ctx = MemoryTaskContext(
+        {
+            "good": ("good.png", png(photo(1, (64, 48)))),
+            "bad": ("bad.png", png(photo(2, (64, 64)))),
+        }
+    )
+    result = ImageCatalog().run(ctx, ImageCatalogParams())
+    assert result["failed"] == [
+        {"artifact_id": "bad", "name": "bad.png", "error": f"bad.png: {reason}"}
+    ]
+    assert [i["name"] for i in result["items"]] == ["good.png"]
+    assert sorted(ctx.outputs) == ["good.catalog.json", "good.thumb.png"]
+
+
+def test_a_store_error_raised_while_analysing_still_fails_the_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """StorageError is an OSError, yet it is the store's fault, not the image's."""
+
+    def store_fails(*args: Any) -> Any:
+        raise StorageError("blob store unreachable")
+
+    monkeypatch.setattr(image_catalog, "analyse", store_fails)
+    ctx = MemoryTaskContext({"a": ("a.png", png(photo(1, (64, 48))))})
+    with pytest.raises(StorageError, match="unreachable"):
         ImageCatalog().run(ctx, ImageCatalogParams())
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -95,6 +96,11 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N"})
 _SIXTEEN_BIT_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N"})
 _TO_RGB_MODES = frozenset({"RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
+# 16-bit images are narrowed to 8 bits this many pixels at a time (512 KB of them).
+_NARROW_BAND_PIXELS = 1 << 18
+# What a decoded image can make analysis or encoding raise. StorageError is an OSError too:
+# it is re-raised first, the store failing is not the image's fault.
+_IMAGE_ERRORS = (OSError, ValueError, ArithmeticError, MemoryError, Image.DecompressionBombError)
 
 
 class ImageCatalogParams(BaseModel):
@@ -243,11 +249,16 @@ def _catalogue(
     with ctx.open_input(artifact.id) as stream:
         decoded = decode(stream, params.max_pixels, need, gps=params.gps)
     image = decoded.image
-    analysis = analyse(image, decoded.mode)
-    hash_value = perceptual_hash(image, params.hash)
-    thumbnail, content_type = encode_thumbnail(
-        image, params.thumbnail_size, params.thumbnail_format
-    )
+    try:
+        analysis = analyse(image, decoded.mode)
+        hash_value = perceptual_hash(image, params.hash)
+        thumbnail, content_type = encode_thumbnail(
+            image, params.thumbnail_size, params.thumbnail_format
+        )
+    except EphemeraError:
+        raise
+    except _IMAGE_ERRORS as exc:
+        raise ItemFailed(_analysis_error(exc)) from None
 
     stem = _unique_stem(PurePosixPath(artifact.name).stem or "image", stems)
     thumb = ctx.write_output(
@@ -323,38 +334,50 @@ def decode(stream: Any, max_pixels: int, need: int, *, gps: bool) -> Decoded:
 
     JPEGs are decoded at the smallest 1/2^k scale whose shorter side still covers ``need``:
     what is computed from the pixels needs no more, and memory stays far below a full decode.
+
+    ``max_pixels`` decides what is too large, not Pillow's warning (from 89.5 MP, below
+    MAX_PIXELS_CEILING): it is silenced, so an image passes or fails the same whatever the
+    process's warning filters. Pillow's error (from 179 MP) still stops what is far larger
+    before its size is checked here. (Before Python 3.14 the filters are process-wide: a
+    decode in another thread at that moment may keep or lose this one filter, nothing else.)
     """
     try:
-        with Image.open(stream, formats=FORMATS) as opened:
-            width, height = opened.size
-            if width * height > max_pixels:
-                raise ItemFailed(_too_large(width, height, max_pixels))
-            fmt = str(opened.format)
-            mode = opened.mode
-            frames = int(getattr(opened, "n_frames", 1))
-            # Read while the file is open: a TIFF's sub-IFDs are read from it on demand.
-            exif = exif_fields(opened.getexif(), gps=gps)
-            if fmt in ("JPEG", "MPO"):
-                opened.draft(None, (need, need))
-            opened.load()
-            oriented = ImageOps.exif_transpose(opened)
-            if oriented.size != opened.size:  # a quarter turn
-                width, height = height, width
-            if oriented.mode == "CMYK" and fmt in ("JPEG", "MPO") and "adobe" not in opened.info:
-                # Pillow reads every CMYK JPEG as Adobe's (inverted); without Adobe's marker
-                # the values are plain, so undo that inversion.
-                oriented = ImageChops.invert(oriented)
-            image = _display(oriented)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return _read(stream, max_pixels, need, gps=gps)
     except (ItemFailed, TaskCancelled, EphemeraError):
         raise  # the store failing to read is not the image's fault
     except UnidentifiedImageError:
         raise ItemFailed(
             f"not an image Pillow can read (supported: {', '.join(FORMATS)})"
         ) from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except Image.DecompressionBombError:
         raise ItemFailed(f"is too large to decode safely (max_pixels {max_pixels})") from None
     except Exception as exc:  # Pillow raises many types for malformed files
         raise ItemFailed(_decode_error(exc)) from None
+
+
+def _read(stream: Any, max_pixels: int, need: int, *, gps: bool) -> Decoded:
+    with Image.open(stream, formats=FORMATS) as opened:
+        width, height = opened.size
+        if width * height > max_pixels:
+            raise ItemFailed(_too_large(width, height, max_pixels))
+        fmt = str(opened.format)
+        mode = opened.mode
+        frames = int(getattr(opened, "n_frames", 1))
+        # Read while the file is open: a TIFF's sub-IFDs are read from it on demand.
+        exif = exif_fields(opened.getexif(), gps=gps)
+        if fmt in ("JPEG", "MPO"):
+            opened.draft(None, (need, need))
+        opened.load()
+        oriented = ImageOps.exif_transpose(opened)
+        if oriented.size != opened.size:  # a quarter turn
+            width, height = height, width
+        if oriented.mode == "CMYK" and fmt in ("JPEG", "MPO") and "adobe" not in opened.info:
+            # Pillow reads every CMYK JPEG as Adobe's (inverted); without Adobe's marker
+            # the values are plain, so undo that inversion.
+            oriented = ImageChops.invert(oriented)
+        image = _display(oriented)
     return Decoded(image, fmt, mode, width, height, frames, exif)
 
 
@@ -367,9 +390,17 @@ def _too_large(width: int, height: int, max_pixels: int) -> str:
 
 def _decode_error(exc: Exception) -> str:
     text = str(exc).strip()
+    if isinstance(exc, MemoryError):
+        return "needs more memory than is available to decode"
     if "truncated" in text or isinstance(exc, EOFError):
         return "image file is truncated"
     return f"not a decodable image ({type(exc).__name__}: {text[:200]})"
+
+
+def _analysis_error(exc: Exception) -> str:
+    if isinstance(exc, MemoryError):
+        return "needs more memory than is available to analyse"
+    return f"cannot be analysed ({type(exc).__name__}: {str(exc).strip()[:200]})"
 
 
 def _display(image: Image.Image) -> Image.Image:
@@ -393,10 +424,26 @@ def _display(image: Image.Image) -> Image.Image:
     if mode in _TO_RGB_MODES:
         return image.convert("RGB")
     if mode in _SIXTEEN_BIT_MODES:
-        wide = np.asarray(image).astype(np.int64)
-        narrow = (np.clip(wide, 0, 65535) >> 8).astype(np.uint8)
-        return Image.fromarray(narrow, "L")
+        return _narrow(image)
     raise ItemFailed(f"has pixels of mode {mode}, which this processor does not read")
+
+
+def _narrow(image: Image.Image) -> Image.Image:
+    """16-bit grey as 8-bit, band by band, each shifted straight into the uint8 result.
+
+    Memory stays at the result (1 byte a pixel) and one band: a copy of the whole image as
+    an array (2 bytes a pixel, twice that while Pillow builds it) or wider integers would
+    take hundreds of MB at MAX_PIXELS_CEILING.
+    """
+    width, height = image.size
+    narrow = np.empty((height, width), np.uint8)
+    rows = max(1, _NARROW_BAND_PIXELS // max(1, width))
+    for top in range(0, height, rows):
+        band = np.asarray(image.crop((0, top, width, min(height, top + rows))))
+        if band.dtype.itemsize > 2:  # mode I: signed 32-bit, clipped to the 16-bit range
+            band = np.clip(band, 0, 65535)
+        np.right_shift(band, 8, out=narrow[top : top + rows], casting="unsafe")
+    return Image.fromarray(narrow, "L")
 
 
 # -- what the pixels show ----------------------------------------------------------------------
@@ -538,6 +585,9 @@ class Thumbnail:
 def encode_thumbnail(image: Image.Image, size: int, fmt: str) -> tuple[Thumbnail, str]:
     """A lossless thumbnail whose longest side is at most ``size``; no metadata is copied."""
     thumb = image.copy()
+    # The copy carries the source's info (EXIF with its GPS, XMP, ICC, comments); encoders
+    # may write some of it. None of it goes: no encoder is given any either.
+    thumb.info.clear()
     thumb.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
     buffer = io.BytesIO()
     if fmt == "webp":
