@@ -27,6 +27,7 @@ from ephemera.context import Context
 from ephemera.errors import Conflict, InvalidInput, NotFound
 from ephemera.jsonvalues import check_json
 from ephemera.models import (
+    INT64_MAX,
     FollowUp,
     Imported,
     ImportEntry,
@@ -43,7 +44,6 @@ from ephemera.store.uploads import Upload, artifact_values, begin, check_sha256,
 
 SOURCE_MAX = 1024
 PATH_MAX = 4096
-MTIME_NS_MAX = 2**63 - 1
 # C0 and C1 control characters and DEL: they hide in names shown in terminals and logs.
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -68,10 +68,10 @@ def check_origin(origin: ImportOrigin) -> ImportOrigin:
         raise InvalidInput("import path must be relative to its source, not start with '/'")
     if any(segment in ("", ".", "..") for segment in path.split("/")):
         raise InvalidInput(f"import path {path[:200]!r} has an empty, '.' or '..' segment")
-    if not _is_int(origin.size) or origin.size < 0 or origin.size > MTIME_NS_MAX:
+    if not _is_int(origin.size) or origin.size < 0 or origin.size > INT64_MAX:
         raise InvalidInput("import size must be a whole number of bytes, 0 or more")
-    if not _is_int(origin.mtime_ns) or not 0 <= origin.mtime_ns <= MTIME_NS_MAX:
-        raise InvalidInput(f"import mtime_ns must be between 0 and {MTIME_NS_MAX}")
+    if not _is_int(origin.mtime_ns) or not 0 <= origin.mtime_ns <= INT64_MAX:
+        raise InvalidInput(f"import mtime_ns must be between 0 and {INT64_MAX}")
     return origin
 
 
