@@ -369,3 +369,33 @@ def test_two_racing_follow_ups_leave_one_running_task(
     live = [t for t in tasks if t.state is TaskState.PENDING]
     assert [t.id for t in live] == [results[0].task_id]
     assert [t.state for t in tasks if t not in live] == [TaskState.CANCELLED]
+
+
+def test_two_versions_of_one_path_committed_at_once_form_a_chain(store: Store) -> None:
+    store.create_session("s1")
+    errors: list[BaseException] = []
+
+    def run(path: str, body: bytes, both_streamed: threading.Barrier) -> None:
+        def data() -> Iterator[bytes]:
+            yield body[:1]
+            both_streamed.wait()  # both have streamed their bytes before either commits
+            yield body[1:]
+
+        try:
+            store.import_file("s1", data(), origin=origin(path, len(body)), name="scan.txt")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    for attempt in range(5):
+        path = f"race-{attempt}.txt"
+        barrier = threading.Barrier(2, timeout=30)
+        threads = [
+            threading.Thread(target=run, args=(path, body, barrier)) for body in (b"one", b"four")
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        first, second = [e for e in ledger(store, "s1") if e.origin.path == path]
+        assert (first.replaces, second.replaces) == (None, first.artifact_id), attempt
