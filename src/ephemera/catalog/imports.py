@@ -141,16 +141,19 @@ def list_imports(
         return [(int(r.id), entry_model(r)) for r in conn.execute(query)]
 
 
-def set_import_task(db: Database, session_id: str, artifact_id: str, task_id: str) -> bool:
-    """Record the entry's follow-up task where none is yet; whether this call recorded it."""
-    with db.write() as conn:
-        done = conn.execute(
-            update(import_ledger)
-            .where(
-                import_ledger.c.session_id == session_id,
-                import_ledger.c.artifact_id == artifact_id,
-                import_ledger.c.task_id.is_(None),
-            )
-            .values(task_id=task_id)
+def claim_import_task(conn: Connection, session_id: str, artifact_id: str, task_id: str) -> bool:
+    """Record the entry's follow-up task where none is yet; whether this call recorded it.
+
+    Runs in the transaction that inserts the task: the loser of a race inserts nothing. On
+    PostgreSQL a racing update waits for the winner's commit, then finds the task set.
+    """
+    done = conn.execute(
+        update(import_ledger)
+        .where(
+            import_ledger.c.session_id == session_id,
+            import_ledger.c.artifact_id == artifact_id,
+            import_ledger.c.task_id.is_(None),
         )
-        return done.rowcount == 1
+        .values(task_id=task_id)
+    )
+    return done.rowcount == 1
