@@ -29,6 +29,9 @@ class StorageClass(StrEnum):
 MAX_TIMEOUT_S = 10 * 365 * 86400
 """The longest timeout, max age or expiry anything may be given: 10 years, in seconds."""
 
+INT64_MAX = 2**63 - 1
+"""The largest value a BIGINT column holds: the bound of an imported file's size and mtime_ns."""
+
 
 def session_deadline(
     last_activity_at: datetime,

@@ -3,6 +3,7 @@ committed with its artifact, on every database and blob store."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +14,9 @@ from ephemera import ChecksumMismatch, InvalidInput, NotFound, Settings, Store
 from ephemera.blobs import BlobWriter
 from ephemera.models import FollowUp, ImportOrigin, TaskState
 from ephemera.testing import ManualClock
+from ephemera.worker import Worker
 from tests.conftest import WITH_SAMPLES, MakeSettings, snapshot
+from tests.waiting import wait_for
 
 CONTRACT = True
 
@@ -306,20 +309,18 @@ def test_then_submits_one_task_with_the_artifact_as_its_only_input_and_records_i
     assert len(store.list_tasks("s1").items) == 1
 
 
-def test_a_refused_follow_up_raises_but_the_import_stays_without_a_task(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+def test_a_follow_up_refused_at_submission_raises_but_the_import_stays_without_a_task(
+    store: Store,
 ) -> None:
     store.create_session("s1")
-
-    def refuse(*args: Any, **kwargs: Any) -> Any:
-        raise InvalidInput("refused at submission")
-
-    monkeypatch.setattr(store, "submit_task", refuse)
-    with pytest.raises(InvalidInput, match="refused at submission"):
-        store.import_file("s1", b"hello", origin=origin(), name="scan.txt", then=UPPER)
+    # Valid params, but the input itself is checked only at submission: one image of three.
+    calibrate = FollowUp("camera-calibration", {"board": {"columns": 8, "rows": 5}})
+    with pytest.raises(InvalidInput, match="at least 3 needed"):
+        store.import_file("s1", b"hello", origin=origin(), name="scan.txt", then=calibrate)
     (entry,) = ledger(store, "s1")
     assert entry.task_id is None
     assert store.read_artifact("s1", entry.artifact_id) == b"hello"
+    assert store.list_tasks("s1").items == []
 
 
 def test_follow_up_after_a_crash_submits_exactly_one_task(store: Store) -> None:
@@ -336,36 +337,84 @@ def test_follow_up_after_a_crash_submits_exactly_one_task(store: Store) -> None:
         store.follow_up_import("s1", "0" * 8 + "-0000-7000-8000-" + "0" * 12, UPPER)
 
 
-def test_two_racing_follow_ups_leave_one_running_task(
+def test_racing_follow_ups_with_a_worker_running_ever_make_exactly_one_task(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store.create_session("s1")
     entry = store.import_file("s1", b"hello", origin=origin(), name="scan.txt").entry
-    # Both submit before either records its task: the compare-and-set decides.
-    both_submitted = threading.Barrier(2, timeout=30)
-    submit = store.submit_task
+    racers = 3
+    # Every caller has seen the entry without a task before any goes on: the widest race.
+    all_looked = threading.Barrier(racers, timeout=30)
+    looks = itertools.count()
+    look = store.catalog.import_of_artifact
 
-    def submit_then_wait(*args: Any, **kwargs: Any) -> Any:
-        task = submit(*args, **kwargs)
-        both_submitted.wait()
-        return task
+    def look_then_wait(session_id: str, artifact_id: str) -> Any:
+        found = look(session_id, artifact_id)
+        if next(looks) < racers:
+            all_looked.wait()
+        return found
 
-    monkeypatch.setattr(store, "submit_task", submit_then_wait)
+    monkeypatch.setattr(store.catalog, "import_of_artifact", look_then_wait)
     results: list[Any] = []
-    threads = [
-        threading.Thread(
-            target=lambda: results.append(store.follow_up_import("s1", entry.artifact_id, UPPER))
+    errors: list[BaseException] = []
+
+    def follow_up() -> None:
+        try:
+            results.append(store.follow_up_import("s1", entry.artifact_id, UPPER))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    # A worker claims whatever is queued at once: a task that ever existed would run.
+    pool = Worker(store, concurrency=2, poll_interval_s=0.01)
+    pool.start()
+    try:
+        threads = [threading.Thread(target=follow_up) for _ in range(racers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        wait_for(
+            lambda: all(t.state is TaskState.SUCCEEDED for t in store.list_tasks("s1").items),
+            30,
+            "the follow-up to succeed",
+            interval_s=0.02,
         )
-        for _ in range(2)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert len(results) == 2
-    assert results[0] == results[1]
-    tasks = store.list_tasks("s1").items
-    assert len(tasks) == 2
-    live = [t for t in tasks if t.state is TaskState.PENDING]
-    assert [t.id for t in live] == [results[0].task_id]
-    assert [t.state for t in tasks if t not in live] == [TaskState.CANCELLED]
+    finally:
+        pool.stop(timeout_s=5)
+    (task,) = store.list_tasks("s1").items
+    assert [r.task_id for r in results] == [task.id] * racers
+    assert store.find_import("s1", origin()) == results[0]
+    (output,) = task.outputs
+    assert store.read_artifact("s1", output.artifact_id) == b"HELLO"
+    assert len(store.list_artifacts("s1").items) == 2  # the import and one output
+
+
+def test_two_versions_of_one_path_committed_at_once_form_a_chain(store: Store) -> None:
+    store.create_session("s1")
+    errors: list[BaseException] = []
+
+    def run(path: str, body: bytes, both_streamed: threading.Barrier) -> None:
+        def data() -> Iterator[bytes]:
+            yield body[:1]
+            both_streamed.wait()  # both have streamed their bytes before either commits
+            yield body[1:]
+
+        try:
+            store.import_file("s1", data(), origin=origin(path, len(body)), name="scan.txt")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    for attempt in range(5):
+        path = f"race-{attempt}.txt"
+        barrier = threading.Barrier(2, timeout=30)
+        threads = [
+            threading.Thread(target=run, args=(path, body, barrier)) for body in (b"one", b"four")
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert errors == []
+        first, second = [e for e in ledger(store, "s1") if e.origin.path == path]
+        assert (first.replaces, second.replaces) == (None, first.artifact_id), attempt

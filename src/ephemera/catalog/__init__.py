@@ -227,9 +227,6 @@ class Catalog:
     ) -> list[tuple[int, ImportEntry]]:
         return imports.list_imports(self._db, session_id, source, after, limit)
 
-    def set_import_task(self, session_id: str, artifact_id: str, task_id: str) -> bool:
-        return imports.set_import_task(self._db, session_id, artifact_id, task_id)
-
     # -- leases ---------------------------------------------------------------------------
 
     def insert_lease(self, lease: Lease) -> None:
@@ -265,6 +262,11 @@ class Catalog:
 
     def insert_task(self, values: dict[str, Any], refs: Sequence[TaskInput]) -> Task:
         return tasks.insert_task(self._db, values, refs)
+
+    def insert_follow_up(
+        self, values: dict[str, Any], refs: Sequence[TaskInput], artifact_id: str
+    ) -> Task | None:
+        return tasks.insert_follow_up(self._db, values, refs, artifact_id)
 
     def get_task(self, session_id: str, task_id: str) -> Task | None:
         return tasks.get_task(self._db, session_id, task_id)

@@ -13,7 +13,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, insert, select, text, update
 
 from ephemera.catalog.db import Database
 from ephemera.catalog.schema import import_ledger
@@ -62,6 +62,7 @@ def record_import(
     Runs in the caller's transaction; a duplicate origin raises IntegrityError there.
     """
     versions = path_key(origin.source, origin.path)
+    _serialise_versions(conn, session_id, versions)
     replaces = conn.scalar(
         select(import_ledger.c.artifact_id)
         .where(import_ledger.c.session_id == session_id, import_ledger.c.path_key == versions)
@@ -85,6 +86,19 @@ def record_import(
             imported_at=now,
         )
     )
+
+
+def _serialise_versions(conn: Connection, session_id: str, versions: str) -> None:
+    """PostgreSQL: one commit at a time per (session, path) until the transaction ends.
+
+    The session row is only locked shared; without this two versions committed at once both
+    read the same latest entry and claim to replace it. (SQLite has one writer at a time.)
+    The lock stands also for a path with no entry yet, which no row lock could.
+    """
+    if conn.dialect.name == "postgresql":
+        digest = hashlib.sha256(f"import-path:{session_id}:{versions}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 def find_import(db: Database, session_id: str, origin: ImportOrigin) -> ImportEntry | None:
@@ -127,16 +141,19 @@ def list_imports(
         return [(int(r.id), entry_model(r)) for r in conn.execute(query)]
 
 
-def set_import_task(db: Database, session_id: str, artifact_id: str, task_id: str) -> bool:
-    """Record the entry's follow-up task where none is yet; whether this call recorded it."""
-    with db.write() as conn:
-        done = conn.execute(
-            update(import_ledger)
-            .where(
-                import_ledger.c.session_id == session_id,
-                import_ledger.c.artifact_id == artifact_id,
-                import_ledger.c.task_id.is_(None),
-            )
-            .values(task_id=task_id)
+def claim_import_task(conn: Connection, session_id: str, artifact_id: str, task_id: str) -> bool:
+    """Record the entry's follow-up task where none is yet; whether this call recorded it.
+
+    Runs in the transaction that inserts the task: the loser of a race inserts nothing. On
+    PostgreSQL a racing update waits for the winner's commit, then finds the task set.
+    """
+    done = conn.execute(
+        update(import_ledger)
+        .where(
+            import_ledger.c.session_id == session_id,
+            import_ledger.c.artifact_id == artifact_id,
+            import_ledger.c.task_id.is_(None),
         )
-        return done.rowcount == 1
+        .values(task_id=task_id)
+    )
+    return done.rowcount == 1

@@ -11,6 +11,7 @@ from sqlalchemy import ColumnElement, Connection, Row, and_, exists, insert, or_
 
 from ephemera import ids
 from ephemera.catalog.db import Database
+from ephemera.catalog.imports import claim_import_task
 from ephemera.catalog.leases import release_task_leases
 from ephemera.catalog.predicates import live_session
 from ephemera.catalog.rows import artifact_model, task_output
@@ -58,50 +59,75 @@ def insert_task(db: Database, values: dict[str, Any], refs: Sequence[TaskInput])
     The leases name the inputs (so they outlive expiry, cleanup and deletion) and, in the
     task's own session, later its outputs; the task's end releases them.
     """
-    task_id, session_id, now = values["id"], values["session_id"], values["created_at"]
     with db.write() as conn:
-        # Protector: lock every session it protects, then its inputs (see lock_first).
-        touched = sorted({session_id, *(r.session_id for r in refs)})
+        _lock_protected(conn, values, refs)
+        return _write_task(conn, values, refs)
+
+
+def insert_follow_up(
+    db: Database, values: dict[str, Any], refs: Sequence[TaskInput], artifact_id: str
+) -> Task | None:
+    """Queue the follow-up task of the import of ``artifact_id`` and record it on the ledger
+    entry, in one transaction; None, and nothing queued, if the entry has a task already.
+
+    The winner is decided before the task exists, so a losing caller's task never does.
+    """
+    with db.write() as conn:
+        _lock_protected(conn, values, refs)
+        if not claim_import_task(conn, values["session_id"], artifact_id, values["id"]):
+            return None
+        return _write_task(conn, values, refs)
+
+
+def _lock_protected(conn: Connection, values: dict[str, Any], refs: Sequence[TaskInput]) -> None:
+    """Lock what a new task protects; NotFound unless its session is live and inputs ready."""
+    session_id, now = values["session_id"], values["created_at"]
+    # Protector: lock every session it protects, then its inputs (see lock_first).
+    touched = sorted({session_id, *(r.session_id for r in refs)})
+    conn.execute(
+        select(sessions.c.id)
+        .where(sessions.c.id.in_(touched))
+        .order_by(sessions.c.id)
+        .with_for_update()
+    ).all()
+    live = conn.scalar(select(live_session(now)).where(sessions.c.id == session_id))
+    if not live:
+        raise NotFound(f"session {session_id} not found")
+    conn.execute(
+        select(artifacts.c.id)
+        .where(artifacts.c.id.in_({r.artifact_id for r in refs}))
+        .order_by(artifacts.c.id)
+        .with_for_update(read=True)
+    ).all()
+    _inputs(conn, refs, now)
+
+
+def _write_task(conn: Connection, values: dict[str, Any], refs: Sequence[TaskInput]) -> Task:
+    task_id, session_id, now = values["id"], values["session_id"], values["created_at"]
+    conn.execute(insert(tasks).values(**values))
+    named: dict[str, dict[str, None]] = {session_id: {}}
+    for ref in refs:
+        named.setdefault(ref.session_id, {})[ref.artifact_id] = None
+    for lease_session, artifact_ids in named.items():
+        lease_id = ids.new_uuid7()
         conn.execute(
-            select(sessions.c.id)
-            .where(sessions.c.id.in_(touched))
-            .order_by(sessions.c.id)
-            .with_for_update()
-        ).all()
-        live = conn.scalar(select(live_session(now)).where(sessions.c.id == session_id))
-        if not live:
-            raise NotFound(f"session {session_id} not found")
-        conn.execute(
-            select(artifacts.c.id)
-            .where(artifacts.c.id.in_({r.artifact_id for r in refs}))
-            .order_by(artifacts.c.id)
-            .with_for_update(read=True)
-        ).all()
-        _inputs(conn, refs, now)
-        conn.execute(insert(tasks).values(**values))
-        named: dict[str, dict[str, None]] = {session_id: {}}
-        for ref in refs:
-            named.setdefault(ref.session_id, {})[ref.artifact_id] = None
-        for lease_session, artifact_ids in named.items():
-            lease_id = ids.new_uuid7()
-            conn.execute(
-                insert(leases).values(
-                    id=lease_id,
-                    session_id=lease_session,
-                    holder=f"task:{task_id}",
-                    scope="artifacts",
-                    created_at=now,
-                    expires_at=TASK_LEASE_EXPIRY,
-                    task_id=task_id,
-                )
+            insert(leases).values(
+                id=lease_id,
+                session_id=lease_session,
+                holder=f"task:{task_id}",
+                scope="artifacts",
+                created_at=now,
+                expires_at=TASK_LEASE_EXPIRY,
+                task_id=task_id,
             )
-            if artifact_ids:
-                conn.execute(
-                    insert(lease_artifacts),
-                    [{"lease_id": lease_id, "artifact_id": a} for a in artifact_ids],
-                )
-        row = conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
-        return _tasks(conn, [row])[0]
+        )
+        if artifact_ids:
+            conn.execute(
+                insert(lease_artifacts),
+                [{"lease_id": lease_id, "artifact_id": a} for a in artifact_ids],
+            )
+    row = conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
+    return _tasks(conn, [row])[0]
 
 
 def get_task(db: Database, session_id: str, task_id: str) -> Task | None:

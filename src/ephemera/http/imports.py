@@ -26,13 +26,12 @@ from ephemera.http.schemas import (
     ImportPage,
 )
 from ephemera.http.slots import UploadSlots
-from ephemera.models import MAX_TIMEOUT_S, FollowUp, Imported, ImportEntry, ImportOrigin
+from ephemera.models import INT64_MAX, MAX_TIMEOUT_S, FollowUp, Imported, ImportEntry, ImportOrigin
 from ephemera.store import Store, Upload
 
 THEN_PARAMS = "Ephemera-Then-Params"
 # The header holds the follow-up's params: well under what servers accept in headers.
 THEN_PARAMS_MAX = 8 * 1024
-MTIME_NS_MAX = 2**63 - 1
 
 ALREADY_IMPORTED: dict[int | str, dict[str, Any]] = {
     200: {"model": ImportOut, "description": "The ledger already held this file version"},
@@ -88,8 +87,8 @@ def add_import_routes(
         token: Credential,
         source: Annotated[str, Query(min_length=1, max_length=1024)],
         path: Annotated[str, Query(min_length=1, max_length=4096)],
-        size: Annotated[int, Query(ge=0, le=MTIME_NS_MAX)],
-        mtime_ns: Annotated[int, Query(ge=0, le=MTIME_NS_MAX)],
+        size: Annotated[int, Query(ge=0, le=INT64_MAX)],
+        mtime_ns: Annotated[int, Query(ge=0, le=INT64_MAX)],
         name: Annotated[str | None, Query(max_length=1000)] = None,
         kind: str | None = None,
         storage: str | None = None,

@@ -76,10 +76,6 @@ from ephemera.models import (
     Claim,
     CloseReport,
     CreatedSession,
-    FollowUp,
-    Imported,
-    ImportEntry,
-    ImportOrigin,
     KeyRole,
     Lease,
     NewOutput,
@@ -113,8 +109,12 @@ from ephemera.volume import Volume
 log = logging.getLogger("ephemera.store")
 
 
-class Store:
-    """Sessions and artifacts. Thread-safe: every call takes its own database connection."""
+class Store(imports.ImportMethods):
+    """Sessions and artifacts. Thread-safe: every call takes its own database connection.
+
+    The import ledger's methods (``import_file``, ``begin_import``, ``finish_import``,
+    ``follow_up_import``, ``find_import``, ``list_imports``) are :mod:`ephemera.store.imports`'.
+    """
 
     def __init__(
         self,
@@ -482,136 +482,6 @@ class Store:
     ) -> Artifact:
         """Keep an artifact past expiry and result retention until ``until`` (None: stop)."""
         return artifacts.retain(self.context, session_id, artifact_id, until)
-
-    # -- import ledger --------------------------------------------------------------------
-
-    def import_file(
-        self,
-        session_id: str,
-        data: bytes | BinaryIO | Iterable[bytes],
-        *,
-        origin: ImportOrigin,
-        name: str,
-        kind: str = "input",
-        content_type: str | None = None,
-        storage: StorageClass | str | None = None,
-        expires_in_s: int | None = None,
-        sha256: str | None = None,
-        then: FollowUp | None = None,
-        chunk_size: int = 1024 * 1024,
-    ) -> Imported:
-        """Import one version of a file (``origin``) into a session, at most once.
-
-        When the session's ledger holds the origin already, its entry is returned
-        (``created=False``) and ``data`` is never read. Otherwise the bytes are streamed and
-        the artifact and its ledger entry committed together; its ``replaces`` is the
-        artifact of the latest earlier version of the same path. Of concurrent imports of
-        one origin the first to commit wins; the others return its entry. With ``then``,
-        validated before anything is stored, the follow-up task is submitted after the
-        commit with the artifact as its only input and recorded on the entry; a refused
-        task raises its InvalidInput and the import stays, without a task.
-        """
-        return imports.import_file(
-            self.context,
-            self._processors,
-            self._submit_follow_up,
-            self.cancel_task,
-            session_id,
-            data,
-            origin=origin,
-            name=name,
-            kind=kind,
-            content_type=content_type,
-            storage=storage,
-            expires_in_s=expires_in_s,
-            sha256=sha256,
-            then=then,
-            chunk_size=chunk_size,
-        )
-
-    def begin_import(
-        self,
-        session_id: str,
-        *,
-        origin: ImportOrigin,
-        name: str,
-        kind: str = "input",
-        content_type: str | None = None,
-        storage: StorageClass | str | None = None,
-        expires_in_s: int | None = None,
-        sha256: str | None = None,
-        then: FollowUp | None = None,
-        declared_size: int | None = None,
-    ) -> ImportEntry | Upload:
-        """The first half of ``import_file``, for bytes that arrive elsewhere (an HTTP body):
-        everything checked, then the ledger's entry if it holds the origin, or the upload to
-        write the bytes to and hand to ``finish_import``."""
-        return imports.begin_import(
-            self.context,
-            self._processors,
-            session_id,
-            origin=origin,
-            name=name,
-            kind=kind,
-            content_type=content_type,
-            storage=storage,
-            expires_in_s=expires_in_s,
-            sha256=sha256,
-            then=then,
-            declared_size=declared_size,
-        )
-
-    def finish_import(
-        self,
-        upload: Upload,
-        *,
-        origin: ImportOrigin,
-        sha256: str | None = None,
-        then: FollowUp | None = None,
-    ) -> Imported:
-        """The second half of ``import_file``: commit with the ledger entry, then follow up."""
-        return imports.finish_import(
-            self.context,
-            self._submit_follow_up,
-            self.cancel_task,
-            upload,
-            origin=origin,
-            sha256=sha256,
-            then=then,
-        )
-
-    def follow_up_import(self, session_id: str, artifact_id: str, then: FollowUp) -> ImportEntry:
-        """Submit ``then`` for the import of ``artifact_id`` if it has no task yet (what a
-        crash between commit and submission left); one task results however many callers
-        race. An entry with a task is returned as it is."""
-        return imports.follow_up(
-            self.context,
-            self._processors,
-            self._submit_follow_up,
-            self.cancel_task,
-            session_id,
-            artifact_id,
-            then,
-        )
-
-    def find_import(self, session_id: str, origin: ImportOrigin) -> ImportEntry | None:
-        return imports.find(self.context, session_id, origin)
-
-    def list_imports(
-        self,
-        session_id: str,
-        *,
-        source: str | None = None,
-        cursor: str | None = None,
-        limit: int = 1000,
-    ) -> Page[ImportEntry]:
-        """A session's ledger (of one ``source``) in import order, a page at a time."""
-        return imports.list_imports(self.context, session_id, source, cursor, limit)
-
-    def _submit_follow_up(
-        self, session_id: str, processor: str, inputs: Sequence[str], params: Mapping[str, Any]
-    ) -> Task:
-        return self.submit_task(session_id, processor, inputs, params)
 
     # -- leases ---------------------------------------------------------------------------
 

@@ -5,19 +5,20 @@ Import (each file version at most once per session, even across a crash of the i
     origin in the ledger? --yes--> the entry, the data never read
         |no
     pending artifact --bytes streamed, synced--> [one transaction: artifact ready + ledger
-    entry] --then?--> submit the follow-up task --> record it on the entry (compare-and-set)
+    entry] --then?--> [one transaction: entry's task compare-and-set + the task inserted]
 
-    A crash before the transaction leaves neither artifact nor entry; after it, both. A
-    crash between the commit and the follow-up leaves an entry without a task, which
-    ``follow_up`` submits later; the compare-and-set keeps it to one task however many
-    callers race.
+    A crash before the first transaction leaves neither artifact nor entry; after it, both.
+    A crash between the two leaves an entry without a task, which ``follow_up`` submits
+    later. The task's ID is recorded on the entry before the task is inserted, in the same
+    transaction: a caller that loses the race inserts nothing, so however many callers race,
+    exactly one task ever exists.
 """
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, BinaryIO
 
 from pydantic import ValidationError
@@ -27,6 +28,7 @@ from ephemera.context import Context
 from ephemera.errors import Conflict, InvalidInput, NotFound
 from ephemera.jsonvalues import check_json
 from ephemera.models import (
+    INT64_MAX,
     FollowUp,
     Imported,
     ImportEntry,
@@ -35,20 +37,21 @@ from ephemera.models import (
     StorageClass,
     Task,
 )
+from ephemera.store.access import ActivityWrites
 from ephemera.store.limits import MAX_TASK_JSON_BYTES, check_limit
 from ephemera.store.paging import page
 from ephemera.store.sessions import require_live, session_not_found
-from ephemera.store.tasks import Processors
+from ephemera.store.tasks import Processors, submit_follow_up
 from ephemera.store.uploads import Upload, artifact_values, begin, check_sha256, chunks
 
 SOURCE_MAX = 1024
 PATH_MAX = 4096
-MTIME_NS_MAX = 2**63 - 1
 # C0 and C1 control characters and DEL: they hide in names shown in terminals and logs.
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
-Submit = Callable[[str, str, Sequence[str], Mapping[str, Any]], Task]
-Cancel = Callable[[str, str], object]
+# (session ID, artifact ID, follow-up): the task queued and recorded on the entry, or None
+# when the entry had one already (see tasks.submit_follow_up).
+Submit = Callable[[str, str, FollowUp], Task | None]
 
 
 def check_origin(origin: ImportOrigin) -> ImportOrigin:
@@ -68,10 +71,10 @@ def check_origin(origin: ImportOrigin) -> ImportOrigin:
         raise InvalidInput("import path must be relative to its source, not start with '/'")
     if any(segment in ("", ".", "..") for segment in path.split("/")):
         raise InvalidInput(f"import path {path[:200]!r} has an empty, '.' or '..' segment")
-    if not _is_int(origin.size) or origin.size < 0 or origin.size > MTIME_NS_MAX:
+    if not _is_int(origin.size) or origin.size < 0 or origin.size > INT64_MAX:
         raise InvalidInput("import size must be a whole number of bytes, 0 or more")
-    if not _is_int(origin.mtime_ns) or not 0 <= origin.mtime_ns <= MTIME_NS_MAX:
-        raise InvalidInput(f"import mtime_ns must be between 0 and {MTIME_NS_MAX}")
+    if not _is_int(origin.mtime_ns) or not 0 <= origin.mtime_ns <= INT64_MAX:
+        raise InvalidInput(f"import mtime_ns must be between 0 and {INT64_MAX}")
     return origin
 
 
@@ -128,7 +131,6 @@ def begin_import(
 def finish_import(
     ctx: Context,
     submit: Submit,
-    cancel: Cancel,
     upload: Upload,
     *,
     origin: ImportOrigin,
@@ -148,7 +150,7 @@ def finish_import(
     if entry is None:  # the session was closed right after the commit
         raise session_not_found(upload.session_id)
     if then is not None:
-        entry = _follow_up(ctx, submit, cancel, entry, then)
+        entry = _follow_up(ctx, submit, entry, then)
     return Imported(entry, created=True)
 
 
@@ -156,7 +158,6 @@ def import_file(
     ctx: Context,
     processors: Processors,
     submit: Submit,
-    cancel: Cancel,
     session_id: str,
     data: bytes | BinaryIO | Iterable[bytes],
     *,
@@ -190,14 +191,13 @@ def import_file(
     with started:
         for chunk in chunks(data, chunk_size):
             started.write(chunk)
-        return finish_import(ctx, submit, cancel, started, origin=origin, sha256=sha256, then=then)
+        return finish_import(ctx, submit, started, origin=origin, sha256=sha256, then=then)
 
 
 def follow_up(
     ctx: Context,
     processors: Processors,
     submit: Submit,
-    cancel: Cancel,
     session_id: str,
     artifact_id: str,
     then: FollowUp,
@@ -207,7 +207,7 @@ def follow_up(
     entry = _entry_of(ctx, session_id, artifact_id)
     if entry.task_id is not None:
         return entry
-    return _follow_up(ctx, submit, cancel, entry, then)
+    return _follow_up(ctx, submit, entry, then)
 
 
 def find(ctx: Context, session_id: str, origin: ImportOrigin) -> ImportEntry | None:
@@ -233,15 +233,10 @@ def list_imports(
     return Page([entry for _, entry in listed.items], listed.next_cursor)
 
 
-def _follow_up(
-    ctx: Context, submit: Submit, cancel: Cancel, entry: ImportEntry, then: FollowUp
-) -> ImportEntry:
-    """Submit ``then`` for the entry and record it, unless another caller recorded one first:
-    then this call's task is cancelled and the entry names the winner's."""
-    task = submit(entry.session_id, then.processor, [entry.artifact_id], dict(then.params))
-    if not ctx.catalog.set_import_task(entry.session_id, entry.artifact_id, task.id):
-        with contextlib.suppress(Conflict):  # it ended already: nothing left to stop
-            cancel(entry.session_id, task.id)
+def _follow_up(ctx: Context, submit: Submit, entry: ImportEntry, then: FollowUp) -> ImportEntry:
+    """Submit ``then`` for the entry unless another caller recorded a task first; the entry
+    as it is now, naming the one task."""
+    submit(entry.session_id, entry.artifact_id, then)
     return _entry_of(ctx, entry.session_id, entry.artifact_id)
 
 
@@ -259,3 +254,136 @@ def _entry_of(ctx: Context, session_id: str, artifact_id: str) -> ImportEntry:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+class ImportMethods:
+    """The import ledger's part of :class:`~ephemera.store.Store` (its base class)."""
+
+    context: Context
+    tasks_queued: threading.Event
+    _processors: Processors
+    _activity: ActivityWrites
+
+    def import_file(
+        self,
+        session_id: str,
+        data: bytes | BinaryIO | Iterable[bytes],
+        *,
+        origin: ImportOrigin,
+        name: str,
+        kind: str = "input",
+        content_type: str | None = None,
+        storage: StorageClass | str | None = None,
+        expires_in_s: int | None = None,
+        sha256: str | None = None,
+        then: FollowUp | None = None,
+        chunk_size: int = 1024 * 1024,
+    ) -> Imported:
+        """Import one version of a file (``origin``) into a session, at most once.
+
+        When the session's ledger holds the origin already, its entry is returned
+        (``created=False``) and ``data`` is never read. Otherwise the bytes are streamed and
+        the artifact and its ledger entry committed together; its ``replaces`` is the
+        artifact of the latest earlier version of the same path. Of concurrent imports of
+        one origin the first to commit wins; the others return its entry. With ``then``,
+        validated before anything is stored, the follow-up task is submitted after the
+        commit with the artifact as its only input and recorded on the entry; a refused
+        task raises its InvalidInput and the import stays, without a task.
+        """
+        return import_file(
+            self.context,
+            self._processors,
+            self._submit_follow_up,
+            session_id,
+            data,
+            origin=origin,
+            name=name,
+            kind=kind,
+            content_type=content_type,
+            storage=storage,
+            expires_in_s=expires_in_s,
+            sha256=sha256,
+            then=then,
+            chunk_size=chunk_size,
+        )
+
+    def begin_import(
+        self,
+        session_id: str,
+        *,
+        origin: ImportOrigin,
+        name: str,
+        kind: str = "input",
+        content_type: str | None = None,
+        storage: StorageClass | str | None = None,
+        expires_in_s: int | None = None,
+        sha256: str | None = None,
+        then: FollowUp | None = None,
+        declared_size: int | None = None,
+    ) -> ImportEntry | Upload:
+        """The first half of ``import_file``, for bytes that arrive elsewhere (an HTTP body):
+        everything checked, then the ledger's entry if it holds the origin, or the upload to
+        write the bytes to and hand to ``finish_import``."""
+        return begin_import(
+            self.context,
+            self._processors,
+            session_id,
+            origin=origin,
+            name=name,
+            kind=kind,
+            content_type=content_type,
+            storage=storage,
+            expires_in_s=expires_in_s,
+            sha256=sha256,
+            then=then,
+            declared_size=declared_size,
+        )
+
+    def finish_import(
+        self,
+        upload: Upload,
+        *,
+        origin: ImportOrigin,
+        sha256: str | None = None,
+        then: FollowUp | None = None,
+    ) -> Imported:
+        """The second half of ``import_file``: commit with the ledger entry, then follow up."""
+        return finish_import(
+            self.context, self._submit_follow_up, upload, origin=origin, sha256=sha256, then=then
+        )
+
+    def follow_up_import(self, session_id: str, artifact_id: str, then: FollowUp) -> ImportEntry:
+        """Submit ``then`` for the import of ``artifact_id`` if it has no task yet (what a
+        crash between commit and submission left); exactly one task ever exists however many
+        callers race. An entry with a task is returned as it is."""
+        return follow_up(
+            self.context, self._processors, self._submit_follow_up, session_id, artifact_id, then
+        )
+
+    def find_import(self, session_id: str, origin: ImportOrigin) -> ImportEntry | None:
+        return find(self.context, session_id, origin)
+
+    def list_imports(
+        self,
+        session_id: str,
+        *,
+        source: str | None = None,
+        cursor: str | None = None,
+        limit: int = 1000,
+    ) -> Page[ImportEntry]:
+        """A session's ledger (of one ``source``) in import order, a page at a time."""
+        return list_imports(self.context, session_id, source, cursor, limit)
+
+    def _submit_follow_up(self, session_id: str, artifact_id: str, then: FollowUp) -> Task | None:
+        task = submit_follow_up(
+            self.context,
+            self._processors,
+            self._activity,
+            session_id,
+            artifact_id,
+            then.processor,
+            then.params,
+        )
+        if task is not None:
+            self.tasks_queued.set()
+        return task

@@ -55,6 +55,41 @@ def submit(
     max_attempts: int | None,
 ) -> Task:
     """Queue a task (see :meth:`Store.submit_task`)."""
+    values, refs = _checked(
+        ctx, processors, activity, session_id, processor, inputs, params, credentials, max_attempts
+    )
+    return ctx.catalog.insert_task(values, refs)
+
+
+def submit_follow_up(
+    ctx: Context,
+    processors: Processors,
+    activity: ActivityWrites,
+    session_id: str,
+    artifact_id: str,
+    processor: str,
+    params: Mapping[str, Any],
+) -> Task | None:
+    """Queue the follow-up of an import, with its artifact as the only input, and record it
+    on the ledger entry; None, and nothing queued, if the entry has a task already."""
+    values, refs = _checked(
+        ctx, processors, activity, session_id, processor, [artifact_id], params, None, None
+    )
+    return ctx.catalog.insert_follow_up(values, refs, artifact_id)
+
+
+def _checked(
+    ctx: Context,
+    processors: Processors,
+    activity: ActivityWrites,
+    session_id: str,
+    processor: str,
+    inputs: Sequence[str | tuple[str, str]],
+    params: Mapping[str, Any] | None,
+    credentials: Mapping[str, str] | None,
+    max_attempts: int | None,
+) -> tuple[dict[str, Any], list[TaskInput]]:
+    """The new task's row and its inputs, every check passed; InvalidInput or NotFound."""
     require_live(ctx, session_id)
     refs = [_task_input(session_id, item) for item in inputs]
     if len(refs) > MAX_TASK_INPUTS:
@@ -76,23 +111,21 @@ def submit(
             mode="json"
         )
     checked = check_json(checked, "params", max_bytes=MAX_TASK_JSON_BYTES)
-    return ctx.catalog.insert_task(
-        {
-            "id": ids.new_uuid7(),
-            "session_id": session_id,
-            "processor": processor,
-            "params": checked,
-            "inputs": [[r.session_id, r.artifact_id] for r in refs],
-            "state": TaskState.PENDING,
-            "progress_done": 0,
-            "outputs": [],
-            "attempts": 0,
-            "max_attempts": attempts,
-            "not_before": now,
-            "created_at": now,
-        },
-        refs,
-    )
+    values: dict[str, Any] = {
+        "id": ids.new_uuid7(),
+        "session_id": session_id,
+        "processor": processor,
+        "params": checked,
+        "inputs": [[r.session_id, r.artifact_id] for r in refs],
+        "state": TaskState.PENDING,
+        "progress_done": 0,
+        "outputs": [],
+        "attempts": 0,
+        "max_attempts": attempts,
+        "not_before": now,
+        "created_at": now,
+    }
+    return values, refs
 
 
 def get(ctx: Context, session_id: str, task_id: str) -> Task:
