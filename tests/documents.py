@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -53,6 +54,32 @@ def many_pages(count: int) -> bytes:
         writer.add_blank_page(width=200, height=200)
     out = io.BytesIO()
     writer.write(out)
+    return out.getvalue()
+
+
+def bomb(expanded_mib: int) -> bytes:
+    """One page whose content stream, a few hundred KiB deflated, inflates to
+    ``expanded_mib`` MiB of spaces: a compression bomb."""
+    deflater = zlib.compressobj(9)
+    block = b" " * (1024 * 1024)
+    data = b"".join(deflater.compress(block) for _ in range(expanded_mib)) + deflater.flush()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] /Contents 4 0 R >>",
+        b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(data) + data + b"\nendstream",
+    ]
+    out = io.BytesIO()
+    out.write(b"%PDF-1.7\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(out.tell())
+        out.write(b"%d 0 obj\n" % number + body + b"\nendobj\n")
+    xref = out.tell()
+    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
+    out.writelines(b"%010d 00000 n \n" % offset for offset in offsets)
+    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\n" % (len(objects) + 1))
+    out.write(b"startxref\n%d\n%%%%EOF\n" % xref)
     return out.getvalue()
 
 

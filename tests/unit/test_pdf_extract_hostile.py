@@ -25,6 +25,7 @@ from tests.bol import (
     table_pdf,
     truncated_pdf,
 )
+from tests.documents import bomb
 
 GiB = 1024**3
 MiB = 1024**2
@@ -166,6 +167,32 @@ def test_a_page_tree_that_understates_its_pages_fails_at_the_ceiling_leaving_not
     liar = many_pages_pdf(2001, declared=3)
     task = run_task(session, "pdf-extract", {"first.pdf": manifest(), "liar.pdf": liar})
     assert_failed_leaving_nothing(session, task, "liar.pdf: has more than 2000 pages")
+
+
+def test_a_compressed_bomb_fails_at_the_page_stream_limit_in_bounded_memory(
+    session: Store,
+) -> None:
+    """A page of a few hundred KiB whose content inflates to 384 MiB: refused while its
+    stream is measured in small chunks, before pdfminer inflates it whole."""
+    document = bomb(384)
+    assert len(document) < 512 * 1024
+    # Warm: the libraries loaded and their first allocations made, outside the measure.
+    assert run_task(session, "pdf-extract", {"warm.pdf": bomb(8)}).state is TaskState.SUCCEEDED
+    for artifact in session.list_artifacts(SID, kind="output").items:
+        session.delete_artifact(SID, artifact.id)
+    peak_rss_reset()
+    before = current_rss()
+    task = run_task(session, "pdf-extract", {"good.pdf": manifest(), "bomb.pdf": document})
+    growth = peak_rss() - before
+    assert_failed_leaving_nothing(
+        session, task, "bomb.pdf: page 1 expands past the limit of 64 MiB"
+    )
+    assert growth < 32 * MiB, f"peak memory grew by {growth / MiB:.1f} MiB"
+
+
+def test_a_page_within_the_stream_limit_is_read(session: Store) -> None:
+    task = run_task(session, "pdf-extract", {"spaces.pdf": bomb(8)})
+    assert task.state is TaskState.SUCCEEDED, task.error
 
 
 # -- the expected shipments' CSV ------------------------------------------------------------

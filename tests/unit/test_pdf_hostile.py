@@ -1,7 +1,7 @@
 """Hostile documents and CSVs for pdf-form-fill: a clear failure or a bounded run, never a hang.
 
 Each failure leaves no output behind: not in the session, not in the blob store. The real
-1 GiB CSV, with its peak memory measured, is in tests/acceptance/test_pdf_memory.py.
+1 GiB CSV, with its peak memory measured, is in tests/acceptance/test_form_fill_csv_memory.py.
 """
 
 from __future__ import annotations
@@ -68,9 +68,8 @@ def assert_failed_leaving_nothing(store: Store, task: Task, error: str) -> None:
 
 def test_an_encrypted_template_fails_the_task(store: Store, template: bytes) -> None:
     task = fill(store, encrypted(template), bol_csv(ROWS))
-    tid = task.inputs[0].artifact_id
     assert_failed_leaving_nothing(
-        store, task, f"template.pdf ({tid}) is encrypted; a password is not supported"
+        store, task, "template.pdf: is encrypted; a password is not supported"
     )
 
 
@@ -85,9 +84,8 @@ def test_a_template_that_is_not_a_pdf_fails_the_task(
     store: Store, document: bytes, detail: str
 ) -> None:
     task = fill(store, document, bol_csv(ROWS))
-    tid = task.inputs[0].artifact_id
     assert task.error is not None
-    assert task.error.startswith(f"template.pdf ({tid}) is not a readable PDF ({detail}")
+    assert task.error.startswith(f"template.pdf: is not a readable PDF ({detail}")
     assert_failed_leaving_nothing(store, task, task.error)
 
 
@@ -95,9 +93,8 @@ def test_a_template_with_a_garbled_cross_reference_table_fails_the_task(
     store: Store, template: bytes
 ) -> None:
     task = fill(store, broken_xref(template), bol_csv(ROWS))
-    tid = task.inputs[0].artifact_id
     assert task.error is not None
-    assert task.error.startswith(f"template.pdf ({tid}) is not a readable PDF (")
+    assert task.error.startswith("template.pdf: is not a readable PDF (")
     assert_failed_leaving_nothing(store, task, task.error)
 
 
@@ -121,9 +118,8 @@ def test_a_ten_thousand_page_template_is_refused_before_its_pages_are_read(
     started = time.perf_counter()
     task = fill(store, document, bol_csv(ROWS))
     elapsed = time.perf_counter() - started
-    tid = task.inputs[0].artifact_id
     assert_failed_leaving_nothing(
-        store, task, f"template.pdf ({tid}) has 10000 pages, more than the limit of 2000"
+        store, task, "template.pdf: has 10000 pages, more than the limit of 2000"
     )
     assert elapsed < 5, elapsed
 
@@ -131,19 +127,16 @@ def test_a_ten_thousand_page_template_is_refused_before_its_pages_are_read(
 def test_a_template_larger_than_the_limit_is_refused_unread(store: Store, template: bytes) -> None:
     processor = PdfFormFill(pdf_limits=PdfLimits(max_bytes=len(template) - 1))
     task = fill(store, template, bol_csv(ROWS), processor)
-    tid = task.inputs[0].artifact_id
     assert_failed_leaving_nothing(
         store,
         task,
-        f"template.pdf ({tid}) is {len(template)} bytes, more than the limit of "
-        f"{len(template) - 1}",
+        f"template.pdf: is {len(template)} bytes, more than the limit of {len(template) - 1}",
     )
 
 
 def test_a_form_without_fields_fails_the_task(store: Store) -> None:
     task = fill(store, form_template(with_fields=False), bol_csv(ROWS))
-    tid = task.inputs[0].artifact_id
-    assert_failed_leaving_nothing(store, task, f"template.pdf ({tid}) has no form fields")
+    assert_failed_leaving_nothing(store, task, "template.pdf: has no form fields")
 
 
 @pytest.mark.parametrize(
@@ -203,4 +196,15 @@ def test_a_cell_longer_than_the_field_limit_fails_with_its_line(
     task = fill(store, template, csv)
     assert_failed_leaving_nothing(
         store, task, "rows.csv: line 3 has a field longer than 65536 characters"
+    )
+
+
+def test_a_template_past_the_template_cap_is_refused_unread(store: Store, template: bytes) -> None:
+    """A template is held parsed for every row, so it has its own, lower cap."""
+    processor = PdfFormFill(pdf_limits=PdfLimits(max_template_bytes=len(template) - 1))
+    task = fill(store, template, bol_csv(ROWS), processor)
+    assert_failed_leaving_nothing(
+        store,
+        task,
+        f"template.pdf: is {len(template)} bytes, more than the limit of {len(template) - 1}",
     )

@@ -20,6 +20,7 @@ from pypdf import PdfReader, PdfWriter
 from pypdf.generic import (
     ArrayObject,
     ByteStringObject,
+    ContentStream,
     DictionaryObject,
     IndirectObject,
     NameObject,
@@ -40,6 +41,8 @@ F_NOVIEW = 1 << 5
 # Nested deeper than this, a field tree is an attack, not a form.
 MAX_DEPTH = 32
 
+FieldValue = str | list[str] | None
+
 
 @dataclass(frozen=True, slots=True)
 class FormField:
@@ -47,6 +50,7 @@ class FormField:
     kind: str  # text, checkbox, radio; or choice, signature, push button, unknown
     states: tuple[str, ...] = ()  # a button's "on" appearance states, without the slash
     max_len: int | None = None  # a text field's /MaxLen
+    value: FieldValue = None  # its /V: text, a button's state, a choice list's selection
 
 
 def form_fields(reader: PdfReader, label: str, max_fields: int) -> list[FormField]:
@@ -65,12 +69,12 @@ def form_fields(reader: PdfReader, label: str, max_fields: int) -> list[FormFiel
         for field in _walk(top, "", None, 0, 0, set()):
             found.append(field)
             if len(found) > max_fields:
-                raise TaskFailed(f"{label} has more than {max_fields} form fields")
+                raise TaskFailed(f"{label}: has more than {max_fields} form fields")
         return found
     except TaskFailed:
         raise
     except Exception as exc:
-        raise TaskFailed(f"{label} has an unreadable form ({type(exc).__name__}: {exc})") from None
+        raise TaskFailed(f"{label}: has an unreadable form ({type(exc).__name__}: {exc})") from None
 
 
 def _walk(
@@ -110,22 +114,40 @@ def _walk(
 def _field(
     name: str, field_type: str, flags: int, node: DictionaryObject, widgets: list[object]
 ) -> FormField:
+    value = _value(node.get("/V"))
     if field_type == "/Tx":
         max_len = node.get("/MaxLen")
-        return FormField(name, TEXT, max_len=int(max_len) if max_len is not None else None)
+        limit = int(max_len) if max_len is not None else None
+        return FormField(name, TEXT, max_len=limit, value=value)
     if field_type == "/Btn":
         if flags & FF_PUSHBUTTON:
-            return FormField(name, "push button")
+            return FormField(name, "push button", value=value)
         states: dict[str, None] = {}
         for widget in widgets:
             for state in _appearance_states(widget):
                 states.setdefault(state)
-        return FormField(name, RADIO if flags & FF_RADIO else CHECKBOX, tuple(states))
+        kind = RADIO if flags & FF_RADIO else CHECKBOX
+        return FormField(name, kind, tuple(states), value=value)
     if field_type == "/Ch":
-        return FormField(name, "choice")
+        return FormField(name, "choice", value=value)
     if field_type == "/Sig":
-        return FormField(name, "signature")
-    return FormField(name, "unknown")
+        return FormField(name, "signature")  # its /V is a signature dictionary, not a value
+    return FormField(name, "unknown", value=value)
+
+
+def _value(value: object, depth: int = 0) -> FieldValue:
+    value = value.get_object() if isinstance(value, IndirectObject) else value
+    if value is None:
+        return None
+    if isinstance(value, list):
+        if depth:
+            return str(value)
+        return [str(_value(v, depth + 1) or "") for v in value]
+    if isinstance(value, NameObject):
+        return str(value)[1:]  # a checkbox's "/Yes" is the value "Yes"
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    return str(value)
 
 
 def _appearance_states(widget: object) -> list[str]:
@@ -142,15 +164,17 @@ def _appearance_states(widget: object) -> list[str]:
 
 
 def fill(
-    template: bytes,
+    template: PdfReader,
     text: Mapping[str, str],
     buttons: Mapping[str, str],
     *,
     flatten: bool,
     document_id: bytes,
 ) -> bytes:
-    """The template with these values (text by field name; a button's state name or "Off")."""
-    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(template), strict=False))
+    """The template with these values (text by field name; a button's state name or "Off").
+
+    The template is cloned, never changed: one reader serves every row."""
+    writer = PdfWriter(clone_from=template)
     if text:
         # NeedAppearances off: the streams generated here are what every viewer shows.
         writer.update_page_form_field_values(None, dict(text), auto_regenerate=False)
@@ -160,6 +184,7 @@ def fill(
         _flatten(writer)
     # pypdf has no public setter for the trailer ID; left alone it would be random or the
     # template's own, and two fills of one row must be the same bytes.
+    # (A private attribute: tests/unit/test_pdf_library_internals.py notices if it goes.)
     writer._ID = ArrayObject([ByteStringObject(document_id), ByteStringObject(document_id)])
     out = io.BytesIO()
     writer.write(out)
@@ -233,8 +258,13 @@ def _flatten(writer: PdfWriter) -> None:
             # changed cannot move or recolour the field values drawn after it.
             stream = StreamObject()
             stream.set_data(b"q\n" + old + b"\nQ\n" + "\n".join(commands).encode("ascii"))
-            # (replace_contents fails on a direct /Contents array; adding the object does not.)
-            page[NameObject("/Contents")] = writer._add_object(stream)
+            # replace_contents fails on a direct /Contents array; adding the object does not,
+            # but pypdf's add is private: without it, the public way, for most documents.
+            add = getattr(writer, "_add_object", None)
+            if add is not None:
+                page[NameObject("/Contents")] = add(stream)
+            else:
+                page.replace_contents(ContentStream(stream, writer))
     writer.remove_annotations(subtypes="/Widget")
     for page in writer.pages:
         if "/Annots" in page and not page["/Annots"]:

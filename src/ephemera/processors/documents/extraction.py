@@ -1,41 +1,35 @@
-"""PDF inputs opened under limits and read one page at a time: text, words, tables, fields.
+"""PDF inputs read one page at a time with pdfplumber: text, words, tables.
 
-A PDF is hostile until read. Its bytes are copied once to a spooled temporary file (in
-memory while small, on disk beyond), because the parsers seek and an input stream need not.
-Everything that can go wrong while parsing becomes a :class:`TaskFailed` naming the input:
-a password it would take, a file that is not a PDF, a page count above the ceiling (known
-from the page tree before any page is read, and enforced again while reading, since a page
-tree's count can lie). Pages are read one at a time and forgotten: pdfminer keeps every object
-it resolves and every font it loads, so those caches are dropped after each page, and memory
-stays flat whether a document has ten pages or ten thousand.
+The input is opened by :mod:`inputs` (size, header, password, declared page count, form
+fields). The page count is enforced again while reading, since a page tree's count can lie.
+Before a page is interpreted, the streams it will decode are measured within a budget
+(:mod:`expansion`), so a compressed bomb fails instead of filling memory. Pages are read one
+at a time and forgotten: pdfminer keeps every object it resolves and every font it loads, so
+those caches are dropped after each page, and memory stays flat whether a document has ten
+pages or ten thousand.
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 
-import pypdf
-import pypdf.generic
-from pdfminer.pdfdocument import PDFPasswordIncorrect
 from pdfminer.pdfpage import PDFPage
-from pdfminer.pdftypes import resolve1
 from pdfplumber.page import Page
 from pdfplumber.pdf import PDF
-from pdfplumber.utils.exceptions import PdfminerException
 
 from ephemera.processors import TaskContext, TaskFailed
-from ephemera.processors.documents.limits import PdfLimits
+from ephemera.processors.documents.acroform import FieldValue
+from ephemera.processors.documents.expansion import Budget, Expanded, object_streams
+from ephemera.processors.documents.inputs import PdfInput, open_input, reason
+from ephemera.processors.documents.limits import MiB, PdfLimits
 
-SPOOL_IN_MEMORY = 8 * 1024 * 1024  # smaller PDFs are parsed from memory
-COPY_CHUNK = 1024 * 1024
-HEADER_WINDOW = 1024  # readers accept "%PDF-" anywhere in the first KiB
 POSITION_DIGITS = 2  # 1/100 pt: far finer than any glyph, and stable across runs
 
-FieldValue = str | list[str] | None
+__all__ = ["FieldValue", "PageContent", "PdfDocument", "Table", "open_pdf"]
+
 Table = list[list[str]]
 
 
@@ -82,18 +76,33 @@ class PageContent:
 
 @dataclass(slots=True)
 class PdfDocument:
-    """An opened PDF input. ``page_count`` is what its page tree declares (None if it
-    declares nothing usable); ``fields`` are its AcroForm fields by qualified name."""
+    """An opened PDF input, read through pdfplumber. ``page_count`` is what its page tree
+    declares (None if it declares nothing usable); ``fields`` are its AcroForm fields'
+    values by qualified name."""
 
-    name: str
-    label: str  # the input as messages name it
-    page_count: int | None
-    fields: dict[str, FieldValue]
+    source: PdfInput
     _pdf: PDF = field(repr=False)
     _limits: PdfLimits = field(repr=False)
+    _budget: Budget = field(repr=False)
     # What the last reading of pages found: how many, and whether more were left unread.
     pages_read: int = 0
     truncated: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def label(self) -> str:
+        return self.source.label
+
+    @property
+    def page_count(self) -> int | None:
+        return self.source.page_count
+
+    @property
+    def fields(self) -> dict[str, FieldValue]:
+        return {f.name: f.value for f in self.source.fields}
 
     def pages(
         self, first: int, *, words: bool = True, tables: bool = True, allow_more: bool = False
@@ -107,14 +116,14 @@ class PdfDocument:
         for page_obj in self._page_objects():
             if self.pages_read == first:
                 if not allow_more:
-                    raise TaskFailed(f"{self.label}: has more than {first} pages")
+                    raise self.source.failed(f"has more than {first} pages")
                 self.truncated = True
                 return
             content = self._read(page_obj, self.pages_read + 1, words, tables)
             self.pages_read += 1
             yield content
         if self.pages_read == 0:
-            raise TaskFailed(f"{self.label}: is not a readable PDF (no pages)")
+            raise self.source.failed("is not a readable PDF (no pages)")
 
     def _page_objects(self) -> Iterator[PDFPage]:
         pages = PDFPage.create_pages(self._pdf.doc)
@@ -124,16 +133,21 @@ class PdfDocument:
             except StopIteration:
                 return
             except Exception as exc:
-                raise self._unreadable(exc) from None
+                raise self.source.failed(f"is not a readable PDF ({reason(exc)})") from None
             yield page_obj
 
     def _read(self, page_obj: PDFPage, number: int, words: bool, tables: bool) -> PageContent:
+        try:
+            self._budget.page(page_obj.contents, page_obj.resources)
+        except Expanded:
+            raise self._expanded(f"page {number}") from None
+        except Exception as exc:
+            raise self.source.failed(f"page {number} is not readable ({reason(exc)})") from None
         page = Page(self._pdf, page_obj, page_number=number)
         try:
             if len(page.chars) > self._limits.max_chars_per_page:
-                raise TaskFailed(
-                    f"{self.label}: page {number} has more than "
-                    f"{self._limits.max_chars_per_page} characters"
+                raise self.source.failed(
+                    f"page {number} has more than {self._limits.max_chars_per_page} characters"
                 )
             content = PageContent(
                 number=number,
@@ -146,26 +160,46 @@ class PdfDocument:
         except TaskFailed:
             raise
         except Exception as exc:
-            raise TaskFailed(
-                f"{self.label}: page {number} is not readable ({_reason(exc)})"
-            ) from None
+            raise self.source.failed(f"page {number} is not readable ({reason(exc)})") from None
         finally:
             page.close()
-            self._forget()
+            forget(self._pdf)
         return content
 
-    def _forget(self) -> None:
-        # pdfminer caches every object it resolved and every font it loaded, for the life of
-        # the document: kept, they would hold every page's content streams. A later page
-        # that shares a font or an object stream parses it again, which is cheap in comparison.
-        doc = self._pdf.doc
-        doc._cached_objs.clear()
-        doc._parsed_objs.clear()
-        self._pdf.rsrcmgr._cached_fonts.clear()
-        self._pdf.flush_cache()
+    def _expanded(self, what: str) -> TaskFailed:
+        limit = self._limits.max_page_stream_bytes
+        return self.source.failed(f"{what} expands past the limit of {limit / MiB:g} MiB")
 
-    def _unreadable(self, exc: BaseException) -> TaskFailed:
-        return TaskFailed(f"{self.label}: is not a readable PDF ({_reason(exc)})")
+    def check_object_streams(self) -> None:
+        """Every object stream within the budget, before pdfminer decodes one whole."""
+        try:
+            for stream in object_streams(self._pdf.doc):
+                self._budget.stream(stream)
+        except Expanded:
+            raise self._expanded("an object stream") from None
+        except Exception as exc:
+            raise self.source.failed(f"is not a readable PDF ({reason(exc)})") from None
+
+
+# pdfminer's private caches, dropped after each page. If an upgrade renames one, dropping it
+# is skipped (memory grows with the pages read, nothing breaks), and
+# tests/unit/test_pdf_library_internals.py fails so the upgrade is noticed.
+DOCUMENT_CACHES = ("_cached_objs", "_parsed_objs")
+RESOURCE_CACHES = ("_cached_fonts",)
+
+
+def forget(pdf: PDF) -> None:
+    """Drop what pdfminer cached while reading a page.
+
+    pdfminer caches every object it resolved and every font it loaded, for the life of the
+    document: kept, they would hold every page's content streams. A later page that shares a
+    font or an object stream parses it again, which is cheap in comparison."""
+    for owner, names in ((pdf.doc, DOCUMENT_CACHES), (pdf.rsrcmgr, RESOURCE_CACHES)):
+        for name in names:
+            cache = getattr(owner, name, None)
+            if isinstance(cache, dict):
+                cache.clear()
+    pdf.flush_cache()
 
 
 @contextmanager
@@ -175,85 +209,15 @@ def open_pdf(
     """The input ``artifact_id`` opened as a PDF; TaskFailed if it is too large, encrypted
     with a password, or not a PDF. Pages are read through the document while it is open."""
     limits = limits or PdfLimits()
-    artifact = ctx.input(artifact_id)
-    label = artifact.name
-    if artifact.size > limits.max_bytes:
-        raise TaskFailed(
-            f"{label}: is {artifact.size} bytes, more than the limit of {limits.max_bytes} "
-            "bytes for a PDF"
-        )
-    with tempfile.SpooledTemporaryFile(SPOOL_IN_MEMORY) as spool:
-        with ctx.open_input(artifact_id) as stream:
-            _copy(stream, spool, limits.max_bytes, label)
-        spool.seek(0)
-        if b"%PDF-" not in spool.read(HEADER_WINDOW):
-            raise TaskFailed(f"{label}: is not a readable PDF (no %PDF header)")
-        spool.seek(0)
-        pdf = _parse(spool, label)
+    with open_input(ctx, artifact_id, limits) as source:
+        pdf = source.plumber()
         try:
-            page_count = _declared_page_count(pdf)
-            if page_count == 0:
-                raise TaskFailed(f"{label}: is not a readable PDF (no pages)")
-            fields = _form_fields(spool, label) if "AcroForm" in pdf.doc.catalog else {}
-            yield PdfDocument(artifact.name, label, page_count, fields, pdf, limits)
+            document = PdfDocument(source, pdf, limits, Budget(limits.max_page_stream_bytes))
+            document.check_object_streams()
+            yield document
         finally:
             # Not pdf.close(): it would build a Page for every page of the document first.
             pdf.flush_cache()
-
-
-def _copy(source: IO[bytes], target: IO[bytes], limit: int, label: str) -> None:
-    copied = 0
-    while chunk := source.read(COPY_CHUNK):
-        copied += len(chunk)
-        if copied > limit:
-            raise TaskFailed(f"{label}: is more than the limit of {limit} bytes for a PDF")
-        target.write(chunk)
-
-
-def _parse(stream: IO[bytes], label: str) -> PDF:
-    try:
-        return PDF(stream, stream_is_external=True)  # type: ignore[arg-type]
-    except PdfminerException as exc:
-        cause = exc.args[0] if exc.args else exc
-        if isinstance(cause, PDFPasswordIncorrect):
-            raise TaskFailed(f"{label}: is encrypted; a password is not supported") from None
-        raise TaskFailed(f"{label}: is not a readable PDF ({_reason(cause)})") from None
-    except Exception as exc:
-        raise TaskFailed(f"{label}: is not a readable PDF ({_reason(exc)})") from None
-
-
-def _declared_page_count(pdf: PDF) -> int | None:
-    try:
-        pages = resolve1(pdf.doc.catalog.get("Pages"))
-        count = resolve1(pages.get("Count")) if isinstance(pages, dict) else None
-    except Exception:
-        return None  # a broken page tree: reading the pages will say so
-    return count if isinstance(count, int) and count >= 0 else None
-
-
-def _form_fields(stream: IO[bytes], label: str) -> dict[str, FieldValue]:
-    stream.seek(0)
-    try:
-        reader = pypdf.PdfReader(stream, strict=False)
-        if reader.is_encrypted:
-            reader.decrypt("")  # pdfminer opened it without a password, so this succeeds
-        found = reader.get_fields() or {}
-        return {str(name): _field_value(f.get("/V")) for name, f in found.items()}
-    except Exception as exc:
-        raise TaskFailed(f"{label}: has an unreadable form ({_reason(exc)})") from None
-
-
-def _field_value(value: Any) -> FieldValue:
-    value = value.get_object() if isinstance(value, pypdf.generic.IndirectObject) else value
-    if value is None:
-        return None
-    if isinstance(value, list):
-        return [str(_field_value(v) or "") for v in value]
-    if isinstance(value, pypdf.generic.NameObject):
-        return str(value)[1:]  # a checkbox's "/Yes" is the value "Yes"
-    if isinstance(value, bytes):
-        return value.decode("latin-1")
-    return str(value)
 
 
 def _word(word: dict[str, Any]) -> Word:
@@ -273,8 +237,3 @@ def _table(rows: list[list[str | None]]) -> Table:
 
 def _round(value: Any) -> float:
     return round(float(value), POSITION_DIGITS)
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text if len(text) <= 200 else text[:200] + "..."

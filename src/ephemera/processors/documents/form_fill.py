@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pypdf import PdfReader
 
 from ephemera.errors import InvalidInput
 from ephemera.models import Artifact
 from ephemera.processors import TaskContext, TaskFailed
 from ephemera.processors.documents import acroform, limits
 from ephemera.processors.documents.acroform import CHECKBOX, FILLABLE, OFF, RADIO, FormField
-from ephemera.processors.documents.pdfs import PdfInput, open_pdf
+from ephemera.processors.documents.inputs import PdfInput, open_input, reason
 from ephemera.processors.documents.tables import CsvLimits, Table, read_table
 
 TRUE_WORDS = frozenset({"1", "x", "y", "yes", "true", "on", "checked"})
@@ -303,15 +304,36 @@ class PdfFormFill:
             raise InvalidInput("template and rows name the same artifact")
 
     def run(self, ctx: TaskContext, params: PdfFormFillParams) -> dict[str, Any]:
-        template = open_pdf(ctx, params.template, self.pdf_limits)
-        fields = acroform.form_fields(
-            template.reader(), template.label, self.pdf_limits.max_form_fields
+        # A form is small: its template is held parsed for every row, so it is capped lower.
+        template_limits = dataclasses.replace(
+            self.pdf_limits,
+            max_bytes=min(self.pdf_limits.max_bytes, self.pdf_limits.max_template_bytes),
         )
+        with open_input(ctx, params.template, template_limits) as template:
+            return self._run(ctx, params, template)
+
+    def _run(
+        self, ctx: TaskContext, params: PdfFormFillParams, template: PdfInput
+    ) -> dict[str, Any]:
+        if template.locked:
+            raise template.failed("is encrypted against editing; a template must not be")
+        reader = template.pypdf()
+        max_pages = self.pdf_limits.max_pages
+        pages = template.page_count
+        try:
+            # The declared count refuses a huge tree unread; the tree itself may lie.
+            if pages is None or pages <= max_pages:
+                pages = len(reader.pages)
+        except Exception as exc:
+            raise template.failed(f"is not a readable PDF ({reason(exc)})") from None
+        if pages > max_pages:
+            raise template.failed(f"has {pages} pages, more than the limit of {max_pages}")
+        fields = template.fields
         if not fields:
-            raise TaskFailed(f"{template.label} has no form fields")
+            raise template.failed("has no form fields")
         if not any(f.kind in FILLABLE for f in fields):
             kinds = ", ".join(sorted({f.kind for f in fields}))
-            raise TaskFailed(f"{template.label} has no text, checkbox or radio fields ({kinds})")
+            raise template.failed(f"has no text, checkbox or radio fields ({kinds})")
 
         rows = ctx.input(params.rows)
         csv_limits = dataclasses.replace(
@@ -341,7 +363,7 @@ class PdfFormFill:
             table = read_table(stream, rows.name, csv_limits, table.delimiter)
             for row in plan_rows(table, mapping, params.name_column, template.label):
                 ctx.check_cancelled()
-                outputs.append(self._fill(ctx, template, row, params.flatten))
+                outputs.append(self._fill(ctx, template, reader, row, params.flatten))
                 ctx.progress(row.index, total)
 
         manifest = {
@@ -373,20 +395,19 @@ class PdfFormFill:
 
     @staticmethod
     def _fill(
-        ctx: TaskContext, template: PdfInput, row: PlannedRow, flatten: bool
+        ctx: TaskContext, template: PdfInput, reader: PdfReader, row: PlannedRow, flatten: bool
     ) -> dict[str, Any]:
         try:
             data = acroform.fill(
-                template.data,
+                reader,
                 row.text,
                 row.buttons,
                 flatten=flatten,
                 document_id=row.document_id(template.sha256, flatten),
             )
         except Exception as exc:
-            raise TaskFailed(
-                f"{template.label}: filling the row at line {row.line} failed "
-                f"({type(exc).__name__}: {exc})"
+            raise template.failed(
+                f"filling the row at line {row.line} failed ({type(exc).__name__}: {exc})"
             ) from None
         artifact = ctx.write_output(row.name, data, kind="output", content_type="application/pdf")
         return {

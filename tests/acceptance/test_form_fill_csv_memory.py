@@ -42,7 +42,7 @@ def test_a_1_gib_csv_is_refused_at_its_recorded_size_without_being_read() -> Non
         report["error"] == "rows.csv (r) is 1073741824 bytes, more than the CSV limit of 67108864"
     )
     assert report["outputs"] == 0
-    assert report["seconds"] < 1
+    assert report["seconds"] < 5  # a shared machine: generous, the point is "unread"
     assert report["peak_kib"] - report["baseline_kib"] < GROWTH_KIB
 
 
