@@ -5,13 +5,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from typing import Any
 
 import pytest
+from reportlab.lib.pagesizes import A4
+from reportlab.pdfgen.canvas import Canvas
 
 from ephemera import InvalidInput
 from ephemera.processors import Registry, TaskFailed
 from ephemera.processors.documents.extract import PdfExtract, PdfExtractParams
+from ephemera.processors.documents.limits import PdfLimits
 from ephemera.processors.documents.reconcile import BolReconcile, BolReconcileParams
 from ephemera.testing import MemoryTaskContext
 from tests.bol import BOL_FIELDS, bol_pdf, form_bol_pdf
@@ -240,3 +244,77 @@ def test_a_line_belongs_to_the_longest_label_that_starts_it() -> None:
     fields = json.loads(ctx.outputs["reconcile.json"])["documents"][0]["fields"]
     assert fields["weight_kg"]["status"] == "match"
     assert fields["weight"] == {"expected": "2 t", "found": None, "status": "missing"}
+
+
+def test_a_key_listed_twice_with_no_document_is_missing_and_not_reconciled() -> None:
+    rows = [shipment(1), shipment(2), shipment(1)]
+    inputs = {"csv": ("expected.csv", csv_of(rows)), "b": ("b.pdf", bol_pdf(shipment(2)))}
+    ctx, result = run(inputs, {"expected": "csv", "key_column": "bol_number"})
+    report = json.loads(ctx.outputs["reconcile.json"])
+    assert report["missing_documents"] == [{"key": "B-1", "line": 2}]
+    assert report["duplicate_keys"]["expected"] == [{"key": "b-1", "lines": [2, 4]}]
+    assert (result["reconciled"], result["matched"], result["missing_documents"]) == (False, 1, 1)
+
+
+def test_long_runs_of_spaces_in_a_line_cost_linear_time() -> None:
+    """Megabyte lines of spaces around labels and values are read in well under a second (a
+    backtracking pattern would take time squared in the length: hours)."""
+    spaces = " " * 1_000_000
+    text = "\n".join(
+        [
+            f"BOL Number{spaces}B-1",
+            f"Weight{spaces}kg:{spaces}340{spaces}",
+            f"Shipper: ACME{spaces}Ltd",  # found with its whitespace collapsed
+            f"Carrier{spaces}",  # a label without a value
+            f"{spaces}Pieces:   3",
+            spaces,
+        ]
+    )
+    extract = json.dumps({"pages": [{"text": text}], "fields": {}}).encode()
+    expected = b"bol_number,weight_kg,shipper,carrier,pieces\nB-1,340,ACME Ltd,Rhenus,3\n"
+    started = time.monotonic()
+    ctx, _ = run(
+        {"csv": ("expected.csv", expected), "d": ("b.extract.json", extract)},
+        {"expected": "csv", "key_column": "bol_number"},
+    )
+    assert time.monotonic() - started < 1
+    fields = json.loads(ctx.outputs["reconcile.json"])["documents"][0]["fields"]
+    assert {c: (f["found"], f["status"]) for c, f in fields.items()} == {
+        "weight_kg": ("340", "match"),
+        "shipper": ("ACME Ltd", "match"),
+        "carrier": (None, "missing"),
+        "pieces": ("3", "match"),
+    }
+
+
+def pages_pdf(pages: list[list[str]]) -> bytes:
+    buffer = io.BytesIO()
+    canvas = Canvas(buffer, pagesize=A4)
+    for lines in pages:
+        for number, line in enumerate(lines):
+            canvas.drawString(72, A4[1] - 100 - 20 * number, line)
+        canvas.showPage()
+    canvas.save()
+    return buffer.getvalue()
+
+
+def test_a_document_is_read_page_by_page_until_every_value_is_found() -> None:
+    """Values on pages 1 and 2 of 10 are found, and pages 3 to 10 are not read: the limit
+    of 5 pages, which reading them would exceed, does not fail the task."""
+    document = pages_pdf(
+        [["BOL Number: B-1"], ["Weight kg: 340"], *[["Weight kg: 999"]] * 8],
+    )
+    inputs = {
+        "csv": ("expected.csv", b"bol_number,weight_kg\nB-1,340\n"),
+        "d": ("b.pdf", document),
+    }
+    ctx = MemoryTaskContext(inputs)
+    model = BolReconcileParams(expected="csv", key_column="bol_number")
+    result = BolReconcile(pdf_limits=PdfLimits(max_pages=5)).run(ctx, model)
+    assert result["reconciled"] is True, ctx.outputs["reconcile.json"]
+
+    document = pages_pdf([["BOL Number: B-1"], *[["Pieces: 1"]] * 9])
+    ctx = MemoryTaskContext({**inputs, "d": ("b.pdf", document)})
+    with pytest.raises(TaskFailed, match=r"b\.pdf: has more than 5 pages"):
+        BolReconcile(pdf_limits=PdfLimits(max_pages=5)).run(ctx, model)
+    assert ctx.outputs == {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -103,3 +104,67 @@ def test_too_many_columns_and_too_long_fields_fail() -> None:
         rows(b"a,b,c\n1,2,3\n", limits=CsvLimits(max_columns=2))
     with pytest.raises(TaskFailed, match="line 2 has a field longer than 4 characters"):
         rows(b"a,b\n1,12345\n", limits=CsvLimits(max_field_chars=4))
+
+
+class Commas(io.RawIOBase):
+    """``header`` then one line of ``size`` commas, made as it is read."""
+
+    def __init__(self, header: bytes, size: int) -> None:
+        self._head = header
+        self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._head:
+            n = min(len(buffer), len(self._head))
+            buffer[:n], self._head = self._head[:n], self._head[n:]
+            return n
+        n = min(len(buffer), self._left)
+        buffer[:n] = b"," * n
+        self._left -= n
+        return n
+
+
+@pytest.mark.parametrize(("header", "line"), [(b"a,b\n", 2), (b"", 1)], ids=["data-row", "header"])
+def test_a_huge_line_is_refused_before_it_is_split_into_fields(header: bytes, line: int) -> None:
+    """60 MB of commas on one line (under the byte limit) fails fast, naming the line: the
+    csv module would build a list of 60 million fields before any check could count them."""
+    started = time.monotonic()
+    with pytest.raises(TaskFailed) as failed:
+        list(read_table(Commas(header, 60_000_000), "wide.csv").rows)  # type: ignore[arg-type]
+    assert failed.value.message == (
+        f"wide.csv: line {line} starts a row longer than 1048576 characters"
+    )
+    assert time.monotonic() - started < 1
+
+
+def test_a_row_is_bounded_across_the_lines_of_its_quoted_newlines() -> None:
+    limits = CsvLimits(max_row_chars=20)
+    within = b'a,b\n1,"' + b"x\n" * 7 + b'"\n2,y\n'  # row 2: 20 characters over 8 lines
+    assert [line for line, _ in rows(within, limits=limits)[2]] == [9, 10]
+    beyond = b'a,b\n1,y\n2,"' + b"x\n" * 8 + b'"\n'
+    with pytest.raises(TaskFailed) as failed:
+        rows(beyond, limits=limits)
+    assert failed.value.message == "expected.csv: line 3 starts a row longer than 20 characters"
+
+
+def test_a_row_of_empty_values_is_a_row_and_an_empty_line_is_not() -> None:
+    """Delimiters alone, as many as the header's, are a row whose values are all empty (for
+    pdf-form-fill, an empty form); a line without a delimiter is a blank line, skipped."""
+    data = b"\n \nbol,carrier\n,\n\n   \nB1,ACME\n \t,  \n"
+    assert rows(data)[1:] == (
+        ["bol", "carrier"],
+        [
+            (4, {"bol": "", "carrier": ""}),
+            (7, {"bol": "B1", "carrier": "ACME"}),
+            (8, {"bol": " \t", "carrier": "  "}),
+        ],
+    )
+
+
+def test_a_row_of_delimiters_alone_with_the_wrong_count_is_ragged() -> None:
+    with pytest.raises(TaskFailed) as failed:
+        rows(b"bol,carrier\nB1,ACME\n,,\n")
+    assert failed.value.message == "expected.csv: line 3 has 3 fields, the header has 2"

@@ -269,3 +269,32 @@ def test_a_gibibyte_of_csv_stops_at_the_byte_limit_quickly_in_bounded_memory(
     )
     assert elapsed < 10
     assert growth < 32 * MiB, f"peak memory grew by {growth / MiB:.1f} MiB"
+
+
+def sixty_megabytes_of_commas() -> Iterator[bytes]:
+    yield b"bol_number,weight_kg\nB-1,12\n"
+    for _ in range(60):
+        yield b"," * 1_000_000
+    yield b"\n"
+
+
+def test_one_line_of_sixty_million_commas_fails_fast_in_bounded_memory(session: Store) -> None:
+    """Split, the line would be 60 million fields (some 460 MiB) before their count could be
+    checked; it is refused as a row too long while it is read, and is not taken for blank."""
+    csv_id = session.put_artifact(SID, sixty_megabytes_of_commas(), name="expected.csv").id
+    document = session.put_artifact(SID, bol(), name="b.pdf").id
+    task = session.submit_task(
+        SID, "bol-reconcile", [csv_id, document], {"expected": csv_id, "key_column": "bol_number"}
+    )
+    peak_rss_reset()
+    before = current_rss()
+    started = time.monotonic()
+    assert Worker(session, name="test").run_one()
+    elapsed = time.monotonic() - started
+    growth = peak_rss() - before
+    done = session.get_task(SID, task.id)
+    assert_failed_leaving_nothing(
+        session, done, "expected.csv: line 3 starts a row longer than 1048576 characters"
+    )
+    assert elapsed < 2
+    assert growth < 32 * MiB, f"peak memory grew by {growth / MiB:.1f} MiB"

@@ -8,7 +8,11 @@ reconciliation that guessed at number formats would hide the differences it exis
 
 Everything is read and checked before anything is written: a bad CSV or document fails the
 task, naming it, and leaves no report behind. The CSV is streamed under its limits and kept
-only as a dict of its rows; the documents are read one at a time, their text alone.
+only as a dict of its rows; the documents are read one at a time and page by page, their text
+alone, and a document's reading stops at the page where its last wanted value was found.
+
+A shipment is missing when no document carries its key, even if the CSV lists the key twice;
+a key listed twice is itself a difference, so the run is then not reconciled.
 """
 
 from __future__ import annotations
@@ -17,8 +21,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -83,37 +86,48 @@ class BolReconcileParams(BaseModel):
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Document:
-    artifact: Artifact
-    text: str
-    fields: dict[str, FieldValue]
-
-
 def normalise(value: str) -> str:
     return " ".join(value.split()).casefold()
 
 
+_LEADING_WORD = re.compile(r"\w*")
+
+
 def _label_pattern(label: str) -> re.Pattern[str]:
-    # "Label: value", "Label - value" or "Label value" at the start of a line; the label's
-    # words may be spaced in any way. The value must not be empty.
-    words = r"\s+".join(re.escape(w) for w in label.split())
-    return re.compile(rf"^\s*{words}(?:\s*[:#=-]\s*|\s+)(\S.*?)\s*$", re.IGNORECASE | re.MULTILINE)
+    # "Label: value", "Label - value" or "Label value" at the start of a line whose whitespace
+    # runs were collapsed to single spaces: nothing here can backtrack over a long run of
+    # spaces. The separator is atomic ("Label :" has an empty value, not the value ":").
+    words = " ".join(re.escape(w) for w in label.split())
+    return re.compile(rf"{words}(?> ?[:#=-] ?| )(?=\S)", re.IGNORECASE)
+
+
+def _leading_word(text: str) -> str:
+    # A line can only start with a label if it starts with the same run of word characters
+    # (the label's first word runs up to a separator or a space): lines are indexed by it.
+    match = _LEADING_WORD.match(text)
+    return match.group().casefold() if match else ""
+
+
+_Pattern = tuple[str, str, re.Pattern[str]]  # column, its label's leading word, its pattern
 
 
 class _Finder:
-    """Finds the values of the wanted columns in a document: form fields first, then text."""
+    """Finds the values of the wanted columns in a document: form fields first, then text,
+    read page by page until every column has a value."""
 
     def __init__(self, columns: Sequence[str], labels: Mapping[str, str]) -> None:
         self._labels = {c: labels.get(c) or c.replace("_", " ") for c in columns}
         self._names = {c: {_field_key(c), _field_key(self._labels[c])} for c in columns}
         # The longest label first: "Weight kg: 340" belongs to "Weight kg", not to "Weight".
         ordered = sorted(columns, key=lambda c: -len(self._labels[c]))
-        self._patterns = [(c, _label_pattern(self._labels[c])) for c in ordered]
+        self._patterns = [
+            (c, _leading_word(self._labels[c].strip()), _label_pattern(self._labels[c]))
+            for c in ordered
+        ]
 
-    def find(self, document: _Document) -> dict[str, str]:
+    def find(self, fields: Mapping[str, FieldValue], pages: Iterable[str]) -> dict[str, str]:
         found: dict[str, str] = {}
-        by_key = {_field_key(n): v for n, v in document.fields.items()}
+        by_key = {_field_key(n): v for n, v in fields.items()}
         for column, names in self._names.items():
             for name in names:
                 value = by_key.get(name)
@@ -122,18 +136,36 @@ class _Finder:
                 if value and value.strip():
                     found[column] = value.strip()
                     break
-        taken: set[int] = set()  # lines already claimed by a longer label
-        lines = document.text.splitlines()
-        for column, pattern in self._patterns:
-            for number, line in enumerate(lines):
-                if number in taken:
-                    continue
-                match = pattern.match(line)
-                if match:
-                    taken.add(number)
-                    found.setdefault(column, match.group(1))
-                    break
+        waiting = self._patterns  # labels that have not claimed a line yet
+        texts = iter(pages)
+        while waiting and len(found) < len(self._labels):
+            text = next(texts, None)
+            if text is None:
+                break
+            waiting = _claim(text, waiting, found)
         return found
+
+
+def _claim(text: str, waiting: list[_Pattern], found: dict[str, str]) -> list[_Pattern]:
+    """Each waiting label, longest first, claims the first line of ``text`` it starts that no
+    longer label claimed; returns the labels still waiting."""
+    lines: dict[str, list[str | None]] = {}
+    for raw in text.splitlines():
+        collapsed = " ".join(raw.split())
+        if collapsed:
+            lines.setdefault(_leading_word(collapsed), []).append(collapsed)
+    still: list[_Pattern] = []
+    for column, word, pattern in waiting:
+        candidates = lines.get(word, [])
+        for number, line in enumerate(candidates):
+            match = pattern.match(line) if line is not None else None
+            if line is not None and match:
+                candidates[number] = None  # taken
+                found.setdefault(column, line[match.end() :])
+                break
+        else:
+            still.append((column, word, pattern))
+    return still
 
 
 def _field_key(name: str) -> str:
@@ -174,8 +206,7 @@ class BolReconcile:
         reports: list[dict[str, Any]] = []
         seen: dict[str, list[str]] = {}
         for index, artifact in enumerate(documents, start=2):
-            document = self._read(ctx, artifact)
-            found = finder.find(document)
+            found = self._find(ctx, artifact, finder)
             report = _compare(artifact, found, params.key_column, columns, rows, duplicates)
             reports.append(report)
             if report["key"] is not None:
@@ -185,7 +216,7 @@ class BolReconcile:
         missing = [
             {"key": row[params.key_column], "line": line}
             for key, (line, row) in rows.items()
-            if key not in seen and key not in duplicates
+            if key not in seen
         ]
         report_json = {
             "expected": {
@@ -245,17 +276,19 @@ class BolReconcile:
                 rows[value] = (line, {c: row[c] for c in [key, *columns]})
         return columns, rows, duplicates
 
-    def _read(self, ctx: TaskContext, artifact: Artifact) -> _Document:
+    def _find(self, ctx: TaskContext, artifact: Artifact, finder: _Finder) -> dict[str, str]:
         ctx.check_cancelled()
         if artifact.name.lower().endswith(".json"):
-            return _from_extract_json(ctx, artifact)
+            fields, texts = _from_extract_json(ctx, artifact)
+            return finder.find(fields, texts)
         with open_pdf(ctx, artifact.id, self.pdf_limits) as pdf:
             pages = pdf.pages(self.pdf_limits.max_pages, words=False, tables=False)
-            text = "\n".join(page.text for page in pages)
-            return _Document(artifact, text, pdf.fields)
+            return finder.find(pdf.fields, (page.text for page in pages))
 
 
-def _from_extract_json(ctx: TaskContext, artifact: Artifact) -> _Document:
+def _from_extract_json(
+    ctx: TaskContext, artifact: Artifact
+) -> tuple[dict[str, FieldValue], list[str]]:
     if artifact.size > MAX_EXTRACT_JSON_BYTES:
         raise TaskFailed(
             f"{artifact.name}: is more than {MAX_EXTRACT_JSON_BYTES} bytes; reconcile the PDF, "
@@ -267,16 +300,15 @@ def _from_extract_json(ctx: TaskContext, artifact: Artifact) -> _Document:
         raise TaskFailed(f"{artifact.name}: is more than {MAX_EXTRACT_JSON_BYTES} bytes")
     try:
         value = json.loads(data)
-        pages = value["pages"]
-        text = "\n".join(page["text"] for page in pages)
+        texts = [page["text"] for page in value["pages"]]
         fields = value.get("fields") or {}
-        if not isinstance(text, str) or not isinstance(fields, dict):
+        if not all(isinstance(t, str) for t in texts) or not isinstance(fields, dict):
             raise TypeError("text must be a string and fields an object")
     except (ValueError, TypeError, KeyError) as exc:
         raise TaskFailed(
             f"{artifact.name}: is not a pdf-extract output ({type(exc).__name__}: {exc})"
         ) from None
-    return _Document(artifact, text, {str(k): _json_field(v) for k, v in fields.items()})
+    return {str(k): _json_field(v) for k, v in fields.items()}, texts
 
 
 def _json_field(value: Any) -> FieldValue:
@@ -337,6 +369,7 @@ def _counts(report: Mapping[str, Any]) -> dict[str, Any]:
         and not counts["missing_documents"]
         and fields.count("match") == len(fields)
         and not report["duplicate_keys"]["documents"]
+        and not report["duplicate_keys"]["expected"]
     )
     return {"reconciled": clean, **counts}
 

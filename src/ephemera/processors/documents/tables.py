@@ -5,7 +5,15 @@ exports use tabs, and hand-edited files have ragged rows. The reader accepts the
 and refuses the last with the line number, because a row with more fields than the header
 would silently lose data and one with fewer would silently fill blanks. Nothing is read
 whole: the bytes are counted as they stream, and past ``max_bytes`` (or ``max_rows``) the read
-stops with a clear failure, so a 1 GiB upload costs a bounded amount of memory and time.
+stops with a clear failure, so a 1 GiB upload costs a bounded amount of memory and time. One
+row is bounded too: its text (``max_row_chars``, across the lines of quoted newlines) is
+refused before the csv module splits it, since a line of a million commas is a million fields.
+
+Blank lines: a line with nothing but whitespace and no delimiter (the empty lines exports
+leave at the end) is not a row and is skipped. A line of delimiters alone is a row: with as
+many fields as the header it is a row whose values are all empty (for pdf-form-fill, an empty
+form), with another count it is ragged. (With a single column the two cannot be told apart,
+so a line with no value there is skipped as blank.)
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ class CsvLimits:
     max_rows: int = 100_000
     max_columns: int = 512
     max_field_chars: int = 64 * 1024
+    max_row_chars: int = 1024 * 1024  # one row's text, quoted newlines included
 
 
 @dataclass(slots=True)
@@ -66,6 +75,39 @@ class _Counted(io.RawIOBase):
         return len(data)
 
 
+class _Lines:
+    """The text's physical lines for csv.reader, refusing a row longer than ``limit``
+    characters before it is whole: reads stop at ``limit + 1`` characters of one row."""
+
+    def __init__(self, text: io.TextIOBase, limit: int, name: str) -> None:
+        self._text = text
+        self._limit = limit
+        self._name = name
+        self._row_chars = 0
+        self._row_line = 1
+        self.line = 0  # physical lines read
+
+    def start_row(self) -> None:
+        self._row_chars = 0
+        self._row_line = self.line + 1
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        line = self._text.readline(self._limit - self._row_chars + 1)
+        if not line:
+            raise StopIteration
+        self.line += 1
+        self._row_chars += len(line)
+        if self._row_chars > self._limit:
+            raise TaskFailed(
+                f"{self._name}: line {self._row_line} starts a row longer than "
+                f"{self._limit} characters"
+            )
+        return line
+
+
 def read_table(
     stream: BinaryIO,
     name: str,
@@ -89,8 +131,11 @@ def read_table(
     elif len(delimiter) != 1:
         raise TaskFailed(f"{name}: delimiter must be one character")
     text = io.TextIOWrapper(counted, encoding="utf-8", errors="strict", newline="")
-    reader = csv.reader(text, delimiter=delimiter, strict=True)
-    header = _next(reader, name, limits)
+    lines = _Lines(text, limits.max_row_chars, name)
+    reader = csv.reader(lines, delimiter=delimiter, strict=True)
+    header = _next(reader, lines, name, limits)
+    while header is not None and _blank(header):
+        header = _next(reader, lines, name, limits)
     if header is None:
         raise TaskFailed(f"{name}: CSV is empty")
     columns = [c.strip() for c in header]
@@ -104,7 +149,7 @@ def read_table(
         if column in seen:
             raise TaskFailed(f"{name}: header names column {column!r} twice")
         seen.add(column)
-    return Table(name, delimiter, columns, _rows(reader, columns, name, limits))
+    return Table(name, delimiter, columns, _rows(reader, lines, columns, name, limits))
 
 
 def _sniff(head: bytes) -> str:
@@ -118,7 +163,15 @@ def _sniff(head: bytes) -> str:
     return best if widths[best] > 1 else ","
 
 
-def _next(reader: Iterator[list[str]], name: str, limits: CsvLimits) -> list[str] | None:
+def _blank(row: list[str]) -> bool:
+    # No delimiter (at most one field) and nothing but whitespace: an empty line.
+    return len(row) <= 1 and not "".join(row).strip()
+
+
+def _next(
+    reader: Iterator[list[str]], lines: _Lines, name: str, limits: CsvLimits
+) -> list[str] | None:
+    lines.start_row()
     try:
         row = next(reader, None)
     except UnicodeDecodeError as exc:
@@ -135,13 +188,13 @@ def _next(reader: Iterator[list[str]], name: str, limits: CsvLimits) -> list[str
 
 
 def _rows(
-    reader: Iterator[list[str]], columns: list[str], name: str, limits: CsvLimits
+    reader: Iterator[list[str]], lines: _Lines, columns: list[str], name: str, limits: CsvLimits
 ) -> Iterator[tuple[int, dict[str, str]]]:
     count = 0
-    while (row := _next(reader, name, limits)) is not None:
+    while (row := _next(reader, lines, name, limits)) is not None:
         line = getattr(reader, "line_num", 0)
-        if not any(v.strip() for v in row):
-            continue  # blank lines, common at the end of exports
+        if _blank(row):
+            continue
         if len(row) != len(columns):
             raise TaskFailed(
                 f"{name}: line {line} has {len(row)} fields, the header has {len(columns)}"
