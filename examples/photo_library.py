@@ -28,6 +28,8 @@ import cv2
 import httpx2 as httpx
 import numpy as np
 
+FINISHED = ("succeeded", "failed", "cancelled")
+
 
 def fail(message: str) -> SystemExit:
     return SystemExit(f"photo library: {message}")
@@ -68,75 +70,99 @@ def write_pictures(folder: Path) -> dict[str, str]:
     return {name: shows for name, (_, _, shows) in files.items()}
 
 
-def import_folder(server: str, admin_key: str, folder: Path, expected: int) -> dict[str, Any]:
-    """Run the importer in watch mode until every picture is in, then stop it (SIGINT)."""
+def start_importer(server: str, sid: str, token: str, folder: Path) -> subprocess.Popen[str]:
+    """``ephemera import --watch`` of the folder into the session, a catalog task per picture."""
     command = [
         sys.executable,
         "-m",
         "ephemera",
         "import",
         str(folder),
-        "--new-session",
-        "--label",
-        "photos",
+        "--session",
+        sid,
         "--pattern",
         "*.jpg",
         "--watch",
+        "--settle",
+        "0.5",
         "--then",
         "image-catalog",
         "--params",
         json.dumps({"thumbnail_size": 128}),
         "--server",
         server,
-        "--token",
-        admin_key,
         "--json",
     ]
-    importer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The session's own token, from the environment: it opens this session and nothing else.
+    env = {**os.environ, "EPHEMERA_TOKEN": token}
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
+def stop_importer(importer: subprocess.Popen[str]) -> dict[str, Any]:
+    """SIGTERM: the importer finishes what is in flight and prints its JSON summary."""
+    importer.send_signal(signal.SIGTERM)
     try:
-        time.sleep(5)  # the initial scan; a real library keeps the importer running
-    finally:
-        importer.send_signal(signal.SIGINT)
         out, err = importer.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        importer.kill()
+        importer.communicate()
+        raise fail("ephemera import did not stop within 60 s of SIGTERM") from None
     if importer.returncode != 0:
         raise fail(f"ephemera import exited {importer.returncode}: {err.strip()}")
     summary: dict[str, Any] = json.loads(out)
-    if summary["imported"] != expected or summary["failed"]:
-        raise fail(f"imported {summary['imported']} of {expected}: {summary['errors']}")
     return summary
 
 
-def wait_for_tasks(http: httpx.Client, sid: str, token: str) -> None:
+def wait_for_catalog(
+    http: httpx.Client, sid: str, token: str, importer: subprocess.Popen[str], expected: int
+) -> None:
+    """Until the ledger holds every picture and each one's image-catalog task has finished."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        answer = http.get(f"/sessions/{sid}/tasks", headers=bearer(token))
-        tasks = check(answer, 200, "list tasks")["items"]
-        if tasks and all(t["state"] in ("succeeded", "failed", "cancelled") for t in tasks):
-            failed = [t["error"] for t in tasks if t["state"] != "succeeded"]
-            if failed:
-                raise fail(f"cataloguing failed: {failed}")
-            return
+        if importer.poll() is not None:  # it stopped by itself: its stderr says why
+            _, err = importer.communicate()
+            raise fail(f"ephemera import stopped (exit {importer.returncode}): {err.strip()}")
+        answer = http.get(f"/sessions/{sid}/imports", headers=bearer(token))
+        entries = check(answer, 200, "list imports")["items"]
+        task_ids = [e["task_id"] for e in entries if e.get("task_id")]
+        if len(entries) == expected and len(task_ids) == expected:
+            tasks = [
+                check(http.get(f"/sessions/{sid}/tasks/{t}", headers=bearer(token)), 200, "task")
+                for t in task_ids
+            ]
+            if all(t["state"] in FINISHED for t in tasks):
+                failed = [t["error"] for t in tasks if t["state"] != "succeeded"]
+                if failed:
+                    raise fail(f"cataloguing failed: {failed}")
+                return
         time.sleep(0.3)
-    raise fail("the catalog tasks did not finish within 120 s")
+    raise fail(f"{expected} pictures were not imported and catalogued within 120 s")
 
 
 def find_duplicates(http: httpx.Client, sid: str, token: str) -> list[list[str]]:
-    """One image-catalog task over the session's catalog entries groups the whole session."""
+    """One image-catalog task over the session's catalog entries groups the whole session;
+    a group names the source pictures (their artifact IDs and names)."""
     answer = http.get(
-        f"/sessions/{sid}/artifacts", params={"kind": "catalog"}, headers=bearer(token)
+        f"/sessions/{sid}/artifacts", params={"kind": "result"}, headers=bearer(token)
     )
-    entries = [a["id"] for a in check(answer, 200, "list catalog")["items"]]
+    items = check(answer, 200, "list catalog entries")["items"]
+    entries = [a["id"] for a in items if a["name"].endswith(".catalog.json")]
     body = {"processor": "image-catalog", "inputs": entries, "params": {}}
     task = check(
         http.post(f"/sessions/{sid}/tasks", json=body, headers=bearer(token)), 201, "group"
     )
-    while task["state"] not in ("succeeded", "failed", "cancelled"):
+    deadline = time.monotonic() + 60
+    while task["state"] not in FINISHED:
+        if time.monotonic() > deadline:
+            raise fail("the grouping task did not finish within 60 s")
         time.sleep(0.3)
         answer = http.get(f"/sessions/{sid}/tasks/{task['id']}", headers=bearer(token))
         task = check(answer, 200, "group")
     if task["state"] != "succeeded":
         raise fail(f"grouping {task['state']}: {task['error']}")
-    return [list(g["artifact_ids"]) for g in task["result"]["groups"]]
+    return [sorted(g["names"]) for g in task["result"]["groups"]]
 
 
 def main() -> None:
@@ -148,29 +174,48 @@ def main() -> None:
         raise fail("give --admin-key or EPHEMERA_ADMIN_KEY")
 
     server = args.server.rstrip("/")
-    with tempfile.TemporaryDirectory() as folder:
-        shows = write_pictures(Path(folder))
-        summary = import_folder(server, args.admin_key, Path(folder), len(shows))
-    sid, token = summary["session_id"], summary["token"]
     with httpx.Client(base_url=f"{server}/api/v1", timeout=60) as http:
+        created = check(
+            http.post("/sessions", json={"label": "photos"}, headers=bearer(args.admin_key)),
+            201,
+            "create the session",
+        )
+        sid, token = created["id"], created["token"]
         try:
-            wait_for_tasks(http, sid, token)
-            groups = find_duplicates(http, sid, token)
-            answer = http.get(
-                f"/sessions/{sid}/artifacts", params={"kind": "input"}, headers=bearer(token)
-            )
-            names = {a["id"]: a["name"] for a in check(answer, 200, "list pictures")["items"]}
-            named = [sorted(names.get(i, i) for i in group) for group in groups]
-            if named != [["beach-copy.jpg", "beach.jpg"]]:
-                raise fail(f"duplicate groups {named}; expected the two beach pictures alone")
+            with tempfile.TemporaryDirectory() as folder:
+                importer = start_importer(server, sid, token, Path(folder))
+                try:
+                    time.sleep(1)  # the importer is watching the (empty) folder
+                    shows = write_pictures(Path(folder))
+                    wait_for_catalog(http, sid, token, importer, len(shows))
+                    groups = find_duplicates(http, sid, token)
+                finally:
+                    if importer.returncode is None:
+                        summary = stop_importer(importer)
+            if (summary["imported"], summary["failed"]) != (len(shows), 0):
+                raise fail(f"imported {summary['imported']} of {len(shows)}: {summary['errors']}")
+            if groups != [["beach-copy.jpg", "beach.jpg"]]:
+                raise fail(f"duplicate groups {groups}; expected the two beach pictures alone")
         finally:
-            check(
+            closed = check(
                 http.delete(f"/sessions/{sid}", params={"force": "true"}, headers=bearer(token)),
                 200,
                 "close",
             )
 
-    print(json.dumps({"workflow": "photo-library", "pictures": len(shows), "groups": named}))
+    print(
+        json.dumps(
+            {
+                "workflow": "photo-library",
+                "session": sid,
+                "pictures": len(shows),
+                "imported": summary["imported"],
+                "catalog_tasks": len(summary["tasks"]),
+                "groups": groups,
+                "closed_artifacts": closed["artifact_count"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

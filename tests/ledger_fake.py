@@ -2,7 +2,8 @@
 
 It keeps what the real ledger promises: an origin it holds is answered without reading the
 data; data is read to its end before anything is recorded, and an exception raised while
-reading records nothing; a new version of a path replaces the previous one's artifact.
+reading records nothing; a client sha256 that the bytes received do not match records nothing
+(ChecksumMismatch); a new version of a path replaces the previous one's artifact.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from ephemera.errors import NotFound
+from ephemera.errors import ChecksumMismatch, NotFound
 from ephemera.models import FollowUp, Imported, ImportEntry, ImportOrigin
 
 
@@ -28,8 +29,8 @@ class FakeTarget:
     before_read: Callable[[ImportOrigin], None] | None = None
     # Called after the first chunk of a file is read: a test's way to change it mid-read.
     during_read: Callable[[ImportOrigin], None] | None = None
-    # Records this instead of the hash of what it read: a transport that changed the bytes.
-    records_sha256: str | None = None
+    # Applied to every chunk before it is received: a transport that corrupts bytes.
+    in_transit: Callable[[bytes], bytes] | None = None
     puts: int = 0
     reads: int = 0
     follow_ups: int = 0
@@ -71,10 +72,16 @@ class FakeTarget:
         with self.lock:
             self.reads += 1
         for i, chunk in enumerate(data):
+            if self.in_transit is not None:
+                chunk = self.in_transit(chunk)
             digest.update(chunk)
             body += chunk
             if i == 0 and self.during_read is not None:
                 self.during_read(origin)
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise ChecksumMismatch(
+                f"the upload's sha256 is {digest.hexdigest()}, the client said {sha256}"
+            )
         with self.lock:
             for entry in self.entries_:
                 if entry.origin == origin:
@@ -86,7 +93,7 @@ class FakeTarget:
                 session_id,
                 origin,
                 artifact_id,
-                self.records_sha256 or digest.hexdigest(),
+                digest.hexdigest(),
                 previous[-1].artifact_id if previous else None,
                 datetime.now(UTC),
                 task_id,

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ephemera.client import Client, ServerUnreachable
 from ephemera.errors import ChecksumMismatch, Forbidden, NotFound, TooLarge, Unauthenticated
-from ephemera.models import FollowUp, ImportOrigin, SessionState, TaskState
+from ephemera.importer import Importer, Plan
+from ephemera.importer.targets import HttpTarget
+from ephemera.models import FollowUp, Imported, ImportOrigin, SessionState, TaskState
 from tests.conftest import WITH_SAMPLES_ENV, Server, free_port
 
 pytestmark = pytest.mark.slow
@@ -124,6 +127,35 @@ def test_imports_once_follow_ups_and_listing_across_pages(admin: Client) -> None
     )
     assert with_then.entry.task_id is not None
     assert admin.get_task(sid, with_then.entry.task_id).params == {"suffix": ".up"}
+
+
+class CorruptingTarget(HttpTarget):
+    """The HTTP path with a transport that flips bytes on the way to the server."""
+
+    def put(self, session_id: str, data: Iterable[bytes], **kwargs: Any) -> Imported:
+        flipped = (chunk.replace(b"photo", b"PHOTO") for chunk in data)
+        return super().put(session_id, flipped, **kwargs)
+
+
+def test_an_import_corrupted_in_transit_is_refused_by_the_server_and_nothing_stored(
+    tmp_path: Path, admin: Client
+) -> None:
+    sid = admin.create_session().session.id
+    root = tmp_path / "photos"
+    root.mkdir()
+    (root / "a.png").write_bytes(b"a photo" * 1000)
+    (root / "b.png").write_bytes(b"an image" * 1000)
+    plan = Plan(root=root, session_id=sid, source="host:/photos")
+
+    summary = Importer(CorruptingTarget(admin), plan).run()
+
+    assert (summary.imported, summary.failed) == (1, 1)
+    [error] = summary.errors
+    assert error.path == "a.png"
+    assert "sha256 mismatch" in error.error
+    assert error.error.endswith("nothing stored")
+    assert [a.name for a in admin.list_artifacts(sid)] == ["b.png"]
+    assert [e.origin.path for e in admin.list_imports(sid)] == ["b.png"]
 
 
 def test_a_server_that_is_not_there_is_server_unreachable(tmp_path: Path) -> None:

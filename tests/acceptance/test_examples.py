@@ -178,3 +178,35 @@ def test_the_batch_service_notices_when_its_inputs_were_not_deleted_by_its_own_r
         assert "batch service: expired inputs not deleted" in done.stderr
     finally:
         server.stop()
+
+
+def test_the_photo_library_groups_the_copies_written_into_a_watched_folder(
+    shared_server: Server,
+) -> None:
+    summary = summary_of(run_example("photo_library.py", shared_server))
+    assert summary["workflow"] == "photo-library"
+    assert summary["pictures"] == 3
+    # Each picture imported once by the watching importer, each with its catalog task.
+    assert summary["imported"] == 3
+    assert summary["catalog_tasks"] == 3
+    # The two encodings of the beach share a group; the forest is in none.
+    assert summary["groups"] == [["beach-copy.jpg", "beach.jpg"]]
+    # Three pictures, a thumbnail and a catalog entry each: closed with the session.
+    assert summary["closed_artifacts"] == 9
+    assert summary["session"] not in live_sessions(shared_server)
+
+
+def test_the_photo_library_stops_with_a_message_when_image_catalog_is_not_enabled(
+    tmp_path: Path,
+) -> None:
+    server = Server(tmp_path / "data", env={"EPHEMERA_PROCESSORS": '["roi-compare"]'}).start()
+    try:
+        done = run_example("photo_library.py", server)
+        assert done.returncode != 0
+        assert done.stdout == ""
+        assert "photo library:" in done.stderr
+        assert "image-catalog" in done.stderr
+        # The session it opened for the pictures was closed on the way out.
+        assert live_sessions(server) == []
+    finally:
+        server.stop()

@@ -301,14 +301,43 @@ def test_an_unexpected_failure_costs_one_file_and_never_hangs_the_run(tmp_path: 
     assert summary.imported == 9
 
 
-def test_a_target_that_stored_other_bytes_than_were_read_is_a_listed_error(
+def test_bytes_corrupted_in_transit_are_refused_by_the_client_sha256_and_nothing_stored(
     tmp_path: Path,
 ) -> None:
     (tmp_path / "a.png").write_bytes(b"the bytes")
-    summary = run(FakeTarget(records_sha256="0" * 64), plan(tmp_path))
+    (tmp_path / "b.png").write_bytes(b"a second file")
 
-    read = hashlib.sha256(b"the bytes").hexdigest()
+    def flip_in_a(chunk: bytes) -> bytes:
+        return chunk.replace(b"the", b"THE")
+
+    target = FakeTarget(in_transit=flip_in_a)
+    summary = run(target, plan(tmp_path))
+
+    sent = hashlib.sha256(b"the bytes").hexdigest()
+    received = hashlib.sha256(b"THE bytes").hexdigest()
     assert [(e.path, e.error) for e in summary.errors] == [
-        ("a.png", f"checksum mismatch: read {read}, the target stored {'0' * 64}")
+        ("a.png", f"the upload's sha256 is {received}, the client said {sent}; nothing stored")
     ]
-    assert summary.imported == 0
+    assert (summary.imported, summary.failed) == (1, 1)
+    assert sorted(target.by_path()) == ["b.png"]
+    assert list(target.stored.values()) == [b"a second file"]
+
+
+def test_a_rewrite_between_hashing_and_upload_that_keeps_size_and_mtime_stores_nothing(
+    tmp_path: Path,
+) -> None:
+    """The stat cannot see it; the sha256 the upload carries can."""
+    path = tmp_path / "a.png"
+    path.write_bytes(b"version 1")
+    st = path.stat()
+
+    def rewrite_keeping_the_stat(origin: ImportOrigin) -> None:
+        path.write_bytes(b"version 2")
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    target = FakeTarget(before_read=rewrite_keeping_the_stat)
+    summary = run(target, plan(tmp_path))
+
+    assert summary.failed == 1
+    assert "nothing stored" in summary.errors[0].error
+    assert target.entries_ == []

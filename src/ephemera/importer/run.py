@@ -2,9 +2,17 @@
 
 The scan (and, with ``watch``, the watcher) feed a bounded queue, so memory stays flat however
 many files there are; ``workers`` threads take files from it and import them through the
-target, one read per file (hashed on the way). What the ledger already holds (same path, size
-and mtime) is skipped without reading. Every failure of one file is recorded with its path and
-the run goes on; only a session that can no longer be reached ends it.
+target. What the ledger already holds (same path, size and mtime) is skipped without reading.
+
+Each file is read twice: first to hash it (a read that also confirms the version: size and
+mtime the same before and after), then to upload it with that sha256, so that the store (or
+the server) verifies the bytes that arrive and stores nothing when they differ. A file changed
+between the two reads is then simply not that version: retried once it settles when watching,
+listed otherwise. The second read of a small file comes from the page cache; a large one costs
+a second pass over the disk, the price of never storing a corrupt transfer.
+
+Every failure of one file is recorded with its path and the run goes on; only a session that
+can no longer be reached ends it.
 """
 
 from __future__ import annotations
@@ -20,7 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from ephemera.errors import EphemeraError, Forbidden, NotFound, StorageError, Unauthenticated
+from ephemera.errors import (
+    ChecksumMismatch,
+    EphemeraError,
+    Forbidden,
+    NotFound,
+    StorageError,
+    Unauthenticated,
+)
 from ephemera.importer.scan import Filter, FoundFile, scan, stat_file
 from ephemera.importer.targets import Target
 from ephemera.importer.watch import Watcher
@@ -101,40 +116,52 @@ class Aborted(Exception):
     """The run was told to abort in-flight uploads."""
 
 
-class HashingReader:
-    """A file's chunks, hashed as they pass; raises FileChanged at the end (so the upload
-    aborts and stores nothing) unless exactly ``version``'s bytes were read."""
+def hash_file(file: BinaryIO, version: FoundFile, abort: threading.Event) -> str:
+    """The sha256 of ``version``'s bytes; FileChanged unless exactly those were read."""
+    digest = hashlib.sha256()
+    size = 0
+    if _changed(file, version):
+        raise FileChanged
+    while chunk := file.read(CHUNK_SIZE):
+        if abort.is_set():
+            raise Aborted
+        size += len(chunk)
+        if size > version.size:
+            raise FileChanged
+        digest.update(chunk)
+    if size != version.size or _changed(file, version):
+        raise FileChanged
+    return digest.hexdigest()
+
+
+class UploadReader:
+    """A file's chunks for the upload; raises FileChanged (so the upload aborts and stores
+    nothing) as soon as the file is seen to differ from ``version``. The store's check of the
+    sha256 catches what a stat cannot (a rewrite that kept size and mtime)."""
 
     def __init__(self, file: BinaryIO, version: FoundFile, abort: threading.Event) -> None:
         self._file = file
         self._version = version
         self._abort = abort
-        self._hash = hashlib.sha256()
-        self.size = 0
-        self.complete = False
-
-    @property
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
-
-    def _changed(self) -> bool:
-        st = os.fstat(self._file.fileno())
-        return (st.st_size, st.st_mtime_ns) != (self._version.size, self._version.mtime_ns)
 
     def __iter__(self) -> Iterator[bytes]:
-        if self._changed():
+        size = 0
+        if _changed(self._file, self._version):
             raise FileChanged
         while chunk := self._file.read(CHUNK_SIZE):
             if self._abort.is_set():
                 raise Aborted
-            self.size += len(chunk)
-            if self.size > self._version.size:
+            size += len(chunk)
+            if size > self._version.size:
                 raise FileChanged
-            self._hash.update(chunk)
             yield chunk
-        if self.size != self._version.size or self._changed():
+        if size != self._version.size or _changed(self._file, self._version):
             raise FileChanged
-        self.complete = True
+
+
+def _changed(file: BinaryIO, version: FoundFile) -> bool:
+    st = os.fstat(file.fileno())
+    return (st.st_size, st.st_mtime_ns) != (version.size, version.mtime_ns)
 
 
 _DONE = object()
@@ -319,26 +346,32 @@ class Importer:
             return
         origin = ImportOrigin(plan.source, found.path, current.size, current.mtime_ns)
         with file:
-            reader = HashingReader(file, current, self.abort)
             try:
+                sha256 = hash_file(file, current, self.abort)
+                file.seek(0)
                 imported = self.target.put(
                     plan.session_id,
-                    reader,
+                    UploadReader(file, current, self.abort),
                     origin=origin,
                     name=Path(found.path).name,
                     kind=plan.kind,
-                    sha256=None,
+                    sha256=sha256,
                     then=plan.then,
                 )
             except FileChanged:
-                if self._watcher is not None:
-                    self._uncount()
-                    self._watcher.retry(found.path)
-                else:
-                    self._fail(found.path, "changed while it was read; not imported")
+                self._changed_while_read(found.path)
                 return
             except Aborted:
                 self._uncount()
+                return
+            except ChecksumMismatch as exc:
+                # Nothing was stored. Either the file changed between the two reads (then it
+                # is not this version) or the bytes were corrupted on their way.
+                now = stat_file(plan.root, found.path)
+                if now is None or (now.size, now.mtime_ns) != (current.size, current.mtime_ns):
+                    self._changed_while_read(found.path)
+                else:
+                    self._fail(found.path, f"{exc.message}; nothing stored")
                 return
             except EphemeraError as exc:
                 if isinstance(exc, FATAL):
@@ -359,15 +392,17 @@ class Importer:
             )
             if entry.task_id is not None and imported.created:
                 self._summary.tasks.append(entry.task_id)
-        if not imported.created:  # another importer got there first
-            self._count(skipped=1)
-        elif reader.complete and entry.sha256 != reader.sha256:
-            self._fail(
-                found.path,
-                f"checksum mismatch: read {reader.sha256}, the target stored {entry.sha256}",
-            )
-        else:
+        if imported.created:
             self._count(imported=1, size=current.size)
+        else:  # another importer got there first
+            self._count(skipped=1)
+
+    def _changed_while_read(self, path: str) -> None:
+        if self._watcher is not None:
+            self._uncount()
+            self._watcher.retry(path)
+        else:
+            self._fail(path, "changed while it was read; not imported")
 
     # -- counting -------------------------------------------------------------------------
 
