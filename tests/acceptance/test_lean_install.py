@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import BUILTINS_LISTED, bearer, free_port
+from ephemera.processors import BUILTINS
+from tests.conftest import bearer, free_port
 from tests.waiting import wait_until_serving
 
 pytestmark = pytest.mark.slow
@@ -152,14 +153,12 @@ def test_the_lean_server_keeps_and_cleans_sessions_on_the_embedded_default(
             process.wait(10)
     log = log_path.read_text()
     assert "processors enabled: none" in log
-    assert (
-        f"note: built-in processors not enabled ({BUILTINS_LISTED}): each needs "
-        "the 'vision' extra: pip install 'ephemera[vision]'"
-    ) in log
-    assert (
-        "note: built-in processors not enabled (bol-reconcile, pdf-extract): each needs "
-        "the 'documents' extra: pip install 'ephemera[documents]'"
-    ) in log
+    for extra in ("documents", "vision"):
+        names = ", ".join(sorted(n for n, b in BUILTINS.items() if b.extra == extra))
+        assert (
+            f"note: built-in processors not enabled ({names}): each needs "
+            f"the {extra!r} extra: pip install 'ephemera[{extra}]'"
+        ) in log
     assert "Traceback" not in log
 
     cleaned = ephemera(venv, "cleanup", "all", "--data-dir", str(data_dir), cwd=tmp_path)
