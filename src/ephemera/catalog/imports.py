@@ -38,21 +38,6 @@ def path_key(source: str, path: str) -> str:
     return _key(source, path)
 
 
-_RECORDED = (
-    "session_id",
-    "source",
-    "path",
-    "size",
-    "mtime_ns",
-    "origin_key",
-    "source_key",
-    "path_key",
-    "artifact_id",
-    "sha256",
-    "imported_at",
-)
-
-
 def entry_model(row: Any) -> ImportEntry:
     return ImportEntry(
         session_id=row.session_id,
@@ -98,6 +83,20 @@ def record_import(
     ).one()
     return entry_model(row)
 
+
+_RECORDED = (
+    "session_id",
+    "source",
+    "path",
+    "size",
+    "mtime_ns",
+    "origin_key",
+    "source_key",
+    "path_key",
+    "artifact_id",
+    "sha256",
+    "imported_at",
+)
 
 # Built once: this runs inside the commit transaction, which on SQLite holds the one writer
 # turn. The earlier version is found inside the INSERT: one statement, and the row it
