@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
+from sqlalchemy import Connection, Engine, event
 
 from ephemera import ChecksumMismatch, InvalidInput, NotFound, Settings, Store
 from ephemera.blobs import BlobWriter
@@ -42,6 +45,21 @@ class NeverRead:
 
 def never_read() -> NeverRead:
     return NeverRead()
+
+
+@contextmanager
+def count_transactions() -> Iterator[Counter[str]]:
+    """Read and write transactions begun, by any engine, inside the block."""
+    seen: Counter[str] = Counter()
+
+    def begun(conn: Connection) -> None:
+        seen["write" if conn.get_execution_options().get("ephemera_write") else "read"] += 1
+
+    event.listen(Engine, "begin", begun)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "begin", begun)
 
 
 def stored_keys(store: Store) -> list[str]:
@@ -276,6 +294,35 @@ def test_idle_cleanup_drops_the_ledger_of_the_sessions_it_removes(
         store.find_import("s1", origin())
     store.create_session("s1")
     assert store.import_file("s1", b"hello", origin=origin(), name="scan.txt").created
+
+
+def test_an_expired_session_is_not_found_even_for_an_origin_its_ledger_still_holds(
+    store: Store, clock: ManualClock
+) -> None:
+    store.create_session("s1", idle_timeout_s=60)
+    store.import_file("s1", b"hello", origin=origin(), name="scan.txt")
+    clock.advance(120)  # expired, not yet cleaned up: the ledger row is still there
+    with pytest.raises(NotFound, match="s1"):
+        store.import_file("s1", never_read(), origin=origin(), name="scan.txt")
+    with pytest.raises(NotFound, match="nobody"):
+        store.import_file("nobody", never_read(), origin=origin(), name="scan.txt")
+    assert store.catalog.table_row_counts()["artifacts"] == 1
+
+
+def test_an_import_costs_the_write_transactions_of_an_upload_and_a_known_origin_one_read(
+    store: Store,
+) -> None:
+    """On SQLite writes queue one at a time: each extra write transaction costs throughput."""
+    store.create_session("s1")
+    with count_transactions() as put:
+        store.put_artifact("s1", b"hello", name="scan.txt")
+    with count_transactions() as new:
+        store.import_file("s1", b"hello", origin=origin(), name="scan.txt")
+    with count_transactions() as known:
+        store.import_file("s1", never_read(), origin=origin(), name="scan.txt")
+    assert put == {"write": 2}
+    assert new == {"read": 1, "write": 2}
+    assert known == {"read": 1}
 
 
 def test_deleting_the_imported_artifact_keeps_the_entry_so_the_file_is_not_imported_again(

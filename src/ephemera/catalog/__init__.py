@@ -172,10 +172,22 @@ class Catalog:
         quota_bytes: int | None,
         commit_bytes: Callable[[], object],
         claim: tuple[str, str] | None = None,
-        ledger: ImportOrigin | None = None,
     ) -> Artifact:
         return artifacts.finalize_artifact(
-            self._db, artifact_id, session_id, values, quota_bytes, commit_bytes, claim, ledger
+            self._db, artifact_id, session_id, values, quota_bytes, commit_bytes, claim
+        )
+
+    def finalize_import(
+        self,
+        artifact_id: str,
+        session_id: str,
+        values: dict[str, Any],
+        quota_bytes: int | None,
+        commit_bytes: Callable[[], object],
+        origin: ImportOrigin,
+    ) -> tuple[Artifact, ImportEntry]:
+        return artifacts.finalize_import(
+            self._db, artifact_id, session_id, values, quota_bytes, commit_bytes, origin
         )
 
     def insert_ready_artifacts(
@@ -218,6 +230,11 @@ class Catalog:
 
     def find_import(self, session_id: str, origin: ImportOrigin) -> ImportEntry | None:
         return imports.find_import(self._db, session_id, origin)
+
+    def find_live_import(
+        self, session_id: str, origin: ImportOrigin, now: datetime
+    ) -> tuple[bool, ImportEntry | None]:
+        return imports.find_live_import(self._db, session_id, origin, now)
 
     def import_of_artifact(self, session_id: str, artifact_id: str) -> ImportEntry | None:
         return imports.import_of_artifact(self._db, session_id, artifact_id)

@@ -16,7 +16,7 @@ from ephemera.catalog.schema import artifacts, lease_artifacts, leases, sessions
 from ephemera.catalog.tasks import held
 from ephemera.catalog.usage import ready_usage
 from ephemera.errors import Conflict, NotFound, TooLarge
-from ephemera.models import Artifact, ArtifactState, ImportOrigin, SessionState
+from ephemera.models import Artifact, ArtifactState, ImportEntry, ImportOrigin, SessionState
 
 
 def insert_pending_artifact(db: Database, values: dict[str, Any]) -> bool:
@@ -42,7 +42,6 @@ def finalize_artifact(
     quota_bytes: int | None,
     commit_bytes: Callable[[], object],
     claim: tuple[str, str] | None = None,
-    ledger: ImportOrigin | None = None,
 ) -> Artifact:
     """pending -> ready, with ``commit_bytes`` run inside the transaction.
 
@@ -54,27 +53,55 @@ def finalize_artifact(
 
     A task's output (``claim``: task ID, claim ID) commits only while that claim holds
     the task, and joins the task's lease in the same transaction.
-
-    An imported file (``ledger``: its origin) gets its ledger entry in the same transaction;
-    an origin the session's ledger already holds is a Conflict and nothing is committed.
     """
-    duplicate = f"{ledger.path[:200]!r} of this version is already imported" if ledger else None
-    with db.write(duplicate=duplicate) as conn:
-        lease_id = _admit(conn, session_id, values["size"], quota_bytes, claim)
-        if lease_id is not None:
-            conn.execute(insert(lease_artifacts).values(lease_id=lease_id, artifact_id=artifact_id))
-        done = conn.execute(
-            update(artifacts)
-            .where(artifacts.c.id == artifact_id, artifacts.c.state == ArtifactState.PENDING)
-            .values(**values, state=ArtifactState.READY)
-        )
-        if done.rowcount != 1:
-            raise NotFound(f"upload {artifact_id} was abandoned and has been removed")
-        if ledger is not None:
-            sha256, now = values["sha256"], values["ready_at"]
-            record_import(conn, session_id, ledger, artifact_id, sha256, now)
+    with db.write() as conn:
+        artifact = _make_ready(conn, artifact_id, session_id, values, quota_bytes, claim)
         commit_bytes()
-        row = conn.execute(select(artifacts).where(artifacts.c.id == artifact_id)).one()
+    return artifact
+
+
+def finalize_import(
+    db: Database,
+    artifact_id: str,
+    session_id: str,
+    values: dict[str, Any],
+    quota_bytes: int | None,
+    commit_bytes: Callable[[], object],
+    origin: ImportOrigin,
+) -> tuple[Artifact, ImportEntry]:
+    """``finalize_artifact`` of an imported file, with its ledger entry in the same
+    transaction; both as written. An origin the session's ledger holds already is a
+    Conflict, and nothing is committed (the bytes are not moved into place either)."""
+    duplicate = f"{origin.path[:200]!r} of this version is already imported"
+    with db.write(duplicate=duplicate) as conn:
+        artifact = _make_ready(conn, artifact_id, session_id, values, quota_bytes, None)
+        entry = record_import(
+            conn, session_id, origin, artifact_id, values["sha256"], values["ready_at"]
+        )
+        commit_bytes()
+    return artifact, entry
+
+
+def _make_ready(
+    conn: Connection,
+    artifact_id: str,
+    session_id: str,
+    values: dict[str, Any],
+    quota_bytes: int | None,
+    claim: tuple[str, str] | None,
+) -> Artifact:
+    """The pending artifact marked ready, in the caller's transaction; the row as written."""
+    lease_id = _admit(conn, session_id, values["size"], quota_bytes, claim)
+    if lease_id is not None:
+        conn.execute(insert(lease_artifacts).values(lease_id=lease_id, artifact_id=artifact_id))
+    row = conn.execute(
+        update(artifacts)
+        .where(artifacts.c.id == artifact_id, artifacts.c.state == ArtifactState.PENDING)
+        .values(**values, state=ArtifactState.READY)
+        .returning(*artifacts.c)
+    ).first()
+    if row is None:
+        raise NotFound(f"upload {artifact_id} was abandoned and has been removed")
     return artifact_model(row)
 
 

@@ -1,7 +1,7 @@
 """The import ledger: each file version imported into a session, and the artifact it became.
 
 An entry is written only by ``record_import``, inside the transaction that makes its artifact
-ready (``artifacts.finalize_artifact``): a crash leaves both or neither. The unique
+ready (``artifacts.finalize_import``): a crash leaves both or neither. The unique
 (session, origin key) makes a second import of one file version a duplicate key, which the
 transaction's caller turns into a Conflict.
 """
@@ -13,10 +13,11 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, text, update
+from sqlalchemy import Connection, bindparam, insert, select, text, update
 
 from ephemera.catalog.db import Database
-from ephemera.catalog.schema import import_ledger
+from ephemera.catalog.predicates import live_session
+from ephemera.catalog.schema import import_ledger, sessions
 from ephemera.models import ImportEntry, ImportOrigin
 
 
@@ -56,36 +57,68 @@ def record_import(
     artifact_id: str,
     sha256: str,
     now: datetime,
-) -> None:
-    """Insert the entry, replacing the latest earlier entry of the same (source, path).
+) -> ImportEntry:
+    """Insert the entry, replacing the latest earlier entry of the same (source, path); the
+    entry as written.
 
     Runs in the caller's transaction; a duplicate origin raises IntegrityError there.
     """
     versions = path_key(origin.source, origin.path)
     _serialise_versions(conn, session_id, versions)
-    replaces = conn.scalar(
-        select(import_ledger.c.artifact_id)
-        .where(import_ledger.c.session_id == session_id, import_ledger.c.path_key == versions)
-        .order_by(import_ledger.c.id.desc())
-        .limit(1)
+    row = conn.execute(
+        _RECORD,
+        {
+            "session_id": session_id,
+            "source": origin.source,
+            "path": origin.path,
+            "size": origin.size,
+            "mtime_ns": origin.mtime_ns,
+            "origin_key": origin_key(origin),
+            "source_key": source_key(origin.source),
+            "path_key": versions,
+            "artifact_id": artifact_id,
+            "sha256": sha256,
+            "imported_at": now,
+        },
+    ).one()
+    return entry_model(row)
+
+
+_RECORDED = (
+    "session_id",
+    "source",
+    "path",
+    "size",
+    "mtime_ns",
+    "origin_key",
+    "source_key",
+    "path_key",
+    "artifact_id",
+    "sha256",
+    "imported_at",
+)
+
+# Built once: this runs inside the commit transaction, which on SQLite holds the one writer
+# turn. The earlier version is found inside the INSERT: one statement, and the row it
+# returns is the entry, with no read-back.
+_RECORD = (
+    insert(import_ledger)
+    .values(
+        {
+            **{name: bindparam(name) for name in _RECORDED},
+            "replaces": select(import_ledger.c.artifact_id)
+            .where(
+                import_ledger.c.session_id == bindparam("session_id"),
+                import_ledger.c.path_key == bindparam("path_key"),
+            )
+            .order_by(import_ledger.c.id.desc())
+            .limit(1)
+            .scalar_subquery(),
+            "task_id": None,
+        }
     )
-    conn.execute(
-        insert(import_ledger).values(
-            session_id=session_id,
-            source=origin.source,
-            path=origin.path,
-            size=origin.size,
-            mtime_ns=origin.mtime_ns,
-            origin_key=origin_key(origin),
-            source_key=source_key(origin.source),
-            path_key=versions,
-            artifact_id=artifact_id,
-            sha256=sha256,
-            replaces=replaces,
-            task_id=None,
-            imported_at=now,
-        )
-    )
+    .returning(*import_ledger.c)
+)
 
 
 def _serialise_versions(conn: Connection, session_id: str, versions: str) -> None:
@@ -110,6 +143,30 @@ def find_import(db: Database, session_id: str, origin: ImportOrigin) -> ImportEn
             )
         ).first()
     return entry_model(row) if row is not None else None
+
+
+def find_live_import(
+    db: Database, session_id: str, origin: ImportOrigin, now: datetime
+) -> tuple[bool, ImportEntry | None]:
+    """Whether the session is live, and its entry of ``origin`` if any: one read, the whole
+    cost of importing a file the ledger holds already."""
+    entry = (
+        select(import_ledger)
+        .where(
+            import_ledger.c.session_id == session_id,
+            import_ledger.c.origin_key == origin_key(origin),
+        )
+        .subquery()
+    )
+    with db.read() as conn:
+        row = conn.execute(
+            select(live_session(now).label("live"), entry)
+            .select_from(sessions.outerjoin(entry, entry.c.session_id == sessions.c.id))
+            .where(sessions.c.id == session_id)
+        ).first()
+    if row is None or not row.live:
+        return False, None
+    return True, entry_model(row) if row.artifact_id is not None else None
 
 
 def import_of_artifact(db: Database, session_id: str, artifact_id: str) -> ImportEntry | None:

@@ -16,6 +16,7 @@ Import (each file version at most once per session, even across a crash of the i
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -121,8 +122,9 @@ def begin_import(
     values = artifact_values(ctx.settings, name, kind, content_type, storage, expires_in_s, now)
     if then is not None:
         check_follow_up(ctx, processors, then)
-    require_live(ctx, session_id)
-    known = ctx.catalog.find_import(session_id, origin)
+    live, known = ctx.catalog.find_live_import(session_id, origin, now)
+    if not live:
+        raise session_not_found(session_id)
     if known is not None:
         return known
     return begin(ctx, session_id, values, now, declared_size)
@@ -139,16 +141,13 @@ def finish_import(
 ) -> Imported:
     """Commit the streamed upload with its ledger entry, then submit the follow-up."""
     try:
-        artifact = upload.commit(sha256, ledger=origin)
+        _, entry = upload.commit_import(origin, sha256)
     except Conflict:
         # Another import of this origin committed first: its entry is the answer.
         winner = ctx.catalog.find_import(upload.session_id, origin)
         if winner is None:
             raise
         return Imported(winner, created=False)
-    entry = ctx.catalog.import_of_artifact(upload.session_id, artifact.id)
-    if entry is None:  # the session was closed right after the commit
-        raise session_not_found(upload.session_id)
     if then is not None:
         entry = _follow_up(ctx, submit, entry, then)
     return Imported(entry, created=True)
@@ -236,7 +235,9 @@ def list_imports(
 def _follow_up(ctx: Context, submit: Submit, entry: ImportEntry, then: FollowUp) -> ImportEntry:
     """Submit ``then`` for the entry unless another caller recorded a task first; the entry
     as it is now, naming the one task."""
-    submit(entry.session_id, entry.artifact_id, then)
+    task = submit(entry.session_id, entry.artifact_id, then)
+    if task is not None:  # recorded on the entry in the task's own transaction
+        return dataclasses.replace(entry, task_id=task.id)
     return _entry_of(ctx, entry.session_id, entry.artifact_id)
 
 

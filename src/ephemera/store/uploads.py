@@ -14,21 +14,24 @@ from __future__ import annotations
 
 import mimetypes
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from ephemera import ids
 from ephemera.blobs import BlobWriter, artifact_key
 from ephemera.config import Settings
 from ephemera.context import Context
 from ephemera.errors import ChecksumMismatch, InvalidInput, StorageError, TooLarge
-from ephemera.models import MAX_TIMEOUT_S, Artifact, ImportOrigin, StorageClass
+from ephemera.models import MAX_TIMEOUT_S, Artifact, ImportEntry, ImportOrigin, StorageClass
 from ephemera.store.sessions import session_not_found
 
 CONTENT_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
+
+# What a commit returns: the artifact, or the artifact with its import entry.
+Committed = TypeVar("Committed")
 
 
 def check_content_type(value: str) -> str:
@@ -160,11 +163,44 @@ class Upload:
             raise TooLarge(f"artifact exceeds the upload limit of {limit} bytes")
         self._writer.write(data)
 
-    def commit(
-        self, expected_sha256: str | None = None, ledger: ImportOrigin | None = None
-    ) -> Artifact:
-        """Make the artifact ready; with ``ledger``, record its import in the same transaction
-        (Conflict, and nothing kept, when the session's ledger already holds that origin)."""
+    def commit(self, expected_sha256: str | None = None) -> Artifact:
+        """Make the artifact ready."""
+        ctx = self._ctx
+        return self._finish(
+            expected_sha256,
+            lambda values: ctx.catalog.finalize_artifact(
+                self.artifact_id,
+                self.session_id,
+                values,
+                ctx.settings.session_quota_bytes,
+                self._writer.commit,
+                self._claim,
+            ),
+        )
+
+    def commit_import(
+        self, origin: ImportOrigin, expected_sha256: str | None = None
+    ) -> tuple[Artifact, ImportEntry]:
+        """Make the artifact ready and record its import in the same transaction (Conflict,
+        and nothing kept, when the session's ledger holds that origin already)."""
+        ctx = self._ctx
+        return self._finish(
+            expected_sha256,
+            lambda values: ctx.catalog.finalize_import(
+                self.artifact_id,
+                self.session_id,
+                values,
+                ctx.settings.session_quota_bytes,
+                self._writer.commit,
+                origin,
+            ),
+        )
+
+    def _finish(
+        self, expected_sha256: str | None, finalize: Callable[[dict[str, Any]], Committed]
+    ) -> Committed:
+        """Check the digest, sync the bytes, then ``finalize`` with the final values; on any
+        failure nothing is kept."""
         if self._finished:
             raise InvalidInput("upload already finished")
         digest = self._writer.sha256()
@@ -188,19 +224,10 @@ class Upload:
             "ready_at": ctx.clock.now(),
         }
         try:
-            artifact = ctx.catalog.finalize_artifact(
-                self.artifact_id,
-                self.session_id,
-                values,
-                ctx.settings.session_quota_bytes,
-                self._writer.commit,
-                self._claim,
-                ledger,
-            )
+            return finalize(values)
         except BaseException:
             discard(ctx, self.session_id, self.artifact_id, self._writer)
             raise
-        return artifact
 
     def abort(self) -> None:
         if not self._finished:
