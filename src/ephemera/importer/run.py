@@ -12,7 +12,9 @@ listed otherwise. The second read of a small file comes from the page cache; a l
 a second pass over the disk, the price of never storing a corrupt transfer.
 
 Every failure of one file is recorded with its path and the run goes on; only a session that
-can no longer be reached ends it.
+can no longer be reached ends it. A busy server (Unavailable: 429, a brief 5xx) costs a pause
+and another try; when watching, a file that still fails is tried again once it settles, and
+its success then takes the failure back.
 """
 
 from __future__ import annotations
