@@ -31,6 +31,7 @@ from ephemera.errors import (
     StorageError,
     TooLarge,
     Unauthenticated,
+    Unavailable,
 )
 from ephemera.models import (
     Artifact,
@@ -86,20 +87,33 @@ _BY_STATUS: dict[int, type[EphemeraError]] = {
     409: Conflict,
     413: TooLarge,
     422: InvalidInput,
-    503: StorageError,
     507: InsufficientStorage,
 }
+# Answers that say "not now": the same request may well succeed later.
+_TRANSIENT_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
 def error_of(response: httpx2.Response) -> EphemeraError:
-    """The library exception an error answer stands for."""
+    """The library exception an error answer stands for; :class:`Unavailable` (with the
+    answer's Retry-After) for a busy or briefly failing server, unless its code names a
+    lasting error (a corrupt artifact, an out-of-date schema)."""
     try:
         detail = response.json()["error"]
         code, message = str(detail["code"]), str(detail["message"])
     except (ValueError, KeyError, TypeError):
         code, message = "", f"HTTP {response.status_code}: {response.text[:200]}"
-    cls = _BY_CODE.get(code) or _BY_STATUS.get(response.status_code, EphemeraError)
-    return cls(message)
+    cls = _BY_CODE.get(code)
+    if response.status_code in _TRANSIENT_STATUS and cls in (None, StorageError):
+        return Unavailable(message, _retry_after(response))
+    return (cls or _BY_STATUS.get(response.status_code, EphemeraError))(message)
+
+
+def _retry_after(response: httpx2.Response) -> float | None:
+    """The Retry-After header in seconds (an HTTP date is not worth parsing here)."""
+    try:
+        return max(float(response.headers.get("Retry-After", "")), 0.0)
+    except ValueError:
+        return None
 
 
 def _chunks(data: BinaryIO | Iterable[bytes] | bytes) -> Iterable[bytes]:

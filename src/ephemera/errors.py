@@ -62,6 +62,17 @@ class StorageError(EphemeraError, OSError):
     code = "storage_error"
 
 
+class Unavailable(StorageError):
+    """Transient: the server is busy (too many uploads in flight) or briefly failing; the
+    same request may succeed later, after ``retry_after_s`` when the server said."""
+
+    code = "unavailable"
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class BlobNotFound(StorageError, FileNotFoundError):
     code = "blob_not_found"
 

@@ -77,6 +77,20 @@ def opened_by(pid: int, path: Path) -> bool:
         return False
 
 
+def scan_waits(pid: int) -> bool:
+    """The main thread (the scan) has been waiting on a lock for a few looks in a row: on
+    the full queue, since the worker lets go of the interpreter while it reads and hashes."""
+    for _ in range(3):
+        try:
+            with open(f"/proc/{pid}/task/{pid}/wchan") as wchan:
+                if not wchan.read().startswith("futex"):
+                    return False
+        except OSError:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def test_per_file_errors_are_listed_counted_and_exit_1_the_rest_imported(
     store: Store, data_dir: Path, tmp_path: Path
 ) -> None:
@@ -102,14 +116,13 @@ def test_per_file_errors_are_listed_counted_and_exit_1_the_rest_imported(
         env=environment(EPHEMERA_MAX_UPLOAD_BYTES=str(LIMIT)),
         preexec_fn=_without_root_file_access,
     )
-    # While the worker reads the first file, the scan has queued the next: freeze the
-    # importer, delete one of them, and let it go on.
+    # While the worker reads the first file, the scan queues the next ones until the queue
+    # is full and waits: then freeze the importer, delete one of them, and let it go on.
     deadline = time.monotonic() + 20
-    while not opened_by(process.pid, root / too_large):
+    while not (opened_by(process.pid, root / too_large) and scan_waits(process.pid)):
         assert process.poll() is None, process.stderr
         assert time.monotonic() < deadline
         time.sleep(0.001)
-    time.sleep(0.02)
     process.send_signal(signal.SIGSTOP)
     (root / vanishing).unlink()
     process.send_signal(signal.SIGCONT)

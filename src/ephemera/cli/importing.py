@@ -64,11 +64,15 @@ def _then(processor: str | None, params: str | None) -> FollowUp | None:
 
 @contextmanager
 def _signals(stop: threading.Event, abort: threading.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM: the first stops (in-flight files finish), a second aborts them."""
+    """SIGINT/SIGTERM: the first stops (in-flight files finish), a second aborts them, a
+    third ends the process at once, even in a server call that hangs (the ledger stays
+    consistent: its line commits with its artifact, or neither does)."""
 
     def handle(signum: int, frame: FrameType | None) -> None:
         if stop.is_set():
             abort.set()
+            for s in previous:
+                signal.signal(s, signal.SIG_DFL)
         stop.set()
 
     previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -167,7 +171,9 @@ def import_files(
         typer.Option(
             "--source",
             metavar="NAME",
-            help="Name of the folder in the ledger [default: host:/absolute/path]",
+            help="Name of the folder in the ledger [default: host:/absolute/path; so a "
+            "renamed or moved folder, another host, or a changed --source is a new source "
+            "whose files are all imported again]",
         ),
     ] = None,
     server: Annotated[
@@ -208,8 +214,9 @@ def import_files(
     Hidden files and folders and partial downloads (*.part, *.partial, *.tmp, *.temp,
     *.crdownload, *.download, *.swp, *~) are skipped; symbolic links are not followed.
     Exit codes: 0 every file imported or skipped (with --watch: until stopped); 1 some failed
-    (listed); 2 bad flags, path, session, token or processor (nothing imported); 3 a backend
-    is unreachable; 130 stopped by SIGINT/SIGTERM before the end of a run without --watch.
+    (listed); 2 bad flags, path, session, token or processor, or a watch that cannot start
+    (nothing imported); 3 a backend is unreachable; 130 stopped by SIGINT/SIGTERM before the
+    end of a run without --watch.
     """
     if (session is None) == (not new_session):
         raise usage_error("give exactly one of --session SID and --new-session")

@@ -12,7 +12,9 @@ listed otherwise. The second read of a small file comes from the page cache; a l
 a second pass over the disk, the price of never storing a corrupt transfer.
 
 Every failure of one file is recorded with its path and the run goes on; only a session that
-can no longer be reached ends it.
+can no longer be reached ends it. A busy server (Unavailable: 429, a brief 5xx) costs a pause
+and another try; when watching, a file that still fails is tried again once it settles, and
+its success then takes the failure back.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import hashlib
 import logging
 import os
 import queue
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,11 +38,12 @@ from ephemera.errors import (
     NotFound,
     StorageError,
     Unauthenticated,
+    Unavailable,
 )
 from ephemera.importer.scan import Filter, FoundFile, scan, stat_file
 from ephemera.importer.targets import Target
 from ephemera.importer.watch import Watcher
-from ephemera.models import FollowUp, ImportEntry, ImportOrigin
+from ephemera.models import FollowUp, ImportOrigin
 
 log = logging.getLogger("ephemera.importer")
 
@@ -47,6 +51,12 @@ CHUNK_SIZE = 1024 * 1024
 MAX_ERRORS_LISTED = 10_000
 # Errors after which no other file can succeed either: the run stops.
 FATAL = (NotFound, Unauthenticated, Forbidden)
+# A busy server (429, a brief 5xx): a file is tried this many times, pausing as the server asks
+# (or doubling from BACKOFF_S), before it counts as failed. Attempts made while another upload
+# of this run is in flight do not count: that upload frees a slot when it ends.
+ATTEMPTS = 6
+BACKOFF_S = 0.25
+MAX_BACKOFF_S = 8.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +110,7 @@ class Summary:
 
 @dataclass(frozen=True, slots=True)
 class Known:
-    """The latest ledger entry of a path."""
+    """The latest ledger entry of a path (its task, to submit a follow-up a crash missed)."""
 
     size: int
     mtime_ns: int
@@ -195,6 +205,10 @@ class Importer:
         self._known: dict[str, Known] = {}
         self._busy: set[str] = set()
         self._again: dict[str, FoundFile] = {}
+        # Failures a later attempt may take back (watch mode: retried when the file settles).
+        self._retried: dict[str, FileError] = {}
+        self._uploading = 0
+        self._workers: list[threading.Thread] = []
         self._watcher: Watcher | None = None
 
     # -- the run --------------------------------------------------------------------------
@@ -205,7 +219,7 @@ class Importer:
         started = time.monotonic()
         self.target.check(self.plan.session_id, self.plan.then)
         self._load_ledger()
-        workers = [
+        workers = self._workers = [
             threading.Thread(target=self._work, name=f"import-{i}", daemon=True)
             for i in range(max(self.plan.workers, 1))
         ]
@@ -215,14 +229,15 @@ class Importer:
             if self.plan.watch:
                 # Watching starts before the scan: a file written meanwhile is seen by one or
                 # both, and the ledger makes both the same import.
-                self._watcher = Watcher(
+                watcher = Watcher(
                     self.plan.root,
                     self._filter,
                     self._enqueue,
                     settle_s=self.plan.settle_s,
                     poll=self.plan.poll,
                 )
-                self._watcher.start()
+                watcher.start()  # OSError (e.g. the inotify watch limit): nothing to stop
+                self._watcher = watcher
             self._scan()
             while self.plan.watch and not self.stop.wait(0.2):
                 pass
@@ -230,7 +245,7 @@ class Importer:
             if self._watcher is not None:
                 self._watcher.stop()
             for _ in workers:
-                self._queue.put(_DONE)
+                self._put_while_working(_DONE)
             for worker in workers:
                 while worker.is_alive():
                     worker.join(0.2)
@@ -239,25 +254,26 @@ class Importer:
 
     def _load_ledger(self) -> None:
         """What the ledger holds of this source; follow-ups a crash left unsubmitted."""
-        missing: list[ImportEntry] = []
         for entry in self.target.entries(self.plan.session_id, self.plan.source):
-            origin = entry.origin
+            origin = entry.origin  # oldest first: a path's latest version stays
             self._known[origin.path] = Known(
                 origin.size, origin.mtime_ns, entry.artifact_id, entry.task_id
             )
-            if self.plan.then is not None and entry.task_id is None:
-                missing.append(entry)
-        for entry in missing:
+        if self.plan.then is None:
+            return
+        # Only the latest version of each path: a superseded one needs no task any more.
+        missing = [(p, k.artifact_id) for p, k in self._known.items() if k.task_id is None]
+        for path, artifact_id in missing:
             if self.stop.is_set():
                 return
-            self._follow_up(entry)
+            self._follow_up(path, artifact_id)
 
-    def _follow_up(self, entry: ImportEntry) -> None:
+    def _follow_up(self, path: str, artifact_id: str) -> None:
         assert self.plan.then is not None
         try:
-            done = self.target.follow_up(self.plan.session_id, entry.artifact_id, self.plan.then)
+            done = self.target.follow_up(self.plan.session_id, artifact_id, self.plan.then)
         except EphemeraError as exc:
-            self._fail(entry.origin.path, f"follow-up task not submitted: {exc.message}")
+            self._fail(path, f"follow-up task not submitted: {exc.message}")
             return
         if done.task_id is not None:
             with self._lock:
@@ -277,13 +293,23 @@ class Importer:
         with self._lock:
             self._summary.found += 1
         self._report()
-        while not self.stop.is_set():
+        if self._put_while_working(found, until=self.stop):
+            return True
+        self._uncount()
+        return False
+
+    def _put_while_working(self, item: object, until: threading.Event | None = None) -> bool:
+        """Queue ``item``; False once ``until`` is set or no worker is left to take it (a
+        worker that died must not hang the run)."""
+        while until is None or not until.is_set():
             try:
-                self._queue.put(found, timeout=0.1)
+                self._queue.put(item, timeout=0.1)
                 return True
             except queue.Full:
-                continue
-        self._uncount()
+                if not any(w.is_alive() for w in self._workers):
+                    log.error("every import thread has ended; stopping")
+                    self.stop.set()
+                    return False
         return False
 
     def _work(self) -> None:
@@ -296,7 +322,10 @@ class Importer:
                 self._handle(item)
             except Exception as exc:  # a bug costs one file, never the run (or a hang)
                 log.exception("importing %s failed", item.path)
-                self._fail(item.path, f"unexpected error: {exc!r}")
+                try:
+                    self._fail(item.path, f"unexpected error: {exc!r}")
+                except Exception:  # not even that: the thread lives on for the next file
+                    log.exception("recording the failure of %s failed", item.path)
 
     def _handle(self, found: FoundFile) -> None:
         """One path at a time: a newer notice of a path being imported waits for it."""
@@ -309,17 +338,50 @@ class Importer:
             self._busy.add(found.path)
         try:
             while True:
-                self._import(found)
+                self._attempt(found)
                 with self._lock:
                     later = self._again.pop(found.path, None)
                     if later is None or self.stop.is_set():
                         if later is not None:
                             self._summary.found -= 1
+                        # In the same locked block that found no newer notice: one arriving
+                        # after it sees the path free and is imported by its own thread.
+                        self._busy.discard(found.path)
                         return
                 found = later
-        finally:
+        except BaseException:
             with self._lock:
                 self._busy.discard(found.path)
+                later = self._again.pop(found.path, None)
+                if later is not None:
+                    self._summary.found -= 1
+            if later is not None and self._watcher is not None:
+                self._watcher.retry(found.path)
+            raise
+
+    def _attempt(self, found: FoundFile) -> None:
+        """Import ``found``, again after a pause while the server is busy (a bounded number
+        of times, not counting those while another upload of this run holds a slot)."""
+        attempts = 0
+        while True:
+            try:
+                self._import(found)
+                return
+            except Unavailable as exc:
+                with self._lock:
+                    others = self._uploading > 0
+                attempts += 0 if others else 1
+                if attempts >= ATTEMPTS:
+                    self._retry_later(found.path, exc.message)
+                    return
+                pause = exc.retry_after_s
+                if pause is None:
+                    pause = BACKOFF_S * 2**attempts
+                # Spread out: the threads refused together should not all come back together.
+                pause = min(pause, MAX_BACKOFF_S) * random.uniform(1.0, 1.5)  # noqa: S311
+                if self.stop.wait(pause):  # not imported: the next run finds it again
+                    self._uncount()
+                    return
 
     # -- one file -------------------------------------------------------------------------
 
@@ -332,9 +394,10 @@ class Importer:
             else:
                 self._fail(found.path, "vanished before it was read")
             return
-        known = self._known.get(found.path)
+        with self._lock:
+            known = self._known.get(found.path)
         if known is not None and (known.size, known.mtime_ns) == (current.size, current.mtime_ns):
-            self._count(skipped=1)
+            self._count(found.path, skipped=1)
             return
         try:
             file = open(current.absolute, "rb")  # noqa: SIM115 (closed below, after the upload)
@@ -349,15 +412,21 @@ class Importer:
             try:
                 sha256 = hash_file(file, current, self.abort)
                 file.seek(0)
-                imported = self.target.put(
-                    plan.session_id,
-                    UploadReader(file, current, self.abort),
-                    origin=origin,
-                    name=Path(found.path).name,
-                    kind=plan.kind,
-                    sha256=sha256,
-                    then=plan.then,
-                )
+                with self._lock:
+                    self._uploading += 1
+                try:
+                    imported = self.target.put(
+                        plan.session_id,
+                        UploadReader(file, current, self.abort),
+                        origin=origin,
+                        name=Path(found.path).name,
+                        kind=plan.kind,
+                        sha256=sha256,
+                        then=plan.then,
+                    )
+                finally:
+                    with self._lock:
+                        self._uploading -= 1
             except FileChanged:
                 self._changed_while_read(found.path)
                 return
@@ -373,14 +442,17 @@ class Importer:
                 else:
                     self._fail(found.path, f"{exc.message}; nothing stored")
                 return
+            except Unavailable:
+                raise  # paused and tried again by _attempt
             except EphemeraError as exc:
                 if isinstance(exc, FATAL):
                     self._fail(found.path, exc.message)
                     self.stop.set()
                     return
-                if isinstance(exc, StorageError) and self._watcher is not None:
-                    self._watcher.retry(found.path)
-                self._fail(found.path, exc.message)
+                if isinstance(exc, StorageError):
+                    self._retry_later(found.path, exc.message)
+                else:
+                    self._fail(found.path, exc.message)
                 return
             except OSError as exc:  # reading the file failed part-way
                 self._fail(found.path, _os_reason(exc))
@@ -393,9 +465,9 @@ class Importer:
             if entry.task_id is not None and imported.created:
                 self._summary.tasks.append(entry.task_id)
         if imported.created:
-            self._count(imported=1, size=current.size)
+            self._count(found.path, imported=1, size=current.size)
         else:  # another importer got there first
-            self._count(skipped=1)
+            self._count(found.path, skipped=1)
 
     def _changed_while_read(self, path: str) -> None:
         if self._watcher is not None:
@@ -406,12 +478,37 @@ class Importer:
 
     # -- counting -------------------------------------------------------------------------
 
-    def _count(self, *, imported: int = 0, skipped: int = 0, size: int = 0) -> None:
+    def _retry_later(self, path: str, error: str) -> None:
+        """A failure the file may get over: when watching, it is tried again once it settles
+        and a success then takes the failure back (a healthy watch ends with none)."""
+        if self._watcher is None:
+            self._fail(path, error)
+            return
+        problem = FileError(path, error)
+        with self._lock:
+            self._take_back(path)  # failed again: one failure per path, the latest message
+            self._retried[path] = problem
+        self._fail(path, error)
+        self._watcher.retry(path)
+
+    def _count(self, path: str, *, imported: int = 0, skipped: int = 0, size: int = 0) -> None:
         with self._lock:
             self._summary.imported += imported
             self._summary.skipped += skipped
             self._summary.bytes += size
+            self._take_back(path)
         self._report()
+
+    def _take_back(self, path: str) -> None:
+        """Under the lock: the earlier failure of ``path`` no longer counts, nor does its
+        earlier finding (it was found again for this attempt)."""
+        taken = self._retried.pop(path, None)
+        if taken is None:
+            return
+        self._summary.failed -= 1
+        self._summary.found -= 1
+        if taken in self._summary.errors:
+            self._summary.errors.remove(taken)
 
     def _uncount(self) -> None:
         """A file that was counted as found and will be found again (or never was)."""
@@ -434,7 +531,10 @@ class Importer:
         with self._lock:
             s = self._summary
             snapshot = Progress(s.found, s.imported, s.skipped, s.failed, s.bytes)
-        self._progress(snapshot)
+        try:
+            self._progress(snapshot)
+        except Exception:  # a progress display that fails must not end an import thread
+            log.exception("reporting progress failed")
 
 
 def _os_reason(exc: OSError) -> str:

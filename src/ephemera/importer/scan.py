@@ -27,8 +27,9 @@ class FoundFile:
 class Filter:
     """Which relative paths count: not hidden, not partial, and matching a pattern if any.
 
-    A pattern matches the relative POSIX path or the bare name (``*.png`` finds PNGs at any
-    depth, ``raw/*.png`` only those directly in ``raw``).
+    A pattern matches the relative POSIX path or the bare name, with fnmatch rules, where
+    ``*`` also matches ``/``: ``*.png`` finds PNGs at any depth, ``raw/*.png`` those anywhere
+    under ``raw``, ``raw/?.png`` only one-character names directly in ``raw``.
     """
 
     def __init__(self, patterns: Sequence[str] = ()) -> None:

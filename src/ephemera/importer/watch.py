@@ -1,9 +1,11 @@
 """Watching the root: which files appeared or changed, and when each one is complete.
 
-watchdog's observer thread only records paths (and stats them); a settle thread decides when a
-file is complete and hands it on. A file is complete when inotify reports it closed after
-writing, or when its size and mtime stayed the same for ``settle_s`` seconds (the only sign a
-polling observer, for network mounts, can give).
+watchdog's observer thread only records paths (no I/O of ours there); a settle thread stats
+them and decides when a file is complete. A file is complete when its size and mtime stayed
+the same for ``settle_s`` seconds (the only sign a polling observer, for network mounts, can
+give), or sooner when inotify reported it closed after writing: then one more look a short
+grace later, at the same size and mtime, is enough (a file reopened for writing, or renamed
+away like a write-then-rename temporary, does not pass it).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from watchdog.events import (
     DirDeletedEvent,
     DirMovedEvent,
     EventsLostEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -36,6 +39,23 @@ from watchdog.observers.polling import PollingObserver
 from ephemera.importer.scan import Filter, FoundFile, relative, scan, stat_file
 
 log = logging.getLogger("ephemera.importer")
+
+# What the watch listens to: not opens, nor closes without writing (the importer's own reads
+# of the files would otherwise wake it once per file).
+EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
+    EventsLostEvent,
+]
+# A file closed after writing is complete if it is still the same this long after.
+CLOSED_GRACE_S = 0.25
 
 
 @dataclass(slots=True)
@@ -67,21 +87,23 @@ class Settler:
         self.wanted = wanted
         self.ready = ready
         self.settle_s = settle_s
+        self.grace_s = min(settle_s, CLOSED_GRACE_S)
         self._clock = clock
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
         self._folders: set[Path] = set()
 
     def note(self, path: str, *, closed: bool = False) -> None:
-        """``path`` (relative) was written to, or closed after writing."""
+        """``path`` (relative) was written to, or closed after writing: the latest note
+        says which (a file closed, then opened again for writing, is no longer closed)."""
         if not self.wanted.wanted(path):
             return
         with self._lock:
             seen = self._pending.get(path)
             if seen is None:
                 self._pending[path] = _Pending(-1, -1, self._clock(), closed)
-            elif closed:
-                seen.closed = True
+            else:
+                seen.closed = closed
 
     def note_folder(self, folder: Path) -> None:
         """A folder appeared (made or moved in): its files are looked for on the next tick."""
@@ -124,13 +146,12 @@ class Settler:
                     del self._pending[path]
                     continue
                 version = (found.size, found.mtime_ns)
-                if seen.closed or (
-                    version == (seen.size, seen.mtime_ns) and now - seen.since >= self.settle_s
-                ):
+                wait = self.grace_s if seen.closed else self.settle_s
+                if version != (seen.size, seen.mtime_ns):
+                    seen.size, seen.mtime_ns, seen.since = found.size, found.mtime_ns, now
+                elif now - seen.since >= wait:
                     del self._pending[path]
                     complete.append(found)
-                elif version != (seen.size, seen.mtime_ns):
-                    seen.size, seen.mtime_ns, seen.since = found.size, found.mtime_ns, now
         for found in complete:
             self.ready(found)
 
@@ -154,7 +175,9 @@ class _Events(FileSystemEventHandler):
         src, dest = self._rel(event.src_path), self._rel(event.dest_path)
         if isinstance(event, FileClosedEvent) and src:
             self.settler.note(src, closed=True)
-        elif isinstance(event, FileCreatedEvent | FileModifiedEvent) and src:
+        elif isinstance(event, FileCreatedEvent | FileModifiedEvent | FileAttribEvent) and src:
+            # Attributes too: a copy that sets its mtime after closing (cp -p, shutil.copy2, a
+            # camera) is complete only at that final mtime; a chmod may make a file readable.
             self.settler.note(src)
         elif isinstance(event, FileMovedEvent):
             if src:
@@ -193,12 +216,15 @@ class Watcher:
         self._observer: BaseObserver = (
             PollingObserver(timeout=poll_interval_s) if poll else Observer()
         )
-        self._observer.schedule(_Events(root, self.settler), str(root), recursive=True)
+        self._observer.schedule(
+            _Events(root, self.settler), str(root), recursive=True, event_filter=EVENTS
+        )
         self._interval = min(0.25, max(settle_s / 4, 0.02))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._settle, name="import-settle", daemon=True)
 
     def start(self) -> None:
+        """Start watching; OSError (e.g. the inotify watch limit) leaves nothing running."""
         self._observer.start()
         self._thread.start()
 
@@ -209,7 +235,8 @@ class Watcher:
     def stop(self) -> None:
         self._stop.set()
         self._observer.stop()
-        self._observer.join(timeout=10)
+        if self._observer.is_alive():  # not when its start failed
+            self._observer.join(timeout=10)
         if self._thread.is_alive():
             self._thread.join(timeout=10)
 
