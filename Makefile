@@ -52,8 +52,12 @@ lint: test-env
 	# The layer contracts in pyproject.toml ([tool.importlinter]).
 	$(TBIN)/lint-imports --no-cache
 
+# Test files run in parallel processes (`--dist loadfile`: a file's tests stay together, in
+# order); TEST_WORKERS=0 runs them in this process, one after another.
+TEST_WORKERS ?= 3
+
 test: lint
-	$(TBIN)/pytest
+	$(TBIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # The unit tier alone: in process, no servers or subprocesses, well under a minute.
 test-fast: test-env
