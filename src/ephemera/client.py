@@ -285,6 +285,18 @@ class Client:
             raise error_of(response)
         return response.json() if response.content else None
 
+    def _pages(self, path: str, page_size: int, **filters: Any) -> Iterator[dict[str, Any]]:
+        """The items of a paginated list, one page at a time, following its cursors."""
+        cursor: str | None = None
+        while True:
+            answer = self._call(
+                "GET", path, params=_query(**filters, cursor=cursor, limit=page_size)
+            )
+            yield from answer["items"]
+            cursor = answer.get("next_cursor")
+            if not cursor:
+                return
+
     # -- sessions -------------------------------------------------------------------------
 
     def create_session(
@@ -345,18 +357,8 @@ class Client:
         self, session_id: str, *, kind: str | None = None, page_size: int = 1000
     ) -> Iterator[Artifact]:
         """Every ready artifact of the session (of one kind), page by page."""
-        cursor: str | None = None
-        while True:
-            answer = self._call(
-                "GET",
-                f"/sessions/{_seg(session_id)}/artifacts",
-                params=_query(kind=kind, cursor=cursor, limit=page_size),
-            )
-            for item in answer["items"]:
-                yield artifact_of(item)
-            cursor = answer.get("next_cursor")
-            if not cursor:
-                return
+        for item in self._pages(f"/sessions/{_seg(session_id)}/artifacts", page_size, kind=kind):
+            yield artifact_of(item)
 
     # -- the import ledger ----------------------------------------------------------------
 
@@ -400,18 +402,9 @@ class Client:
         self, session_id: str, source: str | None = None, *, page_size: int = 1000
     ) -> Iterator[ImportEntry]:
         """Every ledger entry of the session (of one source), oldest first, page by page."""
-        cursor: str | None = None
-        while True:
-            answer = self._call(
-                "GET",
-                f"/sessions/{_seg(session_id)}/imports",
-                params=_query(source=source, cursor=cursor, limit=page_size),
-            )
-            for item in answer["items"]:
-                yield import_entry_of(session_id, item)
-            cursor = answer.get("next_cursor")
-            if not cursor:
-                return
+        path = f"/sessions/{_seg(session_id)}/imports"
+        for item in self._pages(path, page_size, source=source):
+            yield import_entry_of(session_id, item)
 
     def follow_up_import(self, session_id: str, artifact_id: str, then: FollowUp) -> ImportEntry:
         """Submit ``then`` for an entry that has no task yet; one that has keeps its own."""
