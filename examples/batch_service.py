@@ -179,6 +179,12 @@ def main() -> None:
     parser.add_argument("--server", default=os.environ.get("EPHEMERA_URL", "http://127.0.0.1:8000"))
     parser.add_argument("--admin-key", default=os.environ.get("EPHEMERA_ADMIN_KEY"))
     parser.add_argument("--inputs", type=int, default=5, help="files in the batch")
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=INPUT_LIFE_S + 0.5,
+        help="seconds between the uploads and the dry run (long enough for the inputs to expire)",
+    )
     args = parser.parse_args()
     if not args.admin_key:
         raise fail("give --admin-key or EPHEMERA_ADMIN_KEY")
@@ -191,7 +197,7 @@ def main() -> None:
         )["token"]
         try:
             inputs, results = run_batch(http, sid, token, args.inputs)
-            time.sleep(INPUT_LIFE_S + 0.5)  # the inputs (and, but for retention, results) expire
+            time.sleep(args.wait)  # the inputs (and, but for retention, results) expire
             dry = cleanup(http, args.admin_key, dry_run=True)
             real = cleanup(http, args.admin_key, dry_run=False)
             compare_runs(dry, real, inputs, results)

@@ -168,11 +168,13 @@ def test_calibration_stops_with_a_message_when_it_cannot_calibrate(tmp_path: Pat
 def test_the_batch_service_notices_when_its_inputs_were_not_deleted_by_its_own_runs(
     tmp_path: Path,
 ) -> None:
-    # A scheduled cleanup every second takes the expired inputs before the script's dry run:
-    # the script's promise (its dry run names them, its real run deletes them) does not hold.
+    # A scheduled cleanup every second takes the expired inputs before the script's dry run
+    # (it waits 4 s, so several scheduled runs come after the inputs expire, however loaded the
+    # machine): the script's promise (its dry run names them, its real run deletes them) does
+    # not hold.
     server = Server(tmp_path / "data", env={"EPHEMERA_CLEANUP_INTERVAL_S": "1"}).start()
     try:
-        done = run_example("batch_service.py", server, "--inputs", "2")
+        done = run_example("batch_service.py", server, "--inputs", "2", "--wait", "4")
         assert done.returncode != 0
         assert done.stdout == ""
         assert "batch service: expired inputs not deleted" in done.stderr
