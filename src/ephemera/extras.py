@@ -18,6 +18,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "s3": ("boto3", "botocore"),
     "vision": ("cv2", "numpy", "PIL", "imagehash"),
     "documents": ("pypdf", "pdfplumber"),
+    "celery": ("celery",),
 }
 
 

@@ -20,6 +20,9 @@ from ephemera.catalog.schema import metadata
 from ephemera.errors import Conflict, SchemaOutOfDate
 from tests.databases import PostgresDatabases
 
+# The newest revision: every migration test upgrades to it.
+HEAD = "0008"
+
 
 def schema_differences(catalog: Catalog) -> list[object]:
     """What separates the database's schema from the one the code declares."""
@@ -31,9 +34,9 @@ def schema_differences(catalog: Catalog) -> list[object]:
 def test_the_migrated_schema_equals_the_declared_one(tmp_path: Path) -> None:
     catalog = Catalog.open(f"sqlite:///{tmp_path / 'm.db'}")
     try:
-        assert catalog.revisions() == (None, "0007")
+        assert catalog.revisions() == (None, HEAD)
         catalog.migrate()
-        assert catalog.revisions() == ("0007", "0007")
+        assert catalog.revisions() == (HEAD, HEAD)
         assert schema_differences(catalog) == []
     finally:
         catalog.dispose()
@@ -45,9 +48,9 @@ def test_the_migrated_schema_equals_the_declared_one_on_postgresql(
     url = postgres_databases.empty()
     catalog = Catalog.open(url)
     try:
-        assert catalog.revisions() == (None, "0007")
+        assert catalog.revisions() == (None, HEAD)
         catalog.migrate()
-        assert catalog.revisions() == ("0007", "0007")
+        assert catalog.revisions() == (HEAD, HEAD)
         catalog.migrate()
         assert schema_differences(catalog) == []
     finally:
@@ -60,7 +63,7 @@ def test_an_empty_database_is_migrated_on_open_and_an_outdated_one_refused(
 ) -> None:
     settings = Settings(data_dir=tmp_path)
     with Store.open(settings) as store:
-        assert store.catalog.revisions() == ("0007", "0007")
+        assert store.catalog.revisions() == (HEAD, HEAD)
         with store.catalog.engine.begin() as conn:
             conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0000'")
     with pytest.raises(SchemaOutOfDate, match="ephemera migrate"):
@@ -80,7 +83,7 @@ def test_upgrading_a_populated_first_schema_keeps_its_rows(tmp_path: Path) -> No
                 " '2026-01-01 00:00:00')"
             )
         catalog.migrate()
-        assert catalog.revisions() == ("0007", "0007")
+        assert catalog.revisions() == (HEAD, HEAD)
         assert catalog.get_session_row("s1") is not None
         assert schema_differences(catalog) == []
     finally:
@@ -114,7 +117,7 @@ def keys_table_round_trip(catalog: Catalog) -> None:
         unique = inspect(conn).get_unique_constraints("admin_keys")
         assert [u["name"] for u in unique] == ["uq_admin_keys_key_hash"]
     catalog.migrate()
-    assert catalog.revisions() == ("0007", "0007")
+    assert catalog.revisions() == (HEAD, HEAD)
     with catalog.engine.connect() as conn:
         assert rows(conn, "api_keys") == before
         assert inspect(conn).get_pk_constraint("api_keys")["name"] == "pk_api_keys"
@@ -165,7 +168,7 @@ def import_ledger_round_trip(catalog: Catalog) -> None:
         assert "import_ledger" not in inspect(conn).get_table_names()
     assert catalog.get_session_row("s1") is not None
     catalog.migrate()
-    assert catalog.revisions() == ("0007", "0007")
+    assert catalog.revisions() == (HEAD, HEAD)
     with catalog.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT count(*) FROM import_ledger").scalar() == 0
     assert schema_differences(catalog) == []

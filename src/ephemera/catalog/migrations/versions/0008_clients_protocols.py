@@ -1,0 +1,73 @@
+"""Clients and protocols: resumable uploads, the event log, idempotency keys, link keys.
+
+Revision ID: 0008
+Revises: 0007
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa  # noqa: F401  (each part below adds its own tables)
+from alembic import op  # noqa: F401
+
+from ephemera.catalog.schema import UTCDateTime  # noqa: F401
+
+revision = "0008"
+down_revision = "0007"
+
+
+def upgrade() -> None:
+    _upgrade_uploads()
+    _upgrade_events()
+    _upgrade_idempotency()
+    _upgrade_link_keys()
+
+
+def downgrade() -> None:
+    _downgrade_link_keys()
+    _downgrade_idempotency()
+    _downgrade_events()
+    _downgrade_uploads()
+
+
+# -- tus resumable uploads ---------------------------------------------------------------------
+
+
+def _upgrade_uploads() -> None:
+    pass
+
+
+def _downgrade_uploads() -> None:
+    pass
+
+
+# -- the event log -----------------------------------------------------------------------------
+
+
+def _upgrade_events() -> None:
+    pass
+
+
+def _downgrade_events() -> None:
+    pass
+
+
+# -- idempotency keys --------------------------------------------------------------------------
+
+
+def _upgrade_idempotency() -> None:
+    pass
+
+
+def _downgrade_idempotency() -> None:
+    pass
+
+
+# -- signing keys of download links -------------------------------------------------------------
+
+
+def _upgrade_link_keys() -> None:
+    pass
+
+
+def _downgrade_link_keys() -> None:
+    pass
