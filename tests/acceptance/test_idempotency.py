@@ -166,7 +166,7 @@ def at_once(count: int, send: Callable[[], httpx.Response]) -> list[httpx.Respon
 def only_one(answers: list[httpx.Response]) -> str:
     """The one resource the answers name: each is it (201) or 409 to be retried."""
     assert {a.status_code for a in answers} <= {201, 409}, [a.text for a in answers]
-    created = {a.json()["id"] for a in answers if a.status_code == 201}
+    created = {str(a.json()["id"]) for a in answers if a.status_code == 201}
     assert len(created) == 1, created
     for busy in (a for a in answers if a.status_code == 409):
         assert busy.headers["retry-after"] == "1"

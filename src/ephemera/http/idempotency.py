@@ -132,7 +132,9 @@ async def holding(store: Store, held: Reservation | None) -> AsyncIterator[None]
     async def renew() -> None:
         while True:
             await asyncio.sleep(HOLD_S / 3)
-            await anyio.to_thread.run_sync(store.renew_key, held)
+            # A renewal that fails is tried again; a lost hold fails the request's commit.
+            with contextlib.suppress(Exception):
+                await anyio.to_thread.run_sync(store.renew_key, held)
 
     keeper = asyncio.ensure_future(renew())
     try:
