@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 from collections.abc import Iterator
@@ -9,15 +10,18 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from ephemera import Settings, Store
 from ephemera.catalog.schema import idempotency_keys
+from ephemera.errors import Conflict, IdempotencyKeyInUse
 from ephemera.http import create_app
+from ephemera.http import idempotency as http_idempotency
 from ephemera.http.idempotency import scope_of
-from ephemera.store.idempotency import HOLD_S, Reservation, digest
+from ephemera.store.idempotency import HOLD_S, Answer, KeyRecord, Reservation, digest
 from ephemera.testing import ManualClock
 from tests.conftest import WITH_SAMPLES, bearer, database_dump, snapshot
 
@@ -309,3 +313,57 @@ def test_anonymous_creation_refuses_a_key(
         answer = client.post(f"{API}/sessions", json={}, headers={KEY: "anon"})
         assert answer.status_code == 400
         assert store.totals()[0] == 0
+
+
+def test_an_upload_keeps_its_key_while_its_body_streams_and_frees_it_if_it_fails(
+    store: Store, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Renew every 0.1 s of real time; the hold itself is counted on the test's clock.
+    monkeypatch.setattr(http_idempotency, "HOLD_S", 0.3)
+    held = store.reserve_key("caller", "POST /x", "k", "h")
+    assert isinstance(held, Reservation)
+
+    async def stream_slowly() -> None:
+        async with http_idempotency.holding(store, held):
+            clock.advance(HOLD_S + 1)  # the first hold is over by the clock...
+            await asyncio.sleep(0.5)  # ...but the request renewed it meanwhile
+            with pytest.raises(IdempotencyKeyInUse):
+                store.reserve_key("caller", "POST /x", "k", "h")
+            raise RuntimeError("the client went away")
+
+    with pytest.raises(RuntimeError):
+        anyio.run(stream_slowly)
+    # The failed request let the key go: a retry proceeds at once.
+    assert isinstance(store.reserve_key("caller", "POST /x", "k", "h"), Reservation)
+
+
+def test_a_creation_whose_hold_was_taken_over_creates_nothing(
+    store: Store, clock: ManualClock
+) -> None:
+    late = store.reserve_key("caller", "POST /sessions", "k", "h")
+    assert isinstance(late, Reservation)
+    clock.advance(HOLD_S + 1)
+    taker = store.reserve_key("caller", "POST /sessions", "k", "h")
+    assert isinstance(taker, Reservation)
+    with pytest.raises(Conflict):
+        store.create_session("late", idempotency=late.completion(lambda _: Answer(201, "{}")))
+    assert store.totals()[0] == 0
+    # The request that holds the key now is the one whose answer is recorded.
+    store.create_session("taker", idempotency=taker.completion(lambda _: Answer(201, "{}")))
+    record = store.reserve_key("caller", "POST /sessions", "k", "h")
+    assert isinstance(record, KeyRecord)
+    assert record.answer == Answer(201, "{}")
+
+
+def test_a_new_session_under_an_old_id_never_sees_the_old_ones_keys(
+    client: TestClient, admin_key: str, session: tuple[str, str]
+) -> None:
+    sid, token = session
+    first = upload(client, sid, token, "k", b"old bytes")
+    assert client.delete(f"{API}/sessions/{sid}", headers=bearer(token)).status_code == 200
+    again = client.post(f"{API}/sessions", json={"id": sid}, headers=bearer(admin_key))
+    new_token = again.json()["token"]
+    fresh = upload(client, sid, new_token, "k", b"old bytes")
+    assert fresh.status_code == 201
+    assert "idempotent-replayed" not in fresh.headers
+    assert fresh.json()["id"] != first.json()["id"]

@@ -4,8 +4,9 @@
 a function in the module that owns the concept: ``db`` (engine, transactions, error
 translation), ``migrate``, ``sessions``, ``artifacts``, ``leases``, ``tasks``, ``sweeps``
 (which records a cleanup selects), ``orphans``, ``verification``, ``stats``, ``audit``,
-``keys``, ``locks`` and ``imports`` (the import ledger); ``rows`` builds models from rows,
-``predicates`` holds the conditions they share and ``usage`` counts what a session holds.
+``keys``, ``locks``, ``imports`` (the import ledger) and ``idempotency`` (Idempotency-Key
+reservations and answers); ``rows`` builds models from rows, ``predicates`` holds the
+conditions they share and ``usage`` counts what a session holds.
 The facade is long only because it lists every operation; the SQL and the reasons for it are
 in those modules.
 """
