@@ -131,6 +131,12 @@ class Settings(BaseSettings):
     upload_idle_timeout_s: float = Field(
         60, gt=0, description="An upload or JSON request body that stalls this long answers 408"
     )
+    idempotency_ttl_s: int = Field(
+        24 * 3600,
+        ge=1,
+        le=MAX_TIMEOUT_S,
+        description="How long an Idempotency-Key's answer is kept for retries",
+    )
     max_concurrent_uploads: int = Field(
         8,
         ge=1,

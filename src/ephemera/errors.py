@@ -52,6 +52,22 @@ class Conflict(EphemeraError):
     code = "conflict"
 
 
+class IdempotencyKeyInUse(Conflict):
+    """Another request with this Idempotency-Key is still running: send it again later."""
+
+    code = "idempotency_key_in_use"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class IdempotencyKeyReused(InvalidInput):
+    """An Idempotency-Key already used for another request (other parameters or body)."""
+
+    code = "idempotency_key_reused"
+
+
 class TooLarge(EphemeraError):
     code = "too_large"
 

@@ -4,8 +4,9 @@
 a function in the module that owns the concept: ``db`` (engine, transactions, error
 translation), ``migrate``, ``sessions``, ``artifacts``, ``leases``, ``tasks``, ``sweeps``
 (which records a cleanup selects), ``orphans``, ``verification``, ``stats``, ``audit``,
-``keys``, ``locks`` and ``imports`` (the import ledger); ``rows`` builds models from rows,
-``predicates`` holds the conditions they share and ``usage`` counts what a session holds.
+``keys``, ``locks``, ``imports`` (the import ledger) and ``idempotency`` (Idempotency-Key
+reservations and answers); ``rows`` builds models from rows, ``predicates`` holds the
+conditions they share and ``usage`` counts what a session holds.
 The facade is long only because it lists every operation; the SQL and the reasons for it are
 in those modules.
 """
@@ -22,6 +23,7 @@ from ephemera.catalog import (
     artifacts,
     audit,
     db,
+    idempotency,
     imports,
     keys,
     leases,
@@ -35,6 +37,7 @@ from ephemera.catalog import (
     verification,
 )
 from ephemera.catalog.db import Database, open_database
+from ephemera.catalog.idempotency import Answer, Completion, KeyRecord
 from ephemera.catalog.locks import AdvisoryLocks
 from ephemera.catalog.predicates import RESULT_KINDS
 from ephemera.catalog.sweeps import (
@@ -112,9 +115,12 @@ class Catalog:
     # -- sessions -------------------------------------------------------------------------
 
     def insert_session(
-        self, values: dict[str, Any], confirm: Callable[[Session], None] | None = None
+        self,
+        values: dict[str, Any],
+        confirm: Callable[[Session], None] | None = None,
+        completion: Completion[Session] | None = None,
     ) -> Session:
-        return sessions.insert_session(self._db, values, confirm)
+        return sessions.insert_session(self._db, values, confirm, completion)
 
     def is_live(self, session_id: str, now: datetime) -> bool:
         return sessions.is_live(self._db, session_id, now)
@@ -172,9 +178,10 @@ class Catalog:
         quota_bytes: int | None,
         commit_bytes: Callable[[], object],
         claim: tuple[str, str] | None = None,
+        completion: Completion[Artifact] | None = None,
     ) -> Artifact:
         return artifacts.finalize_artifact(
-            self._db, artifact_id, session_id, values, quota_bytes, commit_bytes, claim
+            self._db, artifact_id, session_id, values, quota_bytes, commit_bytes, claim, completion
         )
 
     def finalize_import(
@@ -277,8 +284,13 @@ class Catalog:
     def task_inputs(self, refs: Sequence[TaskInput], now: datetime) -> list[Artifact]:
         return tasks.task_inputs(self._db, refs, now)
 
-    def insert_task(self, values: dict[str, Any], refs: Sequence[TaskInput]) -> Task:
-        return tasks.insert_task(self._db, values, refs)
+    def insert_task(
+        self,
+        values: dict[str, Any],
+        refs: Sequence[TaskInput],
+        completion: Completion[Task] | None = None,
+    ) -> Task:
+        return tasks.insert_task(self._db, values, refs, completion)
 
     def insert_follow_up(
         self, values: dict[str, Any], refs: Sequence[TaskInput], artifact_id: str
@@ -477,6 +489,22 @@ class Catalog:
     def count_admin_keys(self) -> int:
         return keys.count_admin_keys(self._db)
 
+    # -- idempotency keys -----------------------------------------------------------------
+
+    def reserve_key(
+        self, key_id: str, request_hash: str, holder: str, now: datetime, until: datetime
+    ) -> KeyRecord | None:
+        return idempotency.reserve(self._db, key_id, request_hash, holder, now, until)
+
+    def renew_key(self, key_id: str, holder: str, until: datetime) -> bool:
+        return idempotency.renew(self._db, key_id, holder, until)
+
+    def release_key(self, key_id: str, holder: str) -> None:
+        idempotency.release(self._db, key_id, holder)
+
+    def prune_keys(self, now: datetime) -> int:
+        return idempotency.prune(self._db, now)
+
     # -- locks ----------------------------------------------------------------------------
 
     def try_lock(self, name: str, holder: str, now: datetime, until: datetime) -> bool:
@@ -488,10 +516,13 @@ class Catalog:
 
 __all__: Sequence[str] = [
     "RESULT_KINDS",
+    "Answer",
     "ArtifactRule",
     "ArtifactSweep",
     "Candidate",
     "Catalog",
+    "Completion",
+    "KeyRecord",
     "SessionRule",
     "SessionSweep",
     "Stored",

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select, update
 
 from ephemera.catalog.db import Database, lock_first
+from ephemera.catalog.idempotency import Completion, complete
 from ephemera.catalog.imports import record_import
 from ephemera.catalog.predicates import artifact_leased, live_session
 from ephemera.catalog.rows import artifact_model
@@ -42,8 +43,10 @@ def finalize_artifact(
     quota_bytes: int | None,
     commit_bytes: Callable[[], object],
     claim: tuple[str, str] | None = None,
+    completion: Completion[Artifact] | None = None,
 ) -> Artifact:
-    """pending -> ready, with ``commit_bytes`` run inside the transaction.
+    """pending -> ready, with ``commit_bytes`` run inside the transaction (and
+    ``completion`` recording the upload's Idempotency-Key, in it too).
 
     The session row is locked (shared) first, so a concurrent close either happens
     entirely before (then this raises NotFound and nothing is committed) or entirely
@@ -56,6 +59,8 @@ def finalize_artifact(
     """
     with db.write() as conn:
         artifact = _make_ready(conn, artifact_id, session_id, values, quota_bytes, claim)
+        if completion is not None:
+            complete(conn, completion, artifact)
         commit_bytes()
     return artifact
 

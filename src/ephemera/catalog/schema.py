@@ -16,6 +16,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     TypeDecorator,
     UniqueConstraint,
     text,
@@ -254,4 +255,24 @@ import_ledger = Table(
     Index(None, "session_id", "path_key", "id"),
     Index(None, "session_id", "source_key", "id"),
     Index(None, "session_id", "artifact_id"),
+)
+
+# Idempotency-Key: one row per key of one caller on one route (``id`` hashes the three). While
+# a request holds it (``holder``) it is a reservation until ``expires_at``; once the request
+# created its resource, in the same transaction, the answer to replay until ``expires_at``.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    # sha256 of what the request said before its body (query, content type, a JSON body).
+    Column("request_hash", String(64), nullable=False),
+    # sha256 of an upload's body as stored (its bytes and its metadata), once known.
+    Column("body_hash", String(64)),
+    Column("holder", String(32)),
+    Column("status", Integer),
+    Column("response", Text),
+    # A secret of the answer (a session's token), sealed with the caller's credential.
+    Column("secret", String(200)),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Index(None, "expires_at"),
 )

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Row, delete, func, insert, select, update
 
 from ephemera.catalog.db import Database, lock_first
+from ephemera.catalog.idempotency import Completion, complete
 from ephemera.catalog.leases import release_task_leases
 from ephemera.catalog.predicates import live_session, session_leased
 from ephemera.catalog.rows import session_model
@@ -37,15 +38,21 @@ _ready_usage = (
 
 
 def insert_session(
-    db: Database, values: dict[str, Any], confirm: Callable[[Session], None] | None = None
+    db: Database,
+    values: dict[str, Any],
+    confirm: Callable[[Session], None] | None = None,
+    completion: Completion[Session] | None = None,
 ) -> Session:
-    """Insert a session; ``confirm`` sees it before the commit and may still refuse it."""
+    """Insert a session; ``confirm`` sees it before the commit and may still refuse it;
+    ``completion`` records its Idempotency-Key in the same transaction."""
     with db.write(duplicate=f"session {values['id']} already exists") as conn:
         conn.execute(insert(sessions).values(**values))
         row = conn.execute(select(sessions).where(sessions.c.id == values["id"])).one()
         session = session_model(row)
         if confirm is not None:
             confirm(session)
+        if completion is not None:
+            complete(conn, completion, session)
     return session
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import ColumnElement, Connection, Row, and_, exists, insert, or_
 
 from ephemera import ids
 from ephemera.catalog.db import Database
+from ephemera.catalog.idempotency import Completion, complete
 from ephemera.catalog.imports import claim_import_task
 from ephemera.catalog.leases import release_task_leases
 from ephemera.catalog.predicates import live_session
@@ -53,15 +54,24 @@ def task_inputs(db: Database, refs: Sequence[TaskInput], now: datetime) -> list[
         return _inputs(conn, refs, now)
 
 
-def insert_task(db: Database, values: dict[str, Any], refs: Sequence[TaskInput]) -> Task:
+def insert_task(
+    db: Database,
+    values: dict[str, Any],
+    refs: Sequence[TaskInput],
+    completion: Completion[Task] | None = None,
+) -> Task:
     """Queue a task and take its leases: one in each session it touches, never expiring.
 
     The leases name the inputs (so they outlive expiry, cleanup and deletion) and, in the
-    task's own session, later its outputs; the task's end releases them.
+    task's own session, later its outputs; the task's end releases them. ``completion``
+    records the submission's Idempotency-Key in the same transaction.
     """
     with db.write() as conn:
         _lock_protected(conn, values, refs)
-        return _write_task(conn, values, refs)
+        task = _write_task(conn, values, refs)
+        if completion is not None:
+            complete(conn, completion, task)
+        return task
 
 
 def insert_follow_up(

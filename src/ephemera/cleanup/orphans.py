@@ -27,8 +27,10 @@ def orphaned(run: Run, report: CleanupReport) -> None:
     _stale_pending(run, report, cutoff)
     _reconcile(run, report, cutoff)
     if not run.dry_run:
-        # Expired lease rows protect nothing: bookkeeping, not data, so not reported.
+        # Expired lease rows protect nothing, expired Idempotency-Keys answer nothing:
+        # bookkeeping, not data, so not reported.
         run.context.catalog.purge_expired_leases(run.now)
+        run.context.catalog.prune_keys(run.now)
 
 
 def _staged(run: Run, report: CleanupReport, cutoff: datetime) -> None:

@@ -15,6 +15,7 @@ from ephemera.errors import (
     Conflict,
     EphemeraError,
     Forbidden,
+    IdempotencyKeyInUse,
     InsufficientStorage,
     InvalidInput,
     NotFound,
@@ -32,6 +33,12 @@ class MalformedBody(EphemeraError):
     """The request body could not be parsed at all (JSON, multipart, base64)."""
 
     code = "malformed_body"
+
+
+class InvalidHeader(EphemeraError):
+    """A request header that is malformed (an Idempotency-Key too long, or not ASCII)."""
+
+    code = "invalid_header"
 
 
 class RateLimited(EphemeraError):
@@ -55,6 +62,7 @@ class RangeNotSatisfiable(EphemeraError):
 # Most specific first: the first class an error is an instance of decides.
 STATUS: list[tuple[type[EphemeraError], int]] = [
     (MalformedBody, 400),
+    (InvalidHeader, 400),
     (ChecksumMismatch, 400),
     (InvalidInput, 422),
     (Unauthenticated, 401),
@@ -93,7 +101,7 @@ async def _on_ephemera_error(_request: Request, exc: Exception) -> JSONResponse:
     if status >= 500:
         log.error("request failed: %s", exc.message, exc_info=exc)
     response = error_response(status, exc.code, exc.message)
-    if isinstance(exc, RateLimited):
+    if isinstance(exc, RateLimited | IdempotencyKeyInUse):
         response.headers["Retry-After"] = str(exc.retry_after_s)
     elif isinstance(exc, RangeNotSatisfiable):
         response.headers["Content-Range"] = f"bytes */{exc.size}"

@@ -27,6 +27,7 @@ from ephemera.http.errors import MalformedBody
 from ephemera.http.schemas import JsonUpload
 from ephemera.models import Artifact
 from ephemera.store import Store, Upload
+from ephemera.store.idempotency import UploadKey
 
 BUFFER = 1024 * 1024
 FIELD_MAX = 4096
@@ -45,6 +46,8 @@ class UploadParams:
     producer: str | None = None
     # (task ID, claim ID): the upload is an output of a claimed task.
     task_claim: tuple[str, str] | None = None
+    # Its Idempotency-Key: the reservation it completes, or the answer it repeats.
+    key: UploadKey | None = None
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -75,6 +78,7 @@ class UploadParams:
             expires_in_s=self.expires_in_s,
             declared_size=declared_size,
             producer=self.producer,
+            key=self.key,
         )
 
 
@@ -239,6 +243,7 @@ async def receive_json(
             expires_in_s=merged.expires_in_s,
             sha256=merged.sha256,
             producer=params.producer,
+            key=params.key,
         )
     )
 
@@ -412,4 +417,5 @@ def _merge_form(
         expires_in_s=expires,
         sha256=fields.get("sha256") or params.sha256,
         producer=params.producer,
+        key=params.key,
     )

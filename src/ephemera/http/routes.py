@@ -15,8 +15,10 @@ from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from ephemera.errors import Forbidden, StorageError, Unauthenticated
+from ephemera.http import idempotency
 from ephemera.http.credentials import Credential, bearer
-from ephemera.http.errors import MalformedBody, RangeNotSatisfiable
+from ephemera.http.errors import InvalidHeader, MalformedBody, RangeNotSatisfiable
+from ephemera.http.idempotency import IdempotencyKey
 from ephemera.http.imports import add_import_routes
 from ephemera.http.jsonbody import json_body_route
 from ephemera.http.openapi import (
@@ -49,6 +51,7 @@ from ephemera.http.schemas import (
 from ephemera.http.slots import UploadSlots
 from ephemera.models import MAX_TIMEOUT_S, Artifact, CreatedSession, KeyRole, Session
 from ephemera.store import DEFAULT, Store
+from ephemera.store.idempotency import Answer, KeyRecord, Replayed, UploadKey, seal
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
@@ -115,20 +118,28 @@ def api_router(store: Store) -> APIRouter:
         body: SessionCreate,
         request: Request,
         auth: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+        idempotency_key: IdempotencyKey = None,
     ) -> Response:
         """Create a session (an admin or client key, or none where anonymous creation is on);
-        the token in the answer is shown once, and only it opens the session."""
+        the token in the answer is shown once, and only it opens the session (a replay under
+        an Idempotency-Key shows it again, to the same key only)."""
+        key = idempotency.checked_key(idempotency_key)
         if auth is None or not auth.credentials:
+            if key is not None:
+                raise InvalidHeader(
+                    "Idempotency-Key on session creation takes a key: without one, a replay "
+                    "could hand the new session's token to anyone"
+                )
             if not store.settings.anonymous_sessions:
                 raise Unauthenticated("creating a session takes an admin or client key")
             address = client_address(request)
             anonymous.check(address)
             actor, admin = f"anonymous:{address}", False
         else:
-            key = store.resolve_key(auth.credentials)
-            if key is None or key.role not in (KeyRole.ADMIN, KeyRole.CLIENT):
+            creator = store.resolve_key(auth.credentials)
+            if creator is None or creator.role not in (KeyRole.ADMIN, KeyRole.CLIENT):
                 raise Forbidden("creating a session takes an admin or client key")
-            actor, admin = f"{key.role}:{key.name}", key.role == KeyRole.ADMIN
+            actor, admin = f"{creator.role}:{creator.name}", creator.role == KeyRole.ADMIN
         given = body.model_fields_set
         rendered: list[Response] = []
 
@@ -136,15 +147,32 @@ def api_router(store: Store) -> APIRouter:
             out = SessionOut.model_validate(created.session).model_dump()
             rendered.append(as_json(SessionCreated(**out, token=created.token), 201))
 
-        created = store.create_session(
-            body.id,
-            label=body.label,
-            metadata=body.metadata,
-            idle_timeout_s=body.idle_timeout_s if "idle_timeout_s" in given else DEFAULT,
-            max_age_s=body.max_age_s if "max_age_s" in given else DEFAULT,
-            confirm=render,
-            capped=not admin,
-        )
+        held = None
+        if key is not None:
+            assert auth is not None
+            credential = auth.credentials
+            begun = idempotency.reserve(store, request, credential, key, body)
+            if isinstance(begun, KeyRecord):
+                return idempotency.replay(begun, credential)
+            held = begun
+
+            def answer(created: CreatedSession) -> Answer:
+                out = SessionOut.model_validate(created.session).model_dump()
+                # The token is kept only sealed with the caller's own credential.
+                unsealed = SessionCreated(**out, token="").model_dump_json()
+                return Answer(201, unsealed, seal(created.token, credential))
+
+        with idempotency.releasing(store, held):
+            created = store.create_session(
+                body.id,
+                label=body.label,
+                metadata=body.metadata,
+                idle_timeout_s=body.idle_timeout_s if "idle_timeout_s" in given else DEFAULT,
+                max_age_s=body.max_age_s if "max_age_s" in given else DEFAULT,
+                confirm=render,
+                capped=not admin,
+                idempotency=None if held is None else held.completion(answer),
+            )
         # Every creation is audited, so that each session can be traced to its creator.
         store.audit(actor, "session.create", created.session.id, {"label": body.label})
         return rendered[0]
@@ -211,8 +239,13 @@ def api_router(store: Store) -> APIRouter:
         expires_in_s: Annotated[int | None, Query(ge=1, le=MAX_TIMEOUT_S)] = None,
         sha256: str | None = None,
         producer: Annotated[str | None, Query(max_length=64)] = None,
-    ) -> ArtifactOut:
-        """Upload an artifact: the body is streamed to storage, hashed on the way."""
+        idempotency_key: IdempotencyKey = None,
+    ) -> ArtifactOut | Response:
+        """Upload an artifact: the body is streamed to storage, hashed on the way.
+
+        Under an Idempotency-Key, a retry of an answered upload is read, hashed and
+        discarded: the same bytes and metadata answer the first answer again."""
+        key = idempotency.checked_key(idempotency_key)
         await anyio.to_thread.run_sync(authed, session_id, token)
         params = UploadParams(
             name=name,
@@ -224,15 +257,36 @@ def api_router(store: Store) -> APIRouter:
             producer=producer,
         )
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        with upload_slots.hold(session_id):
-            if media_type == "multipart/form-data":
-                artifact = await receive_multipart(store, session_id, request, params)
-            elif media_type == "application/json":
-                artifact = await receive_json(store, session_id, request, params)
-            elif media_type.startswith("multipart/"):
-                raise MalformedBody("use multipart/form-data for multipart uploads")
+        held = None
+        if key is not None:
+            begun = await anyio.to_thread.run_sync(idempotency.reserve, store, request, token, key)
+            if isinstance(begun, KeyRecord):
+                raw = not media_type.startswith("multipart/") and media_type != "application/json"
+                if raw and sha256 is not None:
+                    # The same query, sha256 included, names the same bytes: no need to hash.
+                    await idempotency.drain(store, request)
+                    return idempotency.replay(begun, token)
+                params.key = UploadKey(recorded=begun)
             else:
-                artifact = await receive_raw(store, session_id, request, params)
+                held = begun
+                params.key = UploadKey(
+                    completion=held.completion(
+                        idempotency.json_answer(201, ArtifactOut.model_validate)
+                    )
+                )
+        try:
+            async with idempotency.holding(store, held):
+                with upload_slots.hold(session_id):
+                    if media_type == "multipart/form-data":
+                        artifact = await receive_multipart(store, session_id, request, params)
+                    elif media_type == "application/json":
+                        artifact = await receive_json(store, session_id, request, params)
+                    elif media_type.startswith("multipart/"):
+                        raise MalformedBody("use multipart/form-data for multipart uploads")
+                    else:
+                        artifact = await receive_raw(store, session_id, request, params)
+        except Replayed as replayed:
+            return idempotency.replay(replayed.record, token)
         return ArtifactOut.model_validate(artifact)
 
     @router.get("/sessions/{session_id}/artifacts", response_model=ArtifactPage, tags=["artifacts"])
@@ -344,23 +398,40 @@ def api_router(store: Store) -> APIRouter:
     @router.post(
         "/sessions/{session_id}/tasks", status_code=201, response_model=TaskOut, tags=["tasks"]
     )
-    def submit_task(session_id: str, body: TaskCreate, token: Credential) -> TaskOut:
+    def submit_task(
+        session_id: str,
+        body: TaskCreate,
+        token: Credential,
+        request: Request,
+        idempotency_key: IdempotencyKey = None,
+    ) -> TaskOut | Response:
         """Queue processing: params are checked now; the task holds a lease on its session,
         inputs and outputs until it ends. Inputs in another session need its token in
         ``reference_tokens`` (or an admin key)."""
+        key = idempotency.checked_key(idempotency_key)
         admin = authed(session_id, token)
+        held = None
+        if key is not None:
+            begun = idempotency.reserve(store, request, token, key, body)
+            if isinstance(begun, KeyRecord):
+                return idempotency.replay(begun, token)
+            held = begun
         inputs = [i if isinstance(i, str) else (i.session_id, i.artifact_id) for i in body.inputs]
         credentials = dict(body.reference_tokens)
         if admin is not None:
             credentials = {i.session_id: token for i in body.inputs if not isinstance(i, str)}
-        task = store.submit_task(
-            session_id,
-            body.processor,
-            inputs,
-            body.params,
-            credentials=credentials,
-            max_attempts=body.max_attempts,
-        )
+        with idempotency.releasing(store, held):
+            task = store.submit_task(
+                session_id,
+                body.processor,
+                inputs,
+                body.params,
+                credentials=credentials,
+                max_attempts=body.max_attempts,
+                idempotency=None
+                if held is None
+                else held.completion(idempotency.json_answer(201, TaskOut.of)),
+            )
         audit_admin(admin, "task.submit", f"{session_id}/{task.id}", {"processor": task.processor})
         return TaskOut.of(task)
 

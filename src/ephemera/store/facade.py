@@ -14,6 +14,7 @@ of a dead one). Closing, recovery, removal, cleanup and verification are the eng
 ``store.imports``      files imported exactly once: the import ledger, follow-up tasks
 ``store.artifacts``    look up, list, read, retain and delete artifacts
 ``store.leases``       take, renew, release and list leases
+``store.idempotency``  Idempotency-Key: reserve, replay or refuse, complete with the resource
 ``store.tasks``        the submitting side of tasks, and the enabled processors
 ``store.work``         the worker's side: claim, heartbeat, inputs, outputs, the end
 ``store.audit``        the audit log
@@ -52,7 +53,7 @@ from ephemera.blobs import (
     RangedReads,
     open_blob_store,
 )
-from ephemera.catalog import Catalog
+from ephemera.catalog import Catalog, Completion, KeyRecord
 from ephemera.cleanup import CleanupReport, CleanupRequest, Progress, cleanup_stats, run_cleanup
 from ephemera.clock import Clock, SystemClock
 from ephemera.config import Settings
@@ -92,6 +93,7 @@ from ephemera.store import (
     access,
     artifacts,
     audit,
+    idempotency,
     imports,
     keys,
     leases,
@@ -101,6 +103,7 @@ from ephemera.store import (
     uploads,
     work,
 )
+from ephemera.store.idempotency import Reservation, UploadKey
 from ephemera.store.sessions import DEFAULT, UNCHANGED, Default, Unchanged
 from ephemera.store.sessions import session_not_found as _session_not_found
 from ephemera.store.uploads import Upload
@@ -261,6 +264,7 @@ class Store(imports.ImportMethods):
         max_age_s: int | Default | None = DEFAULT,
         confirm: Callable[[CreatedSession], None] | None = None,
         capped: bool = False,
+        idempotency: Completion[CreatedSession] | None = None,
     ) -> CreatedSession:
         """Create a session; a client-chosen ID of a live session is a Conflict.
 
@@ -269,7 +273,8 @@ class Store(imports.ImportMethods):
         ``confirm`` runs before the creation commits (e.g. to render the answer that hands
         out the token): if it raises, nothing is created. ``capped`` (a caller without an
         admin key) holds the timeouts asked for to the operator's ceilings
-        (:meth:`check_ceilings`); the configured defaults always apply.
+        (:meth:`check_ceilings`); the configured defaults always apply. ``idempotency``
+        (see :meth:`reserve_key`) records the key's answer in the creating transaction.
         """
         return sessions.create(
             self.context,
@@ -280,6 +285,7 @@ class Store(imports.ImportMethods):
             max_age_s=max_age_s,
             confirm=confirm,
             capped=capped,
+            completion=idempotency,
         )
 
     def check_ceilings(self, timeouts: Mapping[str, Any]) -> None:
@@ -391,8 +397,13 @@ class Store(imports.ImportMethods):
         expires_in_s: int | None = None,
         declared_size: int | None = None,
         producer: str | None = None,
+        key: UploadKey | None = None,
     ) -> Upload:
-        """Start an artifact: validates everything up front, so a bad request stores nothing."""
+        """Start an artifact: validates everything up front, so a bad request stores nothing.
+
+        With ``key`` (an Idempotency-Key, see :meth:`reserve_key`) the commit records the
+        key's answer, or, for a retry of an answered upload, raises Replayed (or
+        IdempotencyKeyReused for other bytes or metadata) and keeps nothing."""
         return uploads.begin_upload(
             self.context,
             session_id,
@@ -403,6 +414,7 @@ class Store(imports.ImportMethods):
             expires_in_s=expires_in_s,
             declared_size=declared_size,
             producer=producer,
+            key=key,
         )
 
     def put_artifact(
@@ -418,8 +430,10 @@ class Store(imports.ImportMethods):
         sha256: str | None = None,
         producer: str | None = None,
         chunk_size: int = 1024 * 1024,
+        key: UploadKey | None = None,
     ) -> Artifact:
-        """Store an artifact from bytes, a binary file, or an iterable of chunks (streamed)."""
+        """Store an artifact from bytes, a binary file, or an iterable of chunks (streamed);
+        ``key`` as for :meth:`begin_upload`."""
         return uploads.put(
             self.context,
             session_id,
@@ -432,6 +446,7 @@ class Store(imports.ImportMethods):
             sha256=sha256,
             producer=producer,
             chunk_size=chunk_size,
+            key=key,
         )
 
     def get_artifact(self, session_id: str, artifact_id: str) -> Artifact:
@@ -483,6 +498,28 @@ class Store(imports.ImportMethods):
         """Keep an artifact past expiry and result retention until ``until`` (None: stop)."""
         return artifacts.retain(self.context, session_id, artifact_id, until)
 
+    # -- idempotency keys -----------------------------------------------------------------
+
+    def reserve_key(
+        self, scope: str, route: str, key: str, request_hash: str
+    ) -> Reservation | KeyRecord:
+        """Hold an Idempotency-Key of caller ``scope`` on ``route`` for this request.
+
+        A Reservation: do the work, passing ``reservation.completion(answer)`` to the
+        creation, or :meth:`release_key` if it creates nothing. A KeyRecord: the request
+        repeats an answered one (same ``request_hash``): answer it again. Another request
+        under the key is IdempotencyKeyReused; one still running, IdempotencyKeyInUse.
+        """
+        return idempotency.reserve(self.context, scope, route, key, request_hash)
+
+    def renew_key(self, reservation: Reservation) -> bool:
+        """Keep holding a reservation (a long upload); False once it is lost."""
+        return idempotency.renew(self.context, reservation)
+
+    def release_key(self, reservation: Reservation) -> None:
+        """Let a retry proceed: this request created nothing."""
+        idempotency.release(self.context, reservation)
+
     # -- leases ---------------------------------------------------------------------------
 
     def take_lease(
@@ -533,6 +570,7 @@ class Store(imports.ImportMethods):
         *,
         credentials: Mapping[str, str] | None = None,
         max_attempts: int | None = None,
+        idempotency: Completion[Task] | None = None,
     ) -> Task:
         """Queue a task; it holds a lease on its session and inputs until it ends.
 
@@ -551,6 +589,7 @@ class Store(imports.ImportMethods):
             params,
             credentials,
             max_attempts,
+            idempotency,
         )
         self.tasks_queued.set()
         return task

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from ephemera import ids
+from ephemera.catalog import Completion
 from ephemera.cleanup import Rule
 from ephemera.context import Context
 from ephemera.errors import Conflict, InvalidInput, NotFound, SessionUnreachable
@@ -75,6 +76,7 @@ def create(
     max_age_s: int | Default | None,
     confirm: Callable[[CreatedSession], None] | None,
     capped: bool,
+    completion: Completion[CreatedSession] | None = None,
 ) -> CreatedSession:
     """Create a session (see :meth:`Store.create_session`)."""
     if session_id is None:
@@ -116,6 +118,7 @@ def create(
             "expires_at": session_deadline(now, now, idle, max_age),
         },
         confirmed,
+        None if completion is None else completion.of(lambda s: CreatedSession(s, token)),
     )
     return CreatedSession(session, token)
 

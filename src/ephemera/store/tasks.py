@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ephemera import ids
+from ephemera.catalog import Completion
 from ephemera.config import Settings
 from ephemera.context import Context
 from ephemera.errors import InvalidInput, NotFound
@@ -53,12 +54,13 @@ def submit(
     params: Mapping[str, Any] | None,
     credentials: Mapping[str, str] | None,
     max_attempts: int | None,
+    completion: Completion[Task] | None = None,
 ) -> Task:
     """Queue a task (see :meth:`Store.submit_task`)."""
     values, refs = _checked(
         ctx, processors, activity, session_id, processor, inputs, params, credentials, max_attempts
     )
-    return ctx.catalog.insert_task(values, refs)
+    return ctx.catalog.insert_task(values, refs, completion)
 
 
 def submit_follow_up(

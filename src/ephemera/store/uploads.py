@@ -15,16 +15,19 @@ from __future__ import annotations
 import mimetypes
 import re
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
 
 from ephemera import ids
 from ephemera.blobs import BlobWriter, artifact_key
+from ephemera.catalog import Completion
 from ephemera.config import Settings
 from ephemera.context import Context
 from ephemera.errors import ChecksumMismatch, InvalidInput, StorageError, TooLarge
 from ephemera.models import MAX_TIMEOUT_S, Artifact, ImportEntry, ImportOrigin, StorageClass
+from ephemera.store.idempotency import UploadKey, check_replay, upload_body_hash
 from ephemera.store.sessions import session_not_found
 
 CONTENT_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
@@ -114,8 +117,14 @@ class Upload:
         values: dict[str, Any],
         started_at: datetime,
         claim: tuple[str, str] | None = None,
+        key: UploadKey | None = None,
+        expires_in_s: int | None = None,
     ) -> None:
         self._ctx = ctx
+        # An Idempotency-Key: completed with the artifact, or a recorded answer to repeat.
+        self._key = key
+        self._expires_in_s = expires_in_s
+        self._body_hash: str | None = None
         # A task output commits only while this (task ID, claim ID) holds.
         self._claim = claim
         self.session_id = session_id
@@ -148,6 +157,7 @@ class Upload:
             )
             if producer is not None:
                 self._values["producer"] = producer
+            self._expires_in_s = expires_in_s
         except BaseException:
             self.abort()
             raise
@@ -175,8 +185,14 @@ class Upload:
                 ctx.settings.session_quota_bytes,
                 self._writer.commit,
                 self._claim,
+                self._completion(),
             ),
         )
+
+    def _completion(self) -> Completion[Artifact] | None:
+        if self._key is None or self._key.completion is None:
+            return None
+        return replace(self._key.completion, body_hash=self._body_hash)
 
     def commit_import(
         self, origin: ImportOrigin, expected_sha256: str | None = None
@@ -209,6 +225,12 @@ class Upload:
             raise ChecksumMismatch(
                 f"sha256 mismatch: client sent {expected_sha256.lower()}, received {digest}"
             )
+        if self._key is not None:
+            self._body_hash = upload_body_hash(self._asked(), digest)
+            if self._key.recorded is not None:
+                # A retry of an answered upload: its body was only read to compare it.
+                self.abort()
+                raise check_replay(self._key.recorded, self._body_hash)
         self._finished = True
         ctx = self._ctx
         try:
@@ -228,6 +250,11 @@ class Upload:
         except BaseException:
             discard(ctx, self.session_id, self.artifact_id, self._writer)
             raise
+
+    def _asked(self) -> dict[str, Any]:
+        """The metadata as asked for (an expiry as its length, not as the instant it gives)."""
+        asked = {k: v for k, v in self._values.items() if k != "expires_at"}
+        return {**asked, "expires_in_s": self._expires_in_s}
 
     def abort(self) -> None:
         if not self._finished:
@@ -258,13 +285,14 @@ def begin_upload(
     expires_in_s: int | None,
     declared_size: int | None,
     producer: str | None,
+    key: UploadKey | None = None,
 ) -> Upload:
     """Start an artifact: validates everything up front, so a bad request stores nothing."""
     now = ctx.clock.now()
     values = artifact_values(ctx.settings, name, kind, content_type, storage, expires_in_s, now)
     if producer is not None:
         values["producer"] = ids.check_producer(producer)
-    return begin(ctx, session_id, values, now, declared_size)
+    return begin(ctx, session_id, values, now, declared_size, key=key, expires_in_s=expires_in_s)
 
 
 def begin(
@@ -274,6 +302,9 @@ def begin(
     now: datetime,
     declared_size: int | None,
     claim: tuple[str, str] | None = None,
+    *,
+    key: UploadKey | None = None,
+    expires_in_s: int | None = None,
 ) -> Upload:
     """Record a pending artifact of checked ``values`` and open its writer; with ``claim``
     (task ID, claim ID) it is a task output, committed only while that claim holds."""
@@ -292,7 +323,7 @@ def begin(
     except BaseException:
         ctx.catalog.delete_pending_artifact(artifact_id)
         raise
-    return Upload(ctx, session_id, artifact_id, writer, values, now, claim)
+    return Upload(ctx, session_id, artifact_id, writer, values, now, claim, key, expires_in_s)
 
 
 def put(
@@ -308,6 +339,7 @@ def put(
     sha256: str | None,
     producer: str | None,
     chunk_size: int,
+    key: UploadKey | None = None,
 ) -> Artifact:
     """Store an artifact from bytes, a binary file, or an iterable of chunks (streamed)."""
     if sha256 is not None:
@@ -322,6 +354,7 @@ def put(
         expires_in_s=expires_in_s,
         declared_size=len(data) if isinstance(data, bytes) else None,
         producer=producer,
+        key=key,
     )
     with upload:
         for chunk in chunks(data, chunk_size):

@@ -6,10 +6,10 @@ Revises: 0007
 
 from __future__ import annotations
 
-import sqlalchemy as sa  # noqa: F401  (each part below adds its own tables)
-from alembic import op  # noqa: F401
+import sqlalchemy as sa
+from alembic import op
 
-from ephemera.catalog.schema import UTCDateTime  # noqa: F401
+from ephemera.catalog.schema import UTCDateTime
 
 revision = "0008"
 down_revision = "0007"
@@ -55,11 +55,23 @@ def _downgrade_events() -> None:
 
 
 def _upgrade_idempotency() -> None:
-    pass
+    op.create_table(
+        "idempotency_keys",
+        sa.Column("id", sa.String(64), nullable=False),
+        sa.Column("request_hash", sa.String(64), nullable=False),
+        sa.Column("body_hash", sa.String(64)),
+        sa.Column("holder", sa.String(32)),
+        sa.Column("status", sa.Integer()),
+        sa.Column("response", sa.Text()),
+        sa.Column("secret", sa.String(200)),
+        sa.Column("expires_at", UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_idempotency_keys"),
+    )
+    op.create_index("ix_idempotency_keys_expires_at", "idempotency_keys", ["expires_at"])
 
 
 def _downgrade_idempotency() -> None:
-    pass
+    op.drop_table("idempotency_keys")
 
 
 # -- signing keys of download links -------------------------------------------------------------
