@@ -66,6 +66,22 @@ def scheduled_idle_cleanups_since(admin: Client, since: float) -> int:
     return sum(1 for e in runs if e.actor == "scheduler" and e.at.timestamp() > since)
 
 
+def hold_past_the_idle_timeout_then_fail(own: Client, sid: str) -> None:
+    with own.lease(sid, ttl_s=30):
+        time.sleep(IDLE_S + 0.5)
+        raise Boom
+
+
+def lose_the_lease(own: Client, admin: Client, sid: str, *, then_fail: bool) -> None:
+    with own.lease(sid, ttl_s=1) as held:
+        admin.release_lease(sid, held.id)  # taken away, as an expiry would
+        assert held.lost.wait(5)
+        with pytest.raises(LeaseLost):
+            held.check()
+        if then_fail:
+            raise Boom
+
+
 def test_a_held_lease_keeps_an_idle_session_past_its_timeout_and_is_released_after(
     server: Server, admin: Client
 ) -> None:
@@ -93,9 +109,8 @@ def test_the_lease_is_released_when_the_block_raises_and_the_error_is_kept(
 ) -> None:
     sid, token = idle_session(admin)
     with Client(server.url, token) as own:
-        with pytest.raises(Boom), own.lease(sid, ttl_s=30):
-            time.sleep(IDLE_S + 0.5)
-            raise Boom
+        with pytest.raises(Boom):
+            hold_past_the_idle_timeout_then_fail(own, sid)
         # Released at once, long before its 30 s would have run out.
         with pytest.raises(NotFound):
             own.get_session(sid)
@@ -107,16 +122,11 @@ def test_a_lease_lost_under_the_block_is_reported_not_swallowed(
 ) -> None:
     sid, token = idle_session(admin)
     with Client(server.url, token) as own:
-        with pytest.raises(LeaseLost), own.lease(sid, ttl_s=1) as held:
-            admin.release_lease(sid, held.id)  # taken away, as an expiry would
-            assert held.lost.wait(5)
-            with pytest.raises(LeaseLost):
-                held.check()
+        with pytest.raises(LeaseLost):
+            lose_the_lease(own, admin, sid, then_fail=False)
         # The block's own error wins; the loss is noted on it.
-        with pytest.raises(Boom) as raised, own.lease(sid, ttl_s=1) as held:
-            admin.release_lease(sid, held.id)
-            assert held.lost.wait(5)
-            raise Boom
+        with pytest.raises(Boom) as raised:
+            lose_the_lease(own, admin, sid, then_fail=True)
         assert any("was lost" in note for note in raised.value.__notes__)
 
 

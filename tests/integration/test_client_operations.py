@@ -122,6 +122,17 @@ def resolve(document: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
+def recording(sent: list[httpx2.Request]) -> httpx2.MockTransport:
+    """Keeps each request, and answers it 404."""
+
+    def answer(request: httpx2.Request) -> httpx2.Response:
+        request.read()
+        sent.append(request)
+        return httpx2.Response(404, json={"error": {"code": "not_found", "message": "kept"}})
+
+    return httpx2.MockTransport(answer)
+
+
 def test_each_method_sends_its_operation_with_declared_parameters_only(
     document: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -129,14 +140,7 @@ def test_each_method_sends_its_operation_with_declared_parameters_only(
     for operation_id, call in OPERATIONS.items():
         method, template, operation = served[operation_id]
         sent: list[httpx2.Request] = []
-
-        def answer(request: httpx2.Request) -> httpx2.Response:
-            request.read()
-            sent.append(request)
-            body = {"error": {"code": "not_found", "message": "recorded"}}
-            return httpx2.Response(404, json=body)
-
-        client = Client("http://ephemera.test", "epa_key", transport=httpx2.MockTransport(answer))
+        client = Client("http://ephemera.test", "epa_key", transport=recording(sent))
         with client, pytest.raises(NotFound):
             call(client, tmp_path)
 
