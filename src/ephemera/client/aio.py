@@ -168,6 +168,7 @@ class AsyncClient:
         path = f"/sessions/{seg(session_id)}/artifacts"
         answer = await self._call("POST", path, params=params, content=chunks)
         if hashed is not None and answer["sha256"] != hashed.hexdigest():
+            await self._call("DELETE", f"{path}/{seg(answer['id'])}")
             raise mismatch(hashed.hexdigest(), answer["sha256"], f"upload to {path}")
         return artifact_of(answer)
 

@@ -152,9 +152,12 @@ class Client:
         body: Outgoing,
         params: Mapping[str, Any],
         recorded: Callable[[Any], str | None] = lambda answer: answer["sha256"],
+        discard: Callable[[Any], object] | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Stream an upload; bytes hashed on the way must be what the server ``recorded``."""
+        """Stream an upload; bytes hashed on the way must be what the server ``recorded``,
+        else what it stored is ``discard``-ed (where the API allows) and ChecksumMismatch
+        raised."""
         answer = self._call(
             "POST",
             path,
@@ -164,6 +167,8 @@ class Client:
         )
         sent, stored = body.sent_sha256(), recorded(answer)
         if sent is not None and stored is not None and stored != sent:
+            if discard is not None:
+                discard(answer)
             raise mismatch(sent, stored, f"upload to {path}")
         return answer
 
@@ -255,7 +260,10 @@ class Client:
             "producer": producer,
         }
         path = f"/sessions/{seg(session_id)}/artifacts"
-        return artifact_of(self._send(path, body, params))
+        answer = self._send(
+            path, body, params, discard=lambda a: self.delete_artifact(session_id, a["id"])
+        )
+        return artifact_of(answer)
 
     def list_artifacts(
         self, session_id: str, *, kind: str | None = None, page_size: int = 1000
