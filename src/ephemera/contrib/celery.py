@@ -5,8 +5,9 @@ its first argument, a :class:`Workspace`: while the task runs, a lease on the se
 the named artifacts) protects what it works on from every cleanup and expiry, renewed in the
 background; the workspace downloads inputs (verified) into a private temporary directory and
 uploads outputs. The lease is released when the task returns, raises, or is revoked with
-``terminate=True``; a worker killed outright stops renewing, and the lease expires after its
-TTL, after which cleanup may take what it protected.
+``terminate=True`` (the prefork pool turns that SIGTERM into SystemExit in the task, which
+leaves the lease's block like any exception); a worker killed outright stops renewing, and
+the lease expires after its TTL, after which cleanup may take what it protected.
 
 Send such a task with the session it works on, built by :func:`on_session`::
 
@@ -23,14 +24,10 @@ session's own) is used instead of the configured one (an admin key).
 from __future__ import annotations
 
 import os
-import signal
 import tempfile
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from celery import Celery, Task
@@ -118,12 +115,6 @@ class Workspace:
         return self.client.get_artifact(self.session_id, artifact_id)
 
 
-class Revoked(BaseException):
-    """The task was revoked with ``terminate=True`` (SIGTERM): raised in it so the lease is
-    released before the process ends as Celery expects. A BaseException, so that the task's
-    own ``except Exception`` does not swallow it."""
-
-
 class EphemeraTask(Task):  # type: ignore[misc]
     """A Celery task run under a lease; its first argument becomes a :class:`Workspace`."""
 
@@ -137,7 +128,6 @@ class EphemeraTask(Task):  # type: ignore[misc]
         holder = f"celery:{self.name}:{self.request.id or 'eager'}"
         with (
             Client(settings.server_url, where.token or settings.token) as client,
-            _terminated_raises(),
             client.lease(
                 where.session_id, ttl_s=ttl_s, artifact_ids=where.artifact_ids, holder=holder
             ) as lease,
@@ -145,28 +135,6 @@ class EphemeraTask(Task):  # type: ignore[misc]
         ):
             workspace = Workspace(client, where.session_id, lease, Path(tmp))
             return self.run(workspace, *args, **kwargs)
-
-
-@contextmanager
-def _terminated_raises() -> Iterator[None]:
-    """While the task runs, SIGTERM (``revoke(..., terminate=True)``) raises Revoked in it;
-    once everything it held is released, the process takes the signal as it would have."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # a thread pool: signals are not ours to handle
-        return
-    terminated: list[int] = []
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        terminated.append(signum)
-        raise Revoked(f"terminated by signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if terminated:
-            os.kill(os.getpid(), terminated[0])
 
 
 def ephemera_task(app: Celery, **options: Any) -> Callable[[Callable[..., Any]], Task]:
