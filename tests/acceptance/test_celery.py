@@ -8,6 +8,7 @@ killed outright shows that its lease, no longer renewed, stops protecting anythi
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -203,3 +204,29 @@ def test_after_a_worker_is_killed_its_lease_expires_and_cleanup_takes_what_it_pr
     # ... and no longer renewed, it does run out; then cleanup takes the input.
     assert within(5, lambda: not stored(server, input_id))
     assert admin.list_leases(sid) == []
+
+
+def test_the_example_app_schedules_cleanup_all_and_its_task_runs_it(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celery.schedules import crontab
+
+    # Loaded as the worker would (`celery -A examples.celery_app`), by its file.
+    spec = importlib.util.spec_from_file_location("celery_app", ROOT / "examples/celery_app.py")
+    assert spec is not None
+    assert spec.loader is not None
+    example: Any = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    [entry] = example.app.conf.beat_schedule.values()
+    assert entry["task"] == example.cleanup.name == "ephemera.cleanup"
+    assert entry["kwargs"] == {"operation": "all", "dry_run": False}
+    assert entry["schedule"] == crontab(minute="*/15")
+    # What beat would send, run here against the real server with the admin key.
+    monkeypatch.setenv("EPHEMERA_SERVER_URL", server.url)
+    monkeypatch.setenv("EPHEMERA_TOKEN", server.admin_key)
+    report = example.cleanup.apply(kwargs=entry["kwargs"]).get()
+    assert report["operation"] == "all"
+    assert not report["dry_run"]
+    with Client(server.url, server.admin_key) as admin:
+        [last, *_] = admin.audit_log(action="cleanup.all")
+    assert last.actor.startswith("admin:")
