@@ -12,54 +12,29 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from types import EllipsisType, TracebackType
+from types import EllipsisType
 from typing import Any
 
-import httpx2
-
-from ephemera.client.common import (
-    POLL_S,
-    Endpoint,
-    answer_of,
-    headers_for,
-    query,
-    seg,
-    unreachable,
-)
-from ephemera.client.errors import WaitTimeout, error_of
+from ephemera.client.admin import AdminMethods
+from ephemera.client.common import POLL_S, query, seg
+from ephemera.client.connection import write_verified
+from ephemera.client.errors import WaitTimeout
 from ephemera.client.lease import HeldLease
 from ephemera.client.records import (
-    ListedSession,
     artifact_of,
-    audit_entry_of,
-    claim_of,
     close_report_of,
     import_entry_of,
     lease_of,
-    listed_session_of,
     session_of,
     task_of,
 )
-from ephemera.client.transfer import (
-    Outgoing,
-    PartFile,
-    PathLike,
-    Source,
-    Verifier,
-    etag_sha256,
-    into_file,
-    mismatch,
-    outgoing,
-    verified,
-)
+from ephemera.client.transfer import PathLike, Source, outgoing
+from ephemera.client.workers import WorkerMethods
 from ephemera.errors import InvalidInput
 from ephemera.models import (
     Artifact,
-    AuditEntry,
-    Claim,
     CloseReport,
     CreatedSession,
     FollowUp,
@@ -71,106 +46,18 @@ from ephemera.models import (
     Task,
 )
 
-# An upload's body, or a task's input: (session, artifact) for an input in another session.
+# A task's input: an artifact ID of the session, or (session ID, artifact ID) elsewhere.
 TaskInputSpec = str | tuple[str, str]
 ProgressCallback = Callable[[Task], object]
 
 
-class Client:
-    """A connection to one ephemera server, with one credential (a session token or a key).
+class Client(AdminMethods, WorkerMethods):
+    """A connection to one ephemera server, with one credential (a session token or a key),
+    and a method for each operation of the API.
 
     Thread-safe (the underlying connection pool is); use it as a context manager, or call
     :meth:`close`. Transport failures raise :class:`~ephemera.client.ServerUnreachable`.
     """
-
-    def __init__(
-        self,
-        base_url: str,
-        token: str | None = None,
-        *,
-        timeout: float = 60.0,
-        transport: httpx2.BaseTransport | None = None,
-    ) -> None:
-        self.endpoint = Endpoint.of(base_url)
-        self.base_url = self.endpoint.api
-        self._timeout = timeout
-        self._http = httpx2.Client(
-            base_url=self.endpoint.api,
-            headers=headers_for(token),
-            timeout=timeout,
-            transport=transport,
-        )
-
-    def close(self) -> None:
-        self._http.close()
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx2.TransportError as exc:
-            raise unreachable(self.base_url, exc) from exc
-        return answer_of(response)
-
-    @contextmanager
-    def _stream(self, path: str, **kwargs: Any) -> Iterator[httpx2.Response]:
-        """A GET whose body is read as it arrives; error answers raise before it is."""
-        try:
-            with self._http.stream("GET", path, **kwargs) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise error_of(response)
-                yield response
-        except httpx2.TransportError as exc:
-            raise unreachable(self.base_url, exc) from exc
-
-    def _pages(self, path: str, page_size: int, **filters: Any) -> Iterator[dict[str, Any]]:
-        """The items of a paginated list, one page at a time, following its cursors."""
-        cursor: str | None = None
-        while True:
-            answer = self._call(
-                "GET", path, params=query(**filters, cursor=cursor, limit=page_size)
-            )
-            yield from answer["items"]
-            cursor = answer.get("next_cursor")
-            if not cursor:
-                return
-
-    def _send(
-        self,
-        path: str,
-        body: Outgoing,
-        params: Mapping[str, Any],
-        recorded: Callable[[Any], str | None] = lambda answer: answer["sha256"],
-        discard: Callable[[Any], object] | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        """Stream an upload; bytes hashed on the way must be what the server ``recorded``,
-        else what it stored is ``discard``-ed (where the API allows) and ChecksumMismatch
-        raised."""
-        answer = self._call(
-            "POST",
-            path,
-            params=query(**params, sha256=body.sha256),
-            content=body.chunks,
-            **kwargs,
-        )
-        sent, stored = body.sent_sha256(), recorded(answer)
-        if sent is not None and stored is not None and stored != sent:
-            if discard is not None:
-                discard(answer)
-            raise mismatch(sent, stored, f"upload to {path}")
-        return answer
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -219,11 +106,6 @@ class Client:
         """Close now; Conflict while leased, unless ``force`` (which cancels its tasks)."""
         answer = self._call("DELETE", f"/sessions/{seg(session_id)}", params=query(force=force))
         return close_report_of(answer)
-
-    def list_all_sessions(self, *, page_size: int = 1000) -> Iterator[ListedSession]:
-        """Every session of the server (an admin key), with its valid leases counted."""
-        for item in self._pages("/admin/sessions", page_size):
-            yield listed_session_of(item)
 
     # -- artifacts ------------------------------------------------------------------------
 
@@ -298,21 +180,11 @@ class Client:
     def download_artifact(self, session_id: str, artifact_id: str, dest: PathLike) -> Path:
         """Stream the artifact into the file ``dest``, verified: on any failure (a sha256
         mismatch included) ``dest`` is left as it was and no partial file remains."""
-        return _into(dest, self.iter_artifact(session_id, artifact_id))
+        return write_verified(dest, self.iter_artifact(session_id, artifact_id))
 
     def read_artifact(self, session_id: str, artifact_id: str) -> bytes:
         """The whole artifact in memory, verified: for small ones (use the others for files)."""
         return b"".join(self.iter_artifact(session_id, artifact_id))
-
-    def _verified_chunks(
-        self, path: str, what: str, headers: Mapping[str, str] | None = None
-    ) -> Iterator[bytes]:
-        with self._stream(path, headers=headers) as response:
-            verifier = Verifier(etag_sha256(response.headers.get("etag")), what)
-            try:
-                yield from verified(response.iter_bytes(), verifier)
-            except httpx2.TransportError as exc:
-                raise unreachable(self.base_url, exc) from exc
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -500,194 +372,3 @@ class Client:
             json={"processor": then.processor, "params": then.params},
         )
         return import_entry_of(session_id, answer)
-
-    # -- administration (an admin key) ----------------------------------------------------
-
-    def cleanup(
-        self,
-        operation: str,
-        *,
-        dry_run: bool = False,
-        hours_old: float | None = None,
-        days_old: float | None = None,
-        details: bool = False,
-        purge_missing: bool = False,
-    ) -> dict[str, Any]:
-        """Run a cleanup operation (``expired``, ``idle-sessions``, ``old-results``,
-        ``orphaned``, ``quota``, ``all``): its report, as the API documents it."""
-        params = query(
-            dry_run=dry_run,
-            hours_old=hours_old,
-            days_old=days_old,
-            details=details,
-            purge_missing=purge_missing,
-        )
-        report: dict[str, Any] = self._call(
-            "POST", f"/admin/cleanup/{seg(operation)}", params=params
-        )
-        return report
-
-    def cleanup_session(
-        self, session_id: str, *, dry_run: bool = False, details: bool = False
-    ) -> dict[str, Any]:
-        """Close one session through the cleanup engine (a lease still protects it)."""
-        path = f"/admin/cleanup/session/{seg(session_id)}"
-        report: dict[str, Any] = self._call(
-            "POST", path, params=query(dry_run=dry_run, details=details)
-        )
-        return report
-
-    def cleanup_stats(self, *, include_orphaned: bool = False) -> dict[str, Any]:
-        stats: dict[str, Any] = self._call(
-            "GET", "/admin/cleanup/stats", params=query(include_orphaned=include_orphaned)
-        )
-        return stats
-
-    def audit_log(
-        self, *, action: str | None = None, page_size: int = 1000
-    ) -> Iterator[AuditEntry]:
-        """The audit log, newest first (of one action), page by page."""
-        for item in self._pages("/admin/audit", page_size, action=action):
-            yield audit_entry_of(item)
-
-    def verify(
-        self,
-        *,
-        session_id: str | None = None,
-        rate_mb_s: float | None = None,
-        repair: str | None = None,
-    ) -> dict[str, Any]:
-        """Re-hash stored bytes; flag (``repair="drop"``: delete) missing or corrupt ones."""
-        params = query(session_id=session_id, rate_mb_s=rate_mb_s, repair=repair)
-        report: dict[str, Any] = self._call("POST", "/admin/verify", params=params)
-        return report
-
-    # -- the worker API (a worker or admin key) -------------------------------------------
-
-    def claim_task(
-        self,
-        worker: str,
-        processors: Sequence[str],
-        *,
-        wait_s: float = 0,
-        ttl_s: float | None = None,
-    ) -> Claim | None:
-        """The oldest waiting task of the processors, claimed; None when none came within
-        ``wait_s``. Every call about it carries the claim's ID."""
-        body = query(worker=worker, processors=list(processors), ttl_s=ttl_s)
-        answer = self._call(
-            "POST",
-            "/worker/claim",
-            params=query(wait_s=wait_s),
-            json=body,
-            timeout=self._timeout + wait_s,
-        )
-        return None if answer is None else claim_of(answer)
-
-    def heartbeat(
-        self,
-        task_id: str,
-        claim_id: str,
-        *,
-        progress: tuple[int, int | None] | None = None,
-        ttl_s: float | None = None,
-    ) -> datetime:
-        """Renew the claim (and report progress); Conflict means stop: the claim is gone."""
-        body = query(
-            progress=None if progress is None else {"done": progress[0], "total": progress[1]},
-            ttl_s=ttl_s,
-        )
-        answer = self._call(
-            "POST", f"/worker/tasks/{seg(task_id)}/heartbeat", json=body, headers=_claim(claim_id)
-        )
-        return datetime.fromisoformat(answer["claimed_until"])
-
-    def iter_task_input(self, task_id: str, claim_id: str, artifact_id: str) -> Iterator[bytes]:
-        path = f"/worker/tasks/{seg(task_id)}/inputs/{seg(artifact_id)}/content"
-        return self._verified_chunks(path, f"input {artifact_id}", _claim(claim_id))
-
-    def download_task_input(
-        self, task_id: str, claim_id: str, artifact_id: str, dest: PathLike
-    ) -> Path:
-        """An input's bytes into ``dest``, verified as :meth:`download_artifact` does."""
-        return _into(dest, self.iter_task_input(task_id, claim_id, artifact_id))
-
-    def upload_task_output(
-        self,
-        task_id: str,
-        claim_id: str,
-        source: Source,
-        *,
-        name: str | None = None,
-        kind: str = "output",
-        content_type: str | None = None,
-        sha256: str | None = None,
-    ) -> Artifact:
-        """Store an output of the claimed task (streamed, its sha256 checked by the server)."""
-        body = outgoing(source, sha256)
-        params = {"name": name or body.name, "kind": kind, "content_type": content_type}
-        if not params["name"]:
-            raise InvalidInput("an output needs a name (only a path brings its own)")
-        answer = self._send(
-            f"/worker/tasks/{seg(task_id)}/outputs", body, params, headers=_claim(claim_id)
-        )
-        return artifact_of(answer)
-
-    def complete_task(
-        self, task_id: str, claim_id: str, result: Mapping[str, Any] | None = None
-    ) -> Task:
-        """Succeed with ``result``; the outputs uploaded under this claim become the task's."""
-        answer = self._call(
-            "POST",
-            f"/worker/tasks/{seg(task_id)}/complete",
-            json={"result": dict(result or {})},
-            headers=_claim(claim_id),
-        )
-        return task_of(answer)
-
-    def fail_task(self, task_id: str, claim_id: str, error: str, *, retry: bool = False) -> Task:
-        """Fail this attempt; with ``retry`` it is queued again while attempts remain."""
-        answer = self._call(
-            "POST",
-            f"/worker/tasks/{seg(task_id)}/fail",
-            json={"error": error, "retry": retry},
-            headers=_claim(claim_id),
-        )
-        return task_of(answer)
-
-    # -- health ---------------------------------------------------------------------------
-
-    def health(self) -> str:
-        """``ok`` while the server process answers."""
-        return str(self._call("GET", f"{self.endpoint.root}/healthz")["status"])
-
-    def ready(self) -> str:
-        """``ready`` when the database and blob store answer; Unavailable otherwise."""
-        return str(self._call("GET", f"{self.endpoint.root}/readyz")["status"])
-
-    def metrics(self) -> str:
-        """The Prometheus metrics, as text (an admin key, unless the server made them public)."""
-        try:
-            response = self._http.get(f"{self.endpoint.root}/metrics")
-        except httpx2.TransportError as exc:
-            raise unreachable(self.base_url, exc) from exc
-        if response.status_code >= 400:
-            raise error_of(response)
-        return response.text
-
-
-def _claim(claim_id: str) -> dict[str, str]:
-    return {"Ephemera-Claim": claim_id}
-
-
-def _into(dest: PathLike, chunks: Iterator[bytes]) -> Path:
-    def write_all(part: PartFile) -> None:
-        try:
-            for chunk in chunks:
-                part.write(chunk)
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
-
-    return into_file(dest, write_all)
