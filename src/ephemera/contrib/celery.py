@@ -30,12 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from celery import Celery, Task
-
 from ephemera.client import Client, HeldLease
 from ephemera.client.transfer import Source
 from ephemera.errors import InvalidInput
+from ephemera.extras import require
 from ephemera.models import Artifact
+
+# Without the extra, one clear line naming it rather than "No module named 'celery'".
+require("celery", "ephemera.contrib.celery")
+
+from celery import Celery, Task  # noqa: E402
 
 DEFAULT_LEASE_TTL_S = 60
 
