@@ -27,7 +27,16 @@ from typing import Any
 
 import httpx2
 
-from ephemera.client.common import POLL_S, Endpoint, answer_of, headers_for, query, seg, unreachable
+from ephemera.client.common import (
+    POLL_S,
+    Endpoint,
+    answer_of,
+    given,
+    headers_for,
+    query,
+    seg,
+    unreachable,
+)
 from ephemera.client.errors import WaitTimeout, error_of
 from ephemera.client.lease import AsyncHeldLease
 from ephemera.client.records import artifact_of, close_report_of, lease_of, session_of, task_of
@@ -111,7 +120,7 @@ class AsyncClient:
         idle_timeout_s: int | EllipsisType | None = ...,
         max_age_s: int | EllipsisType | None = ...,
     ) -> CreatedSession:
-        body: dict[str, Any] = query(id=id, label=label, metadata=metadata)
+        body: dict[str, Any] = given(id=id, label=label, metadata=metadata)
         if idle_timeout_s is not ...:
             body["idle_timeout_s"] = idle_timeout_s
         if max_age_s is not ...:
@@ -225,7 +234,7 @@ class AsyncClient:
         artifact_ids: Sequence[str] = (),
         holder: str = "",
     ) -> Lease:
-        body = query(ttl_s=ttl_s, holder=holder, artifact_ids=list(artifact_ids))
+        body = given(ttl_s=ttl_s, holder=holder, artifact_ids=list(artifact_ids))
         path = f"/sessions/{seg(session_id)}/leases"
         return lease_of(await self._call("POST", path, json=body))
 
@@ -233,7 +242,7 @@ class AsyncClient:
         self, session_id: str, lease_id: str, *, ttl_s: int | None = None
     ) -> Lease:
         path = f"/sessions/{seg(session_id)}/leases/{seg(lease_id)}/renew"
-        return lease_of(await self._call("POST", path, json=query(ttl_s=ttl_s)))
+        return lease_of(await self._call("POST", path, json=given(ttl_s=ttl_s)))
 
     async def release_lease(self, session_id: str, lease_id: str) -> None:
         await self._call("DELETE", f"/sessions/{seg(session_id)}/leases/{seg(lease_id)}")
@@ -269,7 +278,7 @@ class AsyncClient:
         max_attempts: int | None = None,
         reference_tokens: Mapping[str, str] | None = None,
     ) -> Task:
-        body = query(
+        body = given(
             processor=processor,
             inputs=[
                 i if isinstance(i, str) else {"session_id": i[0], "artifact_id": i[1]}

@@ -41,6 +41,11 @@ def seg(value: str) -> str:
     return quote(value, safe="")
 
 
+def given(**values: Any) -> dict[str, Any]:
+    """The fields of a JSON body that were given (None: left out, the server's default)."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
 def query(**values: Any) -> dict[str, Any]:
     """Query values without the ones left out; booleans as the API spells them."""
     return {

@@ -18,7 +18,7 @@ from types import EllipsisType
 from typing import Any
 
 from ephemera.client.admin import AdminMethods
-from ephemera.client.common import POLL_S, query, seg
+from ephemera.client.common import POLL_S, given, query, seg
 from ephemera.client.connection import write_verified
 from ephemera.client.errors import WaitTimeout
 from ephemera.client.lease import HeldLease
@@ -72,7 +72,7 @@ class Client(AdminMethods, WorkerMethods):
     ) -> CreatedSession:
         """A new session and its token (shown once). Timeouts left out take the server's
         defaults; ``None`` means never."""
-        body: dict[str, Any] = query(id=id, label=label, metadata=metadata)
+        body: dict[str, Any] = given(id=id, label=label, metadata=metadata)
         if idle_timeout_s is not ...:
             body["idle_timeout_s"] = idle_timeout_s
         if max_age_s is not ...:
@@ -197,13 +197,13 @@ class Client(AdminMethods, WorkerMethods):
         holder: str = "",
     ) -> Lease:
         """Protect the session (or only the named artifacts) until the lease expires."""
-        body = query(ttl_s=ttl_s, holder=holder, artifact_ids=list(artifact_ids))
+        body = given(ttl_s=ttl_s, holder=holder, artifact_ids=list(artifact_ids))
         return lease_of(self._call("POST", f"/sessions/{seg(session_id)}/leases", json=body))
 
     def renew_lease(self, session_id: str, lease_id: str, *, ttl_s: int | None = None) -> Lease:
         """Extend a valid lease; Conflict once it has expired."""
         path = f"/sessions/{seg(session_id)}/leases/{seg(lease_id)}/renew"
-        return lease_of(self._call("POST", path, json=query(ttl_s=ttl_s)))
+        return lease_of(self._call("POST", path, json=given(ttl_s=ttl_s)))
 
     def release_lease(self, session_id: str, lease_id: str) -> None:
         self._call("DELETE", f"/sessions/{seg(session_id)}/leases/{seg(lease_id)}")
@@ -249,7 +249,7 @@ class Client(AdminMethods, WorkerMethods):
     ) -> Task:
         """Queue processing of ``inputs`` (artifact IDs of the session, or (session ID,
         artifact ID) of reference data, whose token goes in ``reference_tokens``)."""
-        body = query(
+        body = given(
             processor=processor,
             inputs=[
                 i if isinstance(i, str) else {"session_id": i[0], "artifact_id": i[1]}

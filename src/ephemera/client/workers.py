@@ -7,7 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ephemera.client.common import query, seg
+from ephemera.client.common import given, query, seg
 from ephemera.client.connection import Connection, write_verified
 from ephemera.client.records import artifact_of, claim_of, task_of
 from ephemera.client.transfer import PathLike, Source, outgoing
@@ -28,7 +28,7 @@ class WorkerMethods(Connection):
     ) -> Claim | None:
         """The oldest waiting task of the processors, claimed; None when none came within
         ``wait_s``. Every call about it carries the claim's ID."""
-        body = query(worker=worker, processors=list(processors), ttl_s=ttl_s)
+        body = given(worker=worker, processors=list(processors), ttl_s=ttl_s)
         answer = self._call(
             "POST",
             "/worker/claim",
@@ -47,7 +47,7 @@ class WorkerMethods(Connection):
         ttl_s: float | None = None,
     ) -> datetime:
         """Renew the claim (and report progress); Conflict means stop: the claim is gone."""
-        body = query(
+        body = given(
             progress=None if progress is None else {"done": progress[0], "total": progress[1]},
             ttl_s=ttl_s,
         )
