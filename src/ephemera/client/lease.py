@@ -6,6 +6,7 @@ renewed in time, or that the server no longer knows, is *lost*: ``lost`` is set 
 block can look, or call :meth:`check` between steps), and leaving the block raises
 :class:`~ephemera.client.errors.LeaseLost`, because what the block did after that moment was
 no longer protected. An exception from the block itself is never replaced: it gets a note.
+A release that fails is logged: the lease then ends at its TTL.
 """
 
 from __future__ import annotations
@@ -68,14 +69,16 @@ class _Held:
         return None
 
     def _exit(self, exc: BaseException | None, release_error: EphemeraError | None) -> None:
-        problems = [e for e in (self.error, release_error) if e is not None]
-        if not problems:
+        if release_error is not None:
+            # The work is done and the lease ends at its TTL anyway: worth a warning (cleanup
+            # waits that long), not an error that would undo a finished block.
+            log.warning("lease %s: not released (%s)", self.lease.id, release_error.message)
+        if self.error is None:
             return
         if exc is not None:
-            for problem in problems:
-                exc.add_note(f"ephemera: {problem.message}")
+            exc.add_note(f"ephemera: {self.error.message}")
             return
-        raise problems[0]
+        raise self.error
 
 
 class HeldLease(_Held):
