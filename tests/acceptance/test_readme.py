@@ -19,8 +19,10 @@ pytestmark = pytest.mark.slow
 README = Path(__file__).parents[2] / "README.md"
 
 
-def blocks(language: str) -> list[str]:
-    return re.findall(rf"```{language}\n(.*?)```", README.read_text(), re.S)
+def blocks(language: str, text: str | None = None) -> list[str]:
+    return re.findall(
+        rf"```{language}\n(.*?)```", README.read_text() if text is None else text, re.S
+    )
 
 
 def section(heading: str) -> str:
@@ -40,9 +42,27 @@ def test_the_readme_opens_with_the_two_commands() -> None:
 
 def test_the_quick_start_works_as_written(tmp_path: Path) -> None:
     # Run where `make serve` would: ./ephemera-data beside the commands, port 8000 rewritten.
+    client_block, library_block = blocks("python", section("Quick start"))
+    [curl_block] = blocks("sh", section("Quick start"))
     server = Server(tmp_path / "ephemera-data").start()
     try:
-        script = blocks("sh")[1].replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
+        with_client = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                client_block.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}"),
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert with_client.returncode == 0, with_client.stderr
+        assert with_client.stdout.splitlines()[:2] == ["identical", "3 artifacts"]
+        assert "CloseReport(closed=True" in with_client.stdout
+        assert "artifact_count=3" in with_client.stdout
+
+        script = curl_block.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
         shell = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", script],
             cwd=tmp_path,
@@ -58,7 +78,7 @@ def test_the_quick_start_works_as_written(tmp_path: Path) -> None:
         server.stop()
 
     library = subprocess.run(
-        [sys.executable, "-c", blocks("python")[0]],
+        [sys.executable, "-c", library_block],
         cwd=tmp_path,
         capture_output=True,
         text=True,
