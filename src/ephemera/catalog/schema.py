@@ -255,3 +255,17 @@ import_ledger = Table(
     Index(None, "session_id", "source_key", "id"),
     Index(None, "session_id", "artifact_id"),
 )
+
+# The keys that sign download links. Kept here so that every replica signs and verifies with
+# the same keys and no setting has to be shared. The newest key not revoked signs; every key
+# not revoked verifies. A revoked key keeps its row (its ID is never issued again) but loses
+# its secret.
+link_keys = Table(
+    "link_keys",
+    metadata,
+    Column("id", String(16), primary_key=True),
+    Column("secret", String(64)),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime()),
+    Index(None, "created_at"),
+)

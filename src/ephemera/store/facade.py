@@ -14,6 +14,7 @@ of a dead one). Closing, recovery, removal, cleanup and verification are the eng
 ``store.imports``      files imported exactly once: the import ledger, follow-up tasks
 ``store.artifacts``    look up, list, read, retain and delete artifacts
 ``store.leases``       take, renew, release and list leases
+``store.links``        signed download links and the keys that sign them
 ``store.tasks``        the submitting side of tasks, and the enabled processors
 ``store.work``         the worker's side: claim, heartbeat, inputs, outputs, the end
 ``store.audit``        the audit log
@@ -96,6 +97,7 @@ from ephemera.store import (
     keys,
     leases,
     limits,
+    links,
     sessions,
     tasks,
     uploads,
@@ -109,7 +111,7 @@ from ephemera.volume import Volume
 log = logging.getLogger("ephemera.store")
 
 
-class Store(imports.ImportMethods):
+class Store(imports.ImportMethods, links.LinkMethods):
     """Sessions and artifacts. Thread-safe: every call takes its own database connection.
 
     The import ledger's methods (``import_file``, ``begin_import``, ``finish_import``,

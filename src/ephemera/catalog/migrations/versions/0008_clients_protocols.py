@@ -6,10 +6,10 @@ Revises: 0007
 
 from __future__ import annotations
 
-import sqlalchemy as sa  # noqa: F401  (each part below adds its own tables)
-from alembic import op  # noqa: F401
+import sqlalchemy as sa
+from alembic import op
 
-from ephemera.catalog.schema import UTCDateTime  # noqa: F401
+from ephemera.catalog.schema import UTCDateTime
 
 revision = "0008"
 down_revision = "0007"
@@ -66,8 +66,17 @@ def _downgrade_idempotency() -> None:
 
 
 def _upgrade_link_keys() -> None:
-    pass
+    op.create_table(
+        "link_keys",
+        sa.Column("id", sa.String(16), nullable=False),
+        sa.Column("secret", sa.String(64)),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("revoked_at", UTCDateTime()),
+        sa.PrimaryKeyConstraint("id", name="pk_link_keys"),
+    )
+    op.create_index("ix_link_keys_created_at", "link_keys", ["created_at"])
 
 
 def _downgrade_link_keys() -> None:
-    pass
+    op.drop_index("ix_link_keys_created_at", table_name="link_keys")
+    op.drop_table("link_keys")
