@@ -28,7 +28,7 @@ def signing_link_key(db: Database) -> LinkKey | None:
         row = conn.execute(
             select(link_keys)
             .where(link_keys.c.revoked_at.is_(None))
-            .order_by(link_keys.c.created_at.desc(), link_keys.c.id.desc())
+            .order_by(link_keys.c.seq.desc())
             .limit(1)
         ).first()
     return None if row is None else _model(row)
@@ -47,9 +47,7 @@ def list_link_keys(db: Database) -> list[LinkKey]:
     """Every key, revoked ones included, newest first; without their secrets."""
     columns = (link_keys.c.id, link_keys.c.created_at, link_keys.c.revoked_at)
     with db.read() as conn:
-        rows = conn.execute(
-            select(*columns).order_by(link_keys.c.created_at.desc(), link_keys.c.id.desc())
-        ).all()
+        rows = conn.execute(select(*columns).order_by(link_keys.c.seq.desc())).all()
     return [LinkKey(id=r.id, created_at=r.created_at, revoked_at=r.revoked_at) for r in rows]
 
 

@@ -257,15 +257,16 @@ import_ledger = Table(
 )
 
 # The keys that sign download links. Kept here so that every replica signs and verifies with
-# the same keys and no setting has to be shared. The newest key not revoked signs; every key
-# not revoked verifies. A revoked key keeps its row (its ID is never issued again) but loses
-# its secret.
+# the same keys and no setting has to be shared. The newest key (highest ``seq``) not revoked
+# signs; every key not revoked verifies. A revoked key keeps its row (its ID is never issued
+# again) but loses its secret.
 link_keys = Table(
     "link_keys",
     metadata,
-    Column("id", String(16), primary_key=True),
+    # The order of issue: clocks of replicas (and a test's clock) may tie or disagree.
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(16), nullable=False, unique=True),
     Column("secret", String(64)),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("revoked_at", UTCDateTime()),
-    Index(None, "created_at"),
 )

@@ -156,6 +156,16 @@ def links_router(store: Store) -> APIRouter:
         link, artifact = open_link(session_id, artifact_id, request)
         return serve_artifact(store, artifact, request, link.disposition)
 
+    @router.api_route(
+        "/links/{mangled:path}",
+        methods=["GET", "HEAD"],
+        include_in_schema=False,
+        dependencies=[Depends(link_gate)],
+    )
+    def mangled_link(mangled: str) -> Response:
+        # A link whose path lost or gained a segment is a changed link like any other.
+        raise store.refuse_link()
+
     return router
 
 

@@ -246,6 +246,10 @@ class LinkMethods:
             endpoint_url=self.context.settings.s3_public_endpoint,
         )
 
+    def refuse_link(self) -> LinkRefused:
+        """The one refusal of every link that does not open anything."""
+        return _refused()
+
     def rotate_link_key(self) -> LinkKey:
         """A new signing key: links are signed with it from now on; older keys still verify."""
         return new_key(self.context)

@@ -68,15 +68,15 @@ def _downgrade_idempotency() -> None:
 def _upgrade_link_keys() -> None:
     op.create_table(
         "link_keys",
+        sa.Column("seq", sa.Integer(), autoincrement=True, nullable=False),
         sa.Column("id", sa.String(16), nullable=False),
         sa.Column("secret", sa.String(64)),
         sa.Column("created_at", UTCDateTime(), nullable=False),
         sa.Column("revoked_at", UTCDateTime()),
-        sa.PrimaryKeyConstraint("id", name="pk_link_keys"),
+        sa.PrimaryKeyConstraint("seq", name="pk_link_keys"),
+        sa.UniqueConstraint("id", name="uq_link_keys_id"),
     )
-    op.create_index("ix_link_keys_created_at", "link_keys", ["created_at"])
 
 
 def _downgrade_link_keys() -> None:
-    op.drop_index("ix_link_keys_created_at", table_name="link_keys")
     op.drop_table("link_keys")
