@@ -271,7 +271,7 @@ class S3BlobStore:
         self.region = region
         self._root = f"{self.prefix}/" if self.prefix else ""
         self._client: Any = None
-        # Clients that sign URLs for another endpoint than the store's, by endpoint.
+        # Clients that presign URLs, by the endpoint they sign for.
         self._signers: dict[str, Any] = {}
 
     @classmethod
@@ -328,15 +328,17 @@ class S3BlobStore:
             )
 
     def _signer(self, endpoint_url: str | None) -> Any:
-        if not endpoint_url or endpoint_url == self.endpoint_url:
-            return self.client()
+        endpoint_url = endpoint_url or self.endpoint_url
         with _CLIENT_LOCK:
-            signer = self._signers.get(endpoint_url)
+            signer = self._signers.get(endpoint_url or "")
             if signer is None:
-                signer = self._signers[endpoint_url] = self._make_client(endpoint_url)
+                signer = self._make_client(endpoint_url, signature_version="s3v4")
+                self._signers[endpoint_url or ""] = signer
         return signer
 
-    def _make_client(self, endpoint_url: str | None = None) -> Any:
+    def _make_client(
+        self, endpoint_url: str | None = None, signature_version: str | None = None
+    ) -> Any:
         endpoint_url = endpoint_url or self.endpoint_url
         options: dict[str, Any] = {
             "max_pool_connections": MAX_CONNECTIONS,
@@ -348,6 +350,10 @@ class S3BlobStore:
         if endpoint_url:
             # Self-hosted servers rarely resolve bucket subdomains of their endpoint.
             options["s3"] = {"addressing_style": "path"}
+        if signature_version:
+            # Presigned URLs would otherwise be SigV2 in some regions: SigV4 bounds their
+            # life (X-Amz-Expires) and is the one every S3-compatible server takes.
+            options["signature_version"] = signature_version
         try:
             session = botocore.session.Session()
             session.register_component("data_loader", _LOADER)
