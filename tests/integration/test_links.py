@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
@@ -388,3 +389,24 @@ def test_refused_links_count_as_failed_authentications(
         assert [e.action for e in store.audit_log(action="auth.throttled").items] == [
             "auth.throttled"
         ]
+
+
+def test_a_link_made_by_a_mounted_api_carries_the_mount_path(store: Store) -> None:
+    host = FastAPI()
+    host.mount("/files", create_app(store))
+    with TestClient(host) as client:
+        admin = bearer(store.create_key("mounted"))
+        sid = client.post("/files/api/v1/sessions", json={}, headers=admin).json()["id"]
+        artifact = client.post(
+            f"/files/api/v1/sessions/{sid}/artifacts",
+            params={"name": "a.bin"},
+            content=DATA,
+            headers=admin,
+        ).json()
+        url = client.post(
+            f"/files/api/v1/sessions/{sid}/artifacts/{artifact['id']}/links",
+            json={"expires_in_s": 60},
+            headers=admin,
+        ).json()["url"]
+        assert urlsplit(url).path.startswith("/files/api/v1/links/")
+        assert client.get(url).content == DATA
