@@ -112,6 +112,7 @@ class Settings(BaseSettings):
     )
     s3_public_endpoint: str | None = Field(
         None,
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
         description="The S3 endpoint as clients reach it, for presigned URLs (default: the "
         "blob URL's endpoint)",
     )
