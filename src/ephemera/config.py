@@ -101,6 +101,21 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(
         False, description="Serve /metrics without an admin key (on a private scrape network)"
     )
+    # -- download links -----------------------------------------------------------------------
+    link_max_ttl_s: int = Field(
+        7 * 86400, ge=1, le=MAX_TIMEOUT_S, description="Longest life of a signed download link"
+    )
+    link_redirect: bool = Field(
+        False,
+        description="On S3, answer a download link with a redirect to a presigned URL of the "
+        "bucket instead of streaming the bytes through the server",
+    )
+    s3_public_endpoint: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="The S3 endpoint as clients reach it, for presigned URLs (default: the "
+        "blob URL's endpoint)",
+    )
     # -- integrity ----------------------------------------------------------------------------
     scrub_period_s: int = Field(
         7 * 86400,

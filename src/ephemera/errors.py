@@ -48,6 +48,13 @@ class Forbidden(EphemeraError):
     code = "forbidden"
 
 
+class LinkRefused(Forbidden):
+    """A download link that does not open anything: tampered with, expired, or signed by a
+    revoked key, as one (the answer never says which). Counted as a failed authentication."""
+
+    code = "link_refused"
+
+
 class Conflict(EphemeraError):
     code = "conflict"
 

@@ -276,3 +276,14 @@ class Imported:
 
     entry: ImportEntry
     created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LinkKey:
+    """A key that signs download links: the newest one not revoked signs, every one not
+    revoked verifies. The secret never leaves the catalog and the store."""
+
+    id: str
+    created_at: datetime
+    revoked_at: datetime | None
+    secret: bytes | None = field(default=None, repr=False)

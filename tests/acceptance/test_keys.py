@@ -29,8 +29,13 @@ TASK = "01a1fd3f-147d-75e5-bd31-fe6998c9f3b0"
 ARTIFACT = "01a1fd3f-147d-75e5-bd31-fe6998c9f3b1"
 LEASE = "01a1fd3f-147d-75e5-bd31-fe6998c9f3b2"
 
-# Routes that take no credentials at all: they describe the API and hold nothing of a session.
-PUBLIC_ROUTES = {("GET", "/processors"), ("GET", "/processors/{name}")}
+# Routes that take no credentials at all: they describe the API and hold nothing of a session,
+# or, for a download link, the link is the credential.
+PUBLIC_ROUTES = {
+    ("GET", "/processors"),
+    ("GET", "/processors/{name}"),
+    ("GET", "/links/{session_id}/{artifact_id}"),
+}
 
 # Every other route but session creation, with a request valid apart from its credentials.
 OTHER_ROUTES: dict[tuple[str, str], dict[str, Any]] = {
@@ -44,6 +49,9 @@ OTHER_ROUTES: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/sessions/{session_id}/artifacts/{artifact_id}/content"): {},
     ("PUT", "/sessions/{session_id}/artifacts/{artifact_id}/retention"): {
         "json": {"retain_until": None}
+    },
+    ("POST", "/sessions/{session_id}/artifacts/{artifact_id}/links"): {
+        "json": {"expires_in_s": 60}
     },
     ("POST", "/sessions/{session_id}/imports"): {
         "params": {"source": "host:/in", "path": "a.txt", "size": 1, "mtime_ns": 1},
@@ -68,6 +76,9 @@ OTHER_ROUTES: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/admin/audit"): {},
     ("GET", "/admin/sessions"): {},
     ("POST", "/admin/verify"): {},
+    ("POST", "/admin/link-keys"): {},
+    ("GET", "/admin/link-keys"): {},
+    ("DELETE", "/admin/link-keys/{key_id}"): {},
     ("POST", "/worker/claim"): {"json": CLAIM_BODY},
     ("POST", "/worker/tasks/{task_id}/heartbeat"): {"json": {}},
     ("GET", "/worker/tasks/{task_id}/inputs/{artifact_id}/content"): {},
@@ -114,7 +125,12 @@ def call(
 ) -> httpx.Response:
     method, template = route
     path = template.format(
-        session_id=sid, artifact_id=ARTIFACT, lease_id=LEASE, task_id=TASK, operation="all"
+        session_id=sid,
+        artifact_id=ARTIFACT,
+        lease_id=LEASE,
+        task_id=TASK,
+        operation="all",
+        key_id="k",
     )
     return client.request(method, API + path, headers={**headers, **CLAIM}, **OTHER_ROUTES[route])
 

@@ -133,6 +133,26 @@ class RangedReads(Protocol):
 
 
 @runtime_checkable
+class PresignedReads(Protocol):
+    """Capability: a URL that reads one blob without credentials until it expires."""
+
+    def presigned_get(
+        self,
+        key: str,
+        expires_in_s: int,
+        *,
+        content_type: str,
+        content_disposition: str,
+        endpoint_url: str | None = None,
+    ) -> str:
+        """A GET URL of ``key`` valid for ``expires_in_s``, answered with these headers.
+
+        ``endpoint_url``: the store's address as the URL's users reach it (default: the
+        store's own). Signing needs no request to the store."""
+        ...
+
+
+@runtime_checkable
 class CreatesContainer(Protocol):
     """Capability: the store lives in a container (a bucket) that can be created."""
 

@@ -271,6 +271,8 @@ class S3BlobStore:
         self.region = region
         self._root = f"{self.prefix}/" if self.prefix else ""
         self._client: Any = None
+        # Clients that presign URLs, by the endpoint they sign for.
+        self._signers: dict[str, Any] = {}
 
     @classmethod
     def from_url(cls, url: str) -> S3BlobStore:
@@ -299,7 +301,45 @@ class S3BlobStore:
                 client = self._client
         return client
 
-    def _make_client(self) -> Any:
+    def presigned_get(
+        self,
+        key: str,
+        expires_in_s: int,
+        *,
+        content_type: str,
+        content_disposition: str,
+        endpoint_url: str | None = None,
+    ) -> str:
+        """A presigned GetObject URL; the answer carries these type and disposition headers.
+
+        A signature covers the host, so a URL for clients that reach the store under another
+        name (``endpoint_url``) is signed by a client made for that name."""
+        params = {
+            "Bucket": self.bucket,
+            "Key": self.object_key(key),
+            "ResponseContentType": content_type,
+            "ResponseContentDisposition": content_disposition,
+        }
+        with _translated(f"cannot sign a URL for blob {key}"):
+            return str(
+                self._signer(endpoint_url).generate_presigned_url(
+                    "get_object", Params=params, ExpiresIn=expires_in_s
+                )
+            )
+
+    def _signer(self, endpoint_url: str | None) -> Any:
+        endpoint_url = endpoint_url or self.endpoint_url
+        with _CLIENT_LOCK:
+            signer = self._signers.get(endpoint_url or "")
+            if signer is None:
+                signer = self._make_client(endpoint_url, signature_version="s3v4")
+                self._signers[endpoint_url or ""] = signer
+        return signer
+
+    def _make_client(
+        self, endpoint_url: str | None = None, signature_version: str | None = None
+    ) -> Any:
+        endpoint_url = endpoint_url or self.endpoint_url
         options: dict[str, Any] = {
             "max_pool_connections": MAX_CONNECTIONS,
             # Flexible checksums only where the API requires them: S3-compatible servers
@@ -307,15 +347,19 @@ class S3BlobStore:
             "request_checksum_calculation": "when_required",
             "response_checksum_validation": "when_required",
         }
-        if self.endpoint_url:
+        if endpoint_url:
             # Self-hosted servers rarely resolve bucket subdomains of their endpoint.
             options["s3"] = {"addressing_style": "path"}
+        if signature_version:
+            # Presigned URLs would otherwise be SigV2 in some regions: SigV4 bounds their
+            # life (X-Amz-Expires) and is the one every S3-compatible server takes.
+            options["signature_version"] = signature_version
         try:
             session = botocore.session.Session()
             session.register_component("data_loader", _LOADER)
             return boto3.session.Session(botocore_session=session).client(
                 "s3",
-                endpoint_url=self.endpoint_url,
+                endpoint_url=endpoint_url,
                 region_name=self.region,
                 config=Config(**options),
             )

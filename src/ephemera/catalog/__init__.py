@@ -27,6 +27,7 @@ from ephemera.catalog import (
     imports,
     keys,
     leases,
+    linkkeys,
     locks,
     migrate,
     orphans,
@@ -57,6 +58,7 @@ from ephemera.models import (
     ImportEntry,
     ImportOrigin,
     Lease,
+    LinkKey,
     Session,
     Task,
     TaskInput,
@@ -504,6 +506,23 @@ class Catalog:
 
     def prune_keys(self, now: datetime) -> int:
         return idempotency.prune(self._db, now)
+
+    # -- link signing keys ----------------------------------------------------------------
+
+    def insert_link_key(self, key_id: str, secret: bytes, now: datetime) -> None:
+        linkkeys.insert_link_key(self._db, key_id, secret, now)
+
+    def signing_link_key(self) -> LinkKey | None:
+        return linkkeys.signing_link_key(self._db)
+
+    def find_link_key(self, key_id: str) -> LinkKey | None:
+        return linkkeys.find_link_key(self._db, key_id)
+
+    def list_link_keys(self) -> list[LinkKey]:
+        return linkkeys.list_link_keys(self._db)
+
+    def revoke_link_key(self, key_id: str, now: datetime) -> bool:
+        return linkkeys.revoke_link_key(self._db, key_id, now)
 
     # -- locks ----------------------------------------------------------------------------
 

@@ -276,3 +276,18 @@ idempotency_keys = Table(
     Column("expires_at", UTCDateTime(), nullable=False),
     Index(None, "expires_at"),
 )
+
+# The keys that sign download links. Kept here so that every replica signs and verifies with
+# the same keys and no setting has to be shared. The newest key (highest ``seq``) not revoked
+# signs; every key not revoked verifies. A revoked key keeps its row (its ID is never issued
+# again) but loses its secret.
+link_keys = Table(
+    "link_keys",
+    metadata,
+    # The order of issue: clocks of replicas (and a test's clock) may tie or disagree.
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("id", String(16), nullable=False, unique=True),
+    Column("secret", String(64)),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("revoked_at", UTCDateTime()),
+)

@@ -5,13 +5,23 @@ Importing the command modules registers their commands on :data:`app`.
 
 from __future__ import annotations
 
-from ephemera.cli import importing, keys, maintenance, processors, serve, sessions, verify
+from ephemera.cli import (
+    importing,
+    keys,
+    linkkeys,
+    maintenance,
+    processors,
+    serve,
+    sessions,
+    verify,
+)
 from ephemera.cli.app import app
 
 __all__ = [
     "app",
     "importing",
     "keys",
+    "linkkeys",
     "main",
     "maintenance",
     "processors",

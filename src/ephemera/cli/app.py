@@ -30,10 +30,16 @@ client_keys_app = typer.Typer(
     rich_markup_mode=HELP_STYLE,
     help="Manage keys of client apps (they may only create sessions).",
 )
+link_keys_app = typer.Typer(
+    no_args_is_help=True,
+    rich_markup_mode=HELP_STYLE,
+    help="Manage the keys that sign download links.",
+)
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(keys_app, name="admin-key")
 app.add_typer(worker_keys_app, name="worker-key")
 app.add_typer(client_keys_app, name="client-key")
+app.add_typer(link_keys_app, name="link-key")
 
 
 def _print_version(value: bool) -> None:

@@ -19,6 +19,7 @@ from ephemera.errors import EphemeraError, Forbidden, Unauthenticated
 from ephemera.http.admin import admin_router
 from ephemera.http.credentials import bearer
 from ephemera.http.errors import error_response, install_error_handlers
+from ephemera.http.links import link_keys_router, links_router
 from ephemera.http.openapi import install_openapi, operation_id
 from ephemera.http.processors import processors_router
 from ephemera.http.ratelimit import auth_failures
@@ -52,6 +53,8 @@ def create_app(store: Store) -> FastAPI:
     app.include_router(admin_router(store), prefix=API_PREFIX)
     app.include_router(worker_router(store), prefix=API_PREFIX)
     app.include_router(processors_router(store), prefix=API_PREFIX)
+    app.include_router(links_router(store), prefix=API_PREFIX)
+    app.include_router(link_keys_router(store), prefix=API_PREFIX)
 
     @app.get(
         "/metrics",

@@ -74,9 +74,9 @@ def as_json(model: BaseModel, status: int) -> Response:
     return Response(model.model_dump_json(), status_code=status, media_type="application/json")
 
 
-def content_disposition(name: str) -> str:
+def content_disposition(name: str, disposition: str = "attachment") -> str:
     fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\;' else "_" for c in name)
-    return f"attachment; filename=\"{fallback or 'download'}\"; filename*=UTF-8''{quote(name)}"
+    return f"{disposition}; filename=\"{fallback or 'download'}\"; filename*=UTF-8''{quote(name)}"
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
@@ -467,12 +467,14 @@ def api_router(store: Store) -> APIRouter:
     return router
 
 
-def serve_artifact(store: Store, artifact: Artifact, request: Request) -> Response:
+def serve_artifact(
+    store: Store, artifact: Artifact, request: Request, disposition: str = "attachment"
+) -> Response:
     """The stored bytes, exactly: ETag is the sha256; Range and If-None-Match work."""
     # Before any answer that carries the ETag, a 304 included: the sha256 no longer vouches.
     store.check_intact(artifact)
     etag = f'"{artifact.sha256}"'
-    headers = _download_headers(artifact, etag)
+    headers = _download_headers(artifact, etag, disposition)
     if _etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     wanted = _byte_range(request, etag, artifact.size)
@@ -582,10 +584,10 @@ class _RangedFile(FileResponse):
         await super().__call__({**scope, "headers": headers}, receive, send)
 
 
-def _download_headers(artifact: Artifact, etag: str) -> dict[str, str]:
+def _download_headers(artifact: Artifact, etag: str, disposition: str) -> dict[str, str]:
     return {
         "etag": etag,
-        "content-disposition": content_disposition(artifact.name),
+        "content-disposition": content_disposition(artifact.name, disposition),
         "x-content-type-options": "nosniff",
         # Stored content is the client's, not ours: never let a browser run it as a page.
         "content-security-policy": "sandbox",

@@ -15,6 +15,7 @@ of a dead one). Closing, recovery, removal, cleanup and verification are the eng
 ``store.artifacts``    look up, list, read, retain and delete artifacts
 ``store.leases``       take, renew, release and list leases
 ``store.idempotency``  Idempotency-Key: reserve, replay or refuse, complete with the resource
+``store.links``        signed download links and the keys that sign them
 ``store.tasks``        the submitting side of tasks, and the enabled processors
 ``store.work``         the worker's side: claim, heartbeat, inputs, outputs, the end
 ``store.audit``        the audit log
@@ -98,6 +99,7 @@ from ephemera.store import (
     keys,
     leases,
     limits,
+    links,
     sessions,
     tasks,
     uploads,
@@ -112,7 +114,7 @@ from ephemera.volume import Volume
 log = logging.getLogger("ephemera.store")
 
 
-class Store(imports.ImportMethods):
+class Store(imports.ImportMethods, links.LinkMethods):
     """Sessions and artifacts. Thread-safe: every call takes its own database connection.
 
     The import ledger's methods (``import_file``, ``begin_import``, ``finish_import``,

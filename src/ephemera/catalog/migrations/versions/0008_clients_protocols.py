@@ -78,8 +78,17 @@ def _downgrade_idempotency() -> None:
 
 
 def _upgrade_link_keys() -> None:
-    pass
+    op.create_table(
+        "link_keys",
+        sa.Column("seq", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("id", sa.String(16), nullable=False),
+        sa.Column("secret", sa.String(64)),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("revoked_at", UTCDateTime()),
+        sa.PrimaryKeyConstraint("seq", name="pk_link_keys"),
+        sa.UniqueConstraint("id", name="uq_link_keys_id"),
+    )
 
 
 def _downgrade_link_keys() -> None:
-    pass
+    op.drop_table("link_keys")
