@@ -276,3 +276,14 @@ class Imported:
 
     entry: ImportEntry
     created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of a session's event log; ``id`` orders the log and resumes a stream."""
+
+    id: int
+    session_id: str
+    type: str
+    data: dict[str, Any]
+    at: datetime

@@ -4,7 +4,8 @@
 a function in the module that owns the concept: ``db`` (engine, transactions, error
 translation), ``migrate``, ``sessions``, ``artifacts``, ``leases``, ``tasks``, ``sweeps``
 (which records a cleanup selects), ``orphans``, ``verification``, ``stats``, ``audit``,
-``keys``, ``locks`` and ``imports`` (the import ledger); ``rows`` builds models from rows,
+``keys``, ``locks``, ``imports`` (the import ledger) and ``events`` (the event log; with
+``notify``, the wake-ups after a commit); ``rows`` builds models from rows,
 ``predicates`` holds the conditions they share and ``usage`` counts what a session holds.
 The facade is long only because it lists every operation; the SQL and the reasons for it are
 in those modules.
@@ -22,6 +23,7 @@ from ephemera.catalog import (
     artifacts,
     audit,
     db,
+    events,
     imports,
     keys,
     leases,
@@ -35,7 +37,9 @@ from ephemera.catalog import (
     verification,
 )
 from ephemera.catalog.db import Database, open_database
+from ephemera.catalog.events import Start
 from ephemera.catalog.locks import AdvisoryLocks
+from ephemera.catalog.notify import TASKS, Notifier, PgListener, Wakeup, session_topic
 from ephemera.catalog.predicates import RESULT_KINDS
 from ephemera.catalog.sweeps import (
     ArtifactRule,
@@ -51,6 +55,7 @@ from ephemera.models import (
     Artifact,
     AuditEntry,
     Claim,
+    Event,
     ImportEntry,
     ImportOrigin,
     Lease,
@@ -67,6 +72,10 @@ class Catalog:
     def __init__(self, database: Database) -> None:
         self._db = database
         self._advisory = AdvisoryLocks(database.engine)
+        self._listener: PgListener | None = None
+        # Wake-ups after commits; on PostgreSQL a listener joins in at the first subscriber.
+        self.notifier = Notifier(self._listen if database.dialect == "postgresql" else None)
+        database.committed = self.notifier.publish
 
     @classmethod
     def open(
@@ -92,8 +101,14 @@ class Catalog:
         return self._db.engine
 
     def dispose(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
         self.release_locks()
         self._db.engine.dispose()
+
+    def _listen(self) -> None:
+        self._listener = PgListener(self._db.engine, self.notifier)
+        self._listener.start()
 
     # -- schema ---------------------------------------------------------------------------
 
@@ -477,6 +492,19 @@ class Catalog:
     def count_admin_keys(self) -> int:
         return keys.count_admin_keys(self._db)
 
+    # -- the event log --------------------------------------------------------------------
+
+    def event_start(self, session_id: str) -> Start | None:
+        return events.start(self._db, session_id)
+
+    def read_events(
+        self, session_id: str, after: int, limit: int
+    ) -> tuple[list[Event], int | None]:
+        return events.read(self._db, session_id, after, limit)
+
+    def prune_events(self, cutoff: datetime, batch: int = 10_000) -> int:
+        return events.prune(self._db, cutoff, batch)
+
     # -- locks ----------------------------------------------------------------------------
 
     def try_lock(self, name: str, holder: str, now: datetime, until: datetime) -> bool:
@@ -488,12 +516,16 @@ class Catalog:
 
 __all__: Sequence[str] = [
     "RESULT_KINDS",
+    "TASKS",
     "ArtifactRule",
     "ArtifactSweep",
     "Candidate",
     "Catalog",
     "SessionRule",
     "SessionSweep",
+    "Start",
     "Stored",
+    "Wakeup",
+    "session_topic",
     "task_producer",
 ]

@@ -16,6 +16,7 @@ of a dead one). Closing, recovery, removal, cleanup and verification are the eng
 ``store.leases``       take, renew, release and list leases
 ``store.tasks``        the submitting side of tasks, and the enabled processors
 ``store.work``         the worker's side: claim, heartbeat, inputs, outputs, the end
+``store.events``       following a session's events (live streams, reconnects, pruning)
 ``store.audit``        the audit log
 ``store.limits``       the bounds on labels, timeouts, metadata and page sizes
 ``store.paging``       pages of a listing
@@ -92,6 +93,7 @@ from ephemera.store import (
     access,
     artifacts,
     audit,
+    events,
     imports,
     keys,
     leases,
@@ -696,6 +698,23 @@ class Store(imports.ImportMethods):
             log.warning("output %s left deleting: %s", artifact_id, error, extra={"action": "task"})
 
     # -- cleanup, audit, stats ------------------------------------------------------------
+
+    # -- live events ----------------------------------------------------------------------
+
+    def open_events(
+        self, session_id: str, credential: str, last_event_id: int | None = None
+    ) -> events.EventFeed:
+        """A feed of the session's events after ``last_event_id`` (None: from now on).
+
+        ``credential`` is the session's token, or an admin key that :meth:`authenticate`
+        accepted; a token that no longer opens the session is NotFound. See
+        :mod:`ephemera.store.events`.
+        """
+        return events.open_feed(self.context, session_id, credential, last_event_id)
+
+    def prune_events(self) -> int:
+        """Remove events older than ``event_retention_s``; how many were removed."""
+        return events.prune(self.context, self.clock.now())
 
     def cleanup(
         self,
