@@ -146,19 +146,21 @@ class PgListener:
             self._stop.wait(RECONNECT_DELAY_S)
 
     def _listen(self) -> None:
-        with self._engine.connect() as conn:
-            conn.detach()
-            driver: Any = conn.connection.driver_connection
-            conn.rollback()
+        pooled = self._engine.raw_connection()
+        driver: Any = pooled.driver_connection
+        pooled.detach()  # this connection is the listener's for good
+        try:
+            driver.rollback()
             driver.autocommit = True
-            try:
-                driver.execute(f"LISTEN {CHANNEL}")
-                self.listening.set()
-                self._notifier.publish_all()
-                log.info("listening for wake-ups", extra={"action": "listen"})
-                while not self._stop.is_set():
-                    # A timeout, so that a stop is seen within a second.
-                    for notification in driver.notifies(timeout=1.0):
-                        self._notifier.publish([notification.payload])
-            finally:
-                driver.close()
+            driver.execute(f"LISTEN {CHANNEL}")
+            self.listening.set()
+            self._notifier.publish_all()
+            log.info(
+                "LISTEN %s: wake-ups from other processes", CHANNEL, extra={"action": "listen"}
+            )
+            while not self._stop.is_set():
+                # A timeout, so that a stop is seen within a second.
+                for notification in driver.notifies(timeout=1.0):
+                    self._notifier.publish([notification.payload])
+        finally:
+            driver.close()
