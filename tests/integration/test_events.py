@@ -47,7 +47,8 @@ def test_an_event_exists_exactly_when_its_change_committed(make_settings: MakeSe
             store.delete_artifact("s1", kept.id)
         got = drain(feed)
     assert kinds(got) == [("artifact.created", kept.id), ("artifact.deleted", kept.id)]
-    assert got[0].data["sha256"] == kept.sha256 and got[0].data["size"] == 5
+    assert got[0].data["sha256"] == kept.sha256
+    assert got[0].data["size"] == 5
     assert got[1].data["by"] == "request"
     assert got[0].id < got[1].id
 
@@ -71,7 +72,8 @@ def test_cleanup_and_close_are_events_and_the_feed_ends_with_the_close(
         ("session.closed", None),
     ]
     assert got[2].data["by"] == "cleanup"
-    assert feed.ended and feed.read() == []
+    assert feed.ended
+    assert feed.read() == []
 
 
 def test_a_feed_resumes_after_an_event_and_never_reads_another_sessions(store: Store) -> None:
@@ -123,8 +125,9 @@ def test_a_resume_from_before_the_retention_window_starts_with_a_reset(
         assert feed.reset is not None
         assert feed.reset.type == "reset"
         assert feed.reset.data["last_event_id"] == old_ids[0]
-        assert kinds(drain(feed)) == [("artifact.created", old[-1].id)] + [
-            ("artifact.created", recent.id)
+        assert kinds(drain(feed)) == [
+            ("artifact.created", old[-1].id),
+            ("artifact.created", recent.id),
         ]
         # From the newest event kept, nothing was lost.
         intact = store.open_events("s1", created.token, last_event_id=old_ids[-1])

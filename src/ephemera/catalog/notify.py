@@ -81,12 +81,12 @@ class Notifier:
         Subscribe before reading what the topic is about: a change committed after the
         read then sets the Wakeup, and none is lost between the read and the wait.
         """
-        if self._on_first_subscriber is not None:
-            start, self._on_first_subscriber = self._on_first_subscriber, None
-            start()
         wakeup = Wakeup(loop)
         with self._lock:
             self._subscribers.setdefault(topic, set()).add(wakeup)
+            start, self._on_first_subscriber = self._on_first_subscriber, None
+        if start is not None:
+            start()
         try:
             yield wakeup
         finally:
@@ -159,8 +159,8 @@ class PgListener:
                 "LISTEN %s: wake-ups from other processes", CHANNEL, extra={"action": "listen"}
             )
             while not self._stop.is_set():
-                # A timeout, so that a stop is seen within a second.
-                for notification in driver.notifies(timeout=1.0):
+                # A timeout, so that a stop is seen at once.
+                for notification in driver.notifies(timeout=0.25):
                     self._notifier.publish([notification.payload])
         finally:
             driver.close()

@@ -38,7 +38,6 @@ Close (guarantee 4, "no leak")::
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -138,8 +137,6 @@ class Store(imports.ImportMethods):
         self.context = Context(catalog, blobs, self.settings, self.clock, self.hooks, self.volume)
         self.metrics = Metrics(catalog, self.volume)
         self._processors = tasks.Processors(self.settings)
-        # Set on every submission, so this process's idle workers claim at once.
-        self.tasks_queued = threading.Event()
         self.webhook: Webhook | None = None
         if self.settings.webhook_url:
             self.webhook = Webhook(self.settings.webhook_url)
@@ -543,7 +540,7 @@ class Store(imports.ImportMethods):
         (its token or an admin key, by session ID). Params are validated now, by the
         processor's model: a task never fails later for a malformed request.
         """
-        task = tasks.submit(
+        return tasks.submit(
             self.context,
             self._processors,
             self._activity,
@@ -554,8 +551,6 @@ class Store(imports.ImportMethods):
             credentials,
             max_attempts,
         )
-        self.tasks_queued.set()
-        return task
 
     def get_task(self, session_id: str, task_id: str) -> Task:
         return tasks.get(self.context, session_id, task_id)
