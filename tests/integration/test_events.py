@@ -11,6 +11,7 @@ from ephemera import Store
 from ephemera.catalog import session_topic
 from ephemera.errors import Conflict, InvalidInput, NotFound, TooLarge
 from ephemera.models import Event
+from ephemera.scheduler import CleanupScheduler
 from ephemera.store.events import EventFeed, parse_last_event_id
 from ephemera.testing import ManualClock
 from tests.conftest import MakeSettings
@@ -168,3 +169,21 @@ def test_a_commit_wakes_its_sessions_subscribers_and_a_refused_change_does_not(
 def test_a_last_event_id_that_is_not_an_event_id_is_refused(given: str) -> None:
     with pytest.raises(InvalidInput, match="Last-Event-ID"):
         parse_last_event_id(given)
+
+
+def test_scheduled_cleanup_prunes_the_events_past_retention(
+    make_settings: MakeSettings, clock: ManualClock
+) -> None:
+    with Store.open(make_settings(event_retention_s=60), clock=clock) as store:
+        clock.catch_up()
+        created = store.create_session("s1")
+        store.put_artifact("s1", b"1", name="1")
+        clock.advance(61)
+        store.put_artifact("s1", b"2", name="2")
+        assert CleanupScheduler(store).tick() is not None
+        replay = store.open_events("s1", created.token, last_event_id=0)
+        kept = drain(replay)
+    # The opening and the first upload were due; the reset says so to a replay from 0.
+    assert replay.reset is not None
+    assert [e.type for e in kept] == ["artifact.created"]
+    assert kept[0].data["name"] == "2"
