@@ -240,10 +240,11 @@ def heartbeat_task(
         values["progress_done"], values["progress_total"] = progress
     with db.write() as conn:
         if progress is not None:
+            # Locked, so that two heartbeats of one task at once record one change.
             before = conn.execute(
-                select(tasks.c.session_id, tasks.c.progress_done, tasks.c.progress_total).where(
-                    held(task_id, claim_id)
-                )
+                select(tasks.c.session_id, tasks.c.progress_done, tasks.c.progress_total)
+                .where(held(task_id, claim_id))
+                .with_for_update()
             ).first()
             # A heartbeat repeats the last progress: only a change is an event.
             if before is not None and (before.progress_done, before.progress_total) != progress:
