@@ -80,6 +80,23 @@ class Settings(BaseSettings):
     activity_write_interval_s: float = Field(
         5, ge=0, description="Activity is written at most this often per session"
     )
+    # -- live events and wake-ups -------------------------------------------------------------
+    event_retention_s: int = Field(
+        3600, ge=1, description="How long session events are kept for streams that reconnect"
+    )
+    event_poll_s: float = Field(
+        1.5,
+        gt=0,
+        description="Event streams read again at least this often (wake-ups come sooner)",
+    )
+    event_ping_s: float = Field(
+        15, gt=0, description="Keep-alive comment sent on an idle event stream this often"
+    )
+    worker_poll_s: float = Field(
+        1.0,
+        gt=0,
+        description="Idle workers look for tasks at least this often (submissions wake them)",
+    )
     # -- serving ------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Interface `ephemera serve` listens on")
     port: int = Field(8000, ge=0, le=65535, description="TCP port `ephemera serve` listens on")

@@ -287,3 +287,14 @@ class LinkKey:
     created_at: datetime
     revoked_at: datetime | None
     secret: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of a session's event log; ``id`` orders the log and resumes a stream."""
+
+    id: int
+    session_id: str
+    type: str
+    data: dict[str, Any]
+    at: datetime

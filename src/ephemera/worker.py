@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from pydantic import ValidationError
 
 from ephemera import ids
-from ephemera.catalog import task_producer
+from ephemera.catalog import TASKS, Wakeup, task_producer
 from ephemera.errors import Conflict, EphemeraError, StorageError
 from ephemera.models import Artifact, ArtifactState, Claim, NewOutput, StorageClass
 from ephemera.processors import Registry, TaskCancelled, TaskFailed
@@ -151,6 +151,7 @@ class StoreTaskContext:
         self._lock = threading.Lock()
         self._progress: tuple[int, int | None] | None = None
         self._progress_written = 0.0
+        self._percent_written = -1
         self._outputs = OutputWriter(store, claim.task.id, claim.claim_id)
 
     @property
@@ -241,9 +242,15 @@ class StoreTaskContext:
         self._outputs.close()
 
     def progress(self, done: int, total: int) -> None:
+        # Written (and streamed as an event) at each whole percent, and at least every
+        # interval: each step of a short task, without a write per step of a long one.
+        percent = done * 100 // total if total > 0 else 100
         with self._lock:
             self._progress = (done, total)
             due = time.monotonic() - self._progress_written >= PROGRESS_WRITE_INTERVAL_S
+            due = due or percent > self._percent_written
+            if due:
+                self._percent_written = percent
         if due or done >= total:
             self.heartbeat()
         self.check_cancelled()
@@ -291,15 +298,20 @@ class Worker:
         concurrency: int = 1,
         name: str | None = None,
         processors: Registry | None = None,
-        poll_interval_s: float = 0.5,
+        poll_interval_s: float | None = None,
     ) -> None:
+        """``poll_interval_s``: the safety poll of an idle worker (default ``worker_poll_s``);
+        a submission wakes it sooner, in this process and, on PostgreSQL, in any other."""
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.store = store
         self.concurrency = concurrency
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._processors = processors
-        self.poll_interval_s = poll_interval_s
+        self.poll_interval_s = (
+            store.settings.worker_poll_s if poll_interval_s is None else poll_interval_s
+        )
+        self._wakeups: list[Wakeup] = []
         self._stopping = threading.Event()
         # Set once no task runs any more: the heartbeat thread renews claims until then.
         self._idle = threading.Event()
@@ -337,7 +349,8 @@ class Worker:
         A stopped task goes back to the queue at once (its attempt counts).
         """
         self._stopping.set()
-        self.store.tasks_queued.set()
+        for wakeup in list(self._wakeups):
+            wakeup.set()
         deadline = time.monotonic() + timeout_s
         for thread in self._threads:
             if thread.name.startswith("ephemera-worker"):
@@ -422,15 +435,18 @@ class Worker:
         return "requeued" if task.state == "pending" else "failed"
 
     def _loop(self) -> None:
-        queued = self.store.tasks_queued
-        while not self._stopping.is_set():
+        with self.store.catalog.notifier.subscribe(TASKS) as wakeup:
+            self._wakeups.append(wakeup)
             try:
-                if self.run_one():
-                    continue
-            except Exception:
-                log.exception("worker loop failed", extra={"action": "claim"})
-            queued.wait(self.poll_interval_s)
-            queued.clear()
+                while not self._stopping.is_set():
+                    try:
+                        if self.run_one():
+                            continue
+                    except Exception:
+                        log.exception("worker loop failed", extra={"action": "claim"})
+                    wakeup.wait(self.poll_interval_s)
+            finally:
+                self._wakeups.remove(wakeup)
 
     def _heartbeats(self) -> None:
         interval = max(0.05, min(self.store.settings.task_claim_ttl_s / 3, 10.0))

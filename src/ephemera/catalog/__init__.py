@@ -4,9 +4,10 @@
 a function in the module that owns the concept: ``db`` (engine, transactions, error
 translation), ``migrate``, ``sessions``, ``artifacts``, ``leases``, ``tasks``, ``sweeps``
 (which records a cleanup selects), ``orphans``, ``verification``, ``stats``, ``audit``,
-``keys``, ``locks``, ``imports`` (the import ledger) and ``idempotency`` (Idempotency-Key
-reservations and answers); ``rows`` builds models from rows, ``predicates`` holds the
-conditions they share and ``usage`` counts what a session holds.
+``keys``, ``locks``, ``imports`` (the import ledger), ``idempotency`` (Idempotency-Key
+reservations and answers) and ``events`` (the event log; with ``notify``, the wake-ups after a
+commit); ``rows`` builds models from rows, ``predicates`` holds the conditions they share and
+``usage`` counts what a session holds.
 The facade is long only because it lists every operation; the SQL and the reasons for it are
 in those modules.
 """
@@ -23,6 +24,7 @@ from ephemera.catalog import (
     artifacts,
     audit,
     db,
+    events,
     idempotency,
     imports,
     keys,
@@ -38,8 +40,10 @@ from ephemera.catalog import (
     verification,
 )
 from ephemera.catalog.db import Database, open_database
+from ephemera.catalog.events import Start
 from ephemera.catalog.idempotency import Answer, Completion, KeyRecord
 from ephemera.catalog.locks import AdvisoryLocks
+from ephemera.catalog.notify import TASKS, Notifier, PgListener, Wakeup, session_topic
 from ephemera.catalog.predicates import RESULT_KINDS
 from ephemera.catalog.sweeps import (
     ArtifactRule,
@@ -55,6 +59,7 @@ from ephemera.models import (
     Artifact,
     AuditEntry,
     Claim,
+    Event,
     ImportEntry,
     ImportOrigin,
     Lease,
@@ -72,6 +77,10 @@ class Catalog:
     def __init__(self, database: Database) -> None:
         self._db = database
         self._advisory = AdvisoryLocks(database.engine)
+        self._listener: PgListener | None = None
+        # Wake-ups after commits; on PostgreSQL a listener joins in at the first subscriber.
+        self.notifier = Notifier(self._listen if database.dialect == "postgresql" else None)
+        database.committed = self.notifier.publish
 
     @classmethod
     def open(
@@ -97,8 +106,14 @@ class Catalog:
         return self._db.engine
 
     def dispose(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
         self.release_locks()
         self._db.engine.dispose()
+
+    def _listen(self) -> None:
+        self._listener = PgListener(self._db.engine, self.notifier)
+        self._listener.start()
 
     # -- schema ---------------------------------------------------------------------------
 
@@ -524,6 +539,19 @@ class Catalog:
     def revoke_link_key(self, key_id: str, now: datetime) -> bool:
         return linkkeys.revoke_link_key(self._db, key_id, now)
 
+    # -- the event log --------------------------------------------------------------------
+
+    def event_start(self, session_id: str) -> Start | None:
+        return events.start(self._db, session_id)
+
+    def read_events(
+        self, session_id: str, after: int, limit: int
+    ) -> tuple[list[Event], int | None]:
+        return events.read(self._db, session_id, after, limit)
+
+    def prune_events(self, cutoff: datetime, batch: int = 10_000) -> int:
+        return events.prune(self._db, cutoff, batch)
+
     # -- locks ----------------------------------------------------------------------------
 
     def try_lock(self, name: str, holder: str, now: datetime, until: datetime) -> bool:
@@ -535,6 +563,7 @@ class Catalog:
 
 __all__: Sequence[str] = [
     "RESULT_KINDS",
+    "TASKS",
     "Answer",
     "ArtifactRule",
     "ArtifactSweep",
@@ -544,6 +573,9 @@ __all__: Sequence[str] = [
     "KeyRecord",
     "SessionRule",
     "SessionSweep",
+    "Start",
     "Stored",
+    "Wakeup",
+    "session_topic",
     "task_producer",
 ]

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, insert, select, update
 
+from ephemera.catalog import events
 from ephemera.catalog.db import Database, lock_first
 from ephemera.catalog.idempotency import Completion, complete
 from ephemera.catalog.imports import record_import
@@ -107,7 +108,9 @@ def _make_ready(
     ).first()
     if row is None:
         raise NotFound(f"upload {artifact_id} was abandoned and has been removed")
-    return artifact_model(row)
+    artifact = artifact_model(row)
+    events.record(conn, [events.artifact_created(artifact)])
+    return artifact
 
 
 def insert_ready_artifacts(
@@ -145,7 +148,9 @@ def insert_ready_artifacts(
                 select(artifacts).where(artifacts.c.id.in_([r["id"] for r in rows]))
             )
         }
-        return [found[r["id"]] for r in rows]
+        made = [found[r["id"]] for r in rows]
+        events.record(conn, [events.artifact_created(a) for a in made])
+        return made
 
 
 def delete_pending_artifact(db: Database, artifact_id: str) -> None:
@@ -221,6 +226,8 @@ def mark_artifact_deleting(
             .where(artifacts.c.id == artifact_id)
             .values(state=ArtifactState.DELETING)
         )
+        if row.state == ArtifactState.READY:
+            events.record(conn, [events.artifact_deleted(session_id, artifact_id, "request")])
     return artifact_model(row)
 
 

@@ -12,12 +12,13 @@ import contextlib
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -33,6 +34,11 @@ CONNECT_TIMEOUT_S = 5
 _SQLITE_DUPLICATE = (sqlite3.SQLITE_CONSTRAINT_UNIQUE, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY)
 _PG_UNIQUE_VIOLATION = "23505"
 
+# A write transaction's own state on its connection (see ``WriteState``).
+_STATE = "ephemera_write_state"
+# The one PostgreSQL channel of wake-ups; the payload is the topic.
+CHANNEL = "ephemera"
+
 
 class Database:
     """An engine and the transactions every catalog statement runs in."""
@@ -47,6 +53,8 @@ class Database:
         # SQLite has one writer at a time. Writers of this process queue here, woken in turn,
         # instead of in SQLite's busy handler, which polls with growing sleeps.
         self._writer_turn = threading.Lock() if self.dialect == "sqlite" else None
+        # Called with the topics a write transaction announced, once it has committed.
+        self.committed: Callable[[Iterable[str]], None] | None = None
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -60,15 +68,59 @@ class Database:
     def write(self, *, duplicate: str | None = None) -> Iterator[Connection]:
         """A write transaction. ``duplicate``: the Conflict message for a duplicate key,
         where the caller expects one; any other database error is a StorageError."""
+        state = WriteState()
         try:
             with (
                 self._writer_turn or contextlib.nullcontext(),
                 self.engine.connect().execution_options(ephemera_write=True) as conn,
                 conn.begin(),
             ):
-                yield conn
+                conn.info[_STATE] = state
+                try:
+                    yield conn
+                    for key, flush in state.flushes.items():
+                        flush(conn, state.deferred[key])
+                finally:
+                    # The DBAPI connection goes back to the pool: its info must not carry over.
+                    del conn.info[_STATE]
         except SQLAlchemyError as exc:
             raise translate(exc, duplicate) from exc
+        if state.topics and self.committed is not None:
+            self.committed(state.topics)
+
+
+@dataclass
+class WriteState:
+    """What a write transaction announces (topics) and defers to its end (see ``defer``)."""
+
+    topics: set[str] = field(default_factory=set)
+    deferred: dict[str, list[Any]] = field(default_factory=dict)
+    flushes: dict[str, Callable[[Connection, list[Any]], None]] = field(default_factory=dict)
+
+
+def defer(
+    conn: Connection, key: str, items: Iterable[Any], flush: Callable[[Connection, list[Any]], None]
+) -> None:
+    """Queue ``items`` for ``flush``, which writes all of ``key``'s at the end of this write
+    transaction, after the statements of the code that ran in it, before the commit."""
+    state: WriteState = conn.info[_STATE]
+    state.deferred.setdefault(key, []).extend(items)
+    state.flushes.setdefault(key, flush)
+
+
+def announce(conn: Connection, topic: str) -> None:
+    """Wake whoever waits on ``topic`` once this write transaction commits.
+
+    In this process the Database's ``committed`` callback runs after the commit; on
+    PostgreSQL a NOTIFY, which the server delivers at the commit (and drops with a
+    rollback), reaches the other processes on the database.
+    """
+    topics = conn.info[_STATE].topics
+    if topic in topics:
+        return
+    topics.add(topic)
+    if conn.dialect.name == "postgresql":
+        conn.execute(select(func.pg_notify(CHANNEL, topic)))
 
 
 def open_database(

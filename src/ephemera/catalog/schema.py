@@ -291,3 +291,23 @@ link_keys = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     Column("revoked_at", UTCDateTime()),
 )
+
+# The event log of sessions (Server-Sent Events): the ID is the order and the SSE event ID.
+# A row is written in the transaction of the change it describes; the log is pruned from its
+# oldest end, so what is kept is always a suffix of the IDs. No foreign key: the closing
+# event outlives its session's row.
+events = Table(
+    "events",
+    metadata,
+    # AUTOINCREMENT on SQLite: an ID is never reused, even after the newest rows are pruned.
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("session_id", String(64), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("data", JSONType, nullable=False),
+    Column("at", UTCDateTime(), nullable=False),
+    Index(None, "session_id", "id"),
+    Index(None, "at"),
+    sqlite_autoincrement=True,
+)

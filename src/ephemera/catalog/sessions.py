@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import Row, delete, func, insert, select, update
 
+from ephemera.catalog import events
 from ephemera.catalog.db import Database, lock_first
 from ephemera.catalog.idempotency import Completion, complete
 from ephemera.catalog.leases import release_task_leases
@@ -49,6 +50,8 @@ def insert_session(
         conn.execute(insert(sessions).values(**values))
         row = conn.execute(select(sessions).where(sessions.c.id == values["id"])).one()
         session = session_model(row)
+        # Marks where this session's events start: earlier ones of its ID are another's.
+        events.record(conn, [events.opened(session.id, session.created_at)])
         if confirm is not None:
             confirm(session)
         if completion is not None:
@@ -200,6 +203,7 @@ def begin_close(
                 .where(sessions.c.id == session_id)
                 .values(state=SessionState.CLOSING, closing_since=now)
             )
+            events.record(conn, [events.session_event(session_id, "session.closing")])
     return session_model(row, count, total)
 
 
@@ -265,4 +269,5 @@ def drop_sessions(db: Database, session_ids: Sequence[str]) -> dict[str, tuple[i
         conn.execute(delete(artifacts).where(artifacts.c.session_id.in_(closing)))
         conn.execute(delete(import_ledger).where(import_ledger.c.session_id.in_(closing)))
         conn.execute(delete(sessions).where(sessions.c.id.in_(closing)))
+        events.record(conn, [events.session_event(s, "session.closed") for s in closing])
     return {session_id: usage.get(session_id, (0, 0)) for session_id in closing}

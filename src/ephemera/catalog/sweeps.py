@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, delete, func, not_, or_, select, tuple_, update
 
+from ephemera.catalog import events
 from ephemera.catalog.db import Database, lock_first
 from ephemera.catalog.predicates import (
     RESULT_KINDS,
@@ -203,7 +204,7 @@ def claim_artifacts(db: Database, sweep: ArtifactSweep, ids: Sequence[str]) -> l
                 .order_by(artifacts.c.id)
                 .with_for_update(skip_locked=True)
             ).all()
-        conn.execute(
+        marked = conn.execute(
             update(artifacts)
             .where(
                 artifacts.c.id.in_(claimable),
@@ -212,7 +213,9 @@ def claim_artifacts(db: Database, sweep: ArtifactSweep, ids: Sequence[str]) -> l
                 not_(artifact_leased(sweep.now)),
             )
             .values(state=ArtifactState.DELETING)
-        )
+            .returning(artifacts.c.session_id, artifacts.c.id)
+        ).all()
+        events.record(conn, [events.artifact_deleted(s, a, "cleanup") for s, a in marked])
         rows = conn.execute(
             select(artifacts.c.id, artifacts.c.session_id, artifacts.c.size).where(
                 artifacts.c.id.in_(ids), artifacts.c.state == ArtifactState.DELETING
@@ -299,8 +302,11 @@ def claim_session(db: Database, sweep: SessionSweep) -> bool:
                     else_=sessions.c.closing_since,
                 ),
             )
-        )
-        return claimed.rowcount == 1
+            .returning(sessions.c.closing_since)
+        ).first()
+        if claimed is not None and claimed.closing_since == sweep.now:
+            events.record(conn, [events.session_event(sweep.session_id, "session.closing")])
+        return claimed is not None
 
 
 def session_usage_all(db: Database, session_id: str) -> tuple[int, int]:

@@ -10,10 +10,12 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Row, and_, exists, insert, or_, select, update
 
 from ephemera import ids
-from ephemera.catalog.db import Database
+from ephemera.catalog import events
+from ephemera.catalog.db import Database, announce
 from ephemera.catalog.idempotency import Completion, complete
 from ephemera.catalog.imports import claim_import_task
 from ephemera.catalog.leases import release_task_leases
+from ephemera.catalog.notify import TASKS
 from ephemera.catalog.predicates import live_session
 from ephemera.catalog.rows import artifact_model, task_output
 from ephemera.catalog.schema import artifacts, lease_artifacts, leases, sessions, tasks
@@ -137,6 +139,8 @@ def _write_task(conn: Connection, values: dict[str, Any], refs: Sequence[TaskInp
                 [{"lease_id": lease_id, "artifact_id": a} for a in artifact_ids],
             )
     row = conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
+    events.record(conn, [events.task_state(row)])
+    announce(conn, TASKS)
     return _tasks(conn, [row])[0]
 
 
@@ -228,6 +232,7 @@ def claim_task(
                 )
             )
             row = conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
+            events.record(conn, [events.task_state(row)])
             return Claim(_tasks(conn, [row])[0], claim_id, until, tuple(inputs)), dropped
     return None, dropped
 
@@ -244,6 +249,16 @@ def heartbeat_task(
     if progress is not None:
         values["progress_done"], values["progress_total"] = progress
     with db.write() as conn:
+        if progress is not None:
+            # Locked, so that two heartbeats of one task at once record one change.
+            before = conn.execute(
+                select(tasks.c.session_id, tasks.c.progress_done, tasks.c.progress_total)
+                .where(held(task_id, claim_id))
+                .with_for_update()
+            ).first()
+            # A heartbeat repeats the last progress: only a change is an event.
+            if before is not None and (before.progress_done, before.progress_total) != progress:
+                events.record(conn, [events.task_progress(before.session_id, task_id, *progress)])
         done = conn.execute(update(tasks).where(held(task_id, claim_id)).values(**values))
         return done.rowcount == 1
 
@@ -399,7 +414,8 @@ def _drop_outputs(conn: Connection, task_id: str, session_id: str) -> list[tuple
         )
         .values(state=ArtifactState.DELETING)
         .returning(artifacts.c.session_id, artifacts.c.id)
-    )
+    ).all()
+    events.record(conn, [events.artifact_deleted(r.session_id, r.id, "task") for r in rows])
     return [(r.session_id, r.id) for r in rows]
 
 
@@ -456,6 +472,8 @@ def end_task(
         )
     )
     release_task_leases(conn, [task_id])
+    ended = conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
+    events.record(conn, [events.task_state(ended)])
     return dropped
 
 
@@ -480,6 +498,9 @@ def _requeue(
             not_before=now + timedelta(seconds=retry_delay(row.attempts)),
         )
     )
+    queued = conn.execute(select(tasks).where(tasks.c.id == row.id)).one()
+    events.record(conn, [events.task_state(queued)])
+    announce(conn, TASKS)
     return dropped
 
 

@@ -117,8 +117,13 @@ def worker(
     concurrency: Annotated[int, typer.Option(min=1, help="Tasks run at once")] = 1,
     name: Annotated[str | None, typer.Option(help="Worker name [default: host:pid:random]")] = None,
     poll_interval: Annotated[
-        float, typer.Option(min=0.01, help="Seconds between looks at an empty queue")
-    ] = 0.5,
+        float | None,
+        typer.Option(
+            min=0.01,
+            help="Seconds between looks at an empty queue; a submission wakes it sooner "
+            "[default: worker_poll_s]",
+        ),
+    ] = None,
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
     blob_url: BlobUrl = None,

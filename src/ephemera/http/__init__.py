@@ -19,6 +19,7 @@ from ephemera.errors import EphemeraError, Forbidden, Unauthenticated
 from ephemera.http.admin import admin_router
 from ephemera.http.credentials import bearer
 from ephemera.http.errors import error_response, install_error_handlers
+from ephemera.http.events import events_router
 from ephemera.http.links import link_keys_router, links_router
 from ephemera.http.openapi import install_openapi, operation_id
 from ephemera.http.processors import processors_router
@@ -55,6 +56,7 @@ def create_app(store: Store) -> FastAPI:
     app.include_router(processors_router(store), prefix=API_PREFIX)
     app.include_router(links_router(store), prefix=API_PREFIX)
     app.include_router(link_keys_router(store), prefix=API_PREFIX)
+    app.include_router(events_router(store), prefix=API_PREFIX)
 
     @app.get(
         "/metrics",
@@ -111,6 +113,7 @@ __all__ = [
     "api_router",
     "create_app",
     "error_response",
+    "events_router",
     "install_error_handlers",
     "install_openapi",
     "processors_router",

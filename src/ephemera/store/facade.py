@@ -18,6 +18,7 @@ of a dead one). Closing, recovery, removal, cleanup and verification are the eng
 ``store.links``        signed download links and the keys that sign them
 ``store.tasks``        the submitting side of tasks, and the enabled processors
 ``store.work``         the worker's side: claim, heartbeat, inputs, outputs, the end
+``store.events``       following a session's events (live streams, reconnects, pruning)
 ``store.audit``        the audit log
 ``store.limits``       the bounds on labels, timeouts, metadata and page sizes
 ``store.paging``       pages of a listing
@@ -39,7 +40,6 @@ Close (guarantee 4, "no leak")::
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -94,6 +94,7 @@ from ephemera.store import (
     access,
     artifacts,
     audit,
+    events,
     idempotency,
     imports,
     keys,
@@ -141,8 +142,6 @@ class Store(imports.ImportMethods, links.LinkMethods):
         self.context = Context(catalog, blobs, self.settings, self.clock, self.hooks, self.volume)
         self.metrics = Metrics(catalog, self.volume)
         self._processors = tasks.Processors(self.settings)
-        # Set on every submission, so this process's idle workers claim at once.
-        self.tasks_queued = threading.Event()
         self.webhook: Webhook | None = None
         if self.settings.webhook_url:
             self.webhook = Webhook(self.settings.webhook_url)
@@ -581,7 +580,7 @@ class Store(imports.ImportMethods, links.LinkMethods):
         (its token or an admin key, by session ID). Params are validated now, by the
         processor's model: a task never fails later for a malformed request.
         """
-        task = tasks.submit(
+        return tasks.submit(
             self.context,
             self._processors,
             self._activity,
@@ -593,8 +592,6 @@ class Store(imports.ImportMethods, links.LinkMethods):
             max_attempts,
             idempotency,
         )
-        self.tasks_queued.set()
-        return task
 
     def get_task(self, session_id: str, task_id: str) -> Task:
         return tasks.get(self.context, session_id, task_id)
@@ -737,6 +734,23 @@ class Store(imports.ImportMethods, links.LinkMethods):
             log.warning("output %s left deleting: %s", artifact_id, error, extra={"action": "task"})
 
     # -- cleanup, audit, stats ------------------------------------------------------------
+
+    # -- live events ----------------------------------------------------------------------
+
+    def open_events(
+        self, session_id: str, credential: str, last_event_id: int | None = None
+    ) -> events.EventFeed:
+        """A feed of the session's events after ``last_event_id`` (None: from now on).
+
+        ``credential`` is the session's token, or an admin key that :meth:`authenticate`
+        accepted; a token that no longer opens the session is NotFound. See
+        :mod:`ephemera.store.events`.
+        """
+        return events.open_feed(self.context, session_id, credential, last_event_id)
+
+    def prune_events(self) -> int:
+        """Remove events older than ``event_retention_s``; how many were removed."""
+        return events.prune(self.context, self.clock.now())
 
     def cleanup(
         self,

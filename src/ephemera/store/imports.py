@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, BinaryIO
 
@@ -261,7 +260,6 @@ class ImportMethods:
     """The import ledger's part of :class:`~ephemera.store.Store` (its base class)."""
 
     context: Context
-    tasks_queued: threading.Event
     _processors: Processors
     _activity: ActivityWrites
 
@@ -376,7 +374,7 @@ class ImportMethods:
         return list_imports(self.context, session_id, source, cursor, limit)
 
     def _submit_follow_up(self, session_id: str, artifact_id: str, then: FollowUp) -> Task | None:
-        task = submit_follow_up(
+        return submit_follow_up(
             self.context,
             self._processors,
             self._activity,
@@ -385,6 +383,3 @@ class ImportMethods:
             then.processor,
             then.params,
         )
-        if task is not None:
-            self.tasks_queued.set()
-        return task

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from ephemera.catalog.schema import UTCDateTime
+from ephemera.catalog.schema import JSONType, UTCDateTime
 
 revision = "0008"
 down_revision = "0007"
@@ -44,11 +44,27 @@ def _downgrade_uploads() -> None:
 
 
 def _upgrade_events() -> None:
-    pass
+    op.create_table(
+        "events",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("session_id", sa.String(64), nullable=False),
+        sa.Column("type", sa.String(32), nullable=False),
+        sa.Column("data", JSONType, nullable=False),
+        sa.Column("at", UTCDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_events"),
+        sqlite_autoincrement=True,
+    )
+    op.create_index("ix_events_session_id_id", "events", ["session_id", "id"])
+    op.create_index("ix_events_at", "events", ["at"])
 
 
 def _downgrade_events() -> None:
-    pass
+    op.drop_table("events")
 
 
 # -- idempotency keys --------------------------------------------------------------------------

@@ -1,0 +1,166 @@
+"""Wake-ups: who waits for a change (an event stream, an idle worker) is woken after its commit.
+
+A topic names what changed: ``events:<session>`` (an event of that session was recorded) or
+``tasks`` (a task became claimable). In one process, the :class:`Notifier` wakes the
+subscribers of a topic right after the commit (``Database.committed``). Across processes on
+PostgreSQL, the writing transaction also sends a NOTIFY (see ``db.announce``) and one
+:class:`PgListener` per catalog, on a connection and a thread of its own, passes what it
+hears to the Notifier. A wake-up is a hint, never the data: subscribers read the database
+after it, and wait with a timeout (a slower safety poll) in case one was missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from sqlalchemy import Engine
+
+from ephemera.catalog.db import CHANNEL
+
+log = logging.getLogger("ephemera.notify")
+
+TASKS = "tasks"
+RECONNECT_DELAY_S = 1.0
+
+
+def session_topic(session_id: str) -> str:
+    return f"events:{session_id}"
+
+
+class Wakeup:
+    """One subscriber's flag: set from any thread, awaited by one thread or one event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._flag = threading.Event()
+        self._loop = loop
+        self._async = asyncio.Event() if loop is not None else None
+
+    def set(self) -> None:
+        self._flag.set()
+        if self._loop is not None and self._async is not None:
+            # The loop may have closed (its server stopped): nobody waits there any more.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._async.set)
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block until set or ``timeout_s``; True if set (the flag is cleared)."""
+        woken = self._flag.wait(timeout_s)
+        self._flag.clear()
+        return woken
+
+    async def wait_async(self, timeout_s: float) -> bool:
+        assert self._async is not None, "an awaited Wakeup is made with its loop"
+        if not self._flag.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._async.wait(), timeout_s)
+        woken = self._flag.is_set()
+        self._flag.clear()
+        self._async.clear()
+        return woken
+
+
+class Notifier:
+    """Topics and their subscribers in this process."""
+
+    def __init__(self, on_first_subscriber: Callable[[], None] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: dict[str, set[Wakeup]] = {}
+        self._on_first_subscriber = on_first_subscriber
+
+    @contextlib.contextmanager
+    def subscribe(
+        self, topic: str, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Iterator[Wakeup]:
+        """A Wakeup set on every publication of ``topic`` while the block runs.
+
+        Subscribe before reading what the topic is about: a change committed after the
+        read then sets the Wakeup, and none is lost between the read and the wait.
+        """
+        wakeup = Wakeup(loop)
+        with self._lock:
+            self._subscribers.setdefault(topic, set()).add(wakeup)
+            start, self._on_first_subscriber = self._on_first_subscriber, None
+        if start is not None:
+            start()
+        try:
+            yield wakeup
+        finally:
+            with self._lock:
+                waiting = self._subscribers.get(topic)
+                if waiting is not None:
+                    waiting.discard(wakeup)
+                    if not waiting:
+                        del self._subscribers[topic]
+
+    def publish(self, topics: Iterable[str]) -> None:
+        with self._lock:
+            woken = [w for t in topics for w in self._subscribers.get(t, ())]
+        for wakeup in woken:
+            wakeup.set()
+
+    def publish_all(self) -> None:
+        """Wake every subscriber: after a gap in listening, anything may have changed."""
+        with self._lock:
+            woken = [w for waiting in self._subscribers.values() for w in waiting]
+        for wakeup in woken:
+            wakeup.set()
+
+
+class PgListener:
+    """LISTEN on the catalog's PostgreSQL database, on a thread of its own, until stopped.
+
+    The connection comes from the engine (same URL and options) and leaves its pool for
+    good. A lost connection is opened again after a pause; every subscriber is woken then,
+    since notifications sent in between are gone.
+    """
+
+    def __init__(self, engine: Engine, notifier: Notifier) -> None:
+        self._engine = engine
+        self._notifier = notifier
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.listening = threading.Event()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="ephemera-listener", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._listen()
+            except Exception as exc:  # SQLAlchemy's, and the driver's own (psycopg.Error)
+                log.warning("listening for wake-ups failed: %s", exc, extra={"action": "listen"})
+            self.listening.clear()
+            self._notifier.publish_all()
+            self._stop.wait(RECONNECT_DELAY_S)
+
+    def _listen(self) -> None:
+        pooled = self._engine.raw_connection()
+        driver: Any = pooled.driver_connection
+        pooled.detach()  # this connection is the listener's for good
+        try:
+            driver.rollback()
+            driver.autocommit = True
+            driver.execute(f"LISTEN {CHANNEL}")
+            self.listening.set()
+            self._notifier.publish_all()
+            log.info(
+                "LISTEN %s: wake-ups from other processes", CHANNEL, extra={"action": "listen"}
+            )
+            while not self._stop.is_set():
+                # A timeout, so that a stop is seen at once.
+                for notification in driver.notifies(timeout=0.25):
+                    self._notifier.publish([notification.payload])
+        finally:
+            driver.close()

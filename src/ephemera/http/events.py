@@ -1,0 +1,110 @@
+"""``GET /sessions/{sid}/events``: a session's events as Server-Sent Events (sse-starlette).
+
+The stream waits on the catalog's wake-ups (after each commit in this process; LISTEN/NOTIFY
+across replicas on PostgreSQL), reads the log again at least every ``event_poll_s``, pings
+every ``event_ping_s``, and ends after ``session.closed``, when the client goes away, or when
+the server shuts down (sse-starlette ends every stream then, so shutdown never waits on one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Depends, Header, Query
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from ephemera.http.credentials import Credential
+from ephemera.http.openapi import operation_id
+from ephemera.http.ratelimit import auth_failures
+from ephemera.http.routes import ERRORS
+from ephemera.models import Event
+from ephemera.store import Store
+from ephemera.store.events import READ_LIMIT, EventFeed, parse_last_event_id
+
+EVENT_TYPES = (
+    "session.opened",
+    "session.closing",
+    "session.closed",
+    "artifact.created",
+    "artifact.deleted",
+    "task.state",
+    "task.progress",
+    "reset",
+)
+
+STREAM_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "An endless `text/event-stream`: each event has an `id:` (resume with "
+        "`Last-Event-ID`), an `event:` type (" + ", ".join(EVENT_TYPES) + ") and JSON `data:`",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+def sse(event: Event) -> ServerSentEvent:
+    data = {**event.data, "at": event.at.isoformat()}
+    return ServerSentEvent(data=json.dumps(data), id=str(event.id), event=event.type)
+
+
+async def follow(feed: EventFeed, poll_s: float) -> AsyncIterator[ServerSentEvent]:
+    with feed.wakeups(asyncio.get_running_loop()) as wakeup:
+        if feed.reset is not None:
+            yield sse(feed.reset)
+        while True:
+            found = await anyio.to_thread.run_sync(feed.read)
+            for event in found:
+                yield sse(event)
+            if feed.ended:
+                return
+            if len(found) < READ_LIMIT:
+                await wakeup.wait_async(poll_s)
+
+
+def events_router(store: Store) -> APIRouter:
+    router = APIRouter(
+        responses=ERRORS,
+        dependencies=[Depends(auth_failures(store).gate)],
+        generate_unique_id_function=operation_id,
+    )
+
+    @router.get(
+        "/sessions/{session_id}/events",
+        tags=["events"],
+        response_class=EventSourceResponse,
+        responses=STREAM_RESPONSE,
+    )
+    def stream_events(
+        session_id: str,
+        token: Credential,
+        last_event_id_header: Annotated[
+            str | None,
+            Header(
+                alias="Last-Event-ID",
+                description="Resume after this event (browsers send it when they reconnect)",
+            ),
+        ] = None,
+        last_event_id: Annotated[
+            str | None,
+            Query(description="Resume after this event, for clients that cannot set headers"),
+        ] = None,
+    ) -> EventSourceResponse:
+        """Follow the session live: task progress and states, artifacts created and deleted,
+        the session closing and closed (the stream ends after it).
+
+        Without an event ID the stream starts now; with one, it first sends every event after
+        it that is still kept (``event_retention_s``), or a ``reset`` event when some are not.
+        """
+        store.authenticate(session_id, token)
+        after = parse_last_event_id(last_event_id_header or last_event_id)
+        # The start is fixed before the answer begins: once the client has the headers, it
+        # misses nothing that commits after.
+        feed = store.open_events(session_id, token, after)
+        return EventSourceResponse(
+            follow(feed, store.settings.event_poll_s), ping=store.settings.event_ping_s
+        )
+
+    return router

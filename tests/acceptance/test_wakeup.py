@@ -1,0 +1,108 @@
+"""Idle workers wake on submission: embedded in `ephemera serve` (SQLite), and an
+`ephemera worker` process on PostgreSQL (LISTEN/NOTIFY), each far under its safety poll."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from tests.acceptance.test_tasks_http import create_session, wait_for_task
+from tests.conftest import WITH_SAMPLES_ENV, Server, _die_with_parent, bearer
+from tests.databases import PostgresDatabases
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.slow
+
+SUBMISSIONS = 20
+# Far above what is measured, far below the safety poll: only a wake-up is this quick.
+SAFETY_POLL_S = "2"
+BOUND_S = 0.1
+
+
+def pickup_delays(server: Server) -> list[float]:
+    """Submit tasks one at a time to an idle worker; how long each waited to be claimed,
+    by the task's own record (created_at and started_at, both from this machine's clock)."""
+    token = create_session(server, "s1")
+    delays = []
+    for n in range(SUBMISSIONS):
+        # An idle worker is waiting, at a different point of its safety poll each time.
+        time.sleep(0.05 + 0.37 * (n % 5) / 4)
+        submitted = httpx.post(
+            f"{server.api}/sessions/s1/tasks",
+            json={"processor": "sample-sleep", "inputs": [], "params": {"seconds": 0}},
+            headers=bearer(token),
+        )
+        assert submitted.status_code == 201, submitted.text
+        task = wait_for_task(server, "s1", token, submitted.json()["id"])
+        assert task["state"] == "succeeded", task["error"]
+        started = datetime.fromisoformat(task["started_at"])
+        delays.append((started - datetime.fromisoformat(task["created_at"])).total_seconds())
+    return delays
+
+
+def report(where: str, delays: list[float]) -> float:
+    median = statistics.median(delays)
+    print(
+        f"\n{where}: submission -> claim over {len(delays)} tasks: median "
+        f"{median * 1000:.1f} ms, max {max(delays) * 1000:.1f} ms "
+        f"(safety poll {SAFETY_POLL_S} s)"
+    )
+    return median
+
+
+def test_an_embedded_worker_picks_a_task_up_at_once(tmp_path: Path) -> None:
+    env = {**WITH_SAMPLES_ENV, "EPHEMERA_WORKER_POLL_S": SAFETY_POLL_S}
+    server = Server(tmp_path / "data", env).start()
+    try:
+        delays = pickup_delays(server)
+    finally:
+        server.stop()
+    assert report("embedded worker, SQLite", delays) < BOUND_S
+
+
+def test_a_worker_process_on_postgresql_picks_a_task_up_at_once(
+    tmp_path: Path, postgres_databases: PostgresDatabases
+) -> None:
+    url = postgres_databases.fresh()
+    env = {**WITH_SAMPLES_ENV, "EPHEMERA_DATABASE_URL": url, "EPHEMERA_WORKERS": "0"}
+    server = Server(tmp_path / "shared", env)
+    worker_log = tmp_path / "worker.log"
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        server.start()
+        with open(worker_log, "wb") as log:
+            worker = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "ephemera",
+                    "worker",
+                    "--data-dir",
+                    str(server.data_dir),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **env, "EPHEMERA_WORKER_POLL_S": SAFETY_POLL_S},
+                preexec_fn=_die_with_parent,
+            )
+        wait_for(
+            lambda: b"LISTEN ephemera" in worker_log.read_bytes(),
+            20,
+            lambda: f"the worker to listen: {worker_log.read_text()}",
+        )
+        delays = pickup_delays(server)
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(15)
+        server.stop()
+        postgres_databases.drop(url)
+    assert report("`ephemera worker` process, PostgreSQL", delays) < BOUND_S
