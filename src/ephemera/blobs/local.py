@@ -13,12 +13,13 @@ import io
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from ephemera.blobs import BlobStat, StagedBlob, check_key
+from ephemera.blobs import BlobStat, StagedBlob, check_key, local_resumable
+from ephemera.blobs.resumable import Pieces
 from ephemera.errors import BlobNotFound, InsufficientStorage, StorageError
 from ephemera.fsutil import create_file, is_no_space, make_dirs
 
@@ -285,6 +286,31 @@ class LocalBlobStore:
             pass
         except OSError as exc:
             raise StorageError(f"cannot delete staged {name}: {exc.strerror}") from exc
+
+    # -- resumable uploads (ephemera.blobs.resumable) -------------------------------------------
+
+    def append_to(
+        self,
+        upload_id: str,
+        pieces: Pieces,
+        offset: int,
+        continue_last: bool,
+        reserve: Callable[[], int],
+    ) -> local_resumable.LocalPieceWriter:
+        self._ensure_dirs()
+        return local_resumable.LocalPieceWriter(
+            self, upload_id, pieces, offset, continue_last, reserve
+        )
+
+    def assemble(self, upload_id: str, pieces: Pieces, length: int, key: str) -> None:
+        check_key(key)
+        local_resumable.assemble(self, upload_id, pieces, length, key)
+
+    def discard_upload(self, upload_id: str, pieces: Pieces) -> None:
+        local_resumable.discard(self, upload_id)
+
+    def upload_of_staged(self, name: str) -> str | None:
+        return local_resumable.upload_of_staged(name)
 
     def check(self) -> None:
         self._ensure_dirs()

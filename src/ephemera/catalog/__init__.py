@@ -28,6 +28,7 @@ from ephemera.catalog import (
     locks,
     migrate,
     orphans,
+    resumable,
     sessions,
     stats,
     sweeps,
@@ -37,6 +38,7 @@ from ephemera.catalog import (
 from ephemera.catalog.db import Database, open_database
 from ephemera.catalog.locks import AdvisoryLocks
 from ephemera.catalog.predicates import RESULT_KINDS
+from ephemera.catalog.resumable import UploadRow
 from ephemera.catalog.sweeps import (
     ArtifactRule,
     ArtifactSweep,
@@ -158,6 +160,73 @@ class Catalog:
 
     def drop_sessions(self, session_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
         return sessions.drop_sessions(self._db, session_ids)
+
+    # -- resumable (tus) uploads ------------------------------------------------------------
+
+    def insert_upload(self, values: dict[str, Any]) -> bool:
+        return resumable.insert_upload(self._db, values)
+
+    def get_upload(self, session_id: str, upload_id: str) -> UploadRow | None:
+        return resumable.get_upload(self._db, session_id, upload_id)
+
+    def claim_upload(
+        self, upload_id: str, writer: str, now: datetime, stale_before: datetime
+    ) -> tuple[UploadRow, bool] | None:
+        return resumable.claim_upload(self._db, upload_id, writer, now, stale_before)
+
+    def reserve_piece(self, upload_id: str, writer: str, generation: int) -> int | None:
+        return resumable.reserve_piece(self._db, upload_id, writer, generation)
+
+    def record_upload_progress(
+        self,
+        upload_id: str,
+        writer: str,
+        generation: int,
+        offset: int,
+        pieces: dict[str, Any],
+        now: datetime,
+        length: int | None = None,
+    ) -> bool:
+        return resumable.record_progress(
+            self._db, upload_id, writer, generation, offset, pieces, now, length
+        )
+
+    def heartbeat_upload(self, upload_id: str, writer: str, generation: int, now: datetime) -> bool:
+        return resumable.heartbeat(self._db, upload_id, writer, generation, now)
+
+    def release_upload(self, upload_id: str, writer: str, generation: int) -> None:
+        resumable.release_upload(self._db, upload_id, writer, generation)
+
+    def finalize_upload(
+        self,
+        upload_id: str,
+        writer: str,
+        generation: int,
+        artifact_id: str,
+        session_id: str,
+        values: dict[str, Any],
+        quota_bytes: int | None,
+    ) -> Artifact | None:
+        return resumable.finalize_upload(
+            self._db, upload_id, writer, generation, artifact_id, session_id, values, quota_bytes
+        )
+
+    def delete_upload(self, session_id: str, upload_id: str) -> UploadRow | None:
+        return resumable.delete_upload(self._db, session_id, upload_id)
+
+    def session_uploads(self, session_ids: Sequence[str]) -> list[UploadRow]:
+        return resumable.session_uploads(self._db, session_ids)
+
+    def expired_uploads(
+        self, now: datetime, after: tuple[datetime, str] | None, limit: int
+    ) -> list[UploadRow]:
+        return resumable.expired_uploads(self._db, now, after, limit)
+
+    def drop_expired_upload(self, upload_id: str, now: datetime, stale_before: datetime) -> bool:
+        return resumable.drop_expired_upload(self._db, upload_id, now, stale_before)
+
+    def live_upload_ids(self, upload_ids: Sequence[str]) -> set[str]:
+        return resumable.live_upload_ids(self._db, upload_ids)
 
     # -- artifacts ------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from ephemera.catalog.schema import (
     leases,
     sessions,
     tasks,
+    uploads,
 )
 from ephemera.catalog.tasks import end_task
 from ephemera.catalog.usage import ready_usage
@@ -257,5 +258,6 @@ def drop_sessions(db: Database, session_ids: Sequence[str]) -> dict[str, tuple[i
         conn.execute(delete(tasks).where(tasks.c.session_id.in_(closing)))
         conn.execute(delete(artifacts).where(artifacts.c.session_id.in_(closing)))
         conn.execute(delete(import_ledger).where(import_ledger.c.session_id.in_(closing)))
+        conn.execute(delete(uploads).where(uploads.c.session_id.in_(closing)))
         conn.execute(delete(sessions).where(sessions.c.id.in_(closing)))
     return {session_id: usage.get(session_id, (0, 0)) for session_id in closing}

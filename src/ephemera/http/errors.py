@@ -17,12 +17,16 @@ from ephemera.errors import (
     Forbidden,
     InsufficientStorage,
     InvalidInput,
+    InvalidMetadata,
+    Locked,
     NotFound,
     RequestTimeout,
     SchemaOutOfDate,
     StorageError,
     TooLarge,
     Unauthenticated,
+    UploadChecksumMismatch,
+    UploadExpired,
 )
 
 log = logging.getLogger("ephemera.http")
@@ -55,11 +59,16 @@ class RangeNotSatisfiable(EphemeraError):
 # Most specific first: the first class an error is an instance of decides.
 STATUS: list[tuple[type[EphemeraError], int]] = [
     (MalformedBody, 400),
+    (InvalidMetadata, 400),
+    # tus: a chunk that does not match its Upload-Checksum.
+    (UploadChecksumMismatch, 460),
     (ChecksumMismatch, 400),
     (InvalidInput, 422),
     (Unauthenticated, 401),
     (Forbidden, 403),
+    (UploadExpired, 410),
     (NotFound, 404),
+    (Locked, 423),
     (Conflict, 409),
     (TooLarge, 413),
     (RequestTimeout, 408),

@@ -101,6 +101,7 @@ from ephemera.store import (
     uploads,
     work,
 )
+from ephemera.store.resumable import Resumables
 from ephemera.store.sessions import DEFAULT, UNCHANGED, Default, Unchanged
 from ephemera.store.sessions import session_not_found as _session_not_found
 from ephemera.store.uploads import Upload
@@ -135,6 +136,8 @@ class Store(imports.ImportMethods):
         self.hooks = Hooks()
         self.context = Context(catalog, blobs, self.settings, self.clock, self.hooks, self.volume)
         self.metrics = Metrics(catalog, self.volume)
+        # Resumable (tus) uploads: create, append, inspect, terminate.
+        self.resumable = Resumables(self.context)
         self._processors = tasks.Processors(self.settings)
         # Set on every submission, so this process's idle workers claim at once.
         self.tasks_queued = threading.Event()
