@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ephemera.blobs import artifact_key, session_prefix
+from ephemera.blobs.resumable import ResumableBlobs
+from ephemera.catalog.resumable import DONE
 from ephemera.context import Context
 from ephemera.errors import EphemeraError
 from ephemera.hooks import ArtifactDeleted, SessionClosed
@@ -80,6 +82,7 @@ def remove_session(
     ``closing``. The hook tells ``told`` (count, bytes) if given (an explicit close reports
     the ready artifacts it answered with), else what was dropped.
     """
+    discard_uploads(context, [session_id])
     context.blobs.delete_prefix(session_prefix(session_id))
     dropped = context.catalog.drop_session(session_id)
     if dropped is not None:
@@ -102,6 +105,7 @@ def remove_sessions(
     swept: list[str] = []
     for session_id in session_ids:
         try:
+            discard_uploads(context, [session_id])
             context.blobs.delete_prefix(session_prefix(session_id))
         except EphemeraError as exc:
             failed[session_id] = exc.message
@@ -111,6 +115,16 @@ def remove_sessions(
     for session_id, dropped in removed.items():
         _told_closed(context, session_id, dropped, reason, at)
     return SessionRemoval(removed, failed)
+
+
+def discard_uploads(context: Context, session_ids: Sequence[str]) -> None:
+    """The bytes of the sessions' resumable uploads (their rows go with the sessions')."""
+    blobs = context.blobs
+    if not isinstance(blobs, ResumableBlobs):
+        return
+    for upload in context.catalog.session_uploads(session_ids):
+        if upload.state != DONE:
+            blobs.discard_upload(upload.id, upload.pieces)
 
 
 def _told_closed(
