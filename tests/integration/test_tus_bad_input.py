@@ -123,7 +123,9 @@ ATTACKS: dict[str, tuple[int, Attack]] = {
             w.open_url,
             1000,
             b"y" * 10,
-            **{"Upload-Checksum": "sha1 " + b64(hashlib.sha1(b"z").digest())},
+            **{
+                "Upload-Checksum": "sha1 " + b64(hashlib.sha1(b"z", usedforsecurity=False).digest())
+            },
         ),
     ),
     "unsupported checksum algorithm": (
