@@ -40,14 +40,15 @@ def source_bytes(size: int, seed: int = 12) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-@pytest.fixture(params=["embedded", "postgresql"])
+@pytest.fixture(params=["embedded", "postgresql-s3"])
 def start_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Server]]:
     """Start (and restart) `ephemera serve` on one data dir: the embedded default, or
-    PostgreSQL with the blobs in the data dir."""
+    PostgreSQL with the blobs in a bucket of the test S3 server."""
     env = {"EPHEMERA_TUS_CLAIM_TIMEOUT_S": CLAIM_TIMEOUT_S}
-    if request.param == "postgresql":
+    if request.param == "postgresql-s3":
         databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
         env["EPHEMERA_DATABASE_URL"] = databases.fresh()
+        env["EPHEMERA_BLOB_URL"] = str(request.getfixturevalue("s3_url"))
     started: list[Server] = []
 
     def start() -> Server:

@@ -292,6 +292,7 @@ class LocalBlobStore:
     def append_to(
         self,
         upload_id: str,
+        key: str,
         pieces: Pieces,
         offset: int,
         continue_last: bool,

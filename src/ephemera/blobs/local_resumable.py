@@ -135,6 +135,8 @@ def assemble(store: LocalBlobStore, upload_id: str, pieces: Pieces, length: int,
             finally:
                 os.close(fd)
             make_dirs(target.parent, store.dir_mode)
+            # Left by an attempt that stopped before its commit (the record is pending).
+            target.unlink(missing_ok=True)
             os.link(source, target)
             _fsync_dir(target.parent)
         except OSError as exc:

@@ -11,6 +11,8 @@ bytes are, which only the backend reads. A writer appends to one upload for one 
   that lost its claim (and still writes) can never change a piece another one relies on.
 - ``continue_last``: the previous writer let go cleanly, so its last piece may be extended
   (after truncating it to its recorded length); otherwise a new piece is started.
+- ``key`` is where the bytes will be committed (the artifact's key): a backend may build
+  them there already, out of sight (S3: a multipart upload).
 - ``assemble`` puts the recorded bytes at a blob key, durable, ready to be committed.
 - ``discard_upload`` removes every piece; "already gone" is success.
 - A crash leaves pieces in staging; ``upload_of_staged`` names the upload a staged name
@@ -51,6 +53,7 @@ class ResumableBlobs(Protocol):
     def append_to(
         self,
         upload_id: str,
+        key: str,
         pieces: Pieces,
         offset: int,
         continue_last: bool,

@@ -25,7 +25,7 @@ import hashlib
 import io
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, BinaryIO
@@ -37,7 +37,8 @@ import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ephemera.blobs import KEY_RE, BlobStat, StagedBlob, check_key
+from ephemera.blobs import KEY_RE, BlobStat, StagedBlob, check_key, s3_resumable
+from ephemera.blobs.resumable import Pieces
 from ephemera.errors import BlobNotFound, InvalidInput, StorageError, TooLarge
 
 PART_SIZE = 8 * 1024 * 1024  # S3's minimum is 5 MiB for every part but the last
@@ -485,6 +486,9 @@ class S3BlobStore:
                     touched = max([_utc(upload["Initiated"]), *(p[1] for p in parts)])
                     name = f"{key}{_STAGED_SEP}{upload_id}"
                     yield StagedBlob(name, sum(p[0] for p in parts), touched)
+        # Resumable uploads' tail objects: staged bytes too, named by their key.
+        for stat in self.list(f"{s3_resumable.UPLOADS}/"):
+            yield StagedBlob(stat.key, stat.size, stat.modified_at)
 
     def _parts(self, object_key: str, upload_id: str) -> Sequence[tuple[int, datetime]] | None:
         """Size and time of each part uploaded, or None if the upload is gone."""
@@ -505,6 +509,9 @@ class S3BlobStore:
             raise
 
     def delete_staged(self, name: str) -> None:
+        if name.startswith(f"{s3_resumable.UPLOADS}/") and KEY_RE.fullmatch(name):
+            self.delete(name)  # a resumable upload's tail object
+            return
         key, sep, upload_id = name.partition(_STAGED_SEP)
         if not sep or not upload_id or not KEY_RE.fullmatch(key):
             raise StorageError(f"invalid staging name {name!r}")
@@ -512,6 +519,33 @@ class S3BlobStore:
             self.client().abort_multipart_upload(
                 Bucket=self.bucket, Key=self._root + key, UploadId=upload_id
             )
+
+    # -- resumable uploads (ephemera.blobs.s3_resumable) ----------------------------------------
+
+    def append_to(
+        self,
+        upload_id: str,
+        key: str,
+        pieces: Pieces,
+        offset: int,
+        continue_last: bool,
+        reserve: Callable[[], int],
+    ) -> s3_resumable.S3PieceWriter:
+        # Parts are never extended: a clean or a taken-over claim starts alike.
+        return s3_resumable.S3PieceWriter(self, upload_id, check_key(key), pieces, offset, reserve)
+
+    def assemble(self, upload_id: str, pieces: Pieces, length: int, key: str) -> None:
+        s3_resumable.assemble(self, upload_id, pieces, length, check_key(key))
+
+    def discard_upload(self, upload_id: str, pieces: Pieces) -> None:
+        s3_resumable.discard(self, check_key(upload_id), pieces)
+
+    def upload_of_staged(self, name: str) -> str | None:
+        key = name.partition(_STAGED_SEP)[0]
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == s3_resumable.UPLOADS:
+            return parts[1]  # a tail object
+        return parts[-1] if len(parts) == 3 and parts[0] == "sessions" else None
 
     def create_container(self) -> None:
         options: dict[str, Any] = {}

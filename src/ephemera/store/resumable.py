@@ -275,8 +275,11 @@ class Resumables:
         assert row.offset == row.length
         now = ctx.clock.now()
         values = check_metadata(ctx, row.meta, now)
-        artifact_id = ids.new_uuid7()
+        # The artifact takes the upload's ID: its bytes can be built at their key already.
+        artifact_id = row.id
         key = artifact_key(row.session_id, artifact_id)
+        # What an attempt that stopped before its commit left is redone.
+        ctx.catalog.delete_pending_artifact(artifact_id)
         if not ctx.catalog.insert_pending_artifact(
             {"id": artifact_id, "session_id": row.session_id, "created_at": now, **values}
         ):
@@ -378,7 +381,12 @@ class Appender:
         self._beat = time.monotonic()
         self._released = False
         self._writer: PieceWriter = owner.blobs.append_to(
-            row.id, row.pieces, row.offset, clean, self._reserve
+            row.id,
+            artifact_key(row.session_id, row.id),
+            row.pieces,
+            row.offset,
+            clean,
+            self._reserve,
         )
 
     @property
