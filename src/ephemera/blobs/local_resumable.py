@@ -1,7 +1,9 @@
 """Resumable uploads on a local directory: one segment file per writer, in staging.
 
 An upload's segments live in ``staging/tus-{upload_id}/{piece}``. A writer appends to its
-own segment; a checkpoint is an ``fsync`` (the caller then records the offset). A writer
+own segment; a checkpoint (every ``CHECKPOINT`` bytes) is an ``fsync``, then the caller
+records the offset. Writeback is started every few MiB without waiting, so a checkpoint's
+fsync has little left to flush and the body keeps flowing meanwhile. A writer
 that follows a clean release continues the last segment, truncated to its recorded length;
 one that took over a stale claim starts a new segment, so the old writer, if it is still
 running, only ever appends past what was recorded in a file nobody extends again.
@@ -12,6 +14,7 @@ into place, no copy; several segments are concatenated.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable
@@ -25,7 +28,8 @@ from ephemera.fsutil import create_file, make_dirs
 if TYPE_CHECKING:
     from ephemera.blobs.local import LocalBlobStore
 
-CHECKPOINT = 8 * 1024 * 1024
+CHECKPOINT = 32 * 1024 * 1024
+KICK = 4 * 1024 * 1024
 COPY_CHUNK = 1024 * 1024
 PREFIX = "tus-"
 
@@ -60,6 +64,7 @@ class LocalPieceWriter:
         ]
         self._written = offset
         self._durable = offset
+        self._kicked = offset
         self._fd: int | None = None
         try:
             make_dirs(self._dir, store.dir_mode)
@@ -91,6 +96,12 @@ class LocalPieceWriter:
         except OSError as exc:
             raise _error("write", exc) from exc
         self._written += len(data)
+        if self._written - self._kicked >= KICK:
+            # Start writing back what is not yet on disk (without waiting), so the fsync of
+            # the next checkpoint has little left to wait for and the body keeps flowing.
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            self._kicked = self._written
 
     def checkpoint_due(self) -> bool:
         return self._written - self._durable >= CHECKPOINT
