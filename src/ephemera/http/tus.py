@@ -282,6 +282,11 @@ def tus_router(store: Store) -> APIRouter:
                     response = tus.error(request, exc)
                     response.headers["Location"] = location
                     return response
+            elif status.length == 0:
+                # Nothing to send: the empty upload is complete at its creation.
+                status = await anyio.to_thread.run_sync(
+                    store.resumable.finish, session_id, status.id
+                )
             response = Response(status_code=201)
             response.headers["Location"] = location
             tus.status_headers(response, status)
