@@ -24,8 +24,6 @@ from tests.conftest import Server, bearer
 pytestmark = pytest.mark.slow
 
 LIVE_SESSION = "fuzz"
-# tus PATCH bodies are raw bytes under their own media type.
-schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
 
 
 @pytest.fixture(scope="module")
