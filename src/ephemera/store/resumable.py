@@ -168,6 +168,7 @@ class Resumables:
         check_metadata(ctx, meta, now)
         if length is not None:
             check_length(ctx, session_id, length)
+        ctx.volume.check_room()
         upload_id = ids.new_uuid7()
         values = {
             "id": upload_id,
@@ -220,6 +221,7 @@ class Resumables:
         if checksum is not None and checksum[0] not in CHECKSUMS:
             raise InvalidInput(f"unsupported checksum algorithm {checksum[0][:20]!r}")
         _check_bounds(self._ctx, row, offset, length, body_size)
+        self._ctx.volume.check_room()
         row, clean = self._claim(session_id, upload_id)
         try:
             if row.offset != offset:
@@ -259,7 +261,8 @@ class Resumables:
         try:
             row, _clean = self._claim(session_id, upload_id)
         except Conflict:
-            return self.status(session_id, upload_id)  # finished meanwhile
+            # Finished meanwhile, or a request is finishing it now: tell what is recorded.
+            return self.status(session_id, upload_id)
         try:
             if row.length is not None and row.offset == row.length:
                 self.complete(row, None)
