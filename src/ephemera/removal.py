@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from ephemera.blobs import artifact_key, session_prefix
 from ephemera.blobs.resumable import ResumableBlobs
-from ephemera.catalog.resumable import DONE
+from ephemera.catalog.sessions import DiscardUploads
 from ephemera.context import Context
 from ephemera.errors import EphemeraError
 from ephemera.hooks import ArtifactDeleted, SessionClosed
@@ -82,7 +83,6 @@ def remove_session(
     ``closing``. The hook tells ``told`` (count, bytes) if given (an explicit close reports
     the ready artifacts it answered with), else what was dropped.
     """
-    discard_uploads(context, [session_id])
     context.blobs.delete_prefix(session_prefix(session_id))
     dropped = context.catalog.drop_session(session_id)
     if dropped is not None:
@@ -105,7 +105,6 @@ def remove_sessions(
     swept: list[str] = []
     for session_id in session_ids:
         try:
-            discard_uploads(context, [session_id])
             context.blobs.delete_prefix(session_prefix(session_id))
         except EphemeraError as exc:
             failed[session_id] = exc.message
@@ -117,14 +116,19 @@ def remove_sessions(
     return SessionRemoval(removed, failed)
 
 
-def discard_uploads(context: Context, session_ids: Sequence[str]) -> None:
-    """The bytes of the sessions' resumable uploads (their rows go with the sessions')."""
+def upload_discarder(context: Context) -> DiscardUploads | None:
+    """Removes the bytes of a dropped session's open resumable uploads: the catalog runs it
+    inside the drop (``Catalog.discard_uploads_with``), so a failure drops nothing and the
+    session stays ``closing``."""
     blobs = context.blobs
     if not isinstance(blobs, ResumableBlobs):
-        return
-    for upload in context.catalog.session_uploads(session_ids):
-        if upload.state != DONE:
-            blobs.discard_upload(upload.id, upload.pieces)
+        return None
+
+    def discard(unfinished: list[tuple[str, dict[str, Any]]]) -> None:
+        for upload_id, pieces in unfinished:
+            blobs.discard_upload(upload_id, pieces)
+
+    return discard
 
 
 def _told_closed(

@@ -39,6 +39,7 @@ from ephemera.catalog.db import Database, open_database
 from ephemera.catalog.locks import AdvisoryLocks
 from ephemera.catalog.predicates import RESULT_KINDS
 from ephemera.catalog.resumable import UploadRow
+from ephemera.catalog.sessions import DiscardUploads
 from ephemera.catalog.sweeps import (
     ArtifactRule,
     ArtifactSweep,
@@ -69,6 +70,7 @@ class Catalog:
     def __init__(self, database: Database) -> None:
         self._db = database
         self._advisory = AdvisoryLocks(database.engine)
+        self._discard_uploads: DiscardUploads | None = None
 
     @classmethod
     def open(
@@ -153,13 +155,18 @@ class Catalog:
         return sessions.begin_close(self._db, session_id, now, force=force)
 
     def drop_session(self, session_id: str) -> tuple[int, int] | None:
-        return sessions.drop_session(self._db, session_id)
+        return sessions.drop_session(self._db, session_id, self._discard_uploads)
 
     def closing_session_ids(self, after: str | None, limit: int) -> list[str]:
         return sessions.closing_session_ids(self._db, after, limit)
 
     def drop_sessions(self, session_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
-        return sessions.drop_sessions(self._db, session_ids)
+        return sessions.drop_sessions(self._db, session_ids, self._discard_uploads)
+
+    def discard_uploads_with(self, discard: DiscardUploads | None) -> None:
+        """What removes the bytes of a dropped session's open resumable uploads; it runs
+        inside the drop, so a failure drops nothing (set by the Store, which owns blobs)."""
+        self._discard_uploads = discard
 
     # -- resumable (tus) uploads ------------------------------------------------------------
 
@@ -213,9 +220,6 @@ class Catalog:
 
     def delete_upload(self, session_id: str, upload_id: str) -> UploadRow | None:
         return resumable.delete_upload(self._db, session_id, upload_id)
-
-    def session_uploads(self, session_ids: Sequence[str]) -> list[UploadRow]:
-        return resumable.session_uploads(self._db, session_ids)
 
     def expired_uploads(
         self, now: datetime, after: tuple[datetime, str] | None, limit: int

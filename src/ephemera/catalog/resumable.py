@@ -205,15 +205,6 @@ def delete_upload(db: Database, session_id: str, upload_id: str) -> UploadRow | 
     return None if r is None else _row(r)
 
 
-def session_uploads(db: Database, session_ids: Sequence[str]) -> list[UploadRow]:
-    """Every upload row of these sessions (to remove their bytes with the session)."""
-    if not session_ids:
-        return []
-    with db.read() as conn:
-        rows = conn.execute(select(uploads).where(uploads.c.session_id.in_(session_ids)))
-        return [_row(r) for r in rows]
-
-
 def expired_uploads(
     db: Database, now: datetime, after: tuple[datetime, str] | None, limit: int
 ) -> list[UploadRow]:

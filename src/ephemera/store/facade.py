@@ -87,7 +87,7 @@ from ephemera.models import (
 )
 from ephemera.processors import ProcessorInfo, Registry
 from ephemera.recovery import recover
-from ephemera.removal import remove_artifacts, remove_session
+from ephemera.removal import remove_artifacts, remove_session, upload_discarder
 from ephemera.store import (
     access,
     artifacts,
@@ -138,6 +138,7 @@ class Store(imports.ImportMethods):
         self.metrics = Metrics(catalog, self.volume)
         # Resumable (tus) uploads: create, append, inspect, terminate.
         self.resumable = Resumables(self.context)
+        catalog.discard_uploads_with(upload_discarder(self.context))
         self._processors = tasks.Processors(self.settings)
         # Set on every submission, so this process's idle workers claim at once.
         self.tasks_queued = threading.Event()
