@@ -22,7 +22,7 @@ given = $(filter command line,$(origin $(1)))
 SERVE_ARGS := $(if $(call given,HOST),--host '$(HOST)') $(if $(call given,PORT),--port '$(PORT)')
 
 .PHONY: install serve-env test-env serve test test-fast lint bench bench-transfer bench-cleanup \
-	bench-processing bench-import clean
+	bench-processing bench-import bench-tus clean
 
 $(SERVE_STAMP): pyproject.toml
 	$(PYTHON) -m venv --clear $(VENV)
@@ -63,7 +63,7 @@ test: lint
 test-fast: test-env
 	$(TBIN)/pytest tests/unit
 
-bench: bench-transfer bench-cleanup bench-processing bench-import
+bench: bench-transfer bench-cleanup bench-processing bench-import bench-tus
 
 bench-transfer: test-env
 	$(TBIN)/python -m bench.transfer
@@ -76,6 +76,9 @@ bench-processing: test-env
 
 bench-import: test-env
 	$(TBIN)/python -m bench.importing
+
+bench-tus: test-env
+	$(TBIN)/python -m bench.tus
 
 clean:
 	rm -rf $(VENV) $(TEST_VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache \

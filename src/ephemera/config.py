@@ -175,6 +175,25 @@ class Settings(BaseSettings):
         description="Uploads one session may have in flight at once, per process (429 above)",
     )
 
+    # -- resumable uploads (tus) -----------------------------------------------------------------
+    tus_upload_ttl_s: int = Field(
+        24 * 3600,
+        ge=1,
+        le=MAX_TIMEOUT_S,
+        description="Life of a resumable upload from its creation (Upload-Expires)",
+    )
+    tus_claim_timeout_s: float = Field(
+        5,
+        gt=0,
+        description="A resumable upload's writer that has sent nothing this long loses it to "
+        "the next request",
+    )
+    tus_cors_origins: list[str] = Field(
+        default_factory=list,
+        description='Origins browsers may send resumable uploads from (JSON list; "*" for '
+        "any); default none",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -25,6 +25,18 @@ class ChecksumMismatch(InvalidInput):
     code = "checksum_mismatch"
 
 
+class InvalidMetadata(InvalidInput):
+    """A resumable upload's metadata (its name, kind, ...) that cannot be accepted."""
+
+    code = "invalid_metadata"
+
+
+class UploadChecksumMismatch(ChecksumMismatch):
+    """A resumable upload's chunk did not match its checksum: nothing of it was kept."""
+
+    code = "upload_checksum_mismatch"
+
+
 class NotFound(EphemeraError, LookupError):
     """Missing, gone, expired, or not reachable with the given credentials: deliberately one."""
 
@@ -36,6 +48,12 @@ class SessionUnreachable(NotFound):
 
     Answered exactly like any NotFound; the HTTP layer counts it as a failed authentication.
     """
+
+
+class UploadExpired(NotFound):
+    """A resumable upload past its expiry: it takes no more bytes, and cleanup removes it."""
+
+    code = "upload_expired"
 
 
 class Unauthenticated(EphemeraError):
@@ -73,6 +91,12 @@ class IdempotencyKeyReused(InvalidInput):
     """An Idempotency-Key already used for another request (other parameters or body)."""
 
     code = "idempotency_key_reused"
+
+
+class Locked(Conflict):
+    """Another writer holds what this request wants to change; retry later."""
+
+    code = "locked"
 
 
 class TooLarge(EphemeraError):

@@ -10,11 +10,31 @@ import os
 import stat
 from pathlib import Path
 
+from ephemera.errors import InsufficientStorage, StorageError
+
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def is_no_space(exc: OSError) -> bool:
     return exc.errno in _NO_SPACE
+
+
+def write_error(action: str, exc: OSError) -> StorageError:
+    """The error of a failed blob write: a full volume says that nothing was stored."""
+    if is_no_space(exc):
+        return InsufficientStorage(
+            f"cannot {action} blob: the volume is full ({exc.strerror}); nothing was stored"
+        )
+    return StorageError(f"cannot {action} blob: {exc.strerror}")
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of folder ``path`` (creations, renames, removals) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def make_dirs(path: Path, mode: int) -> None:

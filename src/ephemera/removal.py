@@ -13,8 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from ephemera.blobs import artifact_key, session_prefix
+from ephemera.blobs.resumable import ResumableBlobs
+from ephemera.catalog.sessions import DiscardUploads
 from ephemera.context import Context
 from ephemera.errors import EphemeraError
 from ephemera.hooks import ArtifactDeleted, SessionClosed
@@ -111,6 +114,21 @@ def remove_sessions(
     for session_id, dropped in removed.items():
         _told_closed(context, session_id, dropped, reason, at)
     return SessionRemoval(removed, failed)
+
+
+def upload_discarder(context: Context) -> DiscardUploads | None:
+    """Removes the bytes of a dropped session's open resumable uploads: the catalog runs it
+    inside the drop (``Catalog.discard_uploads_with``), so a failure drops nothing and the
+    session stays ``closing``."""
+    blobs = context.blobs
+    if not isinstance(blobs, ResumableBlobs):
+        return None
+
+    def discard(unfinished: list[tuple[str, dict[str, Any]]]) -> None:
+        for upload_id, pieces in unfinished:
+            blobs.discard_upload(upload_id, pieces)
+
+    return discard
 
 
 def _told_closed(

@@ -12,7 +12,8 @@ import pytest
 
 from ephemera.blobs import BlobStore, CreatesContainer, open_blob_store, s3
 from ephemera.blobs.local import LocalBlobStore
-from ephemera.blobs.s3 import PART_SIZE, S3BlobStore, S3BlobWriter
+from ephemera.blobs.s3 import S3BlobStore, S3BlobWriter
+from ephemera.blobs.s3_requests import PART_SIZE
 from ephemera.errors import BlobNotFound, InvalidInput, StorageError
 from ephemera.testing import MemoryBlobStore
 from tests.conftest import free_port

@@ -13,34 +13,19 @@ import io
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from ephemera.blobs import BlobStat, StagedBlob, check_key
-from ephemera.errors import BlobNotFound, InsufficientStorage, StorageError
-from ephemera.fsutil import create_file, is_no_space, make_dirs
+from ephemera.blobs import BlobStat, StagedBlob, check_key, local_resumable
+from ephemera.blobs.resumable import Pieces
+from ephemera.errors import BlobNotFound, StorageError
+from ephemera.fsutil import create_file, fsync_dir, make_dirs, write_error
 
 
 def _mtime(st: os.stat_result) -> datetime:
     return datetime.fromtimestamp(st.st_mtime, UTC)
-
-
-def _write_error(action: str, exc: OSError) -> StorageError:
-    if is_no_space(exc):
-        return InsufficientStorage(
-            f"cannot {action} blob: the volume is full ({exc.strerror}); nothing was stored"
-        )
-    return StorageError(f"cannot {action} blob: {exc.strerror}")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalBlobWriter:
@@ -57,7 +42,7 @@ class LocalBlobWriter:
             # Unbuffered: chunks arrive large already, and a buffer would only add a copy.
             self._file: io.FileIO | None = open(fd, "wb", buffering=0)  # noqa: SIM115
         except OSError as exc:
-            raise _write_error("stage", exc) from exc
+            raise write_error("stage", exc) from exc
 
     @property
     def size(self) -> int:
@@ -74,7 +59,7 @@ class LocalBlobWriter:
                 view = view[written or 0 :]
         except OSError as exc:
             self.abort()
-            raise _write_error("write", exc) from exc
+            raise write_error("write", exc) from exc
         self._size += len(data)
         self._synced = False
 
@@ -88,7 +73,7 @@ class LocalBlobWriter:
             os.fsync(self._file.fileno())
         except OSError as exc:
             self.abort()
-            raise _write_error("sync", exc) from exc
+            raise write_error("sync", exc) from exc
         self._synced = True
 
     def commit(self) -> BlobStat:
@@ -104,11 +89,11 @@ class LocalBlobWriter:
             make_dirs(target.parent, self._store.dir_mode)
             os.rename(self._staging, target)
             self._done = True
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
             st = target.stat()
         except OSError as exc:
             self.abort()
-            raise _write_error("commit", exc) from exc
+            raise write_error("commit", exc) from exc
         return BlobStat(self._key, st.st_size, _mtime(st))
 
     def abort(self) -> None:
@@ -285,6 +270,32 @@ class LocalBlobStore:
             pass
         except OSError as exc:
             raise StorageError(f"cannot delete staged {name}: {exc.strerror}") from exc
+
+    # -- resumable uploads (ephemera.blobs.resumable) -------------------------------------------
+
+    def append_to(
+        self,
+        upload_id: str,
+        key: str,
+        pieces: Pieces,
+        offset: int,
+        continue_last: bool,
+        reserve: Callable[[], int],
+    ) -> local_resumable.LocalPieceWriter:
+        self._ensure_dirs()
+        return local_resumable.LocalPieceWriter(
+            self, upload_id, pieces, offset, continue_last, reserve
+        )
+
+    def assemble(self, upload_id: str, pieces: Pieces, length: int, key: str) -> None:
+        check_key(key)
+        local_resumable.assemble(self, upload_id, pieces, length, key)
+
+    def discard_upload(self, upload_id: str, pieces: Pieces) -> None:
+        local_resumable.discard(self, upload_id)
+
+    def upload_of_staged(self, name: str) -> str | None:
+        return local_resumable.upload_of_staged(name)
 
     def check(self) -> None:
         self._ensure_dirs()

@@ -9,12 +9,15 @@ from __future__ import annotations
 import hashlib
 import io
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import BinaryIO
 
 from ephemera.blobs import BlobStat, StagedBlob, check_key
+from ephemera.blobs.resumable import Pieces
 from ephemera.errors import BlobNotFound, StorageError
+
+MEMORY_CHECKPOINT = 8 * 1024 * 1024
 
 
 class _MemoryWriter:
@@ -59,6 +62,56 @@ class _MemoryWriter:
             self._store._staged.pop(self._name, None)
 
 
+class _MemoryPieceWriter:
+    """Segments as the local store keeps them (one per writer, continued after a clean
+    release, truncated to the recorded length), in a dict."""
+
+    def __init__(
+        self,
+        store: MemoryBlobStore,
+        upload_id: str,
+        pieces: Pieces,
+        offset: int,
+        continue_last: bool,
+        reserve: Callable[[], int],
+    ) -> None:
+        self._store = store
+        self._upload_id = upload_id
+        self._segments = [[int(n), int(size)] for n, size in pieces.get("segments", [])]
+        if continue_last and self._segments:
+            number, size = self._segments[-1]
+            segment = store._segments.get((upload_id, number))
+            if segment is None:
+                raise StorageError(f"upload {upload_id}: segment {number} is missing")
+            del segment[size:]
+        else:
+            number = reserve()
+            self._segments.append([number, 0])
+            store._segments[(upload_id, number)] = bytearray()
+        self._segment = store._segments[(upload_id, number)]
+        self._written = offset
+        self._durable = offset
+
+    @property
+    def written(self) -> int:
+        return self._written
+
+    def write(self, data: bytes) -> None:
+        self._segment += data
+        self._written += len(data)
+
+    def checkpoint_due(self) -> bool:
+        return self._written - self._durable >= MEMORY_CHECKPOINT
+
+    def checkpoint(self, final: bool) -> tuple[int, Pieces]:
+        self._segments[-1][1] += self._written - self._durable
+        self._durable = self._written
+        return self._durable, {"segments": [list(s) for s in self._segments]}
+
+    def close(self) -> None:
+        pass
+
+
 class MemoryBlobStore:
     """A BlobStore in a dict: same contract as the real ones, for unit tests."""
 
@@ -67,6 +120,8 @@ class MemoryBlobStore:
         self._staged: dict[str, int] = {}
         self._lock = threading.Lock()
         self._counter = 0
+        # Resumable uploads' segments: (upload ID, piece number) -> bytes.
+        self._segments: dict[tuple[str, int], bytearray] = {}
 
     @staticmethod
     def _now() -> datetime:
@@ -126,11 +181,51 @@ class MemoryBlobStore:
     def list_staged(self) -> Iterator[StagedBlob]:
         with self._lock:
             staged = list(self._staged.items())
-        for name, size in staged:
+            uploads: dict[str, int] = {}
+            for (upload_id, _n), segment in self._segments.items():
+                uploads[f"tus-{upload_id}"] = uploads.get(f"tus-{upload_id}", 0) + len(segment)
+        for name, size in [*staged, *uploads.items()]:
             yield StagedBlob(name, size, self._now())
 
     def delete_staged(self, name: str) -> None:
         self._staged.pop(name, None)
+        upload_id = self.upload_of_staged(name)
+        if upload_id is not None:
+            self.discard_upload(upload_id, {})
+
+    # -- resumable uploads (ephemera.blobs.resumable) -------------------------------------------
+
+    def append_to(
+        self,
+        upload_id: str,
+        key: str,
+        pieces: Pieces,
+        offset: int,
+        continue_last: bool,
+        reserve: Callable[[], int],
+    ) -> _MemoryPieceWriter:
+        check_key(key)
+        return _MemoryPieceWriter(self, upload_id, pieces, offset, continue_last, reserve)
+
+    def assemble(self, upload_id: str, pieces: Pieces, length: int, key: str) -> None:
+        body = bytearray()
+        for number, size in pieces.get("segments", []):
+            segment = self._segments.get((upload_id, int(number)))
+            if segment is None or len(segment) < int(size):
+                raise StorageError(f"upload {upload_id}: segment {number} is short")
+            body += segment[: int(size)]
+        if len(body) != length:
+            raise StorageError(f"upload {upload_id}: recorded segments do not add up")
+        with self._lock:
+            self._blobs[check_key(key)] = (bytes(body), self._now())
+
+    def discard_upload(self, upload_id: str, pieces: Pieces) -> None:
+        with self._lock:
+            for found in [k for k in self._segments if k[0] == upload_id]:
+                del self._segments[found]
+
+    def upload_of_staged(self, name: str) -> str | None:
+        return name.removeprefix("tus-") if name.startswith("tus-") else None
 
     def check(self) -> None:
         return None

@@ -19,13 +19,12 @@ Staged bytes are the parts of uploads in progress: ``list_staged`` reports those
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import io
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, BinaryIO
@@ -37,11 +36,18 @@ import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ephemera.blobs import KEY_RE, BlobStat, StagedBlob, check_key
-from ephemera.errors import BlobNotFound, InvalidInput, StorageError, TooLarge
+from ephemera.blobs import KEY_RE, BlobStat, StagedBlob, check_key, s3_resumable
+from ephemera.blobs.resumable import Pieces
+from ephemera.blobs.s3_requests import (
+    MAX_PARTS,
+    MISSING,
+    PART_SIZE,
+    code_of,
+    content_md5,
+    translated,
+)
+from ephemera.errors import InvalidInput, StorageError, TooLarge
 
-PART_SIZE = 8 * 1024 * 1024  # S3's minimum is 5 MiB for every part but the last
-MAX_PARTS = 10_000  # S3's limit: with PART_SIZE, a blob can be up to 78 GiB
 DELETE_BATCH = 1000  # the most keys one DeleteObjects takes
 # Connections kept open to the endpoint: as many as the HTTP server has worker threads
 # (anyio's default), since requests and workers share one client.
@@ -52,37 +58,10 @@ MAX_CONNECTIONS = 40
 _LOADER = botocore.loaders.create_loader()
 _CLIENT_LOCK = threading.Lock()
 
-_MISSING = frozenset({"NoSuchKey", "NotFound", "404"})
 _BUCKET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
 # Separates the key from the upload ID in a staged name; keys never contain it.
 _STAGED_SEP = ":"
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-@contextlib.contextmanager
-def _translated(
-    action: str, *, missing: str | None = None, done: str | None = None
-) -> Iterator[None]:
-    """Client errors become ours here: none escapes this backend.
-
-    ``missing``: the message of the BlobNotFound for a missing key. ``done``: the error code
-    that means the operation has nothing left to do (it is then swallowed).
-    """
-    try:
-        yield
-    except ClientError as exc:
-        code = _code(exc)
-        if code == done:
-            return
-        if missing is not None and code in _MISSING:
-            raise BlobNotFound(missing) from exc
-        raise StorageError(f"{action}: {code or exc}") from exc
-    except BotoCoreError as exc:
-        raise StorageError(f"{action}: {exc}") from exc
 
 
 def _utc(value: Any) -> datetime:
@@ -100,11 +79,6 @@ def _server_time(response: Any) -> datetime:
         return datetime.now(UTC)
 
 
-def _md5(data: bytes | bytearray) -> str:
-    # Content-MD5: the integrity check every S3-compatible server verifies.
-    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
-
-
 class _ObjectReader(io.RawIOBase):
     """A response body as a raw stream whose read errors are ours."""
 
@@ -117,13 +91,13 @@ class _ObjectReader(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        with _translated(f"cannot read blob {self._key}"):
+        with translated(f"cannot read blob {self._key}"):
             data = self._body.read(len(view))
         view[: len(data)] = data
         return len(data)
 
     def readall(self) -> bytes:
-        with _translated(f"cannot read blob {self._key}"):
+        with translated(f"cannot read blob {self._key}"):
             return bytes(self._body.read())
 
     def close(self) -> None:
@@ -196,11 +170,11 @@ class S3BlobWriter:
         client = self._store.client()
         bucket = self._store.bucket
         try:
-            with _translated(f"cannot commit blob {self._key}"):
+            with translated(f"cannot commit blob {self._key}"):
                 if self._upload_id is None:
                     body = bytes(self._buffer)
                     response = client.put_object(
-                        Bucket=bucket, Key=self._object, Body=body, ContentMD5=_md5(body)
+                        Bucket=bucket, Key=self._object, Body=body, ContentMD5=content_md5(body)
                     )
                 else:
                     self.sync()
@@ -237,7 +211,7 @@ class S3BlobWriter:
             raise TooLarge(f"blob exceeds the S3 limit of {MAX_PARTS * PART_SIZE} bytes")
         client = self._store.client()
         try:
-            with _translated(f"cannot upload blob {self._key}"):
+            with translated(f"cannot upload blob {self._key}"):
                 if self._upload_id is None:
                     created = client.create_multipart_upload(
                         Bucket=self._store.bucket, Key=self._object
@@ -249,7 +223,7 @@ class S3BlobWriter:
                     UploadId=self._upload_id,
                     PartNumber=self._part,
                     Body=self._buffer,
-                    ContentMD5=_md5(self._buffer),
+                    ContentMD5=content_md5(self._buffer),
                 )
         except BaseException:
             self.abort()
@@ -320,7 +294,7 @@ class S3BlobStore:
             "ResponseContentType": content_type,
             "ResponseContentDisposition": content_disposition,
         }
-        with _translated(f"cannot sign a URL for blob {key}"):
+        with translated(f"cannot sign a URL for blob {key}"):
             return str(
                 self._signer(endpoint_url).generate_presigned_url(
                     "get_object", Params=params, ExpiresIn=expires_in_s
@@ -386,19 +360,19 @@ class S3BlobStore:
 
     def _get(self, key: str, options: dict[str, str]) -> BinaryIO:
         object_key = self.object_key(key)
-        with _translated(f"cannot open blob {key}", missing=f"no blob at {key}"):
+        with translated(f"cannot open blob {key}", missing=f"no blob at {key}"):
             response = self.client().get_object(Bucket=self.bucket, Key=object_key, **options)
         return io.BufferedReader(_ObjectReader(response["Body"], key))
 
     def stat(self, key: str) -> BlobStat:
         object_key = self.object_key(key)
-        with _translated(f"cannot stat blob {key}", missing=f"no blob at {key}"):
+        with translated(f"cannot stat blob {key}", missing=f"no blob at {key}"):
             head = self.client().head_object(Bucket=self.bucket, Key=object_key)
         return BlobStat(key, int(head["ContentLength"]), _utc(head["LastModified"]))
 
     def delete(self, key: str) -> None:
         object_key = self.object_key(key)
-        with _translated(f"cannot delete blob {key}"):
+        with translated(f"cannot delete blob {key}"):
             self.client().delete_object(Bucket=self.bucket, Key=object_key)
 
     def delete_many(self, keys: Sequence[str]) -> dict[str, str]:
@@ -408,7 +382,7 @@ class S3BlobStore:
         for i in range(0, len(object_keys), DELETE_BATCH):
             batch = object_keys[i : i + DELETE_BATCH]
             try:
-                with _translated("cannot delete blobs"):
+                with translated("cannot delete blobs"):
                     errors = self._delete_objects(batch)
             except StorageError as exc:
                 failed.update({self._relative(k): exc.message for k in batch})
@@ -424,7 +398,7 @@ class S3BlobStore:
         return {
             str(e["Key"]): str(e.get("Code") or e.get("Message"))
             for e in response.get("Errors", [])
-            if e.get("Code") not in _MISSING  # gone already: deleted
+            if e.get("Code") not in MISSING  # gone already: deleted
         }
 
     def delete_prefix(self, prefix: str) -> int:
@@ -439,7 +413,7 @@ class S3BlobStore:
             batch = [str(obj["Key"]) for obj in page.get("Contents", [])]
             if not batch:
                 continue
-            with _translated(f"cannot delete {prefix}"):
+            with translated(f"cannot delete {prefix}"):
                 errors = self._delete_objects(batch)
             if errors:
                 key, reason = next(iter(errors.items()))
@@ -460,7 +434,7 @@ class S3BlobStore:
         check_key(base)
         if not prefix.endswith("/"):
             # ``base`` may be a blob itself: it sorts first of all keys that start with it.
-            with _translated(f"cannot list {base}"):
+            with translated(f"cannot list {base}"):
                 first = self.client().list_objects_v2(
                     Bucket=self.bucket, Prefix=self._root + base, MaxKeys=1
                 )
@@ -483,7 +457,7 @@ class S3BlobStore:
             .get_paginator("list_objects_v2")
             .paginate(Bucket=self.bucket, Prefix=object_prefix, **options)
         )
-        with _translated(f"cannot list {self._relative(object_prefix) or 'blobs'}"):
+        with translated(f"cannot list {self._relative(object_prefix) or 'blobs'}"):
             yield from pages
 
     def list_children(self, prefix: str) -> Iterator[str]:
@@ -515,7 +489,7 @@ class S3BlobStore:
             .get_paginator("list_multipart_uploads")
             .paginate(Bucket=self.bucket, Prefix=self._root)
         )
-        with _translated("cannot list staged uploads"):
+        with translated("cannot list staged uploads"):
             for page in pages:
                 for upload in page.get("Uploads", []):
                     object_key = str(upload["Key"])
@@ -529,6 +503,9 @@ class S3BlobStore:
                     touched = max([_utc(upload["Initiated"]), *(p[1] for p in parts)])
                     name = f"{key}{_STAGED_SEP}{upload_id}"
                     yield StagedBlob(name, sum(p[0] for p in parts), touched)
+        # Resumable uploads' tail objects: staged bytes too, named by their key.
+        for stat in self.list(f"{s3_resumable.UPLOADS}/"):
+            yield StagedBlob(stat.key, stat.size, stat.modified_at)
 
     def _parts(self, object_key: str, upload_id: str) -> Sequence[tuple[int, datetime]] | None:
         """Size and time of each part uploaded, or None if the upload is gone."""
@@ -544,25 +521,55 @@ class S3BlobStore:
                 for part in page.get("Parts", [])
             ]
         except ClientError as exc:
-            if _code(exc) == "NoSuchUpload":
+            if code_of(exc) == "NoSuchUpload":
                 return None
             raise
 
     def delete_staged(self, name: str) -> None:
+        if name.startswith(f"{s3_resumable.UPLOADS}/") and KEY_RE.fullmatch(name):
+            self.delete(name)  # a resumable upload's tail object
+            return
         key, sep, upload_id = name.partition(_STAGED_SEP)
         if not sep or not upload_id or not KEY_RE.fullmatch(key):
             raise StorageError(f"invalid staging name {name!r}")
-        with _translated(f"cannot delete staged {name}", done="NoSuchUpload"):
+        with translated(f"cannot delete staged {name}", done="NoSuchUpload"):
             self.client().abort_multipart_upload(
                 Bucket=self.bucket, Key=self._root + key, UploadId=upload_id
             )
+
+    # -- resumable uploads (ephemera.blobs.s3_resumable) ----------------------------------------
+
+    def append_to(
+        self,
+        upload_id: str,
+        key: str,
+        pieces: Pieces,
+        offset: int,
+        continue_last: bool,
+        reserve: Callable[[], int],
+    ) -> s3_resumable.S3PieceWriter:
+        # Parts are never extended: a clean or a taken-over claim starts alike.
+        return s3_resumable.S3PieceWriter(self, upload_id, check_key(key), pieces, offset, reserve)
+
+    def assemble(self, upload_id: str, pieces: Pieces, length: int, key: str) -> None:
+        s3_resumable.assemble(self, upload_id, pieces, length, check_key(key))
+
+    def discard_upload(self, upload_id: str, pieces: Pieces) -> None:
+        s3_resumable.discard(self, check_key(upload_id), pieces)
+
+    def upload_of_staged(self, name: str) -> str | None:
+        key = name.partition(_STAGED_SEP)[0]
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == s3_resumable.UPLOADS:
+            return parts[1]  # a tail object
+        return parts[-1] if len(parts) == 3 and parts[0] == "sessions" else None
 
     def create_container(self) -> None:
         options: dict[str, Any] = {}
         if self.region and self.region != "us-east-1":
             # us-east-1 is the one region that refuses to be named here.
             options["CreateBucketConfiguration"] = {"LocationConstraint": self.region}
-        with _translated(f"cannot create S3 bucket {self.bucket}", done="BucketAlreadyOwnedByYou"):
+        with translated(f"cannot create S3 bucket {self.bucket}", done="BucketAlreadyOwnedByYou"):
             self.client().create_bucket(Bucket=self.bucket, **options)
 
     def check(self) -> None:
@@ -572,7 +579,7 @@ class S3BlobStore:
             self.client().head_bucket(Bucket=self.bucket)
         except ClientError as exc:
             # HEAD answers carry no error body: a missing bucket is a bare 404.
-            code = _code(exc)
+            code = code_of(exc)
             if code in ("404", "NotFound", "NoSuchBucket"):
                 raise StorageError(
                     f"S3 bucket {self.bucket} does not exist: create it, or set "

@@ -33,6 +33,7 @@ from ephemera.catalog import (
     locks,
     migrate,
     orphans,
+    resumable,
     sessions,
     stats,
     sweeps,
@@ -45,6 +46,8 @@ from ephemera.catalog.idempotency import Answer, Completion, KeyRecord
 from ephemera.catalog.locks import AdvisoryLocks
 from ephemera.catalog.notify import TASKS, Notifier, PgListener, Wakeup, session_topic
 from ephemera.catalog.predicates import RESULT_KINDS
+from ephemera.catalog.resumable import UploadRow
+from ephemera.catalog.sessions import DiscardUploads
 from ephemera.catalog.sweeps import (
     ArtifactRule,
     ArtifactSweep,
@@ -81,6 +84,7 @@ class Catalog:
         # Wake-ups after commits; on PostgreSQL a listener joins in at the first subscriber.
         self.notifier = Notifier(self._listen if database.dialect == "postgresql" else None)
         database.committed = self.notifier.publish
+        self._discard_uploads: DiscardUploads | None = None
 
     @classmethod
     def open(
@@ -174,13 +178,82 @@ class Catalog:
         return sessions.begin_close(self._db, session_id, now, force=force)
 
     def drop_session(self, session_id: str) -> tuple[int, int] | None:
-        return sessions.drop_session(self._db, session_id)
+        return sessions.drop_session(self._db, session_id, self._discard_uploads)
 
     def closing_session_ids(self, after: str | None, limit: int) -> list[str]:
         return sessions.closing_session_ids(self._db, after, limit)
 
     def drop_sessions(self, session_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
-        return sessions.drop_sessions(self._db, session_ids)
+        return sessions.drop_sessions(self._db, session_ids, self._discard_uploads)
+
+    def discard_uploads_with(self, discard: DiscardUploads | None) -> None:
+        """What removes the bytes of a dropped session's open resumable uploads; it runs
+        inside the drop, so a failure drops nothing (set by the Store, which owns blobs)."""
+        self._discard_uploads = discard
+
+    # -- resumable (tus) uploads ------------------------------------------------------------
+
+    def insert_upload(self, values: dict[str, Any]) -> bool:
+        return resumable.insert_upload(self._db, values)
+
+    def get_upload(self, session_id: str, upload_id: str) -> UploadRow | None:
+        return resumable.get_upload(self._db, session_id, upload_id)
+
+    def claim_upload(
+        self, upload_id: str, writer: str, now: datetime, stale_before: datetime
+    ) -> tuple[UploadRow, bool] | None:
+        return resumable.claim_upload(self._db, upload_id, writer, now, stale_before)
+
+    def reserve_piece(self, upload_id: str, writer: str, generation: int) -> int | None:
+        return resumable.reserve_piece(self._db, upload_id, writer, generation)
+
+    def record_upload_progress(
+        self,
+        upload_id: str,
+        writer: str,
+        generation: int,
+        offset: int,
+        pieces: dict[str, Any],
+        now: datetime,
+        length: int | None = None,
+    ) -> bool:
+        return resumable.record_progress(
+            self._db, upload_id, writer, generation, offset, pieces, now, length
+        )
+
+    def heartbeat_upload(self, upload_id: str, writer: str, generation: int, now: datetime) -> bool:
+        return resumable.heartbeat(self._db, upload_id, writer, generation, now)
+
+    def release_upload(self, upload_id: str, writer: str, generation: int) -> None:
+        resumable.release_upload(self._db, upload_id, writer, generation)
+
+    def finalize_upload(
+        self,
+        upload_id: str,
+        writer: str,
+        generation: int,
+        artifact_id: str,
+        session_id: str,
+        values: dict[str, Any],
+        quota_bytes: int | None,
+    ) -> Artifact | None:
+        return resumable.finalize_upload(
+            self._db, upload_id, writer, generation, artifact_id, session_id, values, quota_bytes
+        )
+
+    def delete_upload(self, session_id: str, upload_id: str) -> UploadRow | None:
+        return resumable.delete_upload(self._db, session_id, upload_id)
+
+    def expired_uploads(
+        self, now: datetime, after: tuple[datetime, str] | None, limit: int
+    ) -> list[UploadRow]:
+        return resumable.expired_uploads(self._db, now, after, limit)
+
+    def drop_expired_upload(self, upload_id: str, now: datetime, stale_before: datetime) -> bool:
+        return resumable.drop_expired_upload(self._db, upload_id, now, stale_before)
+
+    def live_upload_ids(self, upload_ids: Sequence[str]) -> set[str]:
+        return resumable.live_upload_ids(self._db, upload_ids)
 
     # -- artifacts ------------------------------------------------------------------------
 

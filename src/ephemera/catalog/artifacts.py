@@ -59,7 +59,7 @@ def finalize_artifact(
     the task, and joins the task's lease in the same transaction.
     """
     with db.write() as conn:
-        artifact = _make_ready(conn, artifact_id, session_id, values, quota_bytes, claim)
+        artifact = make_ready(conn, artifact_id, session_id, values, quota_bytes, claim)
         if completion is not None:
             complete(conn, completion, artifact)
         commit_bytes()
@@ -80,7 +80,7 @@ def finalize_import(
     Conflict, and nothing is committed (the bytes are not moved into place either)."""
     duplicate = f"{origin.path[:200]!r} of this version is already imported"
     with db.write(duplicate=duplicate) as conn:
-        artifact = _make_ready(conn, artifact_id, session_id, values, quota_bytes, None)
+        artifact = make_ready(conn, artifact_id, session_id, values, quota_bytes, None)
         entry = record_import(
             conn, session_id, origin, artifact_id, values["sha256"], values["ready_at"]
         )
@@ -88,7 +88,7 @@ def finalize_import(
     return artifact, entry
 
 
-def _make_ready(
+def make_ready(
     conn: Connection,
     artifact_id: str,
     session_id: str,

@@ -311,3 +311,33 @@ events = Table(
     Index(None, "at"),
     sqlite_autoincrement=True,
 )
+
+# tus resumable uploads: an artifact whose bytes arrive over many requests. Only what a
+# checkpoint recorded here counts (``upload_offset``, ``pieces``); one writer at a time holds
+# the row (``writer``, ``generation``, ``heartbeat_at``), and every piece number a writer
+# uses is reserved here first (``next_piece``), so a writer that lost its claim can never
+# touch a piece the next one relies on.
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("session_id", String(64), ForeignKey("sessions.id"), nullable=False),
+    # None until the client declares it (creation-defer-length).
+    Column("length", BigInteger),
+    Column("upload_offset", BigInteger, nullable=False),
+    # The Upload-Metadata as sent (decoded), checked at creation.
+    Column("meta", JSONType, nullable=False),
+    # "open" while bytes arrive; "done" once its artifact is ready.
+    Column("state", String(16), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Column("artifact_id", String(36)),
+    Column("writer", String(64)),
+    Column("generation", Integer, nullable=False),
+    Column("heartbeat_at", UTCDateTime()),
+    Column("next_piece", Integer, nullable=False),
+    # The blob store's record of where the bytes are (segments, parts, a tail).
+    Column("pieces", JSONType, nullable=False),
+    Index(None, "session_id", "id"),
+    Index(None, "expires_at", "id"),
+)

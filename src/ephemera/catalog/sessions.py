@@ -21,6 +21,7 @@ from ephemera.catalog.schema import (
     leases,
     sessions,
     tasks,
+    uploads,
 )
 from ephemera.catalog.tasks import end_task
 from ephemera.catalog.usage import ready_usage
@@ -207,13 +208,20 @@ def begin_close(
     return session_model(row, count, total)
 
 
-def drop_session(db: Database, session_id: str) -> tuple[int, int] | None:
+# Removes the bytes of the open resumable uploads (ID, pieces) of the sessions being dropped,
+# inside the dropping transaction: if it fails, nothing is dropped.
+DiscardUploads = Callable[[list[tuple[str, dict[str, Any]]]], None]
+
+
+def drop_session(
+    db: Database, session_id: str, discard_uploads: DiscardUploads | None = None
+) -> tuple[int, int] | None:
     """Remove a closing session's records (its bytes must already be gone).
 
     Returns the number and bytes of the artifact records removed, or None when another
     caller removed the session first: exactly one caller counts each session.
     """
-    return drop_sessions(db, [session_id]).get(session_id)
+    return drop_sessions(db, [session_id], discard_uploads).get(session_id)
 
 
 def closing_session_ids(db: Database, after: str | None, limit: int) -> list[str]:
@@ -225,7 +233,9 @@ def closing_session_ids(db: Database, after: str | None, limit: int) -> list[str
         return list(conn.scalars(query.order_by(sessions.c.id).limit(limit)))
 
 
-def drop_sessions(db: Database, session_ids: Sequence[str]) -> dict[str, tuple[int, int]]:
+def drop_sessions(
+    db: Database, session_ids: Sequence[str], discard_uploads: DiscardUploads | None = None
+) -> dict[str, tuple[int, int]]:
     """``drop_session`` for many ``closing`` sessions in one write transaction.
 
     Returns the number and bytes of the artifact records removed, by session, for the
@@ -268,6 +278,16 @@ def drop_sessions(db: Database, session_ids: Sequence[str]) -> dict[str, tuple[i
         conn.execute(delete(tasks).where(tasks.c.session_id.in_(closing)))
         conn.execute(delete(artifacts).where(artifacts.c.session_id.in_(closing)))
         conn.execute(delete(import_ledger).where(import_ledger.c.session_id.in_(closing)))
+        if discard_uploads is not None:
+            # A resumable upload's bytes live outside the session's prefix until it is done.
+            unfinished = conn.execute(
+                select(uploads.c.id, uploads.c.pieces).where(
+                    uploads.c.session_id.in_(closing), uploads.c.state != "done"
+                )
+            ).all()
+            if unfinished:
+                discard_uploads([(r.id, dict(r.pieces)) for r in unfinished])
+        conn.execute(delete(uploads).where(uploads.c.session_id.in_(closing)))
         conn.execute(delete(sessions).where(sessions.c.id.in_(closing)))
         events.record(conn, [events.session_event(s, "session.closed") for s in closing])
     return {session_id: usage.get(session_id, (0, 0)) for session_id in closing}

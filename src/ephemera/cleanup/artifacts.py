@@ -9,10 +9,12 @@ from typing import Any
 from ephemera.catalog import ArtifactRule, ArtifactSweep
 from ephemera.cleanup.records import CleanupItem, CleanupReport, ItemKind, Rule
 from ephemera.cleanup.run import Run, delete_marked
+from ephemera.cleanup.uploads import expired_uploads
 
 
 def expired(run: Run, report: CleanupReport) -> None:
     _artifact_pass(run, report, ArtifactSweep(ArtifactRule.EXPIRED, run.now, run.now))
+    expired_uploads(run, report)
 
 
 def old_results(run: Run, report: CleanupReport) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 from ephemera.blobs import BlobStat, BlobStore, artifact_key, session_prefix
+from ephemera.blobs.resumable import ResumableBlobs
 from ephemera.catalog import Candidate
 from ephemera.cleanup.records import CleanupItem, CleanupReport, ItemKind, Rule
 from ephemera.cleanup.run import Run, delete_marked
@@ -35,9 +36,13 @@ def orphaned(run: Run, report: CleanupReport) -> None:
 
 def _staged(run: Run, report: CleanupReport, cutoff: datetime) -> None:
     blobs = run.context.blobs
+    resumable = blobs if isinstance(blobs, ResumableBlobs) else None
     for staged in blobs.list_staged():
         if staged.modified_at >= cutoff:
             continue  # an upload still in flight
+        upload_id = resumable.upload_of_staged(staged.name) if resumable else None
+        if upload_id is not None and run.context.catalog.live_upload_ids([upload_id]):
+            continue  # a resumable upload's pieces: they live as long as its record
         if not run.dry_run:
             try:
                 blobs.delete_staged(staged.name)

@@ -42,6 +42,7 @@ class ItemKind(StrEnum):
     BLOB = "blob"
     STAGED = "staged"
     PENDING = "pending"
+    UPLOAD = "upload"
 
 
 class Rule(StrEnum):
@@ -58,6 +59,7 @@ class Rule(StrEnum):
     NO_RECORD = "no-record"
     INTERRUPTED_DELETE = "interrupted-delete"
     MISSING_BYTES = "missing-bytes"
+    EXPIRED_UPLOAD = "expired-upload"
 
 
 @dataclass(frozen=True, slots=True)

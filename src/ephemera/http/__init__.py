@@ -26,6 +26,7 @@ from ephemera.http.processors import processors_router
 from ephemera.http.ratelimit import auth_failures
 from ephemera.http.routes import ERRORS, api_router
 from ephemera.http.schemas import Health
+from ephemera.http.tus import tus_router
 from ephemera.http.workers import worker_router
 from ephemera.models import KeyRole
 from ephemera.store import Store
@@ -57,6 +58,7 @@ def create_app(store: Store) -> FastAPI:
     app.include_router(links_router(store), prefix=API_PREFIX)
     app.include_router(link_keys_router(store), prefix=API_PREFIX)
     app.include_router(events_router(store), prefix=API_PREFIX)
+    app.include_router(tus_router(store), prefix=API_PREFIX)
 
     @app.get(
         "/metrics",

@@ -18,12 +18,16 @@ from ephemera.errors import (
     IdempotencyKeyInUse,
     InsufficientStorage,
     InvalidInput,
+    InvalidMetadata,
+    Locked,
     NotFound,
     RequestTimeout,
     SchemaOutOfDate,
     StorageError,
     TooLarge,
     Unauthenticated,
+    UploadChecksumMismatch,
+    UploadExpired,
 )
 
 log = logging.getLogger("ephemera.http")
@@ -63,11 +67,16 @@ class RangeNotSatisfiable(EphemeraError):
 STATUS: list[tuple[type[EphemeraError], int]] = [
     (MalformedBody, 400),
     (InvalidHeader, 400),
+    (InvalidMetadata, 400),
+    # tus: a chunk that does not match its Upload-Checksum.
+    (UploadChecksumMismatch, 460),
     (ChecksumMismatch, 400),
     (InvalidInput, 422),
     (Unauthenticated, 401),
     (Forbidden, 403),
+    (UploadExpired, 410),
     (NotFound, 404),
+    (Locked, 423),
     (Conflict, 409),
     (TooLarge, 413),
     (RequestTimeout, 408),

@@ -89,7 +89,7 @@ from ephemera.models import (
 )
 from ephemera.processors import ProcessorInfo, Registry
 from ephemera.recovery import recover
-from ephemera.removal import remove_artifacts, remove_session
+from ephemera.removal import remove_artifacts, remove_session, upload_discarder
 from ephemera.store import (
     access,
     artifacts,
@@ -107,6 +107,7 @@ from ephemera.store import (
     work,
 )
 from ephemera.store.idempotency import Reservation, UploadKey
+from ephemera.store.resumable import Resumables
 from ephemera.store.sessions import DEFAULT, UNCHANGED, Default, Unchanged
 from ephemera.store.sessions import session_not_found as _session_not_found
 from ephemera.store.uploads import Upload
@@ -141,6 +142,9 @@ class Store(imports.ImportMethods, links.LinkMethods):
         self.hooks = Hooks()
         self.context = Context(catalog, blobs, self.settings, self.clock, self.hooks, self.volume)
         self.metrics = Metrics(catalog, self.volume)
+        # Resumable (tus) uploads: create, append, inspect, terminate.
+        self.resumable = Resumables(self.context)
+        catalog.discard_uploads_with(upload_discarder(self.context))
         self._processors = tasks.Processors(self.settings)
         self.webhook: Webhook | None = None
         if self.settings.webhook_url:

@@ -33,11 +33,35 @@ def downgrade() -> None:
 
 
 def _upgrade_uploads() -> None:
-    pass
+    op.create_table(
+        "uploads",
+        sa.Column("id", sa.String(36), nullable=False),
+        sa.Column("session_id", sa.String(64), nullable=False),
+        sa.Column("length", sa.BigInteger()),
+        sa.Column("upload_offset", sa.BigInteger(), nullable=False),
+        sa.Column("meta", JSONType, nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("expires_at", UTCDateTime(), nullable=False),
+        sa.Column("artifact_id", sa.String(36)),
+        sa.Column("writer", sa.String(64)),
+        sa.Column("generation", sa.Integer(), nullable=False),
+        sa.Column("heartbeat_at", UTCDateTime()),
+        sa.Column("next_piece", sa.Integer(), nullable=False),
+        sa.Column("pieces", JSONType, nullable=False),
+        sa.ForeignKeyConstraint(
+            ["session_id"], ["sessions.id"], name="fk_uploads_session_id_sessions"
+        ),
+        sa.PrimaryKeyConstraint("id", name="pk_uploads"),
+    )
+    op.create_index("ix_uploads_session_id_id", "uploads", ["session_id", "id"])
+    op.create_index("ix_uploads_expires_at_id", "uploads", ["expires_at", "id"])
 
 
 def _downgrade_uploads() -> None:
-    pass
+    op.drop_index("ix_uploads_expires_at_id", table_name="uploads")
+    op.drop_index("ix_uploads_session_id_id", table_name="uploads")
+    op.drop_table("uploads")
 
 
 # -- the event log -----------------------------------------------------------------------------

@@ -1,0 +1,81 @@
+"""One writer per resumable upload, on every blob store: a writer that lost its claim (and
+goes on writing) never changes a byte the next writer relies on."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ephemera import Settings, Store
+from ephemera.errors import Conflict, Locked
+from ephemera.store.resumable import Appender
+from ephemera.testing import ManualClock
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
+def store(request: pytest.FixtureRequest, data_dir: Path, clock: ManualClock) -> Iterator[Store]:
+    blob_url = {"local": None, "memory": "memory://"}.get(request.param)
+    if request.param == "s3":
+        blob_url = str(request.getfixturevalue("s3_url"))
+    with Store.open(Settings(data_dir=data_dir, blob_url=blob_url), clock=clock) as opened:
+        clock.catch_up()
+        yield opened
+
+
+def write_and_finish(appender: Appender, data: bytes) -> None:
+    appender.write([data])
+    appender.finish()
+
+
+def test_a_writer_that_lost_its_claim_changes_nothing_the_next_one_relies_on(
+    store: Store, clock: ManualClock
+) -> None:
+    sid = store.create_session(idle_timeout_s=86400).session.id
+    resumable = store.resumable
+    upload = resumable.create(sid, 4 * MiB, {"filename": "claimed.bin"})
+
+    first = resumable.begin_append(sid, upload.id, 0)
+    first.write([b"x" * MiB])
+    assert first.finish().offset == MiB
+
+    # A writer that continues the upload, then goes silent past the claim timeout...
+    stuck = resumable.begin_append(sid, upload.id, MiB)
+    stuck.write([b"s" * MiB])
+    clock.advance(store.settings.tus_claim_timeout_s + 1)
+    # ...is taken over: the next PATCH does not wait for it forever.
+    taker = resumable.begin_append(sid, upload.id, MiB)
+    taker.write([b"b" * 2 * MiB])
+    # The old writer wakes up and writes on: nothing of it may count or land anywhere.
+    with pytest.raises(Locked):
+        write_and_finish(stuck, b"S" * MiB)
+    stuck.close()
+    taker.write([b"b" * MiB])
+    done = taker.finish()
+
+    expected = b"x" * MiB + b"b" * 3 * MiB
+    assert done.offset == 4 * MiB
+    assert done.artifact_id is not None
+    artifact = store.get_artifact(sid, done.artifact_id)
+    assert artifact.sha256 == hashlib.sha256(expected).hexdigest()
+    assert store.read_artifact(sid, done.artifact_id) == expected
+    # Finished: every later PATCH is refused, and changes nothing.
+    with pytest.raises(Conflict):
+        resumable.begin_append(sid, upload.id, 4 * MiB)
+    assert store.read_artifact(sid, done.artifact_id) == expected
+
+
+def test_a_live_writer_keeps_its_upload(store: Store) -> None:
+    sid = store.create_session(idle_timeout_s=86400).session.id
+    upload = store.resumable.create(sid, MiB, {"filename": "busy.bin"})
+    holder = store.resumable.begin_append(sid, upload.id, 0)
+    holder.write([b"h" * 1000])
+    store.settings.tus_claim_timeout_s = 0.2  # wait briefly: the holder stays live meanwhile
+    with pytest.raises(Locked):
+        store.resumable.begin_append(sid, upload.id, 0)
+    holder.write([b"h" * (MiB - 1000)])
+    assert holder.finish().artifact_id is not None

@@ -1,0 +1,232 @@
+"""The tus protocol's shapes: discovery, CORS, creation with an upload, deferred length,
+checksums, metadata, expiry headers, and the whole body's sha256."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from ephemera import Settings, Store
+from ephemera.http import create_app
+from ephemera.testing import ManualClock
+from tests.conftest import bearer
+
+API = "/api/v1"
+TUS = {"Tus-Resumable": "1.0.0"}
+STREAM = {"Content-Type": "application/offset+octet-stream"}
+ORIGIN = "https://app.example"
+
+
+@dataclass
+class Api:
+    client: TestClient
+    auth: dict[str, str]  # the session token
+    sid: str
+
+    @property
+    def uploads(self) -> str:
+        return f"{API}/sessions/{self.sid}/uploads"
+
+    def artifact(self, artifact_id: str) -> dict[str, Any]:
+        got = self.client.get(
+            f"{API}/sessions/{self.sid}/artifacts/{artifact_id}", headers=self.auth
+        )
+        return dict(got.json())
+
+
+Open = Callable[..., Api]
+
+
+@pytest.fixture
+def open_api(data_dir: Path, clock: ManualClock) -> Iterator[Open]:
+    opened: list[tuple[Store, TestClient]] = []
+
+    def open_(**settings: object) -> Api:
+        store = Store.open(Settings(data_dir=data_dir, **settings), clock=clock)  # type: ignore[arg-type]
+        client = TestClient(create_app(store))
+        opened.append((store, client))
+        admin = bearer(store.create_key(f"k{len(opened)}"))
+        body = {"id": f"s{len(opened)}", "idle_timeout_s": 86400}
+        token = client.post(f"{API}/sessions", json=body, headers=admin).json()["token"]
+        return Api(client, bearer(token), str(body["id"]))
+
+    yield open_
+    for store, client in opened:
+        client.close()
+        store.close()
+
+
+def meta(**values: str) -> str:
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in values.items())
+
+
+def headers(auth: dict[str, str], **extra: str) -> dict[str, str]:
+    return {**auth, **TUS, **extra}
+
+
+def test_discovery_needs_no_credentials_and_lists_the_extensions(open_api: Open) -> None:
+    api = open_api()
+    answer = api.client.options(api.uploads, headers={"Origin": ORIGIN})
+    assert answer.status_code == 204
+    assert answer.headers["Tus-Version"] == "1.0.0"
+    assert set(answer.headers["Tus-Extension"].split(",")) == {
+        "creation",
+        "creation-with-upload",
+        "creation-defer-length",
+        "termination",
+        "expiration",
+        "checksum",
+    }
+    assert answer.headers["Tus-Checksum-Algorithm"] == "sha1,sha256"
+    assert answer.headers["Tus-Max-Size"] == str(1024**3)
+    # No origin is allowed unless configured.
+    assert "Access-Control-Allow-Origin" not in answer.headers
+
+
+def test_configured_origins_get_cors_headers_and_others_do_not(open_api: Open) -> None:
+    api = open_api(tus_cors_origins=[ORIGIN])
+    client, auth = api.client, api.auth
+    preflight = client.options(
+        api.uploads, headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"}
+    )
+    assert preflight.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "PATCH" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "Upload-Offset" in preflight.headers["Access-Control-Allow-Headers"]
+    created = client.post(
+        api.uploads,
+        headers=headers(
+            auth, Origin=ORIGIN, **{"Upload-Length": "3"}, **{"Upload-Metadata": meta(filename="a")}
+        ),
+    )
+    assert created.headers["Access-Control-Allow-Origin"] == ORIGIN
+    exposed = {h.strip() for h in created.headers["Access-Control-Expose-Headers"].split(",")}
+    assert {"Location", "Upload-Offset", "Ephemera-Artifact-Id", "Upload-Expires"} <= exposed
+    other = client.options(api.uploads, headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+
+def test_creation_with_upload_completes_in_one_request(open_api: Open) -> None:
+    api = open_api()
+    client, auth = api.client, api.auth
+    created = client.post(
+        api.uploads,
+        headers=headers(
+            auth,
+            **STREAM,
+            **{"Upload-Length": "5", "Upload-Metadata": meta(filename="one.txt", kind="golden")},
+        ),
+        content=b"hello",
+    )
+    assert created.status_code == 201
+    assert created.headers["Upload-Offset"] == "5"
+    artifact_id = created.headers["Ephemera-Artifact-Id"]
+    artifact = api.artifact(artifact_id)
+    assert artifact["kind"] == "golden"
+    assert artifact["sha256"] == hashlib.sha256(b"hello").hexdigest()
+
+
+def test_deferred_length_metadata_expiry_and_checksums(open_api: Open, clock: ManualClock) -> None:
+    api = open_api()
+    client, auth = api.client, api.auth
+    created = client.post(
+        api.uploads,
+        headers=headers(
+            auth,
+            **{
+                "Upload-Defer-Length": "1",
+                "Upload-Metadata": meta(filename="d.bin", relativePath="x"),
+            },
+        ),
+    )
+    url = created.headers["Location"]
+    head = client.head(url, headers=headers(auth))
+    assert head.headers["Upload-Defer-Length"] == "1"
+    assert head.headers["Upload-Offset"] == "0"
+    assert head.headers["Cache-Control"] == "no-store"
+    assert head.headers["Upload-Metadata"] == meta(filename="d.bin", relativePath="x")
+    expires = parsedate_to_datetime(head.headers["Upload-Expires"])
+    assert expires == clock.now().replace(microsecond=0) + (
+        expires - clock.now().replace(microsecond=0)
+    )
+    assert (expires - clock.now()).total_seconds() == pytest.approx(86400, abs=1)
+
+    digest = base64.b64encode(hashlib.sha256(b"abc").digest()).decode()
+    first = client.patch(
+        url,
+        headers=headers(
+            auth, **STREAM, **{"Upload-Offset": "0", "Upload-Checksum": f"sha256 {digest}"}
+        ),
+        content=b"abc",
+    )
+    assert first.status_code == 204
+    assert first.headers["Upload-Offset"] == "3"
+    last = client.patch(
+        url,
+        headers=headers(auth, **STREAM, **{"Upload-Offset": "3", "Upload-Length": "6"}),
+        content=b"def",
+    )
+    assert last.status_code == 204
+    assert last.headers["Upload-Length"] == "6"
+    assert "Ephemera-Artifact-Id" in last.headers
+    assert "Upload-Expires" not in last.headers  # finished: it no longer expires
+
+
+def test_a_whole_body_that_is_not_the_declared_sha256_is_refused_and_removed(
+    open_api: Open,
+) -> None:
+    api = open_api()
+    client, auth = api.client, api.auth
+    created = client.post(
+        api.uploads,
+        headers=headers(
+            auth,
+            **{"Upload-Length": "3", "Upload-Metadata": meta(filename="s.bin", sha256="0" * 64)},
+        ),
+    )
+    url = created.headers["Location"]
+    answer = client.patch(
+        url, headers=headers(auth, **STREAM, **{"Upload-Offset": "0"}), content=b"abc"
+    )
+    assert answer.status_code == 460
+    assert client.head(url, headers=headers(auth)).status_code == 404
+    listed = client.get(f"{API}/sessions/{api.sid}/artifacts", headers=auth).json()
+    assert listed["items"] == []
+
+
+def test_an_empty_upload_is_complete_at_its_creation(open_api: Open) -> None:
+    api = open_api()
+    client, auth = api.client, api.auth
+    created = client.post(
+        api.uploads,
+        headers=headers(auth, **{"Upload-Length": "0", "Upload-Metadata": meta(filename="e")}),
+    )
+    assert created.status_code == 201
+    artifact_id = created.headers["Ephemera-Artifact-Id"]
+    assert api.artifact(artifact_id)["size"] == 0
+
+
+def test_termination_removes_the_upload(open_api: Open) -> None:
+    api = open_api()
+    client, auth = api.client, api.auth
+    created = client.post(
+        api.uploads,
+        headers=headers(auth, **{"Upload-Length": "9", "Upload-Metadata": meta(filename="t")}),
+    )
+    url = created.headers["Location"]
+    assert (
+        client.patch(
+            url, headers=headers(auth, **STREAM, **{"Upload-Offset": "0"}), content=b"abcd"
+        ).status_code
+        == 204
+    )
+    assert client.delete(url, headers=headers(auth)).status_code == 204
+    assert client.head(url, headers=headers(auth)).status_code == 404
+    assert client.delete(url, headers=headers(auth)).status_code == 404
