@@ -70,6 +70,7 @@ OTHER_ROUTES: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/sessions/{session_id}/tasks"): {},
     ("GET", "/sessions/{session_id}/tasks/{task_id}"): {},
     ("POST", "/sessions/{session_id}/tasks/{task_id}/cancel"): {},
+    ("GET", "/sessions/{session_id}/events"): {},
     ("POST", "/admin/cleanup/session/{session_id}"): {},
     ("POST", "/admin/cleanup/{operation}"): {},
     ("GET", "/admin/cleanup/stats"): {},
