@@ -8,8 +8,13 @@ every key not revoked verifies (rotate, then revoke the old key once its links m
 A link is checked in this order; every refusal up to the expiry is the same
 :class:`~ephemera.errors.LinkRefused`, so an answer never tells which check failed::
 
-    well formed --> its key not revoked --> signature (constant time) --> not expired
-        --> session live, artifact ready, sha256 still the signed one   (else NotFound)
+    well formed --> its key known --> its key not revoked --> signature (constant time)
+        --> not expired --> session live, artifact ready, sha256 still the signed one
+                                                                   (else NotFound)
+
+Only a refusal before the key is found revoked, or at the signature, may be a guess at a
+link (``LinkRefused.guess``): an expired link passed the signature, and under a revoked key
+nothing opens whatever the signature.
 
 The MAC covers the exact text of each field, so changing any character of a link refuses it.
 Serving a link is not activity of its session: a link handed to a browser or a page does not
@@ -91,8 +96,8 @@ def _mac(secret: bytes, message: bytes) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def _refused() -> LinkRefused:
-    return LinkRefused(_REFUSED)
+def _refused(*, guess: bool = True) -> LinkRefused:
+    return LinkRefused(_REFUSED, guess=guess)
 
 
 def new_key(ctx: Context) -> LinkKey:
@@ -159,14 +164,16 @@ def verify(
     if not well_formed:
         raise _refused()
     key = ctx.catalog.find_link_key(fields["key"])
-    if key is None or key.secret is None:
+    if key is None:
         raise _refused()
+    if key.revoked_at is not None or key.secret is None:
+        raise _refused(guess=False)
     expected = _mac(key.secret, _message(session_id, artifact_id, fields))
     if not hmac.compare_digest(expected, fields["signature"]):
         raise _refused()
     expires = int(fields["expires"])
     if ctx.clock.now().timestamp() >= expires:
-        raise _refused()
+        raise _refused(guess=False)
     return SignedLink(
         session_id=session_id,
         artifact_id=artifact_id,
