@@ -130,8 +130,8 @@ class Settings(BaseSettings):
     )
     link_redirect: bool = Field(
         False,
-        description="On S3, answer a download link with a redirect to a presigned URL of the "
-        "bucket instead of streaming the bytes through the server",
+        description="On S3, answer an attachment download link with a redirect to a presigned "
+        "URL of the bucket instead of streaming the bytes through the server",
     )
     s3_public_endpoint: str | None = Field(
         None,

@@ -59,8 +59,8 @@ class LinkKeyList(BaseModel):
 LINK_RESPONSES: dict[int | str, dict[str, Any]] = {
     **CONTENT_RESPONSES,
     307: {
-        "description": "With link_redirect on S3: the bytes are at a presigned URL of the "
-        "bucket (Location), valid for at most 5 minutes",
+        "description": "With link_redirect on S3, for an attachment link: the bytes are at a "
+        "presigned URL of the bucket (Location), valid for at most 5 minutes",
         "headers": {"Location": {"schema": {"type": "string"}}},
     },
     403: {

@@ -237,8 +237,14 @@ class LinkMethods:
     ) -> str | None:
         """Where a link may send its client instead of streaming the bytes: a presigned URL
         of the blob store, valid at most ``REDIRECT_MAX_S`` and never past the link. None
-        unless ``link_redirect`` is set and the blob store signs URLs."""
+        unless ``link_redirect`` is set, the blob store signs URLs and the link is an
+        attachment."""
         if not self.context.settings.link_redirect or self._presigned is None:
+            return None
+        if link.disposition != "attachment":
+            # The bucket's answer cannot carry our sandbox headers (CSP sandbox, nosniff): an
+            # inline HTML or SVG page would run its script on the bucket's origin. A download
+            # saved as a file runs nothing, whatever its type.
             return None
         refuse_flagged(artifact)
         remaining = link.expires - self.context.clock.now().timestamp()
