@@ -371,6 +371,25 @@ def test_the_longest_link_is_the_setting(make_settings: MakeSettings, clock: Man
         assert client.post(route, json={"expires_in_s": 120}, headers=stored.token).is_success
 
 
+def test_lowering_the_longest_link_shortens_the_links_already_out(
+    make_settings: MakeSettings, clock: ManualClock, client: TestClient, stored: Stored
+) -> None:
+    link = stored.link(expires_in_s=600)
+    lowered = make_settings(link_max_ttl_s=120, link_refusals_per_minute=100_000)
+    with Store.open(lowered, clock=clock) as store, TestClient(create_app(store)) as capped:
+        assert capped.get(link).status_code == 200
+        clock.advance(119)
+        assert capped.get(link).status_code == 200
+        clock.advance(2)
+        refused = capped.get(link)
+        assert (refused.status_code, refused.json()) == (403, REFUSED)
+        assert client.get(link).status_code == 200  # where the setting was not lowered
+        # Dead for good: not alive again once less than the setting is left of its expiry.
+        clock.advance(400)
+        assert capped.get(link).status_code == 403
+        assert client.get(link).status_code == 200
+
+
 def test_changed_links_throttle_the_address_s_links_but_never_its_credentialed_calls(
     make_settings: MakeSettings, clock: ManualClock
 ) -> None:

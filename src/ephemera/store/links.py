@@ -1,7 +1,9 @@
 """Signed download links: one artifact's bytes, without credentials, until the link expires.
 
-A link names a session, an artifact, the artifact's sha256, an expiry (Unix seconds) and a
-disposition, and carries an HMAC-SHA256 of them under the signing key it names by ID. The
+A link names a session, an artifact, the artifact's sha256, when it was issued and when it
+expires (Unix seconds) and a disposition, and carries an HMAC-SHA256 of them under the signing
+key it names by ID. It dies at its expiry or ``link_max_ttl_s`` after it was issued, whichever
+comes first: lowering the setting shortens the links already out. The
 keys live in the catalog, so every replica shares them: the newest key not revoked signs,
 every key not revoked verifies (rotate, then revoke the old key once its links may die).
 
@@ -54,9 +56,9 @@ _KEY_ID_RE = re.compile(r"[A-Za-z0-9]{12}")
 # 32 bytes in unpadded base64url. Compared as text: two texts that decode alike (the last
 # character has two spare bits) are still two different links.
 _SIGNATURE_RE = re.compile(r"[A-Za-z0-9_-]{43}")
-_EXPIRES_RE = re.compile(r"[1-9][0-9]{0,11}")
+_TIME_RE = re.compile(r"[1-9][0-9]{0,11}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
-_FIELDS = ("sha256", "expires", "disposition", "key", "signature")
+_FIELDS = ("sha256", "issued", "expires", "disposition", "key", "signature")
 _REFUSED = "this link is not valid: it was changed, has expired, or its key was revoked"
 
 
@@ -67,6 +69,7 @@ class SignedLink:
     session_id: str
     artifact_id: str
     sha256: str
+    issued: int
     expires: int
     disposition: str
     key_id: str
@@ -79,6 +82,7 @@ class SignedLink:
     def query(self) -> dict[str, str]:
         return {
             "sha256": self.sha256,
+            "issued": str(self.issued),
             "expires": str(self.expires),
             "disposition": self.disposition,
             "key": self.key_id,
@@ -88,12 +92,19 @@ class SignedLink:
 
 def _message(session_id: str, artifact_id: str, fields: dict[str, str]) -> bytes:
     parts = (_VERSION, fields["key"], session_id, artifact_id, fields["sha256"])
-    return "\n".join((*parts, fields["expires"], fields["disposition"])).encode()
+    times = (fields["issued"], fields["expires"])
+    return "\n".join((*parts, *times, fields["disposition"])).encode()
 
 
 def _mac(secret: bytes, message: bytes) -> str:
     digest = hmac.new(secret, message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _deadline(ctx: Context, issued: int, expires: int) -> int:
+    """When a link dies: a link signed before link_max_ttl_s was lowered lives no longer
+    than the setting now says."""
+    return min(expires, issued + ctx.settings.link_max_ttl_s)
 
 
 def _refused(*, guess: bool = True) -> LinkRefused:
@@ -127,9 +138,11 @@ def create(
         key = ctx.catalog.signing_link_key()
     if key is None or key.secret is None:
         raise InvalidInput("no link key: rotate one (ephemera link-key rotate)")
+    issued = math.ceil(ctx.clock.now().timestamp())
     fields = {
         "sha256": artifact.sha256,
-        "expires": str(math.ceil(ctx.clock.now().timestamp()) + expires_in_s),
+        "issued": str(issued),
+        "expires": str(issued + expires_in_s),
         "disposition": disposition,
         "key": key.id,
     }
@@ -138,6 +151,7 @@ def create(
         session_id=session_id,
         artifact_id=artifact_id,
         sha256=artifact.sha256,
+        issued=issued,
         expires=int(fields["expires"]),
         disposition=disposition,
         key_id=key.id,
@@ -148,7 +162,8 @@ def create(
 def verify(
     ctx: Context, session_id: str, artifact_id: str, query: Sequence[tuple[str, str]]
 ) -> SignedLink:
-    """The link these parts make, if it is signed by a key not revoked and not expired."""
+    """The link these parts make, if it is signed by a key not revoked, not expired, and
+    issued no longer than ``link_max_ttl_s`` ago."""
     fields = dict(query)
     if len(query) != len(_FIELDS) or sorted(fields) != sorted(_FIELDS):
         raise _refused()
@@ -156,7 +171,8 @@ def verify(
         ids.SESSION_ID_RE.fullmatch(session_id)
         and ids.ARTIFACT_ID_RE.fullmatch(artifact_id)
         and _SHA256_RE.fullmatch(fields["sha256"])
-        and _EXPIRES_RE.fullmatch(fields["expires"])
+        and _TIME_RE.fullmatch(fields["issued"])
+        and _TIME_RE.fullmatch(fields["expires"])
         and fields["disposition"] in DISPOSITIONS
         and _KEY_ID_RE.fullmatch(fields["key"])
         and _SIGNATURE_RE.fullmatch(fields["signature"])
@@ -171,13 +187,14 @@ def verify(
     expected = _mac(key.secret, _message(session_id, artifact_id, fields))
     if not hmac.compare_digest(expected, fields["signature"]):
         raise _refused()
-    expires = int(fields["expires"])
-    if ctx.clock.now().timestamp() >= expires:
+    issued, expires = int(fields["issued"]), int(fields["expires"])
+    if ctx.clock.now().timestamp() >= _deadline(ctx, issued, expires):
         raise _refused(guess=False)
     return SignedLink(
         session_id=session_id,
         artifact_id=artifact_id,
         sha256=fields["sha256"],
+        issued=issued,
         expires=expires,
         disposition=fields["disposition"],
         key_id=key.id,
@@ -247,7 +264,8 @@ class LinkMethods:
             # saved as a file runs nothing, whatever its type.
             return None
         refuse_flagged(artifact)
-        remaining = link.expires - self.context.clock.now().timestamp()
+        deadline = _deadline(self.context, link.issued, link.expires)
+        remaining = deadline - self.context.clock.now().timestamp()
         lifetime = min(REDIRECT_MAX_S, math.floor(remaining))
         if lifetime < 1:
             return None  # a second or less left: served here rather than a dead URL
