@@ -122,10 +122,16 @@ class Settings(BaseSettings):
     link_max_ttl_s: int = Field(
         7 * 86400, ge=1, le=MAX_TIMEOUT_S, description="Longest life of a signed download link"
     )
+    link_refusals_per_minute: int = Field(
+        30,
+        ge=1,
+        description="Refused download links that may be guesses (changed, unknown key; not "
+        "expired) allowed per client address and minute; beyond, its links answer 429",
+    )
     link_redirect: bool = Field(
         False,
-        description="On S3, answer a download link with a redirect to a presigned URL of the "
-        "bucket instead of streaming the bytes through the server",
+        description="On S3, answer an attachment download link with a redirect to a presigned "
+        "URL of the bucket instead of streaming the bytes through the server",
     )
     s3_public_endpoint: str | None = Field(
         None,

@@ -68,9 +68,17 @@ class Forbidden(EphemeraError):
 
 class LinkRefused(Forbidden):
     """A download link that does not open anything: tampered with, expired, or signed by a
-    revoked key, as one (the answer never says which). Counted as a failed authentication."""
+    revoked key, as one (the answer never says which).
+
+    ``guess`` is False only for a link that no guessing could have opened: one signed by a
+    live key and since expired, or one naming a revoked key (whose secret is gone). The HTTP
+    layer counts only guesses against the client's address."""
 
     code = "link_refused"
+
+    def __init__(self, message: str, *, guess: bool = True) -> None:
+        super().__init__(message)
+        self.guess = guess
 
 
 class Conflict(EphemeraError):

@@ -38,7 +38,7 @@ REFUSED = {
 def store(make_settings: MakeSettings, clock: ManualClock) -> Iterator[Store]:
     # Many refused links in a row: the address must not be throttled in the middle of them
     # (the limit itself has a test of its own).
-    with Store.open(make_settings(auth_failures_per_minute=100_000), clock=clock) as opened:
+    with Store.open(make_settings(link_refusals_per_minute=100_000), clock=clock) as opened:
         clock.catch_up()
         yield opened
 
@@ -371,24 +371,63 @@ def test_the_longest_link_is_the_setting(make_settings: MakeSettings, clock: Man
         assert client.post(route, json={"expires_in_s": 120}, headers=stored.token).is_success
 
 
-def test_refused_links_count_as_failed_authentications(
+def test_lowering_the_longest_link_shortens_the_links_already_out(
+    make_settings: MakeSettings, clock: ManualClock, client: TestClient, stored: Stored
+) -> None:
+    link = stored.link(expires_in_s=600)
+    lowered = make_settings(link_max_ttl_s=120, link_refusals_per_minute=100_000)
+    with Store.open(lowered, clock=clock) as store, TestClient(create_app(store)) as capped:
+        assert capped.get(link).status_code == 200
+        clock.advance(119)
+        assert capped.get(link).status_code == 200
+        clock.advance(2)
+        refused = capped.get(link)
+        assert (refused.status_code, refused.json()) == (403, REFUSED)
+        assert client.get(link).status_code == 200  # where the setting was not lowered
+        # Dead for good: not alive again once less than the setting is left of its expiry.
+        clock.advance(400)
+        assert capped.get(link).status_code == 403
+        assert client.get(link).status_code == 200
+
+
+def test_changed_links_throttle_the_address_s_links_but_never_its_credentialed_calls(
     make_settings: MakeSettings, clock: ManualClock
 ) -> None:
-    with (
-        Store.open(make_settings(auth_failures_per_minute=3), clock=clock) as store,
-        TestClient(create_app(store)) as client,
-    ):
+    settings = make_settings(auth_failures_per_minute=3, link_refusals_per_minute=3)
+    with Store.open(settings, clock=clock) as store, TestClient(create_app(store)) as client:
         stored = Stored(client, store)
+        # Links that were genuine are refused but are no guess, however many a page holds:
+        # expired ones, and those of a revoked key.
+        expired = stored.link(expires_in_s=1)
+        revoked_key = dict(parse_qsl(stored.link().split("?")[1]))["key"]
+        of_revoked_key = stored.link()
+        assert client.post(f"{API}/admin/link-keys", headers=stored.admin).is_success
         link = stored.link()
+        assert client.delete(f"{API}/admin/link-keys/{revoked_key}", headers=stored.admin)
+        clock.advance(2)
+        for _ in range(10):
+            assert client.get(expired).json() == REFUSED
+            assert client.get(of_revoked_key).json() == REFUSED
         assert client.get(link).status_code == 200
+
+        # Changed links are guesses: past the limit, the address's links answer 429 ...
         for _ in range(3):
-            assert client.get(link[:-1] + _changed(link[-1])).status_code == 403
+            assert client.get(link[:-1] + _changed(link[-1])).json() == REFUSED
         throttled = client.get(link)
         assert throttled.status_code == 429
         assert "retry-after" in throttled.headers
-        assert [e.action for e in store.audit_log(action="auth.throttled").items] == [
-            "auth.throttled"
+        assert [e.action for e in store.audit_log(action="link.throttled").items] == [
+            "link.throttled"
         ]
+        # ... and its credentialed calls, an admin key's included, go on as before.
+        assert client.get(stored.content, headers=stored.token).content == DATA
+        assert client.get(f"{API}/admin/sessions", headers=stored.admin).status_code == 200
+        assert client.post(
+            f"{API}/sessions/{stored.sid}/artifacts/{stored.aid}/links",
+            json={"expires_in_s": 60},
+            headers=stored.token,
+        ).is_success
+        assert store.audit_log(action="auth.throttled").items == []
 
 
 def test_a_link_made_by_a_mounted_api_carries_the_mount_path(store: Store) -> None:

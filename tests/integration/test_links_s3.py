@@ -102,7 +102,7 @@ def test_the_redirect_mode_answers_a_presigned_url_of_the_exact_bytes(
     public = s3_server.endpoint.replace("127.0.0.1", "localhost")
     opened = open_client(link_redirect=True, s3_public_endpoint=public)
     client = opened[0]
-    token, artifact, link = upload_and_link(opened, expires_in_s=120, disposition="inline")
+    token, artifact, link = upload_and_link(opened, expires_in_s=120)
 
     redirected = client.get(link)
     assert redirected.status_code == 307
@@ -118,7 +118,8 @@ def test_the_redirect_mode_answers_a_presigned_url_of_the_exact_bytes(
         assert fetched.status_code == 200
         assert fetched.content == DATA
         assert fetched.headers["content-type"] == "image/png"
-        assert fetched.headers["content-disposition"].startswith('inline; filename="scan 7.png"')
+        disposition = fetched.headers["content-disposition"]
+        assert disposition.startswith('attachment; filename="scan 7.png"')
         ranged = anyone.get(location, headers={"range": "bytes=10-19"})
         assert (ranged.status_code, ranged.content) == (206, DATA[10:20])
 
@@ -131,6 +132,39 @@ def test_the_redirect_mode_answers_a_presigned_url_of_the_exact_bytes(
     _, _, long_link = upload_and_link(opened, expires_in_s=7 * 86400)
     long_location = client.get(long_link).headers["location"]
     assert int(parse_qs(urlsplit(long_location).query)["X-Amz-Expires"][0]) == REDIRECT_MAX_S
+
+
+def test_the_redirect_mode_serves_an_inline_link_itself_under_the_sandbox(
+    open_client: OpenClient,
+) -> None:
+    # A presigned answer of the bucket cannot carry the sandbox: a page shown inline would run
+    # its script on the bucket's origin. The server answers inline links itself.
+    client, admin = open_client(link_redirect=True)
+    sid = client.post(f"{API}/sessions", json={}, headers=admin).json()["id"]
+    page = b"<html><script>alert(document.domain)</script></html>"
+    for name, content_type, data in [
+        ("page.html", "text/html", page),
+        ("scan.png", "image/png", DATA),
+    ]:
+        artifact = client.post(
+            f"{API}/sessions/{sid}/artifacts",
+            params={"name": name, "content_type": content_type},
+            content=data,
+            headers=admin,
+        ).json()
+        route = f"{API}/sessions/{sid}/artifacts/{artifact['id']}/links"
+        url = client.post(
+            route, json={"expires_in_s": 600, "disposition": "inline"}, headers=admin
+        ).json()["url"]
+        served = client.get(url)
+        assert served.status_code == 200, name
+        assert served.content == data
+        assert served.headers["content-security-policy"] == "sandbox"
+        assert served.headers["x-content-type-options"] == "nosniff"
+        assert served.headers["content-disposition"].startswith(f'inline; filename="{name}"')
+        # The same artifact as an attachment is still redirected.
+        attachment = client.post(route, json={"expires_in_s": 600}, headers=admin).json()["url"]
+        assert client.get(attachment).status_code == 307
 
 
 def test_the_redirect_mode_refuses_what_a_plain_link_refuses(

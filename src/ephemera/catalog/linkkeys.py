@@ -35,11 +35,9 @@ def signing_link_key(db: Database) -> LinkKey | None:
 
 
 def find_link_key(db: Database, key_id: str) -> LinkKey | None:
-    """A key that still verifies (not revoked), by its ID."""
+    """A key by its ID, revoked ones included (without a secret: revoking forgets it)."""
     with db.read() as conn:
-        row = conn.execute(
-            select(link_keys).where(link_keys.c.id == key_id, link_keys.c.revoked_at.is_(None))
-        ).first()
+        row = conn.execute(select(link_keys).where(link_keys.c.id == key_id)).first()
     return None if row is None else _model(row)
 
 

@@ -3,13 +3,13 @@
 
 Answers of the link itself: a link changed in any character, expired, or signed by a revoked
 key is 403 ``link_refused``, always with the same message; a genuine link whose session or
-artifact is gone, or whose bytes changed, is 404. Every 403 counts as a failed authentication
-of the client's address.
+artifact is gone, or whose bytes changed, is 404. A 403 that may be a guess at a link counts
+against the client's address in a limit of the links' own (``link_refusals_per_minute``),
+which throttles that address's links and nothing else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -17,11 +17,11 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ephemera.errors import Forbidden, LinkRefused
+from ephemera.errors import Forbidden
 from ephemera.http.credentials import Credential
 from ephemera.http.jsonbody import json_body_route
 from ephemera.http.openapi import CONTENT_REQUEST, CONTENT_RESPONSES, operation_id
-from ephemera.http.ratelimit import auth_failures, client_address
+from ephemera.http.ratelimit import auth_failures, link_refusals
 from ephemera.http.routes import ERRORS, content_disposition, serve_artifact
 from ephemera.models import MAX_TIMEOUT_S, KeyRole
 from ephemera.store import Store
@@ -59,8 +59,8 @@ class LinkKeyList(BaseModel):
 LINK_RESPONSES: dict[int | str, dict[str, Any]] = {
     **CONTENT_RESPONSES,
     307: {
-        "description": "With link_redirect on S3: the bytes are at a presigned URL of the "
-        "bucket (Location), valid for at most 5 minutes",
+        "description": "With link_redirect on S3, for an attachment link: the bytes are at a "
+        "presigned URL of the bucket (Location), valid for at most 5 minutes",
         "headers": {"Location": {"schema": {"type": "string"}}},
     },
     403: {
@@ -82,16 +82,7 @@ def links_router(store: Store) -> APIRouter:
         generate_unique_id_function=operation_id,
     )
     failures = auth_failures(store)
-
-    def link_gate(request: Request) -> Iterator[None]:
-        """A link is a credential: refused ones count against the address like bad tokens."""
-        address = client_address(request)
-        failures.refuse_if_over(address)
-        try:
-            yield
-        except LinkRefused:
-            failures.record_failure(address)
-            raise
+    link_gate = link_refusals(store).gate
 
     @router.post(
         "/sessions/{session_id}/artifacts/{artifact_id}/links",

@@ -1,4 +1,5 @@
-"""Per-client limits of this process: requests a minute, and failed authentications.
+"""Per-client limits of this process: requests a minute, failed authentications, and
+refused download links.
 
 Counts live in memory: each replica counts its own, and a restart forgets them. The client
 is the peer address of the connection; behind a proxy that is the proxy, unless the server
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 
 from fastapi import Request
 
-from ephemera.errors import SessionUnreachable, Unauthenticated
+from ephemera.errors import LinkRefused, SessionUnreachable, Unauthenticated
 from ephemera.http.errors import RateLimited
 from ephemera.store import Store
 
@@ -84,40 +85,49 @@ class RateLimit:
             raise RateLimited(f"at most {self.per_minute} {self.what} a minute", wait)
 
 
-class AuthFailureLimit:
-    """Failed authentications per client address.
+class FailureLimit:
+    """Failures of one kind per client address.
 
-    An address with ``per_minute`` failures in the last minute gets 429 on every API request
-    (whatever its credentials, so that guessing cannot go on) until the oldest failure is a
-    minute old. The failure that starts such a burst is audited; a burst that goes on is
-    audited again at most once a minute.
+    An address with ``per_minute`` failures in the last minute gets 429 on every request its
+    gate guards (whatever it carries, so that guessing cannot go on) until the oldest failure
+    is a minute old. The failure that starts such a burst is audited as ``action``; a burst
+    that goes on is audited again at most once a minute.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, per_minute: int, what: str, action: str) -> None:
         self.store = store
-        self.per_minute = store.settings.auth_failures_per_minute
-        self._window = SlidingWindow(self.per_minute)
+        self.per_minute = per_minute
+        self.what = what
+        self.action = action
+        self._window = SlidingWindow(per_minute)
         self._audited = SlidingWindow(1)
 
     def refuse_if_over(self, address: str) -> None:
         wait = self._window.retry_after(address, record=False)
         if wait is not None:
             raise RateLimited(
-                f"too many failed authentications from {address}: "
-                f"at most {self.per_minute} a minute",
+                f"too many {self.what} from {address}: at most {self.per_minute} a minute",
                 wait,
             )
 
     def record_failure(self, address: str) -> None:
         burst = self._window.add(address) >= self.per_minute
         if burst and self._audited.retry_after(address, record=True) is None:
-            log.warning("failed authentications from %s reached the limit", address)
+            log.warning("%s from %s reached the limit", self.what, address)
             self.store.audit(
                 "http",
-                "auth.throttled",
+                self.action,
                 address,
                 {"failures": self.per_minute, "window_s": int(WINDOW_S)},
             )
+
+
+class AuthFailureLimit(FailureLimit):
+    """Failed authentications: every credentialed route shares one count per address."""
+
+    def __init__(self, store: Store) -> None:
+        per_minute = store.settings.auth_failures_per_minute
+        super().__init__(store, per_minute, "failed authentications", "auth.throttled")
 
     def gate(self, request: Request) -> Iterator[None]:
         """A dependency of every credentialed route: refuse a throttled address, count
@@ -131,11 +141,33 @@ class AuthFailureLimit:
             raise
 
 
+class LinkRefusalLimit(FailureLimit):
+    """Refused download links that may be guesses (see ``LinkRefused.guess``), counted apart
+    from authentications: a page of expired links, or of bad ones, throttles that address's
+    links only, never its credentialed calls."""
+
+    def __init__(self, store: Store) -> None:
+        per_minute = store.settings.link_refusals_per_minute
+        super().__init__(store, per_minute, "refused links", "link.throttled")
+
+    def gate(self, request: Request) -> Iterator[None]:
+        """A dependency of the link routes: refuse a throttled address, count guesses."""
+        address = client_address(request)
+        self.refuse_if_over(address)
+        try:
+            yield
+        except LinkRefused as refused:
+            if refused.guess:
+                self.record_failure(address)
+            raise
+
+
 def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
 _limits: weakref.WeakKeyDictionary[Store, AuthFailureLimit] = weakref.WeakKeyDictionary()
+_link_limits: weakref.WeakKeyDictionary[Store, LinkRefusalLimit] = weakref.WeakKeyDictionary()
 _limits_lock = threading.Lock()
 
 
@@ -145,4 +177,13 @@ def auth_failures(store: Store) -> AuthFailureLimit:
         limit = _limits.get(store)
         if limit is None:
             limit = _limits[store] = AuthFailureLimit(store)
+        return limit
+
+
+def link_refusals(store: Store) -> LinkRefusalLimit:
+    """The one count of refused links of a store's routers."""
+    with _limits_lock:
+        limit = _link_limits.get(store)
+        if limit is None:
+            limit = _link_limits[store] = LinkRefusalLimit(store)
         return limit

@@ -1,15 +1,22 @@
 """Signed download links: one artifact's bytes, without credentials, until the link expires.
 
-A link names a session, an artifact, the artifact's sha256, an expiry (Unix seconds) and a
-disposition, and carries an HMAC-SHA256 of them under the signing key it names by ID. The
+A link names a session, an artifact, the artifact's sha256, when it was issued and when it
+expires (Unix seconds) and a disposition, and carries an HMAC-SHA256 of them under the signing
+key it names by ID. It dies at its expiry or ``link_max_ttl_s`` after it was issued, whichever
+comes first: lowering the setting shortens the links already out. The
 keys live in the catalog, so every replica shares them: the newest key not revoked signs,
 every key not revoked verifies (rotate, then revoke the old key once its links may die).
 
 A link is checked in this order; every refusal up to the expiry is the same
 :class:`~ephemera.errors.LinkRefused`, so an answer never tells which check failed::
 
-    well formed --> its key not revoked --> signature (constant time) --> not expired
-        --> session live, artifact ready, sha256 still the signed one   (else NotFound)
+    well formed --> its key known --> its key not revoked --> signature (constant time)
+        --> not expired --> session live, artifact ready, sha256 still the signed one
+                                                                   (else NotFound)
+
+Only a refusal before the key is found revoked, or at the signature, may be a guess at a
+link (``LinkRefused.guess``): an expired link passed the signature, and under a revoked key
+nothing opens whatever the signature.
 
 The MAC covers the exact text of each field, so changing any character of a link refuses it.
 Serving a link is not activity of its session: a link handed to a browser or a page does not
@@ -49,9 +56,9 @@ _KEY_ID_RE = re.compile(r"[A-Za-z0-9]{12}")
 # 32 bytes in unpadded base64url. Compared as text: two texts that decode alike (the last
 # character has two spare bits) are still two different links.
 _SIGNATURE_RE = re.compile(r"[A-Za-z0-9_-]{43}")
-_EXPIRES_RE = re.compile(r"[1-9][0-9]{0,11}")
+_TIME_RE = re.compile(r"[1-9][0-9]{0,11}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
-_FIELDS = ("sha256", "expires", "disposition", "key", "signature")
+_FIELDS = ("sha256", "issued", "expires", "disposition", "key", "signature")
 _REFUSED = "this link is not valid: it was changed, has expired, or its key was revoked"
 
 
@@ -62,6 +69,7 @@ class SignedLink:
     session_id: str
     artifact_id: str
     sha256: str
+    issued: int
     expires: int
     disposition: str
     key_id: str
@@ -74,6 +82,7 @@ class SignedLink:
     def query(self) -> dict[str, str]:
         return {
             "sha256": self.sha256,
+            "issued": str(self.issued),
             "expires": str(self.expires),
             "disposition": self.disposition,
             "key": self.key_id,
@@ -83,7 +92,8 @@ class SignedLink:
 
 def _message(session_id: str, artifact_id: str, fields: dict[str, str]) -> bytes:
     parts = (_VERSION, fields["key"], session_id, artifact_id, fields["sha256"])
-    return "\n".join((*parts, fields["expires"], fields["disposition"])).encode()
+    times = (fields["issued"], fields["expires"])
+    return "\n".join((*parts, *times, fields["disposition"])).encode()
 
 
 def _mac(secret: bytes, message: bytes) -> str:
@@ -91,8 +101,14 @@ def _mac(secret: bytes, message: bytes) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
-def _refused() -> LinkRefused:
-    return LinkRefused(_REFUSED)
+def _deadline(ctx: Context, issued: int, expires: int) -> int:
+    """When a link dies: a link signed before link_max_ttl_s was lowered lives no longer
+    than the setting now says."""
+    return min(expires, issued + ctx.settings.link_max_ttl_s)
+
+
+def _refused(*, guess: bool = True) -> LinkRefused:
+    return LinkRefused(_REFUSED, guess=guess)
 
 
 def new_key(ctx: Context) -> LinkKey:
@@ -122,9 +138,11 @@ def create(
         key = ctx.catalog.signing_link_key()
     if key is None or key.secret is None:
         raise InvalidInput("no link key: rotate one (ephemera link-key rotate)")
+    issued = math.ceil(ctx.clock.now().timestamp())
     fields = {
         "sha256": artifact.sha256,
-        "expires": str(math.ceil(ctx.clock.now().timestamp()) + expires_in_s),
+        "issued": str(issued),
+        "expires": str(issued + expires_in_s),
         "disposition": disposition,
         "key": key.id,
     }
@@ -133,6 +151,7 @@ def create(
         session_id=session_id,
         artifact_id=artifact_id,
         sha256=artifact.sha256,
+        issued=issued,
         expires=int(fields["expires"]),
         disposition=disposition,
         key_id=key.id,
@@ -143,7 +162,8 @@ def create(
 def verify(
     ctx: Context, session_id: str, artifact_id: str, query: Sequence[tuple[str, str]]
 ) -> SignedLink:
-    """The link these parts make, if it is signed by a key not revoked and not expired."""
+    """The link these parts make, if it is signed by a key not revoked, not expired, and
+    issued no longer than ``link_max_ttl_s`` ago."""
     fields = dict(query)
     if len(query) != len(_FIELDS) or sorted(fields) != sorted(_FIELDS):
         raise _refused()
@@ -151,7 +171,8 @@ def verify(
         ids.SESSION_ID_RE.fullmatch(session_id)
         and ids.ARTIFACT_ID_RE.fullmatch(artifact_id)
         and _SHA256_RE.fullmatch(fields["sha256"])
-        and _EXPIRES_RE.fullmatch(fields["expires"])
+        and _TIME_RE.fullmatch(fields["issued"])
+        and _TIME_RE.fullmatch(fields["expires"])
         and fields["disposition"] in DISPOSITIONS
         and _KEY_ID_RE.fullmatch(fields["key"])
         and _SIGNATURE_RE.fullmatch(fields["signature"])
@@ -159,18 +180,21 @@ def verify(
     if not well_formed:
         raise _refused()
     key = ctx.catalog.find_link_key(fields["key"])
-    if key is None or key.secret is None:
+    if key is None:
         raise _refused()
+    if key.revoked_at is not None or key.secret is None:
+        raise _refused(guess=False)
     expected = _mac(key.secret, _message(session_id, artifact_id, fields))
     if not hmac.compare_digest(expected, fields["signature"]):
         raise _refused()
-    expires = int(fields["expires"])
-    if ctx.clock.now().timestamp() >= expires:
-        raise _refused()
+    issued, expires = int(fields["issued"]), int(fields["expires"])
+    if ctx.clock.now().timestamp() >= _deadline(ctx, issued, expires):
+        raise _refused(guess=False)
     return SignedLink(
         session_id=session_id,
         artifact_id=artifact_id,
         sha256=fields["sha256"],
+        issued=issued,
         expires=expires,
         disposition=fields["disposition"],
         key_id=key.id,
@@ -230,11 +254,18 @@ class LinkMethods:
     ) -> str | None:
         """Where a link may send its client instead of streaming the bytes: a presigned URL
         of the blob store, valid at most ``REDIRECT_MAX_S`` and never past the link. None
-        unless ``link_redirect`` is set and the blob store signs URLs."""
+        unless ``link_redirect`` is set, the blob store signs URLs and the link is an
+        attachment."""
         if not self.context.settings.link_redirect or self._presigned is None:
             return None
+        if link.disposition != "attachment":
+            # The bucket's answer cannot carry our sandbox headers (CSP sandbox, nosniff): an
+            # inline HTML or SVG page would run its script on the bucket's origin. A download
+            # saved as a file runs nothing, whatever its type.
+            return None
         refuse_flagged(artifact)
-        remaining = link.expires - self.context.clock.now().timestamp()
+        deadline = _deadline(self.context, link.issued, link.expires)
+        remaining = deadline - self.context.clock.now().timestamp()
         lifetime = min(REDIRECT_MAX_S, math.floor(remaining))
         if lifetime < 1:
             return None  # a second or less left: served here rather than a dead URL
