@@ -1,0 +1,240 @@
+"""The client's protocols against a real `ephemera serve`: waiting for a task over live
+events, an event stream resumed after its connection is cut, signed links fetched without
+credentials, and an upload retried under an Idempotency-Key after its answer was lost."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from ephemera.client import Client
+from ephemera.errors import LinkRefused
+from ephemera.models import Event, Task
+from tests.acceptance.test_tasks_http import create_session, upload
+from tests.conftest import WITH_SAMPLES_ENV, Server
+from tests.images import inspection_scene, png
+
+pytestmark = pytest.mark.slow
+
+
+class CuttingProxy:
+    """A TCP proxy on 127.0.0.1 in front of a server. ``cut_first_answer``: the first
+    connection's request reaches the server whole, but its answer is dropped (the client
+    sees the connection close). :meth:`cut` closes every connection open now."""
+
+    def __init__(self, port: int, *, cut_first_answer: bool = False) -> None:
+        self.target = port
+        self.cut_first_answer = cut_first_answer
+        self.answers_cut = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        first = True
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            with self._lock:
+                self._open += [client, server]
+            drop = first and self.cut_first_answer
+            first = False
+            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(server, client, drop), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, dest: socket.socket, drop: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if drop:
+                    # The server has answered, so it had the whole request: lose the answer.
+                    self.answers_cut += 1
+                    break
+                dest.sendall(data)
+        except OSError:
+            pass
+        for end in (source, dest):
+            with suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def cut(self) -> None:
+        with self._lock:
+            doomed, self._open = self._open, []
+        for conn in doomed:
+            with suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._listener.close()
+        self.cut()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    env = {**WITH_SAMPLES_ENV, "EPHEMERA_EVENT_PING_S": "0.5"}
+    running = Server(tmp_path_factory.mktemp("protocols") / "data", env).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def admin(server: Server) -> Iterator[Client]:
+    with Client(server.url, server.admin_key) as client:
+        yield client
+
+
+def test_wait_task_reports_each_step_of_a_3_region_roi_compare_in_order(
+    server: Server,
+) -> None:
+    scene = inspection_scene(seed=5)
+    token = create_session(server, "wait-roi")
+    names = sorted(scene.boxes)[:3]
+    goldens = {
+        n: upload(server, "wait-roi", token, f"g-{n}.png", png(scene.golden(n))) for n in names
+    }
+    capture = upload(server, "wait-roi", token, "c.png", png(scene.with_defect("r1")))
+    regions = [
+        {"name": n, "box": scene.box(n), "goldens": [goldens[n]], "threshold": 0.9} for n in names
+    ]
+    seen: list[Task] = []
+    requests: list[str] = []
+    hooks = {"request": [lambda r: requests.append(f"{r.method} {r.url.path}")]}
+    with Client(server.url, token) as client:
+        client._http.event_hooks = hooks
+        task = client.submit_task(
+            "wait-roi",
+            "roi-compare",
+            [capture, *goldens.values()],
+            {"capture": capture, "regions": regions},
+        )
+        done = client.wait_task("wait-roi", task.id, timeout_s=60, on_progress=seen.append)
+
+    assert done.state.value == "succeeded"
+    assert done.outputs
+    steps = [(t.state.value, t.progress_done, t.progress_total) for t in seen]
+    # Subscribed after submitting: the first sight may be pending or already running.
+    running = [s for s in steps if s[0] == "running"]
+    assert [(d, t) for _, d, t in running if t is not None] == [(0, 3), (1, 3), (2, 3), (3, 3)]
+    assert steps[-1][0] == "succeeded"
+    assert steps == sorted(steps, key=lambda s: ("pending", "running", "succeeded").index(s[0]))
+    # It followed the events: one stream, and no polling of the task between steps.
+    task_reads = [r for r in requests if r.endswith(f"/tasks/{task.id}")]
+    assert requests.count("GET /api/v1/sessions/wait-roi/events") == 1
+    assert len(task_reads) <= 4, task_reads  # the first look, and each change of state
+
+
+class Stalled(Exception):
+    pass
+
+
+def collect(events: Iterator[Event], count: int, within_s: int = 20) -> list[Event]:
+    """The next ``count`` events; Stalled if they do not come (a stream that lost them)."""
+
+    def stalled(*_: object) -> None:
+        raise Stalled(f"fewer than {count} events within {within_s} s")
+
+    previous = signal.signal(signal.SIGALRM, stalled)
+    signal.alarm(within_s)
+    try:
+        return [next(events) for _ in range(count)]
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_stream_cut_mid_way_resumes_without_gap_or_duplicate(
+    server: Server, admin: Client
+) -> None:
+    token = admin.create_session("cut-stream").token
+    proxy = CuttingProxy(server.port)
+    try:
+        with (
+            Client(f"http://127.0.0.1:{proxy.port}", token) as through_proxy,
+            through_proxy.events("cut-stream") as stream,
+        ):
+            events = iter(stream)
+            first = [upload(server, "cut-stream", token, f"{n}.txt", b"x") for n in "ab"]
+            before = collect(events, 2)
+            proxy.cut()  # the stream's connection dies
+            missed = [upload(server, "cut-stream", token, f"{n}.txt", b"y") for n in "cd"]
+            admin.delete_artifact("cut-stream", first[0])
+            after = collect(events, 3)  # resumed after the last event received
+            admin.close_session("cut-stream")
+            after += collect(events, 2)
+            assert next(events, None) is None  # the stream ends after session.closed
+    finally:
+        proxy.close()
+
+    assert [e.data["artifact_id"] for e in before] == first
+    kinds = [e.type for e in after]
+    assert kinds[:3] == ["artifact.created", "artifact.created", "artifact.deleted"]
+    assert [e.data["artifact_id"] for e in after[:2]] == missed
+    assert kinds[3:] == ["session.closing", "session.closed"]
+    ids = [e.id for e in before + after]
+    assert ids == sorted(set(ids)), "each event once, in order"
+
+
+def test_a_signed_link_downloads_with_a_plain_client_and_no_credentials(
+    server: Server, admin: Client, tmp_path: Path
+) -> None:
+    token = admin.create_session("linked").token
+    data = os.urandom(300_000)
+    with Client(server.url, token) as client:
+        artifact = client.upload_artifact("linked", data, name="scan.bin")
+        link = client.link("linked", artifact.id, 60, disposition="inline")
+    assert link.expires_at > artifact.created_at
+
+    plain = httpx2.get(link.url)  # no Authorization header at all
+    assert plain.status_code == 200
+    assert plain.content == data
+    assert plain.headers["content-disposition"].startswith("inline")
+    with Client(server.url) as nobody:
+        assert nobody.download_link(link.url, tmp_path / "copy").read_bytes() == data
+
+    # The link keys: rotate, list, revoke; a revoked key's link is refused.
+    rotated = admin.rotate_link_key()
+    keys = admin.list_link_keys()
+    assert keys[0].id == rotated.id
+    assert all(k.revoked_at is None for k in keys)
+    for key in keys:
+        admin.revoke_link_key(key.id)
+    assert all(k.revoked_at is not None for k in admin.list_link_keys())
+    with Client(server.url) as nobody, pytest.raises(LinkRefused):
+        nobody.download_link(link.url, tmp_path / "again")
+    assert not (tmp_path / "again").exists()
+
+
+def test_an_upload_whose_answer_is_lost_is_retried_under_its_key_and_stored_once(
+    server: Server, admin: Client
+) -> None:
+    token = admin.create_session("retried").token
+    data = os.urandom(2 * 1024 * 1024)
+    proxy = CuttingProxy(server.port, cut_first_answer=True)
+    try:
+        with Client(f"http://127.0.0.1:{proxy.port}", token) as client:
+            stored = client.upload_artifact(
+                "retried", data, name="scan.bin", idempotency_key="scan-0001"
+            )
+    finally:
+        proxy.close()
+
+    assert proxy.answers_cut == 1  # the first attempt was made, stored, and its answer lost
+    [only] = admin.list_artifacts("retried")
+    assert only.id == stored.id
+    assert only.sha256 == stored.sha256 == hashlib.sha256(data).hexdigest()
