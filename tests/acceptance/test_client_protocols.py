@@ -4,7 +4,9 @@ credentials, and an upload retried under an Idempotency-Key after its answer was
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import io
 import os
 import signal
 import socket
@@ -16,7 +18,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
-from ephemera.client import Client
+from ephemera.client import AsyncClient, Client
 from ephemera.errors import LinkRefused
 from ephemera.models import Event, Task
 from tests.acceptance.test_tasks_http import create_session, upload
@@ -29,12 +31,22 @@ pytestmark = pytest.mark.slow
 class CuttingProxy:
     """A TCP proxy on 127.0.0.1 in front of a server. ``cut_first_answer``: the first
     connection's request reaches the server whole, but its answer is dropped (the client
-    sees the connection close). :meth:`cut` closes every connection open now."""
+    sees the connection close). ``cut_first_request_after``: the first connection is closed
+    once that many bytes of its request were passed on (the server never gets the rest).
+    :meth:`cut` closes every connection open now."""
 
-    def __init__(self, port: int, *, cut_first_answer: bool = False) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        cut_first_answer: bool = False,
+        cut_first_request_after: int | None = None,
+    ) -> None:
         self.target = port
         self.cut_first_answer = cut_first_answer
+        self.cut_first_request_after = cut_first_request_after
         self.answers_cut = 0
+        self.requests_cut = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._open: list[socket.socket] = []
@@ -52,18 +64,31 @@ class CuttingProxy:
             with self._lock:
                 self._open += [client, server]
             drop = first and self.cut_first_answer
+            limit = self.cut_first_request_after if first else None
             first = False
-            threading.Thread(target=self._pipe, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(server, client, drop), daemon=True).start()
+            threading.Thread(
+                target=self._pipe, args=(client, server, False, limit), daemon=True
+            ).start()
+            threading.Thread(
+                target=self._pipe, args=(server, client, drop, None), daemon=True
+            ).start()
 
-    def _pipe(self, source: socket.socket, dest: socket.socket, drop: bool) -> None:
+    def _pipe(
+        self, source: socket.socket, dest: socket.socket, drop: bool, limit: int | None
+    ) -> None:
+        passed = 0
         try:
             while data := source.recv(65536):
                 if drop:
                     # The server has answered, so it had the whole request: lose the answer.
                     self.answers_cut += 1
                     break
+                if limit is not None and passed + len(data) >= limit:
+                    dest.sendall(data[: limit - passed])
+                    self.requests_cut += 1
+                    break
                 dest.sendall(data)
+                passed += len(data)
         except OSError:
             pass
         for end in (source, dest):
@@ -238,3 +263,61 @@ def test_an_upload_whose_answer_is_lost_is_retried_under_its_key_and_stored_once
     [only] = admin.list_artifacts("retried")
     assert only.id == stored.id
     assert only.sha256 == stored.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_an_upload_cut_half_way_is_sent_again_whole_from_its_file(
+    server: Server, admin: Client
+) -> None:
+    token = admin.create_session("resent").token
+    data = os.urandom(2 * 1024 * 1024)
+    proxy = CuttingProxy(server.port, cut_first_request_after=1024 * 1024)
+    try:
+        with Client(f"http://127.0.0.1:{proxy.port}", token) as client:
+            stored = client.upload_artifact(
+                "resent", io.BytesIO(data), name="scan.bin", idempotency_key="scan-0002"
+            )
+    finally:
+        proxy.close()
+
+    assert proxy.requests_cut == 1
+    [only] = admin.list_artifacts("resent")
+    assert only.id == stored.id
+    assert admin.read_artifact("resent", only.id) == data
+
+
+@pytest.mark.parametrize("cut", ["answer", "request"])
+def test_the_async_client_retries_a_file_upload_under_its_key_and_follows_events(
+    server: Server, admin: Client, tmp_path: Path, cut: str
+) -> None:
+    """Cut after the server stored it (the retry is answered the first answer), or half-way
+    through the body (the server stored nothing: the retry sends the file again, whole)."""
+    sid = f"async-{cut}"
+    token = admin.create_session(sid).token
+    source = tmp_path / "scan.bin"
+    source.write_bytes(os.urandom(1024 * 1024))
+    if cut == "answer":
+        proxy = CuttingProxy(server.port, cut_first_answer=True)
+    else:
+        proxy = CuttingProxy(server.port, cut_first_request_after=512 * 1024)
+
+    async def run() -> tuple[str, list[Event]]:
+        async with (
+            AsyncClient(f"http://127.0.0.1:{proxy.port}", token) as cut_once,
+            AsyncClient(server.url, token) as direct,
+            direct.events(sid, last_event_id=0) as events,
+        ):
+            stored = await cut_once.upload_artifact(sid, source, idempotency_key="async-scan-1")
+            await direct.close_session(sid)
+            return stored.id, [event async for event in events]
+
+    try:
+        stored_id, seen = asyncio.run(asyncio.wait_for(run(), 60))
+    finally:
+        proxy.close()
+
+    assert proxy.answers_cut + proxy.requests_cut == 1
+    # From the session's start to its end: one artifact, created once, then the close.
+    kinds = [e.type for e in seen]
+    assert kinds == ["session.opened", "artifact.created", "session.closing", "session.closed"]
+    assert seen[1].data["artifact_id"] == stored_id
+    assert seen[1].data["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
