@@ -1,9 +1,10 @@
 """Waiting for a task: what a waiter sees of it, from its events or, failing those, polls.
 
 A waiter subscribes to the session's events first and reads the task after, so nothing that
-happens between the two is missed; each event about the task then updates it: a progress
-step in place, a change of state by reading the task again (its result and outputs come
-with it). A ``reset`` (events were lost) is answered by reading the task again too.
+happens between the two is missed; each event about the task then updates it in place (a
+progress step, a state it runs in), so every step is seen in order even when the task runs
+ahead of its events; the end of the task is read whole (its result and outputs come with
+it). A ``reset`` (events were lost) is answered by reading the task again.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from ephemera.client.errors import WaitTimeout
-from ephemera.models import Event, Task
+from ephemera.models import Event, Task, TaskState
 
 ProgressCallback = Callable[[Task], object]
 
@@ -57,16 +58,37 @@ class TaskWatch:
         return not task.state.active
 
     def needs_reading(self, event: Event) -> bool:
-        """True when the event changes more of the task than a progress step says."""
+        """True when the task must be read again: events were lost, or it has finished (its
+        result and outputs come with the read)."""
         if event.type == "reset":
             return True
-        return event.type == "task.state" and event.data.get("task_id") == self.task_id
+        return (
+            event.type == "task.state"
+            and event.data.get("task_id") == self.task_id
+            and not TaskState(event.data["state"]).active
+        )
 
     def stepped(self, event: Event) -> Task | None:
-        """The task after a progress step of its own; None for any other event."""
-        if event.type != "task.progress" or event.data.get("task_id") != self.task_id:
+        """The task after a step of its own (a progress report, or a state it runs in),
+        from the event alone: a read now could be ahead of the steps still on their way.
+        None for any other event."""
+        if event.data.get("task_id") != self.task_id or self.task is None:
             return None
-        assert self.task is not None
-        return dataclasses.replace(
-            self.task, progress_done=int(event.data["done"]), progress_total=event.data["total"]
-        )
+        if event.type == "task.progress":
+            return dataclasses.replace(
+                self.task,
+                progress_done=int(event.data["done"]),
+                progress_total=event.data["total"],
+            )
+        if event.type == "task.state":
+            state = TaskState(event.data["state"])
+            task = dataclasses.replace(
+                self.task,
+                state=state,
+                attempts=int(event.data.get("attempts", self.task.attempts)),
+                error=event.data.get("error"),
+            )
+            if state is TaskState.PENDING:  # queued again: its progress starts over
+                task = dataclasses.replace(task, progress_done=0, progress_total=None)
+            return task
+        return None
