@@ -10,8 +10,13 @@ import httpx2
 from ephemera.client.common import query, seg, unreachable
 from ephemera.client.connection import Connection
 from ephemera.client.errors import error_of
-from ephemera.client.records import ListedSession, audit_entry_of, listed_session_of
-from ephemera.models import AuditEntry
+from ephemera.client.records import (
+    ListedSession,
+    audit_entry_of,
+    link_key_of,
+    listed_session_of,
+)
+from ephemera.models import AuditEntry, LinkKey
 
 
 class AdminMethods(Connection):
@@ -80,6 +85,20 @@ class AdminMethods(Connection):
         params = query(session_id=session_id, rate_mb_s=rate_mb_s, repair=repair)
         report: dict[str, Any] = self._call("POST", "/admin/verify", params=params)
         return report
+
+    # -- the keys that sign download links ----------------------------------------------
+
+    def rotate_link_key(self) -> LinkKey:
+        """A new key signs every link from now on; older ones verify until revoked."""
+        return link_key_of(self._call("POST", "/admin/link-keys"))
+
+    def list_link_keys(self) -> list[LinkKey]:
+        """Every signing key, newest first (their secrets never leave the server)."""
+        return [link_key_of(k) for k in self._call("GET", "/admin/link-keys")["items"]]
+
+    def revoke_link_key(self, key_id: str) -> None:
+        """Every link the key signed is refused from now on; NotFound if none such."""
+        self._call("DELETE", f"/admin/link-keys/{seg(key_id)}")
 
     # -- health ---------------------------------------------------------------------------
 

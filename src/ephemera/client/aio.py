@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -37,10 +36,20 @@ from ephemera.client.common import (
     seg,
     unreachable,
 )
-from ephemera.client.errors import WaitTimeout, error_of
+from ephemera.client.errors import ServerUnreachable, WaitTimeout, error_of
+from ephemera.client.events import RECONNECT_FOR_S, AsyncEventStream
 from ephemera.client.lease import AsyncHeldLease
-from ephemera.client.records import artifact_of, close_report_of, lease_of, session_of, task_of
-from ephemera.client.sync import ProgressCallback, TaskInputSpec
+from ephemera.client.records import (
+    DownloadLink,
+    artifact_of,
+    close_report_of,
+    download_link_of,
+    lease_of,
+    session_of,
+    task_of,
+)
+from ephemera.client.retry import RETRIES, aretried, idempotency_headers
+from ephemera.client.sync import TaskInputSpec, task_body
 from ephemera.client.transfer import (
     PartFile,
     PathLike,
@@ -50,8 +59,10 @@ from ephemera.client.transfer import (
     etag_sha256,
     mismatch,
     outgoing,
+    replayable,
 )
-from ephemera.errors import InvalidInput
+from ephemera.client.waiting import ProgressCallback, TaskWatch
+from ephemera.errors import EphemeraError, InvalidInput, NotFound
 from ephemera.models import Artifact, CloseReport, CreatedSession, Lease, Session, Task
 
 AsyncSource = Source | AsyncIterable[bytes]
@@ -67,9 +78,11 @@ class AsyncClient:
         *,
         timeout: float = 60.0,
         transport: httpx2.AsyncBaseTransport | None = None,
+        retries: int = RETRIES,
     ) -> None:
         self.endpoint = Endpoint.of(base_url)
         self.base_url = self.endpoint.api
+        self._retries = retries
         self._http = httpx2.AsyncClient(
             base_url=self.endpoint.api,
             headers=headers_for(token),
@@ -98,6 +111,14 @@ class AsyncClient:
             raise unreachable(self.base_url, exc) from exc
         return answer_of(response)
 
+    async def _idempotent(self, key: str | None, method: str, path: str, **kwargs: Any) -> Any:
+        if key is None:
+            return await self._call(method, path, **kwargs)
+        headers = idempotency_headers(key)
+        return await aretried(
+            lambda: self._call(method, path, headers=headers, **kwargs), self._retries
+        )
+
     async def _pages(self, path: str, page_size: int, **filters: Any) -> AsyncIterator[Any]:
         cursor: str | None = None
         while True:
@@ -119,13 +140,14 @@ class AsyncClient:
         metadata: Mapping[str, Any] | None = None,
         idle_timeout_s: int | EllipsisType | None = ...,
         max_age_s: int | EllipsisType | None = ...,
+        idempotency_key: str | None = None,
     ) -> CreatedSession:
         body: dict[str, Any] = given(id=id, label=label, metadata=metadata)
         if idle_timeout_s is not ...:
             body["idle_timeout_s"] = idle_timeout_s
         if max_age_s is not ...:
             body["max_age_s"] = max_age_s
-        answer = await self._call("POST", "/sessions", json=body)
+        answer = await self._idempotent(idempotency_key, "POST", "/sessions", json=body)
         return CreatedSession(session_of(answer), answer["token"])
 
     async def get_session(self, session_id: str) -> Session:
@@ -149,9 +171,11 @@ class AsyncClient:
         expires_in_s: int | None = None,
         sha256: str | None = None,
         producer: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Artifact:
         """As :meth:`Client.upload_artifact`; files are read and hashed off the loop."""
         hashed: Any = None
+        rewind = None
         if isinstance(source, AsyncIterable):
             chunks: AsyncIterable[bytes] | bytes = source
             if sha256 is None:
@@ -162,6 +186,8 @@ class AsyncClient:
             body = await asyncio.to_thread(outgoing, source, sha256)
             sha256, hashed, size_name = body.sha256, body.hashed, body.name
             chunks = _off_the_loop(body.chunks)
+            if idempotency_key is not None:
+                rewind = replayable(source)
         artifact_name = name or size_name
         if not artifact_name:
             raise InvalidInput("an upload needs a name (only a path brings its own)")
@@ -175,7 +201,19 @@ class AsyncClient:
             producer=producer,
         )
         path = f"/sessions/{seg(session_id)}/artifacts"
-        answer = await self._call("POST", path, params=params, content=chunks)
+        headers = idempotency_headers(idempotency_key)
+        first = True
+
+        async def send() -> Any:
+            nonlocal first
+            content = chunks
+            if not first and rewind is not None:
+                again = await asyncio.to_thread(outgoing, rewind(), sha256)
+                content = _off_the_loop(again.chunks)
+            first = False
+            return await self._call("POST", path, params=params, content=content, headers=headers)
+
+        answer = await (send() if rewind is None else aretried(send, self._retries))
         if hashed is not None and answer["sha256"] != hashed.hexdigest():
             await self._call("DELETE", f"{path}/{seg(answer['id'])}")
             raise mismatch(hashed.hexdigest(), answer["sha256"], f"upload to {path}")
@@ -191,6 +229,18 @@ class AsyncClient:
         path = f"/sessions/{seg(session_id)}/artifacts"
         async for item in self._pages(path, page_size, kind=kind):
             yield artifact_of(item)
+
+    async def link(
+        self,
+        session_id: str,
+        artifact_id: str,
+        expires_in_s: int,
+        disposition: str | None = None,
+    ) -> DownloadLink:
+        """As :meth:`Client.link`."""
+        path = f"/sessions/{seg(session_id)}/artifacts/{seg(artifact_id)}/links"
+        body = given(expires_in_s=expires_in_s, disposition=disposition)
+        return download_link_of(await self._call("POST", path, json=body))
 
     async def iter_artifact(self, session_id: str, artifact_id: str) -> AsyncGenerator[bytes, None]:
         """The bytes as they arrive, verified as :meth:`Client.iter_artifact` does."""
@@ -277,23 +327,28 @@ class AsyncClient:
         *,
         max_attempts: int | None = None,
         reference_tokens: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
     ) -> Task:
-        body = given(
-            processor=processor,
-            inputs=[
-                i if isinstance(i, str) else {"session_id": i[0], "artifact_id": i[1]}
-                for i in inputs
-            ],
-            params=dict(params or {}),
-            max_attempts=max_attempts,
-            reference_tokens=dict(reference_tokens) if reference_tokens else None,
-        )
+        body = task_body(processor, inputs, params, max_attempts, reference_tokens)
         path = f"/sessions/{seg(session_id)}/tasks"
-        return task_of(await self._call("POST", path, json=body))
+        return task_of(await self._idempotent(idempotency_key, "POST", path, json=body))
 
     async def get_task(self, session_id: str, task_id: str) -> Task:
         path = f"/sessions/{seg(session_id)}/tasks/{seg(task_id)}"
         return task_of(await self._call("GET", path))
+
+    def events(
+        self,
+        session_id: str,
+        *,
+        last_event_id: int | None = None,
+        reconnect_for_s: float = RECONNECT_FOR_S,
+    ) -> AsyncEventStream:
+        """As :meth:`Client.events`: ``async with client.events(sid) as events``, then
+        ``async for event in events``."""
+        return AsyncEventStream(
+            self._http, session_id, last_event_id, reconnect_for_s=reconnect_for_s
+        )
 
     async def wait_task(
         self,
@@ -305,19 +360,47 @@ class AsyncClient:
         poll_s: float = POLL_S,
     ) -> Task:
         """As :meth:`Client.wait_task`, without blocking the loop."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        seen: tuple[object, ...] | None = None
-        while True:
-            task = await self.get_task(session_id, task_id)
-            now_seen = (task.state, task.progress_done, task.progress_total)
-            if on_progress is not None and now_seen != seen:
-                on_progress(task)
-            seen = now_seen
-            if not task.state.active:
-                return task
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(f"task {task_id} still {task.state} after {timeout_s} s")
+        watch = TaskWatch(task_id, timeout_s, on_progress)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await self._wait(session_id, watch, poll_s)
+        except TimeoutError as exc:
+            if isinstance(exc, WaitTimeout):
+                raise
+            state = watch.task.state if watch.task is not None else "unknown"
+            raise WaitTimeout(f"task {task_id} still {state} after {timeout_s} s") from None
+
+    async def _wait(self, session_id: str, watch: TaskWatch, poll_s: float) -> Task:
+        try:
+            stream = await self.events(session_id).open()
+        except EphemeraError:
+            return await self._poll_task(session_id, watch, poll_s)
+        async with stream:
+            if watch.seen(await self.get_task(session_id, watch.task_id)):
+                return _finished(watch)
+            try:
+                async for event in stream:
+                    if watch.needs_reading(event):
+                        task = await self.get_task(session_id, watch.task_id)
+                    elif (stepped := watch.stepped(event)) is not None:
+                        task = stepped
+                    else:
+                        continue
+                    if watch.seen(task):
+                        return _finished(watch)
+            except (ServerUnreachable, NotFound):
+                pass  # the events are lost for good: the task's own answer decides
+        return await self._poll_task(session_id, watch, poll_s)
+
+    async def _poll_task(self, session_id: str, watch: TaskWatch, poll_s: float) -> Task:
+        while not watch.seen(await self.get_task(session_id, watch.task_id)):
             await asyncio.sleep(poll_s)
+        return _finished(watch)
+
+
+def _finished(watch: TaskWatch) -> Task:
+    assert watch.task is not None
+    return watch.task
 
 
 async def _hashing(chunks: AsyncIterable[bytes], digest: Any) -> AsyncIterator[bytes]:

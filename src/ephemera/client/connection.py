@@ -12,6 +12,7 @@ import httpx2
 
 from ephemera.client.common import Endpoint, answer_of, headers_for, query, unreachable
 from ephemera.client.errors import error_of
+from ephemera.client.retry import RETRIES, idempotency_headers, retried
 from ephemera.client.transfer import (
     Outgoing,
     PartFile,
@@ -19,6 +20,7 @@ from ephemera.client.transfer import (
     Verifier,
     etag_sha256,
     into_file,
+    link_sha256,
     mismatch,
     verified,
 )
@@ -38,10 +40,12 @@ class Connection:
         *,
         timeout: float = 60.0,
         transport: httpx2.BaseTransport | None = None,
+        retries: int = RETRIES,
     ) -> None:
         self.endpoint = Endpoint.of(base_url)
         self.base_url = self.endpoint.api
         self._timeout = timeout
+        self._retries = retries
         self._http = httpx2.Client(
             base_url=self.endpoint.api,
             headers=headers_for(token),
@@ -69,6 +73,13 @@ class Connection:
         except httpx2.TransportError as exc:
             raise unreachable(self.base_url, exc) from exc
         return answer_of(response)
+
+    def _idempotent(self, key: str | None, method: str, path: str, **kwargs: Any) -> Any:
+        """A creating request: sent once, or under ``key`` retried while that is safe."""
+        if key is None:
+            return self._call(method, path, **kwargs)
+        headers = idempotency_headers(key)
+        return retried(lambda: self._call(method, path, headers=headers, **kwargs), self._retries)
 
     @contextmanager
     def _stream(self, path: str, **kwargs: Any) -> Iterator[httpx2.Response]:
@@ -119,6 +130,27 @@ class Connection:
                 discard(answer)
             raise mismatch(sent, stored, f"upload to {path}")
         return answer
+
+    def _link_chunks(self, url: str) -> Iterator[bytes]:
+        """A signed link's bytes, sent no credential (a link needs none, and a redirect
+        to the blob store must not carry one), checked against the link's own sha256."""
+        request = self._http.build_request("GET", url)
+        request.headers.pop("Authorization", None)
+        try:
+            response = self._http.send(request, stream=True, follow_redirects=True)
+        except httpx2.TransportError as exc:
+            raise unreachable(self.base_url, exc) from exc
+        try:
+            if response.status_code >= 400:
+                response.read()
+                raise error_of(response)
+            expected = link_sha256(url) or etag_sha256(response.headers.get("etag"))
+            verifier = Verifier(expected, f"link {response.url.path}")
+            yield from verified(response.iter_bytes(), verifier)
+        except httpx2.TransportError as exc:
+            raise unreachable(self.base_url, exc) from exc
+        finally:
+            response.close()
 
     def _verified_chunks(
         self, path: str, what: str, headers: Mapping[str, str] | None = None

@@ -10,8 +10,11 @@ from ephemera.errors import (
     Conflict,
     EphemeraError,
     Forbidden,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
     InsufficientStorage,
     InvalidInput,
+    LinkRefused,
     NotFound,
     RequestTimeout,
     SchemaOutOfDate,
@@ -49,8 +52,10 @@ _BY_CODE: dict[str, type[EphemeraError]] = {
         ChecksumMismatch,
         Conflict,
         Forbidden,
+        IdempotencyKeyReused,
         InsufficientStorage,
         InvalidInput,
+        LinkRefused,
         NotFound,
         RequestTimeout,
         SchemaOutOfDate,
@@ -83,6 +88,9 @@ def error_of(response: httpx2.Response) -> EphemeraError:
         code, message = str(detail["code"]), str(detail["message"])
     except (ValueError, KeyError, TypeError):
         code, message = "", f"HTTP {response.status_code}: {response.text[:200]}"
+    if code == IdempotencyKeyInUse.code:
+        # Worth sending again once the first request has been answered.
+        return IdempotencyKeyInUse(message, int(_retry_after(response) or 1))
     cls = _BY_CODE.get(code)
     if response.status_code in _TRANSIENT_STATUS and cls in (None, StorageError):
         return Unavailable(message, _retry_after(response))

@@ -16,6 +16,7 @@ from ephemera.models import (
     ImportEntry,
     ImportOrigin,
     Lease,
+    LinkKey,
     Session,
     SessionState,
     StorageClass,
@@ -32,6 +33,14 @@ class ListedSession:
 
     session: Session
     lease_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadLink:
+    """A signed URL that downloads one artifact without credentials until ``expires_at``."""
+
+    url: str
+    expires_at: datetime
 
 
 def _time(value: Any) -> datetime:
@@ -174,4 +183,16 @@ def claim_of(body: Mapping[str, Any]) -> Claim:
         claim_id=body["claim_id"],
         claimed_until=_time(body["claimed_until"]),
         inputs=tuple(artifact_of(a) for a in body["inputs"]),
+    )
+
+
+def download_link_of(body: Mapping[str, Any]) -> DownloadLink:
+    return DownloadLink(url=str(body["url"]), expires_at=_time(body["expires_at"]))
+
+
+def link_key_of(body: Mapping[str, Any]) -> LinkKey:
+    return LinkKey(
+        id=body["id"],
+        created_at=_time(body["created_at"]),
+        revoked_at=_maybe_time(body.get("revoked_at")),
     )

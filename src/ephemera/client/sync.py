@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import EllipsisType
@@ -20,19 +20,24 @@ from typing import Any
 from ephemera.client.admin import AdminMethods
 from ephemera.client.common import POLL_S, given, query, seg
 from ephemera.client.connection import write_verified
-from ephemera.client.errors import WaitTimeout
+from ephemera.client.errors import ServerUnreachable
+from ephemera.client.events import EventMethods
 from ephemera.client.lease import HeldLease
 from ephemera.client.records import (
+    DownloadLink,
     artifact_of,
     close_report_of,
+    download_link_of,
     import_entry_of,
     lease_of,
     session_of,
     task_of,
 )
-from ephemera.client.transfer import PathLike, Source, outgoing
+from ephemera.client.retry import idempotency_headers, retried
+from ephemera.client.transfer import PathLike, Source, outgoing, replayable
+from ephemera.client.waiting import ProgressCallback, TaskWatch
 from ephemera.client.workers import WorkerMethods
-from ephemera.errors import InvalidInput
+from ephemera.errors import EphemeraError, InvalidInput, NotFound
 from ephemera.models import (
     Artifact,
     CloseReport,
@@ -48,15 +53,34 @@ from ephemera.models import (
 
 # A task's input: an artifact ID of the session, or (session ID, artifact ID) elsewhere.
 TaskInputSpec = str | tuple[str, str]
-ProgressCallback = Callable[[Task], object]
 
 
-class Client(AdminMethods, WorkerMethods):
+def task_body(
+    processor: str,
+    inputs: Sequence[TaskInputSpec],
+    params: Mapping[str, Any] | None,
+    max_attempts: int | None,
+    reference_tokens: Mapping[str, str] | None,
+) -> dict[str, Any]:
+    return given(
+        processor=processor,
+        inputs=[
+            i if isinstance(i, str) else {"session_id": i[0], "artifact_id": i[1]} for i in inputs
+        ],
+        params=dict(params or {}),
+        max_attempts=max_attempts,
+        reference_tokens=dict(reference_tokens) if reference_tokens else None,
+    )
+
+
+class Client(AdminMethods, WorkerMethods, EventMethods):
     """A connection to one ephemera server, with one credential (a session token or a key),
     and a method for each operation of the API.
 
     Thread-safe (the underlying connection pool is); use it as a context manager, or call
     :meth:`close`. Transport failures raise :class:`~ephemera.client.ServerUnreachable`.
+    A request sent with an ``idempotency_key`` is retried up to ``retries`` times after a
+    passing failure (see :mod:`ephemera.client.retry`).
     """
 
     # -- sessions -------------------------------------------------------------------------
@@ -69,15 +93,17 @@ class Client(AdminMethods, WorkerMethods):
         metadata: Mapping[str, Any] | None = None,
         idle_timeout_s: int | EllipsisType | None = ...,
         max_age_s: int | EllipsisType | None = ...,
+        idempotency_key: str | None = None,
     ) -> CreatedSession:
         """A new session and its token (shown once). Timeouts left out take the server's
-        defaults; ``None`` means never."""
+        defaults; ``None`` means never. With ``idempotency_key`` it is created once however
+        often the request is (re)sent, and the repeat answers the token again."""
         body: dict[str, Any] = given(id=id, label=label, metadata=metadata)
         if idle_timeout_s is not ...:
             body["idle_timeout_s"] = idle_timeout_s
         if max_age_s is not ...:
             body["max_age_s"] = max_age_s
-        answer = self._call("POST", "/sessions", json=body)
+        answer = self._idempotent(idempotency_key, "POST", "/sessions", json=body)
         return CreatedSession(session_of(answer), answer["token"])
 
     def get_session(self, session_id: str) -> Session:
@@ -121,13 +147,15 @@ class Client(AdminMethods, WorkerMethods):
         expires_in_s: int | None = None,
         sha256: str | None = None,
         producer: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Artifact:
         """Stream ``source`` (a path, a binary file, bytes or chunks) into a new artifact.
 
         Its sha256 is computed here first (a path, bytes or a seekable file) and sent along,
         so the server stores the bytes only if they arrive intact; a one-pass source is
         hashed on the way and checked against what the server recorded. ``name`` defaults
-        to a path's file name.
+        to a path's file name. With ``idempotency_key``, a source that can be read again
+        (not a one-pass one) is sent again after a passing failure, and stored once.
         """
         body = outgoing(source, sha256)
         artifact_name = name or body.name
@@ -142,9 +170,23 @@ class Client(AdminMethods, WorkerMethods):
             "producer": producer,
         }
         path = f"/sessions/{seg(session_id)}/artifacts"
-        answer = self._send(
-            path, body, params, discard=lambda a: self.delete_artifact(session_id, a["id"])
-        )
+        rewind = replayable(source) if idempotency_key is not None else None
+        first = True
+
+        def send() -> Any:
+            nonlocal body, first
+            if not first and rewind is not None:
+                body = outgoing(rewind(), body.sha256)
+            first = False
+            return self._send(
+                path,
+                body,
+                params,
+                discard=lambda a: self.delete_artifact(session_id, a["id"]),
+                headers=idempotency_headers(idempotency_key),
+            )
+
+        answer = send() if rewind is None else retried(send, self._retries)
         return artifact_of(answer)
 
     def list_artifacts(
@@ -170,6 +212,28 @@ class Client(AdminMethods, WorkerMethods):
         path = f"/sessions/{seg(session_id)}/artifacts/{seg(artifact_id)}/retention"
         body = {"retain_until": until.isoformat() if until else None}
         return artifact_of(self._call("PUT", path, json=body))
+
+    def link(
+        self,
+        session_id: str,
+        artifact_id: str,
+        expires_in_s: int,
+        disposition: str | None = None,
+    ) -> DownloadLink:
+        """A URL that downloads the artifact without credentials until its ``expires_at``
+        (``disposition``: ``attachment``, the server's default, or ``inline``)."""
+        path = f"/sessions/{seg(session_id)}/artifacts/{seg(artifact_id)}/links"
+        body = given(expires_in_s=expires_in_s, disposition=disposition)
+        return download_link_of(self._call("POST", path, json=body))
+
+    def iter_link(self, url: str) -> Iterator[bytes]:
+        """A signed link's bytes as they arrive, without this client's credential, verified
+        against the sha256 the link names."""
+        return self._link_chunks(url)
+
+    def download_link(self, url: str, dest: PathLike) -> Path:
+        """A signed link's bytes into ``dest``, verified as :meth:`download_artifact` does."""
+        return write_verified(dest, self.iter_link(url))
 
     def iter_artifact(self, session_id: str, artifact_id: str) -> Iterator[bytes]:
         """The artifact's bytes as they arrive, checked against the ETag (its sha256): the
@@ -246,20 +310,14 @@ class Client(AdminMethods, WorkerMethods):
         *,
         max_attempts: int | None = None,
         reference_tokens: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
     ) -> Task:
         """Queue processing of ``inputs`` (artifact IDs of the session, or (session ID,
-        artifact ID) of reference data, whose token goes in ``reference_tokens``)."""
-        body = given(
-            processor=processor,
-            inputs=[
-                i if isinstance(i, str) else {"session_id": i[0], "artifact_id": i[1]}
-                for i in inputs
-            ],
-            params=dict(params or {}),
-            max_attempts=max_attempts,
-            reference_tokens=dict(reference_tokens) if reference_tokens else None,
-        )
-        return task_of(self._call("POST", f"/sessions/{seg(session_id)}/tasks", json=body))
+        artifact ID) of reference data, whose token goes in ``reference_tokens``); queued
+        once per ``idempotency_key``, however often the request is (re)sent."""
+        body = task_body(processor, inputs, params, max_attempts, reference_tokens)
+        path = f"/sessions/{seg(session_id)}/tasks"
+        return task_of(self._idempotent(idempotency_key, "POST", path, json=body))
 
     def get_task(self, session_id: str, task_id: str) -> Task:
         return task_of(self._call("GET", f"/sessions/{seg(session_id)}/tasks/{seg(task_id)}"))
@@ -286,26 +344,45 @@ class Client(AdminMethods, WorkerMethods):
     ) -> Task:
         """The task once it has finished (succeeded, failed or cancelled: look at its state).
 
-        ``on_progress`` is called with the task each time its state or progress changes.
-        WaitTimeout after ``timeout_s``; the task itself goes on.
+        Follows the session's events, and polls every ``poll_s`` only when they cannot be
+        followed. ``on_progress`` is called with the task on every change of its state and
+        every progress step, in order. WaitTimeout after ``timeout_s``; the task goes on.
         """
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        seen: tuple[object, ...] | None = None
-        for task in self._task_updates(session_id, task_id, poll_s):
-            now_seen = (task.state, task.progress_done, task.progress_total)
-            if on_progress is not None and now_seen != seen:
-                on_progress(task)
-            seen = now_seen
-            if not task.state.active:
-                return task
-            if deadline is not None and time.monotonic() >= deadline:
-                raise WaitTimeout(f"task {task_id} still {task.state} after {timeout_s} s")
-        raise AssertionError("unreachable: task updates never end")  # pragma: no cover
+        watch = TaskWatch(task_id, timeout_s, on_progress)
+        try:
+            stream = self.events(session_id, deadline=watch.deadline).open()
+        except EphemeraError:
+            return self._poll_task(session_id, watch, poll_s)
+        with stream:
+            if watch.seen(self.get_task(session_id, task_id)):
+                return self._finished(watch)
+            try:
+                for event in stream.beats():
+                    watch.check_deadline()
+                    if event is None:
+                        continue
+                    if watch.needs_reading(event):
+                        task = self.get_task(session_id, task_id)
+                    elif (stepped := watch.stepped(event)) is not None:
+                        task = stepped
+                    else:
+                        continue
+                    if watch.seen(task):
+                        return self._finished(watch)
+            except (ServerUnreachable, NotFound):
+                pass  # the events are lost for good: the task's own answer decides
+        # The stream ended (the session closed) or broke: the task's own answer decides.
+        return self._poll_task(session_id, watch, poll_s)
 
-    def _task_updates(self, session_id: str, task_id: str, poll_s: float) -> Iterator[Task]:
-        """The task, again and again: by polling (the one place that decides how)."""
+    def _finished(self, watch: TaskWatch) -> Task:
+        assert watch.task is not None
+        return watch.task
+
+    def _poll_task(self, session_id: str, watch: TaskWatch, poll_s: float) -> Task:
         while True:
-            yield self.get_task(session_id, task_id)
+            if watch.seen(self.get_task(session_id, watch.task_id)):
+                return self._finished(watch)
+            watch.check_deadline()
             time.sleep(poll_s)
 
     def list_processors(self) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
+from urllib.parse import parse_qs, urlsplit
 
 from ephemera.errors import ChecksumMismatch
 
@@ -105,6 +106,30 @@ def _seekable(file: IO[bytes]) -> bool:
         return bool(file.seekable())
     except (AttributeError, ValueError, OSError):
         return False
+
+
+def replayable(source: Source) -> Callable[[], Source] | None:
+    """How to read ``source`` again from its start, for sending it again; None for a
+    one-pass source (a pipe, a generator), which can be sent only once."""
+    if isinstance(source, bytes | bytearray | memoryview | str | os.PathLike):
+        return lambda: source
+    if hasattr(source, "read"):
+        file: IO[bytes] = source  # type: ignore[assignment]
+        if _seekable(file):
+            start = file.tell()
+
+            def rewound() -> Source:
+                file.seek(start)
+                return file
+
+            return rewound
+    return None
+
+
+def link_sha256(url: str) -> str | None:
+    """The sha256 a signed link names (its ``sha256`` query value), if it names one."""
+    values = parse_qs(urlsplit(url).query).get("sha256", [])
+    return values[0] if len(values) == 1 and len(values[0]) == 64 else None
 
 
 def etag_sha256(etag: str | None) -> str:
