@@ -254,7 +254,7 @@ def test_a_key_held_by_a_running_request_is_409_until_its_hold_lapses(
     # A request that holds the key and never finishes (its process crashed), reserved as
     # the route reserves: the caller's scope, the route, the request's hash.
     request_hash = digest({"query": [["name", "a.bin"]], "content_type": ""})
-    held = store.reserve_key(scope_of(token), f"POST {url}", "crash", request_hash)
+    held = store.reserve_key(scope_of(token), f"POST {url}", "crash", request_hash, session_id=sid)
     assert isinstance(held, Reservation)
     busy = upload(client, sid, token, "crash", b"z")
     assert busy.status_code == 409
@@ -367,3 +367,38 @@ def test_a_new_session_under_an_old_id_never_sees_the_old_ones_keys(
     assert fresh.status_code == 201
     assert "idempotent-replayed" not in fresh.headers
     assert fresh.json()["id"] != first.json()["id"]
+
+
+def test_a_key_used_over_an_admin_key_never_replays_a_closed_sessions_answer(
+    client: TestClient, store: Store, admin_key: str, session: tuple[str, str], clock: ManualClock
+) -> None:
+    # The key outlives the session: only the session's incarnation tells the two apart.
+    sid, _ = session
+    aid = upload(client, sid, admin_key, "k", b"old bytes").json()["id"]
+    tasks = f"{API}/sessions/{sid}/tasks"
+    task = {"processor": "sample-upper", "inputs": [aid]}
+    old_task = client.post(tasks, json=task, headers=keyed(admin_key, "t")).json()["id"]
+    closed = client.delete(
+        f"{API}/sessions/{sid}", params={"force": True}, headers=bearer(admin_key)
+    )
+    assert closed.status_code == 200, closed.text
+    # Not even a tick of the clock between the two: the new session has the old created_at.
+    again = client.post(f"{API}/sessions", json={"id": sid}, headers=bearer(admin_key))
+    assert again.status_code == 201, again.text
+    fresh = upload(client, sid, admin_key, "k", b"old bytes")
+    assert fresh.status_code == 201, fresh.text
+    assert "idempotent-replayed" not in fresh.headers
+    assert fresh.json()["id"] != aid
+    got = client.get(
+        f"{API}/sessions/{sid}/artifacts/{fresh.json()['id']}", headers=bearer(admin_key)
+    )
+    assert got.status_code == 200, got.text
+    task = {"processor": "sample-upper", "inputs": [fresh.json()["id"]]}
+    new_task = client.post(tasks, json=task, headers=keyed(admin_key, "t"))
+    assert new_task.status_code == 201, new_task.text
+    assert "idempotent-replayed" not in new_task.headers
+    assert new_task.json()["id"] != old_task
+    # Within the new incarnation the key replays as ever.
+    replayed = upload(client, sid, admin_key, "k", b"old bytes")
+    assert replayed.headers["idempotent-replayed"] == "true"
+    assert replayed.json() == fresh.json()

@@ -2,10 +2,12 @@
 that create: sessions, artifacts (every body form) and tasks.
 
 A key belongs to the caller (its credential, hashed) and the route (method and path), so two
-callers never collide. The same request again (same query, same content type, same JSON body
-or, for an upload, the same bytes and metadata) answers what the first answered, with
-``Idempotent-Replayed: true``, and creates nothing; another request under the key is 422; a
-retry while the first still runs is 409 with ``Retry-After``.
+callers never collide; on a session's routes, to that session's incarnation too (an admin or
+client key outlives a session, and the session's ID may be used again). The same request
+again (same query, same content type, same JSON body or, for an upload, the same bytes and
+metadata) answers what the first answered, with ``Idempotent-Replayed: true``, and creates
+nothing; another request under the key is 422; a retry while the first still runs is 409 with
+``Retry-After``.
 """
 
 from __future__ import annotations
@@ -82,7 +84,11 @@ def reserve(
     store: Store, request: Request, credential: str, key: str, body: BaseModel | None = None
 ) -> Reservation | KeyRecord:
     return store.reserve_key(
-        scope_of(credential), route_of(request), key, request_hash(request, body)
+        scope_of(credential),
+        route_of(request),
+        key,
+        request_hash(request, body),
+        session_id=request.path_params.get("session_id"),
     )
 
 
