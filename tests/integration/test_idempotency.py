@@ -402,3 +402,43 @@ def test_a_key_used_over_an_admin_key_never_replays_a_closed_sessions_answer(
     replayed = upload(client, sid, admin_key, "k", b"old bytes")
     assert replayed.headers["idempotent-replayed"] == "true"
     assert replayed.json() == fresh.json()
+
+
+@pytest.mark.parametrize("form", ["raw", "multipart", "json"])
+def test_a_retried_upload_is_only_hashed_so_a_full_volume_still_answers_it(
+    client: TestClient,
+    store: Store,
+    settings: Settings,
+    session: tuple[str, str],
+    clock: ManualClock,
+    form: str,
+) -> None:
+    sid, token = session
+    url = f"{API}/sessions/{sid}/artifacts"
+
+    def send(to: TestClient, data: bytes, key: str) -> Any:
+        if form == "json":
+            body = {"name": "f.txt", "data_base64": base64.b64encode(data).decode()}
+            return to.post(url, json=body, headers=keyed(token, key))
+        if form == "multipart":
+            content_type = "multipart/form-data; boundary=XYZ"
+            headers = {**keyed(token, key), "content-type": content_type}
+            return to.post(url, content=_multipart(data, "XYZ"), headers=headers)
+        return to.post(url, params={"name": "f.txt"}, content=data, headers=keyed(token, key))
+
+    first = send(client, b"the bytes", "full")
+    assert first.status_code == 201, first.text
+    # The same catalog and data dir, served where no byte may be stored any more.
+    full = settings.model_copy(update={"reserve_bytes": 2**62})
+    with Store.open(full, clock=clock) as full_store, TestClient(create_app(full_store)) as later:
+        refused = send(later, b"new bytes", "new")
+        assert refused.status_code == 507, refused.text
+        before = snapshot(store)
+        # A retry takes no room, no record and no blob: its body is only hashed.
+        again = send(later, b"the bytes", "full")
+        assert (again.status_code, again.json()) == (201, first.json())
+        assert again.headers["idempotent-replayed"] == "true"
+        other = send(later, b"other bytes", "full")
+        assert other.status_code == 422, other.text
+        assert other.json()["error"]["code"] == "idempotency_key_reused"
+        assert snapshot(store) == before
