@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -442,3 +443,51 @@ def test_a_retried_upload_is_only_hashed_so_a_full_volume_still_answers_it(
         assert other.status_code == 422, other.text
         assert other.json()["error"]["code"] == "idempotency_key_reused"
         assert snapshot(store) == before
+
+
+def test_an_upload_whose_hold_was_taken_over_stops_at_once(
+    store: Store, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_idempotency, "HOLD_S", 0.3)  # a renewal every 0.1 s
+    held = store.reserve_key("caller", "POST /x", "k", "h")
+    assert isinstance(held, Reservation)
+    # The hold lapsed (the request stalled) and a retry took the key over.
+    clock.advance(HOLD_S + 1)
+    assert isinstance(store.reserve_key("caller", "POST /x", "k", "h"), Reservation)
+    streamed: list[float] = []
+
+    async def stream_slowly() -> None:
+        started = time.monotonic()
+        try:
+            async with http_idempotency.holding(store, held):
+                await anyio.sleep(3)  # a body still arriving: its commit could only fail
+        finally:
+            streamed.append(time.monotonic() - started)
+
+    with pytest.raises(Conflict, match="lapsed"):
+        anyio.run(stream_slowly)
+    assert streamed[0] < 1.5
+
+
+def test_a_request_that_completed_its_key_stands_though_the_next_renewal_finds_it_gone(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_idempotency, "HOLD_S", 0.3)  # a renewal every 0.1 s
+    held = store.reserve_key("caller", "POST /sessions", "k", "h")
+    assert isinstance(held, Reservation)
+
+    def commit() -> None:
+        store.create_session("s1", idempotency=held.completion(lambda _: Answer(201, "{}")))
+        # The key is answered, so no longer held: renewals meanwhile find it "lost".
+        time.sleep(0.5)
+
+    async def create() -> None:
+        async with http_idempotency.holding(store, held):
+            # As an upload commits: in a worker thread, and nothing awaited after it.
+            await anyio.to_thread.run_sync(commit)
+
+    anyio.run(create)
+    assert store.totals()[0] == 1
+    record = store.reserve_key("caller", "POST /sessions", "k", "h")
+    assert isinstance(record, KeyRecord)
+    assert record.answer == Answer(201, "{}")

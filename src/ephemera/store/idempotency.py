@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from ephemera.catalog import Answer, Completion, KeyRecord
+from ephemera.catalog import KEY_LOST, Answer, Completion, KeyRecord
 from ephemera.context import Context
 from ephemera.errors import Conflict, IdempotencyKeyInUse, IdempotencyKeyReused
 from ephemera.models import Artifact
@@ -37,6 +37,7 @@ T = TypeVar("T")
 
 __all__ = [
     "HOLD_S",
+    "KEY_LOST",
     "Answer",
     "Completion",
     "KeyRecord",
