@@ -215,3 +215,37 @@ def test_duplicates_sent_at_once_create_exactly_one_resource(server: Server) -> 
     )
     only_one(created)
     assert session_count(server) == before + 1
+
+
+def test_a_retry_of_an_answered_upload_takes_no_upload_slot(tmp_path: Path) -> None:
+    env = {"EPHEMERA_WORKERS": "0", "EPHEMERA_MAX_CONCURRENT_UPLOADS": "1"}
+    server = Server(tmp_path / "data", env).start()
+    try:
+        sid, token = open_session(server)
+        url = f"{server.api}/sessions/{sid}/artifacts"
+        keyed = {**bearer(token), KEY: "scan-1"}
+        first = httpx.post(url, params={"name": "a.bin"}, content=b"the bytes", headers=keyed)
+        assert first.status_code == 201, first.text
+        # Another upload whose body trickles in holds the session's only slot.
+        head = (
+            f"POST /api/v1/sessions/{sid}/artifacts?name=slow.bin HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{server.port}\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Length: 1000\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", server.port)) as slow:
+            slow.sendall(head.encode() + b"x" * 10)
+            deadline = time.monotonic() + 10
+            while True:
+                busy = httpx.post(
+                    url, params={"name": "b.bin"}, content=b"b", headers=bearer(token)
+                )
+                if busy.status_code == 429 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            assert busy.status_code == 429, busy.text
+            # The retry stores nothing (its body is only hashed): it is answered all the same.
+            again = httpx.post(url, params={"name": "a.bin"}, content=b"the bytes", headers=keyed)
+            assert (again.status_code, again.json()) == (201, first.json())
+            assert again.headers["idempotent-replayed"] == "true"
+    finally:
+        server.stop()

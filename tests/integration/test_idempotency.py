@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -254,7 +255,7 @@ def test_a_key_held_by_a_running_request_is_409_until_its_hold_lapses(
     # A request that holds the key and never finishes (its process crashed), reserved as
     # the route reserves: the caller's scope, the route, the request's hash.
     request_hash = digest({"query": [["name", "a.bin"]], "content_type": ""})
-    held = store.reserve_key(scope_of(token), f"POST {url}", "crash", request_hash)
+    held = store.reserve_key(scope_of(token), f"POST {url}", "crash", request_hash, session_id=sid)
     assert isinstance(held, Reservation)
     busy = upload(client, sid, token, "crash", b"z")
     assert busy.status_code == 409
@@ -367,3 +368,126 @@ def test_a_new_session_under_an_old_id_never_sees_the_old_ones_keys(
     assert fresh.status_code == 201
     assert "idempotent-replayed" not in fresh.headers
     assert fresh.json()["id"] != first.json()["id"]
+
+
+def test_a_key_used_over_an_admin_key_never_replays_a_closed_sessions_answer(
+    client: TestClient, store: Store, admin_key: str, session: tuple[str, str], clock: ManualClock
+) -> None:
+    # The key outlives the session: only the session's incarnation tells the two apart.
+    sid, _ = session
+    aid = upload(client, sid, admin_key, "k", b"old bytes").json()["id"]
+    tasks = f"{API}/sessions/{sid}/tasks"
+    task = {"processor": "sample-upper", "inputs": [aid]}
+    old_task = client.post(tasks, json=task, headers=keyed(admin_key, "t")).json()["id"]
+    closed = client.delete(
+        f"{API}/sessions/{sid}", params={"force": True}, headers=bearer(admin_key)
+    )
+    assert closed.status_code == 200, closed.text
+    # Not even a tick of the clock between the two: the new session has the old created_at.
+    again = client.post(f"{API}/sessions", json={"id": sid}, headers=bearer(admin_key))
+    assert again.status_code == 201, again.text
+    fresh = upload(client, sid, admin_key, "k", b"old bytes")
+    assert fresh.status_code == 201, fresh.text
+    assert "idempotent-replayed" not in fresh.headers
+    assert fresh.json()["id"] != aid
+    got = client.get(
+        f"{API}/sessions/{sid}/artifacts/{fresh.json()['id']}", headers=bearer(admin_key)
+    )
+    assert got.status_code == 200, got.text
+    task = {"processor": "sample-upper", "inputs": [fresh.json()["id"]]}
+    new_task = client.post(tasks, json=task, headers=keyed(admin_key, "t"))
+    assert new_task.status_code == 201, new_task.text
+    assert "idempotent-replayed" not in new_task.headers
+    assert new_task.json()["id"] != old_task
+    # Within the new incarnation the key replays as ever.
+    replayed = upload(client, sid, admin_key, "k", b"old bytes")
+    assert replayed.headers["idempotent-replayed"] == "true"
+    assert replayed.json() == fresh.json()
+
+
+@pytest.mark.parametrize("form", ["raw", "multipart", "json"])
+def test_a_retried_upload_is_only_hashed_so_a_full_volume_still_answers_it(
+    client: TestClient,
+    store: Store,
+    settings: Settings,
+    session: tuple[str, str],
+    clock: ManualClock,
+    form: str,
+) -> None:
+    sid, token = session
+    url = f"{API}/sessions/{sid}/artifacts"
+
+    def send(to: TestClient, data: bytes, key: str) -> Any:
+        if form == "json":
+            body = {"name": "f.txt", "data_base64": base64.b64encode(data).decode()}
+            return to.post(url, json=body, headers=keyed(token, key))
+        if form == "multipart":
+            content_type = "multipart/form-data; boundary=XYZ"
+            headers = {**keyed(token, key), "content-type": content_type}
+            return to.post(url, content=_multipart(data, "XYZ"), headers=headers)
+        return to.post(url, params={"name": "f.txt"}, content=data, headers=keyed(token, key))
+
+    first = send(client, b"the bytes", "full")
+    assert first.status_code == 201, first.text
+    # The same catalog and data dir, served where no byte may be stored any more.
+    full = settings.model_copy(update={"reserve_bytes": 2**62})
+    with Store.open(full, clock=clock) as full_store, TestClient(create_app(full_store)) as later:
+        refused = send(later, b"new bytes", "new")
+        assert refused.status_code == 507, refused.text
+        before = snapshot(store)
+        # A retry takes no room, no record and no blob: its body is only hashed.
+        again = send(later, b"the bytes", "full")
+        assert (again.status_code, again.json()) == (201, first.json())
+        assert again.headers["idempotent-replayed"] == "true"
+        other = send(later, b"other bytes", "full")
+        assert other.status_code == 422, other.text
+        assert other.json()["error"]["code"] == "idempotency_key_reused"
+        assert snapshot(store) == before
+
+
+def test_an_upload_whose_hold_was_taken_over_stops_at_once(
+    store: Store, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_idempotency, "HOLD_S", 0.3)  # a renewal every 0.1 s
+    held = store.reserve_key("caller", "POST /x", "k", "h")
+    assert isinstance(held, Reservation)
+    # The hold lapsed (the request stalled) and a retry took the key over.
+    clock.advance(HOLD_S + 1)
+    assert isinstance(store.reserve_key("caller", "POST /x", "k", "h"), Reservation)
+    streamed: list[float] = []
+
+    async def stream_slowly() -> None:
+        started = time.monotonic()
+        try:
+            async with http_idempotency.holding(store, held):
+                await anyio.sleep(3)  # a body still arriving: its commit could only fail
+        finally:
+            streamed.append(time.monotonic() - started)
+
+    with pytest.raises(Conflict, match="lapsed"):
+        anyio.run(stream_slowly)
+    assert streamed[0] < 1.5
+
+
+def test_a_request_that_completed_its_key_stands_though_the_next_renewal_finds_it_gone(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_idempotency, "HOLD_S", 0.3)  # a renewal every 0.1 s
+    held = store.reserve_key("caller", "POST /sessions", "k", "h")
+    assert isinstance(held, Reservation)
+
+    def commit() -> None:
+        store.create_session("s1", idempotency=held.completion(lambda _: Answer(201, "{}")))
+        # The key is answered, so no longer held: renewals meanwhile find it "lost".
+        time.sleep(0.5)
+
+    async def create() -> None:
+        async with http_idempotency.holding(store, held):
+            # As an upload commits: in a worker thread, and nothing awaited after it.
+            await anyio.to_thread.run_sync(commit)
+
+    anyio.run(create)
+    assert store.totals()[0] == 1
+    record = store.reserve_key("caller", "POST /sessions", "k", "h")
+    assert isinstance(record, KeyRecord)
+    assert record.answer == Answer(201, "{}")

@@ -42,7 +42,7 @@ from ephemera.catalog import (
 )
 from ephemera.catalog.db import Database, open_database
 from ephemera.catalog.events import Start
-from ephemera.catalog.idempotency import Answer, Completion, KeyRecord
+from ephemera.catalog.idempotency import KEY_LOST, Answer, Completion, KeyRecord
 from ephemera.catalog.locks import AdvisoryLocks
 from ephemera.catalog.notify import TASKS, Notifier, PgListener, Wakeup, session_topic
 from ephemera.catalog.predicates import RESULT_KINDS
@@ -635,6 +635,7 @@ class Catalog:
 
 
 __all__: Sequence[str] = [
+    "KEY_LOST",
     "RESULT_KINDS",
     "TASKS",
     "Answer",

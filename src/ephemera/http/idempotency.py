@@ -2,10 +2,12 @@
 that create: sessions, artifacts (every body form) and tasks.
 
 A key belongs to the caller (its credential, hashed) and the route (method and path), so two
-callers never collide. The same request again (same query, same content type, same JSON body
-or, for an upload, the same bytes and metadata) answers what the first answered, with
-``Idempotent-Replayed: true``, and creates nothing; another request under the key is 422; a
-retry while the first still runs is 409 with ``Retry-After``.
+callers never collide; on a session's routes, to that session's incarnation too (an admin or
+client key outlives a session, and the session's ID may be used again). The same request
+again (same query, same content type, same JSON body or, for an upload, the same bytes and
+metadata) answers what the first answered, with ``Idempotent-Replayed: true``, and creates
+nothing; another request under the key is 422; a retry while the first still runs is 409 with
+``Retry-After``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any, TypeVar
@@ -21,13 +24,23 @@ import anyio
 from fastapi import Header, Request, Response
 from pydantic import BaseModel
 
+from ephemera.errors import Conflict
 from ephemera.http.errors import InvalidHeader
 from ephemera.http.receive import body_chunks
 from ephemera.ids import hash_secret
 from ephemera.store import Store
-from ephemera.store.idempotency import HOLD_S, Answer, KeyRecord, Reservation, digest, unseal
+from ephemera.store.idempotency import (
+    HOLD_S,
+    KEY_LOST,
+    Answer,
+    KeyRecord,
+    Reservation,
+    digest,
+    unseal,
+)
 
 T = TypeVar("T")
+log = logging.getLogger("ephemera.http")
 
 # Printable ASCII, as the draft asks; a Structured Field string's quotes are taken off.
 KEY_RE = re.compile(r"[\x20-\x7e]{1,255}")
@@ -82,7 +95,11 @@ def reserve(
     store: Store, request: Request, credential: str, key: str, body: BaseModel | None = None
 ) -> Reservation | KeyRecord:
     return store.reserve_key(
-        scope_of(credential), route_of(request), key, request_hash(request, body)
+        scope_of(credential),
+        route_of(request),
+        key,
+        request_hash(request, body),
+        session_id=request.path_params.get("session_id"),
     )
 
 
@@ -124,28 +141,48 @@ def releasing(store: Store, held: Reservation | None) -> Iterator[None]:
 @contextlib.asynccontextmanager
 async def holding(store: Store, held: Reservation | None) -> AsyncIterator[None]:
     """Keep the reservation while the block runs (an upload's body may take long), and
-    release it if the block fails."""
+    release it if the block fails. A hold found lost (it lapsed, and another request took the
+    key) stops the block at once with Conflict: reading on could only end in that."""
     if held is None:
         yield
         return
+    lost = False
+    with anyio.CancelScope() as scope:
 
-    async def renew() -> None:
-        while True:
-            await asyncio.sleep(HOLD_S / 3)
-            # A renewal that fails is tried again; a lost hold fails the request's commit.
-            with contextlib.suppress(Exception):
-                await anyio.to_thread.run_sync(store.renew_key, held)
+        async def renew() -> None:
+            nonlocal lost
+            while True:
+                await asyncio.sleep(HOLD_S / 3)
+                try:
+                    kept = await anyio.to_thread.run_sync(store.renew_key, held)
+                except Exception as exc:
+                    # The database may be back at the next beat; the hold lasts till then.
+                    log.warning(
+                        "cannot renew an Idempotency-Key hold: %s",
+                        exc,
+                        extra={"action": "idempotency"},
+                    )
+                    continue
+                if not kept:
+                    lost = True
+                    scope.cancel()
+                    return
 
-    keeper = asyncio.ensure_future(renew())
-    try:
-        yield
-    except BaseException:
-        keeper.cancel()
-        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await anyio.to_thread.run_sync(store.release_key, held)
-        raise
-    finally:
-        keeper.cancel()
+        keeper = asyncio.ensure_future(renew())
+        try:
+            yield
+        except BaseException:
+            keeper.cancel()
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await anyio.to_thread.run_sync(store.release_key, held)
+            raise
+        finally:
+            keeper.cancel()
+    # Only if the block was stopped. A commit completes the key, so a renewal just after
+    # finds it no longer held; but a commit runs in a worker thread, which anyio does not
+    # cancel, and nothing is awaited after it: a block that committed ends as it should.
+    if lost and scope.cancelled_caught:
+        raise Conflict(KEY_LOST)
 
 
 async def drain(store: Store, request: Request) -> None:

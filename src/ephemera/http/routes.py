@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -244,7 +245,8 @@ def api_router(store: Store) -> APIRouter:
         """Upload an artifact: the body is streamed to storage, hashed on the way.
 
         Under an Idempotency-Key, a retry of an answered upload is read, hashed and
-        discarded: the same bytes and metadata answer the first answer again."""
+        discarded (nothing is recorded or stored for it): the same bytes and metadata answer
+        the first answer again."""
         key = idempotency.checked_key(idempotency_key)
         await anyio.to_thread.run_sync(authed, session_id, token)
         params = UploadParams(
@@ -274,9 +276,11 @@ def api_router(store: Store) -> APIRouter:
                         idempotency.json_answer(201, ArtifactOut.model_validate)
                     )
                 )
+        # A retry of an answered upload is only hashed and stores nothing: it takes no slot.
+        replaying = params.key is not None and params.key.recorded is not None
         try:
             async with idempotency.holding(store, held):
-                with upload_slots.hold(session_id):
+                with contextlib.nullcontext() if replaying else upload_slots.hold(session_id):
                     if media_type == "multipart/form-data":
                         artifact = await receive_multipart(store, session_id, request, params)
                     elif media_type == "application/json":

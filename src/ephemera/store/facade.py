@@ -506,16 +506,23 @@ class Store(imports.ImportMethods, links.LinkMethods):
     # -- idempotency keys -----------------------------------------------------------------
 
     def reserve_key(
-        self, scope: str, route: str, key: str, request_hash: str
+        self,
+        scope: str,
+        route: str,
+        key: str,
+        request_hash: str,
+        *,
+        session_id: str | None = None,
     ) -> Reservation | KeyRecord:
-        """Hold an Idempotency-Key of caller ``scope`` on ``route`` for this request.
+        """Hold an Idempotency-Key of caller ``scope`` on ``route`` for this request; on a
+        route of session ``session_id``, for this incarnation of it only (NotFound if gone).
 
         A Reservation: do the work, passing ``reservation.completion(answer)`` to the
         creation, or :meth:`release_key` if it creates nothing. A KeyRecord: the request
         repeats an answered one (same ``request_hash``): answer it again. Another request
         under the key is IdempotencyKeyReused; one still running, IdempotencyKeyInUse.
         """
-        return idempotency.reserve(self.context, scope, route, key, request_hash)
+        return idempotency.reserve(self.context, scope, route, key, request_hash, session_id)
 
     def renew_key(self, reservation: Reservation) -> bool:
         """Keep holding a reservation (a long upload); False once it is lost."""

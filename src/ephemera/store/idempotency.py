@@ -1,7 +1,9 @@
 """Idempotency keys: a request that may be retried names itself, and a retry repeats its answer.
 
 A key belongs to one caller (``scope``, e.g. a hash of the credential) and one route, so two
-callers never collide. :func:`reserve` decides, before any work::
+callers never collide; on a session's routes, to that session's incarnation too, so a session
+re-created under a closed one's ID never replays the closed one's answers. :func:`reserve`
+decides, before any work::
 
     no live key            -> a Reservation: do the work, and complete the key with the
                               resource in the transaction that creates it (or release it)
@@ -25,15 +27,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from ephemera.catalog import Answer, Completion, KeyRecord
+from ephemera.catalog import KEY_LOST, Answer, Completion, KeyRecord
 from ephemera.context import Context
 from ephemera.errors import Conflict, IdempotencyKeyInUse, IdempotencyKeyReused
 from ephemera.models import Artifact
+from ephemera.store.sessions import session_not_found
 
 T = TypeVar("T")
 
 __all__ = [
     "HOLD_S",
+    "KEY_LOST",
     "Answer",
     "Completion",
     "KeyRecord",
@@ -99,10 +103,23 @@ def key_id(scope: str, route: str, key: str) -> str:
 
 
 def reserve(
-    ctx: Context, scope: str, route: str, key: str, request_hash: str
+    ctx: Context,
+    scope: str,
+    route: str,
+    key: str,
+    request_hash: str,
+    session_id: str | None = None,
 ) -> Reservation | KeyRecord:
-    """Hold ``key`` for this request, or the answered record a retry repeats (see above)."""
+    """Hold ``key`` for this request, or the answered record a retry repeats (see above);
+    with ``session_id``, within that session's current incarnation."""
     now = ctx.clock.now()
+    if session_id is not None:
+        row = ctx.catalog.get_session_row(session_id)
+        if row is None:
+            raise session_not_found(session_id)
+        # Set once at creation and never equal for two sessions, unlike created_at (a coarse
+        # clock gives a re-created session the same one): it names this incarnation.
+        route = f"{route}\0{row.token_hash}"
     kid = key_id(scope, route, key)
     holder = secrets.token_hex(16)
     try:

@@ -12,6 +12,7 @@ Upload (guarantee 3, "no dangling record")::
 
 from __future__ import annotations
 
+import hashlib
 import mimetypes
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -21,7 +22,7 @@ from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
 
 from ephemera import ids
-from ephemera.blobs import BlobWriter, artifact_key
+from ephemera.blobs import BlobStat, BlobWriter, artifact_key
 from ephemera.catalog import Completion
 from ephemera.config import Settings
 from ephemera.context import Context
@@ -259,7 +260,10 @@ class Upload:
     def abort(self) -> None:
         if not self._finished:
             self._finished = True
-            discard(self._ctx, self.session_id, self.artifact_id, self._writer)
+            if self._key is not None and self._key.recorded is not None:
+                self._writer.abort()  # only hashed: nothing was recorded or stored
+            else:
+                discard(self._ctx, self.session_id, self.artifact_id, self._writer)
 
     def __enter__(self) -> Upload:
         return self
@@ -272,6 +276,34 @@ class Upload:
     ) -> None:
         if exc_type is not None:
             self.abort()
+
+
+class Digest:
+    """A writer that keeps nothing: the size and sha256 of the bytes that went through it."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._size = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def write(self, data: bytes) -> None:
+        self._hash.update(data)
+        self._size += len(data)
+
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    def sync(self) -> None:
+        pass
+
+    def commit(self) -> BlobStat:
+        raise StorageError("bytes that were only hashed cannot be committed")
+
+    def abort(self) -> None:
+        pass
 
 
 def begin_upload(
@@ -312,8 +344,12 @@ def begin(
         raise TooLarge(
             f"artifact exceeds the upload limit of {ctx.settings.max_upload_bytes} bytes"
         )
-    ctx.volume.check_room()
     artifact_id = ids.new_uuid7()
+    if key is not None and key.recorded is not None:
+        # A retry of an answered upload: its body is read only to hash it and compare it with
+        # the first one's, so it takes no room, no record and no blob.
+        return Upload(ctx, session_id, artifact_id, Digest(), values, now, claim, key, expires_in_s)
+    ctx.volume.check_room()
     if not ctx.catalog.insert_pending_artifact(
         {"id": artifact_id, "session_id": session_id, "created_at": now, **values}
     ):
