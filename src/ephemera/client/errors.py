@@ -12,6 +12,8 @@ from ephemera.errors import (
     Forbidden,
     InsufficientStorage,
     InvalidInput,
+    InvalidMetadata,
+    Locked,
     NotFound,
     RequestTimeout,
     SchemaOutOfDate,
@@ -19,6 +21,8 @@ from ephemera.errors import (
     TooLarge,
     Unauthenticated,
     Unavailable,
+    UploadChecksumMismatch,
+    UploadExpired,
 )
 
 
@@ -57,6 +61,11 @@ _BY_CODE: dict[str, type[EphemeraError]] = {
         StorageError,
         TooLarge,
         Unauthenticated,
+        # tus answers
+        InvalidMetadata,
+        Locked,
+        UploadChecksumMismatch,
+        UploadExpired,
     )
 }
 _BY_STATUS: dict[int, type[EphemeraError]] = {
@@ -66,8 +75,11 @@ _BY_STATUS: dict[int, type[EphemeraError]] = {
     404: NotFound,
     408: RequestTimeout,
     409: Conflict,
+    410: UploadExpired,
     413: TooLarge,
     422: InvalidInput,
+    423: Locked,
+    460: UploadChecksumMismatch,
     507: InsufficientStorage,
 }
 # Answers that say "not now": the same request may well succeed later.
