@@ -40,6 +40,7 @@ from ephemera.client.common import (
 from ephemera.client.errors import WaitTimeout, error_of
 from ephemera.client.lease import AsyncHeldLease
 from ephemera.client.records import artifact_of, close_report_of, lease_of, session_of, task_of
+from ephemera.client.resume import ResumeStore, body_of
 from ephemera.client.sync import ProgressCallback, TaskInputSpec
 from ephemera.client.transfer import (
     PartFile,
@@ -51,6 +52,7 @@ from ephemera.client.transfer import (
     mismatch,
     outgoing,
 )
+from ephemera.client.tus import TusOptions, arun, blocking, over_tus, tus_upload
 from ephemera.errors import InvalidInput
 from ephemera.models import Artifact, CloseReport, CreatedSession, Lease, Session, Task
 
@@ -149,8 +151,28 @@ class AsyncClient:
         expires_in_s: int | None = None,
         sha256: str | None = None,
         producer: str | None = None,
+        resumable: bool | None = None,
+        chunk_size: int | None = None,
+        resume_store: ResumeStore | PathLike | None = None,
     ) -> Artifact:
         """As :meth:`Client.upload_artifact`; files are read and hashed off the loop."""
+        if await asyncio.to_thread(over_tus, source, resumable, producer):
+            options = TusOptions.of(chunk_size, resume_store)
+            if isinstance(source, AsyncIterable):
+                source = blocking(source, asyncio.get_running_loop())
+            tus_body = await asyncio.to_thread(body_of, source, sha256)
+            upload = tus_upload(
+                self.base_url,
+                session_id,
+                tus_body,
+                options,
+                name=name,
+                kind=kind,
+                content_type=content_type,
+                storage=storage,
+                expires_in_s=expires_in_s,
+            )
+            return artifact_of(await arun(self._http, upload.steps()))
         hashed: Any = None
         if isinstance(source, AsyncIterable):
             chunks: AsyncIterable[bytes] | bytes = source

@@ -30,7 +30,9 @@ from ephemera.client.records import (
     session_of,
     task_of,
 )
+from ephemera.client.resume import ResumeStore, body_of
 from ephemera.client.transfer import PathLike, Source, outgoing
+from ephemera.client.tus import TusOptions, over_tus, run, tus_upload
 from ephemera.client.workers import WorkerMethods
 from ephemera.errors import InvalidInput
 from ephemera.models import (
@@ -121,6 +123,9 @@ class Client(AdminMethods, WorkerMethods):
         expires_in_s: int | None = None,
         sha256: str | None = None,
         producer: str | None = None,
+        resumable: bool | None = None,
+        chunk_size: int | None = None,
+        resume_store: ResumeStore | PathLike | None = None,
     ) -> Artifact:
         """Stream ``source`` (a path, a binary file, bytes or chunks) into a new artifact.
 
@@ -128,7 +133,25 @@ class Client(AdminMethods, WorkerMethods):
         so the server stores the bytes only if they arrive intact; a one-pass source is
         hashed on the way and checked against what the server recorded. ``name`` defaults
         to a path's file name.
+
+        ``resumable``: over tus in chunks of ``chunk_size``, resumed after a failure (True),
+        in one request (False), or over tus from 64 MiB of known size (None). A path's
+        upload URL kept in ``resume_store`` (a JSON file) lets a later run continue it.
         """
+        if over_tus(source, resumable, producer):
+            options = TusOptions.of(chunk_size, resume_store)
+            upload = tus_upload(
+                self.base_url,
+                session_id,
+                body_of(source, sha256),
+                options,
+                name=name,
+                kind=kind,
+                content_type=content_type,
+                storage=storage,
+                expires_in_s=expires_in_s,
+            )
+            return artifact_of(run(self._http, upload.steps()))
         body = outgoing(source, sha256)
         artifact_name = name or body.name
         if not artifact_name:
