@@ -452,7 +452,8 @@ def test_resumable_none_goes_over_tus_from_the_threshold_when_the_size_is_known(
         client.upload_artifact(sid, b"t" * MiB, name="at.bin")
         assert transport.methods() == ["POST", "PATCH", "GET"]
         assert transport.urls[0].endswith(f"/sessions/{sid}/uploads")
-        transport.requests.clear(), transport.urls.clear()
+        transport.requests.clear()
+        transport.urls.clear()
         client.upload_artifact(sid, b"t" * (MiB - 1), name="below.bin")
         client.upload_artifact(sid, iter([b"t" * MiB, b"t"]), name="unknown-size.bin")
         client.upload_artifact(sid, b"t" * MiB, name="refused.bin", resumable=False)

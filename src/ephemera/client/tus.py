@@ -209,25 +209,28 @@ class TusUpload:
 
     def _open(self) -> Generator[Call | Pause, httpx2.Response, tuple[str, int, str | None]]:
         """The stored upload of this source if the server still has it whole, else a new one."""
-        stored = self.options.store.get(self.key) if self.options.store and self.key else None
-        if stored is not None:
+        store = self.options.store
+        known_url = store.get(self.key) if store is not None and self.key is not None else None
+        if known_url is not None:
             try:
-                head = yield from self._call("HEAD", stored)
+                head = yield from self._call("HEAD", known_url)
             except NotFound:
                 self._forget()
             else:
                 if head.headers.get("Upload-Length") == str(self.body.size):
-                    return stored, int(head.headers["Upload-Offset"]), head.headers.get(ARTIFACT_ID)
+                    offset = int(head.headers["Upload-Offset"])
+                    return known_url, offset, head.headers.get(ARTIFACT_ID)
                 self._forget()
+                yield from self._terminate(known_url)
         headers = {"Upload-Metadata": self.metadata}
         if self.body.size is None:
             headers["Upload-Defer-Length"] = "1"
         else:
             headers["Upload-Length"] = str(self.body.size)
         created = yield from self._call("POST", self.endpoint, headers)
-        url = created.headers["Location"]
-        if self.options.store is not None and self.key is not None:
-            self.options.store.put(self.key, url)
+        url = str(httpx2.URL(self.endpoint).join(created.headers["Location"]))
+        if store is not None and self.key is not None:
+            store.put(self.key, url)
         return url, int(created.headers.get("Upload-Offset", "0")), created.headers.get(ARTIFACT_ID)
 
     def _send(self, url: str, offset: int) -> Generator[Call | Pause, httpx2.Response, str]:
