@@ -3,7 +3,8 @@
 ``Client`` has one method per API operation; ``AsyncClient`` the ones that move bytes or wait.
 Answers become the library's records (``ephemera.models``), error answers the library's
 exceptions (``ephemera.errors``); uploads and downloads stream and are checked against the
-sha256; ``client.lease(...)`` holds a lease for a ``with`` block.
+sha256, large uploads go over tus and resume after failures; ``client.lease(...)`` holds a
+lease for a ``with`` block.
 """
 
 from ephemera.client.aio import AsyncClient
@@ -17,6 +18,7 @@ from ephemera.client.records import (
     session_of,
     task_of,
 )
+from ephemera.client.resume import ResumeStore
 from ephemera.client.sync import Client
 from ephemera.client.transfer import CHUNK_SIZE
 
@@ -29,6 +31,7 @@ __all__ = [
     "HeldLease",
     "LeaseLost",
     "ListedSession",
+    "ResumeStore",
     "ServerUnreachable",
     "WaitTimeout",
     "artifact_of",
