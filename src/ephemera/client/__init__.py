@@ -3,9 +3,10 @@
 ``Client`` has one method per API operation; ``AsyncClient`` the ones that move bytes or wait.
 Answers become the library's records (``ephemera.models``), error answers the library's
 exceptions (``ephemera.errors``); uploads and downloads stream and are checked against the
-sha256; ``client.lease(...)`` holds a lease for a ``with`` block; ``client.events(sid)``
-follows a session live; ``client.link(...)`` signs a download link; creating requests take an
-``idempotency_key`` and are then retried safely.
+sha256, large uploads go over tus and resume after failures; ``client.lease(...)`` holds a
+lease for a ``with`` block; ``client.events(sid)`` follows a session live; ``client.link(...)``
+signs a download link; creating requests take an ``idempotency_key`` and are then retried
+safely.
 """
 
 from ephemera.client.aio import AsyncClient
@@ -21,6 +22,7 @@ from ephemera.client.records import (
     session_of,
     task_of,
 )
+from ephemera.client.resume import ResumeStore
 from ephemera.client.sync import Client
 from ephemera.client.transfer import CHUNK_SIZE
 
@@ -36,6 +38,7 @@ __all__ = [
     "HeldLease",
     "LeaseLost",
     "ListedSession",
+    "ResumeStore",
     "ServerUnreachable",
     "WaitTimeout",
     "artifact_of",

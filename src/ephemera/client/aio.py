@@ -48,6 +48,7 @@ from ephemera.client.records import (
     session_of,
     task_of,
 )
+from ephemera.client.resume import ResumeStore, body_of
 from ephemera.client.retry import RETRIES, aretried, idempotency_headers
 from ephemera.client.sync import TaskInputSpec, task_body
 from ephemera.client.transfer import (
@@ -61,6 +62,7 @@ from ephemera.client.transfer import (
     outgoing,
     replayable,
 )
+from ephemera.client.tus import TusOptions, arun, blocking, over_tus, tus_upload
 from ephemera.client.waiting import ProgressCallback, TaskWatch
 from ephemera.errors import EphemeraError, InvalidInput, NotFound
 from ephemera.models import Artifact, CloseReport, CreatedSession, Lease, Session, Task
@@ -172,8 +174,28 @@ class AsyncClient:
         sha256: str | None = None,
         producer: str | None = None,
         idempotency_key: str | None = None,
+        resumable: bool | None = None,
+        chunk_size: int | None = None,
+        resume_store: ResumeStore | PathLike | None = None,
     ) -> Artifact:
         """As :meth:`Client.upload_artifact`; files are read and hashed off the loop."""
+        if await asyncio.to_thread(over_tus, source, resumable, producer):
+            options = TusOptions.of(chunk_size, resume_store)
+            if isinstance(source, AsyncIterable):
+                source = blocking(source, asyncio.get_running_loop())
+            tus_body = await asyncio.to_thread(body_of, source, sha256)
+            upload = tus_upload(
+                self.base_url,
+                session_id,
+                tus_body,
+                options,
+                name=name,
+                kind=kind,
+                content_type=content_type,
+                storage=storage,
+                expires_in_s=expires_in_s,
+            )
+            return artifact_of(await arun(self._http, upload.steps()))
         hashed: Any = None
         rewind = None
         if isinstance(source, AsyncIterable):

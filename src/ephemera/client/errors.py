@@ -14,7 +14,9 @@ from ephemera.errors import (
     IdempotencyKeyReused,
     InsufficientStorage,
     InvalidInput,
+    InvalidMetadata,
     LinkRefused,
+    Locked,
     NotFound,
     RequestTimeout,
     SchemaOutOfDate,
@@ -22,6 +24,8 @@ from ephemera.errors import (
     TooLarge,
     Unauthenticated,
     Unavailable,
+    UploadChecksumMismatch,
+    UploadExpired,
 )
 
 
@@ -62,6 +66,11 @@ _BY_CODE: dict[str, type[EphemeraError]] = {
         StorageError,
         TooLarge,
         Unauthenticated,
+        # tus answers
+        InvalidMetadata,
+        Locked,
+        UploadChecksumMismatch,
+        UploadExpired,
     )
 }
 _BY_STATUS: dict[int, type[EphemeraError]] = {
@@ -71,8 +80,11 @@ _BY_STATUS: dict[int, type[EphemeraError]] = {
     404: NotFound,
     408: RequestTimeout,
     409: Conflict,
+    410: UploadExpired,
     413: TooLarge,
     422: InvalidInput,
+    423: Locked,
+    460: UploadChecksumMismatch,
     507: InsufficientStorage,
 }
 # Answers that say "not now": the same request may well succeed later.

@@ -33,8 +33,10 @@ from ephemera.client.records import (
     session_of,
     task_of,
 )
+from ephemera.client.resume import ResumeStore, body_of
 from ephemera.client.retry import idempotency_headers, retried
 from ephemera.client.transfer import PathLike, Source, outgoing, replayable
+from ephemera.client.tus import TusOptions, over_tus, run, tus_upload
 from ephemera.client.waiting import ProgressCallback, TaskWatch
 from ephemera.client.workers import WorkerMethods
 from ephemera.errors import EphemeraError, InvalidInput, NotFound
@@ -148,6 +150,9 @@ class Client(AdminMethods, WorkerMethods, EventMethods):
         sha256: str | None = None,
         producer: str | None = None,
         idempotency_key: str | None = None,
+        resumable: bool | None = None,
+        chunk_size: int | None = None,
+        resume_store: ResumeStore | PathLike | None = None,
     ) -> Artifact:
         """Stream ``source`` (a path, a binary file, bytes or chunks) into a new artifact.
 
@@ -156,7 +161,26 @@ class Client(AdminMethods, WorkerMethods, EventMethods):
         hashed on the way and checked against what the server recorded. ``name`` defaults
         to a path's file name. With ``idempotency_key``, a source that can be read again
         (not a one-pass one) is sent again after a passing failure, and stored once.
+
+        ``resumable``: over tus in chunks of ``chunk_size``, resumed after a failure (True),
+        in one request (False), or over tus from 64 MiB of known size (None). A path's
+        upload URL kept in ``resume_store`` (a JSON file) lets a later run continue it. A tus
+        upload resumes by its URL, so ``idempotency_key`` applies to single requests only.
         """
+        if over_tus(source, resumable, producer):
+            options = TusOptions.of(chunk_size, resume_store)
+            upload = tus_upload(
+                self.base_url,
+                session_id,
+                body_of(source, sha256),
+                options,
+                name=name,
+                kind=kind,
+                content_type=content_type,
+                storage=storage,
+                expires_in_s=expires_in_s,
+            )
+            return artifact_of(run(self._http, upload.steps()))
         body = outgoing(source, sha256)
         artifact_name = name or body.name
         if not artifact_name:
