@@ -19,12 +19,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select
 
-from ephemera.catalog.db import Database, announce, defer
+from ephemera.catalog.db import Database, announce, defer, write_time
 from ephemera.catalog.notify import session_topic
 from ephemera.catalog.schema import events, sessions
 from ephemera.models import Artifact, Event
@@ -48,7 +48,7 @@ def _write(conn: Connection, new: list[NewEvent]) -> None:
     if conn.dialect.name == "postgresql":
         for key in sorted({_lock_key(s) for s in touched}):
             conn.execute(select(func.pg_advisory_xact_lock(_LOCK_SPACE, key)))
-    at = datetime.now(UTC)
+    at = write_time(conn)
     conn.execute(
         insert(events), [{"session_id": s, "type": t, "data": d, "at": at} for s, t, d in new]
     )

@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from ephemera import ids
 from ephemera.catalog import Wakeup, session_topic
@@ -111,10 +111,10 @@ def open_feed(
 def _reset(ctx: Context, session_id: str, cursor: int, given: int, reason: str) -> EventFeed:
     """A feed that first says events were lost: the client re-reads the state it needs."""
     data = {"last_event_id": given, "reason": f"events were lost: {reason}"}
-    reset = Event(cursor, session_id, RESET, data, datetime.now(UTC))
+    reset = Event(cursor, session_id, RESET, data, ctx.clock.now())
     return EventFeed(ctx, session_id, cursor, reset=reset)
 
 
 def prune(ctx: Context, now: datetime) -> int:
-    """Remove events older than ``event_retention_s`` (scheduled with cleanup)."""
+    """Remove events older than ``event_retention_s`` (the ``orphaned`` cleanup does it too)."""
     return ctx.catalog.prune_events(now - timedelta(seconds=ctx.settings.event_retention_s))
