@@ -98,6 +98,27 @@ def test_a_feed_resumes_after_an_event_and_never_reads_another_sessions(store: S
         store.open_events("a", b.token)
 
 
+def test_an_id_past_the_sessions_newest_event_is_a_reset_whoever_has_it(store: Store) -> None:
+    a = store.create_session("a")
+    store.put_artifact("a", b"1", name="1")
+    head = drain(store.open_events("a", a.token, last_event_id=0))[-1].id
+    b = store.create_session("b")
+    store.put_artifact("b", b"x", name="x")
+    b_event = drain(store.open_events("b", b.token, last_event_id=0))[-1].id
+    assert b_event > head
+    # An ID another session's event has, and one no event has: the same answer, so that a
+    # stream tells nothing of the rest of the service. Both start from a's newest event.
+    for given in (b_event, b_event + 1_000):
+        feed = store.open_events("a", a.token, last_event_id=given)
+        assert feed.reset is not None, given
+        assert feed.reset.id == head
+        assert feed.reset.data == {
+            "last_event_id": given,
+            "reason": "events were lost: no event has this ID",
+        }
+        assert drain(feed) == []
+
+
 def test_a_new_session_under_an_old_id_starts_with_an_empty_log(store: Store) -> None:
     old = store.create_session("s1")
     store.put_artifact("s1", b"old", name="old.txt")

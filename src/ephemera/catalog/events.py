@@ -70,7 +70,6 @@ class Start:
     live_head: int  # the session's newest event ID (0: none kept)
     opened: int | None  # the ID of this session's opening event, if kept
     oldest: int | None  # the smallest ID kept in the whole log
-    newest: int | None  # the largest
 
 
 def start(db: Database, session_id: str) -> Start | None:
@@ -91,12 +90,11 @@ def start(db: Database, session_id: str) -> Start | None:
                 .scalar_subquery()
                 .label("opened"),
                 select(func.min(events.c.id)).scalar_subquery().label("oldest"),
-                select(func.max(events.c.id)).scalar_subquery().label("newest"),
             ).where(sessions.c.id == session_id)
         ).first()
     if row is None:
         return None
-    return Start(row.token_hash, row.created_at, row.head or 0, row.opened, row.oldest, row.newest)
+    return Start(row.token_hash, row.created_at, row.head or 0, row.opened, row.oldest)
 
 
 def read(db: Database, session_id: str, after: int, limit: int) -> tuple[list[Event], int | None]:
