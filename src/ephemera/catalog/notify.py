@@ -14,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -30,6 +33,9 @@ RECONNECT_DELAY_S = 1.0
 # Every stream woken after a gap in listening reads the database once: spread over this span,
 # not all at once on a small connection pool (their safety poll is about as long).
 WAKE_ALL_SPREAD_S = 1.0
+# A silently dead listening connection is found within about the sum of these.
+CHECK_EVERY_S = 30.0
+CHECK_TIMEOUT_S = 10.0
 
 
 def session_topic(session_id: str) -> str:
@@ -130,12 +136,24 @@ class PgListener:
 
     The connection comes from the engine (same URL and options) and leaves its pool for
     good. A lost connection is opened again after a pause; every subscriber is woken then,
-    since notifications sent in between are gone.
+    since notifications sent in between are gone. A connection can also die silently (a
+    peer gone, a firewall that drops the idle flow): waiting for notifications never
+    notices, so every ``check_every_s`` the listener runs ``SELECT 1``, and a check
+    unanswered within ``check_timeout_s`` cuts the connection and counts as lost.
     """
 
-    def __init__(self, engine: Engine, notifier: Notifier) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        notifier: Notifier,
+        *,
+        check_every_s: float = CHECK_EVERY_S,
+        check_timeout_s: float = CHECK_TIMEOUT_S,
+    ) -> None:
         self._engine = engine
         self._notifier = notifier
+        self._check_every_s = check_every_s
+        self._check_timeout_s = check_timeout_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.listening = threading.Event()
@@ -163,6 +181,8 @@ class PgListener:
         pooled = self._engine.raw_connection()
         driver: Any = pooled.driver_connection
         pooled.detach()  # this connection is the listener's for good
+        # A handle on the connection's socket, to cut it under a check that hangs.
+        sock = socket.socket(fileno=os.dup(driver.pgconn.socket))
         try:
             driver.rollback()
             driver.autocommit = True
@@ -172,9 +192,39 @@ class PgListener:
             log.info(
                 "LISTEN %s: wake-ups from other processes", CHANNEL, extra={"action": "listen"}
             )
+            check_at = time.monotonic() + self._check_every_s
             while not self._stop.is_set():
                 # A timeout, so that a stop is seen at once.
                 for notification in driver.notifies(timeout=0.25):
                     self._notifier.publish([notification.payload])
+                if time.monotonic() >= check_at:
+                    self._check(driver, sock)
+                    check_at = time.monotonic() + self._check_every_s
         finally:
+            sock.close()
             driver.close()
+
+    def _check(self, driver: Any, sock: socket.socket) -> None:
+        """``SELECT 1``, or ConnectionError if it is not answered in time (the connection
+        is then cut, which ends the driver's wait). Notifications that arrive meanwhile are
+        kept by the driver for the next ``notifies``."""
+        cut = threading.Event()
+
+        def cut_off() -> None:
+            cut.set()
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+        timer = threading.Timer(self._check_timeout_s, cut_off)
+        timer.daemon = True
+        timer.start()
+        try:
+            driver.execute("SELECT 1")
+        except Exception as exc:
+            if cut.is_set():
+                raise ConnectionError(
+                    f"the connection answered no check in {self._check_timeout_s:g} s"
+                ) from exc
+            raise
+        finally:
+            timer.cancel()
