@@ -93,7 +93,7 @@ class Settings(BaseSettings):
         15, gt=0, description="Keep-alive comment sent on an idle event stream this often"
     )
     worker_poll_s: float = Field(
-        1.0,
+        0.5,
         gt=0,
         description="Idle workers look for tasks at least this often (submissions wake them)",
     )
