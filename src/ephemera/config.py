@@ -92,8 +92,17 @@ class Settings(BaseSettings):
     event_ping_s: float = Field(
         15, gt=0, description="Keep-alive comment sent on an idle event stream this often"
     )
+    event_streams_max: int = Field(
+        500, ge=1, description="Event streams one process serves at once (429 beyond)"
+    )
+    event_streams_per_session: int = Field(
+        10, ge=1, description="Event streams of one session one process serves at once (429 beyond)"
+    )
+    event_send_timeout_s: float = Field(
+        30, gt=0, description="An event stream whose client accepts no write for this long ends"
+    )
     worker_poll_s: float = Field(
-        1.0,
+        0.5,
         gt=0,
         description="Idle workers look for tasks at least this often (submissions wake them)",
     )

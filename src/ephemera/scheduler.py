@@ -108,11 +108,7 @@ class CleanupScheduler:
             log.info("another process runs this tick", extra={"action": "skip"})
             return None
         self._last_renew = time.monotonic()
-        report = self.store.cleanup("all", actor="scheduler", progress=self._renew)
-        pruned = self.store.prune_events()
-        if pruned:
-            log.info("pruned %d events", pruned, extra={"action": "prune-events"})
-        return report
+        return self.store.cleanup("all", actor="scheduler", progress=self._renew)
 
     def _renew(self, _operation: str, _done: int) -> None:
         # A run longer than the interval must keep its lock, or a second runner would start.

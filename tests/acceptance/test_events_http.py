@@ -223,6 +223,56 @@ def test_a_reconnect_with_last_event_id_receives_exactly_what_it_missed(server: 
         assert [e.id for e in by_query.until(finished)] == [e.id for e in expected]
 
 
+def refused(stream: Stream) -> bool:
+    """True if the stream was refused for want of a slot (429, with when to retry)."""
+    if stream.response.status_code != 429:
+        return False
+    stream.response.read()
+    assert stream.response.json()["error"]["code"] == "rate_limited"
+    assert int(stream.response.headers["Retry-After"]) > 0
+    return True
+
+
+def test_streams_beyond_a_sessions_and_the_servers_limit_are_refused_until_one_closes(
+    tmp_path: Path,
+) -> None:
+    env = {**FAST, "EPHEMERA_EVENT_STREAMS_PER_SESSION": "2", "EPHEMERA_EVENT_STREAMS_MAX": "3"}
+    server = Server(tmp_path / "data", env).start()
+    opened: list[Stream] = []
+
+    def open_stream(session_id: str) -> Stream:
+        opened.append(Stream(events_url(server, session_id), tokens[session_id]))
+        return opened[-1]
+
+    try:
+        tokens = {s: create_session(server, s) for s in ("s1", "s2", "s3")}
+        first, second = open_stream("s1"), open_stream("s1")
+        assert (first.response.status_code, second.response.status_code) == (200, 200)
+        assert refused(open_stream("s1"))  # the session's limit
+        assert open_stream("s2").response.status_code == 200
+        assert refused(open_stream("s3"))  # the server's limit
+        # A refused stream took no slot; a stream its client closed gives its slot back.
+        first.close()
+
+        def reopened() -> bool:
+            stream = open_stream("s1")
+            if refused(stream):
+                stream.close()
+                return False
+            return stream.response.status_code == 200
+
+        wait_for(reopened, 10, "the closed stream's slot to be free")
+        # Still at the server's limit: s3 waits for another stream to end.
+        assert refused(open_stream("s3"))
+        # Live streams still carry events.
+        upload(server, "s1", tokens["s1"], "a.txt", b"a")
+        assert second.next().event == "artifact.created"
+    finally:
+        for stream in opened:
+            stream.close()
+        server.stop()
+
+
 def test_events_of_one_session_never_reach_another(server: Server) -> None:
     token_a = create_session(server, "a")
     token_b = create_session(server, "b")

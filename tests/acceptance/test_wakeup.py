@@ -1,5 +1,6 @@
 """Idle workers wake on submission: embedded in `ephemera serve` (SQLite), and an
-`ephemera worker` process on PostgreSQL (LISTEN/NOTIFY), each far under its safety poll."""
+`ephemera worker` process on PostgreSQL (LISTEN/NOTIFY), each far under its safety poll:
+every submission, not most of them (one missed wake-up waits for the safety poll)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,10 @@ pytestmark = pytest.mark.slow
 SUBMISSIONS = 20
 # Far above what is measured, far below the safety poll: only a wake-up is this quick.
 SAFETY_POLL_S = "2"
-BOUND_S = 0.1
+P90_BOUND_S = 0.1
+# Generous for a loaded machine, still far below what a missed wake-up costs (the safety
+# poll, less the at most 0.42 s the worker has already waited).
+MAX_BOUND_S = 0.5
 
 
 def pickup_delays(server: Server) -> list[float]:
@@ -48,14 +52,15 @@ def pickup_delays(server: Server) -> list[float]:
     return delays
 
 
-def report(where: str, delays: list[float]) -> float:
-    median = statistics.median(delays)
+def assert_every_one_woke(where: str, delays: list[float]) -> None:
+    p90 = statistics.quantiles(delays, n=10)[-1]
     print(
         f"\n{where}: submission -> claim over {len(delays)} tasks: median "
-        f"{median * 1000:.1f} ms, max {max(delays) * 1000:.1f} ms "
-        f"(safety poll {SAFETY_POLL_S} s)"
+        f"{statistics.median(delays) * 1000:.1f} ms, p90 {p90 * 1000:.1f} ms, "
+        f"max {max(delays) * 1000:.1f} ms (safety poll {SAFETY_POLL_S} s)"
     )
-    return median
+    assert p90 < P90_BOUND_S, delays
+    assert max(delays) < MAX_BOUND_S, delays
 
 
 def test_an_embedded_worker_picks_a_task_up_at_once(tmp_path: Path) -> None:
@@ -65,7 +70,7 @@ def test_an_embedded_worker_picks_a_task_up_at_once(tmp_path: Path) -> None:
         delays = pickup_delays(server)
     finally:
         server.stop()
-    assert report("embedded worker, SQLite", delays) < BOUND_S
+    assert_every_one_woke("embedded worker, SQLite", delays)
 
 
 def test_a_worker_process_on_postgresql_picks_a_task_up_at_once(
@@ -105,4 +110,4 @@ def test_a_worker_process_on_postgresql_picks_a_task_up_at_once(
             worker.wait(15)
         server.stop()
         postgres_databases.drop(url)
-    assert report("`ephemera worker` process, PostgreSQL", delays) < BOUND_S
+    assert_every_one_woke("`ephemera worker` process, PostgreSQL", delays)

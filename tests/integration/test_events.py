@@ -98,6 +98,27 @@ def test_a_feed_resumes_after_an_event_and_never_reads_another_sessions(store: S
         store.open_events("a", b.token)
 
 
+def test_an_id_past_the_sessions_newest_event_is_a_reset_whoever_has_it(store: Store) -> None:
+    a = store.create_session("a")
+    store.put_artifact("a", b"1", name="1")
+    head = drain(store.open_events("a", a.token, last_event_id=0))[-1].id
+    b = store.create_session("b")
+    store.put_artifact("b", b"x", name="x")
+    b_event = drain(store.open_events("b", b.token, last_event_id=0))[-1].id
+    assert b_event > head
+    # An ID another session's event has, and one no event has: the same answer, so that a
+    # stream tells nothing of the rest of the service. Both start from a's newest event.
+    for given in (b_event, b_event + 1_000):
+        feed = store.open_events("a", a.token, last_event_id=given)
+        assert feed.reset is not None, given
+        assert feed.reset.id == head
+        assert feed.reset.data == {
+            "last_event_id": given,
+            "reason": "events were lost: no event has this ID",
+        }
+        assert drain(feed) == []
+
+
 def test_a_new_session_under_an_old_id_starts_with_an_empty_log(store: Store) -> None:
     old = store.create_session("s1")
     store.put_artifact("s1", b"old", name="old.txt")
@@ -171,8 +192,9 @@ def test_a_last_event_id_that_is_not_an_event_id_is_refused(given: str) -> None:
         parse_last_event_id(given)
 
 
-def test_scheduled_cleanup_prunes_the_events_past_retention(
-    make_settings: MakeSettings, clock: ManualClock
+@pytest.mark.parametrize("how", ["scheduler", "cleanup all", "cleanup orphaned"])
+def test_cleanup_prunes_the_events_past_retention_by_the_stores_clock(
+    make_settings: MakeSettings, clock: ManualClock, how: str
 ) -> None:
     with Store.open(make_settings(event_retention_s=60), clock=clock) as store:
         clock.catch_up()
@@ -180,10 +202,31 @@ def test_scheduled_cleanup_prunes_the_events_past_retention(
         store.put_artifact("s1", b"1", name="1")
         clock.advance(61)
         store.put_artifact("s1", b"2", name="2")
-        assert CleanupScheduler(store).tick() is not None
+        store.put_artifact("s1", b"3", name="3")
+        if how == "scheduler":
+            assert CleanupScheduler(store).tick() is not None
+        else:
+            store.cleanup(how.split()[1], actor="test")
         replay = store.open_events("s1", created.token, last_event_id=0)
         kept = drain(replay)
-    # The opening and the first upload were due; the reset says so to a replay from 0.
+    # The opening and the first upload were due; the reset says so to a replay from 0. The
+    # upload of "2" is not the newest event: it is kept for its time, by the store's clock.
     assert replay.reset is not None
-    assert [e.type for e in kept] == ["artifact.created"]
-    assert kept[0].data["name"] == "2"
+    assert [(e.type, e.data["name"]) for e in kept] == [
+        ("artifact.created", "2"),
+        ("artifact.created", "3"),
+    ]
+    assert all(e.at == clock.now() for e in kept)
+
+
+def test_a_dry_run_prunes_no_event(make_settings: MakeSettings, clock: ManualClock) -> None:
+    with Store.open(make_settings(event_retention_s=60), clock=clock) as store:
+        clock.catch_up()
+        created = store.create_session("s1")
+        store.put_artifact("s1", b"1", name="1")
+        clock.advance(61)
+        store.put_artifact("s1", b"2", name="2")
+        store.cleanup("all", dry_run=True, actor="test")
+        replay = store.open_events("s1", created.token, last_event_id=0)
+        assert replay.reset is None
+        assert [e.type for e in drain(replay)] == ["session.opened"] + ["artifact.created"] * 2

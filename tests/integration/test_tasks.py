@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from ephemera import Conflict, InvalidInput, NotFound, Settings, Store
+from ephemera.catalog import TASKS
 from ephemera.models import Claim, NewOutput, TaskState
 from ephemera.processors import ENTRY_POINT_GROUP
 from ephemera.testing import ManualClock
@@ -252,6 +253,30 @@ def test_a_failure_with_retry_requeues_while_attempts_remain(store: Store) -> No
     second = claim(store)
     final = store.fail_task(task.id, second.claim_id, "flaky again", retry=True)
     assert (final.state, final.error, final.attempts) == (TaskState.FAILED, "flaky again", 2)
+
+
+@pytest.mark.parametrize("retry_delay_s", [0, 5])
+def test_a_requeued_task_wakes_idle_workers_only_once_it_is_claimable(
+    make_settings: MakeSettings, retry_delay_s: float
+) -> None:
+    settings = make_settings(task_retry_delay_s=retry_delay_s, processors=WITH_SAMPLES)
+    with Store.open(settings) as store:
+        store.create_session("s1")
+        task = store.submit_task("s1", "sample-upper", max_attempts=2)
+        first = claim(store)
+        with store.catalog.notifier.subscribe(TASKS) as wakeup:
+            # On PostgreSQL the first subscriber starts the listener, which wakes everyone
+            # once it listens: wait for the quiet.
+            while wakeup.wait(0.5):
+                pass
+            store.fail_task(task.id, first.claim_id, "flaky", retry=True)
+            # A retry not due yet is found by the safety poll; waking every idle worker
+            # now would only have them find nothing.
+            assert wakeup.wait(0.5) is (retry_delay_s == 0)
+
+
+def test_an_idle_worker_looks_for_tasks_twice_a_second_without_a_wake_up(store: Store) -> None:
+    assert Worker(store).poll_interval_s == 0.5
 
 
 # -- cancellation ----------------------------------------------------------------------------

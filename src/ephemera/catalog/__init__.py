@@ -109,6 +109,10 @@ class Catalog:
     def engine(self) -> Engine:
         return self._db.engine
 
+    def use_clock(self, now: Callable[[], datetime]) -> None:
+        """The clock of the times the catalog writes by itself (when an event was recorded)."""
+        self._db.now = now
+
     def dispose(self) -> None:
         if self._listener is not None:
             self._listener.stop()

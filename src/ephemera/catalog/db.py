@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,9 @@ class Database:
         self._writer_turn = threading.Lock() if self.dialect == "sqlite" else None
         # Called with the topics a write transaction announced, once it has committed.
         self.committed: Callable[[Iterable[str]], None] | None = None
+        # The time written by what a transaction records of itself (its events): the store's
+        # clock, which also decides what is old enough to prune.
+        self.now: Callable[[], datetime] = _utc_now
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -68,7 +72,7 @@ class Database:
     def write(self, *, duplicate: str | None = None) -> Iterator[Connection]:
         """A write transaction. ``duplicate``: the Conflict message for a duplicate key,
         where the caller expects one; any other database error is a StorageError."""
-        state = WriteState()
+        state = WriteState(self.now)
         try:
             with (
                 self._writer_turn or contextlib.nullcontext(),
@@ -89,10 +93,15 @@ class Database:
             self.committed(state.topics)
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass
 class WriteState:
     """What a write transaction announces (topics) and defers to its end (see ``defer``)."""
 
+    now: Callable[[], datetime]
     topics: set[str] = field(default_factory=set)
     deferred: dict[str, list[Any]] = field(default_factory=dict)
     flushes: dict[str, Callable[[Connection, list[Any]], None]] = field(default_factory=dict)
@@ -106,6 +115,12 @@ def defer(
     state: WriteState = conn.info[_STATE]
     state.deferred.setdefault(key, []).extend(items)
     state.flushes.setdefault(key, flush)
+
+
+def write_time(conn: Connection) -> datetime:
+    """The present by the clock of this write transaction's database (``Database.now``)."""
+    state: WriteState = conn.info[_STATE]
+    return state.now()
 
 
 def announce(conn: Connection, topic: str) -> None:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select
 
-from ephemera.catalog.db import Database, announce, defer
+from ephemera.catalog.db import Database, announce, defer, write_time
 from ephemera.catalog.notify import session_topic
 from ephemera.catalog.schema import events, sessions
 from ephemera.models import Artifact, Event
@@ -48,7 +48,7 @@ def _write(conn: Connection, new: list[NewEvent]) -> None:
     if conn.dialect.name == "postgresql":
         for key in sorted({_lock_key(s) for s in touched}):
             conn.execute(select(func.pg_advisory_xact_lock(_LOCK_SPACE, key)))
-    at = datetime.now(UTC)
+    at = write_time(conn)
     conn.execute(
         insert(events), [{"session_id": s, "type": t, "data": d, "at": at} for s, t, d in new]
     )
@@ -70,7 +70,6 @@ class Start:
     live_head: int  # the session's newest event ID (0: none kept)
     opened: int | None  # the ID of this session's opening event, if kept
     oldest: int | None  # the smallest ID kept in the whole log
-    newest: int | None  # the largest
 
 
 def start(db: Database, session_id: str) -> Start | None:
@@ -91,12 +90,11 @@ def start(db: Database, session_id: str) -> Start | None:
                 .scalar_subquery()
                 .label("opened"),
                 select(func.min(events.c.id)).scalar_subquery().label("oldest"),
-                select(func.max(events.c.id)).scalar_subquery().label("newest"),
             ).where(sessions.c.id == session_id)
         ).first()
     if row is None:
         return None
-    return Start(row.token_hash, row.created_at, row.head or 0, row.opened, row.oldest, row.newest)
+    return Start(row.token_hash, row.created_at, row.head or 0, row.opened, row.oldest)
 
 
 def read(db: Database, session_id: str, after: int, limit: int) -> tuple[list[Event], int | None]:

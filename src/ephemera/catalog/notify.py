@@ -14,7 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import random
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -26,6 +30,12 @@ log = logging.getLogger("ephemera.notify")
 
 TASKS = "tasks"
 RECONNECT_DELAY_S = 1.0
+# Every stream woken after a gap in listening reads the database once: spread over this span,
+# not all at once on a small connection pool (their safety poll is about as long).
+WAKE_ALL_SPREAD_S = 1.0
+# A silently dead listening connection is found within about the sum of these.
+CHECK_EVERY_S = 30.0
+CHECK_TIMEOUT_S = 10.0
 
 
 def session_topic(session_id: str) -> str:
@@ -36,15 +46,25 @@ class Wakeup:
     """One subscriber's flag: set from any thread, awaited by one thread or one event loop."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self._flag = threading.Event()
         self._loop = loop
+        self._flag = threading.Event()
+        # An awaited Wakeup is set and cleared in its loop only: a set from another thread
+        # that lands after a wait ended counts for the next wait, never ends it early.
         self._async = asyncio.Event() if loop is not None else None
 
-    def set(self) -> None:
-        self._flag.set()
-        if self._loop is not None and self._async is not None:
-            # The loop may have closed (its server stopped): nobody waits there any more.
-            with contextlib.suppress(RuntimeError):
+    def set(self, within_s: float = 0.0) -> None:
+        """Wake the waiter; ``within_s``: an awaited one at a random moment within that span,
+        so that many streams woken together do not all read the database at one instant (a
+        thread, an idle worker, is woken at once: there are few)."""
+        if self._loop is None or self._async is None:
+            self._flag.set()
+            return
+        # The loop may have closed (its server stopped): nobody waits there any more.
+        with contextlib.suppress(RuntimeError):
+            if within_s > 0:
+                delay = random.uniform(0, within_s)  # noqa: S311 (a jitter, not a secret)
+                self._loop.call_soon_threadsafe(self._loop.call_later, delay, self._async.set)
+            else:
                 self._loop.call_soon_threadsafe(self._async.set)
 
     def wait(self, timeout_s: float) -> bool:
@@ -54,12 +74,11 @@ class Wakeup:
         return woken
 
     async def wait_async(self, timeout_s: float) -> bool:
+        """Wait in the Wakeup's loop until set or ``timeout_s``; True if set (then cleared)."""
         assert self._async is not None, "an awaited Wakeup is made with its loop"
-        if not self._flag.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._async.wait(), timeout_s)
-        woken = self._flag.is_set()
-        self._flag.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._async.wait(), timeout_s)
+        woken = self._async.is_set()
         self._async.clear()
         return woken
 
@@ -103,12 +122,13 @@ class Notifier:
         for wakeup in woken:
             wakeup.set()
 
-    def publish_all(self) -> None:
-        """Wake every subscriber: after a gap in listening, anything may have changed."""
+    def publish_all(self, within_s: float = 0.0) -> None:
+        """Wake every subscriber: after a gap in listening, anything may have changed.
+        ``within_s``: each at a random moment within that span (see ``Wakeup.set``)."""
         with self._lock:
             woken = [w for waiting in self._subscribers.values() for w in waiting]
         for wakeup in woken:
-            wakeup.set()
+            wakeup.set(within_s)
 
 
 class PgListener:
@@ -116,12 +136,24 @@ class PgListener:
 
     The connection comes from the engine (same URL and options) and leaves its pool for
     good. A lost connection is opened again after a pause; every subscriber is woken then,
-    since notifications sent in between are gone.
+    since notifications sent in between are gone. A connection can also die silently (a
+    peer gone, a firewall that drops the idle flow): waiting for notifications never
+    notices, so every ``check_every_s`` the listener runs ``SELECT 1``, and a check
+    unanswered within ``check_timeout_s`` cuts the connection and counts as lost.
     """
 
-    def __init__(self, engine: Engine, notifier: Notifier) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        notifier: Notifier,
+        *,
+        check_every_s: float = CHECK_EVERY_S,
+        check_timeout_s: float = CHECK_TIMEOUT_S,
+    ) -> None:
         self._engine = engine
         self._notifier = notifier
+        self._check_every_s = check_every_s
+        self._check_timeout_s = check_timeout_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.listening = threading.Event()
@@ -142,25 +174,57 @@ class PgListener:
             except Exception as exc:  # SQLAlchemy's, and the driver's own (psycopg.Error)
                 log.warning("listening for wake-ups failed: %s", exc, extra={"action": "listen"})
             self.listening.clear()
-            self._notifier.publish_all()
+            self._notifier.publish_all(WAKE_ALL_SPREAD_S)
             self._stop.wait(RECONNECT_DELAY_S)
 
     def _listen(self) -> None:
         pooled = self._engine.raw_connection()
         driver: Any = pooled.driver_connection
         pooled.detach()  # this connection is the listener's for good
+        # A handle on the connection's socket, to cut it under a check that hangs.
+        sock = socket.socket(fileno=os.dup(driver.pgconn.socket))
         try:
             driver.rollback()
             driver.autocommit = True
             driver.execute(f"LISTEN {CHANNEL}")
             self.listening.set()
-            self._notifier.publish_all()
+            self._notifier.publish_all(WAKE_ALL_SPREAD_S)
             log.info(
                 "LISTEN %s: wake-ups from other processes", CHANNEL, extra={"action": "listen"}
             )
+            check_at = time.monotonic() + self._check_every_s
             while not self._stop.is_set():
                 # A timeout, so that a stop is seen at once.
                 for notification in driver.notifies(timeout=0.25):
                     self._notifier.publish([notification.payload])
+                if time.monotonic() >= check_at:
+                    self._check(driver, sock)
+                    check_at = time.monotonic() + self._check_every_s
         finally:
+            sock.close()
             driver.close()
+
+    def _check(self, driver: Any, sock: socket.socket) -> None:
+        """``SELECT 1``, or ConnectionError if it is not answered in time (the connection
+        is then cut, which ends the driver's wait). Notifications that arrive meanwhile are
+        kept by the driver for the next ``notifies``."""
+        cut = threading.Event()
+
+        def cut_off() -> None:
+            cut.set()
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+        timer = threading.Timer(self._check_timeout_s, cut_off)
+        timer.daemon = True
+        timer.start()
+        try:
+            driver.execute("SELECT 1")
+        except Exception as exc:
+            if cut.is_set():
+                raise ConnectionError(
+                    f"the connection answered no check in {self._check_timeout_s:g} s"
+                ) from exc
+            raise
+        finally:
+            timer.cancel()

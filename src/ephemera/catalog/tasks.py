@@ -486,6 +486,7 @@ def _requeue(
 ) -> list[tuple[str, str]]:
     """Back to the queue (its leases stay): a later attempt starts over, outputs dropped."""
     dropped = _drop_outputs(conn, row.id, row.session_id)
+    delay_s = retry_delay(row.attempts)
     conn.execute(
         update(tasks)
         .where(tasks.c.id == row.id)
@@ -495,12 +496,15 @@ def _requeue(
             claimed_until=None,
             worker=None,
             error=reason[:2000],
-            not_before=now + timedelta(seconds=retry_delay(row.attempts)),
+            not_before=now + timedelta(seconds=delay_s),
         )
     )
     queued = conn.execute(select(tasks).where(tasks.c.id == row.id)).one()
     events.record(conn, [events.task_state(queued)])
-    announce(conn, TASKS)
+    if delay_s <= 0:
+        # Claimable now. A later retry is found by the idle workers' safety poll (at most
+        # ``worker_poll_s`` after it is due): nothing wakes them at ``not_before``.
+        announce(conn, TASKS)
     return dropped
 
 

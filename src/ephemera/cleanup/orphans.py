@@ -28,10 +28,12 @@ def orphaned(run: Run, report: CleanupReport) -> None:
     _stale_pending(run, report, cutoff)
     _reconcile(run, report, cutoff)
     if not run.dry_run:
-        # Expired lease rows protect nothing, expired Idempotency-Keys answer nothing:
-        # bookkeeping, not data, so not reported.
-        run.context.catalog.purge_expired_leases(run.now)
-        run.context.catalog.prune_keys(run.now)
+        # Expired lease rows protect nothing, expired Idempotency-Keys answer nothing, events
+        # past their retention serve no reconnect: bookkeeping, not data, so not reported.
+        catalog = run.context.catalog
+        catalog.purge_expired_leases(run.now)
+        catalog.prune_keys(run.now)
+        catalog.prune_events(run.now - timedelta(seconds=run.context.settings.event_retention_s))
 
 
 def _staged(run: Run, report: CleanupReport, cutoff: datetime) -> None:

@@ -2,28 +2,42 @@
 
 The stream waits on the catalog's wake-ups (after each commit in this process; LISTEN/NOTIFY
 across replicas on PostgreSQL), reads the log again at least every ``event_poll_s``, pings
-every ``event_ping_s``, and ends after ``session.closed``, when the client goes away, or when
+every ``event_ping_s``, and ends after ``session.closed``, when the client goes away, when a
+write waits longer than ``event_send_timeout_s`` (a client that stopped reading), or when
 the server shuts down (sse-starlette ends every stream then, so shutdown never waits on one).
+Streams are counted (``ephemera.http.streams``), and their reads of the log run on a few
+threads of their own, so that many streams never take every database connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import weakref
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, Header, Query
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import SendTimeoutError
+from starlette.types import Receive, Scope, Send
 
 from ephemera.http.credentials import Credential
 from ephemera.http.openapi import operation_id
 from ephemera.http.ratelimit import auth_failures
 from ephemera.http.routes import ERRORS
+from ephemera.http.streams import StreamSlot, StreamSlots
 from ephemera.models import Event
 from ephemera.store import Store
 from ephemera.store.events import READ_LIMIT, EventFeed, parse_last_event_id
+
+log = logging.getLogger("ephemera.http.events")
+
+# Threads that read the log for all streams of the process: below the connection pool's
+# size, so requests always find a connection however many streams wait for a read.
+LOG_READERS = 4
 
 EVENT_TYPES = (
     "session.opened",
@@ -50,12 +64,36 @@ def sse(event: Event) -> ServerSentEvent:
     return ServerSentEvent(data=json.dumps(data), id=str(event.id), event=event.type)
 
 
-async def follow(feed: EventFeed, poll_s: float) -> AsyncIterator[ServerSentEvent]:
+class EventStream(EventSourceResponse):
+    """An event stream's answer: its slot frees when it ends, however it ends."""
+
+    def __init__(self, content: AsyncIterator[ServerSentEvent], slot: StreamSlot, **kw: Any):
+        super().__init__(content, **kw)
+        self._slot = slot
+        # Dropped unsent (its request cancelled once the slot was taken): freed all the same.
+        weakref.finalize(self, slot.release)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            log.info(
+                "an event stream of session %s ended: its client stopped reading",
+                self._slot.session_id,
+                extra={"action": "events"},
+            )
+        finally:
+            self._slot.release()
+
+
+async def follow(
+    feed: EventFeed, poll_s: float, readers: anyio.CapacityLimiter
+) -> AsyncIterator[ServerSentEvent]:
     with feed.wakeups(asyncio.get_running_loop()) as wakeup:
         if feed.reset is not None:
             yield sse(feed.reset)
         while True:
-            found = await anyio.to_thread.run_sync(feed.read)
+            found = await anyio.to_thread.run_sync(feed.read, limiter=readers)
             for event in found:
                 yield sse(event)
             if feed.ended:
@@ -65,6 +103,9 @@ async def follow(feed: EventFeed, poll_s: float) -> AsyncIterator[ServerSentEven
 
 
 def events_router(store: Store) -> APIRouter:
+    settings = store.settings
+    slots = StreamSlots(settings.event_streams_max, settings.event_streams_per_session)
+    readers = anyio.CapacityLimiter(LOG_READERS)
     router = APIRouter(
         responses=ERRORS,
         dependencies=[Depends(auth_failures(store).gate)],
@@ -97,14 +138,24 @@ def events_router(store: Store) -> APIRouter:
 
         Without an event ID the stream starts now; with one, it first sends every event after
         it that is still kept (``event_retention_s``), or a ``reset`` event when some are not.
+        A server serves at most ``event_streams_max`` streams at once, and
+        ``event_streams_per_session`` of one session: 429 beyond.
         """
         store.authenticate(session_id, token)
         after = parse_last_event_id(last_event_id_header or last_event_id)
-        # The start is fixed before the answer begins: once the client has the headers, it
-        # misses nothing that commits after.
-        feed = store.open_events(session_id, token, after)
-        return EventSourceResponse(
-            follow(feed, store.settings.event_poll_s), ping=store.settings.event_ping_s
+        slot = slots.take(session_id)
+        try:
+            # The start is fixed before the answer begins: once the client has the headers,
+            # it misses nothing that commits after.
+            feed = store.open_events(session_id, token, after)
+        except BaseException:
+            slot.release()
+            raise
+        return EventStream(
+            follow(feed, settings.event_poll_s, readers),
+            slot,
+            ping=settings.event_ping_s,
+            send_timeout=settings.event_send_timeout_s,
         )
 
     return router

@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from ephemera import ids
 from ephemera.catalog import Wakeup, session_topic
@@ -97,8 +97,12 @@ def open_feed(
     # Not before this session's opening event (when it is kept): earlier ones are another's.
     floor = 0 if start.opened is None else start.opened - 1
     cursor = max(last_event_id, floor)
-    if last_event_id > (start.newest or 0):
-        # No event has this ID yet: following it would skip the next ones.
+    # The newest ID this stream could have been given: its session's newest event, or a
+    # reset's (the pruned end of the log). Judged within the session only, so that an answer
+    # never tells whether other sessions' events have an ID (how busy the service is).
+    known = max(start.live_head, 0 if start.oldest is None else start.oldest - 1)
+    if last_event_id > known:
+        # No event of this session has this ID: following it could skip the next ones.
         return _reset(ctx, session_id, start.live_head, last_event_id, "no event has this ID")
     if start.oldest is not None and cursor + 1 < start.oldest:
         # Some events after it are pruned (maybe this session's): start from the oldest kept.
@@ -111,10 +115,10 @@ def open_feed(
 def _reset(ctx: Context, session_id: str, cursor: int, given: int, reason: str) -> EventFeed:
     """A feed that first says events were lost: the client re-reads the state it needs."""
     data = {"last_event_id": given, "reason": f"events were lost: {reason}"}
-    reset = Event(cursor, session_id, RESET, data, datetime.now(UTC))
+    reset = Event(cursor, session_id, RESET, data, ctx.clock.now())
     return EventFeed(ctx, session_id, cursor, reset=reset)
 
 
 def prune(ctx: Context, now: datetime) -> int:
-    """Remove events older than ``event_retention_s`` (scheduled with cleanup)."""
+    """Remove events older than ``event_retention_s`` (the ``orphaned`` cleanup does it too)."""
     return ctx.catalog.prune_events(now - timedelta(seconds=ctx.settings.event_retention_s))

@@ -134,6 +134,7 @@ class Store(imports.ImportMethods, links.LinkMethods):
         self.blobs = blobs
         self.settings = settings or Settings()
         self.clock: Clock = clock or SystemClock()
+        catalog.use_clock(self.clock.now)
         # Optional capabilities of the blob store, decided once.
         self._local_paths = blobs if isinstance(blobs, LocalPaths) else None
         self._ranged = blobs if isinstance(blobs, RangedReads) else None
