@@ -4,9 +4,10 @@ An upload's segments live in ``staging/tus-{upload_id}/{piece}``. A writer appen
 own segment; a checkpoint (every ``CHECKPOINT`` bytes) is an ``fsync``, then the caller
 records the offset. Writeback is started every few MiB without waiting, so a checkpoint's
 fsync has little left to flush and the body keeps flowing meanwhile. A writer
-that follows a clean release continues the last segment, truncated to its recorded length;
-one that took over a stale claim starts a new segment, so the old writer, if it is still
-running, only ever appends past what was recorded in a file nobody extends again.
+that directly follows the clean release of the last segment's writer continues that
+segment, truncated to its recorded length; any other (after a takeover of a stale claim,
+even one that failed and let go cleanly) starts a new segment, so an old writer, if it is
+still running, only ever appends past what was recorded in a file nobody extends again.
 
 Completing a one-segment upload (the common case: one writer at a time) hard-links the file
 into place, no copy; several segments are concatenated.

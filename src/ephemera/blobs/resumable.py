@@ -9,8 +9,9 @@ bytes are, which only the backend reads. A writer appends to one upload for one 
 - ``reserve()`` (given by the caller) returns a piece number that no other writer of the
   upload ever gets; a writer names everything it creates after such numbers, so a writer
   that lost its claim (and still writes) can never change a piece another one relies on.
-- ``continue_last``: the previous writer let go cleanly, so its last piece may be extended
-  (after truncating it to its recorded length); otherwise a new piece is started.
+- ``continue_last``: the last piece's writer let go cleanly and no claim was taken since,
+  so that piece may be extended (after truncating it to its recorded length); otherwise a
+  new piece is started (a taken-over writer may still be writing its own).
 - ``key`` is where the bytes will be committed (the artifact's key): a backend may build
   them there already, out of sight (S3: a multipart upload).
 - ``assemble`` puts the recorded bytes at a blob key, durable, ready to be committed.

@@ -100,16 +100,20 @@ def claim_upload(
 ) -> tuple[UploadRow, bool] | None:
     """Take the upload for ``writer`` if it is open and its claim is free or stale.
 
-    Returns the row as claimed (its new generation) and whether the previous writer let go
-    cleanly (then its last piece may be continued; a stale one may still be writing), or
+    Returns the row as claimed (its new generation) and whether the last piece's writer let
+    go cleanly just before (then that piece may be continued; a stale one may still be
+    writing it), or
     None when another writer holds a live claim or the upload is not open.
     """
     with db.write() as conn:
         r = conn.execute(select(uploads).where(uploads.c.id == upload_id).with_for_update()).first()
         if r is None or r.state != OPEN:
             return None
-        clean = r.writer is None
-        if not clean and r.heartbeat_at is not None and r.heartbeat_at >= stale_before:
+        # The last piece may go on only if the claim that wrote it let go cleanly and nobody
+        # claimed since: a claim taken over from a stale writer that then let go cleanly
+        # (it failed before writing) does not make that stale writer stop.
+        clean = r.writer is None and r.written_generation == r.generation
+        if r.writer is not None and r.heartbeat_at is not None and r.heartbeat_at >= stale_before:
             return None
         claimed = conn.execute(
             update(uploads)
@@ -143,7 +147,12 @@ def record_progress(
     length: int | None = None,
 ) -> bool:
     """Record a checkpoint (and a heartbeat); False if the claim is lost."""
-    values: dict[str, Any] = {"upload_offset": offset, "pieces": pieces, "heartbeat_at": now}
+    values: dict[str, Any] = {
+        "upload_offset": offset,
+        "pieces": pieces,
+        "heartbeat_at": now,
+        "written_generation": generation,
+    }
     if length is not None:
         values["length"] = length
     with db.write() as conn:
