@@ -236,10 +236,29 @@ class Catalog:
         session_id: str,
         values: dict[str, Any],
         quota_bytes: int | None,
+        commit_bytes: Callable[[], object],
     ) -> Artifact | None:
         return resumable.finalize_upload(
-            self._db, upload_id, writer, generation, artifact_id, session_id, values, quota_bytes
+            self._db,
+            upload_id,
+            writer,
+            generation,
+            artifact_id,
+            session_id,
+            values,
+            quota_bytes,
+            commit_bytes,
         )
+
+    def begin_completion(
+        self, upload_id: str, writer: str, generation: int, pending: dict[str, Any]
+    ) -> bool | None:
+        return resumable.begin_completion(self._db, upload_id, writer, generation, pending)
+
+    def abandon_completion(
+        self, upload_id: str, writer: str, generation: int, artifact_id: str
+    ) -> str | None:
+        return resumable.abandon_completion(self._db, upload_id, writer, generation, artifact_id)
 
     def delete_upload(self, session_id: str, upload_id: str) -> UploadRow | None:
         return resumable.delete_upload(self._db, session_id, upload_id)

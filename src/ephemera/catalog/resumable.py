@@ -8,7 +8,7 @@ and generation, so a writer that lost its claim changes nothing here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,8 +18,9 @@ from sqlalchemy import Row, delete, insert, select, update
 from ephemera.catalog.artifacts import make_ready
 from ephemera.catalog.db import Database
 from ephemera.catalog.predicates import live_session
-from ephemera.catalog.schema import sessions, uploads
-from ephemera.models import Artifact
+from ephemera.catalog.schema import artifacts, sessions, uploads
+from ephemera.errors import NotFound
+from ephemera.models import Artifact, ArtifactState
 
 OPEN = "open"
 DONE = "done"
@@ -180,6 +181,55 @@ def release_upload(db: Database, upload_id: str, writer: str, generation: int) -
         )
 
 
+def begin_completion(
+    db: Database, upload_id: str, writer: str, generation: int, pending: dict[str, Any]
+) -> bool | None:
+    """This claim's attempt at completing: the artifact's pending record, replacing one an
+    earlier attempt left (it stopped before its commit). None if the claim is lost (nothing
+    changed: the record is the new holder's), False if the session is not live."""
+    with db.write() as conn:
+        live = conn.scalar(
+            select(live_session(pending["created_at"]))
+            .where(sessions.c.id == pending["session_id"])
+            .with_for_update(read=True)
+        )
+        if not live:
+            return False
+        held = conn.scalar(select(uploads.c.id).where(_held(upload_id, writer, generation)))
+        if held is None:
+            return None
+        conn.execute(
+            delete(artifacts).where(
+                artifacts.c.id == pending["id"], artifacts.c.state == ArtifactState.PENDING
+            )
+        )
+        conn.execute(insert(artifacts).values(**pending, state=ArtifactState.PENDING))
+        return True
+
+
+def abandon_completion(
+    db: Database, upload_id: str, writer: str, generation: int, artifact_id: str
+) -> str | None:
+    """A failed attempt at completing lets go of what it owns: its pending record, while
+    its claim still holds the upload (another claim's attempt is left alone). Returns the
+    upload's state (``open``, ``done``), or None if the upload is gone (then its pending
+    record goes too)."""
+    with db.write() as conn:
+        r = conn.execute(
+            select(uploads.c.state, uploads.c.writer, uploads.c.generation)
+            .where(uploads.c.id == upload_id)
+            .with_for_update()
+        ).first()
+        if r is not None and (r.state != OPEN or (r.writer, r.generation) != (writer, generation)):
+            return str(r.state)
+        conn.execute(
+            delete(artifacts).where(
+                artifacts.c.id == artifact_id, artifacts.c.state == ArtifactState.PENDING
+            )
+        )
+        return None if r is None else OPEN
+
+
 def finalize_upload(
     db: Database,
     upload_id: str,
@@ -189,9 +239,13 @@ def finalize_upload(
     session_id: str,
     values: dict[str, Any],
     quota_bytes: int | None,
+    commit_bytes: Callable[[], object],
 ) -> Artifact | None:
-    """pending -> ready and the upload done, in one transaction holding the session row;
-    None (and nothing changed) if the claim is lost."""
+    """pending -> ready and the upload done, in one transaction holding the session row,
+    with ``commit_bytes`` (the bytes put at their key) run inside it, as
+    ``finalize_artifact`` does: a close either happens entirely before (nothing is put in
+    place) or after (it sees a ready artifact and removes its bytes). None (and nothing
+    changed, nothing put in place) if the claim is lost."""
     with db.write() as conn:
         held = conn.execute(
             update(uploads)
@@ -199,8 +253,12 @@ def finalize_upload(
             .values(state=DONE, artifact_id=artifact_id, writer=None, heartbeat_at=None)
         )
         if held.rowcount != 1:
+            if conn.scalar(select(uploads.c.id).where(uploads.c.id == upload_id)) is None:
+                raise NotFound(f"upload {upload_id} not found")  # its session closed
             return None  # nothing was written
-        return make_ready(conn, artifact_id, session_id, values, quota_bytes, None)
+        artifact = make_ready(conn, artifact_id, session_id, values, quota_bytes, None)
+        commit_bytes()
+        return artifact
 
 
 def delete_upload(db: Database, session_id: str, upload_id: str) -> UploadRow | None:
