@@ -230,3 +230,26 @@ def test_termination_removes_the_upload(open_api: Open) -> None:
     assert client.delete(url, headers=headers(auth)).status_code == 204
     assert client.head(url, headers=headers(auth)).status_code == 404
     assert client.delete(url, headers=headers(auth)).status_code == 404
+
+
+def test_wrong_tokens_on_tus_routes_are_throttled_and_audited(
+    data_dir: Path, clock: ManualClock
+) -> None:
+    """Guessing tokens through the upload routes counts like on every other route: after
+    the limit every request of the address is 429, and the burst is audited."""
+    settings = Settings(data_dir=data_dir, auth_failures_per_minute=3)
+    with Store.open(settings, clock=clock) as store, TestClient(create_app(store)) as client:
+        token = store.create_session("s1", idle_timeout_s=86400).token
+        uploads = f"{API}/sessions/s1/uploads"
+        guess = bearer("guess-0001")
+        creation = {"Upload-Length": "1", "Upload-Metadata": meta(filename="g")}
+        answers = [
+            client.post(uploads, headers=headers(guess, **creation)),
+            client.head(f"{uploads}/0000", headers=headers(guess)),
+            client.delete(f"{uploads}/0000", headers=headers(guess)),
+            client.post(uploads, headers=headers(bearer(token), **creation)),
+        ]
+        assert [a.status_code for a in answers] == [404, 404, 404, 429]
+        assert [e.action for e in store.audit_log(action="auth.throttled").items] == [
+            "auth.throttled"
+        ]

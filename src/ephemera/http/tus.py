@@ -26,11 +26,17 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.requests import ClientDisconnect
 
-from ephemera.errors import EphemeraError, InvalidMetadata, RequestTimeout, Unauthenticated
+from ephemera.errors import (
+    EphemeraError,
+    InvalidMetadata,
+    RequestTimeout,
+    SessionUnreachable,
+    Unauthenticated,
+)
 from ephemera.http.credentials import bearer
 from ephemera.http.errors import MalformedBody, error_response, status_of
 from ephemera.http.openapi import operation_id
-from ephemera.http.ratelimit import auth_failures
+from ephemera.http.ratelimit import auth_failures, client_address
 from ephemera.store import Store
 from ephemera.store.resumable import CHECKSUMS, Appender, UploadStatus
 
@@ -212,8 +218,9 @@ async def _settle(pending: asyncio.Future[None] | None) -> None:
 
 
 def tus_router(store: Store) -> APIRouter:
+    failures = auth_failures(store)
     router = APIRouter(
-        dependencies=[Depends(auth_failures(store).gate)],
+        dependencies=[Depends(failures.gate)],
         generate_unique_id_function=operation_id,
         tags=["uploads"],
     )
@@ -226,6 +233,9 @@ def tus_router(store: Store) -> APIRouter:
         try:
             response: Response = await act()
         except EphemeraError as exc:
+            if isinstance(exc, (Unauthenticated, SessionUnreachable)):
+                # Answered here, so the gate never sees it: counted like every other route.
+                failures.record_failure(client_address(request))
             return tus.error(request, exc)
         return tus.headers(request, response)
 
