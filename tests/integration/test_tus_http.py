@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from ephemera import Settings, Store
 from ephemera.http import create_app
+from ephemera.http.slots import upload_slots
 from ephemera.testing import ManualClock
 from tests.conftest import bearer
 
@@ -253,3 +254,48 @@ def test_wrong_tokens_on_tus_routes_are_throttled_and_audited(
         assert [e.action for e in store.audit_log(action="auth.throttled").items] == [
             "auth.throttled"
         ]
+
+
+def test_the_session_quota_counts_what_open_uploads_declared(open_api: Open) -> None:
+    """Open uploads' bytes are staged before they are artifacts: a creation (or a PATCH of
+    a deferred length) that would take the session past its quota with them is refused."""
+    api = open_api(session_quota_bytes=1000)
+    client, auth = api.client, api.auth
+
+    def create(**extra: str) -> Any:
+        return client.post(
+            api.uploads, headers=headers(auth, **{"Upload-Metadata": meta(filename="q")}, **extra)
+        )
+
+    first = create(**{"Upload-Length": "600"})
+    assert first.status_code == 201
+    assert create(**{"Upload-Length": "600"}).status_code == 413
+    deferred = create(**{"Upload-Defer-Length": "1"})
+    assert deferred.status_code == 201
+    url = deferred.headers["Location"]
+    over = client.patch(
+        url, headers=headers(auth, **STREAM, **{"Upload-Offset": "0"}), content=b"d" * 500
+    )
+    assert over.status_code == 413
+    assert client.head(url, headers=headers(auth)).headers["Upload-Offset"] == "0"
+    fits = client.patch(
+        url, headers=headers(auth, **STREAM, **{"Upload-Offset": "0"}), content=b"d" * 400
+    )
+    assert fits.status_code == 204
+
+
+def test_a_patch_takes_one_of_the_sessions_upload_slots(open_api: Open) -> None:
+    api = open_api(max_concurrent_uploads=1)
+    client, auth = api.client, api.auth
+    created = client.post(
+        api.uploads,
+        headers=headers(auth, **{"Upload-Length": "3", "Upload-Metadata": meta(filename="s")}),
+    )
+    url = created.headers["Location"]
+    patch = headers(auth, **STREAM, **{"Upload-Offset": "0"})
+    store = client.app.state.store  # type: ignore[attr-defined]
+    with upload_slots(store).hold(api.sid):  # an artifact upload of the session in flight
+        busy = client.patch(url, headers=patch, content=b"abc")
+    assert busy.status_code == 429
+    assert busy.headers["Tus-Resumable"] == "1.0.0"
+    assert client.patch(url, headers=patch, content=b"abc").status_code == 204

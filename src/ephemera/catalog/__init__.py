@@ -271,6 +271,11 @@ class Catalog:
     def drop_expired_upload(self, upload_id: str, now: datetime, stale_before: datetime) -> bool:
         return resumable.drop_expired_upload(self._db, upload_id, now, stale_before)
 
+    def open_upload_bytes(
+        self, session_id: str, now: datetime, other_than: str | None = None
+    ) -> int:
+        return resumable.open_upload_bytes(self._db, session_id, now, other_than)
+
     def live_upload_ids(self, upload_ids: Sequence[str]) -> set[str]:
         return resumable.live_upload_ids(self._db, upload_ids)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy import Row, delete, func, insert, select, update
 
 from ephemera.catalog.artifacts import make_ready
 from ephemera.catalog.db import Database
@@ -300,6 +300,20 @@ def drop_expired_upload(
             )
         )
     return done.rowcount == 1
+
+
+def open_upload_bytes(
+    db: Database, session_id: str, now: datetime, other_than: str | None = None
+) -> int:
+    """What a session's open, unexpired uploads will store: each one's declared length (its
+    recorded offset while the length is deferred); ``other_than`` left out."""
+    query = select(
+        func.coalesce(func.sum(func.coalesce(uploads.c.length, uploads.c.upload_offset)), 0)
+    ).where(uploads.c.session_id == session_id, uploads.c.state == OPEN, uploads.c.expires_at > now)
+    if other_than is not None:
+        query = query.where(uploads.c.id != other_than)
+    with db.read() as conn:
+        return int(conn.scalar(query) or 0)
 
 
 def live_upload_ids(db: Database, upload_ids: Sequence[str]) -> set[str]:

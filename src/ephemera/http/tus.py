@@ -29,6 +29,7 @@ from starlette.requests import ClientDisconnect
 from ephemera.errors import (
     EphemeraError,
     InvalidMetadata,
+    Locked,
     RequestTimeout,
     SessionUnreachable,
     Unauthenticated,
@@ -37,6 +38,7 @@ from ephemera.http.credentials import bearer
 from ephemera.http.errors import MalformedBody, error_response, status_of
 from ephemera.http.openapi import operation_id
 from ephemera.http.ratelimit import auth_failures, client_address
+from ephemera.http.slots import upload_slots
 from ephemera.store import Store
 from ephemera.store.resumable import CHECKSUMS, Appender, UploadStatus
 
@@ -44,6 +46,7 @@ VERSION = "1.0.0"
 EXTENSIONS = "creation,creation-with-upload,creation-defer-length,termination,expiration,checksum"
 OFFSET_STREAM = "application/offset+octet-stream"
 BUFFER = 1024 * 1024
+CLAIM_POLL_S = 0.1
 METADATA_MAX = 4096
 EXPOSED = (
     "Upload-Offset, Upload-Length, Upload-Expires, Location, Tus-Resumable, Tus-Version, "
@@ -160,6 +163,18 @@ class Tus:
             raise Unauthenticated("missing credentials: send 'Authorization: Bearer <token>'")
         await anyio.to_thread.run_sync(self.store.authenticate, session_id, auth.credentials)
 
+    async def begin(self, make: Callable[[float], Appender]) -> Appender:
+        """``make(wait_s=0)`` until the upload's claim is free or goes stale: the waiting
+        holds no worker thread (a claim is waited for up to the claim timeout)."""
+        deadline = anyio.current_time() + self.store.resumable.claim_timeout_s + 1
+        while True:
+            try:
+                return await anyio.to_thread.run_sync(make, 0.0)
+            except Locked:
+                if anyio.current_time() >= deadline:
+                    raise
+            await anyio.sleep(CLAIM_POLL_S)
+
     async def pump(self, request: Request, appender: Appender) -> UploadStatus:
         """Stream the body into ``appender``: the loop receives while a worker thread writes
         the previous buffer. A client that goes away keeps what arrived; one that stalls for
@@ -225,6 +240,7 @@ def tus_router(store: Store) -> APIRouter:
         tags=["uploads"],
     )
     tus = Tus(store)
+    slots = upload_slots(store)
 
     async def guarded(request: Request, act: Callable[[], Any]) -> Response:
         refused = tus.version_refused(request)
@@ -290,12 +306,18 @@ def tus_router(store: Store) -> APIRouter:
             if with_body:
                 body_size = _number(request, "content-length")
                 try:
-                    appender = await anyio.to_thread.run_sync(
-                        lambda: store.resumable.begin_append(
-                            session_id, status.id, 0, body_size=body_size, checksum=checksum
+                    with slots.hold(session_id):
+                        appender = await tus.begin(
+                            lambda wait_s: store.resumable.begin_append(
+                                session_id,
+                                status.id,
+                                0,
+                                body_size=body_size,
+                                checksum=checksum,
+                                wait_s=wait_s,
+                            )
                         )
-                    )
-                    status = await tus.pump(request, appender)
+                        status = await tus.pump(request, appender)
                 except EphemeraError as exc:
                     # The upload exists: the client resumes it at the offset HEAD tells.
                     response = tus.error(request, exc)
@@ -363,17 +385,19 @@ def tus_router(store: Store) -> APIRouter:
             length = _number(request, "upload-length")
             body_size = _number(request, "content-length")
             checksum = _checksum(request)
-            appender = await anyio.to_thread.run_sync(
-                lambda: store.resumable.begin_append(
-                    session_id,
-                    upload_id,
-                    offset,
-                    length=length,
-                    body_size=body_size,
-                    checksum=checksum,
+            with slots.hold(session_id):
+                appender = await tus.begin(
+                    lambda wait_s: store.resumable.begin_append(
+                        session_id,
+                        upload_id,
+                        offset,
+                        length=length,
+                        body_size=body_size,
+                        checksum=checksum,
+                        wait_s=wait_s,
+                    )
                 )
-            )
-            status = await tus.pump(request, appender)
+                status = await tus.pump(request, appender)
             response = Response(status_code=204)
             tus.status_headers(response, status)
             return response

@@ -216,8 +216,12 @@ class Resumables:
         length: int | None = None,
         body_size: int | None = None,
         checksum: tuple[str, bytes] | None = None,
+        wait_s: float | None = None,
     ) -> Appender:
-        """Claim the upload for one request's bytes; every check fails before a byte is kept."""
+        """Claim the upload for one request's bytes; every check fails before a byte is kept.
+
+        A live claim is waited for up to ``wait_s`` (by default until it would go stale),
+        then this is Locked."""
         row = self._row(session_id, upload_id)
         if row.state == DONE:
             raise Conflict(f"upload {upload_id} is finished: artifact {row.artifact_id}")
@@ -225,13 +229,17 @@ class Resumables:
             raise InvalidInput(f"unsupported checksum algorithm {checksum[0][:20]!r}")
         _check_bounds(self._ctx, row, offset, length, body_size)
         self._ctx.volume.check_room()
-        row, clean = self._claim(session_id, upload_id)
+        row, clean = self._claim(session_id, upload_id, wait_s)
         try:
             if row.offset != offset:
                 raise Conflict(f"Upload-Offset is {offset}, the upload's offset is {row.offset}")
             _check_bounds(self._ctx, row, offset, length, body_size)
             if length is not None and row.length is None:
-                check_length(self._ctx, session_id, length)
+                check_length(self._ctx, session_id, length, upload_id)
+            elif row.length is None:
+                # Length deferred: what this request would bring the upload to.
+                reach = offset + (body_size or 0)
+                check_length(self._ctx, session_id, reach, upload_id, f"offset {reach}")
             return Appender(self, row, clean, length, checksum)
         except BaseException:
             self._ctx.catalog.release_upload(upload_id, self.writer_id, row.generation)
@@ -395,15 +403,24 @@ class _Heartbeat:
                 pass  # a busy database: the next beat tries again
 
 
-def check_length(ctx: Context, session_id: str, length: int) -> None:
+def check_length(
+    ctx: Context, session_id: str, length: int, upload_id: str | None = None, what: str = ""
+) -> None:
+    """Refuse a length over the upload limit, or over the session's quota counting what its
+    other open uploads declared (their bytes are staged already, or about to be)."""
+    what = what or f"Upload-Length {length}"
     limit = ctx.settings.max_upload_bytes
     if length > limit:
-        raise TooLarge(f"Upload-Length {length} exceeds the upload limit of {limit} bytes")
+        raise TooLarge(f"{what} exceeds the upload limit of {limit} bytes")
     quota = ctx.settings.session_quota_bytes
     if quota is not None:
         _count, used = ctx.catalog.session_usage_all(session_id)
+        used += ctx.catalog.open_upload_bytes(session_id, ctx.clock.now(), upload_id)
         if used + length > quota:
-            raise TooLarge(f"Upload-Length {length} exceeds the session's quota of {quota} bytes")
+            raise TooLarge(
+                f"{what} exceeds the session's quota of {quota} bytes "
+                f"({used} stored or declared by its other uploads)"
+            )
 
 
 def _check_bounds(
