@@ -115,3 +115,29 @@ def test_a_stale_writer_is_never_continued_after_a_takeover_that_failed(
     stuck._writer.write(b"Z" * 1000)
     stuck.close()
     assert store.read_artifact(sid, done.artifact_id) == expected
+
+
+def test_an_uploads_staging_folder_is_durable_before_its_first_checkpoint(
+    data_dir: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power loss after an offset was recorded must not lose the folder holding the bytes:
+    its entry in staging is synced when it is created."""
+    import ephemera.blobs.local_resumable as local_resumable
+    from ephemera import fsutil
+
+    synced: list[Path] = []
+    real = fsutil.fsync_dir
+
+    def fsync_dir(path: Path) -> None:
+        synced.append(path)
+        real(path)
+
+    monkeypatch.setattr(local_resumable, "fsync_dir", fsync_dir)
+    with Store.open(Settings(data_dir=data_dir), clock=clock) as store:
+        sid = store.create_session(idle_timeout_s=86400).session.id
+        upload = store.resumable.create(sid, 10, {"filename": "durable.bin"})
+        appender = store.resumable.begin_append(sid, upload.id, 0)
+        folder = local_resumable.upload_dir(store.blobs, upload.id)  # type: ignore[arg-type]
+        assert folder.parent in synced
+        appender.write([b"d" * 5])
+        assert appender.finish().offset == 5

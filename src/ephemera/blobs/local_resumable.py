@@ -71,7 +71,11 @@ class LocalPieceWriter:
         self._kicked = offset
         self._fd: int | None = None
         try:
-            make_dirs(self._dir, store.dir_mode)
+            if not self._dir.exists():
+                make_dirs(self._dir, store.dir_mode)
+                # The folder's entry in staging must be durable before an offset is
+                # recorded: a power loss would otherwise lose recorded bytes.
+                fsync_dir(self._dir.parent)
             if continue_last and self._segments:
                 number, size = self._segments[-1]
                 fd = os.open(self._dir / str(number), os.O_WRONLY)
