@@ -47,6 +47,7 @@ EXTENSIONS = "creation,creation-with-upload,creation-defer-length,termination,ex
 OFFSET_STREAM = "application/offset+octet-stream"
 BUFFER = 1024 * 1024
 CLAIM_POLL_S = 0.1
+FLUSH_S = 1.0
 METADATA_MAX = 4096
 EXPOSED = (
     "Upload-Offset, Upload-Length, Upload-Expires, Location, Tus-Resumable, Tus-Version, "
@@ -54,8 +55,7 @@ EXPOSED = (
 )
 ALLOWED_HEADERS = (
     "Authorization, Content-Type, Tus-Resumable, Upload-Offset, Upload-Length, "
-    "Upload-Defer-Length, Upload-Metadata, Upload-Checksum, X-Requested-With, "
-    "X-HTTP-Method-Override"
+    "Upload-Defer-Length, Upload-Metadata, Upload-Checksum, X-Requested-With"
 )
 METHODS = "POST, HEAD, PATCH, DELETE, OPTIONS"
 
@@ -184,6 +184,7 @@ class Tus:
         chunks: list[bytes] = []
         size = 0
         stream = request.stream().__aiter__()
+        handed = loop.time()
         timeout = self.store.settings.upload_idle_timeout_s
         try:
             while True:
@@ -196,11 +197,14 @@ class Tus:
                     continue
                 chunks.append(data)
                 size += len(data)
-                if size >= BUFFER:
+                # A full buffer, or a slow sender's bytes every second: each write
+                # heartbeats, so a writer that keeps sending keeps its claim.
+                if size >= BUFFER or loop.time() - handed >= FLUSH_S:
                     if pending is not None:
                         await pending
                     pending = loop.run_in_executor(None, appender.write, chunks)
                     chunks, size = [], 0
+                    handed = loop.time()
             if pending is not None:
                 waited = pending
                 pending = None
@@ -302,7 +306,8 @@ def tus_router(store: Store) -> APIRouter:
             status = await anyio.to_thread.run_sync(
                 store.resumable.create, session_id, length, meta
             )
-            location = f"{str(request.url).split('?', 1)[0].rstrip('/')}/{status.id}"
+            # A path (tus allows it): right behind a proxy that rewrites host or scheme.
+            location = f"{request.url.path.rstrip('/')}/{status.id}"
             if with_body:
                 body_size = _number(request, "content-length")
                 try:
