@@ -35,7 +35,11 @@ def expired_uploads(run: Run, report: CleanupReport) -> None:
                 ItemKind.UPLOAD, upload.id, upload.session_id, upload.offset, Rule.EXPIRED_UPLOAD
             )
             if run.dry_run:
-                if counted:
+                # What the real run's drop_expired_upload spares: a live writer's upload.
+                held = upload.writer is not None and not (
+                    upload.heartbeat_at is not None and upload.heartbeat_at < stale_before
+                )
+                if counted and not held:
                     report.add(item)
                 continue
             if not context.catalog.drop_expired_upload(upload.id, run.now, stale_before):
