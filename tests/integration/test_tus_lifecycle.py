@@ -125,3 +125,19 @@ def test_an_expired_upload_a_live_writer_holds_is_spared_by_dry_and_real_runs_al
 
     assert expired(dry_run=True) == expired(dry_run=False) == []
     writer.close()
+
+
+def test_terminating_with_an_admin_key_is_audited(
+    tus: tuple[TestClient, Store, dict[str, str]],
+) -> None:
+    client, store, auth = tus
+    url = started_upload(client, auth, 10)
+    assert client.delete(url, headers={**auth, **TUS}).status_code == 204  # the session's own
+    assert store.audit_log(action="upload.terminate").items == []
+
+    url = started_upload(client, auth, 10)
+    upload_id = url.rsplit("/", 1)[1]
+    admin = bearer(store.create_key("ops"))
+    assert client.delete(url, headers={**admin, **TUS}).status_code == 204
+    entries = store.audit_log(action="upload.terminate").items
+    assert [(e.actor, e.target) for e in entries] == [("admin:ops", f"s1/{upload_id}")]

@@ -158,10 +158,11 @@ class Tus:
 
     async def authenticate(
         self, session_id: str, auth: HTTPAuthorizationCredentials | None
-    ) -> None:
+    ) -> str | None:
+        """The admin key's name when one was used (its changes are audited), else None."""
         if auth is None or not auth.credentials:
             raise Unauthenticated("missing credentials: send 'Authorization: Bearer <token>'")
-        await anyio.to_thread.run_sync(self.store.authenticate, session_id, auth.credentials)
+        return await anyio.to_thread.run_sync(self.store.authenticate, session_id, auth.credentials)
 
     async def begin(self, make: Callable[[float], Appender]) -> Appender:
         """``make(wait_s=0)`` until the upload's claim is free or goes stale: the waiting
@@ -422,8 +423,13 @@ def tus_router(store: Store) -> APIRouter:
         stays)."""
 
         async def act() -> Response:
-            await tus.authenticate(session_id, auth)
+            admin = await tus.authenticate(session_id, auth)
             await anyio.to_thread.run_sync(store.resumable.terminate, session_id, upload_id)
+            if admin is not None:  # an admin action, audited like an artifact's delete
+                target = f"{session_id}/{upload_id}"
+                await anyio.to_thread.run_sync(
+                    store.audit, f"admin:{admin}", "upload.terminate", target
+                )
             return Response(status_code=204)
 
         return await guarded(request, act)
