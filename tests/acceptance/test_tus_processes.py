@@ -79,7 +79,9 @@ def create_upload(server: Server, auth: dict[str, str], length: int, sid: str = 
         timeout=30,
     )
     assert created.status_code == 201, created.text
-    return created.headers["Location"]
+    location = created.headers["Location"]
+    assert location.startswith("/api/v1/sessions/"), location  # a path, not a URL
+    return str(httpx.URL(server.api).join(location))
 
 
 def head(url: str, auth: dict[str, str]) -> httpx.Response:
@@ -237,3 +239,30 @@ def test_two_concurrent_patches_one_wins_and_bytes_never_interleave(
 def _ignore_transport_errors(call: Callable[[], object]) -> None:
     with contextlib.suppress(httpx.TransportError):
         call()
+
+
+def test_a_slow_sender_keeps_its_claim(start_server: Callable[[], Server]) -> None:
+    """A body that trickles in (far below the server's buffer per claim timeout) still
+    heartbeats: a second writer meanwhile is refused instead of taking the upload over."""
+    size = 512 * 1024
+    data = source_bytes(size)
+    server = start_server()
+    auth = open_session(server)
+    url = create_upload(server, auth, size)
+    answers: dict[str, httpx.Response] = {}
+
+    def trickle() -> Iterator[bytes]:
+        for start in range(0, size, 16 * 1024):
+            yield data[start : start + 16 * 1024]
+            time.sleep(0.1)  # 160 KiB/s: the claim timeout passes long before a buffer fills
+
+    first = threading.Thread(target=lambda: answers.update(a=patch(url, auth, 0, trickle())))
+    first.start()
+    time.sleep(float(CLAIM_TIMEOUT_S) + 0.5)
+    answers["b"] = patch(url, auth, 0, b"\xff" * size)
+    first.join(60)
+
+    assert answers["b"].status_code in (409, 423), answers["b"].text
+    assert answers["a"].status_code == 204, answers["a"].text
+    artifact_id = answers["a"].headers["Ephemera-Artifact-Id"]
+    assert content_sha256(server, auth, artifact_id) == hashlib.sha256(data).hexdigest()

@@ -30,6 +30,7 @@ class World:
     client: TestClient
     store: Store
     auth: dict[str, str]
+    other_auth: dict[str, str]  # the token of another live session
     base: str
     open_url: str  # 1000 of 4000 bytes recorded
     finished_url: str
@@ -59,8 +60,12 @@ def world(data_dir: Path, clock: ManualClock) -> Iterator[World]:
         admin = bearer(store.create_key("test"))
         body = {"id": "s1", "idle_timeout_s": 86400}
         auth = bearer(client.post(f"{API}/sessions", json=body, headers=admin).json()["token"])
+        other = {"id": "s2", "idle_timeout_s": 86400}
+        other_auth = bearer(
+            client.post(f"{API}/sessions", json=other, headers=admin).json()["token"]
+        )
         base = f"{API}/sessions/s1/uploads"
-        w = World(client, store, auth, base, "", "", "", "")
+        w = World(client, store, auth, other_auth, base, "", "", "", "")
 
         def new() -> str:
             created = w.create(
@@ -210,7 +215,7 @@ ATTACKS: dict[str, tuple[int, Attack]] = {
     ),
     "another session's token": (
         404,
-        lambda w: w.patch(w.open_url, 1000, b"y", Authorization="Bearer not-the-token"),
+        lambda w: w.patch(w.open_url, 1000, b"y", **w.other_auth),
     ),
 }
 

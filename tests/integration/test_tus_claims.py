@@ -79,3 +79,65 @@ def test_a_live_writer_keeps_its_upload(store: Store) -> None:
         store.resumable.begin_append(sid, upload.id, 0)
     holder.write([b"h" * (MiB - 1000)])
     assert holder.finish().artifact_id is not None
+
+
+def test_a_stale_writer_is_never_continued_after_a_takeover_that_failed(
+    store: Store, clock: ManualClock
+) -> None:
+    """A request takes over a stale claim, fails before writing a byte (a wrong offset) and
+    lets go cleanly: the next writer must still not continue the stale writer's piece,
+    which that writer may go on writing, before and after the commit."""
+    sid = store.create_session(idle_timeout_s=86400).session.id
+    resumable = store.resumable
+    upload = resumable.create(sid, 4 * MiB, {"filename": "laundered.bin"})
+
+    stuck = resumable.begin_append(sid, upload.id, 0)
+    stuck.write([b"a" * MiB])
+    stuck._record(final=True)  # a checkpoint, as every 32 MiB of a long body
+    stuck.write([b"a" * MiB])  # then more of its body, unrecorded
+    clock.advance(store.settings.tus_claim_timeout_s + 1)
+    with pytest.raises(Conflict):
+        resumable.begin_append(sid, upload.id, 0)  # takes over, then 409, released cleanly
+
+    resumer = resumable.begin_append(sid, upload.id, MiB)
+    resumer.write([b"c" * 2 * MiB])
+    stuck._beat -= 2  # the stale writer's body flows again: its heartbeat is due
+    with pytest.raises(Locked):
+        stuck.write([b"A" * MiB])
+    resumer.write([b"c" * MiB])
+    done = resumer.finish()
+    assert done.artifact_id is not None
+
+    expected = b"a" * MiB + b"c" * 3 * MiB
+    assert store.read_artifact(sid, done.artifact_id) == expected
+    assert store.get_artifact(sid, done.artifact_id).sha256 == hashlib.sha256(expected).hexdigest()
+    # After the commit, the stale writer's open piece is still nothing the artifact holds.
+    stuck._writer.write(b"Z" * 1000)
+    stuck.close()
+    assert store.read_artifact(sid, done.artifact_id) == expected
+
+
+def test_an_uploads_staging_folder_is_durable_before_its_first_checkpoint(
+    data_dir: Path, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A power loss after an offset was recorded must not lose the folder holding the bytes:
+    its entry in staging is synced when it is created."""
+    import ephemera.blobs.local_resumable as local_resumable
+    from ephemera import fsutil
+
+    synced: list[Path] = []
+    real = fsutil.fsync_dir
+
+    def fsync_dir(path: Path) -> None:
+        synced.append(path)
+        real(path)
+
+    monkeypatch.setattr(local_resumable, "fsync_dir", fsync_dir)
+    with Store.open(Settings(data_dir=data_dir), clock=clock) as store:
+        sid = store.create_session(idle_timeout_s=86400).session.id
+        upload = store.resumable.create(sid, 10, {"filename": "durable.bin"})
+        appender = store.resumable.begin_append(sid, upload.id, 0)
+        folder = local_resumable.upload_dir(store.blobs, upload.id)  # type: ignore[arg-type]
+        assert folder.parent in synced
+        appender.write([b"d" * 5])
+        assert appender.finish().offset == 5

@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from ephemera import Settings, Store
 from ephemera.http import create_app
+from ephemera.http.slots import upload_slots
 from ephemera.testing import ManualClock
 from tests.conftest import bearer
 
@@ -126,6 +127,8 @@ def test_creation_with_upload_completes_in_one_request(open_api: Open) -> None:
         content=b"hello",
     )
     assert created.status_code == 201
+    # A path, as tus allows: right behind a proxy that rewrites the host or the scheme.
+    assert created.headers["Location"].startswith(f"{API}/sessions/{api.sid}/uploads/")
     assert created.headers["Upload-Offset"] == "5"
     artifact_id = created.headers["Ephemera-Artifact-Id"]
     artifact = api.artifact(artifact_id)
@@ -153,9 +156,7 @@ def test_deferred_length_metadata_expiry_and_checksums(open_api: Open, clock: Ma
     assert head.headers["Cache-Control"] == "no-store"
     assert head.headers["Upload-Metadata"] == meta(filename="d.bin", relativePath="x")
     expires = parsedate_to_datetime(head.headers["Upload-Expires"])
-    assert expires == clock.now().replace(microsecond=0) + (
-        expires - clock.now().replace(microsecond=0)
-    )
+    assert expires.tzinfo is not None  # an HTTP date, in GMT
     assert (expires - clock.now()).total_seconds() == pytest.approx(86400, abs=1)
 
     digest = base64.b64encode(hashlib.sha256(b"abc").digest()).decode()
@@ -230,3 +231,71 @@ def test_termination_removes_the_upload(open_api: Open) -> None:
     assert client.delete(url, headers=headers(auth)).status_code == 204
     assert client.head(url, headers=headers(auth)).status_code == 404
     assert client.delete(url, headers=headers(auth)).status_code == 404
+
+
+def test_wrong_tokens_on_tus_routes_are_throttled_and_audited(
+    data_dir: Path, clock: ManualClock
+) -> None:
+    """Guessing tokens through the upload routes counts like on every other route: after
+    the limit every request of the address is 429, and the burst is audited."""
+    settings = Settings(data_dir=data_dir, auth_failures_per_minute=3)
+    with Store.open(settings, clock=clock) as store, TestClient(create_app(store)) as client:
+        token = store.create_session("s1", idle_timeout_s=86400).token
+        uploads = f"{API}/sessions/s1/uploads"
+        guess = bearer("guess-0001")
+        creation = {"Upload-Length": "1", "Upload-Metadata": meta(filename="g")}
+        answers = [
+            client.post(uploads, headers=headers(guess, **creation)),
+            client.head(f"{uploads}/0000", headers=headers(guess)),
+            client.delete(f"{uploads}/0000", headers=headers(guess)),
+            client.post(uploads, headers=headers(bearer(token), **creation)),
+        ]
+        assert [a.status_code for a in answers] == [404, 404, 404, 429]
+        assert [e.action for e in store.audit_log(action="auth.throttled").items] == [
+            "auth.throttled"
+        ]
+
+
+def test_the_session_quota_counts_what_open_uploads_declared(open_api: Open) -> None:
+    """Open uploads' bytes are staged before they are artifacts: a creation (or a PATCH of
+    a deferred length) that would take the session past its quota with them is refused."""
+    api = open_api(session_quota_bytes=1000)
+    client, auth = api.client, api.auth
+
+    def create(**extra: str) -> Any:
+        return client.post(
+            api.uploads, headers=headers(auth, **{"Upload-Metadata": meta(filename="q")}, **extra)
+        )
+
+    first = create(**{"Upload-Length": "600"})
+    assert first.status_code == 201
+    assert create(**{"Upload-Length": "600"}).status_code == 413
+    deferred = create(**{"Upload-Defer-Length": "1"})
+    assert deferred.status_code == 201
+    url = deferred.headers["Location"]
+    over = client.patch(
+        url, headers=headers(auth, **STREAM, **{"Upload-Offset": "0"}), content=b"d" * 500
+    )
+    assert over.status_code == 413
+    assert client.head(url, headers=headers(auth)).headers["Upload-Offset"] == "0"
+    fits = client.patch(
+        url, headers=headers(auth, **STREAM, **{"Upload-Offset": "0"}), content=b"d" * 400
+    )
+    assert fits.status_code == 204
+
+
+def test_a_patch_takes_one_of_the_sessions_upload_slots(open_api: Open) -> None:
+    api = open_api(max_concurrent_uploads=1)
+    client, auth = api.client, api.auth
+    created = client.post(
+        api.uploads,
+        headers=headers(auth, **{"Upload-Length": "3", "Upload-Metadata": meta(filename="s")}),
+    )
+    url = created.headers["Location"]
+    patch = headers(auth, **STREAM, **{"Upload-Offset": "0"})
+    store = client.app.state.store  # type: ignore[attr-defined]
+    with upload_slots(store).hold(api.sid):  # an artifact upload of the session in flight
+        busy = client.patch(url, headers=patch, content=b"abc")
+    assert busy.status_code == 429
+    assert busy.headers["Tus-Resumable"] == "1.0.0"
+    assert client.patch(url, headers=patch, content=b"abc").status_code == 204

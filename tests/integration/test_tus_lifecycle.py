@@ -105,3 +105,39 @@ def test_closing_a_session_removes_its_incomplete_uploads(
     store.close_session("s1")
     assert staged(store) == []
     assert client.head(url, headers={**auth, **TUS}).status_code == 404
+
+
+def test_an_expired_upload_a_live_writer_holds_is_spared_by_dry_and_real_runs_alike(
+    tus: tuple[TestClient, Store, dict[str, str]], clock: ManualClock
+) -> None:
+    """A writer that began before the expiry and keeps sending holds its upload: the real
+    run spares it, so the dry run must not count it either."""
+    _client, store, _auth = tus
+    upload = store.resumable.create("s1", 100, {"filename": "late.bin"})
+    clock.advance(599)
+    writer = store.resumable.begin_append("s1", upload.id, 0)
+    writer.write([b"w" * 10])
+    clock.advance(2)  # expired now; the writer's claim is live
+
+    def expired(dry_run: bool) -> list[str]:
+        report = store.cleanup("expired", dry_run=dry_run, details=True)
+        return [i.id for i in report.items if i.rule == "expired-upload"]
+
+    assert expired(dry_run=True) == expired(dry_run=False) == []
+    writer.close()
+
+
+def test_terminating_with_an_admin_key_is_audited(
+    tus: tuple[TestClient, Store, dict[str, str]],
+) -> None:
+    client, store, auth = tus
+    url = started_upload(client, auth, 10)
+    assert client.delete(url, headers={**auth, **TUS}).status_code == 204  # the session's own
+    assert store.audit_log(action="upload.terminate").items == []
+
+    url = started_upload(client, auth, 10)
+    upload_id = url.rsplit("/", 1)[1]
+    admin = bearer(store.create_key("ops"))
+    assert client.delete(url, headers={**admin, **TUS}).status_code == 204
+    entries = store.audit_log(action="upload.terminate").items
+    assert [(e.actor, e.target) for e in entries] == [("admin:ops", f"s1/{upload_id}")]

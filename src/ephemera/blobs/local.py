@@ -287,9 +287,11 @@ class LocalBlobStore:
             self, upload_id, pieces, offset, continue_last, reserve
         )
 
-    def assemble(self, upload_id: str, pieces: Pieces, length: int, key: str) -> None:
+    def assemble(
+        self, upload_id: str, pieces: Pieces, length: int, key: str
+    ) -> local_resumable.LocalAssembled:
         check_key(key)
-        local_resumable.assemble(self, upload_id, pieces, length, key)
+        return local_resumable.assemble(self, upload_id, pieces, length, key)
 
     def discard_upload(self, upload_id: str, pieces: Pieces) -> None:
         local_resumable.discard(self, upload_id)

@@ -112,6 +112,23 @@ class _MemoryPieceWriter:
         pass
 
 
+class _MemoryAssembled:
+    def __init__(self, store: MemoryBlobStore, key: str, body: bytes) -> None:
+        self._store = store
+        self._key = key
+        self._body = body
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self._body).hexdigest()
+
+    def commit(self) -> None:
+        with self._store._lock:
+            self._store._blobs[self._key] = (self._body, self._store._now())
+
+    def abort(self) -> None:
+        pass
+
+
 class MemoryBlobStore:
     """A BlobStore in a dict: same contract as the real ones, for unit tests."""
 
@@ -207,7 +224,7 @@ class MemoryBlobStore:
         check_key(key)
         return _MemoryPieceWriter(self, upload_id, pieces, offset, continue_last, reserve)
 
-    def assemble(self, upload_id: str, pieces: Pieces, length: int, key: str) -> None:
+    def assemble(self, upload_id: str, pieces: Pieces, length: int, key: str) -> _MemoryAssembled:
         body = bytearray()
         for number, size in pieces.get("segments", []):
             segment = self._segments.get((upload_id, int(number)))
@@ -216,8 +233,7 @@ class MemoryBlobStore:
             body += segment[: int(size)]
         if len(body) != length:
             raise StorageError(f"upload {upload_id}: recorded segments do not add up")
-        with self._lock:
-            self._blobs[check_key(key)] = (bytes(body), self._now())
+        return _MemoryAssembled(self, check_key(key), bytes(body))
 
     def discard_upload(self, upload_id: str, pieces: Pieces) -> None:
         with self._lock:

@@ -9,11 +9,14 @@ bytes are, which only the backend reads. A writer appends to one upload for one 
 - ``reserve()`` (given by the caller) returns a piece number that no other writer of the
   upload ever gets; a writer names everything it creates after such numbers, so a writer
   that lost its claim (and still writes) can never change a piece another one relies on.
-- ``continue_last``: the previous writer let go cleanly, so its last piece may be extended
-  (after truncating it to its recorded length); otherwise a new piece is started.
+- ``continue_last``: the last piece's writer let go cleanly and no claim was taken since,
+  so that piece may be extended (after truncating it to its recorded length); otherwise a
+  new piece is started (a taken-over writer may still be writing its own).
 - ``key`` is where the bytes will be committed (the artifact's key): a backend may build
   them there already, out of sight (S3: a multipart upload).
-- ``assemble`` puts the recorded bytes at a blob key, durable, ready to be committed.
+- ``assemble`` gathers the recorded bytes, whole and durable, as an ``Assembled``: the
+  caller hashes them if it must, then ``commit`` puts them at the key inside the commit
+  transaction (so a concurrent close either sees a ready artifact or none of its bytes).
 - ``discard_upload`` removes every piece; "already gone" is success.
 - A crash leaves pieces in staging; ``upload_of_staged`` names the upload a staged name
   belongs to, so orphan reconciliation spares uploads that are still open.
@@ -48,6 +51,23 @@ class PieceWriter(Protocol):
     def close(self) -> None: ...
 
 
+class Assembled(Protocol):
+    """An upload's recorded bytes, whole, about to be committed at their key."""
+
+    def sha256(self) -> str:
+        """Hash them again (read back)."""
+        ...
+
+    def commit(self) -> None:
+        """Put them at the key, durable. Run again (a retry after a failed commit), it
+        puts them there again or finds them there already."""
+        ...
+
+    def abort(self) -> None:
+        """Drop what was gathered for ``commit``; never the pieces, nor bytes at the key."""
+        ...
+
+
 @runtime_checkable
 class ResumableBlobs(Protocol):
     def append_to(
@@ -60,7 +80,7 @@ class ResumableBlobs(Protocol):
         reserve: Callable[[], int],
     ) -> PieceWriter: ...
 
-    def assemble(self, upload_id: str, pieces: Pieces, length: int, key: str) -> None: ...
+    def assemble(self, upload_id: str, pieces: Pieces, length: int, key: str) -> Assembled: ...
 
     def discard_upload(self, upload_id: str, pieces: Pieces) -> None: ...
 

@@ -551,8 +551,10 @@ class S3BlobStore:
         # Parts are never extended: a clean or a taken-over claim starts alike.
         return s3_resumable.S3PieceWriter(self, upload_id, check_key(key), pieces, offset, reserve)
 
-    def assemble(self, upload_id: str, pieces: Pieces, length: int, key: str) -> None:
-        s3_resumable.assemble(self, upload_id, pieces, length, check_key(key))
+    def assemble(
+        self, upload_id: str, pieces: Pieces, length: int, key: str
+    ) -> s3_resumable.S3Assembled:
+        return s3_resumable.assemble(self, upload_id, pieces, length, check_key(key))
 
     def discard_upload(self, upload_id: str, pieces: Pieces) -> None:
         s3_resumable.discard(self, check_key(upload_id), pieces)

@@ -10,13 +10,15 @@ recorded parts, and S3 ignores the others.
 
 Completing uploads the recorded tail as the last part (under its own reserved number, above
 every recorded part's) and completes the multipart upload: the object appears at the
-artifact's key whole, with no copy. Staged leftovers are the multipart uploads (aborted by
-orphan reconciliation once no upload record claims them) and tail objects, which
-``list_staged`` reports by name.
+artifact's key whole, with no copy. That happens inside the commit transaction, unless the
+body must be hashed again first (another process wrote part of it): then just before.
+Staged leftovers are the multipart uploads (aborted by orphan reconciliation once no upload
+record claims them) and tail objects, which ``list_staged`` reports by name.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -24,7 +26,7 @@ from botocore.exceptions import ClientError
 
 from ephemera.blobs import BlobStat
 from ephemera.blobs.resumable import Pieces
-from ephemera.blobs.s3_requests import MAX_PARTS, PART_SIZE, code_of, content_md5, translated
+from ephemera.blobs.s3_requests import MAX_PARTS, PART_SIZE, content_md5, translated
 from ephemera.errors import StorageError, TooLarge
 
 
@@ -46,6 +48,7 @@ class S3BlobStore(Protocol):
 
 
 UPLOADS = "uploads"
+READ_CHUNK = 1024 * 1024
 
 
 def tail_key(upload_id: str, number: int) -> str:
@@ -136,6 +139,8 @@ class S3PieceWriter:
 
         if final and self._buffer and (self._tail is None or self._tail[1] != len(self._buffer)):
             number = self._reserve()
+            if number > MAX_PARTS:  # the tail becomes the last part: it needs a part number
+                raise TooLarge(f"upload {self._upload_id} has used all {MAX_PARTS} part numbers")
             body = bytes(self._buffer)
             with translated(f"cannot store the tail of upload {self._upload_id}"):
                 self._store.client().put_object(
@@ -158,49 +163,101 @@ class S3PieceWriter:
         self._buffer = bytearray()
 
 
-def assemble(store: S3BlobStore, upload_id: str, pieces: Pieces, length: int, key: str) -> None:
+class S3Assembled:
+    """The recorded parts and tail, completed at the key on ``commit`` (or when hashed).
 
-    client = store.client()
-    bucket = store.bucket
-    target = store.object_key(key)
-    parts = [list(p) for p in pieces.get("parts", [])]
-    tail = pieces.get("tail")
-    if sum(int(p[1]) for p in parts) + (int(tail[1]) if tail else 0) != length:
-        raise StorageError(f"upload {upload_id}: recorded pieces do not add up to its length")
-    with translated(f"cannot complete upload {upload_id}"):
+    The multipart upload can only be completed at its key, and only once: completed, the
+    object there is the only copy of the bytes, so nothing here removes it (the caller does,
+    once the upload is gone). A retry finds it completed and checks its length.
+    """
+
+    def __init__(
+        self, store: S3BlobStore, upload_id: str, pieces: Pieces, length: int, key: str
+    ) -> None:
+        self._store = store
+        self._upload_id = upload_id
+        self._pieces = pieces
+        self._length = length
+        self._target = store.object_key(key)
+        self._placed = False
+
+    def sha256(self) -> str:
+        self._place()
+        hasher = hashlib.sha256()
+        with translated(f"cannot read upload {self._upload_id} back"):
+            body = self._store.client().get_object(Bucket=self._store.bucket, Key=self._target)
+            for data in body["Body"].iter_chunks(READ_CHUNK):
+                hasher.update(data)
+        return hasher.hexdigest()
+
+    def commit(self) -> None:
+        self._place()
+
+    def abort(self) -> None:
+        pass
+
+    def _place(self) -> None:
+        if self._placed:
+            return
+        with translated(f"cannot complete upload {self._upload_id}"):
+            self._complete()
+        self._placed = True
+
+    def _complete(self) -> None:
+        store, client, bucket = self._store, self._store.client(), self._store.bucket
+        parts = [list(p) for p in self._pieces.get("parts", [])]
+        tail = self._pieces.get("tail")
         tail_body = b""
         if tail:
             tail_body = client.get_object(
-                Bucket=bucket, Key=store.object_key(tail_key(upload_id, int(tail[0])))
+                Bucket=bucket, Key=store.object_key(tail_key(self._upload_id, int(tail[0])))
             )["Body"].read()
-        mpu = pieces.get("mpu")
+        mpu = self._pieces.get("mpu")
         if mpu is None:
             client.put_object(
-                Bucket=bucket, Key=target, Body=tail_body, ContentMD5=content_md5(tail_body)
+                Bucket=bucket, Key=self._target, Body=tail_body, ContentMD5=content_md5(tail_body)
             )
             return
-        if tail:
-            uploaded = client.upload_part(
-                Bucket=bucket,
-                Key=target,
-                UploadId=mpu,
-                PartNumber=int(tail[0]),
-                Body=tail_body,
-                ContentMD5=content_md5(tail_body),
-            )
-            parts.append([int(tail[0]), len(tail_body), str(uploaded["ETag"])])
-        listed = [{"PartNumber": int(n), "ETag": etag} for n, _size, etag in sorted(parts)]
         try:
+            if tail:
+                uploaded = client.upload_part(
+                    Bucket=bucket,
+                    Key=self._target,
+                    UploadId=mpu,
+                    PartNumber=int(tail[0]),
+                    Body=tail_body,
+                    ContentMD5=content_md5(tail_body),
+                )
+                parts.append([int(tail[0]), len(tail_body), str(uploaded["ETag"])])
+            listed = [{"PartNumber": int(n), "ETag": etag} for n, _size, etag in sorted(parts)]
             client.complete_multipart_upload(
-                Bucket=bucket, Key=target, UploadId=mpu, MultipartUpload={"Parts": listed}
+                Bucket=bucket, Key=self._target, UploadId=mpu, MultipartUpload={"Parts": listed}
             )
-        except ClientError as exc:
-            # Completed already by an attempt that stopped before its commit: the object is
-            # there, whole (the caller hashes it again).
-            if code_of(exc) != "NoSuchUpload":
+        except ClientError:
+            # Completed already by an attempt whose commit failed (S3 answers NoSuchUpload,
+            # some servers another error): the object is there, whole. Only a completion
+            # writes this key, all at once, from the final recorded pieces.
+            if not self._completed_already(client):
                 raise
-            if int(client.head_object(Bucket=bucket, Key=target)["ContentLength"]) != length:
-                raise
+
+    def _completed_already(self, client: Any) -> bool:
+        try:
+            found = client.head_object(Bucket=self._store.bucket, Key=self._target)
+        except ClientError:
+            return False
+        return int(found["ContentLength"]) == self._length
+
+
+def assemble(
+    store: S3BlobStore, upload_id: str, pieces: Pieces, length: int, key: str
+) -> S3Assembled:
+    parts = pieces.get("parts", [])
+    tail = pieces.get("tail")
+    if sum(int(p[1]) for p in parts) + (int(tail[1]) if tail else 0) != length:
+        raise StorageError(f"upload {upload_id}: recorded pieces do not add up to its length")
+    if len(parts) + (1 if tail else 0) > MAX_PARTS or (tail and int(tail[0]) > MAX_PARTS):
+        raise TooLarge(f"upload {upload_id} has used all {MAX_PARTS} S3 part numbers")
+    return S3Assembled(store, upload_id, pieces, length, key)
 
 
 def discard(store: S3BlobStore, upload_id: str, pieces: Pieces) -> None:

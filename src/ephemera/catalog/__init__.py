@@ -240,10 +240,29 @@ class Catalog:
         session_id: str,
         values: dict[str, Any],
         quota_bytes: int | None,
+        commit_bytes: Callable[[], object],
     ) -> Artifact | None:
         return resumable.finalize_upload(
-            self._db, upload_id, writer, generation, artifact_id, session_id, values, quota_bytes
+            self._db,
+            upload_id,
+            writer,
+            generation,
+            artifact_id,
+            session_id,
+            values,
+            quota_bytes,
+            commit_bytes,
         )
+
+    def begin_completion(
+        self, upload_id: str, writer: str, generation: int, pending: dict[str, Any]
+    ) -> bool | None:
+        return resumable.begin_completion(self._db, upload_id, writer, generation, pending)
+
+    def abandon_completion(
+        self, upload_id: str, writer: str, generation: int, artifact_id: str
+    ) -> str | None:
+        return resumable.abandon_completion(self._db, upload_id, writer, generation, artifact_id)
 
     def delete_upload(self, session_id: str, upload_id: str) -> UploadRow | None:
         return resumable.delete_upload(self._db, session_id, upload_id)
@@ -255,6 +274,11 @@ class Catalog:
 
     def drop_expired_upload(self, upload_id: str, now: datetime, stale_before: datetime) -> bool:
         return resumable.drop_expired_upload(self._db, upload_id, now, stale_before)
+
+    def open_upload_bytes(
+        self, session_id: str, now: datetime, other_than: str | None = None
+    ) -> int:
+        return resumable.open_upload_bytes(self._db, session_id, now, other_than)
 
     def live_upload_ids(self, upload_ids: Sequence[str]) -> set[str]:
         return resumable.live_upload_ids(self._db, upload_ids)

@@ -8,18 +8,19 @@ and generation, so a writer that lost its claim changes nothing here.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, insert, select, update
+from sqlalchemy import Row, delete, func, insert, select, update
 
 from ephemera.catalog.artifacts import make_ready
 from ephemera.catalog.db import Database
 from ephemera.catalog.predicates import live_session
-from ephemera.catalog.schema import sessions, uploads
-from ephemera.models import Artifact
+from ephemera.catalog.schema import artifacts, sessions, uploads
+from ephemera.errors import NotFound
+from ephemera.models import Artifact, ArtifactState
 
 OPEN = "open"
 DONE = "done"
@@ -100,16 +101,20 @@ def claim_upload(
 ) -> tuple[UploadRow, bool] | None:
     """Take the upload for ``writer`` if it is open and its claim is free or stale.
 
-    Returns the row as claimed (its new generation) and whether the previous writer let go
-    cleanly (then its last piece may be continued; a stale one may still be writing), or
+    Returns the row as claimed (its new generation) and whether the last piece's writer let
+    go cleanly just before (then that piece may be continued; a stale one may still be
+    writing it), or
     None when another writer holds a live claim or the upload is not open.
     """
     with db.write() as conn:
         r = conn.execute(select(uploads).where(uploads.c.id == upload_id).with_for_update()).first()
         if r is None or r.state != OPEN:
             return None
-        clean = r.writer is None
-        if not clean and r.heartbeat_at is not None and r.heartbeat_at >= stale_before:
+        # The last piece may go on only if the claim that wrote it let go cleanly and nobody
+        # claimed since: a claim taken over from a stale writer that then let go cleanly
+        # (it failed before writing) does not make that stale writer stop.
+        clean = r.writer is None and r.written_generation == r.generation
+        if r.writer is not None and r.heartbeat_at is not None and r.heartbeat_at >= stale_before:
             return None
         claimed = conn.execute(
             update(uploads)
@@ -143,7 +148,12 @@ def record_progress(
     length: int | None = None,
 ) -> bool:
     """Record a checkpoint (and a heartbeat); False if the claim is lost."""
-    values: dict[str, Any] = {"upload_offset": offset, "pieces": pieces, "heartbeat_at": now}
+    values: dict[str, Any] = {
+        "upload_offset": offset,
+        "pieces": pieces,
+        "heartbeat_at": now,
+        "written_generation": generation,
+    }
     if length is not None:
         values["length"] = length
     with db.write() as conn:
@@ -171,6 +181,55 @@ def release_upload(db: Database, upload_id: str, writer: str, generation: int) -
         )
 
 
+def begin_completion(
+    db: Database, upload_id: str, writer: str, generation: int, pending: dict[str, Any]
+) -> bool | None:
+    """This claim's attempt at completing: the artifact's pending record, replacing one an
+    earlier attempt left (it stopped before its commit). None if the claim is lost (nothing
+    changed: the record is the new holder's), False if the session is not live."""
+    with db.write() as conn:
+        live = conn.scalar(
+            select(live_session(pending["created_at"]))
+            .where(sessions.c.id == pending["session_id"])
+            .with_for_update(read=True)
+        )
+        if not live:
+            return False
+        held = conn.scalar(select(uploads.c.id).where(_held(upload_id, writer, generation)))
+        if held is None:
+            return None
+        conn.execute(
+            delete(artifacts).where(
+                artifacts.c.id == pending["id"], artifacts.c.state == ArtifactState.PENDING
+            )
+        )
+        conn.execute(insert(artifacts).values(**pending, state=ArtifactState.PENDING))
+        return True
+
+
+def abandon_completion(
+    db: Database, upload_id: str, writer: str, generation: int, artifact_id: str
+) -> str | None:
+    """A failed attempt at completing lets go of what it owns: its pending record, while
+    its claim still holds the upload (another claim's attempt is left alone). Returns the
+    upload's state (``open``, ``done``), or None if the upload is gone (then its pending
+    record goes too)."""
+    with db.write() as conn:
+        r = conn.execute(
+            select(uploads.c.state, uploads.c.writer, uploads.c.generation)
+            .where(uploads.c.id == upload_id)
+            .with_for_update()
+        ).first()
+        if r is not None and (r.state != OPEN or (r.writer, r.generation) != (writer, generation)):
+            return str(r.state)
+        conn.execute(
+            delete(artifacts).where(
+                artifacts.c.id == artifact_id, artifacts.c.state == ArtifactState.PENDING
+            )
+        )
+        return None if r is None else OPEN
+
+
 def finalize_upload(
     db: Database,
     upload_id: str,
@@ -180,9 +239,13 @@ def finalize_upload(
     session_id: str,
     values: dict[str, Any],
     quota_bytes: int | None,
+    commit_bytes: Callable[[], object],
 ) -> Artifact | None:
-    """pending -> ready and the upload done, in one transaction holding the session row;
-    None (and nothing changed) if the claim is lost."""
+    """pending -> ready and the upload done, in one transaction holding the session row,
+    with ``commit_bytes`` (the bytes put at their key) run inside it, as
+    ``finalize_artifact`` does: a close either happens entirely before (nothing is put in
+    place) or after (it sees a ready artifact and removes its bytes). None (and nothing
+    changed, nothing put in place) if the claim is lost."""
     with db.write() as conn:
         held = conn.execute(
             update(uploads)
@@ -190,8 +253,12 @@ def finalize_upload(
             .values(state=DONE, artifact_id=artifact_id, writer=None, heartbeat_at=None)
         )
         if held.rowcount != 1:
+            if conn.scalar(select(uploads.c.id).where(uploads.c.id == upload_id)) is None:
+                raise NotFound(f"upload {upload_id} not found")  # its session closed
             return None  # nothing was written
-        return make_ready(conn, artifact_id, session_id, values, quota_bytes, None)
+        artifact = make_ready(conn, artifact_id, session_id, values, quota_bytes, None)
+        commit_bytes()
+        return artifact
 
 
 def delete_upload(db: Database, session_id: str, upload_id: str) -> UploadRow | None:
@@ -233,6 +300,20 @@ def drop_expired_upload(
             )
         )
     return done.rowcount == 1
+
+
+def open_upload_bytes(
+    db: Database, session_id: str, now: datetime, other_than: str | None = None
+) -> int:
+    """What a session's open, unexpired uploads will store: each one's declared length (its
+    recorded offset while the length is deferred); ``other_than`` left out."""
+    query = select(
+        func.coalesce(func.sum(func.coalesce(uploads.c.length, uploads.c.upload_offset)), 0)
+    ).where(uploads.c.session_id == session_id, uploads.c.state == OPEN, uploads.c.expires_at > now)
+    if other_than is not None:
+        query = query.where(uploads.c.id != other_than)
+    with db.read() as conn:
+        return int(conn.scalar(query) or 0)
 
 
 def live_upload_ids(db: Database, upload_ids: Sequence[str]) -> set[str]:

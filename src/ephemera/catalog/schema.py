@@ -335,6 +335,9 @@ uploads = Table(
     Column("writer", String(64)),
     Column("generation", Integer, nullable=False),
     Column("heartbeat_at", UTCDateTime()),
+    # The claim (generation) that last recorded progress: its last piece may be continued
+    # only by the claim right after it (no takeover since, so nobody else may still write it).
+    Column("written_generation", Integer),
     Column("next_piece", Integer, nullable=False),
     # The blob store's record of where the bytes are (segments, parts, a tail).
     Column("pieces", JSONType, nullable=False),

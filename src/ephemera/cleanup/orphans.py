@@ -61,7 +61,10 @@ def _stale_pending(run: Run, report: CleanupReport, cutoff: datetime) -> None:
     after: tuple[datetime, str] | None = None
     while batch := catalog.stale_pending(cutoff, after, run.batch_size):
         after = (batch[-1].order_key, batch[-1].id)
-        batch = [c for c in batch if not run.ledger.gone(c)]
+        # An open resumable upload's attempt at completing: its retry commits it (on S3 its
+        # bytes at the key are the only copy); they go with the upload.
+        uploads = catalog.live_upload_ids([c.id for c in batch])
+        batch = [c for c in batch if not run.ledger.gone(c) and c.id not in uploads]
         if run.dry_run:
             for c in batch:
                 report.add(CleanupItem(ItemKind.PENDING, c.id, c.session_id, 0, Rule.STALE_PENDING))
@@ -165,7 +168,11 @@ def _reconcile_session(
     except EphemeraError as exc:
         report.error(f"list {prefix}", exc.message)
         return
-    for name in sorted(names - records.keys()):
+    unrecorded = names - records.keys()
+    # Bytes an open resumable upload put at its key (a commit that failed): its retry
+    # commits them, and they go with the upload.
+    unrecorded -= catalog.live_upload_ids(sorted(unrecorded)) if unrecorded else set()
+    for name in sorted(unrecorded):
         try:
             stat = blobs.stat(prefix + name)
         except EphemeraError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from ephemera.blobs import artifact_key
 from ephemera.blobs.resumable import ResumableBlobs
 from ephemera.catalog.resumable import DONE
 from ephemera.cleanup.records import CleanupItem, CleanupReport, ItemKind, Rule
@@ -34,7 +35,11 @@ def expired_uploads(run: Run, report: CleanupReport) -> None:
                 ItemKind.UPLOAD, upload.id, upload.session_id, upload.offset, Rule.EXPIRED_UPLOAD
             )
             if run.dry_run:
-                if counted:
+                # What the real run's drop_expired_upload spares: a live writer's upload.
+                held = upload.writer is not None and not (
+                    upload.heartbeat_at is not None and upload.heartbeat_at < stale_before
+                )
+                if counted and not held:
                     report.add(item)
                 continue
             if not context.catalog.drop_expired_upload(upload.id, run.now, stale_before):
@@ -43,6 +48,9 @@ def expired_uploads(run: Run, report: CleanupReport) -> None:
                 continue
             try:
                 blobs.discard_upload(upload.id, upload.pieces)
+                # What an attempt at completing left: a pending record, bytes at the key.
+                context.catalog.delete_pending_artifact(upload.id)
+                blobs.delete(artifact_key(upload.session_id, upload.id))
             except EphemeraError as exc:
                 # The row is gone: orphan reconciliation removes the pieces later.
                 report.error(f"upload {upload.id}", exc.message)

@@ -49,7 +49,7 @@ from ephemera.http.schemas import (
     TaskOut,
     TaskPage,
 )
-from ephemera.http.slots import UploadSlots
+from ephemera.http.slots import upload_slots
 from ephemera.models import MAX_TIMEOUT_S, Artifact, CreatedSession, KeyRole, Session
 from ephemera.store import DEFAULT, Store
 from ephemera.store.idempotency import Answer, KeyRecord, Replayed, UploadKey, seal
@@ -97,7 +97,7 @@ def api_router(store: Store) -> APIRouter:
         generate_unique_id_function=operation_id,
     )
     anonymous = RateLimit(store.settings.anonymous_sessions_per_minute, "anonymous sessions")
-    upload_slots = UploadSlots(store.settings.max_concurrent_uploads)
+    slots = upload_slots(store)
 
     def authed(session_id: str, token: str) -> str | None:
         return store.authenticate(session_id, token)
@@ -280,7 +280,7 @@ def api_router(store: Store) -> APIRouter:
         replaying = params.key is not None and params.key.recorded is not None
         try:
             async with idempotency.holding(store, held):
-                with contextlib.nullcontext() if replaying else upload_slots.hold(session_id):
+                with contextlib.nullcontext() if replaying else slots.hold(session_id):
                     if media_type == "multipart/form-data":
                         artifact = await receive_multipart(store, session_id, request, params)
                     elif media_type == "application/json":
@@ -467,7 +467,7 @@ def api_router(store: Store) -> APIRouter:
         audit_admin(admin, "task.cancel", f"{session_id}/{task_id}")
         return TaskOut.of(task)
 
-    add_import_routes(router, store, authed, upload_slots)
+    add_import_routes(router, store, authed, slots)
     return router
 
 

@@ -7,10 +7,12 @@ up to N times the limit in flight. Each stalled upload still ends at the body id
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ephemera.http.errors import RateLimited
+from ephemera.store import Store
 
 # A slot frees when any upload of the session ends; there is no better time to promise.
 RETRY_AFTER_S = 1
@@ -47,3 +49,16 @@ class UploadSlots:
     def held(self, session_id: str) -> int:
         with self._lock:
             return self._held.get(session_id, 0)
+
+
+_slots: weakref.WeakKeyDictionary[Store, UploadSlots] = weakref.WeakKeyDictionary()
+_slots_lock = threading.Lock()
+
+
+def upload_slots(store: Store) -> UploadSlots:
+    """The one count of a store's routers: artifact uploads, imports and tus PATCHes share it."""
+    with _slots_lock:
+        slots = _slots.get(store)
+        if slots is None:
+            slots = _slots[store] = UploadSlots(store.settings.max_concurrent_uploads)
+        return slots

@@ -26,11 +26,19 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from starlette.requests import ClientDisconnect
 
-from ephemera.errors import EphemeraError, InvalidMetadata, RequestTimeout, Unauthenticated
+from ephemera.errors import (
+    EphemeraError,
+    InvalidMetadata,
+    Locked,
+    RequestTimeout,
+    SessionUnreachable,
+    Unauthenticated,
+)
 from ephemera.http.credentials import bearer
 from ephemera.http.errors import MalformedBody, error_response, status_of
 from ephemera.http.openapi import operation_id
-from ephemera.http.ratelimit import auth_failures
+from ephemera.http.ratelimit import auth_failures, client_address
+from ephemera.http.slots import upload_slots
 from ephemera.store import Store
 from ephemera.store.resumable import CHECKSUMS, Appender, UploadStatus
 
@@ -38,6 +46,8 @@ VERSION = "1.0.0"
 EXTENSIONS = "creation,creation-with-upload,creation-defer-length,termination,expiration,checksum"
 OFFSET_STREAM = "application/offset+octet-stream"
 BUFFER = 1024 * 1024
+CLAIM_POLL_S = 0.1
+FLUSH_S = 1.0
 METADATA_MAX = 4096
 EXPOSED = (
     "Upload-Offset, Upload-Length, Upload-Expires, Location, Tus-Resumable, Tus-Version, "
@@ -45,8 +55,7 @@ EXPOSED = (
 )
 ALLOWED_HEADERS = (
     "Authorization, Content-Type, Tus-Resumable, Upload-Offset, Upload-Length, "
-    "Upload-Defer-Length, Upload-Metadata, Upload-Checksum, X-Requested-With, "
-    "X-HTTP-Method-Override"
+    "Upload-Defer-Length, Upload-Metadata, Upload-Checksum, X-Requested-With"
 )
 METHODS = "POST, HEAD, PATCH, DELETE, OPTIONS"
 
@@ -149,10 +158,23 @@ class Tus:
 
     async def authenticate(
         self, session_id: str, auth: HTTPAuthorizationCredentials | None
-    ) -> None:
+    ) -> str | None:
+        """The admin key's name when one was used (its changes are audited), else None."""
         if auth is None or not auth.credentials:
             raise Unauthenticated("missing credentials: send 'Authorization: Bearer <token>'")
-        await anyio.to_thread.run_sync(self.store.authenticate, session_id, auth.credentials)
+        return await anyio.to_thread.run_sync(self.store.authenticate, session_id, auth.credentials)
+
+    async def begin(self, make: Callable[[float], Appender]) -> Appender:
+        """``make(wait_s=0)`` until the upload's claim is free or goes stale: the waiting
+        holds no worker thread (a claim is waited for up to the claim timeout)."""
+        deadline = anyio.current_time() + self.store.resumable.claim_timeout_s + 1
+        while True:
+            try:
+                return await anyio.to_thread.run_sync(make, 0.0)
+            except Locked:
+                if anyio.current_time() >= deadline:
+                    raise
+            await anyio.sleep(CLAIM_POLL_S)
 
     async def pump(self, request: Request, appender: Appender) -> UploadStatus:
         """Stream the body into ``appender``: the loop receives while a worker thread writes
@@ -163,6 +185,7 @@ class Tus:
         chunks: list[bytes] = []
         size = 0
         stream = request.stream().__aiter__()
+        handed = loop.time()
         timeout = self.store.settings.upload_idle_timeout_s
         try:
             while True:
@@ -175,11 +198,14 @@ class Tus:
                     continue
                 chunks.append(data)
                 size += len(data)
-                if size >= BUFFER:
+                # A full buffer, or a slow sender's bytes every second: each write
+                # heartbeats, so a writer that keeps sending keeps its claim.
+                if size >= BUFFER or loop.time() - handed >= FLUSH_S:
                     if pending is not None:
                         await pending
                     pending = loop.run_in_executor(None, appender.write, chunks)
                     chunks, size = [], 0
+                    handed = loop.time()
             if pending is not None:
                 waited = pending
                 pending = None
@@ -212,12 +238,14 @@ async def _settle(pending: asyncio.Future[None] | None) -> None:
 
 
 def tus_router(store: Store) -> APIRouter:
+    failures = auth_failures(store)
     router = APIRouter(
-        dependencies=[Depends(auth_failures(store).gate)],
+        dependencies=[Depends(failures.gate)],
         generate_unique_id_function=operation_id,
         tags=["uploads"],
     )
     tus = Tus(store)
+    slots = upload_slots(store)
 
     async def guarded(request: Request, act: Callable[[], Any]) -> Response:
         refused = tus.version_refused(request)
@@ -226,6 +254,9 @@ def tus_router(store: Store) -> APIRouter:
         try:
             response: Response = await act()
         except EphemeraError as exc:
+            if isinstance(exc, (Unauthenticated, SessionUnreachable)):
+                # Answered here, so the gate never sees it: counted like every other route.
+                failures.record_failure(client_address(request))
             return tus.error(request, exc)
         return tus.headers(request, response)
 
@@ -276,16 +307,23 @@ def tus_router(store: Store) -> APIRouter:
             status = await anyio.to_thread.run_sync(
                 store.resumable.create, session_id, length, meta
             )
-            location = f"{str(request.url).split('?', 1)[0].rstrip('/')}/{status.id}"
+            # A path (tus allows it): right behind a proxy that rewrites host or scheme.
+            location = f"{request.url.path.rstrip('/')}/{status.id}"
             if with_body:
                 body_size = _number(request, "content-length")
                 try:
-                    appender = await anyio.to_thread.run_sync(
-                        lambda: store.resumable.begin_append(
-                            session_id, status.id, 0, body_size=body_size, checksum=checksum
+                    with slots.hold(session_id):
+                        appender = await tus.begin(
+                            lambda wait_s: store.resumable.begin_append(
+                                session_id,
+                                status.id,
+                                0,
+                                body_size=body_size,
+                                checksum=checksum,
+                                wait_s=wait_s,
+                            )
                         )
-                    )
-                    status = await tus.pump(request, appender)
+                        status = await tus.pump(request, appender)
                 except EphemeraError as exc:
                     # The upload exists: the client resumes it at the offset HEAD tells.
                     response = tus.error(request, exc)
@@ -353,17 +391,19 @@ def tus_router(store: Store) -> APIRouter:
             length = _number(request, "upload-length")
             body_size = _number(request, "content-length")
             checksum = _checksum(request)
-            appender = await anyio.to_thread.run_sync(
-                lambda: store.resumable.begin_append(
-                    session_id,
-                    upload_id,
-                    offset,
-                    length=length,
-                    body_size=body_size,
-                    checksum=checksum,
+            with slots.hold(session_id):
+                appender = await tus.begin(
+                    lambda wait_s: store.resumable.begin_append(
+                        session_id,
+                        upload_id,
+                        offset,
+                        length=length,
+                        body_size=body_size,
+                        checksum=checksum,
+                        wait_s=wait_s,
+                    )
                 )
-            )
-            status = await tus.pump(request, appender)
+                status = await tus.pump(request, appender)
             response = Response(status_code=204)
             tus.status_headers(response, status)
             return response
@@ -383,8 +423,13 @@ def tus_router(store: Store) -> APIRouter:
         stays)."""
 
         async def act() -> Response:
-            await tus.authenticate(session_id, auth)
+            admin = await tus.authenticate(session_id, auth)
             await anyio.to_thread.run_sync(store.resumable.terminate, session_id, upload_id)
+            if admin is not None:  # an admin action, audited like an artifact's delete
+                target = f"{session_id}/{upload_id}"
+                await anyio.to_thread.run_sync(
+                    store.audit, f"admin:{admin}", "upload.terminate", target
+                )
             return Response(status_code=204)
 
         return await guarded(request, act)

@@ -59,7 +59,6 @@ CHECKSUMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256}
 HEARTBEAT_S = 1.0
 WAIT_STEP_S = 0.1
 HASHES_KEPT = 256
-READ_CHUNK = 1024 * 1024
 # Metadata keys read at creation; others (relativePath, ...) are kept but mean nothing here.
 NAME_KEYS = ("filename", "name")
 TYPE_KEYS = ("content_type", "filetype")
@@ -203,6 +202,10 @@ class Resumables:
         self.hashes.drop(upload_id)
         if row.state != DONE:
             self.blobs.discard_upload(upload_id, row.pieces)
+            # What an attempt at completing left: its pending record, the bytes at the key
+            # (a completed S3 object).
+            self._ctx.catalog.delete_pending_artifact(upload_id)
+            self._ctx.blobs.delete(artifact_key(session_id, upload_id))
 
     def begin_append(
         self,
@@ -213,8 +216,12 @@ class Resumables:
         length: int | None = None,
         body_size: int | None = None,
         checksum: tuple[str, bytes] | None = None,
+        wait_s: float | None = None,
     ) -> Appender:
-        """Claim the upload for one request's bytes; every check fails before a byte is kept."""
+        """Claim the upload for one request's bytes; every check fails before a byte is kept.
+
+        A live claim is waited for up to ``wait_s`` (by default until it would go stale),
+        then this is Locked."""
         row = self._row(session_id, upload_id)
         if row.state == DONE:
             raise Conflict(f"upload {upload_id} is finished: artifact {row.artifact_id}")
@@ -222,23 +229,30 @@ class Resumables:
             raise InvalidInput(f"unsupported checksum algorithm {checksum[0][:20]!r}")
         _check_bounds(self._ctx, row, offset, length, body_size)
         self._ctx.volume.check_room()
-        row, clean = self._claim(session_id, upload_id)
+        row, clean = self._claim(session_id, upload_id, wait_s)
         try:
             if row.offset != offset:
                 raise Conflict(f"Upload-Offset is {offset}, the upload's offset is {row.offset}")
             _check_bounds(self._ctx, row, offset, length, body_size)
             if length is not None and row.length is None:
-                check_length(self._ctx, session_id, length)
+                check_length(self._ctx, session_id, length, upload_id)
+            elif row.length is None:
+                # Length deferred: what this request would bring the upload to.
+                reach = offset + (body_size or 0)
+                check_length(self._ctx, session_id, reach, upload_id, f"offset {reach}")
             return Appender(self, row, clean, length, checksum)
         except BaseException:
             self._ctx.catalog.release_upload(upload_id, self.writer_id, row.generation)
             raise
 
-    def _claim(self, session_id: str, upload_id: str) -> tuple[UploadRow, bool]:
-        """Take the row: a free or stale claim at once, a live one when it goes stale
-        (its holder stopped sending); a holder that keeps sending wins, and this is 423."""
+    def _claim(
+        self, session_id: str, upload_id: str, wait_s: float | None = None
+    ) -> tuple[UploadRow, bool]:
+        """Take the row: a free or stale claim at once, a live one if it goes stale within
+        ``wait_s`` (its holder stopped sending); a holder that keeps sending wins, and this
+        is 423."""
         ctx = self._ctx
-        deadline = time.monotonic() + self.claim_timeout_s + 1
+        deadline = time.monotonic() + (self.claim_timeout_s + 1 if wait_s is None else wait_s)
         while True:
             now = ctx.clock.now()
             stale_before = now - timedelta(seconds=self.claim_timeout_s)
@@ -259,9 +273,11 @@ class Resumables:
         if row.state == DONE or row.length is None or row.offset != row.length:
             return _status(row)
         try:
-            row, _clean = self._claim(session_id, upload_id)
+            # No waiting: a live holder is finishing it (it heartbeats throughout).
+            row, _clean = self._claim(session_id, upload_id, wait_s=0)
         except Conflict:
-            # Finished meanwhile, or a request is finishing it now: tell what is recorded.
+            # Finished meanwhile, or a request is finishing it now: tell what is recorded
+            # (offset = length, no artifact yet: the client asks again).
             return self.status(session_id, upload_id)
         try:
             if row.length is not None and row.offset == row.length:
@@ -272,7 +288,14 @@ class Resumables:
         return _status(row)
 
     def complete(self, row: UploadRow, hasher: Any | None) -> Artifact:
-        """Commit a claimed upload whose recorded offset is its length."""
+        """Commit a claimed upload whose recorded offset is its length.
+
+        The claim is kept alive (heartbeats) while the body is gathered and hashed, so no
+        other request takes the upload over meanwhile; everything this attempt records is
+        conditional on the claim, and a failed attempt removes only what it owns. While the
+        upload stays open its bytes stay too (on S3 the completed object is their only
+        copy): the next attempt (the client's retry, a HEAD) finds them and commits.
+        """
         ctx = self._ctx
         assert row.length is not None
         assert row.offset == row.length
@@ -281,15 +304,33 @@ class Resumables:
         # The artifact takes the upload's ID: its bytes can be built at their key already.
         artifact_id = row.id
         key = artifact_key(row.session_id, artifact_id)
-        # What an attempt that stopped before its commit left is redone.
-        ctx.catalog.delete_pending_artifact(artifact_id)
-        if not ctx.catalog.insert_pending_artifact(
-            {"id": artifact_id, "session_id": row.session_id, "created_at": now, **values}
-        ):
+        pending = {"id": artifact_id, "session_id": row.session_id, "created_at": now, **values}
+        begun = ctx.catalog.begin_completion(row.id, self.writer_id, row.generation, pending)
+        if begun is None:
+            raise Locked(f"upload {row.id} was taken over by another request")
+        if not begun:
             raise session_not_found(row.session_id)
         try:
-            self.blobs.assemble(row.id, row.pieces, row.length, key)
-            digest = hasher.hexdigest() if hasher is not None else self._rehash(key)
+            with _Heartbeat(self, row):
+                artifact = self._commit(row, hasher, artifact_id, values)
+        except BaseException:
+            self._abandon(row, key)
+            raise
+        self.hashes.drop(row.id)
+        with contextlib.suppress(StorageError):  # orphan reconciliation removes what is left
+            self.blobs.discard_upload(row.id, row.pieces)
+        return artifact
+
+    def _commit(
+        self, row: UploadRow, hasher: Any | None, artifact_id: str, values: dict[str, Any]
+    ) -> Artifact:
+        ctx = self._ctx
+        assert row.length is not None
+        assembled = self.blobs.assemble(
+            row.id, row.pieces, row.length, artifact_key(row.session_id, artifact_id)
+        )
+        try:
+            digest = hasher.hexdigest() if hasher is not None else assembled.sha256()
             expected = row.meta.get("sha256")
             if expected and check_sha256(expected) != digest:
                 # No retry can mend a whole body: the upload goes, so nothing is left behind.
@@ -299,6 +340,10 @@ class Resumables:
                     "the upload was removed"
                 )
             final = {**values, "size": row.length, "sha256": digest, "ready_at": ctx.clock.now()}
+            # The bytes are put at their key inside the transaction that holds the session
+            # row (S3 completes there, unless it had to be hashed again just before): a
+            # close either comes first (nothing is put in place; a completed S3 object is
+            # removed by ``_abandon`` as the upload is gone) or after (it sees the artifact).
             artifact = ctx.catalog.finalize_upload(
                 row.id,
                 self.writer_id,
@@ -307,34 +352,75 @@ class Resumables:
                 row.session_id,
                 final,
                 ctx.settings.session_quota_bytes,
+                assembled.commit,
             )
             if artifact is None:
                 raise Locked(f"upload {row.id} was taken over by another request")
-        except BaseException:
-            _forget(ctx, row.session_id, artifact_id)
-            raise
-        self.hashes.drop(row.id)
-        with contextlib.suppress(StorageError):  # orphan reconciliation removes what is left
-            self.blobs.discard_upload(row.id, row.pieces)
-        return artifact
+            return artifact
+        finally:
+            assembled.abort()
 
-    def _rehash(self, key: str) -> str:
-        hasher = hashlib.sha256()
-        with self._ctx.blobs.open(key) as f:
-            while data := f.read(READ_CHUNK):
-                hasher.update(data)
-        return hasher.hexdigest()
+    def _abandon(self, row: UploadRow, key: str) -> None:
+        """After a failed attempt: its pending record goes if its claim still holds; the
+        bytes at the key go only once the upload is gone (closed, terminated, expired)."""
+        ctx = self._ctx
+        try:
+            state = ctx.catalog.abandon_completion(row.id, self.writer_id, row.generation, row.id)
+            if state is None and ctx.catalog.get_artifact(row.session_id, row.id) is None:
+                ctx.blobs.delete(key)
+        except EphemeraError:
+            pass  # orphan reconciliation removes what is left once the upload is gone
 
 
-def check_length(ctx: Context, session_id: str, length: int) -> None:
+class _Heartbeat:
+    """Keeps a claim alive from a thread while one long step runs (gathering, hashing)."""
+
+    def __init__(self, owner: Resumables, row: UploadRow) -> None:
+        self._owner = owner
+        self._row = row
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ephemera-tus-beat", daemon=True)
+
+    def __enter__(self) -> None:
+        self._thread.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        ctx = self._owner._ctx
+        row = self._row
+        # Well within the claim timeout, however short it is set.
+        every = min(HEARTBEAT_S, ctx.settings.tus_claim_timeout_s / 4)
+        while not self._stop.wait(every):
+            try:
+                if not ctx.catalog.heartbeat_upload(
+                    row.id, self._owner.writer_id, row.generation, ctx.clock.now()
+                ):
+                    return  # lost (or committed): the commit finds out by itself
+            except EphemeraError:
+                pass  # a busy database: the next beat tries again
+
+
+def check_length(
+    ctx: Context, session_id: str, length: int, upload_id: str | None = None, what: str = ""
+) -> None:
+    """Refuse a length over the upload limit, or over the session's quota counting what its
+    other open uploads declared (their bytes are staged already, or about to be)."""
+    what = what or f"Upload-Length {length}"
     limit = ctx.settings.max_upload_bytes
     if length > limit:
-        raise TooLarge(f"Upload-Length {length} exceeds the upload limit of {limit} bytes")
+        raise TooLarge(f"{what} exceeds the upload limit of {limit} bytes")
     quota = ctx.settings.session_quota_bytes
     if quota is not None:
         _count, used = ctx.catalog.session_usage_all(session_id)
+        used += ctx.catalog.open_upload_bytes(session_id, ctx.clock.now(), upload_id)
         if used + length > quota:
-            raise TooLarge(f"Upload-Length {length} exceeds the session's quota of {quota} bytes")
+            raise TooLarge(
+                f"{what} exceeds the session's quota of {quota} bytes "
+                f"({used} stored or declared by its other uploads)"
+            )
 
 
 def _check_bounds(
@@ -348,15 +434,6 @@ def _check_bounds(
     limit = total if total is not None else ctx.settings.max_upload_bytes
     if body_size is not None and offset + body_size > limit:
         raise TooLarge(f"{offset + body_size} bytes exceed the upload's length of {limit}")
-
-
-def _forget(ctx: Context, session_id: str, artifact_id: str) -> None:
-    try:
-        ctx.catalog.delete_pending_artifact(artifact_id)
-        if ctx.catalog.get_artifact(session_id, artifact_id) is None:
-            ctx.blobs.delete(artifact_key(session_id, artifact_id))
-    except StorageError:
-        pass  # orphan reconciliation removes what is left
 
 
 class Appender:

@@ -47,6 +47,7 @@ def _upgrade_uploads() -> None:
         sa.Column("writer", sa.String(64)),
         sa.Column("generation", sa.Integer(), nullable=False),
         sa.Column("heartbeat_at", UTCDateTime()),
+        sa.Column("written_generation", sa.Integer()),
         sa.Column("next_piece", sa.Integer(), nullable=False),
         sa.Column("pieces", JSONType, nullable=False),
         sa.ForeignKeyConstraint(
