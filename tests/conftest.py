@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,13 +221,20 @@ class Server:
         return {"Authorization": f"Bearer {self.admin_key}"}
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    running = Server(tmp_path / "data").start()
+@contextmanager
+def serving(data_dir: Path, env: dict[str, str] | None = None) -> Iterator[Server]:
+    """A started server, stopped when the block ends however it ends."""
+    running = Server(data_dir, env).start()
     try:
         yield running
     finally:
         running.stop()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    with serving(tmp_path / "data") as running:
+        yield running
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -23,7 +23,7 @@ import redis
 
 from ephemera.client import Client
 from ephemera.contrib.celery import on_session
-from tests.conftest import Server, _die_with_parent
+from tests.conftest import Server, _die_with_parent, serving
 
 pytestmark = pytest.mark.slow
 
@@ -54,17 +54,8 @@ def broker() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = {"EPHEMERA_CLEANUP_INTERVAL_S": "1", "EPHEMERA_ACTIVITY_WRITE_INTERVAL_S": "3600"}
-    running = Server(tmp_path_factory.mktemp("celery") / "data", env=env).start()
-    try:
+    with serving(tmp_path_factory.mktemp("celery") / "data", env) as running:
         yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture
-def admin(server: Server) -> Iterator[Client]:
-    with Client(server.url, server.admin_key) as client:
-        yield client
 
 
 class Worker:

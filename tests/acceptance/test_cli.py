@@ -33,13 +33,16 @@ def test_admin_key_create_prints_the_key_alone_and_it_works(data_dir: Path) -> N
 
     again = ephemera("admin-key", "create", "ops", data_dir=data_dir)
     assert again.returncode == 1
-    assert "already exists" in again.stderr
+    assert again.stderr.splitlines()[-1] == "error: a key named 'ops' already exists"
+    assert "Traceback" not in again.stderr
 
     assert ephemera("admin-key", "revoke", "ops", data_dir=data_dir).returncode == 0
     with Store.open(Settings(data_dir=data_dir)) as store, pytest.raises(Unauthenticated):
         store.resolve_key(key)
     missing = ephemera("admin-key", "revoke", "ops", data_dir=data_dir)
     assert missing.returncode == 1
+    assert missing.stderr.splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in missing.stderr
 
 
 def test_migrate_creates_then_reports_an_up_to_date_schema(data_dir: Path) -> None:

@@ -141,6 +141,7 @@ def test_sessions_show_of_a_missing_session_is_exit_1(populated: Path) -> None:
     assert missing.returncode == 1
     assert missing.stdout == ""
     assert "session nope not found" in missing.stderr
+    assert "Traceback" not in missing.stderr
 
 
 def test_stats_prints_tables_not_python_dicts(populated: Path) -> None:

@@ -26,7 +26,7 @@ from ephemera.errors import (
 from ephemera.importer import Importer, Plan
 from ephemera.importer.targets import HttpTarget
 from ephemera.models import FollowUp, Imported, ImportOrigin, SessionState, TaskState
-from tests.conftest import WITH_SAMPLES_ENV, Server, free_port
+from tests.conftest import WITH_SAMPLES_ENV, Server, free_port, serving
 
 pytestmark = pytest.mark.slow
 
@@ -42,17 +42,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "EPHEMERA_MAX_UPLOAD_BYTES": str(LIMIT),
         "EPHEMERA_EXTERNAL_PROCESSORS": json.dumps([EXTERNAL]),
     }
-    running = Server(data_dir, env=env).start()
-    try:
+    with serving(data_dir, env) as running:
         yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture
-def admin(server: Server) -> Iterator[Client]:
-    with Client(server.url, server.admin_key) as client:
-        yield client
 
 
 class Boom(Exception):

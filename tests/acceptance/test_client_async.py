@@ -19,7 +19,7 @@ from ephemera.client import AsyncClient, Client
 from ephemera.errors import ChecksumMismatch
 from ephemera.models import Task, TaskState
 from tests.acceptance.test_readme import section
-from tests.conftest import WITH_SAMPLES_ENV, Server
+from tests.conftest import WITH_SAMPLES_ENV, Server, serving
 from tests.images import photo, png
 
 pytestmark = pytest.mark.slow
@@ -27,17 +27,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = Server(tmp_path_factory.mktemp("async") / "data", env=WITH_SAMPLES_ENV).start()
-    try:
+    with serving(tmp_path_factory.mktemp("async") / "data", WITH_SAMPLES_ENV) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture
-def session(server: Server) -> tuple[str, str]:
-    with Client(server.url, server.admin_key) as admin:
-        created = admin.create_session()
+def session(admin: Client) -> tuple[str, str]:
+    created = admin.create_session()
     return created.session.id, created.token
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from ephemera.client import AsyncClient, Client, LeaseLost
 from ephemera.errors import NotFound
-from tests.conftest import Server
+from tests.conftest import Server, serving
 
 pytestmark = pytest.mark.slow
 
@@ -29,17 +29,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "EPHEMERA_CLEANUP_INTERVAL_S": "1",
         "EPHEMERA_ACTIVITY_WRITE_INTERVAL_S": "3600",
     }
-    running = Server(tmp_path_factory.mktemp("lease") / "data", env=env).start()
-    try:
+    with serving(tmp_path_factory.mktemp("lease") / "data", env) as running:
         yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture
-def admin(server: Server) -> Iterator[Client]:
-    with Client(server.url, server.admin_key) as client:
-        yield client
 
 
 class Boom(Exception):

@@ -24,7 +24,7 @@ from ephemera.client import AsyncClient, Client
 from ephemera.errors import LinkRefused
 from ephemera.models import Event, Task, TaskState
 from tests.acceptance.test_tasks_http import create_session, upload
-from tests.conftest import WITH_SAMPLES_ENV, Server, _die_with_parent
+from tests.conftest import WITH_SAMPLES_ENV, Server, _die_with_parent, serving
 from tests.images import inspection_scene, png
 from tests.waiting import wait_for
 
@@ -114,27 +114,15 @@ class CuttingProxy:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env = {**WITH_SAMPLES_ENV, "EPHEMERA_EVENT_PING_S": "0.5"}
-    running = Server(tmp_path_factory.mktemp("protocols") / "data", env).start()
-    try:
+    with serving(tmp_path_factory.mktemp("protocols") / "data", env) as running:
         yield running
-    finally:
-        running.stop()
-
-
-@pytest.fixture
-def admin(server: Server) -> Iterator[Client]:
-    with Client(server.url, server.admin_key) as client:
-        yield client
 
 
 @pytest.fixture
 def server_without_workers(tmp_path: Path) -> Iterator[Server]:
     env = {**WITH_SAMPLES_ENV, "EPHEMERA_WORKERS": "0", "EPHEMERA_EVENT_POLL_S": "0.2"}
-    running = Server(tmp_path / "data", env).start()
-    try:
+    with serving(tmp_path / "data", env) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def start_worker(data_dir: Path, log: Path) -> subprocess.Popen[bytes]:

@@ -15,7 +15,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import Server, bearer
+from tests.conftest import Server, bearer, serving
 
 pytestmark = pytest.mark.slow
 
@@ -99,11 +99,8 @@ def probed_server(tmp_path: Path) -> Iterator[Server]:
     # Thousands of wrong-token probes from one address are, to the server, failed
     # authentications: the limit on them (tested on its own) must not answer them first.
     env = {"EPHEMERA_AUTH_FAILURES_PER_MINUTE": "1000000"}
-    running = Server(tmp_path / "data", env=env).start()
-    try:
+    with serving(tmp_path / "data", env=env) as running:
         yield running
-    finally:
-        running.stop()
 
 
 # 200 small uploads, at most a few in flight per session, on 2 shared cores.

@@ -17,7 +17,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.acceptance.test_tasks_http import create_session, upload, wait_for_task
-from tests.conftest import WITH_SAMPLES_ENV, Server, bearer
+from tests.conftest import WITH_SAMPLES_ENV, Server, bearer, serving
 from tests.databases import PostgresDatabases
 from tests.images import inspection_scene, png
 from tests.waiting import wait_for
@@ -124,11 +124,8 @@ def finished(event: Received) -> bool:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    running = Server(tmp_path / "data", FAST).start()
-    try:
+    with serving(tmp_path / "data", FAST) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_a_subscriber_sees_each_progress_step_and_the_final_state_in_order(

@@ -13,7 +13,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import Server, serving
 
 pytestmark = pytest.mark.slow
 
@@ -23,11 +23,8 @@ EXAMPLES = Path(__file__).parents[2] / "examples"
 @pytest.fixture(scope="module")
 def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for the examples that succeed: each cleans up after itself."""
-    running = Server(tmp_path_factory.mktemp("examples") / "data").start()
-    try:
+    with serving(tmp_path_factory.mktemp("examples") / "data") as running:
         yield running
-    finally:
-        running.stop()
 
 
 def run_example(name: str, server: Server, *args: str) -> subprocess.CompletedProcess[str]:

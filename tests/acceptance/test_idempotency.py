@@ -15,7 +15,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import WITH_SAMPLES_ENV, Server, bearer
+from tests.conftest import WITH_SAMPLES_ENV, Server, bearer, serving
 from tests.databases import PostgresDatabases
 
 pytestmark = pytest.mark.slow
@@ -32,11 +32,8 @@ def server(
     if request.param == "postgresql":
         url = postgres_databases.fresh()
         env["EPHEMERA_DATABASE_URL"] = url
-    running = Server(tmp_path / "data", env).start()
-    try:
+    with serving(tmp_path / "data", env) as running:
         yield running
-    finally:
-        running.stop()
         if url is not None:
             postgres_databases.drop(url)
 

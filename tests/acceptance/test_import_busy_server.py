@@ -22,7 +22,7 @@ import pytest
 
 from ephemera.client import Client
 from tests.cli import BACKEND_VARIABLES
-from tests.conftest import Server
+from tests.conftest import Server, serving
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -49,11 +49,8 @@ def import_command(root: Path, session_id: str, url: str, *args: str) -> list[st
 
 @pytest.fixture
 def one_slot_server(tmp_path: Path) -> Iterator[Server]:
-    running = Server(tmp_path / "data", {"EPHEMERA_MAX_CONCURRENT_UPLOADS": "1"}).start()
-    try:
+    with serving(tmp_path / "data", {"EPHEMERA_MAX_CONCURRENT_UPLOADS": "1"}) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_more_upload_threads_than_the_server_allows_still_import_every_file(

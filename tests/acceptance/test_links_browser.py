@@ -170,6 +170,8 @@ def test_links_of_a_rotated_key_work_until_the_command_revokes_it(
     assert all("secret" not in k for k in keys)
     again = ephemera("link-key", "revoke", key_of(old), data_dir=server.data_dir)
     assert again.returncode == 1
+    assert again.stderr.splitlines()[-1].startswith("error: ")
+    assert "Traceback" not in again.stderr
     audit = picture.api.get("/admin/audit", params={"action": "link-key"}).json()["items"]
     assert [(e["action"], e["actor"].split(":")[0]) for e in audit] == [
         ("link-key.revoke", "cli"),

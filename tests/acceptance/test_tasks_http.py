@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from ephemera.processors.roi_compare import pixel_sha256, score
-from tests.conftest import Server, bearer
+from tests.conftest import Server, bearer, serving
 from tests.images import inspection_scene, png
 
 pytestmark = pytest.mark.slow
@@ -149,11 +149,8 @@ def test_an_inspection_end_to_end_records_exactly_what_it_compared(server: Serve
 @pytest.fixture
 def external_server(tmp_path: Path) -> Iterator[Server]:
     env = {"EPHEMERA_EXTERNAL_PROCESSORS": json.dumps(["thumbnail-go"])}
-    running = Server(tmp_path / "data", env).start()
-    try:
+    with serving(tmp_path / "data", env) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_an_external_worker_claims_heartbeats_and_completes_over_http(

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
-from tests.conftest import Server, bearer
+from tests.conftest import Server, bearer, serving
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
@@ -33,11 +33,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "EPHEMERA_SCHEDULED_CLEANUP": "false",
         "EPHEMERA_WORKERS": "0",
     }
-    running = Server(Path(tmp_path_factory.mktemp("uploads")) / "data", env).start()
-    try:
+    with serving(Path(tmp_path_factory.mktemp("uploads")) / "data", env) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import getpass
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -108,6 +110,19 @@ def open_store(
         return Store.open(settings, create=create)
     except EphemeraError as exc:
         raise fail(exc, EXIT_USAGE) from None
+
+
+@contextmanager
+def store_for(
+    data_dir: Path | None, *, database_url: str | None = None, blob_url: str | None = None
+) -> Iterator[Store]:
+    """The existing store, open for the block; a library error in the block ends the command
+    with its one-line message."""
+    with open_store(data_dir, database_url=database_url, blob_url=blob_url) as store:
+        try:
+            yield store
+        except EphemeraError as exc:
+            raise fail(exc) from None
 
 
 def fail(

@@ -18,12 +18,10 @@ from ephemera.cli.common import (
     DatabaseUrl,
     DataDir,
     err,
-    fail,
     jsonable,
-    open_store,
     out,
+    store_for,
 )
-from ephemera.errors import EphemeraError
 from ephemera.models import KeyRole
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -62,11 +60,8 @@ def _key_commands(group: typer.Typer, role: KeyRole) -> None:
     ) -> None:
         """Create a key; the key alone is printed on standard output, once."""
         seconds = None if expires_in is None else parse_duration(expires_in)
-        with open_store(data_dir, database_url=database_url, blob_url=blob_url) as store:
-            try:
-                key = store.create_key(name, role, expires_in_s=seconds)
-            except EphemeraError as exc:
-                raise fail(exc) from None
+        with store_for(data_dir, database_url=database_url, blob_url=blob_url) as store:
+            key = store.create_key(name, role, expires_in_s=seconds)
             store.audit(ACTOR, f"{role}-key.create", name, {"expires_in_s": seconds})
         print(key)
 
@@ -78,11 +73,8 @@ def _key_commands(group: typer.Typer, role: KeyRole) -> None:
         as_json: AsJson = False,
     ) -> None:
         """Key names, roles and times (the keys themselves are stored only as hashes)."""
-        with open_store(data_dir, database_url=database_url, blob_url=blob_url) as store:
-            try:
-                keys = store.list_keys(role)
-            except EphemeraError as exc:
-                raise fail(exc) from None
+        with store_for(data_dir, database_url=database_url, blob_url=blob_url) as store:
+            keys = store.list_keys(role)
         if as_json:
             print(json.dumps(jsonable(keys)))
             return
@@ -105,11 +97,8 @@ def _key_commands(group: typer.Typer, role: KeyRole) -> None:
         blob_url: BlobUrl = None,
     ) -> None:
         """Revoke a key: it stops working at once."""
-        with open_store(data_dir, database_url=database_url, blob_url=blob_url) as store:
-            try:
-                store.revoke_key(name, role)
-            except EphemeraError as exc:
-                raise fail(exc) from None
+        with store_for(data_dir, database_url=database_url, blob_url=blob_url) as store:
+            store.revoke_key(name, role)
             store.audit(ACTOR, f"{role}-key.revoke", name)
         err.print(f"revoked {name}", markup=False)
 

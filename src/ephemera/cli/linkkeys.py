@@ -15,12 +15,10 @@ from ephemera.cli.common import (
     DatabaseUrl,
     DataDir,
     err,
-    fail,
     jsonable,
-    open_store,
     out,
+    store_for,
 )
-from ephemera.errors import EphemeraError
 
 
 @link_keys_app.command("rotate")
@@ -30,11 +28,8 @@ def rotate(
     blob_url: BlobUrl = None,
 ) -> None:
     """A new key signs links from now on; older keys verify until revoked. Prints its ID."""
-    with open_store(data_dir, database_url=database_url, blob_url=blob_url) as store:
-        try:
-            key = store.rotate_link_key()
-        except EphemeraError as exc:
-            raise fail(exc) from None
+    with store_for(data_dir, database_url=database_url, blob_url=blob_url) as store:
+        key = store.rotate_link_key()
         store.audit(ACTOR, "link-key.rotate", key.id)
     print(key.id)
 
@@ -47,11 +42,8 @@ def list_keys(
     as_json: AsJson = False,
 ) -> None:
     """Every key, newest first: the newest not revoked signs, the others not revoked verify."""
-    with open_store(data_dir, database_url=database_url, blob_url=blob_url) as store:
-        try:
-            keys = store.list_link_keys()
-        except EphemeraError as exc:
-            raise fail(exc) from None
+    with store_for(data_dir, database_url=database_url, blob_url=blob_url) as store:
+        keys = store.list_link_keys()
     if as_json:
         rows = [{name: v for name, v in jsonable(k).items() if name != "secret"} for k in keys]
         print(json.dumps(rows))
@@ -70,10 +62,7 @@ def revoke(
     blob_url: BlobUrl = None,
 ) -> None:
     """Revoke a key: every link it signed is refused (403) at once."""
-    with open_store(data_dir, database_url=database_url, blob_url=blob_url) as store:
-        try:
-            store.revoke_link_key(key_id)
-        except EphemeraError as exc:
-            raise fail(exc) from None
+    with store_for(data_dir, database_url=database_url, blob_url=blob_url) as store:
+        store.revoke_link_key(key_id)
         store.audit(ACTOR, "link-key.revoke", key_id)
     err.print(f"revoked {key_id}", markup=False)

@@ -35,6 +35,7 @@ from ephemera.cli.common import (
     jsonable,
     open_store,
     out,
+    store_for,
 )
 from ephemera.errors import EphemeraError
 
@@ -161,11 +162,8 @@ def stats(
     as_json: AsJson = False,
 ) -> None:
     """Storage by state and class, what each cleanup would delete now, leases, last runs."""
-    with open_store(data_dir, database_url=database_url, blob_url=blob_url) as store:
-        try:
-            numbers = store.cleanup_stats(include_orphaned=orphaned)
-        except EphemeraError as exc:
-            raise fail(exc) from None
+    with store_for(data_dir, database_url=database_url, blob_url=blob_url) as store:
+        numbers = store.cleanup_stats(include_orphaned=orphaned)
     if as_json:
         print(json.dumps(jsonable(numbers), default=str))
         return
@@ -234,11 +232,8 @@ def audit(
     as_json: AsJson = False,
 ) -> None:
     """The audit log, newest first."""
-    with open_store(data_dir, database_url=database_url, blob_url=blob_url) as store:
-        try:
-            page = store.audit_log(before=cursor, limit=limit, action=action)
-        except EphemeraError as exc:
-            raise fail(exc) from None
+    with store_for(data_dir, database_url=database_url, blob_url=blob_url) as store:
+        page = store.audit_log(before=cursor, limit=limit, action=action)
     if as_json:
         print(json.dumps({"items": jsonable(page.items), "next_cursor": page.next_cursor}))
         return

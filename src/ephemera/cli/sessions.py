@@ -16,12 +16,10 @@ from ephemera.cli.common import (
     BlobUrl,
     DatabaseUrl,
     DataDir,
-    fail,
     jsonable,
-    open_store,
     out,
+    store_for,
 )
-from ephemera.errors import EphemeraError
 
 
 @sessions_app.command("list")
@@ -34,11 +32,8 @@ def sessions_list(
     cursor: Annotated[str | None, typer.Option(help="Start after this session ID")] = None,
 ) -> None:
     """Every session with its state, activity, artifact count and bytes."""
-    with open_store(data_dir, database_url=database_url, blob_url=blob_url) as store:
-        try:
-            page = store.list_sessions_with_leases(cursor, limit)
-        except EphemeraError as exc:
-            raise fail(exc) from None
+    with store_for(data_dir, database_url=database_url, blob_url=blob_url) as store:
+        page = store.list_sessions_with_leases(cursor, limit)
         now = store.clock.now()
     if as_json:
         items = [
@@ -72,11 +67,8 @@ def sessions_show(
     as_json: AsJson = False,
 ) -> None:
     """One session, with its artifacts."""
-    with open_store(data_dir, database_url=database_url, blob_url=blob_url) as store:
-        try:
-            session, leases, artifacts = store.inspect_session(session_id)
-        except EphemeraError as exc:
-            raise fail(exc) from None
+    with store_for(data_dir, database_url=database_url, blob_url=blob_url) as store:
+        session, leases, artifacts = store.inspect_session(session_id)
         state = render.session_state(session, store.clock.now(), leases)
     if as_json:
         shown = {**jsonable(session), "state": state, "leases": leases}
@@ -124,11 +116,8 @@ def sessions_close(
     force: Annotated[bool, typer.Option("--force", help="Close even while leased")] = False,
 ) -> None:
     """Close a session now: its bytes and records are removed."""
-    with open_store(data_dir, database_url=database_url, blob_url=blob_url) as store:
-        try:
-            report = store.close_session(session_id, force=force)
-        except EphemeraError as exc:
-            raise fail(exc) from None
+    with store_for(data_dir, database_url=database_url, blob_url=blob_url) as store:
+        report = store.close_session(session_id, force=force)
         store.audit(ACTOR, "session.close", session_id, {"force": force})
     print(json.dumps(jsonable(report)))
 
