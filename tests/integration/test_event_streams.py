@@ -82,7 +82,8 @@ def test_a_stream_whose_client_stopped_reading_ends_and_frees_its_slot(
             # Its first write (a ping) never completes: ended after the send timeout.
             sent, took = await asyncio.wait_for(stalled, 5)
             assert status(sent) == 200
-            assert took < 0.2 + 0.5 + 1.5
+            # (A ping interval, the send timeout, and room for a loaded machine.)
+            assert took < 0.2 + 0.5 + 3
             # The slot is back: a new stream of the session is served.
             served, _ = await asyncio.wait_for(request(app, token, stall=True), 5)
             assert status(served) == 200
