@@ -73,7 +73,8 @@ def tus_upload(base: str, auth: str, size: int, chunks: list[Path]) -> tuple[flo
     )
     if created.status_code != 201:
         raise RuntimeError(f"tus creation failed: {created.status_code} {created.text}")
-    url = created.headers["Location"]
+    # The Location is relative to the server, as tus allows.
+    url = str(httpx.URL(f"{base}/uploads").join(created.headers["Location"]))
     offset = 0
     artifact_id = ""
     for chunk in chunks:
