@@ -47,7 +47,6 @@ EXTENSIONS = "creation,creation-with-upload,creation-defer-length,termination,ex
 OFFSET_STREAM = "application/offset+octet-stream"
 BUFFER = 1024 * 1024
 CLAIM_POLL_S = 0.1
-FLUSH_S = 1.0
 METADATA_MAX = 4096
 EXPOSED = (
     "Upload-Offset, Upload-Length, Upload-Expires, Location, Tus-Resumable, Tus-Version, "
@@ -198,9 +197,9 @@ class Tus:
                     continue
                 chunks.append(data)
                 size += len(data)
-                # A full buffer, or a slow sender's bytes every second: each write
-                # heartbeats, so a writer that keeps sending keeps its claim.
-                if size >= BUFFER or loop.time() - handed >= FLUSH_S:
+                # A full buffer, or a slow sender's bytes every half beat: writes
+                # heartbeat, so a writer that keeps sending keeps its claim.
+                if size >= BUFFER or loop.time() - handed >= appender.hand_over_s:
                     if pending is not None:
                         await pending
                     pending = loop.run_in_executor(None, appender.write, chunks)

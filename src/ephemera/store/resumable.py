@@ -159,6 +159,12 @@ class Resumables:
     def claim_timeout_s(self) -> float:
         return self._ctx.settings.tus_claim_timeout_s
 
+    @property
+    def beat_s(self) -> float:
+        """How often a live writer heartbeats: well within the claim timeout, however short
+        it is set, so a late beat or two never lets another request take the upload over."""
+        return min(HEARTBEAT_S, self.claim_timeout_s / 4)
+
     def create(self, session_id: str, length: int | None, meta: dict[str, str]) -> UploadStatus:
         """Check everything up front: a bad request creates nothing."""
         ctx = self._ctx
@@ -391,8 +397,7 @@ class _Heartbeat:
     def _run(self) -> None:
         ctx = self._owner._ctx
         row = self._row
-        # Well within the claim timeout, however short it is set.
-        every = min(HEARTBEAT_S, ctx.settings.tus_claim_timeout_s / 4)
+        every = self._owner.beat_s
         while not self._stop.wait(every):
             try:
                 if not ctx.catalog.heartbeat_upload(
@@ -473,6 +478,12 @@ class Appender:
     def offset(self) -> int:
         return self._recorded
 
+    @property
+    def hand_over_s(self) -> float:
+        """The longest a caller may hold received bytes before ``write``: half a beat, so
+        the gap between two beats of a slow sender stays under a claim timeout's 3/4."""
+        return self._owner.beat_s / 2
+
     def _reserve(self) -> int:
         n = self._ctx.catalog.reserve_piece(
             self._row.id, self._owner.writer_id, self._row.generation
@@ -493,7 +504,7 @@ class Appender:
                 self._check.update(data)
             elif self._writer.checkpoint_due():
                 self._record(final=False)
-        if time.monotonic() - self._beat >= HEARTBEAT_S:
+        if time.monotonic() - self._beat >= self._owner.beat_s:
             self._heartbeat()
 
     def _heartbeat(self) -> None:
