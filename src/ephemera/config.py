@@ -124,6 +124,18 @@ class Settings(BaseSettings):
     auth_failures_per_minute: int = Field(
         30, ge=1, description="Failed authentications allowed per client address and minute"
     )
+    console: bool = Field(True, description="Serve the web console at /console")
+    console_login_ttl_s: int = Field(
+        8 * 3600,
+        ge=60,
+        le=30 * 86400,
+        description="How long a web console sign-in lasts (signing out or revoking ends it)",
+    )
+    usage_retention_s: int = Field(
+        30 * 86400,
+        ge=3600,
+        description="How long the usage samples drawn by the console's overview are kept",
+    )
     metrics_public: bool = Field(
         False, description="Serve /metrics without an admin key (on a private scrape network)"
     )

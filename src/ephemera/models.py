@@ -298,3 +298,37 @@ class Event:
     type: str
     data: dict[str, Any]
     at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleLogin:
+    """A browser signed in to the web console: an operator with a key (``admin``, or
+    ``worker`` for a read-only view) or a session's token holder (``session``, that session's
+    workspace only). ``csrf`` is the token its forms carry."""
+
+    id: str
+    role: str
+    actor: str
+    session_id: str | None
+    csrf: str
+    created_at: datetime
+    expires_at: datetime
+    # The hash of the credential it was made with (a key's, or the session token's).
+    secret_hash: str = field(default="", repr=False)
+
+    @property
+    def can_change(self) -> bool:
+        """Operators with an admin key change things; a worker key only looks."""
+        return self.role == "admin"
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSample:
+    """The store's size at one scheduler tick."""
+
+    at: datetime
+    sessions: int
+    artifacts: int
+    bytes: int
+    temporary_bytes: int
+    tasks_active: int

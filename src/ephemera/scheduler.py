@@ -1,4 +1,5 @@
-"""Scheduled cleanup: `all` at start-up and every interval, by one process at a time.
+"""Scheduled cleanup: `all` at start-up and every interval, by one process at a time, each
+tick followed by a usage sample (the console's charts).
 
 Who runs is decided by a named lock in the database, not by a PID file: the runner takes
 the lock until the next tick is due and keeps it after the run, so every other process
@@ -108,7 +109,17 @@ class CleanupScheduler:
             log.info("another process runs this tick", extra={"action": "skip"})
             return None
         self._last_renew = time.monotonic()
-        return self.store.cleanup("all", actor="scheduler", progress=self._renew)
+        try:
+            return self.store.cleanup("all", actor="scheduler", progress=self._renew)
+        finally:
+            self._sample_usage()
+
+    def _sample_usage(self) -> None:
+        # The console's charts: one sample per tick, by the process that ran it.
+        try:
+            self.store.record_usage()
+        except Exception:
+            log.exception("recording usage failed", extra={"action": "usage"})
 
     def _renew(self, _operation: str, _done: int) -> None:
         # A run longer than the interval must keep its lock, or a second runner would start.

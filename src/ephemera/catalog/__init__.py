@@ -7,7 +7,8 @@ translation), ``migrate``, ``sessions``, ``artifacts``, ``leases``, ``tasks``, `
 ``keys``, ``locks``, ``imports`` (the import ledger), ``idempotency`` (Idempotency-Key
 reservations and answers) and ``events`` (the event log; with ``notify``, the wake-ups after a
 commit); ``rows`` builds models from rows, ``predicates`` holds the conditions they share and
-``usage`` counts what a session holds.
+``usage`` counts what a session holds. The web console's sign-ins and usage samples are
+``console``'s, reached as ``catalog.console``.
 The facade is long only because it lists every operation; the SQL and the reasons for it are
 in those modules.
 """
@@ -40,6 +41,7 @@ from ephemera.catalog import (
     tasks,
     verification,
 )
+from ephemera.catalog.console import ConsoleCatalog
 from ephemera.catalog.db import Database, open_database
 from ephemera.catalog.events import Start
 from ephemera.catalog.idempotency import KEY_LOST, Answer, Completion, KeyRecord
@@ -85,6 +87,7 @@ class Catalog:
         self.notifier = Notifier(self._listen if database.dialect == "postgresql" else None)
         database.committed = self.notifier.publish
         self._discard_uploads: DiscardUploads | None = None
+        self.console = ConsoleCatalog(database)
 
     @classmethod
     def open(

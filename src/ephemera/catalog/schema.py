@@ -344,3 +344,37 @@ uploads = Table(
     Index(None, "session_id", "id"),
     Index(None, "expires_at", "id"),
 )
+
+
+# Web console sign-ins. The browser holds a random cookie; only its hash is kept here, with
+# the hash of the credential it was exchanged for (a key's or a session token's). That
+# credential is looked up again at every request, so revoking the key, or the session
+# ending, ends the sign-in with it; signing out deletes the row.
+console_logins = Table(
+    "console_logins",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    # "admin", "worker" (a read-only view) or "session" (one session's workspace).
+    Column("role", String(16), nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("secret_hash", String(64), nullable=False),
+    Column("session_id", String(64)),
+    # The form token of this sign-in (synchroniser token against cross-site requests).
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("expires_at", UTCDateTime(), nullable=False),
+    Index(None, "expires_at"),
+)
+
+# The store's size over time, one row per scheduler tick, kept for ``usage_retention_s``:
+# what the console's overview draws.
+usage_samples = Table(
+    "usage_samples",
+    metadata,
+    Column("at", UTCDateTime(), primary_key=True),
+    Column("sessions", Integer, nullable=False),
+    Column("artifacts", Integer, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("temporary_bytes", BigInteger, nullable=False),
+    Column("tasks_active", Integer, nullable=False),
+)

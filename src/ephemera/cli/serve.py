@@ -82,6 +82,7 @@ def serve(
     """Run the HTTP API on the configured backends (SQLite + a local directory by default)."""
     import uvicorn
 
+    from ephemera.console import install_console
     from ephemera.http import create_app
     from ephemera.service import Service
 
@@ -98,9 +99,11 @@ def serve(
         print(key, flush=True)
     try:
         # Recovery, scheduled cleanup and workers: what a host app runs in its lifespan.
+        app = create_app(store)
+        install_console(app, store)
         with Service(store):
             uvicorn.run(
-                create_app(store),
+                app,
                 host=host if host is not None else settings.host,
                 port=port if port is not None else settings.port,
                 loop="uvloop" if os.name != "nt" else "asyncio",

@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import anyio
@@ -102,10 +103,50 @@ async def follow(
                 await wakeup.wait_async(poll_s)
 
 
+class EventStreams:
+    """The streams of one store's routers (the API's and the console's): one count of
+    slots and one set of log readers, so that every face together stays within limits."""
+
+    def __init__(self, store: Store) -> None:
+        settings = store.settings
+        self._settings = settings
+        self._slots = StreamSlots(settings.event_streams_max, settings.event_streams_per_session)
+        self._readers = anyio.CapacityLimiter(LOG_READERS)
+
+    def respond(self, session_id: str, open_feed: Callable[[], EventFeed]) -> EventStream:
+        """The stream of ``open_feed()``'s events, once a slot is free (429 if none is)."""
+        settings = self._settings
+        slot = self._slots.take(session_id)
+        try:
+            # The start is fixed before the answer begins: once the client has the headers,
+            # it misses nothing that commits after.
+            feed = open_feed()
+        except BaseException:
+            slot.release()
+            raise
+        return EventStream(
+            follow(feed, settings.event_poll_s, self._readers),
+            slot,
+            ping=settings.event_ping_s,
+            send_timeout=settings.event_send_timeout_s,
+        )
+
+
+_streams: weakref.WeakKeyDictionary[Store, EventStreams] = weakref.WeakKeyDictionary()
+_streams_lock = threading.Lock()
+
+
+def event_streams(store: Store) -> EventStreams:
+    """The one :class:`EventStreams` of a store's routers."""
+    with _streams_lock:
+        streams = _streams.get(store)
+        if streams is None:
+            streams = _streams[store] = EventStreams(store)
+        return streams
+
+
 def events_router(store: Store) -> APIRouter:
-    settings = store.settings
-    slots = StreamSlots(settings.event_streams_max, settings.event_streams_per_session)
-    readers = anyio.CapacityLimiter(LOG_READERS)
+    streams = event_streams(store)
     router = APIRouter(
         responses=ERRORS,
         dependencies=[Depends(auth_failures(store).gate)],
@@ -143,19 +184,6 @@ def events_router(store: Store) -> APIRouter:
         """
         store.authenticate(session_id, token)
         after = parse_last_event_id(last_event_id_header or last_event_id)
-        slot = slots.take(session_id)
-        try:
-            # The start is fixed before the answer begins: once the client has the headers,
-            # it misses nothing that commits after.
-            feed = store.open_events(session_id, token, after)
-        except BaseException:
-            slot.release()
-            raise
-        return EventStream(
-            follow(feed, settings.event_poll_s, readers),
-            slot,
-            ping=settings.event_ping_s,
-            send_timeout=settings.event_send_timeout_s,
-        )
+        return streams.respond(session_id, lambda: store.open_events(session_id, token, after))
 
     return router

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from ephemera import ids
 from ephemera.context import Context
@@ -70,13 +71,28 @@ def authenticate(
         raise missing(session_id)
     if not row.live:
         raise missing(session_id)
+    _touch(ctx, activity, session_id, row, now)
+    return None if key is None else key.name
+
+
+def record_activity(ctx: Context, activity: ActivityWrites, session_id: str) -> None:
+    """Record a request on a session whose access was checked another way (a console
+    sign-in made with its token)."""
+    now = ctx.clock.now()
+    row = ctx.catalog.session_with_liveness(session_id, now)
+    if row is not None and row.live:
+        _touch(ctx, activity, session_id, row, now)
+
+
+def _touch(
+    ctx: Context, activity: ActivityWrites, session_id: str, row: Any, now: datetime
+) -> None:
     interval = timedelta(seconds=ctx.settings.activity_write_interval_s)
     if now - row.last_activity_at >= interval:
         expires_at = session_deadline(now, row.created_at, row.idle_timeout_s, row.max_age_s)
         activity.record(
             lambda: ctx.catalog.touch_session(session_id, now, expires_at, now - interval)
         )
-    return None if key is None else key.name
 
 
 def resolve_key(ctx: Context, activity: ActivityWrites, credential: str) -> AdminKey | None:

@@ -11,7 +11,7 @@ stream ends with its session's ``session.closed`` event.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -86,11 +86,23 @@ def open_feed(
     The session's identity and its place in the log are read in one statement: a token
     that no longer opens the session (closed, its ID taken again) is refused here.
     """
-    start = ctx.catalog.event_start(session_id)
     is_key = ids.key_role(credential) is not None
+    token_check = None if is_key else (lambda stored: ids.secret_matches(credential, stored))
+    return open_feed_checked(ctx, session_id, token_check, last_event_id)
+
+
+def open_feed_checked(
+    ctx: Context,
+    session_id: str,
+    token_check: Callable[[str], bool] | None,
+    last_event_id: int | None,
+) -> EventFeed:
+    """:func:`open_feed` for a caller authorised another way: ``token_check`` judges the
+    session's token hash (None: an operator, already authorised)."""
+    start = ctx.catalog.event_start(session_id)
     if start is None:
-        raise (session_not_found if is_key else session_unreachable)(session_id)
-    if not is_key and not ids.secret_matches(credential, start.token_hash):
+        raise (session_not_found if token_check is None else session_unreachable)(session_id)
+    if token_check is not None and not token_check(start.token_hash):
         raise session_unreachable(session_id)
     if last_event_id is None:
         return EventFeed(ctx, session_id, start.live_head)

@@ -94,6 +94,7 @@ from ephemera.store import (
     access,
     artifacts,
     audit,
+    console,
     events,
     idempotency,
     imports,
@@ -116,7 +117,7 @@ from ephemera.volume import Volume
 log = logging.getLogger("ephemera.store")
 
 
-class Store(imports.ImportMethods, links.LinkMethods):
+class Store(imports.ImportMethods, links.LinkMethods, console.ConsoleMethods):
     """Sessions and artifacts. Thread-safe: every call takes its own database connection.
 
     The import ledger's methods (``import_file``, ``begin_import``, ``finish_import``,
