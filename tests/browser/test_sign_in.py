@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx2 as httpx
 from playwright.sync_api import BrowserContext, Page, expect
 
 from tests.browser.conftest import create_key, sign_in
-from tests.conftest import Server
+from tests.conftest import Server, serving
 
 
 def audit_actions(server: Server, action: str) -> list[dict[str, object]]:
@@ -105,3 +107,21 @@ def test_a_sign_in_posted_from_another_site_is_refused(console_server: Server) -
     )
     assert answer.status_code == 403
     assert "ephemera_console" not in answer.cookies
+
+
+def test_failed_sign_ins_are_throttled_per_address(tmp_path: Path) -> None:
+    """Guessing stops at the limit: the next try answers 429 even with the right key."""
+    env = {"EPHEMERA_AUTH_FAILURES_PER_MINUTE": "3"}
+    with (
+        serving(tmp_path / "data", env) as server,
+        httpx.Client(base_url=server.url, follow_redirects=False) as browser,
+    ):
+        form = browser.get("/console/sign-in")
+        pre = form.cookies["ephemera_console_pre"]
+        for _ in range(3):
+            refused = browser.post("/console/sign-in", data={"key": "eph_admin_wrong", "csrf": pre})
+            assert refused.status_code == 401
+        throttled = browser.post("/console/sign-in", data={"key": server.admin_key, "csrf": pre})
+        assert throttled.status_code == 429
+        assert int(throttled.headers["retry-after"]) >= 1
+        assert "ephemera_console" not in throttled.cookies
