@@ -15,15 +15,15 @@ from datetime import UTC, datetime
 from ephemera.console.templating import when
 
 # The drawing's own coordinates; CSS scales it to the width it gets.
-WIDTH = 640
-HEIGHT = 180
-LEFT = 70  # room for the value labels
+WIDTH = 400
+HEIGHT = 160
+LEFT = 62  # room for the value labels
 RIGHT = 10
 TOP = 10
-BOTTOM = 24  # room for the time labels
+BOTTOM = 22  # room for the time labels
 # More points than pixels draw nothing more: beyond this many samples, each point stands
 # for a run of consecutive ones (their latest time, their highest value, so no peak is lost).
-MAX_POINTS = 480
+MAX_POINTS = 400
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ from ephemera.store import Store
 
 STATS_TTL_S = 5.0
 LISTED = 10  # sessions in each of the two lists
-REFRESH = "every 30s"
+# Also on "refresh" (console.js sends it; anything may), not only on the timer.
+REFRESH = "every 30s, refresh"
 # The charts' spans (label, seconds); those longer than the samples are kept are not offered.
 SPANS = {"1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
 DEFAULT_SPAN = "24h"
