@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ephemera import Settings, Store
-from ephemera.scheduler import CleanupScheduler, next_tick
+from ephemera.scheduler import LOCK, CleanupScheduler, next_tick
 from ephemera.testing import ManualClock
 
 CONTRACT = True
@@ -36,7 +36,8 @@ def test_the_largest_sessions_come_by_ready_bytes_largest_first_and_empty_ones_n
     store.put_artifact("medium", b"m" * 100, name="a")
     huge = store.put_artifact("was-big", b"w" * 1000, name="a")
     store.put_artifact("was-big", b"w" * 1, name="b")
-    store.delete_artifact("was-big", huge.id)  # no longer held: not counted
+    # A deletion interrupted before its bytes went: no longer a ready artifact, not counted.
+    assert store.catalog.mark_artifact_deleting("was-big", huge.id, store.clock.now())
 
     largest = store.largest_sessions(10)
 
@@ -81,3 +82,21 @@ def test_the_next_scheduled_cleanup_is_due_one_interval_after_the_last_tick_bega
     clock.advance(30)
 
     assert next_tick(store) == ran_at + timedelta(seconds=600)
+
+
+def test_a_lock_held_longer_puts_the_next_tick_at_its_expiry(
+    overview_store: Store, clock: ManualClock, database: str | None
+) -> None:
+    if database is not None:
+        pytest.skip("PostgreSQL's scheduler lock is an advisory lock, without an expiry")
+    store = overview_store
+    ran_at = clock.now()
+    scheduler = CleanupScheduler(store)
+    scheduler.tick()
+    # A run longer than the interval renews the lock (see CleanupScheduler._renew).
+    renewed = ran_at + timedelta(seconds=900)
+    assert store.try_lock(LOCK, scheduler.holder, renewed)
+
+    assert store.lock_expiry(LOCK) == renewed
+    assert next_tick(store) == renewed
+    assert store.lock_expiry("never-taken") is None

@@ -36,15 +36,20 @@ def test_a_sample_counts_open_sessions_ready_artifacts_their_bytes_and_active_ta
     usage_store: Store,
 ) -> None:
     store = usage_store
-    for sid in ("a", "b", "gone"):
+    for sid in ("a", "b", "gone", "leaving"):
         store.create_session(sid)
     kept = store.put_artifact("a", b"x" * 10, name="kept.bin")
     store.put_artifact("a", b"y" * 20, name="temp.bin", storage="temporary")
     dropped = store.put_artifact("b", b"z" * 40, name="dropped.bin")
     store.put_artifact("gone", b"w" * 80, name="closed.bin")
-    store.delete_artifact("b", dropped.id)
+    # A deletion interrupted before its bytes went: no longer a ready artifact.
+    assert store.catalog.mark_artifact_deleting("b", dropped.id, store.clock.now()) is not None
     store.close_session("gone")
+    # A close begun and not yet finished: no longer an open session.
+    assert store.catalog.begin_close("leaving", store.clock.now()) is not None
     store.submit_task("a", "sample-upper", [kept.id])  # pending: no worker runs it
+    cancelled = store.submit_task("a", "sample-upper", [kept.id])
+    store.cancel_task("a", cancelled.id)
 
     sample = store.record_usage()
 
