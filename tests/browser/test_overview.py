@@ -5,7 +5,6 @@ and on a phone."""
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -56,8 +55,13 @@ def cleanable(console_server: Server) -> dict[str, Any]:
     upload(console_server, "ov-temporary", token, 300)
     idle = open_session(console_server, "ov-idle", idle_timeout_s=1)
     upload(console_server, "ov-idle", idle, 1200)
-    time.sleep(2.5)
-    return api(console_server, "/admin/cleanup/stats")
+
+    def both_due() -> dict[str, Any]:
+        stats = api(console_server, "/admin/cleanup/stats")
+        due = stats["cleanable"]
+        return stats if due["expired"]["count"] and due["idle-sessions"]["count"] else {}
+
+    return wait_for(both_due, 15, "an expired artifact and an idle session", interval_s=0.5)
 
 
 def test_the_figures_are_the_apis_storage_cleanable_counts_and_totals(
