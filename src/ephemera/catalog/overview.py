@@ -52,9 +52,12 @@ class OverviewCatalog:
     def idlest_sessions(self, limit: int) -> list[Session]:
         """The ``limit`` open sessions whose last activity is the oldest, oldest first, with
         what each holds."""
+        # `state || ''` keeps the (state, expires_at) index out: without statistics SQLite
+        # would take it and sort every open session; the last_activity_at index, walked in
+        # order, stops after `limit` open ones.
         top = (
             select(sessions)
-            .where(sessions.c.state == SessionState.OPEN)
+            .where(sessions.c.state.concat("") == SessionState.OPEN)
             .order_by(sessions.c.last_activity_at)
             .limit(limit)
             .subquery()

@@ -5,10 +5,11 @@ the last run of each operation and when the next scheduled one is due, tasks by 
 largest and the idlest sessions, and charts of the usage samples the scheduler records at
 each tick. The figures refresh every 30 s where htmx runs; without it, a reload does.
 
-The storage and cleanup figures are ``cleanup_stats``: several dry runs over the store. They
-are computed at most once per :data:`STATS_TTL_S` in a process, whoever asks, and afresh as
-soon as anything new is audited (a cleanup or verification, by any page or process), so a
-run's effect shows at once.
+The storage and cleanup figures are ``cleanup_stats``: several dry runs over the store, and
+the largest sessions one pass over the artifacts. They are computed at most once per
+:data:`STATS_TTL_S` in a process, whoever asks, and afresh as soon as anything new is audited
+(a cleanup or verification, by any page or process), so a run's effect shows at once. What
+is left for each view (usage samples, the scheduler's lock) are index lookups.
 """
 
 from __future__ import annotations
@@ -44,13 +45,20 @@ LATEST_SAMPLES = 10  # in the charts' table
 
 
 class OverviewStats:
-    """``store.cleanup_stats()`` shared by every view for :data:`STATS_TTL_S`, dropped as
-    soon as the newest audit entry changes."""
+    """The costly figures (``stats``: ``store.cleanup_stats()``; the ``largest`` and the
+    ``idlest`` sessions) shared by every view for :data:`STATS_TTL_S`, dropped as soon as
+    the newest audit entry changes."""
 
     def __init__(self, store: Store, ttl_s: float = STATS_TTL_S) -> None:
         self._store = store
         self._shared = SharedStats(
-            lambda orphaned: store.cleanup_stats(include_orphaned=orphaned), store.clock, ttl_s
+            lambda orphaned: {
+                "stats": store.cleanup_stats(include_orphaned=orphaned),
+                "largest": store.largest_sessions(LISTED),
+                "idlest": store.idlest_sessions(LISTED),
+            },
+            store.clock,
+            ttl_s,
         )
         self._mark: int | None = None
         self._guard = threading.Lock()
@@ -144,7 +152,8 @@ def every(seconds: int) -> str:
 
 def figures(store: Store, stats: OverviewStats, span: str | None) -> dict[str, Any]:
     """Everything the overview shows, read now (the stats maybe a few seconds ago)."""
-    computed = stats.get()
+    costly = stats.get()
+    computed = costly["stats"]
     artifacts: list[dict[str, Any]] = sorted(
         computed["artifacts"], key=lambda a: (a["storage_class"], a["state"])
     )
@@ -163,8 +172,8 @@ def figures(store: Store, stats: OverviewStats, span: str | None) -> dict[str, A
         "next_tick": due,
         "now": store.clock.now(),
         "tasks": [(state, computed["tasks"].get(state, 0)) for state in TASK_STATES],
-        "largest": store.largest_sessions(LISTED),
-        "idlest": store.idlest_sessions(LISTED),
+        "largest": costly["largest"],
+        "idlest": costly["idlest"],
         "usage": usage(store, span),
         "interval": every(store.settings.cleanup_interval_s),
         "refresh": REFRESH,
