@@ -168,6 +168,10 @@ def test_the_idlest_open_sessions_come_oldest_activity_first(
 
 def test_the_figures_refresh_in_place(page: Page, console_server: Server) -> None:
     token = open_session(console_server, "ov-refresh")
+    complaints: list[str] = []
+    # (The browser's own /favicon.ico request is not the page's: only its requests count.)
+    page.on("console", lambda m: complaints.append(m.text) if "Policy" in m.text else None)
+    page.on("response", lambda r: complaints.append(r.url) if r.status >= 400 else None)
     sign_in(page, console_server.admin_key)
     before = count_of(page, "#total-artifacts")
     upload(console_server, "ov-refresh", token, 10)
@@ -183,6 +187,7 @@ def test_the_figures_refresh_in_place(page: Page, console_server: Server) -> Non
 
     wait_for(refreshed, 15, "the new artifact in the figures")
     assert page.evaluate("window.overviewLoaded") is True  # the same page, not reloaded
+    assert complaints == []  # nothing refused by the Content Security Policy, no failed request
 
 
 def test_a_worker_keys_sign_in_sees_the_overview_and_can_change_nothing(

@@ -176,6 +176,7 @@ def figures(store: Store, stats: OverviewStats, span: str | None) -> dict[str, A
         "idlest": costly["idlest"],
         "usage": usage(store, span),
         "interval": every(store.settings.cleanup_interval_s),
+        "scheduled": store.settings.scheduled_cleanup,
         "refresh": REFRESH,
     }
 
