@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from ephemera.cleanup import CleanupReport
@@ -29,8 +29,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ephemera.scheduler")
 LOCK = "scheduled-cleanup"
+ACTOR = "scheduler"
 EMERGENCY_ACTOR = "scheduler:emergency"
 EMERGENCY_OPERATIONS = ("expired", "quota")
+
+
+def next_tick(store: Store) -> datetime | None:
+    """When the next scheduled cleanup is due, as far as the database tells (whichever
+    process runs it): the expiry of the lock its runner holds until then; where the lock has
+    no expiry (PostgreSQL's advisory lock lives as long as its process), the end of the last
+    scheduled run plus the interval. None before any scheduled run."""
+    until = store.lock_expiry(LOCK)
+    if until is not None:
+        return until
+    last = store.last_audit("cleanup.all", ACTOR)
+    if last is None:
+        return None
+    return last.at + timedelta(seconds=store.settings.cleanup_interval_s)
 
 
 class CleanupScheduler:
@@ -110,7 +125,7 @@ class CleanupScheduler:
             return None
         self._last_renew = time.monotonic()
         try:
-            return self.store.cleanup("all", actor="scheduler", progress=self._renew)
+            return self.store.cleanup("all", actor=ACTOR, progress=self._renew)
         finally:
             self._sample_usage()
 

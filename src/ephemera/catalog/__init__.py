@@ -8,7 +8,8 @@ translation), ``migrate``, ``sessions``, ``artifacts``, ``leases``, ``tasks``, `
 reservations and answers) and ``events`` (the event log; with ``notify``, the wake-ups after a
 commit); ``rows`` builds models from rows, ``predicates`` holds the conditions they share and
 ``usage`` counts what a session holds. The web console's sign-ins and usage samples are
-``console``'s, reached as ``catalog.console``.
+``console``'s, reached as ``catalog.console``; its overview's reads are ``overview``'s,
+reached as ``catalog.overview``.
 The facade is long only because it lists every operation; the SQL and the reasons for it are
 in those modules.
 """
@@ -47,6 +48,7 @@ from ephemera.catalog.events import Start
 from ephemera.catalog.idempotency import KEY_LOST, Answer, Completion, KeyRecord
 from ephemera.catalog.locks import AdvisoryLocks
 from ephemera.catalog.notify import TASKS, Notifier, PgListener, Wakeup, session_topic
+from ephemera.catalog.overview import OverviewCatalog
 from ephemera.catalog.predicates import RESULT_KINDS
 from ephemera.catalog.resumable import UploadRow
 from ephemera.catalog.sessions import DiscardUploads
@@ -88,6 +90,7 @@ class Catalog:
         database.committed = self.notifier.publish
         self._discard_uploads: DiscardUploads | None = None
         self.console = ConsoleCatalog(database)
+        self.overview = OverviewCatalog(database)
 
     @classmethod
     def open(

@@ -102,6 +102,7 @@ from ephemera.store import (
     leases,
     limits,
     links,
+    overview,
     sessions,
     tasks,
     uploads,
@@ -117,7 +118,9 @@ from ephemera.volume import Volume
 log = logging.getLogger("ephemera.store")
 
 
-class Store(imports.ImportMethods, links.LinkMethods, console.ConsoleMethods):
+class Store(
+    imports.ImportMethods, links.LinkMethods, console.ConsoleMethods, overview.OverviewMethods
+):
     """Sessions and artifacts. Thread-safe: every call takes its own database connection.
 
     The import ledger's methods (``import_file``, ``begin_import``, ``finish_import``,
