@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import httpx2 as httpx
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.conftest import create_key, open_session, sign_in
 from tests.conftest import Server
@@ -171,3 +171,27 @@ def test_a_worker_key_previews_but_cannot_run_a_cleanup(page: Page, console_serv
     assert answer.status == 403
     time.sleep(0.5)
     assert artifact_status(console_server, "cleanup-worker", doomed) == 200
+
+
+def test_preview_run_and_report_work_without_javascript(
+    browser: Browser, console_server: Server
+) -> None:
+    context = browser.new_context(base_url=console_server.url, java_script_enabled=False)
+    try:
+        page = context.new_page()
+        open_session(console_server, "cleanup-nojs")
+        [doomed] = expired_artifacts(console_server, "cleanup-nojs", [7])
+        sign_in(page, console_server.admin_key)
+        preview(page, "expired")
+        assert doomed in column(page, "preview-items", 2)
+        page.get_by_role("button", name="Run this cleanup").click()
+        # The run goes on in the background; its page, reloaded, shows how far it got.
+        for _ in range(50):
+            if page.get_by_role("heading", name="Report").count():
+                break
+            time.sleep(0.2)
+            page.reload()
+        assert doomed in column(page, "run-items", 2)
+        assert artifact_status(console_server, "cleanup-nojs", doomed) == 404
+    finally:
+        context.close()
