@@ -3,6 +3,7 @@ it deletes exactly that, reports it, and is audited."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from typing import Any
 
@@ -118,14 +119,17 @@ def test_the_report_shows_what_the_run_deleted_beyond_the_preview(
     [first] = expired_artifacts(console_server, "cleanup-drift", [10])
     sign_in(page, console_server.admin_key)
     preview(page, "expired")
+    previewed = int(page.locator("#preview-bytes").inner_text())
     # The store changes between the preview and the run.
     [late] = expired_artifacts(console_server, "cleanup-drift", [20])
     page.get_by_role("button", name="Run this cleanup").click()
     expect(page.get_by_role("heading", name="Report")).to_be_visible()
-    expect(page.locator("#difference")).to_contain_text("1 deleted item was not previewed")
+    expect(page.locator("#difference")).to_contain_text(
+        "1 deleted item was not previewed, 0 previewed items were not deleted"
+    )
     assert column(page, "run-unexpected", 2) == [late]
     assert first in column(page, "run-items", 2)
-    expect(page.locator("#run-bytes")).to_have_text("30")
+    expect(page.locator("#run-bytes")).to_have_text(str(previewed + 20))
 
 
 def test_a_session_preview_names_its_protection_and_the_run_spares_a_leased_session(
@@ -195,3 +199,30 @@ def test_preview_run_and_report_work_without_javascript(
         assert artifact_status(console_server, "cleanup-nojs", doomed) == 404
     finally:
         context.close()
+
+
+def test_a_running_cleanup_shows_its_progress_then_its_report_without_a_reload(
+    page: Page, console_server: Server
+) -> None:
+    open_session(console_server, "cleanup-live")
+    doomed = expired_artifacts(console_server, "cleanup-live", [11, 22])
+    sign_in(page, console_server.admin_key)
+    preview(page, "expired")
+    previewed = page.locator("#preview-count").inner_text()
+    assert int(previewed) >= len(doomed)
+    # Another writer holds the database: the run waits at its first delete, still running.
+    blocker = sqlite3.connect(console_server.data_dir / "ephemera.db", timeout=30)
+    try:
+        blocker.execute("BEGIN IMMEDIATE")
+        page.get_by_role("button", name="Run this cleanup").click()
+        expect(page.get_by_role("heading", name="Running")).to_be_visible()
+        expect(page.locator("#run-status")).to_contain_text("The preview listed")
+        page.evaluate("window.sameDocument = true")
+    finally:
+        blocker.rollback()
+        blocker.close()
+    expect(page.get_by_role("heading", name="Report")).to_be_visible()
+    assert page.evaluate("window.sameDocument") is True
+    expect(page.locator("#run-count")).to_have_text(previewed)
+    for aid in doomed:
+        assert aid in column(page, "run-items", 2)
