@@ -56,6 +56,7 @@ def test_a_created_worker_key_is_shown_once_signs_in_read_only_and_stops_when_re
     page.get_by_role("button", name="Create the key").click()
     expect(page.get_by_role("alert")).to_contain_text("shown this once")
     key = page.get_by_label("The worker key made-on-page").input_value()
+    expect(page.get_by_text("It stops working at")).to_be_visible()
     assert len(key) > 40
     [entry] = audited(console_server, "worker-key.create", "made-on-page")
     assert entry["actor"] == "admin:default"
@@ -104,10 +105,14 @@ def test_a_worker_key_cannot_create_or_revoke_keys(page: Page, console_server: S
     page.goto("/console/keys")
     csrf = csrf_of(page)
     made = page.request.post(
-        "/console/keys", form={"csrf": csrf, "name": "by-a-worker", "role": "admin"}
+        "/console/keys",
+        form={"csrf": csrf, "name": "by-a-worker", "role": "admin"},
+        max_redirects=0,
     )
     assert made.status == 403
-    revoked = page.request.post("/console/keys/worker/keys-target/revoke", form={"csrf": csrf})
+    revoked = page.request.post(
+        "/console/keys/worker/keys-target/revoke", form={"csrf": csrf}, max_redirects=0
+    )
     assert revoked.status == 403
     confirm = page.request.get("/console/keys/worker/keys-target/revoke")
     assert confirm.status == 403
@@ -121,6 +126,16 @@ def test_a_key_change_without_the_form_token_is_refused(page: Page, console_serv
     answer = page.request.post("/console/keys", form={"name": "forged", "role": "admin"})
     assert answer.status == 403
     assert not audited(console_server, "admin-key.create", "forged")
+
+
+def test_the_revocation_notice_echoes_only_a_key_name(page: Page, console_server: Server) -> None:
+    sign_in(page, console_server.admin_key)
+    page.goto("/console/keys?revoked=everything%20is%20fine")
+    expect(page.get_by_role("status")).to_have_count(0)
+    page.goto("/console/keys?revoked=some-key")
+    expect(page.get_by_role("status")).to_have_text(
+        "Revoked some-key: it no longer opens anything."
+    )
 
 
 def test_a_bad_key_name_is_refused_with_the_reason(page: Page, console_server: Server) -> None:

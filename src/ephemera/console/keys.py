@@ -17,6 +17,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated
 from urllib.parse import quote, urlencode
 
@@ -27,6 +28,7 @@ from ephemera.console.audit import actor_of
 from ephemera.console.auth import Console
 from ephemera.console.templating import render
 from ephemera.errors import InvalidInput, NotFound
+from ephemera.ids import ADMIN_KEY_NAME_RE
 from ephemera.models import AdminKey, ConsoleLogin, KeyRole
 
 PAGE = "/console/keys"
@@ -55,7 +57,7 @@ class NewKey:
     name: str
     role: str
     key: str
-    expires_in_s: int | None
+    expires_at: datetime | None
     made: float
 
 
@@ -113,7 +115,8 @@ def add_routes(router: APIRouter, console: Console) -> None:
                 "nav": "keys",
                 "login": login,
                 "keys": [k for role in ROLES for k in store.list_keys(role)],
-                "revoked": revoked[:100],
+                # Only a key name is echoed: the notice cannot be made to say anything else.
+                "revoked": revoked if ADMIN_KEY_NAME_RE.fullmatch(revoked) else "",
                 "now": store.clock.now(),
             },
         )
@@ -130,7 +133,8 @@ def add_routes(router: APIRouter, console: Console) -> None:
         name = name.strip()
         key = store.create_key(name, checked, expires_in_s=seconds)
         store.audit(actor_of(login), f"{checked}-key.create", name, {"expires_in_s": seconds})
-        ticket = waiting.put(NewKey(login.id, name, checked, key, seconds, time.monotonic()))
+        expires_at = find(store.list_keys(checked), name).expires_at
+        ticket = waiting.put(NewKey(login.id, name, checked, key, expires_at, time.monotonic()))
         return RedirectResponse(f"{PAGE}/new/{ticket}", status_code=303)
 
     @router.get("/keys/new/{ticket}")
