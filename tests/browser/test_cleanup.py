@@ -228,3 +228,26 @@ def test_a_running_cleanup_shows_its_progress_then_its_report_without_a_reload(
     expect(page.locator("#run-count")).to_have_text(previewed)
     for aid in doomed:
         assert aid in column(page, "run-items", 2)
+
+
+def test_the_form_shows_only_the_parameters_the_operation_reads(
+    page: Page, console_server: Server
+) -> None:
+    sign_in(page, console_server.admin_key)
+    page.goto("/console/cleanup")
+    hours = page.get_by_label("Idle for at least (hours)")
+    session = page.get_by_label("Session ID")
+    expect(hours).to_be_hidden()
+    expect(session).to_be_hidden()
+    page.get_by_label("Operation").select_option("idle-sessions")
+    expect(hours).to_be_visible()
+    expect(session).to_be_hidden()
+    page.get_by_label("Operation").select_option("session")
+    expect(hours).to_be_hidden()
+    expect(session).to_be_visible()
+    # A value left in a parameter the operation does not read is not sent.
+    page.get_by_label("Operation").select_option("idle-sessions")
+    hours.fill("-5")
+    page.get_by_label("Operation").select_option("expired")
+    page.get_by_role("button", name="Preview").click()
+    expect(page.get_by_role("heading", name="Preview of expired")).to_be_visible()

@@ -86,7 +86,11 @@ def add_routes(router: APIRouter, console: Console) -> None:
                 "nav": "cleanup",
                 "login": login,
                 "operations": OPERATIONS,
-                "applies": {str(op): used for op, used in APPLIES.items()},
+                # Which operations read each parameter (cleanup.js hides the others).
+                "uses": {
+                    name: " ".join(str(op) for op, used in APPLIES.items() if name in used)
+                    for name in ("hours_old", "days_old", "session_id", "purge_missing")
+                },
                 "chosen": {
                     "operation": operation,
                     "hours_old": hours_old,
