@@ -158,7 +158,7 @@ def add_routes(router: APIRouter, console: Console) -> None:
         run = runs.start(params, actor, previewed)
         return RedirectResponse(f"{PAGE}/runs/{run.id}", status_code=303)
 
-    def run_context(request: Request, run_id: str, login: ConsoleLogin) -> dict[str, object]:
+    def run_context(run_id: str, login: ConsoleLogin) -> dict[str, object]:
         run = runs.runs.get(run_id, "cleanup run")
         return {
             "title": f"Cleanup {run.params.operation}",
@@ -174,11 +174,11 @@ def add_routes(router: APIRouter, console: Console) -> None:
     def run_page(
         request: Request, run_id: str, login: ConsoleLogin = Depends(console.operator)
     ) -> Response:
-        return render(request, "cleanup/run.html", run_context(request, run_id, login))
+        return render(request, "cleanup/run.html", run_context(run_id, login))
 
     @router.get("/cleanup/runs/{run_id}/status")
     def run_status(
         request: Request, run_id: str, login: ConsoleLogin = Depends(console.operator)
     ) -> Response:
         """The fragment htmx polls: the progress while it runs, then the report."""
-        return render(request, "cleanup/_status.html", run_context(request, run_id, login))
+        return render(request, "cleanup/_status.html", run_context(run_id, login))
