@@ -579,9 +579,15 @@ class Catalog:
         return audit.insert_audit(self._db, at, actor, action, target, params, result)
 
     def list_audit(
-        self, before: int | None, limit: int, action_prefix: str | None = None
+        self,
+        before: int | None,
+        limit: int,
+        action_prefix: str | None = None,
+        actor: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> list[AuditEntry]:
-        return audit.list_audit(self._db, before, limit, action_prefix)
+        return audit.list_audit(self._db, before, limit, action_prefix, actor, since, until)
 
     def last_audit_per_action(self, action_prefix: str) -> list[AuditEntry]:
         return audit.last_audit_per_action(self._db, action_prefix)

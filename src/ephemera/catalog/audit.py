@@ -32,13 +32,27 @@ def insert_audit(
 
 
 def list_audit(
-    db: Database, before: int | None, limit: int, action_prefix: str | None = None
+    db: Database,
+    before: int | None,
+    limit: int,
+    action_prefix: str | None = None,
+    actor: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> list[AuditEntry]:
+    """Newest first, below the ``before`` ID (keyset paging): entries whose action starts
+    with ``action_prefix``, by exactly ``actor``, at or after ``since`` and before ``until``."""
     query = select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
     if before is not None:
         query = query.where(audit_log.c.id < before)
     if action_prefix:
         query = query.where(audit_log.c.action.startswith(action_prefix, autoescape=True))
+    if actor:
+        query = query.where(audit_log.c.actor == actor)
+    if since is not None:
+        query = query.where(audit_log.c.at >= since)
+    if until is not None:
+        query = query.where(audit_log.c.at < until)
     with db.read() as conn:
         return [audit_model(r) for r in conn.execute(query)]
 

@@ -6,7 +6,8 @@ improve them. Every asset ships in the package (:mod:`ephemera.console.assets`).
 
 Modules, one concept each: ``auth`` (signing in, who may do what), ``security`` (headers,
 forgery checks), ``routing`` (errors as pages), ``templating``, ``assets``; then one module
-per page: ``overview``; ``artifacts`` (bytes for downloads and pictures) and ``live`` (a
+per page: ``overview``; ``cleanup`` (with ``cleanup_runs``, its previews and background
+runs); ``audit``; ``keys``; ``artifacts`` (bytes for downloads and pictures) and ``live`` (a
 session's events) serve every page that shows a session.
 
 Routes take their sign-in as ``login: ConsoleLogin = Depends(console.operator)`` (a default,
@@ -22,7 +23,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from ephemera.console import artifacts, auth, live, overview
+from ephemera.console import artifacts, audit, auth, cleanup, keys, live, overview
 from ephemera.console.assets import STATIC_DIR, STATIC_PATH
 from ephemera.console.routing import ConsoleRoute
 from ephemera.console.security import PREFIX, ConsoleHeaders
@@ -37,6 +38,9 @@ def console_router(store: Store) -> APIRouter:
     overview.add_routes(router, console)
     artifacts.add_routes(router, console)
     live.add_routes(router, console)
+    cleanup.add_routes(router, console)
+    audit.add_routes(router, console)
+    keys.add_routes(router, console)
     return router
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from ephemera.context import Context
@@ -24,9 +25,20 @@ def record(
     )
 
 
-def entries(ctx: Context, before: int | None, limit: int, action: str | None) -> Page[AuditEntry]:
+def entries(
+    ctx: Context,
+    before: int | None,
+    limit: int,
+    action: str | None,
+    actor: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Page[AuditEntry]:
     limit = check_limit(limit)
     if before is not None and not 1 <= before < 2**63:
         raise InvalidInput("cursor must be an entry ID from a previous page")
-    rows = ctx.catalog.list_audit(before, limit + 1, action)
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and value.tzinfo is None:
+            raise InvalidInput(f"{name} must carry a time zone")
+    rows = ctx.catalog.list_audit(before, limit + 1, action, actor, since, until)
     return page(rows, limit, lambda entry: str(entry.id))

@@ -810,9 +810,17 @@ class Store(
         return audit.record(self.context, actor, action, target, params, result)
 
     def audit_log(
-        self, *, before: int | None = None, limit: int = 100, action: str | None = None
+        self,
+        *,
+        before: int | None = None,
+        limit: int = 100,
+        action: str | None = None,
+        actor: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> Page[AuditEntry]:
-        return audit.entries(self.context, before, limit, action)
+        """Newest first; ``action`` is a prefix, ``actor`` exact, ``since`` <= at < ``until``."""
+        return audit.entries(self.context, before, limit, action, actor, since, until)
 
     def verify(
         self,
