@@ -6,7 +6,9 @@ improve them. Every asset ships in the package (:mod:`ephemera.console.assets`).
 
 Modules, one concept each: ``auth`` (signing in, who may do what), ``security`` (headers,
 forgery checks), ``routing`` (errors as pages), ``templating``, ``assets``; then one module
-per page: ``overview``; ``artifacts`` (bytes for downloads and pictures) and ``live`` (a
+per page: ``overview``; ``workspace`` (a session's artifacts, uploads and reset) with ``runs``
+(running a processor from a form ``forms`` generates, following its task, ``results``);
+``artifacts`` (bytes for downloads and pictures) and ``live`` (a
 session's events) serve every page that shows a session.
 
 Routes take their sign-in as ``login: ConsoleLogin = Depends(console.operator)`` (a default,
@@ -22,7 +24,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from ephemera.console import artifacts, auth, live, overview
+from ephemera.console import artifacts, auth, live, overview, runs, workspace
 from ephemera.console.assets import STATIC_DIR, STATIC_PATH
 from ephemera.console.routing import ConsoleRoute
 from ephemera.console.security import PREFIX, ConsoleHeaders
@@ -37,6 +39,8 @@ def console_router(store: Store) -> APIRouter:
     overview.add_routes(router, console)
     artifacts.add_routes(router, console)
     live.add_routes(router, console)
+    workspace.add_routes(router, console)
+    runs.add_routes(router, console)
     return router
 
 
@@ -46,6 +50,8 @@ def install_console(app: FastAPI, store: Store) -> None:
     if not store.settings.console:
         return
     app.include_router(console_router(store))
+    # tus answers its own errors (with tus headers), so not through ConsoleRoute's pages.
+    app.include_router(workspace.uploads_router(auth.Console(store)), prefix=PREFIX)
     app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="console-static")
     app.add_middleware(ConsoleHeaders)
 
