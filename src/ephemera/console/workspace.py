@@ -119,6 +119,7 @@ def add_routes(router: APIRouter, console: Console) -> None:
         page = store.list_artifacts(session_id, cursor=cursor, limit=PAGE_SIZE)
         return {
             "session_id": session_id,
+            "session": store.get_session(session_id),
             "rows": artifact_rows(session_id, page.items),
             "next_cursor": page.next_cursor,
             "cursor": cursor,
@@ -133,12 +134,10 @@ def add_routes(router: APIRouter, console: Console) -> None:
         login: ConsoleLogin = Depends(console.login),
     ) -> Response:
         console.workspace(session_id, login)
-        session = store.get_session(session_id)
         context = {
             "title": f"Workspace {session_id}",
             "nav": "workspace",
             "login": login,
-            "session": session,
             "session_id": session_id,
             "can_change": may_change(login),
             "events": events_url(session_id),
