@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import httpx2 as httpx
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.conftest import create_key, open_session, sign_in
 from tests.conftest import Server
@@ -191,3 +191,25 @@ def test_a_station_uploads_runs_roi_compare_downloads_an_output_and_resets(
     # The browser's sign-in ended with the session.
     page.goto("/console/workspace/station-7")
     expect(page).to_have_title("Sign in · ephemera")
+
+
+def test_without_javascript_the_upload_form_stores_one_file(
+    browser: Browser, console_server: Server, tmp_path: Path
+) -> None:
+    token = open_session(console_server, "ws-plain")
+    data = png(inspection_scene(size=(64, 48), grid=(1, 1), region_size=(16, 16)).image)
+    (tmp_path / "plain.png").write_bytes(data)
+    context = browser.new_context(base_url=console_server.url, java_script_enabled=False)
+    try:
+        page = context.new_page()
+        open_workspace(page, "ws-plain", token)
+        page.get_by_label("Files").set_input_files(tmp_path / "plain.png")
+        page.get_by_label("Kind").select_option("golden")
+        page.get_by_role("button", name="Upload").click()
+        expect(page).to_have_url(f"{console_server.url}/console/workspace/ws-plain")
+        expect(page.locator("#artifacts tbody tr")).to_have_count(1)
+    finally:
+        context.close()
+    stored = artifacts_by_name(console_server, "ws-plain")
+    assert stored["plain.png"]["kind"] == "golden"
+    assert stored["plain.png"]["sha256"] == hashlib.sha256(data).hexdigest()
