@@ -103,6 +103,39 @@ def test_a_worker_keys_sign_in_sees_a_workspace_but_cannot_upload_into_it(
     assert artifacts_by_name(console_server, "ws-watched") == {}
 
 
+def test_a_run_form_the_schema_or_the_processor_refuses_comes_back_with_the_reasons(
+    page: Page, console_server: Server
+) -> None:
+    token = open_session(console_server, "ws-typo")
+    capture = httpx.post(
+        f"{console_server.api}/sessions/ws-typo/artifacts",
+        params={"name": "capture.png"},
+        content=png(inspection_scene(size=(64, 48), grid=(1, 1), region_size=(16, 16)).image),
+        headers=console_server.admin(),
+    ).json()["id"]
+    open_workspace(page, "ws-typo", token)
+    page.goto("/console/workspace/ws-typo/run?processor=roi-compare")
+    page.get_by_label("Capture (required)").select_option(capture)
+    regions = page.get_by_label("Regions (required)")
+    regions.fill('[{"name": "r0",')
+    with page.expect_response(lambda r: r.request.method == "POST") as posted:
+        page.get_by_role("button", name="Run roi-compare").click()
+    assert posted.value.status == 422
+    expect(page.get_by_role("alert")).to_contain_text("regions: not valid JSON")
+    expect(regions).to_have_value('[{"name": "r0",')  # what was typed stays
+    expect(regions).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("Capture (required)")).to_have_value(capture)
+    # Valid JSON, but not what roi-compare takes: its own model's words.
+    box = {"x": 0, "y": 0, "width": 8, "height": 8}
+    regions.fill(json.dumps([{"name": "r0", "box": box, "goldens": [capture]}]))
+    page.get_by_role("button", name="Run roi-compare").click()
+    expect(page.get_by_role("alert")).to_contain_text("regions.0.threshold: Field required")
+    tasks = httpx.get(
+        f"{console_server.api}/sessions/ws-typo/tasks", headers=console_server.admin()
+    ).json()
+    assert tasks["items"] == []
+
+
 def test_a_station_uploads_runs_roi_compare_downloads_an_output_and_resets(
     page: Page, console_server: Server, tmp_path: Path
 ) -> None:
