@@ -8,10 +8,11 @@ import json
 from pathlib import Path
 
 import httpx2 as httpx
+import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from tests.browser.conftest import create_key, open_session, sign_in
-from tests.conftest import Server
+from tests.conftest import WITH_SAMPLES_ENV, Server, serving
 from tests.images import inspection_scene, png
 
 KEPT = (".db", ".db-wal", ".db-shm", ".log", ".key")
@@ -246,3 +247,27 @@ def test_without_javascript_the_upload_form_stores_one_file(
     stored = artifacts_by_name(console_server, "ws-plain")
     assert stored["plain.png"]["kind"] == "golden"
     assert stored["plain.png"]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_a_task_page_follows_the_task_live_to_its_result(
+    browser: Browser, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    with serving(tmp_path_factory.mktemp("samples") / "data", WITH_SAMPLES_ENV) as server:
+        token = open_session(server, "ws-live")
+        context = browser.new_context(base_url=server.url)
+        context.set_default_timeout(15_000)
+        try:
+            page = context.new_page()
+            open_workspace(page, "ws-live", token)
+            page.get_by_label("Processor", exact=True).select_option("sample-sleep")
+            page.get_by_role("button", name="Choose").click()
+            page.get_by_label("Seconds").fill("3")
+            page.get_by_role("button", name="Run sample-sleep").click()
+            state = page.locator("#task-state")
+            expect(state).not_to_have_text("succeeded")
+            # No reload: the session's events refresh the task's part of the page.
+            expect(state).to_have_text("succeeded", timeout=30_000)
+            expect(page.get_by_role("link", name="ran-by.txt")).to_be_visible()
+            expect(page.locator(".result-json pre")).to_contain_text('"pid"')
+        finally:
+            context.close()
