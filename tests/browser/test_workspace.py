@@ -227,6 +227,32 @@ def test_a_station_uploads_runs_roi_compare_downloads_an_output_and_resets(
     expect(page).to_have_title("Sign in · ephemera")
 
 
+def test_files_dropped_on_the_drop_zone_upload_with_the_chosen_kind(
+    page: Page, console_server: Server
+) -> None:
+    token = open_session(console_server, "ws-drop")
+    open_workspace(page, "ws-drop", token)
+    page.get_by_label("Kind").select_option("template")
+    page.evaluate(
+        """() => {
+            const files = new DataTransfer();
+            files.items.add(new File(["first"], "one.txt", {type: "text/plain"}));
+            files.items.add(new File(["second"], "two.txt", {type: "text/plain"}));
+            const zone = document.getElementById("dropzone");
+            zone.dispatchEvent(new DragEvent("dragover", {dataTransfer: files, cancelable: true}));
+            zone.dispatchEvent(new DragEvent("drop", {dataTransfer: files, cancelable: true}));
+        }"""
+    )
+    expect(page.locator("#upload-list li.done")).to_have_count(2)
+    expect(page.locator("#artifacts tbody tr")).to_have_count(2)
+    stored = artifacts_by_name(console_server, "ws-drop")
+    assert {name: a["kind"] for name, a in stored.items()} == {
+        "one.txt": "template",
+        "two.txt": "template",
+    }
+    assert stored["two.txt"]["sha256"] == hashlib.sha256(b"second").hexdigest()
+
+
 def test_without_javascript_the_upload_form_stores_one_file(
     browser: Browser, console_server: Server, tmp_path: Path
 ) -> None:
