@@ -122,7 +122,7 @@ def test_a_run_form_the_schema_or_the_processor_refuses_comes_back_with_the_reas
     with page.expect_response(lambda r: r.request.method == "POST") as posted:
         page.get_by_role("button", name="Run roi-compare").click()
     assert posted.value.status == 422
-    expect(page.get_by_role("alert")).to_contain_text("regions: not valid JSON")
+    expect(page.get_by_role("alert")).to_contain_text("Regions: not valid JSON")
     expect(regions).to_have_value('[{"name": "r0",')  # what was typed stays
     expect(regions).to_have_attribute("aria-invalid", "true")
     expect(page.get_by_label("Capture (required)")).to_have_value(capture)

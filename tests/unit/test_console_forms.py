@@ -14,6 +14,7 @@ from ephemera.console.forms import (
     artifact_references,
     build_form,
     initial_values,
+    labels,
     read_form,
 )
 from ephemera.console.templating import env
@@ -98,6 +99,12 @@ def test_each_json_schema_type_gets_its_own_control() -> None:
     assert fields["p.box"].description == "where"  # the referring node's words win
     assert fields["p.box.x"].html_required  # required, inside a required group
     assert not fields["p.pages"].html_required
+
+
+def test_a_control_is_named_by_its_label_within_its_groups() -> None:
+    named = labels(build_form(SCHEMA))
+    assert named["p.box.width"] == "box > Width"
+    assert named["p.count"] == "count"
 
 
 def test_the_rendered_controls_carry_labels_bounds_and_defaults() -> None:

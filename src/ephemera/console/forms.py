@@ -241,6 +241,17 @@ def _skeleton(raw: Mapping[str, Any], defs: Mapping[str, Any], depth: int) -> An
 # -- what the controls show ------------------------------------------------------------------
 
 
+def labels(fields: Sequence[Field], within: str = "") -> dict[str, str]:
+    """Each control's name to its label, with its groups' (``Board > Columns``): how a
+    problem names the control it is about."""
+    found: dict[str, str] = {}
+    for f in fields:
+        label = f"{within} > {f.label}" if within else f.label
+        found[f.name] = label
+        found.update(labels(f.children, label))
+    return found
+
+
 def initial_values(fields: Sequence[Field]) -> dict[str, Any]:
     """Each control's value before anything is typed: the schema's defaults."""
     values: dict[str, Any] = {}

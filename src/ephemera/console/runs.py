@@ -54,13 +54,15 @@ def run_context(
     errors: dict[str, str],
     chosen: list[str],
 ) -> dict[str, Any]:
+    fields = form_fields(info)
     return {
         "title": f"Run {info.name}",
         "nav": "workspace",
         "login": login,
         "session_id": session_id,
         "processor": info,
-        "fields": form_fields(info),
+        "fields": fields,
+        "labels": {**forms.labels(fields), "inputs": "Inputs", PARAMS_JSON: "Parameters"},
         "artifacts": artifacts,
         "values": values,
         "errors": errors,
