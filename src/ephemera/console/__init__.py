@@ -7,9 +7,9 @@ improve them. Every asset ships in the package (:mod:`ephemera.console.assets`).
 Modules, one concept each: ``auth`` (signing in, who may do what), ``security`` (headers,
 forgery checks), ``routing`` (errors as pages), ``templating``, ``assets``; then one module
 per page: ``overview``; ``workspace`` (a session's artifacts, uploads and reset) with ``runs``
-(running a processor from a form ``forms`` generates, following its task, ``results``);
-``artifacts`` (bytes for downloads and pictures) and ``live`` (a
-session's events) serve every page that shows a session.
+(running a processor from the form ``forms`` generates, following its task to the result
+``results`` shows). ``artifacts`` (bytes for downloads and pictures) and ``live`` (a session's
+events) serve every page that shows a session.
 
 Routes take their sign-in as ``login: ConsoleLogin = Depends(console.operator)`` (a default,
 not ``Annotated``: the dependency belongs to the router's ``Console``, a local name that
