@@ -5,10 +5,13 @@ script of ours (live updates over Server-Sent Events, drag-and-drop uploads over
 improve them. Every asset ships in the package (:mod:`ephemera.console.assets`).
 
 Modules, one concept each: ``auth`` (signing in, who may do what), ``security`` (headers,
-forgery checks), ``routing`` (errors as pages), ``templating``, ``assets``; then one module
-per page: ``overview``; ``cleanup`` (with ``cleanup_runs``, its previews and background
-runs); ``audit``; ``keys``; ``artifacts`` (bytes for downloads and pictures) and ``live`` (a
-session's events) serve every page that shows a session.
+forgery checks), ``routing`` (errors as pages), ``templating``, ``assets``, ``charts``
+(server-drawn SVG); then one module per page: ``overview``; ``cleanup`` (with
+``cleanup_runs``, its previews and background runs); ``audit``; ``keys``; ``workspace`` (a
+session's artifacts, uploads and reset) with ``runs`` (running a processor from the form
+``forms`` generates, following its task to the result ``results`` shows). ``artifacts``
+(bytes for downloads and pictures) and ``live`` (a session's events) serve every page that
+shows a session.
 
 Routes take their sign-in as ``login: ConsoleLogin = Depends(console.operator)`` (a default,
 not ``Annotated``: the dependency belongs to the router's ``Console``, a local name that
@@ -23,7 +26,17 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from ephemera.console import artifacts, audit, auth, cleanup, keys, live, overview
+from ephemera.console import (
+    artifacts,
+    audit,
+    auth,
+    cleanup,
+    keys,
+    live,
+    overview,
+    runs,
+    workspace,
+)
 from ephemera.console.assets import STATIC_DIR, STATIC_PATH
 from ephemera.console.routing import ConsoleRoute
 from ephemera.console.security import PREFIX, ConsoleHeaders
@@ -41,6 +54,8 @@ def console_router(store: Store) -> APIRouter:
     cleanup.add_routes(router, console)
     audit.add_routes(router, console)
     keys.add_routes(router, console)
+    workspace.add_routes(router, console)
+    runs.add_routes(router, console)
     return router
 
 
@@ -50,6 +65,8 @@ def install_console(app: FastAPI, store: Store) -> None:
     if not store.settings.console:
         return
     app.include_router(console_router(store))
+    # tus answers its own errors (with tus headers), so not through ConsoleRoute's pages.
+    app.include_router(workspace.uploads_router(auth.Console(store)), prefix=PREFIX)
     app.mount(STATIC_PATH, StaticFiles(directory=STATIC_DIR), name="console-static")
     app.add_middleware(ConsoleHeaders)
 

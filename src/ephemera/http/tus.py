@@ -5,6 +5,9 @@ Extensions: creation, creation-with-upload, creation-defer-length, termination, 
 checksum (sha1, sha256). ``Upload-Concat`` (concatenation) is refused with 400 rather than
 ignored, since ignoring it would build a different upload than the client asked for.
 
+The API authenticates with a bearer credential; a host (the web console) may mount the same
+routes with its own ``authorize`` (a sign-in cookie instead of a token).
+
 The routes are left out of the OpenAPI document: tus clients speak the protocol, not the
 document, and its ``application/offset+octet-stream`` bodies are a media type client
 generators refuse. The README describes the shapes.
@@ -16,14 +19,13 @@ import asyncio
 import base64
 import binascii
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from email.utils import format_datetime
-from typing import Annotated, Any
+from typing import Any
 
 import anyio
 from fastapi import APIRouter, Depends, Request, Response
-from fastapi.security import HTTPAuthorizationCredentials
 from starlette.requests import ClientDisconnect
 
 from ephemera.errors import (
@@ -58,7 +60,9 @@ ALLOWED_HEADERS = (
 )
 METHODS = "POST, HEAD, PATCH, DELETE, OPTIONS"
 
-Auth = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+# Checks that a request may use a session's uploads (raising Unauthenticated,
+# SessionUnreachable or Forbidden); answers the admin's name when an admin acts, for the audit.
+Authorizer = Callable[[Request, str], Awaitable[str | None]]
 
 
 def parse_metadata(header: str | None) -> dict[str, str]:
@@ -115,9 +119,10 @@ def _http_date(value: datetime) -> str:
 
 
 class Tus:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, authorize: Authorizer | None = None) -> None:
         self.store = store
         self.origins = set(store.settings.tus_cors_origins)
+        self.authorize: Authorizer = authorize or self.authenticate
 
     def headers(self, request: Request, response: Response) -> Response:
         response.headers["Tus-Resumable"] = VERSION
@@ -155,10 +160,9 @@ class Tus:
         response.headers["Tus-Version"] = VERSION
         return self.headers(request, response)
 
-    async def authenticate(
-        self, session_id: str, auth: HTTPAuthorizationCredentials | None
-    ) -> str | None:
+    async def authenticate(self, request: Request, session_id: str) -> str | None:
         """The admin key's name when one was used (its changes are audited), else None."""
+        auth = await bearer(request)
         if auth is None or not auth.credentials:
             raise Unauthenticated("missing credentials: send 'Authorization: Bearer <token>'")
         return await anyio.to_thread.run_sync(self.store.authenticate, session_id, auth.credentials)
@@ -236,14 +240,15 @@ async def _settle(pending: asyncio.Future[None] | None) -> None:
             await pending
 
 
-def tus_router(store: Store) -> APIRouter:
+def tus_router(store: Store, authorize: Authorizer | None = None) -> APIRouter:
+    """The tus routes; ``authorize`` replaces the bearer credential check (see Authorizer)."""
     failures = auth_failures(store)
     router = APIRouter(
         dependencies=[Depends(failures.gate)],
         generate_unique_id_function=operation_id,
         tags=["uploads"],
     )
-    tus = Tus(store)
+    tus = Tus(store, authorize)
     slots = upload_slots(store)
 
     async def guarded(request: Request, act: Callable[[], Any]) -> Response:
@@ -289,11 +294,11 @@ def tus_router(store: Store) -> APIRouter:
         response_class=Response,
         include_in_schema=False,
     )
-    async def create_upload(session_id: str, request: Request, auth: Auth) -> Response:
+    async def create_upload(session_id: str, request: Request) -> Response:
         """tus creation (with upload, with deferred length): answers 201 with ``Location``."""
 
         async def act() -> Response:
-            await tus.authenticate(session_id, auth)
+            await tus.authorize(request, session_id)
             if "upload-concat" in request.headers:
                 raise MalformedBody("Upload-Concat (concatenation) is not supported")
             length = _number(request, "upload-length")
@@ -345,13 +350,11 @@ def tus_router(store: Store) -> APIRouter:
         response_class=Response,
         include_in_schema=False,
     )
-    async def upload_offset(
-        session_id: str, upload_id: str, request: Request, auth: Auth
-    ) -> Response:
+    async def upload_offset(session_id: str, upload_id: str, request: Request) -> Response:
         """The upload's recorded offset (what survived), length, metadata and expiry."""
 
         async def act() -> Response:
-            await tus.authenticate(session_id, auth)
+            await tus.authorize(request, session_id)
             status = await anyio.to_thread.run_sync(store.resumable.finish, session_id, upload_id)
             response = Response(status_code=200)
             tus.status_headers(response, status)
@@ -367,14 +370,12 @@ def tus_router(store: Store) -> APIRouter:
         response_class=Response,
         include_in_schema=False,
     )
-    async def append_upload(
-        session_id: str, upload_id: str, request: Request, auth: Auth
-    ) -> Response:
+    async def append_upload(session_id: str, upload_id: str, request: Request) -> Response:
         """Append the body at ``Upload-Offset``; 204 with the new offset, and with
         ``Ephemera-Artifact-Id`` when this completed the upload."""
 
         async def act() -> Response:
-            await tus.authenticate(session_id, auth)
+            await tus.authorize(request, session_id)
             if _media_type(request) != OFFSET_STREAM:
                 return tus.headers(
                     request,
@@ -415,14 +416,12 @@ def tus_router(store: Store) -> APIRouter:
         response_class=Response,
         include_in_schema=False,
     )
-    async def terminate_upload(
-        session_id: str, upload_id: str, request: Request, auth: Auth
-    ) -> Response:
+    async def terminate_upload(session_id: str, upload_id: str, request: Request) -> Response:
         """tus termination: the upload and its bytes are removed (a finished upload's artifact
         stays)."""
 
         async def act() -> Response:
-            admin = await tus.authenticate(session_id, auth)
+            admin = await tus.authorize(request, session_id)
             await anyio.to_thread.run_sync(store.resumable.terminate, session_id, upload_id)
             if admin is not None:  # an admin action, audited like an artifact's delete
                 target = f"{session_id}/{upload_id}"
