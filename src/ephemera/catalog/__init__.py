@@ -8,7 +8,8 @@ translation), ``migrate``, ``sessions``, ``artifacts``, ``leases``, ``tasks``, `
 reservations and answers) and ``events`` (the event log; with ``notify``, the wake-ups after a
 commit); ``rows`` builds models from rows, ``predicates`` holds the conditions they share and
 ``usage`` counts what a session holds. The web console's sign-ins and usage samples are
-``console``'s, reached as ``catalog.console``.
+``console``'s, reached as ``catalog.console``; its lists (sessions a page at a time) are
+``browse``'s, reached as ``catalog.browse``.
 The facade is long only because it lists every operation; the SQL and the reasons for it are
 in those modules.
 """
@@ -41,6 +42,7 @@ from ephemera.catalog import (
     tasks,
     verification,
 )
+from ephemera.catalog.browse import BrowseCatalog
 from ephemera.catalog.console import ConsoleCatalog
 from ephemera.catalog.db import Database, open_database
 from ephemera.catalog.events import Start
@@ -88,6 +90,7 @@ class Catalog:
         database.committed = self.notifier.publish
         self._discard_uploads: DiscardUploads | None = None
         self.console = ConsoleCatalog(database)
+        self.browse = BrowseCatalog(database)
 
     @classmethod
     def open(

@@ -94,6 +94,7 @@ from ephemera.store import (
     access,
     artifacts,
     audit,
+    browse,
     console,
     events,
     idempotency,
@@ -117,7 +118,7 @@ from ephemera.volume import Volume
 log = logging.getLogger("ephemera.store")
 
 
-class Store(imports.ImportMethods, links.LinkMethods, console.ConsoleMethods):
+class Store(imports.ImportMethods, links.LinkMethods, console.ConsoleMethods, browse.BrowseMethods):
     """Sessions and artifacts. Thread-safe: every call takes its own database connection.
 
     The import ledger's methods (``import_file``, ``begin_import``, ``finish_import``,
