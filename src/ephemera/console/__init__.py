@@ -6,8 +6,9 @@ improve them. Every asset ships in the package (:mod:`ephemera.console.assets`).
 
 Modules, one concept each: ``auth`` (signing in, who may do what), ``security`` (headers,
 forgery checks), ``routing`` (errors as pages), ``templating``, ``assets``; then one module
-per page: ``overview``; ``artifacts`` (bytes for downloads and pictures) and ``live`` (a
-session's events) serve every page that shows a session.
+per page: ``overview``; ``sessions`` (the list, and closing a session) with ``session_page``
+(one session); ``artifacts`` (bytes for downloads and pictures) and ``live`` (a session's
+events) serve every page that shows a session.
 
 Routes take their sign-in as ``login: ConsoleLogin = Depends(console.operator)`` (a default,
 not ``Annotated``: the dependency belongs to the router's ``Console``, a local name that
@@ -22,7 +23,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from ephemera.console import artifacts, auth, live, overview
+from ephemera.console import artifacts, auth, live, overview, sessions
 from ephemera.console.assets import STATIC_DIR, STATIC_PATH
 from ephemera.console.routing import ConsoleRoute
 from ephemera.console.security import PREFIX, ConsoleHeaders
@@ -35,6 +36,7 @@ def console_router(store: Store) -> APIRouter:
     router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
     auth.add_routes(router, console)
     overview.add_routes(router, console)
+    sessions.add_routes(router, console)
     artifacts.add_routes(router, console)
     live.add_routes(router, console)
     return router
