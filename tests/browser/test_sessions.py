@@ -12,7 +12,7 @@ from typing import Any
 import httpx2 as httpx
 import numpy as np
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Dialog, Page, expect
 
 from tests.browser.conftest import create_key, open_session, sign_in
 from tests.conftest import WITH_SAMPLES_ENV, Server, bearer, serving
@@ -284,10 +284,11 @@ def test_a_worker_key_sees_the_list_and_the_page_but_cannot_close_or_delete(
     csrf = page.locator("input[name=csrf]").first.get_attribute("value")
     assert csrf
     # Forged requests with the worker's own form token: refused, and nothing changes.
-    for path, form in [
+    forged: list[tuple[str, dict[str, str | float | bool]]] = [
         ("/console/sessions/watched/close", {"csrf": csrf, "force": "true"}),
         (f"/console/sessions/watched/artifacts/{made['id']}/delete", {"csrf": csrf}),
-    ]:
+    ]
+    for path, form in forged:
         answer = page.request.post(path, form=form)
         assert answer.status == 403, path
     assert page.request.get("/console/sessions/watched/close").status == 403
@@ -308,7 +309,12 @@ def test_hostile_labels_metadata_and_names_are_shown_as_text(
     name = "<img src=x onerror=alert(2)>.txt"  # a file name holds no slash
     upload(console_server, "hostile", token, name, b"h", "text/plain")
     dialogs: list[str] = []
-    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+
+    def seen(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", seen)
     sign_in(page, console_server.admin_key)
     page.goto("/console/sessions?q=hostile")
     expect(row(page, "hostile")).to_contain_text(hostile)
