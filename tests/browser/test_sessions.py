@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -167,6 +168,26 @@ def test_the_session_page_shows_a_png_thumbnail_its_hash_and_size_and_downloads_
         listed.get_by_role("link", name="Download shot.png").click()
     saved = download_info.value.path()
     assert hashlib.sha256(saved.read_bytes()).hexdigest() == digest
+
+
+def test_a_session_past_its_deadline_is_shown_until_cleanup_without_its_bytes(
+    page: Page, console_server: Server
+) -> None:
+    token = open_session(console_server, "lapsed", idle_timeout_s=2)
+    upload(console_server, "lapsed", token, "shot.png", picture(), "image/png")
+    time.sleep(2.5)
+    gone = httpx.get(f"{console_server.api}/sessions/lapsed", headers=console_server.admin())
+    assert gone.status_code == 404  # the API treats it as gone already
+    sign_in(page, console_server.admin_key)
+    page.goto("/console/sessions?q=lapsed")
+    expect(row(page, "lapsed")).to_contain_text("open, past its deadline")
+    page.goto("/console/sessions/lapsed")
+    expect(page.locator("#state")).to_have_text("open, past its deadline")
+    expect(page.locator("#artifacts")).to_contain_text("shot.png")
+    expect(page.locator("#artifacts")).to_contain_text("its bytes are no longer served")
+    expect(page.locator("#artifacts img")).to_have_count(0)
+    expect(page.get_by_role("link", name=re.compile("Download"))).to_have_count(0)
+    expect(page.get_by_role("button", name=re.compile("Delete"))).to_have_count(0)
 
 
 def test_a_tasks_progress_moves_on_the_page_without_a_reload(

@@ -12,6 +12,7 @@ is complete as served).
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -22,8 +23,9 @@ from ephemera.console import artifacts, live
 from ephemera.console.auth import Console
 from ephemera.console.security import PREFIX
 from ephemera.console.templating import render
-from ephemera.models import ConsoleLogin
+from ephemera.models import ConsoleLogin, SessionState
 from ephemera.store import Store
+from ephemera.store.browse import SessionFigures
 
 ARTIFACTS_PAGE = 100
 TASKS_SHOWN = 50
@@ -50,9 +52,24 @@ def _urls(session_id: str) -> dict[str, Any]:
     }
 
 
+def served(figures: SessionFigures, now: datetime) -> bool:
+    """Whether the API still serves the session: open, and before its deadline or kept
+    alive by a lease. Past that, its bytes are neither served nor deletable here either."""
+    session = figures.session
+    return session.state == SessionState.OPEN and (
+        session.expires_at is None or session.expires_at > now or figures.leases > 0
+    )
+
+
 def _artifacts(store: Store, session_id: str, after: str | None) -> dict[str, Any]:
+    figures = store.session_figures(session_id)  # NotFound once the session is gone
     found = store.session_artifacts(session_id, cursor=after, limit=ARTIFACTS_PAGE)
-    return {"artifacts": found.items, "after": after, "more_after": found.next_cursor}
+    return {
+        "artifacts": found.items,
+        "after": after,
+        "more_after": found.next_cursor,
+        "served": served(figures, store.clock.now()),
+    }
 
 
 def _tasks(store: Store, session_id: str) -> dict[str, Any]:
@@ -109,7 +126,6 @@ def add_routes(router: APIRouter, console: Console) -> None:
         login: ConsoleLogin = Depends(console.operator),
     ) -> Response:
         """The artifacts table alone (this page of it), for a live refresh."""
-        store.session_figures(session_id)
         return render(
             request,
             "sessions/_artifacts.html",
