@@ -82,6 +82,7 @@ def test_the_state_filter_tells_open_expired_and_closing_sessions(
     store: Store, clock: ManualClock
 ) -> None:
     store.create_session("lasting", idle_timeout_s=None)
+    store.create_session("fresh", idle_timeout_s=3600)
     store.create_session("short", idle_timeout_s=5)
     store.create_session("ending", idle_timeout_s=None)
     store.catalog.begin_close("ending", clock.now())
@@ -90,8 +91,8 @@ def test_the_state_filter_tells_open_expired_and_closing_sessions(
     def found(state: str | None) -> list[str]:
         return sorted(r.session.id for r in store.browse_sessions(state=state).items)
 
-    assert found(None) == ["ending", "lasting", "short"]
-    assert found("open") == ["lasting", "short"]
+    assert found(None) == ["ending", "fresh", "lasting", "short"]
+    assert found("open") == ["fresh", "lasting", "short"]
     assert found("expired") == ["short"]
     assert found("closing") == ["ending"]
     with pytest.raises(InvalidInput):
