@@ -283,6 +283,12 @@ def test_an_admin_deletes_an_artifact_from_the_page(page: Page, console_server: 
     assert answer.status_code == 404
     left = httpx.get(f"{console_server.api}/sessions/deleting/artifacts", headers=bearer(token))
     assert [a["name"] for a in left.json()["items"]] == ["keep.txt"]
+    audit = httpx.get(
+        f"{console_server.api}/admin/audit", headers=console_server.admin(), params={"limit": 500}
+    ).json()["items"]
+    target = f"deleting/{made['id']}"
+    [entry] = [e for e in audit if e["action"] == "artifact.delete" and e["target"] == target]
+    assert entry["actor"] == "admin:default"
 
 
 # -- a worker key's sign-in ----------------------------------------------------------------
