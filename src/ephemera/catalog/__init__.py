@@ -9,7 +9,8 @@ reservations and answers) and ``events`` (the event log; with ``notify``, the wa
 commit); ``rows`` builds models from rows, ``predicates`` holds the conditions they share and
 ``usage`` counts what a session holds. The web console's sign-ins and usage samples are
 ``console``'s, reached as ``catalog.console``; its overview's reads are ``overview``'s,
-reached as ``catalog.overview``.
+reached as ``catalog.overview``, and its lists (sessions a page at a time) ``browse``'s,
+reached as ``catalog.browse``.
 The facade is long only because it lists every operation; the SQL and the reasons for it are
 in those modules.
 """
@@ -42,6 +43,7 @@ from ephemera.catalog import (
     tasks,
     verification,
 )
+from ephemera.catalog.browse import BrowseCatalog
 from ephemera.catalog.console import ConsoleCatalog
 from ephemera.catalog.db import Database, open_database
 from ephemera.catalog.events import Start
@@ -91,6 +93,7 @@ class Catalog:
         self._discard_uploads: DiscardUploads | None = None
         self.console = ConsoleCatalog(database)
         self.overview = OverviewCatalog(database)
+        self.browse = BrowseCatalog(database)
 
     @classmethod
     def open(

@@ -71,8 +71,13 @@ sessions = Table(
     # Denormalised deadline (earlier of idle and max age) so expiry is one indexed range scan.
     Column("expires_at", UTCDateTime()),
     Column("closing_since", UTCDateTime()),
-    Index(None, "state", "expires_at"),
-    Index(None, "last_activity_at"),
+    # Each order the console lists sessions in is one of these indexes, read a page at a time
+    # from a keyset position (the ID breaks ties): by state then deadline; by last activity
+    # (also the quota's eviction order); by deadline; by creation.
+    Index(None, "state", "expires_at", "id"),
+    Index(None, "last_activity_at", "id"),
+    Index(None, "expires_at", "id"),
+    Index(None, "created_at", "id"),
 )
 
 artifacts = Table(

@@ -6,12 +6,13 @@ improve them. Every asset ships in the package (:mod:`ephemera.console.assets`).
 
 Modules, one concept each: ``auth`` (signing in, who may do what), ``security`` (headers,
 forgery checks), ``routing`` (errors as pages), ``templating``, ``assets``, ``charts``
-(server-drawn SVG); then one module per page: ``overview``; ``cleanup`` (with
-``cleanup_runs``, its previews and background runs); ``audit``; ``keys``; ``workspace`` (a
-session's artifacts, uploads and reset) with ``runs`` (running a processor from the form
-``forms`` generates, following its task to the result ``results`` shows). ``artifacts``
-(bytes for downloads and pictures) and ``live`` (a session's events) serve every page that
-shows a session.
+(server-drawn SVG); then one module per page: ``overview``; ``sessions`` (the list, and
+closing a session) with ``session_page`` (one session); ``cleanup`` (with ``cleanup_runs``,
+its previews and background runs); ``audit``; ``keys``; ``workspace`` (a session's
+artifacts, uploads and reset) with ``runs`` (running a processor from the form ``forms``
+generates, following its task to the result ``results`` shows). ``artifacts`` (bytes for
+downloads and pictures) and ``live`` (a session's events) serve every page that shows a
+session.
 
 Routes take their sign-in as ``login: ConsoleLogin = Depends(console.operator)`` (a default,
 not ``Annotated``: the dependency belongs to the router's ``Console``, a local name that
@@ -35,6 +36,7 @@ from ephemera.console import (
     live,
     overview,
     runs,
+    sessions,
     workspace,
 )
 from ephemera.console.assets import STATIC_DIR, STATIC_PATH
@@ -49,6 +51,7 @@ def console_router(store: Store) -> APIRouter:
     router = APIRouter(prefix=PREFIX, route_class=ConsoleRoute, include_in_schema=False)
     auth.add_routes(router, console)
     overview.add_routes(router, console)
+    sessions.add_routes(router, console)
     artifacts.add_routes(router, console)
     live.add_routes(router, console)
     cleanup.add_routes(router, console)

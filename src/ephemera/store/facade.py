@@ -94,6 +94,7 @@ from ephemera.store import (
     access,
     artifacts,
     audit,
+    browse,
     console,
     events,
     idempotency,
@@ -119,7 +120,11 @@ log = logging.getLogger("ephemera.store")
 
 
 class Store(
-    imports.ImportMethods, links.LinkMethods, console.ConsoleMethods, overview.OverviewMethods
+    imports.ImportMethods,
+    links.LinkMethods,
+    console.ConsoleMethods,
+    overview.OverviewMethods,
+    browse.BrowseMethods,
 ):
     """Sessions and artifacts. Thread-safe: every call takes its own database connection.
 

@@ -1,4 +1,5 @@
-"""The web console: sign-ins and the store's usage over time.
+"""The web console: sign-ins, the store's usage over time, and the indexes that list
+sessions a page at a time in each of the console's orders.
 
 Revision ID: 0009
 Revises: 0008
@@ -18,9 +19,11 @@ down_revision = "0008"
 def upgrade() -> None:
     _upgrade_logins()
     _upgrade_usage()
+    _upgrade_session_orders()
 
 
 def downgrade() -> None:
+    _downgrade_session_orders()
     _downgrade_usage()
     _downgrade_logins()
 
@@ -67,3 +70,33 @@ def _upgrade_usage() -> None:
 
 def _downgrade_usage() -> None:
     op.drop_table("usage_samples")
+
+
+# -- the orders of the sessions list -----------------------------------------------------------
+
+# The two earlier indexes become prefixes of the new ones (the ID appended), which serve every
+# query they served: replaced rather than kept beside them, so a write updates no more indexes.
+_SESSION_ORDERS = {
+    "ix_sessions_state_expires_at_id": ["state", "expires_at", "id"],
+    "ix_sessions_last_activity_at_id": ["last_activity_at", "id"],
+    "ix_sessions_expires_at_id": ["expires_at", "id"],
+    "ix_sessions_created_at_id": ["created_at", "id"],
+}
+_REPLACED = {
+    "ix_sessions_state_expires_at": ["state", "expires_at"],
+    "ix_sessions_last_activity_at": ["last_activity_at"],
+}
+
+
+def _upgrade_session_orders() -> None:
+    for name, columns in _SESSION_ORDERS.items():
+        op.create_index(name, "sessions", columns, unique=False)
+    for name in _REPLACED:
+        op.drop_index(name, table_name="sessions")
+
+
+def _downgrade_session_orders() -> None:
+    for name, columns in _REPLACED.items():
+        op.create_index(name, "sessions", columns, unique=False)
+    for name in _SESSION_ORDERS:
+        op.drop_index(name, table_name="sessions")
