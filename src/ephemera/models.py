@@ -317,6 +317,12 @@ class ConsoleLogin:
     secret_hash: str = field(default="", repr=False)
 
     @property
+    def audit_actor(self) -> str:
+        """Who its actions are recorded as: a key's role and name, as the API records a
+        key's actions (``admin:default``), or ``session:<id>``."""
+        return self.actor if self.role == "session" else f"{self.role}:{self.actor}"
+
+    @property
     def can_change(self) -> bool:
         """Operators with an admin key change things; a worker key only looks."""
         return self.role == "admin"

@@ -26,12 +26,6 @@ PAGE_SIZE = 50
 JSON_CHARS = 2000
 
 
-def actor_of(login: ConsoleLogin) -> str:
-    """Who a console sign-in's actions are recorded as: its key's role and name, as the API
-    records a key's actions (``admin:default``)."""
-    return f"{login.role}:{login.actor}"
-
-
 def compact(value: dict[str, Any]) -> str:
     """JSON on one line, keys sorted; escaped by the template like any text."""
     if not value:

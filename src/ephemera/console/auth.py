@@ -183,7 +183,7 @@ def add_routes(router: APIRouter, console: Console) -> None:
             )
         await anyio.to_thread.run_sync(
             lambda: store.audit(
-                login.actor,
+                login.audit_actor,
                 "console.sign_in",
                 session_id,
                 {"role": login.role},
@@ -222,7 +222,7 @@ def add_routes(router: APIRouter, console: Console) -> None:
         cookie = request.cookies.get(COOKIE, "")
         await anyio.to_thread.run_sync(store.console_sign_out, cookie)
         await anyio.to_thread.run_sync(
-            lambda: store.audit(login.actor, "console.sign_out", login.session_id)
+            lambda: store.audit(login.audit_actor, "console.sign_out", login.session_id)
         )
         response = RedirectResponse(PREFIX + "/sign-in", status_code=303)
         response.delete_cookie(COOKIE, path=PREFIX)

@@ -16,7 +16,6 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from ephemera.cleanup.records import Operation
-from ephemera.console.audit import actor_of
 from ephemera.console.auth import Console
 from ephemera.console.cleanup_runs import APPLIES, CleanupParams, CleanupRuns, Preview
 from ephemera.console.templating import render
@@ -113,7 +112,7 @@ def add_routes(router: APIRouter, console: Console) -> None:
     ) -> Response:
         """A dry run; its page is the answer (a GET, so a reload does not run it again)."""
         params = params_from(operation, hours_old, days_old, session_id, purge_missing)
-        actor = actor_of(login)
+        actor = login.audit_actor
         limit.check(actor)
         made = runs.preview(params, actor)
         return RedirectResponse(f"{PAGE}/previews/{made.id}", status_code=303)
@@ -153,7 +152,7 @@ def add_routes(router: APIRouter, console: Console) -> None:
             previewed = runs.previews.get(preview, "preview")
             if previewed.params != params:
                 raise InvalidInput("the parameters differ from the preview's: preview again")
-        actor = actor_of(login)
+        actor = login.audit_actor
         limit.check(actor)
         run = runs.start(params, actor, previewed)
         return RedirectResponse(f"{PAGE}/runs/{run.id}", status_code=303)

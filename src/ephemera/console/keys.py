@@ -24,7 +24,6 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
-from ephemera.console.audit import actor_of
 from ephemera.console.auth import Console
 from ephemera.console.templating import render
 from ephemera.errors import InvalidInput, NotFound
@@ -132,7 +131,7 @@ def add_routes(router: APIRouter, console: Console) -> None:
         seconds = duration(expires_in)
         name = name.strip()
         key = store.create_key(name, checked, expires_in_s=seconds)
-        store.audit(actor_of(login), f"{checked}-key.create", name, {"expires_in_s": seconds})
+        store.audit(login.audit_actor, f"{checked}-key.create", name, {"expires_in_s": seconds})
         expires_at = find(store.list_keys(checked), name).expires_at
         ticket = waiting.put(NewKey(login.id, name, checked, key, expires_at, time.monotonic()))
         return RedirectResponse(f"{PAGE}/new/{ticket}", status_code=303)
@@ -175,5 +174,5 @@ def add_routes(router: APIRouter, console: Console) -> None:
     def revoke_key(role: str, name: str, login: ConsoleLogin = Depends(console.admin)) -> Response:
         checked = role_of(role)
         store.revoke_key(name, checked)
-        store.audit(actor_of(login), f"{checked}-key.revoke", name)
+        store.audit(login.audit_actor, f"{checked}-key.revoke", name)
         return RedirectResponse(f"{PAGE}?{urlencode({'revoked': name})}", status_code=303)

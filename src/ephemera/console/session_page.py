@@ -143,7 +143,7 @@ def add_routes(router: APIRouter, console: Console) -> None:
     ) -> Response:
         artifact = store.delete_artifact(session_id, artifact_id)
         store.audit(
-            f"admin:{login.actor}",
+            login.audit_actor,
             "artifact.delete",
             f"{session_id}/{artifact_id}",
             {"via": "console"},

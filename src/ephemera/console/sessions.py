@@ -141,7 +141,7 @@ def add_routes(router: APIRouter, console: Console) -> None:
             figures = store.session_figures(session_id)
             return confirmation(request, login, figures, exc.message, 409)
         store.audit(
-            f"admin:{login.actor}",
+            login.audit_actor,
             "session.close",
             session_id,
             {"force": force, "via": "console"},

@@ -224,7 +224,7 @@ def add_routes(router: APIRouter, console: Console) -> None:
         require_change(console, session_id, login)
         report = store.close_session(session_id, force=True)
         store.audit(
-            login.actor,
+            login.audit_actor,
             "console.reset",
             session_id,
             {"force": True},
