@@ -73,11 +73,21 @@ def page(context: BrowserContext) -> Page:
 
 
 def sign_in(page: Page, key: str) -> None:
-    """Sign in on the console's form, as a person would."""
+    """Sign in on the console's form, as a person would; returns once the answer (the page
+    signed in to, or the form again with its error) has loaded."""
     page.goto("/console/sign-in")
     page.get_by_label("Key").fill(key)
-    page.get_by_role("button", name="Sign in").click()
-    page.wait_for_load_state()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Sign in").click()
+
+
+def open_workspace(page: Page, sid: str, token: str) -> None:
+    """Sign in on the "A session's workspace" form, as the person at a station would."""
+    page.goto("/console/sign-in")
+    page.get_by_label("Session ID").fill(sid)
+    page.get_by_label("Token").fill(token)
+    with page.expect_navigation():
+        page.get_by_role("button", name="Open the workspace").click()
 
 
 def create_key(server: Server, name: str, role: str) -> str:

@@ -160,21 +160,23 @@ def test_a_session_preview_names_its_protection_and_the_run_spares_a_leased_sess
     assert session.status_code == 200
 
 
-def test_a_worker_key_previews_but_cannot_run_a_cleanup(page: Page, console_server: Server) -> None:
+def test_a_worker_key_neither_previews_nor_runs_a_cleanup(
+    page: Page, console_server: Server
+) -> None:
+    """As in the API: a dry run is an audited cleanup run, and takes an admin key."""
     key = create_key(console_server, "cleanup-watcher", "worker")
     open_session(console_server, "cleanup-worker")
     [doomed] = expired_artifacts(console_server, "cleanup-worker", [5])
     sign_in(page, key)
-    preview(page, "expired")
-    assert doomed in column(page, "preview-items", 2)
-    expect(page.get_by_role("button", name="Run this cleanup")).to_have_count(0)
+    page.goto("/console/cleanup")
+    expect(page.get_by_role("heading", name="Cleanup")).to_be_visible()
+    expect(page.get_by_role("button", name="Preview")).to_have_count(0)
     csrf = page.locator("form.sign-out input[name=csrf]").get_attribute("value")
-    answer = page.request.post(
-        "/console/cleanup/runs",
-        form={"csrf": csrf or "", "operation": "expired"},
-        max_redirects=0,
-    )
-    assert answer.status == 403
+    for path in ("/console/cleanup/previews", "/console/cleanup/runs"):
+        answer = page.request.post(
+            path, form={"csrf": csrf or "", "operation": "expired"}, max_redirects=0
+        )
+        assert answer.status == 403, path
     time.sleep(0.5)
     assert artifact_status(console_server, "cleanup-worker", doomed) == 200
 

@@ -206,14 +206,14 @@ def test_a_tasks_progress_moves_on_the_page_without_a_reload(
     assert submitted.status_code in (201, 202), submitted.text
     task_id = submitted.json()["id"]
     task = page.locator(f'#tasks tr[data-task="{task_id}"]')
-    expect(task.locator("[data-state]")).to_have_text("running", timeout=10_000)
+    expect(task.locator("[data-state]")).to_have_text("running", timeout=30_000)
     first = int(task.locator("[data-progress]").get_attribute("data-progress") or 0)
     page.wait_for_function(
         f"""() => {{
             const cell = document.querySelector('#tasks tr[data-task="{task_id}"] [data-progress]');
             return cell && Number(cell.dataset.progress) > {first};
         }}""",
-        timeout=10_000,
+        timeout=30_000,
     )
     expect(task.locator("[data-state]")).to_have_text("succeeded", timeout=15_000)
     expect(task).to_contain_text('"pid"')

@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx2 as httpx
+import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
+from ephemera.console.auth import safe_next
 from tests.browser.conftest import create_key, sign_in
 from tests.conftest import Server, serving
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 def audit_actions(server: Server, action: str) -> list[dict[str, object]]:
@@ -107,6 +111,33 @@ def test_a_sign_in_posted_from_another_site_is_refused(console_server: Server) -
     )
     assert answer.status_code == 403
     assert "ephemera_console" not in answer.cookies
+
+
+def test_a_form_too_large_or_of_unknown_length_is_refused_before_it_is_read(
+    console_server: Server,
+) -> None:
+    """No sign-in needed to try: the body is refused by its declared length, unread."""
+    url = f"{console_server.url}/console/sign-in"
+    big = httpx.post(url, content=b"key=" + b"x" * (2 * 1024 * 1024), headers=FORM)
+    assert big.status_code == 413
+    chunked = httpx.post(url, content=iter([b"key=", b"x" * 10]), headers=FORM)
+    assert chunked.status_code == 411
+
+
+@pytest.mark.parametrize(
+    ("asked", "led_to"),
+    [
+        ("/console/sessions?q=a", "/console/sessions?q=a"),
+        ("//evil.example/console/", "/console/"),
+        ("https://evil.example/console/", "/console/"),
+        ("/console//evil.example", "/console/"),
+        ("/console/\\evil.example", "/console/"),
+        ("/api/v1/admin/sessions", "/console/"),
+        (None, "/console/"),
+    ],
+)
+def test_signing_in_leads_back_only_within_the_console(asked: str | None, led_to: str) -> None:
+    assert safe_next(asked) == led_to
 
 
 def test_failed_sign_ins_are_throttled_per_address(tmp_path: Path) -> None:

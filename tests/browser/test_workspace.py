@@ -9,22 +9,13 @@ from pathlib import Path
 
 import httpx2 as httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, FilePayload, Page, expect
 
-from tests.browser.conftest import create_key, open_session, sign_in
+from tests.browser.conftest import create_key, open_session, open_workspace, sign_in
 from tests.conftest import WITH_SAMPLES_ENV, Server, serving
 from tests.images import inspection_scene, png
 
 KEPT = (".db", ".db-wal", ".db-shm", ".log", ".key")
-
-
-def open_workspace(page: Page, sid: str, token: str) -> None:
-    """Sign in on the "A session's workspace" form, as the person at a station would."""
-    page.goto("/console/sign-in")
-    page.get_by_label("Session ID").fill(sid)
-    page.get_by_label("Token").fill(token)
-    page.get_by_role("button", name="Open the workspace").click()
-    page.wait_for_load_state()
 
 
 def stored_files(server: Server) -> set[Path]:
@@ -273,6 +264,32 @@ def test_without_javascript_the_upload_form_stores_one_file(
     stored = artifacts_by_name(console_server, "ws-plain")
     assert stored["plain.png"]["kind"] == "golden"
     assert stored["plain.png"]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_the_upload_forms_url_token_opens_that_sessions_uploads_alone(
+    page: Page, console_server: Server
+) -> None:
+    """The plain form's token travels in its URL (access logs keep URLs): it is one made for
+    this session's uploads, and the sign-in's own form token is not accepted there."""
+    token = open_session(console_server, "ws-url-token")
+    open_workspace(page, "ws-url-token", token)
+    action = page.locator("form[enctype='multipart/form-data']").get_attribute("action") or ""
+    url_token = action.split("csrf=", 1)[1]
+    sign_in_token = page.locator("form.sign-out input[name=csrf]").get_attribute("value")
+    assert url_token != sign_in_token
+    upload: dict[str, str | float | bool | bytes | FilePayload] = {
+        "file": {"name": "a.txt", "mimeType": "text/plain", "buffer": b"abc"}
+    }
+    refused = page.request.post(
+        f"/console/workspace/ws-url-token/artifacts?csrf={sign_in_token}",
+        multipart=upload,
+        max_redirects=0,
+    )
+    assert refused.status == 403
+    assert artifacts_by_name(console_server, "ws-url-token") == {}
+    stored = page.request.post(action, multipart=upload, max_redirects=0)
+    assert stored.status == 303
+    assert set(artifacts_by_name(console_server, "ws-url-token")) == {"a.txt"}
 
 
 def test_a_task_page_follows_the_task_live_to_its_result(

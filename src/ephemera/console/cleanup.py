@@ -20,7 +20,7 @@ from ephemera.console.auth import Console
 from ephemera.console.cleanup_runs import APPLIES, CleanupParams, CleanupRuns, Preview
 from ephemera.console.templating import render
 from ephemera.errors import InvalidInput
-from ephemera.http.ratelimit import RateLimit
+from ephemera.http.ratelimit import cleanup_requests
 from ephemera.models import ConsoleLogin
 
 PAGE = "/console/cleanup"
@@ -65,7 +65,7 @@ Field = Annotated[str, Form(max_length=100)]
 
 def add_routes(router: APIRouter, console: Console) -> None:
     runs = CleanupRuns(console.store)
-    limit = RateLimit(console.store.settings.cleanup_requests_per_minute, "cleanup requests")
+    limit = cleanup_requests(console.store)
 
     @router.get("/cleanup")
     def cleanup_form(
@@ -108,9 +108,12 @@ def add_routes(router: APIRouter, console: Console) -> None:
         days_old: Field = "",
         session_id: Field = "",
         purge_missing: Field = "",
-        login: ConsoleLogin = Depends(console.operator),
+        login: ConsoleLogin = Depends(console.admin),
     ) -> Response:
-        """A dry run; its page is the answer (a GET, so a reload does not run it again)."""
+        """A dry run; its page is the answer (a GET, so a reload does not run it again).
+
+        Admin only, as in the API: a dry run is an audited cleanup run, and a large one
+        holds its items in memory."""
         params = params_from(operation, hours_old, days_old, session_id, purge_missing)
         actor = login.audit_actor
         limit.check(actor)

@@ -28,6 +28,9 @@ log = logging.getLogger("ephemera.console")
 
 # How many previews and runs are kept (each with its items) before the oldest is forgotten.
 KEEP = 20
+# The items one summary keeps: its groups count every item, but a store with millions to
+# delete must not keep them all in memory, twenty times over.
+ITEMS_KEPT = 10_000
 
 # Which parameters each operation reads; the others are dropped, so a run carries only what
 # it uses and the report shows no parameter that did nothing.
@@ -148,7 +151,8 @@ class Summary:
     errors: list[dict[str, str]]
     duration_s: float
     groups: list[RuleGroup]
-    items: list[tuple[str, CleanupItem]]  # (operation, item)
+    items: list[tuple[str, CleanupItem]]  # (operation, item); the first ITEMS_KEPT
+    items_total: int
 
     @classmethod
     def of(cls, report: CleanupReport) -> Summary:
@@ -168,8 +172,13 @@ class Summary:
                 RuleGroup(op, rule, WHY.get(Rule(rule), rule), n, size)
                 for (op, rule), (n, size) in groups.items()
             ],
-            items=items,
+            items=items[:ITEMS_KEPT],
+            items_total=len(items),
         )
+
+    @property
+    def complete(self) -> bool:
+        return self.items_total == len(self.items)
 
     def keys(self) -> set[tuple[str, str]]:
         return {(str(item.kind), item.id) for _, item in self.items}
@@ -225,6 +234,16 @@ class Run:
     def elapsed_s(self) -> float:
         end = self.finished_at or datetime.now(UTC)
         return (end - self.started_at).total_seconds()
+
+    def comparable(self) -> bool:
+        """Whether the run can be compared with its preview item by item (both kept every
+        item: see ``ITEMS_KEPT``)."""
+        return (
+            self.summary is not None
+            and self.preview is not None
+            and self.summary.complete
+            and self.preview.summary.complete
+        )
 
     def unexpected(self) -> list[tuple[str, CleanupItem]]:
         """Deleted by the run though the preview did not list them."""

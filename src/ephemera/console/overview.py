@@ -47,7 +47,8 @@ LATEST_SAMPLES = 10  # in the charts' table
 class OverviewStats:
     """The costly figures (``stats``: ``store.cleanup_stats()``; the ``largest`` and the
     ``idlest`` sessions) shared by every view for :data:`STATS_TTL_S`, dropped as soon as
-    the newest audit entry changes."""
+    a cleanup or verification run is recorded (by any page or process): only those change
+    the figures at once, and other entries (sign-ins, sessions made) are far more frequent."""
 
     def __init__(self, store: Store, ttl_s: float = STATS_TTL_S) -> None:
         self._store = store
@@ -60,12 +61,15 @@ class OverviewStats:
             store.clock,
             ttl_s,
         )
-        self._mark: int | None = None
+        self._mark: tuple[int, ...] | None = None
         self._guard = threading.Lock()
 
     def get(self) -> dict[str, Any]:
-        newest = self._store.audit_log(limit=1).items
-        mark = newest[0].id if newest else 0
+        mark = tuple(
+            entry.id
+            for action in ("cleanup.", "verify")
+            for entry in self._store.audit_log(limit=1, action=action).items
+        )
         with self._guard:
             if mark != self._mark:
                 self._shared.clear()

@@ -133,6 +133,15 @@ def add_routes(router: APIRouter, console: Console) -> None:
             except InvalidInput as exc:
                 errors[""] = exc.message
             else:
+                if login.role == "admin":  # as the API audits an admin key's submissions
+                    await anyio.to_thread.run_sync(
+                        lambda: store.audit(
+                            login.audit_actor,
+                            "task.submit",
+                            f"{session_id}/{task.id}",
+                            {"processor": task.processor, "via": "console"},
+                        )
+                    )
                 return RedirectResponse(task_url(session_id, task.id), status_code=303)
         context = run_context(
             store,
@@ -186,6 +195,8 @@ def add_routes(router: APIRouter, console: Console) -> None:
     ) -> Response:
         require_change(console, session_id, login)
         store.cancel_task(session_id, task_id)
+        if login.role == "admin":
+            store.audit(login.audit_actor, "task.cancel", f"{session_id}/{task_id}")
         return RedirectResponse(task_url(session_id, quote(task_id, safe="")), status_code=303)
 
 

@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+import re
 
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
@@ -27,6 +29,11 @@ CSP = (
 )
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
+# A form is a few fields: its body is refused beyond this before it is parsed, so that no
+# request (signed in or not) makes the server hold large forms. Uploads are exempt: they
+# stream into the store under its own limits.
+FORM_LIMIT_BYTES = 1024 * 1024
+UPLOADS = re.compile(r"/console/(sessions/[^/]+/uploads(/[^/]*)?|workspace/[^/]+/artifacts)")
 
 
 class ConsoleHeaders:
@@ -42,6 +49,23 @@ class ConsoleHeaders:
             await self.app(scope, receive, send)
             return
         static = path.startswith(PREFIX + "/static/")
+        refused = _refused_body(scope, path)
+        if refused is not None:
+            status, text = refused
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [
+                        (b"content-type", b"text/plain; charset=utf-8"),
+                        (b"content-security-policy", CSP.encode()),
+                        (b"x-content-type-options", b"nosniff"),
+                        (b"cache-control", b"no-store"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": text.encode()})
+            return
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -59,6 +83,28 @@ class ConsoleHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _refused_body(scope: Scope, path: str) -> tuple[int, str] | None:
+    """A form body the console will not read: of unknown length (browsers always say), or
+    over ``FORM_LIMIT_BYTES``."""
+    if scope["method"] in ("GET", "HEAD", "OPTIONS") or UPLOADS.fullmatch(path):
+        return None
+    headers = dict(scope["headers"])
+    length = headers.get(b"content-length")
+    if length is None:
+        if headers.get(b"transfer-encoding") is None:
+            return None  # no body at all
+        return 411, "a form's length must be given (Content-Length)"
+    if not length.isdigit() or int(length) > FORM_LIMIT_BYTES:
+        return 413, f"a form is at most {FORM_LIMIT_BYTES} bytes"
+    return None
+
+
+def purpose_token(csrf: str, purpose: str) -> str:
+    """A form token for one purpose, derived from the sign-in's: what must travel in a URL
+    (where logs may keep it) opens that purpose alone, never the sign-in's other forms."""
+    return hmac.new(csrf.encode(), purpose.encode(), hashlib.sha256).hexdigest()
 
 
 def check_origin(request: Request) -> None:

@@ -23,7 +23,7 @@ from fastapi.responses import RedirectResponse, Response
 from ephemera.console.artifacts import content_url, image_url, shown_inline
 from ephemera.console.auth import COOKIE, Console, SignInRequired
 from ephemera.console.live import events_url
-from ephemera.console.security import PREFIX, check_origin, check_token
+from ephemera.console.security import PREFIX, check_origin, check_token, purpose_token
 from ephemera.console.templating import render
 from ephemera.errors import Forbidden, Unauthenticated
 from ephemera.http.receive import UploadParams, receive_multipart
@@ -101,13 +101,15 @@ def artifact_rows(session_id: str, artifacts: list[Artifact]) -> list[dict[str, 
 
 async def upload_login(console: Console, request: Request) -> ConsoleLogin:
     """The sign-in of the multipart upload form (no JavaScript): its form token comes in the
-    query string, since reading the body for it would hold the whole file before storing it."""
+    query string, since reading the body for it would hold the whole file before storing it;
+    a token for this session's uploads alone (URLs end up in access logs)."""
     cookie = request.cookies.get(COOKIE)
     login = await anyio.to_thread.run_sync(console.store.console_login, cookie) if cookie else None
     if login is None:
         raise SignInRequired
     check_origin(request)
-    check_token(login.csrf, request.query_params.get("csrf"))
+    purpose = f"upload:{request.path_params['session_id']}"
+    check_token(purpose_token(login.csrf, purpose), request.query_params.get("csrf"))
     return login
 
 
@@ -142,6 +144,7 @@ def add_routes(router: APIRouter, console: Console) -> None:
             "can_change": may_change(login),
             "events": events_url(session_id),
             "uploads": uploads_url(session_id),
+            "upload_token": purpose_token(login.csrf, f"upload:{session_id}"),
             "kinds": UPLOAD_KINDS,
             "processors": store.list_processors(),
             **artifacts_context(session_id, cursor),

@@ -14,7 +14,7 @@ from ephemera.errors import Forbidden
 from ephemera.http.credentials import Credential
 from ephemera.http.jsonbody import json_body_route
 from ephemera.http.openapi import operation_id
-from ephemera.http.ratelimit import RateLimit, auth_failures
+from ephemera.http.ratelimit import RateLimit, auth_failures, cleanup_requests
 from ephemera.http.routes import ERRORS
 from ephemera.http.schemas import (
     AdminSessionOut,
@@ -95,7 +95,7 @@ def admin_router(store: Store) -> APIRouter:
         dependencies=[Depends(auth_failures(store).gate)],
         generate_unique_id_function=operation_id,
     )
-    limit = RateLimit(store.settings.cleanup_requests_per_minute, "cleanup requests")
+    limit = cleanup_requests(store)
     stats_limit = RateLimit(store.settings.cleanup_requests_per_minute, "stats computations")
     stats = SharedStats(
         lambda orphaned: store.cleanup_stats(include_orphaned=orphaned), store.clock, STATS_TTL_S

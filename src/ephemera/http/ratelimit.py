@@ -167,6 +167,7 @@ def client_address(request: Request) -> str:
 
 
 _limits: weakref.WeakKeyDictionary[Store, AuthFailureLimit] = weakref.WeakKeyDictionary()
+_cleanup_limits: weakref.WeakKeyDictionary[Store, RateLimit] = weakref.WeakKeyDictionary()
 _link_limits: weakref.WeakKeyDictionary[Store, LinkRefusalLimit] = weakref.WeakKeyDictionary()
 _limits_lock = threading.Lock()
 
@@ -177,6 +178,18 @@ def auth_failures(store: Store) -> AuthFailureLimit:
         limit = _limits.get(store)
         if limit is None:
             limit = _limits[store] = AuthFailureLimit(store)
+        return limit
+
+
+def cleanup_requests(store: Store) -> RateLimit:
+    """The one per-key count of cleanup and verify requests of a store's faces (the API's
+    and the console's share it)."""
+    with _limits_lock:
+        limit = _cleanup_limits.get(store)
+        if limit is None:
+            limit = _cleanup_limits[store] = RateLimit(
+                store.settings.cleanup_requests_per_minute, "cleanup requests"
+            )
         return limit
 
 

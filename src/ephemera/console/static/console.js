@@ -24,8 +24,9 @@
       }, 250);
     }
     source.onmessage = refresh;
-    ["task", "artifact", "session", "task.progress", "task.state", "artifact.created",
-     "artifact.deleted", "session.closing", "session.closed", "reset"].forEach(function (type) {
+    // The event types the server sends (ephemera.http.events.EVENT_TYPES).
+    ["session.opened", "session.closing", "session.closed", "artifact.created",
+     "artifact.deleted", "task.state", "task.progress", "reset"].forEach(function (type) {
       source.addEventListener(type, refresh);
     });
   }
