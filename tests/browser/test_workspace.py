@@ -314,3 +314,17 @@ def test_a_task_page_follows_the_task_live_to_its_result(
             expect(page.locator(".result-json pre")).to_contain_text('"pid"')
         finally:
             context.close()
+
+
+def test_reset_says_which_leases_it_releases(page: Page, console_server: Server) -> None:
+    token = open_session(console_server, "ws-leased")
+    taken = httpx.post(
+        f"{console_server.api}/sessions/ws-leased/leases",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"holder": "celery-worker-3", "ttl_s": 600},
+    )
+    assert taken.status_code == 201, taken.text
+    open_workspace(page, "ws-leased", token)
+    page.goto("/console/workspace/ws-leased/reset")
+    expect(page.locator("#reset-leases")).to_contain_text("1 lease(s)")
+    expect(page.get_by_text("celery-worker-3")).to_be_visible()

@@ -217,6 +217,11 @@ def add_routes(router: APIRouter, console: Console) -> None:
                 "session": session,
                 "session_id": session_id,
                 "active": active,
+                "leases": [
+                    lease
+                    for lease in store.list_leases(session_id)
+                    if lease.is_valid(store.clock.now())
+                ],
             },
         )
 
