@@ -67,7 +67,7 @@ def test_a_session_made_through_the_api_is_listed_with_its_counts_and_bytes(
         json={"ttl_s": 600},
     ).raise_for_status()
     sign_in(page, console_server.admin_key)
-    page.get_by_role("link", name="Sessions").click()
+    page.get_by_role("navigation", name="Console").get_by_role("link", name="Sessions").click()
     expect(page).to_have_title("Sessions · ephemera")
     listed = row(page, "list-figures")
     expect(listed).to_contain_text("line 4")
