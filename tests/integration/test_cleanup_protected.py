@@ -11,7 +11,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ephemera import Store
-from ephemera.cleanup import CleanupReport
+from ephemera.cleanup import (
+    CleanupReport,
+    ItemKind,
+    Operation,
+    ProtectedItem,
+    ProtectedReason,
+    Rule,
+)
+from ephemera.console import cleanup_runs
 from ephemera.http import create_app
 from ephemera.testing import ManualClock
 from tests.conftest import MakeSettings, bearer
@@ -201,3 +209,23 @@ def test_the_api_dry_run_with_details_lists_the_protected_items(
     counted = client.post(f"{API}/admin/cleanup/expired", params={"dry_run": True}, headers=admin)
     assert counted.json()["skipped_protected"] == 2
     assert counted.json().get("protected") is None
+
+
+# -- the console's memory of a report -------------------------------------------------------
+
+
+def test_the_console_keeps_the_first_protected_items_and_counts_them_all(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cleanup_runs, "ITEMS_KEPT", 3)
+    report = CleanupReport(Operation.EXPIRED, dry_run=True, keep_items=True)
+    for n in range(5):
+        report.spare(
+            ProtectedItem(ItemKind.ARTIFACT, f"a{n}", "s1", n, Rule.EXPIRED, ProtectedReason.LEASED)
+        )
+    summary = cleanup_runs.Summary.of(report)
+    assert [s.item.id for s in summary.protected] == ["a0", "a1", "a2"]
+    assert summary.skipped_protected == 5
+    assert {s.because for s in summary.protected} == {
+        "a valid lease names the artifact or its session"
+    }
