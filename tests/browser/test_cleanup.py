@@ -132,7 +132,7 @@ def test_the_report_shows_what_the_run_deleted_beyond_the_preview(
     expect(page.locator("#run-bytes")).to_have_text(str(previewed + 20))
 
 
-def test_a_session_preview_names_its_protection_and_the_run_spares_a_leased_session(
+def test_a_session_preview_lists_the_leased_session_as_spared_and_the_run_spares_it(
     page: Page, console_server: Server
 ) -> None:
     open_session(console_server, "cleanup-leased")
@@ -150,9 +150,21 @@ def test_a_session_preview_names_its_protection_and_the_run_spares_a_leased_sess
     page.get_by_role("button", name="Preview").click()
     expect(page.locator("#preview-count")).to_have_text("0")
     expect(page.locator("#protected .protected-count")).to_have_text("1")
-    expect(page.get_by_text("valid lease names it")).to_be_visible()
+    spared = page.locator("#preview-protected-items tbody tr")
+    expect(spared).to_have_count(1)
+    expect(spared.locator("td").nth(0)).to_have_text("session")
+    expect(spared.locator("td").nth(1)).to_have_text("cleanup-leased")
+    expect(spared.get_by_role("link", name="cleanup-leased")).to_have_attribute(
+        "href", "/console/sessions/cleanup-leased"
+    )
+    expect(spared.locator("td").nth(3)).to_have_text("one")
+    expect(spared.locator("td").nth(4)).to_contain_text("64")
+    expect(spared.locator("td").nth(5)).to_have_text(
+        "a valid lease names the session or one of its artifacts (leased)"
+    )
     page.get_by_role("button", name="Run this cleanup").click()
     expect(page.locator("#run-protected")).to_have_text("1")
+    expect(page.locator("#run-protected-items tbody tr td").nth(1)).to_have_text("cleanup-leased")
     expect(page.locator("#run-count")).to_have_text("0")
     session = httpx.get(
         f"{console_server.api}/sessions/cleanup-leased", headers=console_server.admin()

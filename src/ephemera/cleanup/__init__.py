@@ -9,6 +9,8 @@ from ephemera.cleanup.records import (
     ItemKind,
     Operation,
     Progress,
+    ProtectedItem,
+    ProtectedReason,
     Rule,
 )
 from ephemera.cleanup.stats import cleanup_stats
@@ -21,6 +23,8 @@ __all__ = [
     "ItemKind",
     "Operation",
     "Progress",
+    "ProtectedItem",
+    "ProtectedReason",
     "Rule",
     "cleanup_stats",
     "run_cleanup",

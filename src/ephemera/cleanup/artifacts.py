@@ -7,7 +7,14 @@ from datetime import timedelta
 from typing import Any
 
 from ephemera.catalog import ArtifactRule, ArtifactSweep
-from ephemera.cleanup.records import CleanupItem, CleanupReport, ItemKind, Rule
+from ephemera.cleanup.records import (
+    CleanupItem,
+    CleanupReport,
+    ItemKind,
+    ProtectedItem,
+    ProtectedReason,
+    Rule,
+)
 from ephemera.cleanup.run import Run, delete_marked
 from ephemera.cleanup.uploads import expired_uploads
 
@@ -36,7 +43,16 @@ def _artifact_pass(run: Run, report: CleanupReport, sweep: ArtifactSweep) -> Non
             if run.ledger.gone(candidate):
                 continue
             if candidate.leased:
-                report.skipped_protected += 1
+                report.spare(
+                    ProtectedItem(
+                        ItemKind.ARTIFACT,
+                        candidate.id,
+                        candidate.session_id,
+                        candidate.size,
+                        rule,
+                        ProtectedReason.LEASED,
+                    )
+                )
             else:
                 doomed.append(candidate)
         if run.dry_run:

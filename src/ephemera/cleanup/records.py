@@ -80,6 +80,39 @@ class CleanupItem:
         }
 
 
+class ProtectedReason(StrEnum):
+    """Why an item a rule selected was spared: what the cleanup knew when it selected it."""
+
+    # A valid lease names it: for an artifact, the artifact or its whole session; for a
+    # session, the session or any of its artifacts (a running task holds such a lease).
+    LEASED = "leased"
+    # The session holds artifacts retained until later (a lease, if any, is named first:
+    # retention does not spare a session from the quota, a lease does).
+    RETAINED = "retained"
+
+
+@dataclass(frozen=True, slots=True)
+class ProtectedItem:
+    """An item a rule selected but a protection spared (``rule``: the rule that selected it)."""
+
+    kind: ItemKind
+    id: str
+    session_id: str | None
+    size: int
+    rule: Rule
+    reason: ProtectedReason
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "id": self.id,
+            "session_id": self.session_id,
+            "size": self.size,
+            "rule": self.rule,
+            "reason": self.reason,
+        }
+
+
 @dataclass
 class CleanupReport:
     operation: Operation
@@ -90,6 +123,9 @@ class CleanupReport:
     errors: list[dict[str, str]] = field(default_factory=list)
     duration_s: float = 0.0
     items: list[CleanupItem] = field(default_factory=list)
+    protected: list[ProtectedItem] = field(default_factory=list)
+    # Details: keep each item (deleted or spared), not only the counts. Off by default, so
+    # the memory of a run stays flat however much it deletes.
     keep_items: bool = False
     reports: list[CleanupReport] = field(default_factory=list)
 
@@ -102,6 +138,11 @@ class CleanupReport:
         self.deleted_size_bytes += item.size
         if self.keep_items:
             self.items.append(item)
+
+    def spare(self, item: ProtectedItem) -> None:
+        self.skipped_protected += 1
+        if self.keep_items:
+            self.protected.append(item)
 
     def error(self, target: str, error: str) -> None:
         self.errors.append({"target": target, "error": error})
@@ -126,6 +167,7 @@ class CleanupReport:
         }
         if details:
             body["items"] = [i.as_dict() for i in self.items]
+            body["protected"] = [p.as_dict() for p in self.protected]
         if self.operation == Operation.ALL:
             body["reports"] = [r.as_dict(details) for r in self.reports]
             body["totals"] = {

@@ -6,7 +6,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from ephemera.catalog import Candidate, SessionRule, SessionSweep
-from ephemera.cleanup.records import CleanupItem, CleanupReport, ItemKind, Rule
+from ephemera.cleanup.records import (
+    CleanupItem,
+    CleanupReport,
+    ItemKind,
+    ProtectedItem,
+    ProtectedReason,
+    Rule,
+)
 from ephemera.cleanup.run import Run
 from ephemera.errors import EphemeraError
 from ephemera.models import SessionState
@@ -40,13 +47,21 @@ def _close(run: Run, report: CleanupReport, candidate: Candidate, sweep: Session
     rule = Rule.CLOSING if candidate.state == SessionState.CLOSING else Rule(sweep.rule)
     if candidate.id in run.ledger.sessions:
         return
+    # What an earlier pass of a dry run reported deleted is still counted in the candidate's
+    # size; in a real run it is already gone.
+    freed = run.ledger.freed_in.get(candidate.id, 0)
     if candidate.leased or candidate.retained:
-        report.skipped_protected += 1
+        # A lease is named first when both hold: it is what spares a session from the quota.
+        reason = ProtectedReason.LEASED if candidate.leased else ProtectedReason.RETAINED
+        size = candidate.size - freed
+        report.spare(
+            ProtectedItem(ItemKind.SESSION, candidate.id, candidate.id, size, rule, reason)
+        )
         return
     catalog = run.context.catalog
     if run.dry_run:
         _, size = catalog.session_usage_all(candidate.id)
-        size -= run.ledger.freed_in.get(candidate.id, 0)  # already gone in a real run
+        size -= freed
         report.add(CleanupItem(ItemKind.SESSION, candidate.id, candidate.id, size, rule))
         run.ledger.close_session(candidate.id, size)
         return

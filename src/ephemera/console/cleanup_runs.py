@@ -18,9 +18,19 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any, Generic, TypeVar
 
-from ephemera.cleanup.records import CleanupItem, CleanupReport, CleanupRequest, Operation, Rule
+from ephemera.cleanup.records import (
+    CleanupItem,
+    CleanupReport,
+    CleanupRequest,
+    ItemKind,
+    Operation,
+    ProtectedItem,
+    ProtectedReason,
+    Rule,
+)
 from ephemera.errors import EphemeraError, NotFound
 from ephemera.store import Store
 
@@ -28,8 +38,8 @@ log = logging.getLogger("ephemera.console")
 
 # How many previews and runs are kept (each with its items) before the oldest is forgotten.
 KEEP = 20
-# The items one summary keeps: its groups count every item, but a store with millions to
-# delete must not keep them all in memory, twenty times over.
+# The items one summary keeps (deleted ones, and as many spared ones): its groups count every
+# item, but a store with millions to delete must not keep them all in memory, twenty times over.
 ITEMS_KEPT = 10_000
 
 # Which parameters each operation reads; the others are dropped, so a run carries only what
@@ -58,6 +68,22 @@ WHY: dict[Rule, str] = {
     Rule.MISSING_BYTES: "ready records whose bytes are lost (purge missing)",
     Rule.EXPIRED_UPLOAD: "resumable uploads past their expiry",
 }
+
+# Why a protected item was spared, in words; a lease covers a little more than the item's
+# own name (see ProtectedReason), so the words depend on what the item is.
+SPARED_BECAUSE: dict[tuple[ItemKind, ProtectedReason], str] = {
+    (ItemKind.ARTIFACT, ProtectedReason.LEASED): "a valid lease names the artifact or its session",
+    (ItemKind.SESSION, ProtectedReason.LEASED): (
+        "a valid lease names the session or one of its artifacts"
+    ),
+    (ItemKind.SESSION, ProtectedReason.RETAINED): (
+        "the session holds artifacts retained until later"
+    ),
+}
+
+
+def spared_because(item: ProtectedItem) -> str:
+    return SPARED_BECAUSE.get((item.kind, item.reason), str(item.reason))
 
 
 @dataclass(frozen=True)
@@ -142,6 +168,15 @@ class RuleGroup:
 
 
 @dataclass(frozen=True)
+class Spared:
+    """A protected item as the pages list it: the operation that selected it, and why not."""
+
+    operation: str
+    item: ProtectedItem
+    because: str
+
+
+@dataclass(frozen=True)
 class Summary:
     """A cleanup report as the pages show it: its items grouped by the rule that chose them."""
 
@@ -153,6 +188,7 @@ class Summary:
     groups: list[RuleGroup]
     items: list[tuple[str, CleanupItem]]  # (operation, item); the first ITEMS_KEPT
     items_total: int
+    protected: list[Spared]  # the first ITEMS_KEPT; ``skipped_protected`` counts them all
 
     @classmethod
     def of(cls, report: CleanupReport) -> Summary:
@@ -174,6 +210,16 @@ class Summary:
             ],
             items=items[:ITEMS_KEPT],
             items_total=len(items),
+            protected=list(
+                islice(
+                    (
+                        Spared(str(part.operation), p, spared_because(p))
+                        for part in _parts(report)
+                        for p in part.protected
+                    ),
+                    ITEMS_KEPT,
+                )
+            ),
         )
 
     @property

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -171,6 +171,21 @@ class CleanupItemOut(BaseModel):
     rule: str
 
 
+class CleanupProtectedOut(BaseModel):
+    """An item a rule selected but a protection spared."""
+
+    kind: str = Field(description="`artifact` or `session`")
+    id: str
+    session_id: str | None
+    size: int = Field(description="Bytes it holds (a session: all its artifacts)")
+    rule: str = Field(description="The rule that selected it")
+    reason: Literal["leased", "retained"] = Field(
+        description="`leased`: a valid lease names it (an artifact: it or its whole session; "
+        "a session: it or any of its artifacts). `retained`: the session holds artifacts "
+        "retained until later (named only when no lease holds it)"
+    )
+
+
 class CleanupReportOut(BaseModel):
     operation: str
     dry_run: bool
@@ -181,6 +196,11 @@ class CleanupReportOut(BaseModel):
     errors: list[CleanupErrorOut]
     duration_s: float
     items: list[CleanupItemOut] | None = None
+    protected: list[CleanupProtectedOut] | None = Field(
+        None,
+        description="With `details`: every item counted in `skipped_protected`, with the "
+        "reason it was spared (`all`: in each part's report)",
+    )
     reports: list[CleanupReportOut] | None = None
     totals: dict[str, float] | None = None
 
