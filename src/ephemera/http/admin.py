@@ -34,7 +34,13 @@ from ephemera.store import Store
 DryRun = Annotated[bool, Query(description="Report what would be deleted; delete nothing")]
 Hours = Annotated[float | None, Query(ge=0, le=876_000, description="Idle threshold override")]
 Days = Annotated[float | None, Query(ge=0, le=36_500, description="Result retention override")]
-Details = Annotated[bool, Query(description="List every item with the rule that chose it")]
+Details = Annotated[
+    bool,
+    Query(
+        description="List every item with the rule that chose it, and every protected item "
+        "with why it was spared"
+    ),
+]
 Purge = Annotated[bool, Query(description="orphaned: drop ready records whose bytes are lost")]
 
 # Stats are several dry runs over the store: a burst of requests shares one computation.
