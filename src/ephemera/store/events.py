@@ -134,3 +134,24 @@ def _reset(ctx: Context, session_id: str, cursor: int, given: int, reason: str) 
 def prune(ctx: Context, now: datetime) -> int:
     """Remove events older than ``event_retention_s`` (the ``orphaned`` cleanup does it too)."""
     return ctx.catalog.prune_events(now - timedelta(seconds=ctx.settings.event_retention_s))
+
+
+class EventMethods:
+    """The live events' part of :class:`~ephemera.store.Store` (its base class)."""
+
+    context: Context
+
+    def open_events(
+        self, session_id: str, credential: str, last_event_id: int | None = None
+    ) -> EventFeed:
+        """A feed of the session's events after ``last_event_id`` (None: from now on).
+
+        ``credential`` is the session's token, or an admin key that :meth:`authenticate`
+        accepted; a token that no longer opens the session is NotFound. See
+        :mod:`ephemera.store.events`.
+        """
+        return open_feed(self.context, session_id, credential, last_event_id)
+
+    def prune_events(self) -> int:
+        """Remove events older than ``event_retention_s``; how many were removed."""
+        return prune(self.context, self.context.clock.now())

@@ -20,13 +20,19 @@ of a dead one). Closing, recovery, removal, cleanup and verification are the eng
 ``store.work``         the worker's side: claim, heartbeat, inputs, outputs, the end
 ``store.events``       following a session's events (live streams, reconnects, pruning)
 ``store.audit``        the audit log
+``store.maintenance``  cleanup, verification, the audit log and the stats, as the Store runs them
+``store.console``      the web console's sign-ins and usage samples
+``store.overview``     the overview's lists (largest, idlest sessions; the next tick)
+``store.browse``       sessions a page at a time in indexed orders, with their figures
 ``store.limits``       the bounds on labels, timeouts, metadata and page sizes
 ``store.paging``       pages of a listing
 ``store.schema``       creating or upgrading the schema (``ephemera migrate``)
 =====================  ===============================================================
 
-The module is longer than the others only because it is the flat API: some sixty public
-methods, each a signature, a docstring and a delegation; what they do is in the modules.
+The flat API is this class and its bases: each base (``WorkMethods``, ``MaintenanceMethods``,
+``EventMethods``, ``IdempotencyMethods``, ``ImportMethods``, ``LinkMethods``,
+``ConsoleMethods``, ``OverviewMethods``, ``BrowseMethods``) lives beside the functions it
+delegates to; what joins concepts stays here.
 
 Close (guarantee 4, "no leak")::
 
@@ -41,7 +47,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -54,33 +60,20 @@ from ephemera.blobs import (
     RangedReads,
     open_blob_store,
 )
-from ephemera.catalog import Catalog, Completion, KeyRecord
-from ephemera.cleanup import CleanupReport, CleanupRequest, Progress, cleanup_stats, run_cleanup
+from ephemera.catalog import Catalog, Completion
 from ephemera.clock import Clock, SystemClock
 from ephemera.config import Settings
 from ephemera.context import Context
-from ephemera.errors import EphemeraError, InsufficientStorage
+from ephemera.errors import InsufficientStorage
 from ephemera.hooks import Hooks, Webhook
-from ephemera.integrity import (
-    ProgressFn,
-    Repair,
-    VerifyReport,
-    VerifyRequest,
-    refuse_flagged,
-    run_verify,
-    verified_chunks,
-)
 from ephemera.metrics import Metrics
 from ephemera.models import (
     AdminKey,
     Artifact,
-    AuditEntry,
-    Claim,
     CloseReport,
     CreatedSession,
     KeyRole,
     Lease,
-    NewOutput,
     Page,
     Session,
     StorageClass,
@@ -89,11 +82,10 @@ from ephemera.models import (
 )
 from ephemera.processors import ProcessorInfo, Registry
 from ephemera.recovery import recover
-from ephemera.removal import remove_artifacts, remove_session, upload_discarder
+from ephemera.removal import remove_session, upload_discarder
 from ephemera.store import (
     access,
     artifacts,
-    audit,
     browse,
     console,
     events,
@@ -103,13 +95,14 @@ from ephemera.store import (
     leases,
     limits,
     links,
+    maintenance,
     overview,
     sessions,
     tasks,
     uploads,
     work,
 )
-from ephemera.store.idempotency import Reservation, UploadKey
+from ephemera.store.idempotency import UploadKey
 from ephemera.store.resumable import Resumables
 from ephemera.store.sessions import DEFAULT, UNCHANGED, Default, Unchanged
 from ephemera.store.sessions import session_not_found as _session_not_found
@@ -120,6 +113,10 @@ log = logging.getLogger("ephemera.store")
 
 
 class Store(
+    work.WorkMethods,
+    maintenance.MaintenanceMethods,
+    events.EventMethods,
+    idempotency.IdempotencyMethods,
     imports.ImportMethods,
     links.LinkMethods,
     console.ConsoleMethods,
@@ -513,35 +510,6 @@ class Store(
         """Keep an artifact past expiry and result retention until ``until`` (None: stop)."""
         return artifacts.retain(self.context, session_id, artifact_id, until)
 
-    # -- idempotency keys -----------------------------------------------------------------
-
-    def reserve_key(
-        self,
-        scope: str,
-        route: str,
-        key: str,
-        request_hash: str,
-        *,
-        session_id: str | None = None,
-    ) -> Reservation | KeyRecord:
-        """Hold an Idempotency-Key of caller ``scope`` on ``route`` for this request; on a
-        route of session ``session_id``, for this incarnation of it only (NotFound if gone).
-
-        A Reservation: do the work, passing ``reservation.completion(answer)`` to the
-        creation, or :meth:`release_key` if it creates nothing. A KeyRecord: the request
-        repeats an answered one (same ``request_hash``): answer it again. Another request
-        under the key is IdempotencyKeyReused; one still running, IdempotencyKeyInUse.
-        """
-        return idempotency.reserve(self.context, scope, route, key, request_hash, session_id)
-
-    def renew_key(self, reservation: Reservation) -> bool:
-        """Keep holding a reservation (a long upload); False once it is lost."""
-        return idempotency.renew(self.context, reservation)
-
-    def release_key(self, reservation: Reservation) -> None:
-        """Let a retry proceed: this request created nothing."""
-        idempotency.release(self.context, reservation)
-
     # -- leases ---------------------------------------------------------------------------
 
     def take_lease(
@@ -635,222 +603,3 @@ class Store(
         task, dropped = tasks.cancel(self.context, session_id, task_id)
         self._remove_outputs(dropped)
         return task
-
-    # -- tasks: the worker's side ---------------------------------------------------------
-
-    def claim_task(
-        self, worker: str, processors: Sequence[str] | None = None, *, ttl_s: float | None = None
-    ) -> Claim | None:
-        """Take the oldest runnable task of these processors (default: the registry's).
-
-        The claim lasts ``ttl_s`` (default ``task_claim_ttl_s``) and is kept by heartbeats.
-        A claim that runs out means the worker is lost: the task is retried, up to its
-        ``max_attempts``, then fails with the reason.
-        """
-        claim, dropped = work.claim(self.context, self._processors, worker, processors, ttl_s)
-        self._remove_outputs(dropped)
-        return claim
-
-    def heartbeat_task(
-        self,
-        task_id: str,
-        claim_id: str,
-        *,
-        progress: tuple[int, int | None] | None = None,
-        ttl_s: float | None = None,
-    ) -> datetime:
-        """Renew a claim (and report progress); Conflict once the claim is no longer held."""
-        return work.heartbeat(self.context, task_id, claim_id, progress, ttl_s)
-
-    def complete_task(
-        self, task_id: str, claim_id: str, result: Mapping[str, Any] | None = None
-    ) -> Task:
-        """Succeed: the outputs written under this claim become the task's outputs."""
-        return work.complete(self.context, task_id, claim_id, result)
-
-    def fail_task(self, task_id: str, claim_id: str, error: str, *, retry: bool = False) -> Task:
-        """Fail this attempt; with ``retry`` the task is queued again while attempts remain."""
-        task, dropped = work.fail(self.context, task_id, claim_id, error, retry)
-        self._remove_outputs(dropped)
-        return task
-
-    def task_input(self, task_id: str, claim_id: str, artifact_id: str) -> Artifact:
-        """One input of a claimed task (reference data included), while the claim holds."""
-        return work.task_input(self.context, task_id, claim_id, artifact_id)
-
-    def open_task_input(
-        self, task_id: str, claim_id: str, artifact_id: str
-    ) -> tuple[Artifact, BinaryIO]:
-        artifact = self.task_input(task_id, claim_id, artifact_id)
-        return artifact, self.open_blob(artifact)
-
-    def check_output(
-        self, name: str, kind: str = "output", content_type: str | None = None
-    ) -> dict[str, Any]:
-        """The stored metadata of a task output with this name, kind and type; or InvalidInput."""
-        return work.check_output(self.context, name, kind, content_type)
-
-    def begin_task_output(
-        self,
-        task_id: str,
-        claim_id: str,
-        *,
-        name: str,
-        kind: str = "output",
-        content_type: str | None = None,
-        declared_size: int | None = None,
-    ) -> Upload:
-        """Start an output of a claimed task (streamed); it commits only while the claim holds."""
-        return work.begin_output(
-            self.context,
-            task_id,
-            claim_id,
-            name=name,
-            kind=kind,
-            content_type=content_type,
-            declared_size=declared_size,
-        )
-
-    def put_task_output(
-        self,
-        task_id: str,
-        claim_id: str,
-        data: bytes | BinaryIO | Iterable[bytes],
-        *,
-        name: str,
-        kind: str = "output",
-        content_type: str | None = None,
-        chunk_size: int = 1024 * 1024,
-    ) -> Artifact:
-        return work.put_output(
-            self.context,
-            task_id,
-            claim_id,
-            data,
-            name=name,
-            kind=kind,
-            content_type=content_type,
-            chunk_size=chunk_size,
-        )
-
-    def put_task_outputs(
-        self, task_id: str, claim_id: str, outputs: Sequence[NewOutput]
-    ) -> list[Artifact]:
-        """Store outputs held in memory: bytes staged and synced, then one transaction for all.
-
-        Each output is still all or nothing (ready only with durable bytes); a batch costs
-        one commit instead of two per output.
-        """
-        return work.put_outputs(self.context, task_id, claim_id, outputs)
-
-    def _remove_outputs(self, dropped: Sequence[tuple[str, str]]) -> None:
-        """Remove outputs a task's end marked ``deleting``. Never raises: the state change
-        that marked them is committed, and what is left is finished by recovery and cleanup."""
-        try:
-            removal = remove_artifacts(self.context, dropped, "task", self.clock.now())
-        except EphemeraError as exc:
-            log.warning("task outputs left deleting: %s", exc.message, extra={"action": "task"})
-            return
-        for artifact_id, error in removal.failed.items():
-            log.warning("output %s left deleting: %s", artifact_id, error, extra={"action": "task"})
-
-    # -- cleanup, audit, stats ------------------------------------------------------------
-
-    # -- live events ----------------------------------------------------------------------
-
-    def open_events(
-        self, session_id: str, credential: str, last_event_id: int | None = None
-    ) -> events.EventFeed:
-        """A feed of the session's events after ``last_event_id`` (None: from now on).
-
-        ``credential`` is the session's token, or an admin key that :meth:`authenticate`
-        accepted; a token that no longer opens the session is NotFound. See
-        :mod:`ephemera.store.events`.
-        """
-        return events.open_feed(self.context, session_id, credential, last_event_id)
-
-    def prune_events(self) -> int:
-        """Remove events older than ``event_retention_s``; how many were removed."""
-        return events.prune(self.context, self.clock.now())
-
-    def cleanup(
-        self,
-        operation: str,
-        *,
-        dry_run: bool = False,
-        hours_old: float | None = None,
-        days_old: float | None = None,
-        session_id: str | None = None,
-        purge_missing: bool = False,
-        details: bool = False,
-        actor: str = "library",
-        progress: Progress | None = None,
-    ) -> CleanupReport:
-        """Run a cleanup operation (see ``ephemera.cleanup``); it is recorded in the audit log."""
-        # A bad request changes nothing, the reserve included.
-        request = CleanupRequest.checked(
-            operation,
-            dry_run=dry_run,
-            hours_old=hours_old,
-            days_old=days_old,
-            session_id=session_id,
-            purge_missing=purge_missing,
-            details=details,
-        )
-        if not dry_run:
-            # On a full volume the database cannot even record a delete: give it the reserve.
-            self.volume.release_reserve_if_low()
-        report = run_cleanup(self.context, request, actor=actor, progress=progress)
-        self.metrics.observe(report)
-        return report
-
-    def audit(
-        self,
-        actor: str,
-        action: str,
-        target: str | None = None,
-        params: dict[str, Any] | None = None,
-        result: dict[str, Any] | None = None,
-    ) -> int:
-        return audit.record(self.context, actor, action, target, params, result)
-
-    def audit_log(
-        self,
-        *,
-        before: int | None = None,
-        limit: int = 100,
-        action: str | None = None,
-        actor: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-    ) -> Page[AuditEntry]:
-        """Newest first; ``action`` is a prefix, ``actor`` exact, ``since`` <= at < ``until``."""
-        return audit.entries(self.context, before, limit, action, actor, since, until)
-
-    def verify(
-        self,
-        *,
-        session_id: str | None = None,
-        rate_mb_s: float | None = None,
-        repair: Repair | str = Repair.FLAG,
-        actor: str = "library",
-        progress: ProgressFn | None = None,
-    ) -> VerifyReport:
-        """Re-hash stored bytes (see ``ephemera.integrity``); recorded in the audit log."""
-        request = VerifyRequest.checked(session_id, rate_mb_s, repair)
-        report = run_verify(self.context, request, actor=actor, progress=progress)
-        self.metrics.observe_verify(report)
-        return report
-
-    def iter_verified(self, artifact: Artifact) -> Iterator[bytes]:
-        """The bytes of an artifact already looked up, hashed as they stream: a mismatch flags
-        it and raises ArtifactCorrupt before the last chunk (see ``ephemera.integrity``)."""
-        return verified_chunks(self.context, artifact, on_flagged=self.metrics.observe_flagged)
-
-    def check_intact(self, artifact: Artifact) -> None:
-        """ArtifactCorrupt if verification found this artifact's bytes wrong or missing."""
-        refuse_flagged(artifact)
-
-    def cleanup_stats(self, *, include_orphaned: bool = False) -> dict[str, Any]:
-        """What is stored, what each operation would delete now, leases, usage, last runs."""
-        return cleanup_stats(self.context, include_orphaned=include_orphaned)

@@ -195,3 +195,36 @@ def unseal(sealed: str, credential: str) -> str | None:
     if not hmac.compare_digest(tag, hmac.digest(key, b"tag" + cipher, "sha256")[:_TAG]):
         return None
     return bytes(a ^ b for a, b in zip(cipher, _stream(key, len(cipher)), strict=True)).decode()
+
+
+class IdempotencyMethods:
+    """The Idempotency-Key part of :class:`~ephemera.store.Store` (its base class)."""
+
+    context: Context
+
+    def reserve_key(
+        self,
+        scope: str,
+        route: str,
+        key: str,
+        request_hash: str,
+        *,
+        session_id: str | None = None,
+    ) -> Reservation | KeyRecord:
+        """Hold an Idempotency-Key of caller ``scope`` on ``route`` for this request; on a
+        route of session ``session_id``, for this incarnation of it only (NotFound if gone).
+
+        A Reservation: do the work, passing ``reservation.completion(answer)`` to the
+        creation, or :meth:`release_key` if it creates nothing. A KeyRecord: the request
+        repeats an answered one (same ``request_hash``): answer it again. Another request
+        under the key is IdempotencyKeyReused; one still running, IdempotencyKeyInUse.
+        """
+        return reserve(self.context, scope, route, key, request_hash, session_id)
+
+    def renew_key(self, reservation: Reservation) -> bool:
+        """Keep holding a reservation (a long upload); False once it is lost."""
+        return renew(self.context, reservation)
+
+    def release_key(self, reservation: Reservation) -> None:
+        """Let a retry proceed: this request created nothing."""
+        release(self.context, reservation)

@@ -7,6 +7,7 @@ and was taken over, answers Conflict, and nothing the lost attempt writes counts
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, BinaryIO
@@ -16,13 +17,24 @@ from ephemera.blobs import BlobWriter, artifact_key
 from ephemera.catalog import RESULT_KINDS, task_producer
 from ephemera.config import Settings
 from ephemera.context import Context
-from ephemera.errors import Conflict, InvalidInput, NotFound, StorageError, TooLarge
+from ephemera.errors import (
+    Conflict,
+    EphemeraError,
+    InvalidInput,
+    NotFound,
+    StorageError,
+    TooLarge,
+)
 from ephemera.integrity import refuse_flagged
 from ephemera.jsonvalues import check_json
 from ephemera.models import Artifact, Claim, NewOutput, Task
+from ephemera.removal import remove_artifacts
+from ephemera.store.artifacts import open_blob
 from ephemera.store.limits import MAX_TASK_JSON_BYTES
 from ephemera.store.tasks import Processors
 from ephemera.store.uploads import Upload, artifact_values, begin, chunks
+
+log = logging.getLogger("ephemera.store")
 
 Dropped = list[tuple[str, str]]
 """The (session, artifact) outputs a task's end marked ``deleting``, for the caller to remove."""
@@ -244,3 +256,127 @@ def _claim_lost(task_id: str) -> Conflict:
         f"task {task_id[:40]} is not held by this claim (cancelled, finished, or its claim "
         "expired and was taken over)"
     )
+
+
+class WorkMethods:
+    """The worker's side of tasks in :class:`~ephemera.store.Store` (its base class): claim,
+    heartbeat, read inputs, write outputs, end."""
+
+    context: Context
+    _processors: Processors
+
+    def claim_task(
+        self, worker: str, processors: Sequence[str] | None = None, *, ttl_s: float | None = None
+    ) -> Claim | None:
+        """Take the oldest runnable task of these processors (default: the registry's).
+
+        The claim lasts ``ttl_s`` (default ``task_claim_ttl_s``) and is kept by heartbeats.
+        A claim that runs out means the worker is lost: the task is retried, up to its
+        ``max_attempts``, then fails with the reason.
+        """
+        claimed, dropped = claim(self.context, self._processors, worker, processors, ttl_s)
+        self._remove_outputs(dropped)
+        return claimed
+
+    def heartbeat_task(
+        self,
+        task_id: str,
+        claim_id: str,
+        *,
+        progress: tuple[int, int | None] | None = None,
+        ttl_s: float | None = None,
+    ) -> datetime:
+        """Renew a claim (and report progress); Conflict once the claim is no longer held."""
+        return heartbeat(self.context, task_id, claim_id, progress, ttl_s)
+
+    def complete_task(
+        self, task_id: str, claim_id: str, result: Mapping[str, Any] | None = None
+    ) -> Task:
+        """Succeed: the outputs written under this claim become the task's outputs."""
+        return complete(self.context, task_id, claim_id, result)
+
+    def fail_task(self, task_id: str, claim_id: str, error: str, *, retry: bool = False) -> Task:
+        """Fail this attempt; with ``retry`` the task is queued again while attempts remain."""
+        task, dropped = fail(self.context, task_id, claim_id, error, retry)
+        self._remove_outputs(dropped)
+        return task
+
+    def task_input(self, task_id: str, claim_id: str, artifact_id: str) -> Artifact:
+        """One input of a claimed task (reference data included), while the claim holds."""
+        return task_input(self.context, task_id, claim_id, artifact_id)
+
+    def open_task_input(
+        self, task_id: str, claim_id: str, artifact_id: str
+    ) -> tuple[Artifact, BinaryIO]:
+        artifact = self.task_input(task_id, claim_id, artifact_id)
+        return artifact, open_blob(self.context, artifact)
+
+    def check_output(
+        self, name: str, kind: str = "output", content_type: str | None = None
+    ) -> dict[str, Any]:
+        """The stored metadata of a task output with this name, kind and type; or InvalidInput."""
+        return check_output(self.context, name, kind, content_type)
+
+    def begin_task_output(
+        self,
+        task_id: str,
+        claim_id: str,
+        *,
+        name: str,
+        kind: str = "output",
+        content_type: str | None = None,
+        declared_size: int | None = None,
+    ) -> Upload:
+        """Start an output of a claimed task (streamed); it commits only while the claim holds."""
+        return begin_output(
+            self.context,
+            task_id,
+            claim_id,
+            name=name,
+            kind=kind,
+            content_type=content_type,
+            declared_size=declared_size,
+        )
+
+    def put_task_output(
+        self,
+        task_id: str,
+        claim_id: str,
+        data: bytes | BinaryIO | Iterable[bytes],
+        *,
+        name: str,
+        kind: str = "output",
+        content_type: str | None = None,
+        chunk_size: int = 1024 * 1024,
+    ) -> Artifact:
+        return put_output(
+            self.context,
+            task_id,
+            claim_id,
+            data,
+            name=name,
+            kind=kind,
+            content_type=content_type,
+            chunk_size=chunk_size,
+        )
+
+    def put_task_outputs(
+        self, task_id: str, claim_id: str, outputs: Sequence[NewOutput]
+    ) -> list[Artifact]:
+        """Store outputs held in memory: bytes staged and synced, then one transaction for all.
+
+        Each output is still all or nothing (ready only with durable bytes); a batch costs
+        one commit instead of two per output.
+        """
+        return put_outputs(self.context, task_id, claim_id, outputs)
+
+    def _remove_outputs(self, dropped: Sequence[tuple[str, str]]) -> None:
+        """Remove outputs a task's end marked ``deleting``. Never raises: the state change
+        that marked them is committed, and what is left is finished by recovery and cleanup."""
+        try:
+            removal = remove_artifacts(self.context, dropped, "task", self.context.clock.now())
+        except EphemeraError as exc:
+            log.warning("task outputs left deleting: %s", exc.message, extra={"action": "task"})
+            return
+        for artifact_id, error in removal.failed.items():
+            log.warning("output %s left deleting: %s", artifact_id, error, extra={"action": "task"})
