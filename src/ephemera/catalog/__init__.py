@@ -11,8 +11,10 @@ commit); ``rows`` builds models from rows, ``predicates`` holds the conditions t
 ``console``'s, reached as ``catalog.console``; its overview's reads are ``overview``'s,
 reached as ``catalog.overview``, and its lists (sessions a page at a time) ``browse``'s,
 reached as ``catalog.browse``.
-The facade is long only because it lists every operation; the SQL and the reasons for it are
-in those modules.
+The facade lists every operation, one delegating method each; the methods of resumable
+uploads, idempotency keys, link keys and the event log are bases of it (``UploadRows``,
+``IdempotencyRows``, ``LinkKeyRows``, ``EventRows``) that live beside their SQL. The SQL and
+the reasons for it are in those modules.
 """
 
 from __future__ import annotations
@@ -27,16 +29,12 @@ from ephemera.catalog import (
     artifacts,
     audit,
     db,
-    events,
-    idempotency,
     imports,
     keys,
     leases,
-    linkkeys,
     locks,
     migrate,
     orphans,
-    resumable,
     sessions,
     stats,
     sweeps,
@@ -46,13 +44,14 @@ from ephemera.catalog import (
 from ephemera.catalog.browse import BrowseCatalog
 from ephemera.catalog.console import ConsoleCatalog
 from ephemera.catalog.db import Database, open_database
-from ephemera.catalog.events import Start
-from ephemera.catalog.idempotency import KEY_LOST, Answer, Completion, KeyRecord
+from ephemera.catalog.events import EventRows, Start
+from ephemera.catalog.idempotency import KEY_LOST, Answer, Completion, IdempotencyRows, KeyRecord
+from ephemera.catalog.linkkeys import LinkKeyRows
 from ephemera.catalog.locks import AdvisoryLocks
 from ephemera.catalog.notify import TASKS, Notifier, PgListener, Wakeup, session_topic
 from ephemera.catalog.overview import OverviewCatalog
 from ephemera.catalog.predicates import RESULT_KINDS
-from ephemera.catalog.resumable import UploadRow
+from ephemera.catalog.resumable import UploadRows
 from ephemera.catalog.sessions import DiscardUploads
 from ephemera.catalog.sweeps import (
     ArtifactRule,
@@ -68,11 +67,9 @@ from ephemera.models import (
     Artifact,
     AuditEntry,
     Claim,
-    Event,
     ImportEntry,
     ImportOrigin,
     Lease,
-    LinkKey,
     Session,
     Task,
     TaskInput,
@@ -80,7 +77,7 @@ from ephemera.models import (
 )
 
 
-class Catalog:
+class Catalog(UploadRows, IdempotencyRows, LinkKeyRows, EventRows):
     """The SQL owner: sessions, artifacts, leases, tasks, cleanup, integrity, keys, audit."""
 
     def __init__(self, database: Database) -> None:
@@ -203,94 +200,6 @@ class Catalog:
         """What removes the bytes of a dropped session's open resumable uploads; it runs
         inside the drop, so a failure drops nothing (set by the Store, which owns blobs)."""
         self._discard_uploads = discard
-
-    # -- resumable (tus) uploads ------------------------------------------------------------
-
-    def insert_upload(self, values: dict[str, Any]) -> bool:
-        return resumable.insert_upload(self._db, values)
-
-    def get_upload(self, session_id: str, upload_id: str) -> UploadRow | None:
-        return resumable.get_upload(self._db, session_id, upload_id)
-
-    def claim_upload(
-        self, upload_id: str, writer: str, now: datetime, stale_before: datetime
-    ) -> tuple[UploadRow, bool] | None:
-        return resumable.claim_upload(self._db, upload_id, writer, now, stale_before)
-
-    def reserve_piece(self, upload_id: str, writer: str, generation: int) -> int | None:
-        return resumable.reserve_piece(self._db, upload_id, writer, generation)
-
-    def record_upload_progress(
-        self,
-        upload_id: str,
-        writer: str,
-        generation: int,
-        offset: int,
-        pieces: dict[str, Any],
-        now: datetime,
-        length: int | None = None,
-    ) -> bool:
-        return resumable.record_progress(
-            self._db, upload_id, writer, generation, offset, pieces, now, length
-        )
-
-    def heartbeat_upload(self, upload_id: str, writer: str, generation: int, now: datetime) -> bool:
-        return resumable.heartbeat(self._db, upload_id, writer, generation, now)
-
-    def release_upload(self, upload_id: str, writer: str, generation: int) -> None:
-        resumable.release_upload(self._db, upload_id, writer, generation)
-
-    def finalize_upload(
-        self,
-        upload_id: str,
-        writer: str,
-        generation: int,
-        artifact_id: str,
-        session_id: str,
-        values: dict[str, Any],
-        quota_bytes: int | None,
-        commit_bytes: Callable[[], object],
-    ) -> Artifact | None:
-        return resumable.finalize_upload(
-            self._db,
-            upload_id,
-            writer,
-            generation,
-            artifact_id,
-            session_id,
-            values,
-            quota_bytes,
-            commit_bytes,
-        )
-
-    def begin_completion(
-        self, upload_id: str, writer: str, generation: int, pending: dict[str, Any]
-    ) -> bool | None:
-        return resumable.begin_completion(self._db, upload_id, writer, generation, pending)
-
-    def abandon_completion(
-        self, upload_id: str, writer: str, generation: int, artifact_id: str
-    ) -> str | None:
-        return resumable.abandon_completion(self._db, upload_id, writer, generation, artifact_id)
-
-    def delete_upload(self, session_id: str, upload_id: str) -> UploadRow | None:
-        return resumable.delete_upload(self._db, session_id, upload_id)
-
-    def expired_uploads(
-        self, now: datetime, after: tuple[datetime, str] | None, limit: int
-    ) -> list[UploadRow]:
-        return resumable.expired_uploads(self._db, now, after, limit)
-
-    def drop_expired_upload(self, upload_id: str, now: datetime, stale_before: datetime) -> bool:
-        return resumable.drop_expired_upload(self._db, upload_id, now, stale_before)
-
-    def open_upload_bytes(
-        self, session_id: str, now: datetime, other_than: str | None = None
-    ) -> int:
-        return resumable.open_upload_bytes(self._db, session_id, now, other_than)
-
-    def live_upload_ids(self, upload_ids: Sequence[str]) -> set[str]:
-        return resumable.live_upload_ids(self._db, upload_ids)
 
     # -- artifacts ------------------------------------------------------------------------
 
@@ -621,52 +530,6 @@ class Catalog:
 
     def count_admin_keys(self) -> int:
         return keys.count_admin_keys(self._db)
-
-    # -- idempotency keys -----------------------------------------------------------------
-
-    def reserve_key(
-        self, key_id: str, request_hash: str, holder: str, now: datetime, until: datetime
-    ) -> KeyRecord | None:
-        return idempotency.reserve(self._db, key_id, request_hash, holder, now, until)
-
-    def renew_key(self, key_id: str, holder: str, until: datetime) -> bool:
-        return idempotency.renew(self._db, key_id, holder, until)
-
-    def release_key(self, key_id: str, holder: str) -> None:
-        idempotency.release(self._db, key_id, holder)
-
-    def prune_keys(self, now: datetime) -> int:
-        return idempotency.prune(self._db, now)
-
-    # -- link signing keys ----------------------------------------------------------------
-
-    def insert_link_key(self, key_id: str, secret: bytes, now: datetime) -> None:
-        linkkeys.insert_link_key(self._db, key_id, secret, now)
-
-    def signing_link_key(self) -> LinkKey | None:
-        return linkkeys.signing_link_key(self._db)
-
-    def find_link_key(self, key_id: str) -> LinkKey | None:
-        return linkkeys.find_link_key(self._db, key_id)
-
-    def list_link_keys(self) -> list[LinkKey]:
-        return linkkeys.list_link_keys(self._db)
-
-    def revoke_link_key(self, key_id: str, now: datetime) -> bool:
-        return linkkeys.revoke_link_key(self._db, key_id, now)
-
-    # -- the event log --------------------------------------------------------------------
-
-    def event_start(self, session_id: str) -> Start | None:
-        return events.start(self._db, session_id)
-
-    def read_events(
-        self, session_id: str, after: int, limit: int
-    ) -> tuple[list[Event], int | None]:
-        return events.read(self._db, session_id, after, limit)
-
-    def prune_events(self, cutoff: datetime, batch: int = 10_000) -> int:
-        return events.prune(self._db, cutoff, batch)
 
     # -- locks ----------------------------------------------------------------------------
 

@@ -180,3 +180,20 @@ def task_state(row: Any) -> NewEvent:
 
 def task_progress(session_id: str, task_id: str, done: int, total: int | None) -> NewEvent:
     return session_id, "task.progress", {"task_id": task_id, "done": done, "total": total}
+
+
+class EventRows:
+    """The event log: :class:`~ephemera.catalog.Catalog`'s methods for it (one of its bases)."""
+
+    _db: Database
+
+    def event_start(self, session_id: str) -> Start | None:
+        return start(self._db, session_id)
+
+    def read_events(
+        self, session_id: str, after: int, limit: int
+    ) -> tuple[list[Event], int | None]:
+        return read(self._db, session_id, after, limit)
+
+    def prune_events(self, cutoff: datetime, batch: int = 10_000) -> int:
+        return prune(self._db, cutoff, batch)

@@ -139,3 +139,24 @@ def prune(db: Database, now: datetime) -> int:
     """Forget every key past its expiry (lapsed reservations too), in one statement."""
     with db.write() as conn:
         return conn.execute(delete(keys).where(keys.c.expires_at <= now)).rowcount
+
+
+class IdempotencyRows:
+    """Idempotency-Key reservations and answers: :class:`~ephemera.catalog.Catalog`'s methods
+    for them (one of its bases)."""
+
+    _db: Database
+
+    def reserve_key(
+        self, key_id: str, request_hash: str, holder: str, now: datetime, until: datetime
+    ) -> KeyRecord | None:
+        return reserve(self._db, key_id, request_hash, holder, now, until)
+
+    def renew_key(self, key_id: str, holder: str, until: datetime) -> bool:
+        return renew(self._db, key_id, holder, until)
+
+    def release_key(self, key_id: str, holder: str) -> None:
+        release(self._db, key_id, holder)
+
+    def prune_keys(self, now: datetime) -> int:
+        return prune(self._db, now)

@@ -58,3 +58,25 @@ def revoke_link_key(db: Database, key_id: str, now: datetime) -> bool:
             .values(revoked_at=now, secret=None)
         ).rowcount
     return bool(changed)
+
+
+class LinkKeyRows:
+    """The link signing keys: :class:`~ephemera.catalog.Catalog`'s methods for them (one of
+    its bases)."""
+
+    _db: Database
+
+    def insert_link_key(self, key_id: str, secret: bytes, now: datetime) -> None:
+        insert_link_key(self._db, key_id, secret, now)
+
+    def signing_link_key(self) -> LinkKey | None:
+        return signing_link_key(self._db)
+
+    def find_link_key(self, key_id: str) -> LinkKey | None:
+        return find_link_key(self._db, key_id)
+
+    def list_link_keys(self) -> list[LinkKey]:
+        return list_link_keys(self._db)
+
+    def revoke_link_key(self, key_id: str, now: datetime) -> bool:
+        return revoke_link_key(self._db, key_id, now)

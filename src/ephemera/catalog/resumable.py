@@ -321,3 +321,94 @@ def live_upload_ids(db: Database, upload_ids: Sequence[str]) -> set[str]:
         return set()
     with db.read() as conn:
         return set(conn.scalars(select(uploads.c.id).where(uploads.c.id.in_(upload_ids))))
+
+
+class UploadRows:
+    """The resumable uploads' rows: :class:`~ephemera.catalog.Catalog`'s methods for them
+    (one of its bases)."""
+
+    _db: Database
+
+    def insert_upload(self, values: dict[str, Any]) -> bool:
+        return insert_upload(self._db, values)
+
+    def get_upload(self, session_id: str, upload_id: str) -> UploadRow | None:
+        return get_upload(self._db, session_id, upload_id)
+
+    def claim_upload(
+        self, upload_id: str, writer: str, now: datetime, stale_before: datetime
+    ) -> tuple[UploadRow, bool] | None:
+        return claim_upload(self._db, upload_id, writer, now, stale_before)
+
+    def reserve_piece(self, upload_id: str, writer: str, generation: int) -> int | None:
+        return reserve_piece(self._db, upload_id, writer, generation)
+
+    def record_upload_progress(
+        self,
+        upload_id: str,
+        writer: str,
+        generation: int,
+        offset: int,
+        pieces: dict[str, Any],
+        now: datetime,
+        length: int | None = None,
+    ) -> bool:
+        return record_progress(self._db, upload_id, writer, generation, offset, pieces, now, length)
+
+    def heartbeat_upload(self, upload_id: str, writer: str, generation: int, now: datetime) -> bool:
+        return heartbeat(self._db, upload_id, writer, generation, now)
+
+    def release_upload(self, upload_id: str, writer: str, generation: int) -> None:
+        release_upload(self._db, upload_id, writer, generation)
+
+    def finalize_upload(
+        self,
+        upload_id: str,
+        writer: str,
+        generation: int,
+        artifact_id: str,
+        session_id: str,
+        values: dict[str, Any],
+        quota_bytes: int | None,
+        commit_bytes: Callable[[], object],
+    ) -> Artifact | None:
+        return finalize_upload(
+            self._db,
+            upload_id,
+            writer,
+            generation,
+            artifact_id,
+            session_id,
+            values,
+            quota_bytes,
+            commit_bytes,
+        )
+
+    def begin_completion(
+        self, upload_id: str, writer: str, generation: int, pending: dict[str, Any]
+    ) -> bool | None:
+        return begin_completion(self._db, upload_id, writer, generation, pending)
+
+    def abandon_completion(
+        self, upload_id: str, writer: str, generation: int, artifact_id: str
+    ) -> str | None:
+        return abandon_completion(self._db, upload_id, writer, generation, artifact_id)
+
+    def delete_upload(self, session_id: str, upload_id: str) -> UploadRow | None:
+        return delete_upload(self._db, session_id, upload_id)
+
+    def expired_uploads(
+        self, now: datetime, after: tuple[datetime, str] | None, limit: int
+    ) -> list[UploadRow]:
+        return expired_uploads(self._db, now, after, limit)
+
+    def drop_expired_upload(self, upload_id: str, now: datetime, stale_before: datetime) -> bool:
+        return drop_expired_upload(self._db, upload_id, now, stale_before)
+
+    def open_upload_bytes(
+        self, session_id: str, now: datetime, other_than: str | None = None
+    ) -> int:
+        return open_upload_bytes(self._db, session_id, now, other_than)
+
+    def live_upload_ids(self, upload_ids: Sequence[str]) -> set[str]:
+        return live_upload_ids(self._db, upload_ids)
