@@ -146,14 +146,17 @@ def temporary_input(admin: Client, data: bytes, expires_in_s: int) -> tuple[str,
 def test_a_task_processes_an_artifact_under_a_lease_and_cleanup_spares_its_input(
     server: Server, admin: Client, worker: Worker
 ) -> None:
-    sid, token, input_id = temporary_input(admin, b"inspect me", expires_in_s=1)
+    # The task must hold its lease before the input expires: a loaded machine may take a few
+    # seconds to hand the task to the worker, so the input lives 10 s and the lease is seen
+    # well before that; the task reads it 13 s in, after cleanups every second past expiry.
+    sid, token, input_id = temporary_input(admin, b"inspect me", expires_in_s=10)
     began = time.time()
-    sent = tasks().upper.delay(on_session(sid, token, artifacts=[input_id]), input_id, 4)
+    sent = tasks().upper.delay(on_session(sid, token, artifacts=[input_id]), input_id, 13)
+    assert within(8, lambda: len(admin.list_leases(sid)) == 1), "no lease 8 s after sending"
 
     result = sent.get(timeout=60)
 
-    # The input expired 1 s in; the task read it 4 s in, with cleanups every second between.
-    runs = [e for e in admin.audit_log(action="cleanup.all") if e.at.timestamp() > began + 1]
+    runs = [e for e in admin.audit_log(action="cleanup.all") if e.at.timestamp() > began + 10]
     assert len(runs) >= 2
     assert admin.read_artifact(sid, result["output"]) == b"INSPECT ME"
     assert admin.list_leases(sid) == []
