@@ -383,3 +383,13 @@ usage_samples = Table(
     Column("temporary_bytes", BigInteger, nullable=False),
     Column("tasks_active", Integer, nullable=False),
 )
+
+# Where an incremental maintenance pass (orphan reconciliation, a slice per tick) resumes:
+# ``position`` is the last key it finished ("" when a lap is complete).
+cleanup_cursors = Table(
+    "cleanup_cursors",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("position", String(255), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
