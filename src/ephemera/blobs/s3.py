@@ -14,7 +14,8 @@ single PutObject when it is committed. A larger one becomes a multipart upload o
 part is full: parts go up in the background, ``PARALLEL_PARTS`` at a time, while the next one
 fills, so a writer holds at most ``PARALLEL_PARTS + 1`` parts in memory. Either way the object
 appears whole at its key, or not at all, when the commit returns; a part that fails aborts
-the whole upload.
+the whole upload (``ephemera.blobs.s3_writer``).
+
 Staged bytes are the parts of uploads in progress: ``list_staged`` reports those uploads and
 ``delete_staged`` aborts them.
 """
@@ -44,7 +45,8 @@ from ephemera.errors import InvalidInput, StorageError
 
 DELETE_BATCH = 1000  # the most keys one DeleteObjects takes
 # Connections kept open to the endpoint: as many as the HTTP server has worker threads
-# (anyio's default), since requests and workers share one client.
+# (anyio's default), since requests and workers share one client. Parts in flight of many
+# large uploads at once may need more: those connections are made, used, and not kept.
 MAX_CONNECTIONS = 40
 
 # The service models, parsed once per process rather than once per store (which costs a tenth
