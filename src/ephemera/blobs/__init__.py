@@ -10,8 +10,9 @@ The contract every backend keeps (and ``tests/integration/test_blobs.py`` checks
   ``abort()`` discards the staged bytes; it is idempotent and safe after a commit (it then
   does nothing). A crash before ``commit()`` leaves at most staged bytes, which
   ``list_staged`` reports so orphan reconciliation can remove them. Bytes written since the
-  last ``sync()`` may still be in the writer's memory (S3 keeps up to a part there), out of
-  ``list_staged``'s sight.
+  last ``sync()`` may still be in the writer's memory (S3 keeps a few parts there), out of
+  ``list_staged``'s sight; so may a whole body on S3 that fits in one part, which its commit
+  puts in one request (a body that small has nothing to sync ahead of the commit).
 - ``open`` raises :class:`~ephemera.errors.BlobNotFound` for a missing key.
 - ``delete``, ``delete_many`` and ``delete_prefix`` treat "already gone" as success;
   ``delete_many`` returns the keys it could not delete, with the reason.

@@ -9,10 +9,13 @@ streamed part by part, ranged GET, ListObjectsV2 (key order), DeleteObjects in b
 1000, and ListMultipartUploads / AbortMultipartUpload for orphan reconciliation. Faster
 clients made for the data path only (obstore) do not expose the last two, nor parts.
 
-A writer holds at most one part (``PART_SIZE``) in memory. It starts a multipart upload when
-the first part fills, or when ``sync()`` is called, whichever comes first; a body that
-reaches ``commit()`` unsynced and under one part goes up as a single PutObject instead.
-Either way the object appears whole at its key, or not at all, when the commit returns.
+A body of at most one part (``PART_SIZE``) stays in the writer's memory and goes up as a
+single PutObject when it is committed. A larger one becomes a multipart upload once its first
+part is full: parts go up in the background, ``PARALLEL_PARTS`` at a time, while the next one
+fills, so a writer holds at most ``PARALLEL_PARTS + 1`` parts in memory. Either way the object
+appears whole at its key, or not at all, when the commit returns; a part that fails aborts
+the whole upload (``ephemera.blobs.s3_writer``).
+
 Staged bytes are the parts of uploads in progress: ``list_staged`` reports those uploads and
 ``delete_staged`` aborts them.
 """
@@ -20,13 +23,11 @@ Staged bytes are the parts of uploads in progress: ``list_staged`` reports those
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, urlsplit
 
@@ -38,19 +39,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ephemera.blobs import KEY_RE, BlobStat, StagedBlob, check_key, s3_resumable
 from ephemera.blobs.resumable import Pieces
-from ephemera.blobs.s3_requests import (
-    MAX_PARTS,
-    MISSING,
-    PART_SIZE,
-    code_of,
-    content_md5,
-    translated,
-)
-from ephemera.errors import InvalidInput, StorageError, TooLarge
+from ephemera.blobs.s3_requests import MISSING, code_of, translated
+from ephemera.blobs.s3_writer import PARALLEL_PARTS, S3BlobWriter
+from ephemera.errors import InvalidInput, StorageError
 
 DELETE_BATCH = 1000  # the most keys one DeleteObjects takes
 # Connections kept open to the endpoint: as many as the HTTP server has worker threads
-# (anyio's default), since requests and workers share one client.
+# (anyio's default), since requests and workers share one client. Parts in flight of many
+# large uploads at once may need more: those connections are made, used, and not kept.
 MAX_CONNECTIONS = 40
 
 # The service models, parsed once per process rather than once per store (which costs a tenth
@@ -68,15 +64,6 @@ def _utc(value: Any) -> datetime:
     if isinstance(value, datetime):
         return value.astimezone(UTC)
     raise StorageError(f"unexpected timestamp {value!r} from S3")
-
-
-def _server_time(response: Any) -> datetime:
-    # The time of the commit on the server's clock, without one more request to ask it.
-    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
-    try:
-        return parsedate_to_datetime(date).astimezone(UTC)
-    except (TypeError, ValueError):
-        return datetime.now(UTC)
 
 
 class _ObjectReader(io.RawIOBase):
@@ -107,130 +94,6 @@ class _ObjectReader(io.RawIOBase):
         super().close()
 
 
-class S3BlobWriter:
-    def __init__(self, store: S3BlobStore, key: str) -> None:
-        self._store = store
-        self._key = key
-        self._object = store.object_key(key)
-        self._hash = hashlib.sha256()
-        self._size = 0
-        # The bytes of part ``_part``, not yet uploaded in full; never more than one part.
-        self._buffer = bytearray()
-        self._buffer_stored = False  # sync() uploaded the buffer as it is now
-        self._part = 1
-        self._etags: dict[int, str] = {}
-        self._upload_id: str | None = None
-        self._open = True
-
-    @property
-    def size(self) -> int:
-        return self._size
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held in memory: at most one part."""
-        return len(self._buffer)
-
-    def write(self, data: bytes) -> None:
-        if not self._open:
-            raise StorageError("write after commit or abort")
-        self._hash.update(data)
-        self._size += len(data)
-        view = memoryview(data)
-        while view:
-            room = PART_SIZE - len(self._buffer)
-            self._buffer += view[:room]
-            view = view[room:]
-            self._buffer_stored = False
-            if len(self._buffer) == PART_SIZE:
-                self._upload_buffer()
-                self._buffer.clear()
-                self._part += 1
-
-    def sha256(self) -> str:
-        return self._hash.hexdigest()
-
-    def sync(self) -> None:
-        """Upload the buffered bytes as the current part, so the commit only completes.
-
-        The part stays in memory too: if more bytes follow, it is uploaded again, whole, under
-        the same part number (S3 keeps the last upload of a part). An upload is started
-        here if none is yet, even for a few bytes: that costs two requests more than a
-        single PutObject, but keeps the commit, which may run under a lock, one short request.
-        """
-        if not self._open:
-            raise StorageError("sync after commit or abort")
-        if self._buffer and not self._buffer_stored:
-            self._upload_buffer()
-            self._buffer_stored = True
-
-    def commit(self) -> BlobStat:
-        if not self._open:
-            raise StorageError("commit after commit or abort")
-        client = self._store.client()
-        bucket = self._store.bucket
-        try:
-            with translated(f"cannot commit blob {self._key}"):
-                if self._upload_id is None:
-                    body = bytes(self._buffer)
-                    response = client.put_object(
-                        Bucket=bucket, Key=self._object, Body=body, ContentMD5=content_md5(body)
-                    )
-                else:
-                    self.sync()
-                    parts = [{"PartNumber": n, "ETag": e} for n, e in sorted(self._etags.items())]
-                    response = client.complete_multipart_upload(
-                        Bucket=bucket,
-                        Key=self._object,
-                        UploadId=self._upload_id,
-                        MultipartUpload={"Parts": parts},
-                    )
-        except BaseException:
-            self.abort()
-            raise
-        self._open = False
-        self._buffer = bytearray()
-        return BlobStat(self._key, self._size, _server_time(response))
-
-    def abort(self) -> None:
-        if not self._open:
-            return
-        self._open = False
-        self._buffer = bytearray()
-        if self._upload_id is not None:
-            # Best effort: an upload left behind is staged, and orphan reconciliation aborts
-            # it; raising here would hide the error that made the caller abort.
-            with contextlib.suppress(BotoCoreError, ClientError, StorageError):
-                self._store.client().abort_multipart_upload(
-                    Bucket=self._store.bucket, Key=self._object, UploadId=self._upload_id
-                )
-
-    def _upload_buffer(self) -> None:
-        if self._part > MAX_PARTS:
-            self.abort()
-            raise TooLarge(f"blob exceeds the S3 limit of {MAX_PARTS * PART_SIZE} bytes")
-        client = self._store.client()
-        try:
-            with translated(f"cannot upload blob {self._key}"):
-                if self._upload_id is None:
-                    created = client.create_multipart_upload(
-                        Bucket=self._store.bucket, Key=self._object
-                    )
-                    self._upload_id = str(created["UploadId"])
-                uploaded = client.upload_part(
-                    Bucket=self._store.bucket,
-                    Key=self._object,
-                    UploadId=self._upload_id,
-                    PartNumber=self._part,
-                    Body=self._buffer,
-                    ContentMD5=content_md5(self._buffer),
-                )
-        except BaseException:
-            self.abort()
-            raise
-        self._etags[self._part] = str(uploaded["ETag"])
-
-
 class S3BlobStore:
     def __init__(
         self,
@@ -238,11 +101,14 @@ class S3BlobStore:
         prefix: str = "",
         endpoint_url: str | None = None,
         region: str | None = None,
+        *,
+        parallel_parts: int = PARALLEL_PARTS,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
         self.region = region
+        self.parallel_parts = parallel_parts  # per writer; 0: one at a time, in its thread
         self._root = f"{self.prefix}/" if self.prefix else ""
         self._client: Any = None
         # Clients that presign URLs, by the endpoint they sign for.
