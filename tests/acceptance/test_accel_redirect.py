@@ -136,6 +136,14 @@ def test_ranges_are_decided_by_ephemera_and_sent_by_nginx(front: Front) -> None:
         front.http.get(content(sid, aid), headers={**auth, "If-None-Match": etag}).status_code
         == 304
     )
+    # Preconditions nginx would judge on its own (412 even for the right ETag) stay with
+    # ephemera, which serves the body.
+    for precondition in (
+        {"If-Match": etag},
+        {"If-Unmodified-Since": "Thu, 01 Jan 1970 00:00:00 GMT"},
+    ):
+        kept = front.http.get(content(sid, aid), headers={**auth, **precondition})
+        assert (kept.status_code, kept.content) == (200, BODY)
     beyond = front.http.get(content(sid, aid), headers={**auth, "Range": f"bytes={len(BODY)}-"})
     assert beyond.status_code == 416
     assert [line.split()[0] for line in front.redirected(sid, aid)] == ["206", "206", "200", "200"]

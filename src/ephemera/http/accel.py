@@ -32,6 +32,9 @@ from ephemera.models import Artifact
 log = logging.getLogger("ephemera.http.accel")
 
 SENDFILE_TYPE = "X-Accel-Redirect"
+# nginx tests these against the file before the ETag from the answer is set, so it would refuse
+# even the right ETag with 412; ephemera does not act on them: such requests stay here.
+_NGINX_PRECONDITIONS = ("if-match", "if-unmodified-since")
 
 
 def accel_redirect(
@@ -45,6 +48,8 @@ def accel_redirect(
     if prefix is None or path is None:
         return None
     if request.headers.get("x-sendfile-type", "").strip().lower() != SENDFILE_TYPE.lower():
+        return None
+    if any(name in request.headers for name in _NGINX_PRECONDITIONS):
         return None
     key = path.parts[-3:]
     if key != ("sessions", artifact.session_id, artifact.id):
