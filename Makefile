@@ -80,6 +80,11 @@ bench-import: test-env
 bench-tus: test-env
 	$(TBIN)/python -m bench.tus
 
+# A 1 GiB download: nginx alone, ephemera behind nginx (X-Accel-Redirect), ephemera streaming.
+.PHONY: bench-download
+bench-download: test-env
+	$(TBIN)/python -m bench.download
+
 clean:
 	rm -rf $(VENV) $(TEST_VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache \
 		.ruff_cache

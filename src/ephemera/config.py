@@ -154,6 +154,14 @@ class Settings(BaseSettings):
         description="On S3, answer an attachment download link with a redirect to a presigned "
         "URL of the bucket instead of streaming the bytes through the server",
     )
+    accel_redirect_prefix: str | None = Field(
+        None,
+        pattern=r"^(/[A-Za-z0-9._~-]+)+$",
+        description="Behind nginx: downloads of local files are answered with X-Accel-Redirect "
+        "to this internal location (which aliases the blob directory), for requests the proxy "
+        "marks with `X-Sendfile-Type: X-Accel-Redirect`; nginx sends the bytes without hashing "
+        "them (see the operations guide). Default off",
+    )
     s3_public_endpoint: str | None = Field(
         None,
         pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",

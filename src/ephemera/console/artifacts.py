@@ -13,7 +13,7 @@ from fastapi.responses import Response
 
 from ephemera.console.auth import Console
 from ephemera.errors import NotFound
-from ephemera.http.routes import serve_artifact
+from ephemera.http.downloads import serve_artifact
 from ephemera.models import ConsoleLogin
 
 INLINE_TYPES = frozenset(

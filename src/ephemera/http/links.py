@@ -19,10 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ephemera.errors import Forbidden
 from ephemera.http.credentials import Credential
+from ephemera.http.downloads import content_disposition, serve_artifact
 from ephemera.http.jsonbody import json_body_route
 from ephemera.http.openapi import CONTENT_REQUEST, CONTENT_RESPONSES, operation_id
 from ephemera.http.ratelimit import auth_failures, link_refusals
-from ephemera.http.routes import ERRORS, content_disposition, serve_artifact
+from ephemera.http.routes import ERRORS
 from ephemera.models import MAX_TIMEOUT_S, KeyRole
 from ephemera.store import Store
 

@@ -14,11 +14,12 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from ephemera.errors import Forbidden
 from ephemera.http.credentials import Credential
+from ephemera.http.downloads import serve_artifact
 from ephemera.http.jsonbody import json_body_route
 from ephemera.http.openapi import CONTENT_REQUEST, CONTENT_RESPONSES, RAW_UPLOAD_BODY, operation_id
 from ephemera.http.ratelimit import auth_failures
 from ephemera.http.receive import UploadParams, receive_raw
-from ephemera.http.routes import ERRORS, serve_artifact
+from ephemera.http.routes import ERRORS
 from ephemera.http.schemas import (
     ArtifactOut,
     ClaimOut,
