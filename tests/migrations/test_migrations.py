@@ -21,7 +21,7 @@ from ephemera.errors import Conflict, SchemaOutOfDate
 from tests.databases import PostgresDatabases
 
 # The newest revision: every migration test upgrades to it.
-HEAD = "0010"
+HEAD = "0011"
 
 
 def schema_differences(catalog: Catalog) -> list[object]:

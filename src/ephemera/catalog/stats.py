@@ -6,6 +6,7 @@ from datetime import datetime
 
 from sqlalchemy import func, select
 
+from ephemera.catalog import totals as artifact_totals
 from ephemera.catalog.db import Database
 from ephemera.catalog.schema import (
     api_keys,
@@ -16,39 +17,20 @@ from ephemera.catalog.schema import (
     sessions,
     tasks,
 )
-from ephemera.models import ArtifactState
 
 
 def totals(db: Database) -> tuple[int, int, int]:
-    """(sessions, ready artifacts, their bytes)."""
+    """(sessions, ready artifacts, their bytes); the artifacts from the maintained totals."""
     with db.read() as conn:
         count = conn.scalar(select(func.count()).select_from(sessions)) or 0
-        artifact_count, total = conn.execute(
-            select(func.count(), func.coalesce(func.sum(artifacts.c.size), 0)).where(
-                artifacts.c.state == ArtifactState.READY
-            )
-        ).one()
-    return int(count), int(artifact_count), int(total)
+    artifact_count, total = artifact_totals.ready(db)
+    return int(count), artifact_count, total
 
 
 def session_states(db: Database) -> dict[str, int]:
     with db.read() as conn:
         rows = conn.execute(select(sessions.c.state, func.count()).group_by(sessions.c.state))
         return {r[0]: int(r[1]) for r in rows}
-
-
-def artifact_breakdown(db: Database) -> list[tuple[str, str, int, int]]:
-    """(storage class, state, count, bytes) for every combination present."""
-    with db.read() as conn:
-        rows = conn.execute(
-            select(
-                artifacts.c.storage_class,
-                artifacts.c.state,
-                func.count(),
-                func.coalesce(func.sum(artifacts.c.size), 0),
-            ).group_by(artifacts.c.storage_class, artifacts.c.state)
-        )
-        return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
 
 
 def lease_counts(db: Database, now: datetime) -> dict[str, int]:
