@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from sqlalchemy import event, func, select
 
 from ephemera import Conflict, NotFound, Settings, Store
+from ephemera.catalog.migrate import alembic_config
 from ephemera.catalog.schema import artifacts
 from ephemera.testing import ManualClock
 from ephemera.worker import Worker
@@ -148,20 +150,23 @@ def test_the_totals_equal_a_full_count_after_any_sequence_of_operations(
     assert {"put", "delete", "close", "task", "tus", "cleanup"} <= done
 
 
-def test_a_store_migrated_with_artifacts_starts_from_their_totals(totals_store: Store) -> None:
-    """The migration counts what is already there (a store upgraded in place)."""
+def test_upgrading_a_store_that_holds_artifacts_counts_them(totals_store: Store) -> None:
+    """Migration 0011 starts the totals from what is already stored; its downgrade removes
+    them and their triggers, and upgrading again counts afresh."""
     store = totals_store
     sid = store.create_session().session.id
     store.put_artifact(sid, b"abc", name="a.bin")
     store.put_artifact(sid, b"defg", name="b.bin", storage="temporary")
-    with store.catalog.engine.begin() as conn:
-        conn.exec_driver_sql("DELETE FROM artifact_totals")
-        conn.exec_driver_sql("DELETE FROM artifact_totals_log")
-        conn.exec_driver_sql(
-            "INSERT INTO artifact_totals (storage_class, state, artifacts, bytes)"
-            " SELECT storage_class, state, count(*), coalesce(sum(size), 0) FROM artifacts"
-            " GROUP BY storage_class, state"
-        )
+    with store.catalog.engine.connect() as conn:
+        command.downgrade(alembic_config(conn), "0010")
+        conn.commit()
+    store.put_artifact(sid, b"hijkl", name="c.bin")  # no trigger counts this one
+    store.catalog.migrate()
+
+    assert store.catalog.artifact_breakdown() == [
+        ("persistent", "ready", 2, 8),
+        ("temporary", "ready", 1, 4),
+    ]
     assert_totals_exact(store)
 
 
