@@ -476,6 +476,15 @@ class Catalog(UploadRows, IdempotencyRows, LinkKeyRows, EventRows, TotalsRows):
     def table_row_counts(self) -> dict[str, int]:
         return stats.table_row_counts(self._db)
 
+    def cleanable_artifacts(self, sweep: ArtifactSweep) -> tuple[int, int, int]:
+        return stats.cleanable_artifacts(self._db, sweep)
+
+    def cleanable_sessions(self, sweep: SessionSweep) -> tuple[int, int, int]:
+        return stats.cleanable_sessions(self._db, sweep)
+
+    def cleanable_uploads(self, now: datetime, stale_before: datetime) -> tuple[int, int]:
+        return stats.cleanable_uploads(self._db, now, stale_before)
+
     # -- audit ----------------------------------------------------------------------------
 
     def insert_audit(
