@@ -8,10 +8,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ephemera import Settings, Store
+from ephemera.cleanup.engine import run_passes
+from ephemera.cleanup.records import CleanupReport, CleanupRequest
+from ephemera.context import Context
 from ephemera.testing import ManualClock
 
 CONTRACT = True
@@ -102,17 +106,14 @@ def test_the_counted_cleanable_figures_equal_each_operations_dry_run(
 def test_the_stats_run_no_dry_run_of_the_counted_operations(
     stats_store: Store, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ephemera.cleanup import stats
-
     store = stats_store
     a_store_with_everything_cleanup_looks_at(store, clock)
     ran: list[str] = []
-    real = stats.run_passes
 
-    def recording(context: object, request: object, **kwargs: object) -> object:
-        ran.append(str(getattr(request, "operation", "")))
-        return real(context, request, **kwargs)  # type: ignore[arg-type]
+    def recording(context: Context, request: CleanupRequest, **kwargs: Any) -> CleanupReport:
+        ran.append(request.operation)
+        return run_passes(context, request, **kwargs)
 
-    monkeypatch.setattr(stats, "run_passes", recording)
+    monkeypatch.setattr("ephemera.cleanup.stats.run_passes", recording)
     store.cleanup_stats()
     assert not set(ran) & set(COUNTED)
