@@ -53,7 +53,9 @@ def a_store_with_everything_cleanup_looks_at(store: Store, clock: ManualClock) -
     kept = store.put_artifact(idle_retained, b"r" * 17, name="a.bin")
     store.retain_artifact(idle_retained, kept.id, now() + timedelta(days=3))
     closing = store.create_session("closing", idle_timeout_s=None).session.id
-    store.put_artifact(closing, b"c" * 19, name="a.bin")
+    # Retention never holds back a close already begun.
+    held = store.put_artifact(closing, b"c" * 19, name="a.bin")
+    store.retain_artifact(closing, held.id, now() + timedelta(days=3))
 
     work = store.create_session("work", idle_timeout_s=None).session.id
     for n, storage in enumerate(("temporary", "temporary", "temporary", "persistent")):
