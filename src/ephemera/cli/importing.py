@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
-from ephemera import ids
 from ephemera.cli import render
 from ephemera.cli.app import app
 from ephemera.cli.common import (
@@ -220,6 +219,7 @@ def import_files(
     (nothing imported); 3 a backend is unreachable; 130 stopped by SIGINT/SIGTERM before the
     end of a run without --watch.
     """
+    from ephemera import ids
     from ephemera.client import Client
     from ephemera.importer import HttpTarget, Importer, Plan, StoreTarget
 
