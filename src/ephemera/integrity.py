@@ -28,8 +28,6 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 from ephemera import ids
 from ephemera.blobs import artifact_key
-from ephemera.catalog import Stored
-from ephemera.context import Context
 from ephemera.errors import (
     ArtifactCorrupt,
     BlobNotFound,
@@ -38,9 +36,10 @@ from ephemera.errors import (
     InvalidInput,
     NotFound,
 )
-from ephemera.removal import remove_artifacts
 
 if TYPE_CHECKING:
+    from ephemera.catalog import Stored
+    from ephemera.context import Context
     from ephemera.models import Artifact
 
 log = logging.getLogger("ephemera.integrity")
@@ -430,6 +429,9 @@ class _Verifier:
                     marked.append((item.session_id, item.id))
             except Conflict:
                 self.report.skipped_protected += 1
+        # Imported here: the `verify` command's flags need this module, not the delete path.
+        from ephemera.removal import remove_artifacts
+
         removal = remove_artifacts(self.context, marked, "verify", self.context.clock.now())
         for artifact_id, error in removal.failed.items():
             self.report.errors.append({"artifact_id": artifact_id, "error": error})

@@ -10,18 +10,19 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, column, inspect, select, table
 from sqlalchemy.sql.expression import ColumnClause
 
 from ephemera import Settings, Store
 from ephemera.catalog import Catalog
-from ephemera.catalog.migrate import alembic_config
+from ephemera.catalog.migrate import MIGRATIONS, alembic_config, head_revision
 from ephemera.catalog.schema import metadata
 from ephemera.errors import Conflict, SchemaOutOfDate
 from tests.databases import PostgresDatabases
 
 # The newest revision: every migration test upgrades to it.
-HEAD = "0010"
+HEAD = "0011"
 
 
 def schema_differences(catalog: Catalog) -> list[object]:
@@ -29,6 +30,11 @@ def schema_differences(catalog: Catalog) -> list[object]:
     with catalog.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
         return list(compare_metadata(context, metadata))
+
+
+def test_the_head_read_from_the_revision_files_is_alembics(tmp_path: Path) -> None:
+    """Checking a store's revision does without alembic; it must name the same head."""
+    assert head_revision() == ScriptDirectory(str(MIGRATIONS)).get_current_head() == HEAD
 
 
 def test_the_migrated_schema_equals_the_declared_one(tmp_path: Path) -> None:

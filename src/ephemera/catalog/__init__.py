@@ -12,8 +12,9 @@ commit); ``rows`` builds models from rows, ``predicates`` holds the conditions t
 reached as ``catalog.overview``, and its lists (sessions a page at a time) ``browse``'s,
 reached as ``catalog.browse``.
 The facade lists every operation, one delegating method each; the methods of resumable
-uploads, idempotency keys, link keys and the event log are bases of it (``UploadRows``,
-``IdempotencyRows``, ``LinkKeyRows``, ``EventRows``) that live beside their SQL. The SQL and
+uploads, idempotency keys, link keys, the event log and the maintained artifact totals are
+bases of it (``UploadRows``, ``IdempotencyRows``, ``LinkKeyRows``, ``EventRows``,
+``TotalsRows``) that live beside their SQL. The SQL and
 the reasons for it are in those modules.
 """
 
@@ -61,6 +62,7 @@ from ephemera.catalog.sweeps import (
     SessionSweep,
 )
 from ephemera.catalog.tasks import task_producer
+from ephemera.catalog.totals import Total, TotalsRows
 from ephemera.catalog.verification import Stored
 from ephemera.models import (
     AdminKey,
@@ -77,7 +79,7 @@ from ephemera.models import (
 )
 
 
-class Catalog(UploadRows, IdempotencyRows, LinkKeyRows, EventRows):
+class Catalog(UploadRows, IdempotencyRows, LinkKeyRows, EventRows, TotalsRows):
     """The SQL owner: sessions, artifacts, leases, tasks, cleanup, integrity, keys, audit."""
 
     def __init__(self, database: Database) -> None:
@@ -409,9 +411,6 @@ class Catalog(UploadRows, IdempotencyRows, LinkKeyRows, EventRows):
     ) -> list[Candidate]:
         return sweeps.eviction_candidates(self._db, now, after, limit)
 
-    def stored_bytes(self) -> int:
-        return sweeps.stored_bytes(self._db)
-
     # -- orphan reconciliation ------------------------------------------------------------
 
     def stale_pending(
@@ -466,7 +465,7 @@ class Catalog(UploadRows, IdempotencyRows, LinkKeyRows, EventRows):
         return stats.session_states(self._db)
 
     def artifact_breakdown(self) -> list[tuple[str, str, int, int]]:
-        return stats.artifact_breakdown(self._db)
+        return [(t.storage_class, t.state, t.artifacts, t.bytes) for t in self.artifact_totals()]
 
     def lease_counts(self, now: datetime) -> dict[str, int]:
         return stats.lease_counts(self._db, now)
@@ -476,6 +475,15 @@ class Catalog(UploadRows, IdempotencyRows, LinkKeyRows, EventRows):
 
     def table_row_counts(self) -> dict[str, int]:
         return stats.table_row_counts(self._db)
+
+    def cleanable_artifacts(self, sweep: ArtifactSweep) -> tuple[int, int, int]:
+        return stats.cleanable_artifacts(self._db, sweep)
+
+    def cleanable_sessions(self, sweep: SessionSweep) -> tuple[int, int, int]:
+        return stats.cleanable_sessions(self._db, sweep)
+
+    def cleanable_uploads(self, now: datetime, stale_before: datetime) -> tuple[int, int]:
+        return stats.cleanable_uploads(self._db, now, stale_before)
 
     # -- audit ----------------------------------------------------------------------------
 
@@ -555,6 +563,7 @@ __all__: Sequence[str] = [
     "SessionSweep",
     "Start",
     "Stored",
+    "Total",
     "Wakeup",
     "session_topic",
     "task_producer",

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, case, delete, func, insert, or_, select
+from sqlalchemy import Row, and_, delete, func, insert, or_, select
 
+from ephemera.catalog import totals
 from ephemera.catalog.db import Database
 from ephemera.catalog.schema import (
     api_keys,
-    artifacts,
     console_logins,
     sessions,
     tasks,
@@ -106,23 +106,16 @@ class ConsoleCatalog:
 
     def insert_usage(self, at: datetime, keep_after: datetime) -> UsageSample:
         """Count the store now, record it, and drop the samples older than ``keep_after``."""
-        ready = artifacts.c.state == ArtifactState.READY
-        temporary = case(
-            (artifacts.c.storage_class == StorageClass.TEMPORARY, artifacts.c.size), else_=0
-        )
         with self._db.write() as conn:
             live = conn.scalar(
                 select(func.count())
                 .select_from(sessions)
                 .where(sessions.c.state == SessionState.OPEN)
             )
-            count, size, temp = conn.execute(
-                select(
-                    func.count(),
-                    func.coalesce(func.sum(artifacts.c.size), 0),
-                    func.coalesce(func.sum(temporary), 0),
-                ).where(ready)
-            ).one()
+            ready = [t for t in totals.summed(conn) if t.state == ArtifactState.READY]
+            count = sum(t.artifacts for t in ready)
+            size = sum(t.bytes for t in ready)
+            temp = sum(t.bytes for t in ready if t.storage_class == StorageClass.TEMPORARY)
             active = conn.scalar(
                 select(func.count())
                 .select_from(tasks)

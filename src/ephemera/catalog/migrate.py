@@ -1,37 +1,65 @@
-"""Schema migrations (alembic revisions in ``migrations/versions``), and preparing a store."""
+"""Schema migrations (alembic revisions in ``migrations/versions``), and preparing a store.
+
+Alembic is imported only to migrate: checking a store's revision (what every command and
+``Store.open`` does) reads ``alembic_version`` with a plain query and takes the newest
+revision from the revision files, so a command with nothing to migrate starts without it.
+"""
 
 from __future__ import annotations
 
+import functools
+import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection, column, inspect, select, table
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from ephemera.catalog.db import Database, translate
 from ephemera.errors import SchemaOutOfDate, StorageError, StoreMissing
 from ephemera.urls import redact_url
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS = Path(__file__).parent / "migrations"
+_REVISION = re.compile(r'^revision = "(\w+)"$', re.M)
+_DOWN_REVISION = re.compile(r'^down_revision = "(\w+)"$', re.M)
+_ALEMBIC_VERSION = table("alembic_version", column("version_num"))
 
 
 def alembic_config(conn: Connection) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = conn
     return cfg
 
 
+@functools.cache
+def head_revision() -> str:
+    """The newest revision: the one no other revision names as the one it follows."""
+    revisions: set[str] = set()
+    followed: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        if found := _REVISION.search(text):
+            revisions.add(found.group(1))
+        if down := _DOWN_REVISION.search(text):
+            followed.add(down.group(1))
+    (head,) = revisions - followed
+    return head
+
+
 def revisions(db: Database) -> tuple[str | None, str]:
     """(the database's revision, the newest revision this code knows)."""
-    head = ScriptDirectory(str(MIGRATIONS)).get_current_head()
-    assert head is not None
+    head = head_revision()
     try:
         with db.engine.connect() as conn:
-            current = MigrationContext.configure(conn).get_current_revision()
+            current = None
+            if inspect(conn).has_table("alembic_version"):
+                current = conn.scalars(select(_ALEMBIC_VERSION.c.version_num)).one_or_none()
     except OperationalError as exc:
         # Drivers explain over several lines; callers print one.
         reason = " ".join(str(exc.orig).split())
@@ -43,6 +71,8 @@ def revisions(db: Database) -> tuple[str | None, str]:
 
 
 def migrate(db: Database) -> None:
+    from alembic import command
+
     try:
         with db.engine.connect() as conn:
             command.upgrade(alembic_config(conn), "head")

@@ -393,3 +393,28 @@ cleanup_cursors = Table(
     Column("position", String(255), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
 )
+
+# Artifact counts and bytes by (storage class, state), kept by triggers on ``artifacts`` so
+# store-wide figures (the quota, stats, /metrics) are read without a scan; see
+# ``catalog.totals``. The totals hold what has been folded; the log, appended by writers on
+# PostgreSQL (one row per statement), holds deltas not folded yet.
+artifact_totals = Table(
+    "artifact_totals",
+    metadata,
+    Column("storage_class", String(16), primary_key=True),
+    Column("state", String(16), primary_key=True),
+    Column("artifacts", BigInteger, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+)
+
+artifact_totals_log = Table(
+    "artifact_totals_log",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("storage_class", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("artifacts", BigInteger, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+)

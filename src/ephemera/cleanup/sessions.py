@@ -80,11 +80,13 @@ def _close(run: Run, report: CleanupReport, candidate: Candidate, sweep: Session
 def quota(run: Run, report: CleanupReport) -> None:
     """Above the high-water mark, evict the least recently active unleased sessions."""
     settings = run.context.settings
+    catalog = run.context.catalog
+    # The quota runs at every scheduled tick: it keeps the log of the totals short.
+    catalog.fold_totals()
     high = settings.quota_high_water_bytes
     if high is None:
         return
     low = settings.quota_low_water_bytes if settings.quota_low_water_bytes is not None else high
-    catalog = run.context.catalog
     used = catalog.stored_bytes() - run.ledger.freed
     if used <= high:
         return

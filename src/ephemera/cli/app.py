@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib.metadata import version
 from typing import Annotated
 
 import typer
@@ -44,6 +43,8 @@ app.add_typer(link_keys_app, name="link-key")
 
 def _print_version(value: bool) -> None:
     if value:
+        from importlib.metadata import version
+
         print(f"ephemera {version('ephemera')}")
         raise typer.Exit()
 

@@ -1,4 +1,8 @@
-"""What every command shares: consoles, options, opening the store, printing records."""
+"""What every command shares: consoles, options, opening the store, printing records.
+
+The command modules import the library inside their commands, not at the top: ``--help``
+and a command with nothing to do start without loading what they do not run.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,18 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
-from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.markup import escape
 
-from ephemera.config import Settings
-from ephemera.deployment import Backends, check_record
 from ephemera.errors import EphemeraError, StorageError
-from ephemera.store import Store
+
+if TYPE_CHECKING:
+    from ephemera.config import Settings
+    from ephemera.deployment import Backends
+    from ephemera.store import Store
 
 # No markup on standard output: it shows what clients named (labels, file names, metadata),
 # which must print as the text it is, never as styles or terminal links.
@@ -65,6 +69,11 @@ def settings_for(
     data_dir: Path | None, *, database_url: str | None = None, blob_url: str | None = None
 ) -> Settings:
     """Flags, then ``ephemera --database-url/--blob-url``, then the environment and config."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from ephemera.config import Settings
+
     given: dict[str, Any] = {
         "data_dir": data_dir,
         "database_url": database_url or root_backends.get("database_url"),
@@ -89,6 +98,8 @@ def _setting_name(loc: tuple[int | str, ...]) -> str:
 
 def announce(settings: Settings) -> Backends:
     """Say on standard error which backends the command uses (stdout stays for output)."""
+    from ephemera.deployment import Backends
+
     backends = Backends.of(settings)
     err.print(f"ephemera: {backends.describe()}", markup=False, highlight=False)
     return backends
@@ -102,6 +113,9 @@ def open_store(
     create: bool = False,
 ) -> Store:
     """The store the command works on; it is never created unless ``create`` says so."""
+    from ephemera.deployment import check_record
+    from ephemera.store import Store
+
     settings = settings_for(data_dir, database_url=database_url, blob_url=blob_url)
     backends = announce(settings)
     try:

@@ -12,21 +12,11 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
-from ephemera import ids
 from ephemera.cli import render
 from ephemera.cli.app import app
 from ephemera.cli.common import (
@@ -39,11 +29,12 @@ from ephemera.cli.common import (
     out,
     usage_error,
 )
-from ephemera.client import Client
 from ephemera.errors import EphemeraError, Forbidden, InvalidInput, NotFound, Unauthenticated
-from ephemera.importer import HttpTarget, Importer, Plan, StoreTarget, Summary, Target
-from ephemera.importer import Progress as ImportProgress
 from ephemera.models import CreatedSession, FollowUp
+
+if TYPE_CHECKING:
+    from ephemera.importer import Progress as ImportProgress
+    from ephemera.importer import Summary, Target
 
 EXIT_INTERRUPTED = 130  # the shell's code for a command ended by SIGINT
 
@@ -100,6 +91,16 @@ def _token_on_failure(created: CreatedSession | None, as_json: bool) -> Iterator
 def _progress_bar(enabled: bool, watch: bool) -> Iterator[Callable[[ImportProgress], None]]:
     """Files done of those found so far, bytes and their rate, ETA (one-shot only: a watch
     has no end)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     started = time.monotonic()
     columns: list[Any] = [
         SpinnerColumn(),
@@ -218,6 +219,10 @@ def import_files(
     (nothing imported); 3 a backend is unreachable; 130 stopped by SIGINT/SIGTERM before the
     end of a run without --watch.
     """
+    from ephemera import ids
+    from ephemera.client import Client
+    from ephemera.importer import HttpTarget, Importer, Plan, StoreTarget
+
     if (session is None) == (not new_session):
         raise usage_error("give exactly one of --session SID and --new-session")
     if label is not None and not new_session:

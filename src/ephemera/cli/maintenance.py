@@ -5,23 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
-from ephemera.cleanup import ALL_ORDER
 from ephemera.cli import render
 from ephemera.cli.app import app
 from ephemera.cli.common import (
@@ -39,12 +28,27 @@ from ephemera.cli.common import (
 )
 from ephemera.errors import EphemeraError
 
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+
 
 @contextmanager
 def _cleanup_progress(operation: str, enabled: bool) -> Iterator[Callable[[str, int], None]]:
     """A bar over the operations of ``all`` (their number is known: total and ETA), and a
     spinner with the count examined by the running one (no operation knows its total
     without a second pass over the store, which would double the cost of cleanup)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from ephemera.cleanup.records import ALL_ORDER
+
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),

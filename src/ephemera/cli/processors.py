@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -13,15 +13,18 @@ from rich.text import Text
 
 from ephemera.cli.app import app
 from ephemera.cli.common import AsJson, DataDir, err, jsonable, out, settings_for
-from ephemera.cli.paramdocs import processors_markdown
-from ephemera.config import Settings
 from ephemera.errors import EphemeraError
 from ephemera.extras import needs
-from ephemera.processors import ProcessorInfo, ProcessorUnavailable, Registry
+
+if TYPE_CHECKING:
+    from ephemera.config import Settings
+    from ephemera.processors import ProcessorInfo, Registry
 
 
 def load_processors(settings: Settings) -> Registry:
     """The enabled processors, loaded now; exit 2 with one line if one cannot be."""
+    from ephemera.processors import ProcessorUnavailable, Registry
+
     try:
         return Registry.load(settings.processors, external=settings.external_processors)
     except ProcessorUnavailable as exc:
@@ -92,6 +95,8 @@ def processors(
         print(json.dumps(jsonable(infos if name is None else infos[0])))
         return
     if markdown:
+        from ephemera.cli.paramdocs import processors_markdown
+
         # Plain text, never wrapped to the terminal: it is pasted into the README as it is.
         sys.stdout.write(processors_markdown(infos))
         return

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -24,11 +24,11 @@ from ephemera.cli.common import (
     write_secret,
 )
 from ephemera.cli.processors import check_processors
-from ephemera.config import Settings
-from ephemera.deployment import check_record, check_urls, check_writable, write_record
 from ephemera.errors import EphemeraError, StorageError
-from ephemera.store import Store, migrate_schema
-from ephemera.volume import prepare_data_dir
+
+if TYPE_CHECKING:
+    from ephemera.config import Settings
+    from ephemera.store import Store
 
 CANNOT_START = "cannot start: "
 DATABASE_HINT = "check --database-url or EPHEMERA_DATABASE_URL"
@@ -38,6 +38,10 @@ def start_store(settings: Settings) -> Store:
     """Open (creating) the store and check every backend, or exit with one line saying what
     failed and how to fix it: a server that reports ready and then logs tracebacks every
     tick helps nobody."""
+    from ephemera.deployment import check_record, check_urls, check_writable, write_record
+    from ephemera.store import Store
+    from ephemera.volume import prepare_data_dir
+
     backends = announce(settings)
     try:
         # Starting on other backends than recorded would serve an empty store: only
@@ -172,6 +176,9 @@ def migrate(
 ) -> None:
     """Create the store or bring its schema up to date, and record its backends in the data
     dir. Other backends than recorded are refused (exit 2) unless --move."""
+    from ephemera.deployment import check_record, check_urls, check_writable, write_record
+    from ephemera.store import migrate_schema
+
     settings = settings_for(data_dir, database_url=database_url, blob_url=blob_url)
     backends = announce(settings)
     try:
