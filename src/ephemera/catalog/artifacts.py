@@ -1,4 +1,8 @@
-"""Artifacts: the pending -> ready -> deleting life of one artifact record."""
+"""Artifacts: the pending -> ready -> deleting life of one artifact record.
+
+An upload's two writes (its pending record, its commit) go through the group committer
+(``groupcommit``): concurrent uploads share their write transactions.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from ephemera.catalog import events
 from ephemera.catalog.db import Database, lock_first
+from ephemera.catalog.groupcommit import group_commit
 from ephemera.catalog.idempotency import Completion, complete
 from ephemera.catalog.imports import record_import
 from ephemera.catalog.predicates import artifact_leased, live_session
@@ -24,7 +29,8 @@ from ephemera.models import Artifact, ArtifactState, ImportEntry, ImportOrigin, 
 def insert_pending_artifact(db: Database, values: dict[str, Any]) -> bool:
     """Insert a pending artifact if its session is live; False if it is not."""
     now = values["created_at"]
-    with db.write() as conn:
+
+    def work(conn: Connection) -> bool:
         live = conn.scalar(
             select(live_session(now))
             .where(sessions.c.id == values["session_id"])
@@ -34,6 +40,8 @@ def insert_pending_artifact(db: Database, values: dict[str, Any]) -> bool:
             return False
         conn.execute(insert(artifacts).values(**values, state=ArtifactState.PENDING))
         return True
+
+    return group_commit(db).run(work)
 
 
 def finalize_artifact(
@@ -52,18 +60,22 @@ def finalize_artifact(
     The session row is locked (shared) first, so a concurrent close either happens
     entirely before (then this raises NotFound and nothing is committed) or entirely
     after (then it sees a ready artifact and removes its bytes). Nothing the transaction
-    writes is visible before it commits, and ``commit_bytes`` runs before that commit:
-    ``ready`` is never seen without durable bytes.
+    writes is visible before it commits, and ``commit_bytes`` runs before that commit
+    (its folder sync too, at the end of a shared transaction): ``ready`` is never seen
+    without durable bytes.
 
     A task's output (``claim``: task ID, claim ID) commits only while that claim holds
     the task, and joins the task's lease in the same transaction.
     """
-    with db.write() as conn:
+
+    def work(conn: Connection) -> Artifact:
         artifact = make_ready(conn, artifact_id, session_id, values, quota_bytes, claim)
         if completion is not None:
             complete(conn, completion, artifact)
         commit_bytes()
-    return artifact
+        return artifact
+
+    return group_commit(db).run(work)
 
 
 def finalize_import(
@@ -78,14 +90,17 @@ def finalize_import(
     """``finalize_artifact`` of an imported file, with its ledger entry in the same
     transaction; both as written. An origin the session's ledger holds already is a
     Conflict, and nothing is committed (the bytes are not moved into place either)."""
-    duplicate = f"{origin.path[:200]!r} of this version is already imported"
-    with db.write(duplicate=duplicate) as conn:
+
+    def work(conn: Connection) -> tuple[Artifact, ImportEntry]:
         artifact = make_ready(conn, artifact_id, session_id, values, quota_bytes, None)
         entry = record_import(
             conn, session_id, origin, artifact_id, values["sha256"], values["ready_at"]
         )
         commit_bytes()
-    return artifact, entry
+        return artifact, entry
+
+    duplicate = f"{origin.path[:200]!r} of this version is already imported"
+    return group_commit(db).run(work, duplicate=duplicate)
 
 
 def make_ready(
