@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, event, text
 
-from ephemera import NotFound, Settings, Store, TooLarge, fsutil
+from ephemera import NotFound, Settings, StorageError, Store, TooLarge, fsutil
+from ephemera.blobs.local import LocalBlobWriter
 from ephemera.catalog.groupcommit import GroupCommit, group_commit
 from ephemera.store import Upload
 from tests.conftest import MakeSettings
@@ -119,11 +120,16 @@ def test_a_failing_member_fails_alone(make_settings: MakeSettings) -> None:
             store.create_session(sid)
         store.put_artifact("full", b"x" * 900, name="big.bin")
         uploads: list[Upload] = []
-        for sid, name in [("ok", "1"), ("closed", "2"), ("full", "3"), ("ok", "4")]:
+        for sid, name in [("ok", "1"), ("closed", "2"), ("full", "3"), ("ok", "4"), ("ok", "5")]:
             upload = store.begin_upload(sid, name=f"{name}.bin")
             upload.write(b"y" * 200)
             uploads.append(upload)
         store.close_session("closed")
+        # The last one fails after its record was made ready: its staged bytes vanished, so
+        # moving them into place fails.
+        writer = uploads[-1]._writer
+        assert isinstance(writer, LocalBlobWriter)
+        writer._staging.unlink()
         committer = _committer(store)
         before = committer.stats.transactions
         with held_lead(committer) as wait_for:
@@ -135,11 +141,12 @@ def test_a_failing_member_fails_alone(make_settings: MakeSettings) -> None:
             wait_for(len(uploads))
         committing.join(30)
 
-        # The holder's transaction, then all four in one.
+        # The holder's transaction, then all five in one.
         assert committer.stats.transactions - before == 2
-        ok1, closed, full, ok4 = threads_results
+        ok1, closed, full, ok4, vanished = threads_results
         assert isinstance(closed, NotFound)
         assert isinstance(full, TooLarge)
+        assert isinstance(vanished, StorageError)
         assert [a.name for a in store.list_artifacts("ok").items] == ["1.bin", "4.bin"]
         assert ok1.name == "1.bin"
         assert ok4.name == "4.bin"
@@ -175,6 +182,7 @@ def test_uploads_racing_a_close_land_before_it_or_are_refused(store: Store) -> N
 _CHILD = """
 import os, signal, sys, threading, time
 from ephemera import Settings, Store
+from ephemera.blobs.local import LocalBlobWriter
 from ephemera.catalog.groupcommit import group_commit
 
 data_dir, members = sys.argv[1], int(sys.argv[2])
