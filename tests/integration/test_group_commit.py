@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Connection, event, text
 
-from ephemera import NotFound, Settings, StorageError, Store, TooLarge, fsutil
+from ephemera import Artifact, NotFound, Settings, StorageError, Store, TooLarge, fsutil
 from ephemera.blobs.local import LocalBlobWriter
 from ephemera.catalog.groupcommit import GroupCommit, group_commit
 from ephemera.store import Upload
@@ -172,8 +172,13 @@ def test_uploads_racing_a_close_land_before_it_or_are_refused(store: Store) -> N
     calls.insert(8, lambda: store.close_session("s1"))
     results = _in_threads(calls)
 
-    for result in results:
-        assert not isinstance(result, Exception) or isinstance(result, NotFound), result
+    report = results.pop(8)
+    landed = [r for r in results if isinstance(r, Artifact)]
+    refused = [r for r in results if isinstance(r, NotFound)]
+    assert len(landed) + len(refused) == len(results), results
+    # What landed, landed before the close: the close counted and removed it.
+    assert report.artifact_count == len(landed)
+    assert report.deleted_bytes == BODY * len(landed)
     assert store.catalog.table_row_counts()["artifacts"] == 0
     assert list(store.blobs.list("sessions/")) == []
     assert list(store.blobs.list_staged()) == []
