@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -33,7 +33,7 @@ def _committer(store: Store) -> GroupCommit:
     return group_commit(store.catalog._db)
 
 
-def _in_threads(calls: list[Callable[[], Any]]) -> list[Any]:
+def _in_threads(calls: Sequence[Callable[[], Any]]) -> list[Any]:
     """Each call in its own thread, all released at once; each one's result or error."""
     results: list[Any] = [None] * len(calls)
     start = threading.Barrier(len(calls))
@@ -164,6 +164,37 @@ def test_a_failing_member_fails_alone(make_settings: MakeSettings) -> None:
         assert sorted(r[0] for r in created) == ["full", "ok", "ok"]
 
 
+def test_a_failing_whole_body_upload_fails_alone(make_settings: MakeSettings) -> None:
+    """Bodies at hand (``put_artifact`` with bytes) are admitted and inserted as one batch."""
+    with Store.open(make_settings(session_quota_bytes=1000)) as store:
+        for sid in ("ok", "gone", "full"):
+            store.create_session(sid)
+        store.put_artifact("full", b"x" * 900, name="big.bin")
+        store.close_session("gone")
+        committer = _committer(store)
+        before = committer.stats.transactions
+        puts = [
+            partial(store.put_artifact, sid, b"y" * 200, name=f"{i}.bin")
+            for i, sid in enumerate(["ok", "gone", "full", "ok"])
+        ]
+        with held_lead(committer) as wait_for:
+            results: list[Any] = []
+            putting = threading.Thread(target=lambda: results.extend(_in_threads(puts)))
+            putting.start()
+            wait_for(len(puts))
+        putting.join(30)
+
+        assert committer.stats.transactions - before == 2
+        ok0, gone, full, ok3 = results
+        assert isinstance(gone, NotFound)
+        assert isinstance(full, TooLarge)
+        assert [a.name for a in store.list_artifacts("ok").items] == ["0.bin", "3.bin"]
+        assert [ok0.name, ok3.name] == ["0.bin", "3.bin"]
+        assert store.catalog.table_row_counts()["artifacts"] == 3
+        assert len(list(store.blobs.list("sessions/"))) == 3
+        assert list(store.blobs.list_staged()) == []
+
+
 def test_uploads_racing_a_close_land_before_it_or_are_refused(store: Store) -> None:
     store.create_session("s1")
     calls: list[Callable[[], Any]] = [
@@ -190,28 +221,34 @@ from ephemera import Settings, Store
 from ephemera.blobs.local import LocalBlobWriter
 from ephemera.catalog.groupcommit import group_commit
 
-data_dir, members = sys.argv[1], int(sys.argv[2])
+data_dir, members, whole = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "whole"
 store = Store.open(Settings(data_dir=data_dir))
 store.create_session("s")
 store.put_artifact("s", b"before", name="before.bin")
 committer = group_commit(store.catalog._db)
-uploads = []
+commits = []
 for i in range(members):
-    upload = store.begin_upload("s", name=f"{i}.bin")
-    upload.write(bytes([i]) * 4096)
-    uploads.append(upload)
+    if whole:  # bodies at hand: one batch, no pending record
+        commits.append(lambda i=i: store.put_artifact("s", bytes([i]) * 4096, name=f"{i}.bin"))
+    else:
+        upload = store.begin_upload("s", name=f"{i}.bin")
+        upload.write(bytes([i]) * 4096)
+        commits.append(upload.commit)
 release = threading.Event()
 holder = threading.Thread(target=committer.run, args=(lambda conn: release.wait(),))
 holder.start()
 while committer.queued: time.sleep(0.001)
-for upload in uploads:
-    threading.Thread(target=upload.commit, daemon=True).start()
+for commit in commits:
+    threading.Thread(target=commit, daemon=True).start()
 while committer.queued < members: time.sleep(0.001)
-def die(conn):
+def die(conn, items=None):
     # Every other member of this group has run: its record is ready, its bytes renamed.
     print("dying", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
-threading.Thread(target=committer.run, args=(die,), daemon=True).start()
+if whole:  # batches run in the order they joined: this one after the uploads'
+    threading.Thread(target=committer.run_batched, args=(die, None), daemon=True).start()
+else:
+    threading.Thread(target=committer.run, args=(die,), daemon=True).start()
 while committer.queued < members + 1: time.sleep(0.001)
 release.set()
 time.sleep(30)
@@ -219,11 +256,12 @@ time.sleep(30)
 
 
 @pytest.mark.slow
-def test_a_crash_inside_a_group_leaves_nothing_of_it_visible(tmp_path: Path) -> None:
+@pytest.mark.parametrize("bodies", ["streamed", "whole"])
+def test_a_crash_inside_a_group_leaves_nothing_of_it_visible(tmp_path: Path, bodies: str) -> None:
     data_dir = tmp_path / "data"
     members = 8
     child = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(data_dir), str(members)],
+        [sys.executable, "-c", _CHILD, str(data_dir), str(members), bodies],
         capture_output=True,
         text=True,
         timeout=60,

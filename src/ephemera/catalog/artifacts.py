@@ -7,6 +7,7 @@ An upload's two writes (its pending record, its commit) go through the group com
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -126,6 +127,78 @@ def make_ready(
     artifact = artifact_model(row)
     events.record(conn, [events.artifact_created(artifact)])
     return artifact
+
+
+def insert_ready_artifact(
+    db: Database,
+    row: dict[str, Any],
+    quota_bytes: int | None,
+    commit_bytes: Callable[[], object],
+) -> Artifact:
+    """One artifact whose bytes are staged and synced, made ready with no pending record
+    first (the order of ``finalize_artifact``), in a transaction shared with concurrent
+    callers: a few statements for the whole group. A crash before the commit leaves only
+    staged or unreferenced bytes."""
+    made: Artifact = group_commit(db).run_batched(
+        _insert_ready, _Ready(row, quota_bytes, commit_bytes)
+    )
+    return made
+
+
+@dataclass(frozen=True)
+class _Ready:
+    row: dict[str, Any]
+    quota_bytes: int | None
+    commit_bytes: Callable[[], object]
+
+
+def _insert_ready(conn: Connection, items: list[_Ready]) -> list[Artifact | Exception]:
+    """Each item admitted as ``_admit`` does (its session open, its row locked shared; the
+    quota), its bytes put in place, then all admitted rows inserted ready at once."""
+    sids = sorted({item.row["session_id"] for item in items})
+    states = dict(
+        conn.execute(
+            select(sessions.c.id, sessions.c.state)
+            .where(sessions.c.id.in_(sids))
+            .with_for_update(read=True)
+        ).all()
+    )
+    used: dict[str, int] = {}
+    answers: list[Artifact | Exception | None] = []
+    admitted: list[dict[str, Any]] = []
+    for item in items:
+        sid, size = item.row["session_id"], int(item.row["size"])
+        if states.get(sid) != SessionState.OPEN:
+            answers.append(NotFound(f"session {sid} not found"))
+            continue
+        if item.quota_bytes is not None:
+            if sid not in used:
+                used[sid] = ready_usage(conn, sid)[1]
+            if used[sid] + size > item.quota_bytes:
+                answers.append(_over_quota(item.quota_bytes, used[sid], size))
+                continue
+        try:
+            item.commit_bytes()
+        except Exception as exc:
+            answers.append(exc)
+            continue
+        if sid in used:
+            used[sid] += size
+        admitted.append({"producer": None, **item.row, "state": ArtifactState.READY})
+        answers.append(None)
+    if not admitted:
+        return [a for a in answers if a is not None]
+    conn.execute(insert(artifacts), admitted)
+    ids = [r["id"] for r in admitted]
+    found = {
+        r.id: artifact_model(r)
+        for r in conn.execute(select(artifacts).where(artifacts.c.id.in_(ids)))
+    }
+    events.record(conn, [events.artifact_created(found[i]) for i in ids])
+    return [
+        found[item.row["id"]] if answer is None else answer
+        for item, answer in zip(items, answers, strict=True)
+    ]
 
 
 def insert_ready_artifacts(
@@ -312,8 +385,11 @@ def _admit(
     if quota_bytes is not None:
         _, used = ready_usage(conn, session_id)
         if used + size > quota_bytes:
-            raise TooLarge(
-                f"session quota of {quota_bytes} bytes would be exceeded "
-                f"({used} in use, {size} uploaded)"
-            )
+            raise _over_quota(quota_bytes, used, size)
     return lease_id
+
+
+def _over_quota(quota_bytes: int, used: int, size: int) -> TooLarge:
+    return TooLarge(
+        f"session quota of {quota_bytes} bytes would be exceeded ({used} in use, {size} uploaded)"
+    )

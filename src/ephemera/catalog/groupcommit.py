@@ -26,6 +26,21 @@ Why the order of an upload is still safe (guarantee 3, and the upload/close race
   its bytes are at their key with no record, and its caller discards them (``discard``).
   They are not retried: their bytes were moved already.
 
+Members come two ways. ``run(work)``: the work runs in its own savepoint (a streamed
+upload's pending record and its commit). ``run_batched(batch, item)``: the items of one
+batch function are handled by a single call, a few statements for the whole group (a body
+at hand, inserted ready at once); the function answers each item alone (its session closed,
+its quota), and a failure of the call fails its items only.
+
+The COMMIT is not fsynced itself: SQLite runs in WAL mode with ``synchronous=NORMAL``
+(``catalog/db.py``, kept as it was). A committed transaction survives a crash of the
+process (the case of the crash tests); a power loss may take back the last ones. Guarantee
+3 still holds then, since the bytes and their folder were synced before the COMMIT was
+written: a lost commit leaves bytes without a record, which reconciliation removes, never
+a record without bytes. What a power loss can lose is an answer already given (201 for an
+artifact that is then gone). ``FULL`` would cost one WAL fsync per group, not per upload,
+if that answer must outlive a power loss.
+
 Only SQLite groups. PostgreSQL takes concurrent writers (row locks), and each keeps its own
 transaction, as before.
 """
@@ -55,10 +70,18 @@ LINGER_S = 0.002
 MAX_MEMBERS = 64
 
 
+# A statement set for many members at once: one answer per item, a result or the error
+# of that item alone. Batching spends a few statements on a whole group instead of a few
+# per member: under load each statement hands the GIL away and waits to get it back.
+Batch = Callable[[Connection, list[Any]], list[Any]]
+
+
 @dataclass
 class _Member(Generic[T]):
-    work: Callable[[Connection], T]
+    work: Callable[[Connection], T] | None
     duplicate: str | None
+    batch: Batch | None = None
+    item: Any = None
     done: threading.Event = field(default_factory=threading.Event)
     lead: bool = False
     result: T | None = None
@@ -98,7 +121,22 @@ class GroupCommit:
         if self._db.dialect != "sqlite":
             with self._db.write(duplicate=duplicate) as conn:
                 return work(conn)
-        member: _Member[T] = _Member(work, duplicate)
+        return self._join(_Member(work, duplicate))
+
+    def run_batched(self, batch: Batch, item: Any) -> Any:
+        """``batch(conn, items)``'s answer for ``item``, run once for all the items of
+        ``batch`` in a group (a result, or the item's own error raised). If the batch as a
+        whole fails, each of its items gets that failure."""
+        if self._db.dialect != "sqlite":
+            with self._db.write() as conn:
+                (answer,) = batch(conn, [item])
+        else:
+            answer = self._join(_Member(None, None, batch, item))
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def _join(self, member: _Member[T]) -> T:
         with self._lock:
             self._queue.append(member)
             if not self._leading:
@@ -135,7 +173,12 @@ class GroupCommit:
     def _commit(self, group: list[_Member[Any]]) -> None:
         try:
             with self._db.write() as conn, dir_syncs():
+                batches: dict[Batch, list[_Member[Any]]] = {}
                 for member in group:
+                    if member.batch is not None:
+                        batches.setdefault(member.batch, []).append(member)
+                        continue
+                    assert member.work is not None
                     try:
                         with savepoint(conn):
                             member.result = member.work(conn)
@@ -143,6 +186,8 @@ class GroupCommit:
                         member.error = translate(exc, member.duplicate)
                     except Exception as exc:
                         member.error = exc
+                for batch, members in batches.items():
+                    self._run_batch(conn, batch, members)
         except StorageError as exc:  # the COMMIT (translated): nothing of the group is in
             self._fail(group, exc)
         except OSError as exc:  # a folder sync: nothing of the group is committed
@@ -151,6 +196,19 @@ class GroupCommit:
             self._fail(group, exc)
             if not isinstance(exc, Exception):
                 raise
+
+    @staticmethod
+    def _run_batch(conn: Connection, batch: Batch, members: list[_Member[Any]]) -> None:
+        try:
+            with savepoint(conn):
+                answers = batch(conn, [m.item for m in members])
+        except SQLAlchemyError as exc:
+            GroupCommit._fail(members, translate(exc))
+        except Exception as exc:
+            GroupCommit._fail(members, exc)
+        else:
+            for member, answer in zip(members, answers, strict=True):
+                member.result = answer
 
     @staticmethod
     def _fail(group: list[_Member[Any]], exc: BaseException) -> None:

@@ -12,6 +12,7 @@ import base64
 import binascii
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -30,6 +31,8 @@ from ephemera.store import Store, Upload
 from ephemera.store.idempotency import UploadKey
 
 BUFFER = 1024 * 1024
+# Raw bodies up to this size (by their Content-Length) are read whole, then stored at once.
+SMALL = 64 * 1024
 FIELD_MAX = 4096
 T = TypeVar("T")
 FIELDS = ("name", "kind", "content_type", "storage", "expires_in_s", "sha256")
@@ -175,15 +178,62 @@ async def body_chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[
 async def receive_raw(
     store: Store, session_id: str, request: Request, params: UploadParams
 ) -> Artifact:
+    _content_type_from_header(request, params)
+    upload = await anyio.to_thread.run_sync(
+        params.begin, store, session_id, declared_length(request)
+    )
+    return await stream_into(store, request, upload, partial(upload.commit, params.sha256))
+
+
+def is_small(request: Request, params: UploadParams) -> bool:
+    """A raw body small enough (by its Content-Length) to read whole before storing it;
+    not under an Idempotency-Key, whose replays are hashed as they stream."""
+    declared = declared_length(request)
+    return declared is not None and declared <= SMALL and params.key is None
+
+
+async def receive_small(
+    store: Store,
+    session_id: str,
+    request: Request,
+    params: UploadParams,
+    admit: Callable[[], AbstractContextManager[object]],
+) -> Artifact:
+    """A small raw body, read whole first; then in one trip to a worker thread ``admit``
+    (authentication, an upload slot, held while storing) and the store, in one shared write
+    transaction (``Store.put_artifact`` with bytes)."""
+    _content_type_from_header(request, params)
+    body = bytearray()
+    async for chunk in body_chunks(request, store.settings.upload_idle_timeout_s):
+        body += chunk
+        if len(body) > SMALL:  # more than it declared: the server stops it, but be sure
+            raise MalformedBody("the body is longer than its Content-Length")
+
+    def put() -> Artifact:
+        with admit():
+            if not params.name:
+                raise InvalidInput("a file name is required (query parameter 'name')")
+            return store.put_artifact(
+                session_id,
+                bytes(body),
+                name=params.name,
+                kind=params.kind or "input",
+                content_type=params.content_type,
+                storage=params.storage,
+                expires_in_s=params.expires_in_s,
+                sha256=params.sha256,
+                producer=params.producer,
+            )
+
+    return await anyio.to_thread.run_sync(put)
+
+
+def _content_type_from_header(request: Request, params: UploadParams) -> None:
     if params.content_type is None:
         header = request.headers.get("content-type", "")
         # curl labels every --data-binary body as a form: that says nothing about the file.
         if header.split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
             params.content_type = header or None
-    upload = await anyio.to_thread.run_sync(
-        params.begin, store, session_id, declared_length(request)
-    )
-    return await stream_into(store, request, upload, partial(upload.commit, params.sha256))
 
 
 async def stream_into(store: Store, request: Request, upload: Upload, commit: Callable[[], T]) -> T:
