@@ -1,4 +1,4 @@
-"""Small raw uploads: read whole, then authenticated, given a slot and stored in one step."""
+"""Small raw uploads that arrive whole with their headers: stored in one step."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def test_a_small_upload_with_a_wrong_checksum_stores_nothing(
 def test_a_session_with_no_free_slot_is_still_a_404_to_a_wrong_token(
     client: TestClient, store: Store
 ) -> None:
-    """The token is checked before a slot is asked for: a 429 would tell a guesser that the
+    """The token is checked before a slot is taken: a 429 would tell a guesser that the
     session exists."""
     token = store.create_session("s1").token
     slots = upload_slots(store)

@@ -12,7 +12,6 @@ import base64
 import binascii
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -31,7 +30,7 @@ from ephemera.store import Store, Upload
 from ephemera.store.idempotency import UploadKey
 
 BUFFER = 1024 * 1024
-# Raw bodies up to this size (by their Content-Length) are read whole, then stored at once.
+# A raw body up to this size (by its Content-Length) that arrives whole is stored at once.
 SMALL = 64 * 1024
 FIELD_MAX = 4096
 T = TypeVar("T")
@@ -178,54 +177,45 @@ async def body_chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[
 async def receive_raw(
     store: Store, session_id: str, request: Request, params: UploadParams
 ) -> Artifact:
+    """A raw body streamed into a new artifact; a small one that arrived whole with its
+    headers is stored in one step instead (``Store.put_artifact`` with bytes: one trip to a
+    worker thread, no pending record, one shared write transaction)."""
     _content_type_from_header(request, params)
-    upload = await anyio.to_thread.run_sync(
-        params.begin, store, session_id, declared_length(request)
-    )
-    return await stream_into(store, request, upload, partial(upload.commit, params.sha256))
-
-
-def is_small(request: Request, params: UploadParams) -> bool:
-    """A raw body small enough (by its Content-Length) to read whole before storing it;
-    not under an Idempotency-Key, whose replays are hashed as they stream."""
     declared = declared_length(request)
-    return declared is not None and declared <= SMALL and params.key is None
+    chunks = body_chunks(request, store.settings.upload_idle_timeout_s)
+    head = b""
+    if declared is not None and 0 < declared <= SMALL and params.key is None:
+        head = await anext(chunks, b"")
+        if len(head) == declared:
+            return await anyio.to_thread.run_sync(_put_whole, store, session_id, params, head)
+        # Still arriving (a slow or stalled client): streamed like any other body, with its
+        # pending record for as long as it takes.
+    upload = await anyio.to_thread.run_sync(params.begin, store, session_id, declared)
+    commit = partial(upload.commit, params.sha256)
+    return await stream_into(store, request, upload, commit, _after(head, chunks))
 
 
-async def receive_small(
-    store: Store,
-    session_id: str,
-    request: Request,
-    params: UploadParams,
-    admit: Callable[[], AbstractContextManager[object]],
-) -> Artifact:
-    """A small raw body, read whole first; then in one trip to a worker thread ``admit``
-    (authentication, an upload slot, held while storing) and the store, in one shared write
-    transaction (``Store.put_artifact`` with bytes)."""
-    _content_type_from_header(request, params)
-    body = bytearray()
-    async for chunk in body_chunks(request, store.settings.upload_idle_timeout_s):
-        body += chunk
-        if len(body) > SMALL:  # more than it declared: the server stops it, but be sure
-            raise MalformedBody("the body is longer than its Content-Length")
+def _put_whole(store: Store, session_id: str, params: UploadParams, body: bytes) -> Artifact:
+    if not params.name:
+        raise InvalidInput("a file name is required (query parameter 'name')")
+    return store.put_artifact(
+        session_id,
+        body,
+        name=params.name,
+        kind=params.kind or "input",
+        content_type=params.content_type,
+        storage=params.storage,
+        expires_in_s=params.expires_in_s,
+        sha256=params.sha256,
+        producer=params.producer,
+    )
 
-    def put() -> Artifact:
-        with admit():
-            if not params.name:
-                raise InvalidInput("a file name is required (query parameter 'name')")
-            return store.put_artifact(
-                session_id,
-                bytes(body),
-                name=params.name,
-                kind=params.kind or "input",
-                content_type=params.content_type,
-                storage=params.storage,
-                expires_in_s=params.expires_in_s,
-                sha256=params.sha256,
-                producer=params.producer,
-            )
 
-    return await anyio.to_thread.run_sync(put)
+async def _after(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if head:
+        yield head
+    async for chunk in rest:
+        yield chunk
 
 
 def _content_type_from_header(request: Request, params: UploadParams) -> None:
@@ -236,12 +226,20 @@ def _content_type_from_header(request: Request, params: UploadParams) -> None:
             params.content_type = header or None
 
 
-async def stream_into(store: Store, request: Request, upload: Upload, commit: Callable[[], T]) -> T:
-    """The raw body streamed into ``upload``, then ``commit``; the upload is discarded if
-    anything fails."""
+async def stream_into(
+    store: Store,
+    request: Request,
+    upload: Upload,
+    commit: Callable[[], T],
+    chunks: AsyncIterator[bytes] | None = None,
+) -> T:
+    """The raw body (or ``chunks`` of it) streamed into ``upload``, then ``commit``; the
+    upload is discarded if anything fails."""
+    if chunks is None:
+        chunks = body_chunks(request, store.settings.upload_idle_timeout_s)
     sink = _Sink(upload)
     try:
-        async for chunk in body_chunks(request, store.settings.upload_idle_timeout_s):
+        async for chunk in chunks:
             await sink.feed(chunk)
         return await sink.commit(commit)
     except BaseException:

@@ -30,14 +30,7 @@ from ephemera.http.openapi import (
     operation_id,
 )
 from ephemera.http.ratelimit import RateLimit, auth_failures, client_address
-from ephemera.http.receive import (
-    UploadParams,
-    is_small,
-    receive_json,
-    receive_multipart,
-    receive_raw,
-    receive_small,
-)
+from ephemera.http.receive import UploadParams, receive_json, receive_multipart, receive_raw
 from ephemera.http.schemas import (
     ArtifactOut,
     ArtifactPage,
@@ -255,6 +248,7 @@ def api_router(store: Store) -> APIRouter:
         discarded (nothing is recorded or stored for it): the same bytes and metadata answer
         the first answer again."""
         key = idempotency.checked_key(idempotency_key)
+        await anyio.to_thread.run_sync(authed, session_id, token)
         params = UploadParams(
             name=name,
             kind=kind,
@@ -265,22 +259,11 @@ def api_router(store: Store) -> APIRouter:
             producer=producer,
         )
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-        raw = not media_type.startswith("multipart/") and media_type != "application/json"
-        if raw and key is None and is_small(request, params):
-
-            def admit() -> contextlib.AbstractContextManager[None]:
-                # Authenticated before a slot is taken: a full session's 429 must not tell
-                # a wrong token that the session exists.
-                authed(session_id, token)
-                return slots.hold(session_id)
-
-            small = await receive_small(store, session_id, request, params, admit)
-            return ArtifactOut.model_validate(small)
-        await anyio.to_thread.run_sync(authed, session_id, token)
         held = None
         if key is not None:
             begun = await anyio.to_thread.run_sync(idempotency.reserve, store, request, token, key)
             if isinstance(begun, KeyRecord):
+                raw = not media_type.startswith("multipart/") and media_type != "application/json"
                 if raw and sha256 is not None:
                     # The same query, sha256 included, names the same bytes: no need to hash.
                     await idempotency.drain(store, request)
