@@ -184,7 +184,8 @@ async def receive_raw(
     declared = declared_length(request)
     chunks = body_chunks(request, store.settings.upload_idle_timeout_s)
     head = b""
-    if declared is not None and 0 < declared <= SMALL and params.key is None:
+    whole = params.key is None and params.task_claim is None  # keys, claims: begin() only
+    if whole and declared is not None and 0 < declared <= SMALL:
         head = await anext(chunks, b"")
         if len(head) == declared:
             return await anyio.to_thread.run_sync(_put_whole, store, session_id, params, head)
