@@ -8,6 +8,9 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from ephemera.errors import InsufficientStorage, StorageError
@@ -28,8 +31,39 @@ def write_error(action: str, exc: OSError) -> StorageError:
     return StorageError(f"cannot {action} blob: {exc.strerror}")
 
 
+# Per thread: the folders whose fsync a ``dir_syncs`` block has put off to its end.
+_put_off = threading.local()
+
+
 def fsync_dir(path: Path) -> None:
-    """Make the entries of folder ``path`` (creations, renames, removals) durable."""
+    """Make the entries of folder ``path`` (creations, renames, removals) durable; inside a
+    ``dir_syncs`` block of this thread, at the block's end."""
+    pending: set[Path] | None = getattr(_put_off, "folders", None)
+    if pending is not None:
+        pending.add(path)
+        return
+    _fsync_dir(path)
+
+
+@contextmanager
+def dir_syncs() -> Iterator[None]:
+    """Put off this thread's ``fsync_dir`` calls to the end of the block, then sync each
+    folder once: many renames into one folder cost one folder sync. The block ends only
+    once they are all durable (an OSError otherwise): what follows it may rely on them."""
+    if getattr(_put_off, "folders", None) is not None:
+        yield  # already inside one: the outer block syncs
+        return
+    folders: set[Path] = set()
+    _put_off.folders = folders
+    try:
+        yield
+    finally:
+        _put_off.folders = None
+    for folder in sorted(folders):
+        _fsync_dir(folder)
+
+
+def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

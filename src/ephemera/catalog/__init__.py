@@ -235,6 +235,14 @@ class Catalog(UploadRows, IdempotencyRows, LinkKeyRows, EventRows, TotalsRows):
             self._db, artifact_id, session_id, values, quota_bytes, commit_bytes, origin
         )
 
+    def insert_ready_artifact(
+        self,
+        row: dict[str, Any],
+        quota_bytes: int | None,
+        commit_bytes: Callable[[], object],
+    ) -> Artifact:
+        return artifacts.insert_ready_artifact(self._db, row, quota_bytes, commit_bytes)
+
     def insert_ready_artifacts(
         self,
         session_id: str,

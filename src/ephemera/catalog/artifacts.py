@@ -1,8 +1,13 @@
-"""Artifacts: the pending -> ready -> deleting life of one artifact record."""
+"""Artifacts: the pending -> ready -> deleting life of one artifact record.
+
+An upload's two writes (its pending record, its commit) go through the group committer
+(``groupcommit``): concurrent uploads share their write transactions.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -10,6 +15,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from ephemera.catalog import events
 from ephemera.catalog.db import Database, lock_first
+from ephemera.catalog.groupcommit import group_commit
 from ephemera.catalog.idempotency import Completion, complete
 from ephemera.catalog.imports import record_import
 from ephemera.catalog.predicates import artifact_leased, live_session
@@ -24,7 +30,8 @@ from ephemera.models import Artifact, ArtifactState, ImportEntry, ImportOrigin, 
 def insert_pending_artifact(db: Database, values: dict[str, Any]) -> bool:
     """Insert a pending artifact if its session is live; False if it is not."""
     now = values["created_at"]
-    with db.write() as conn:
+
+    def work(conn: Connection) -> bool:
         live = conn.scalar(
             select(live_session(now))
             .where(sessions.c.id == values["session_id"])
@@ -34,6 +41,8 @@ def insert_pending_artifact(db: Database, values: dict[str, Any]) -> bool:
             return False
         conn.execute(insert(artifacts).values(**values, state=ArtifactState.PENDING))
         return True
+
+    return group_commit(db).run(work)
 
 
 def finalize_artifact(
@@ -52,18 +61,22 @@ def finalize_artifact(
     The session row is locked (shared) first, so a concurrent close either happens
     entirely before (then this raises NotFound and nothing is committed) or entirely
     after (then it sees a ready artifact and removes its bytes). Nothing the transaction
-    writes is visible before it commits, and ``commit_bytes`` runs before that commit:
-    ``ready`` is never seen without durable bytes.
+    writes is visible before it commits, and ``commit_bytes`` runs before that commit
+    (its folder sync too, at the end of a shared transaction): ``ready`` is never seen
+    without durable bytes.
 
     A task's output (``claim``: task ID, claim ID) commits only while that claim holds
     the task, and joins the task's lease in the same transaction.
     """
-    with db.write() as conn:
+
+    def work(conn: Connection) -> Artifact:
         artifact = make_ready(conn, artifact_id, session_id, values, quota_bytes, claim)
         if completion is not None:
             complete(conn, completion, artifact)
         commit_bytes()
-    return artifact
+        return artifact
+
+    return group_commit(db).run(work)
 
 
 def finalize_import(
@@ -78,14 +91,17 @@ def finalize_import(
     """``finalize_artifact`` of an imported file, with its ledger entry in the same
     transaction; both as written. An origin the session's ledger holds already is a
     Conflict, and nothing is committed (the bytes are not moved into place either)."""
-    duplicate = f"{origin.path[:200]!r} of this version is already imported"
-    with db.write(duplicate=duplicate) as conn:
+
+    def work(conn: Connection) -> tuple[Artifact, ImportEntry]:
         artifact = make_ready(conn, artifact_id, session_id, values, quota_bytes, None)
         entry = record_import(
             conn, session_id, origin, artifact_id, values["sha256"], values["ready_at"]
         )
         commit_bytes()
-    return artifact, entry
+        return artifact, entry
+
+    duplicate = f"{origin.path[:200]!r} of this version is already imported"
+    return group_commit(db).run(work, duplicate=duplicate)
 
 
 def make_ready(
@@ -111,6 +127,78 @@ def make_ready(
     artifact = artifact_model(row)
     events.record(conn, [events.artifact_created(artifact)])
     return artifact
+
+
+def insert_ready_artifact(
+    db: Database,
+    row: dict[str, Any],
+    quota_bytes: int | None,
+    commit_bytes: Callable[[], object],
+) -> Artifact:
+    """One artifact whose bytes are staged and synced, made ready with no pending record
+    first (the order of ``finalize_artifact``), in a transaction shared with concurrent
+    callers: a few statements for the whole group. A crash before the commit leaves only
+    staged or unreferenced bytes."""
+    made: Artifact = group_commit(db).run_batched(
+        _insert_ready, _Ready(row, quota_bytes, commit_bytes)
+    )
+    return made
+
+
+@dataclass(frozen=True)
+class _Ready:
+    row: dict[str, Any]
+    quota_bytes: int | None
+    commit_bytes: Callable[[], object]
+
+
+def _insert_ready(conn: Connection, items: list[_Ready]) -> list[Artifact | Exception]:
+    """Each item admitted as ``_admit`` does (its session open, its row locked shared; the
+    quota), its bytes put in place, then all admitted rows inserted ready at once."""
+    sids = sorted({item.row["session_id"] for item in items})
+    states = dict(
+        conn.execute(
+            select(sessions.c.id, sessions.c.state)
+            .where(sessions.c.id.in_(sids))
+            .with_for_update(read=True)
+        ).all()
+    )
+    used: dict[str, int] = {}
+    answers: list[Artifact | Exception | None] = []
+    admitted: list[dict[str, Any]] = []
+    for item in items:
+        sid, size = item.row["session_id"], int(item.row["size"])
+        if states.get(sid) != SessionState.OPEN:
+            answers.append(NotFound(f"session {sid} not found"))
+            continue
+        if item.quota_bytes is not None:
+            if sid not in used:
+                used[sid] = ready_usage(conn, sid)[1]
+            if used[sid] + size > item.quota_bytes:
+                answers.append(_over_quota(item.quota_bytes, used[sid], size))
+                continue
+        try:
+            item.commit_bytes()
+        except Exception as exc:
+            answers.append(exc)
+            continue
+        if sid in used:
+            used[sid] += size
+        admitted.append({"producer": None, **item.row, "state": ArtifactState.READY})
+        answers.append(None)
+    if not admitted:
+        return [a for a in answers if a is not None]
+    conn.execute(insert(artifacts), admitted)
+    ids = [r["id"] for r in admitted]
+    found = {
+        r.id: artifact_model(r)
+        for r in conn.execute(select(artifacts).where(artifacts.c.id.in_(ids)))
+    }
+    events.record(conn, [events.artifact_created(found[i]) for i in ids])
+    return [
+        found[item.row["id"]] if answer is None else answer
+        for item, answer in zip(items, answers, strict=True)
+    ]
 
 
 def insert_ready_artifacts(
@@ -297,8 +385,11 @@ def _admit(
     if quota_bytes is not None:
         _, used = ready_usage(conn, session_id)
         if used + size > quota_bytes:
-            raise TooLarge(
-                f"session quota of {quota_bytes} bytes would be exceeded "
-                f"({used} in use, {size} uploaded)"
-            )
+            raise _over_quota(quota_bytes, used, size)
     return lease_id
+
+
+def _over_quota(quota_bytes: int, used: int, size: int) -> TooLarge:
+    return TooLarge(
+        f"session quota of {quota_bytes} bytes would be exceeded ({used} in use, {size} uploaded)"
+    )

@@ -117,6 +117,24 @@ def defer(
     state.flushes.setdefault(key, flush)
 
 
+@contextmanager
+def savepoint(conn: Connection) -> Iterator[None]:
+    """A part of this write transaction that fails alone: on an exception its statements
+    are rolled back to a SAVEPOINT and what it deferred is dropped; the transaction goes on."""
+    state: WriteState = conn.info[_STATE]
+    marks = {key: len(items) for key, items in state.deferred.items()}
+    try:
+        with conn.begin_nested():
+            yield
+    except BaseException:
+        for key in list(state.deferred):
+            if key in marks:
+                del state.deferred[key][marks[key] :]
+            else:
+                del state.deferred[key], state.flushes[key]
+        raise
+
+
 def write_time(conn: Connection) -> datetime:
     """The present by the clock of this write transaction's database (``Database.now``)."""
     state: WriteState = conn.info[_STATE]

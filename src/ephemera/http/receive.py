@@ -30,6 +30,8 @@ from ephemera.store import Store, Upload
 from ephemera.store.idempotency import UploadKey
 
 BUFFER = 1024 * 1024
+# A raw body up to this size (by its Content-Length) that arrives whole is stored at once.
+SMALL = 64 * 1024
 FIELD_MAX = 4096
 T = TypeVar("T")
 FIELDS = ("name", "kind", "content_type", "storage", "expires_in_s", "sha256")
@@ -175,23 +177,70 @@ async def body_chunks(request: Request, idle_timeout_s: float) -> AsyncIterator[
 async def receive_raw(
     store: Store, session_id: str, request: Request, params: UploadParams
 ) -> Artifact:
+    """A raw body streamed into a new artifact; a small one that arrived whole with its
+    headers is stored in one step instead (``Store.put_artifact`` with bytes: one trip to a
+    worker thread, no pending record, one shared write transaction)."""
+    _content_type_from_header(request, params)
+    declared = declared_length(request)
+    chunks = body_chunks(request, store.settings.upload_idle_timeout_s)
+    head = b""
+    whole = params.key is None and params.task_claim is None  # keys, claims: begin() only
+    if whole and declared is not None and 0 < declared <= SMALL:
+        head = await anext(chunks, b"")
+        if len(head) == declared:
+            return await anyio.to_thread.run_sync(_put_whole, store, session_id, params, head)
+        # Still arriving (a slow or stalled client): streamed like any other body, with its
+        # pending record for as long as it takes.
+    upload = await anyio.to_thread.run_sync(params.begin, store, session_id, declared)
+    commit = partial(upload.commit, params.sha256)
+    return await stream_into(store, request, upload, commit, _after(head, chunks))
+
+
+def _put_whole(store: Store, session_id: str, params: UploadParams, body: bytes) -> Artifact:
+    if not params.name:
+        raise InvalidInput("a file name is required (query parameter 'name')")
+    return store.put_artifact(
+        session_id,
+        body,
+        name=params.name,
+        kind=params.kind or "input",
+        content_type=params.content_type,
+        storage=params.storage,
+        expires_in_s=params.expires_in_s,
+        sha256=params.sha256,
+        producer=params.producer,
+    )
+
+
+async def _after(head: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if head:
+        yield head
+    async for chunk in rest:
+        yield chunk
+
+
+def _content_type_from_header(request: Request, params: UploadParams) -> None:
     if params.content_type is None:
         header = request.headers.get("content-type", "")
         # curl labels every --data-binary body as a form: that says nothing about the file.
         if header.split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
             params.content_type = header or None
-    upload = await anyio.to_thread.run_sync(
-        params.begin, store, session_id, declared_length(request)
-    )
-    return await stream_into(store, request, upload, partial(upload.commit, params.sha256))
 
 
-async def stream_into(store: Store, request: Request, upload: Upload, commit: Callable[[], T]) -> T:
-    """The raw body streamed into ``upload``, then ``commit``; the upload is discarded if
-    anything fails."""
+async def stream_into(
+    store: Store,
+    request: Request,
+    upload: Upload,
+    commit: Callable[[], T],
+    chunks: AsyncIterator[bytes] | None = None,
+) -> T:
+    """The raw body (or ``chunks`` of it) streamed into ``upload``, then ``commit``; the
+    upload is discarded if anything fails."""
+    if chunks is None:
+        chunks = body_chunks(request, store.settings.upload_idle_timeout_s)
     sink = _Sink(upload)
     try:
-        async for chunk in body_chunks(request, store.settings.upload_idle_timeout_s):
+        async for chunk in chunks:
             await sink.feed(chunk)
         return await sink.commit(commit)
     except BaseException:

@@ -8,10 +8,16 @@ Upload (guarantee 3, "no dangling record")::
     A crash before the commit transaction leaves a pending record (invisible; removed by
     orphan reconciliation after the grace period) and staged bytes (likewise). A crash inside
     it leaves committed bytes with a pending record: still invisible, still reconciled.
+
+A body already at hand (``put`` with bytes: small HTTP bodies, JSON uploads) skips the
+pending record: staged and fsynced, then inserted ``ready`` in one write transaction that
+renames the bytes into place first (``put_whole``). Both commits are shared with concurrent
+uploads (``catalog.groupcommit``, where the order is argued).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mimetypes
 import re
@@ -380,6 +386,12 @@ def put(
     """Store an artifact from bytes, a binary file, or an iterable of chunks (streamed)."""
     if sha256 is not None:
         check_sha256(sha256)
+    if isinstance(data, bytes) and key is None:
+        now = ctx.clock.now()
+        values = artifact_values(ctx.settings, name, kind, content_type, storage, expires_in_s, now)
+        if producer is not None:
+            values["producer"] = ids.check_producer(producer)
+        return put_whole(ctx, session_id, data, values, now, sha256)
     upload = begin_upload(
         ctx,
         session_id,
@@ -396,6 +408,54 @@ def put(
         for chunk in chunks(data, chunk_size):
             upload.write(chunk)
         return upload.commit(sha256)
+
+
+def put_whole(
+    ctx: Context,
+    session_id: str,
+    data: bytes,
+    values: dict[str, Any],
+    now: datetime,
+    expected_sha256: str | None,
+) -> Artifact:
+    """An artifact whose bytes are all at hand: staged and synced, then recorded ready in
+    one (shared) write transaction, with no pending record first. Nothing streams, so
+    there is nothing in flight for a pending record to stand for: a crash leaves at most a
+    staging file, which orphan reconciliation removes."""
+    limit = ctx.settings.max_upload_bytes
+    if len(data) > limit:
+        raise TooLarge(f"artifact exceeds the upload limit of {limit} bytes")
+    digest = hashlib.sha256(data).hexdigest()
+    if expected_sha256 is not None and check_sha256(expected_sha256) != digest:
+        raise ChecksumMismatch(
+            f"sha256 mismatch: client sent {expected_sha256.lower()}, received {digest}"
+        )
+    ctx.volume.check_room()
+    artifact_id = ids.new_uuid7()
+    key = artifact_key(session_id, artifact_id)
+    writer = ctx.blobs.writer(key)
+    try:
+        writer.write(data)
+        # The slow part of durability happens here, outside the commit transaction.
+        writer.sync()
+        row = {
+            "id": artifact_id,
+            "session_id": session_id,
+            "created_at": now,
+            **values,
+            "size": len(data),
+            "sha256": digest,
+            "ready_at": ctx.clock.now(),
+        }
+        return ctx.catalog.insert_ready_artifact(
+            row, ctx.settings.session_quota_bytes, writer.commit
+        )
+    except BaseException:
+        writer.abort()
+        with contextlib.suppress(StorageError):  # left over: orphan reconciliation
+            if ctx.catalog.get_artifact(session_id, artifact_id) is None:
+                ctx.blobs.delete(key)
+        raise
 
 
 def discard(ctx: Context, session_id: str, artifact_id: str, writer: BlobWriter) -> None:
