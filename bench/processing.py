@@ -56,7 +56,7 @@ from typing import Any, BinaryIO, cast
 
 import httpx2 as httpx
 
-from bench.rows import Row
+from bench.rows import Row, print_rows
 from bench.transfer import Server, remove_run_dir, start_ephemera
 from ephemera import Settings
 from ephemera.models import Artifact, Claim, NewOutput, Task
@@ -998,7 +998,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    problems, _ = _run(parse_args(argv))
+    problems, rows = _run(parse_args(argv))
+    print_rows(rows, "scale table row")
     return 1 if problems else 0
 
 
