@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import (
@@ -64,7 +65,14 @@ class Settings(BaseSettings):
         30, ge=1, description="Admin cleanup requests allowed per key and minute"
     )
     workers: int = Field(
-        2, ge=0, description="Embedded worker threads in `ephemera serve` (0: none)"
+        2, ge=0, description="Tasks `ephemera serve` runs at once (0: none; see worker_mode)"
+    )
+    worker_mode: Literal["auto", "processes", "threads"] = Field(
+        "auto",
+        description="How `ephemera serve` runs its workers: `processes` (each an `ephemera "
+        "worker` child, supervised), `threads` (beside the API, sharing its interpreter), or "
+        "`auto`: processes when the machine has more than one core (threads in an app's own "
+        "lifespan)",
     )
     task_claim_ttl_s: float = Field(
         30, gt=0, description="A worker that has not renewed its claim this long is lost"

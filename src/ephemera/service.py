@@ -1,16 +1,18 @@
 """What runs beside the API: recovery at start-up, scheduled cleanup, the scrub and embedded
-workers.
+workers (threads, or supervised processes).
 
 ``ephemera serve`` runs a :class:`Service` around its HTTP server. An app that mounts
 ephemera's API runs the same in its own lifespan (``FastAPI(lifespan=lifespan(store))``);
 ``create_app`` alone adds routes and runs nothing. ``settings.scheduled_cleanup``,
-``settings.scrub_period_s`` (0: no scrub) and ``settings.workers`` say what starts. Creating
-admin keys is left to the host (``store.create_key``, ``ephemera admin-key create``).
+``settings.scrub_period_s`` (0: no scrub), ``settings.workers`` and ``settings.worker_mode``
+say what starts. Creating admin keys is left to the host (``store.create_key``, ``ephemera
+admin-key create``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING
@@ -20,6 +22,7 @@ import anyio
 from ephemera.scheduler import CleanupScheduler
 from ephemera.scrub import Scrubber
 from ephemera.worker import Worker
+from ephemera.workerpool import WorkerPool
 
 if TYPE_CHECKING:
     from ephemera.store import Store
@@ -30,11 +33,23 @@ log = logging.getLogger("ephemera.service")
 class Service:
     """Started once, stopped once; the store stays open (whoever opened it closes it)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, auto_processes: bool = False) -> None:
+        """``auto_processes``: ``worker_mode = "auto"`` means worker processes when the machine
+        has more than one core (``ephemera serve``); otherwise threads (an app's lifespan,
+        whose processors may be registered in its own interpreter only)."""
         self.store = store
+        self.auto_processes = auto_processes
         self.scheduler: CleanupScheduler | None = None
         self.scrubber: Scrubber | None = None
         self.workers: Worker | None = None
+        self.pool: WorkerPool | None = None
+
+    @property
+    def worker_processes(self) -> bool:
+        mode = self.store.settings.worker_mode
+        if mode == "auto":
+            return self.auto_processes and (os.cpu_count() or 1) > 1
+        return mode == "processes"
 
     def start(self) -> None:
         closed, deleted = self.store.recover()
@@ -52,7 +67,10 @@ class Service:
         if settings.scrub_period_s > 0:
             self.scrubber = Scrubber(self.store)
             self.scrubber.start()
-        if settings.workers:
+        if settings.workers and self.worker_processes:
+            self.pool = WorkerPool(settings, settings.workers)
+            self.pool.start()
+        elif settings.workers:
             self.workers = Worker(self.store, concurrency=settings.workers)
             self.workers.start()
 
@@ -61,6 +79,9 @@ class Service:
         if self.workers is not None:
             self.workers.stop()
             self.workers = None
+        if self.pool is not None:
+            self.pool.stop()
+            self.pool = None
         if self.scheduler is not None:
             self.scheduler.stop()
             self.scheduler = None

@@ -318,6 +318,8 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._running: dict[str, StoreTaskContext] = {}
         self._running_lock = threading.Lock()
+        # Past its grace period, stopping: a task claimed now stops at once.
+        self._halting = False
 
     @property
     def processors(self) -> Registry:
@@ -326,6 +328,7 @@ class Worker:
     def start(self) -> None:
         self._stopping.clear()
         self._idle.clear()
+        self._halting = False
         names = [f"ephemera-worker-{i}" for i in range(self.concurrency)]
         self._threads = [
             threading.Thread(target=self._loop, name=name, daemon=True) for name in names
@@ -356,6 +359,8 @@ class Worker:
             if thread.name.startswith("ephemera-worker"):
                 thread.join(max(0.0, deadline - time.monotonic()))
         with self._running_lock:
+            # A claim still in flight is stopped as it starts (see ``run``).
+            self._halting = True
             running = list(self._running.values())
         for ctx in running:
             ctx.stop()
@@ -379,6 +384,8 @@ class Worker:
         ctx = StoreTaskContext(self.store, claim)
         with self._running_lock:
             self._running[task.id] = ctx
+            if self._halting:
+                ctx.stop()
         started = time.perf_counter()
         try:
             outcome = self._execute(ctx, claim)

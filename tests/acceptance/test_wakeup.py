@@ -1,10 +1,12 @@
-"""Idle workers wake on submission: embedded in `ephemera serve` (SQLite), and an
-`ephemera worker` process on PostgreSQL (LISTEN/NOTIFY), each far under its safety poll:
+"""Idle workers wake on submission: embedded in `ephemera serve` (SQLite), its worker
+processes (SQLite: datagrams between processes), and an `ephemera worker` process on
+PostgreSQL (LISTEN/NOTIFY), each far under its safety poll:
 every submission, not most of them (one missed wake-up waits for the safety poll)."""
 
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -64,13 +66,40 @@ def assert_every_one_woke(where: str, delays: list[float]) -> None:
 
 
 def test_an_embedded_worker_picks_a_task_up_at_once(tmp_path: Path) -> None:
-    env = {**WITH_SAMPLES_ENV, "EPHEMERA_WORKER_POLL_S": SAFETY_POLL_S}
+    env = {
+        **WITH_SAMPLES_ENV,
+        "EPHEMERA_WORKER_POLL_S": SAFETY_POLL_S,
+        "EPHEMERA_WORKER_MODE": "threads",
+    }
     server = Server(tmp_path / "data", env).start()
     try:
         delays = pickup_delays(server)
     finally:
         server.stop()
     assert_every_one_woke("embedded worker, SQLite", delays)
+
+
+def test_the_worker_processes_of_serve_on_sqlite_pick_a_task_up_at_once(tmp_path: Path) -> None:
+    env = {
+        **WITH_SAMPLES_ENV,
+        "EPHEMERA_WORKER_POLL_S": SAFETY_POLL_S,
+        "EPHEMERA_WORKER_MODE": "processes",
+    }
+    server = Server(tmp_path / "data", env).start()
+    try:
+        # Both children started, their processors loaded (the first claim of a child still
+        # starting up waits for that, not for a wake-up).
+        wait_for(
+            lambda: (
+                len(re.findall(r"ephemera.worker worker \S+ started", server.log.read_text())) == 2
+            ),
+            60,
+            lambda: f"the worker processes to start: {server.log.read_text()}",
+        )
+        delays = pickup_delays(server)
+    finally:
+        server.stop()
+    assert_every_one_woke("`ephemera worker` processes of `ephemera serve`, SQLite", delays)
 
 
 def test_a_worker_process_on_postgresql_picks_a_task_up_at_once(

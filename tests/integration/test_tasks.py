@@ -373,6 +373,21 @@ def test_a_worker_runs_queued_tasks_on_its_threads_and_stops_cleanly(store: Stor
     assert all(store.get_task("s1", t.id).attempts == 1 for t in tasks)
 
 
+def test_a_task_claimed_as_its_worker_stops_goes_back_to_the_queue_at_once(store: Store) -> None:
+    # A claim still in flight when the worker stopped past its grace period (a worker process
+    # whose server is gone stops with none): the task is stopped as it starts, not run unseen.
+    store.create_session("s1")
+    task = store.submit_task("s1", "sample-sleep", params={"seconds": 30})
+    worker = Worker(store, name="stopping")
+    worker.stop(timeout_s=0)
+    started = time.monotonic()
+    assert worker.run_one()
+    assert time.monotonic() - started < 10
+    requeued = store.get_task("s1", task.id)
+    assert requeued.state is TaskState.PENDING
+    assert requeued.attempts == 1
+
+
 def test_camera_calibration_runs_as_a_task_and_stores_its_preview(
     store: Store, worker: Worker
 ) -> None:

@@ -20,7 +20,7 @@ the reasons for it are in those modules.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -49,7 +49,14 @@ from ephemera.catalog.events import EventRows, Start
 from ephemera.catalog.idempotency import KEY_LOST, Answer, Completion, IdempotencyRows, KeyRecord
 from ephemera.catalog.linkkeys import LinkKeyRows
 from ephemera.catalog.locks import AdvisoryLocks
-from ephemera.catalog.notify import TASKS, Notifier, PgListener, Wakeup, session_topic
+from ephemera.catalog.notify import (
+    TASKS,
+    Notifier,
+    PgListener,
+    SocketWakeups,
+    Wakeup,
+    session_topic,
+)
 from ephemera.catalog.overview import OverviewCatalog
 from ephemera.catalog.predicates import RESULT_KINDS
 from ephemera.catalog.resumable import UploadRows
@@ -86,9 +93,15 @@ class Catalog(UploadRows, IdempotencyRows, LinkKeyRows, EventRows, TotalsRows):
         self._db = database
         self._advisory = AdvisoryLocks(database.engine)
         self._listener: PgListener | None = None
-        # Wake-ups after commits; on PostgreSQL a listener joins in at the first subscriber.
-        self.notifier = Notifier(self._listen if database.dialect == "postgresql" else None)
-        database.committed = self.notifier.publish
+        # Wake-ups after commits; a listener for other processes' (NOTIFY on PostgreSQL,
+        # datagrams on SQLite) joins in at the first subscriber.
+        self.notifier = Notifier(self._listen)
+        self._socket_wakeups = (
+            SocketWakeups.for_sqlite(database.sqlite_file, self.notifier)
+            if database.dialect == "sqlite"
+            else None
+        )
+        database.committed = self._committed
         self._discard_uploads: DiscardUploads | None = None
         self.console = ConsoleCatalog(database)
         self.overview = OverviewCatalog(database)
@@ -124,12 +137,22 @@ class Catalog(UploadRows, IdempotencyRows, LinkKeyRows, EventRows, TotalsRows):
     def dispose(self) -> None:
         if self._listener is not None:
             self._listener.stop()
+        if self._socket_wakeups is not None:
+            self._socket_wakeups.stop()
         self.release_locks()
         self._db.engine.dispose()
 
     def _listen(self) -> None:
-        self._listener = PgListener(self._db.engine, self.notifier)
-        self._listener.start()
+        if self._socket_wakeups is not None:
+            self._socket_wakeups.start()
+        elif self._db.dialect == "postgresql":
+            self._listener = PgListener(self._db.engine, self.notifier)
+            self._listener.start()
+
+    def _committed(self, topics: Iterable[str]) -> None:
+        self.notifier.publish(topics)
+        if self._socket_wakeups is not None:
+            self._socket_wakeups.send(topics)
 
     # -- schema ---------------------------------------------------------------------------
 

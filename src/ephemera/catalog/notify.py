@@ -5,8 +5,9 @@ A topic names what changed: ``events:<session>`` (an event of that session was r
 subscribers of a topic right after the commit (``Database.committed``). Across processes on
 PostgreSQL, the writing transaction also sends a NOTIFY (see ``db.announce``) and one
 :class:`PgListener` per catalog, on a connection and a thread of its own, passes what it
-hears to the Notifier. A wake-up is a hint, never the data: subscribers read the database
-after it, and wait with a timeout (a slower safety poll) in case one was missed.
+hears to the Notifier; on SQLite, :class:`SocketWakeups` does the same with datagrams
+between the processes of one machine. A wake-up is a hint, never the data: subscribers read
+the database after it, and wait with a timeout (a slower safety poll) in case one was missed.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import contextlib
 import logging
 import os
 import random
+import secrets
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
@@ -228,3 +232,96 @@ class PgListener:
             raise
         finally:
             timer.cancel()
+
+
+# Abstract socket names (Linux): no file to leave behind, gone with their process.
+_ABSTRACT_PREFIX = b"\0ephemera-wake-"
+
+
+class SocketWakeups:
+    """Wake-ups across the processes of one machine on an SQLite catalog (the ``ephemera
+    worker`` processes of a server, and the server's event streams).
+
+    SQLite has no NOTIFY. Each listening process binds a datagram socket in Linux's abstract
+    namespace and names it by an empty file in ``directory`` (beside the database file). A
+    write that announced topics sends them to every other name there once it committed; a
+    name whose socket is gone (its process died) is removed by the sender that finds it so.
+    Like a NOTIFY, a datagram is a hint: a full receive buffer drops it, the safety poll
+    remains. Elsewhere than on Linux there is no abstract namespace: :meth:`for_sqlite`
+    gives None and other processes wait for their safety poll.
+    """
+
+    def __init__(self, directory: Path, notifier: Notifier) -> None:
+        self.directory = directory
+        self._notifier = notifier
+        self._name = f"{os.getpid()}-{secrets.token_hex(6)}"
+        self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sender.setblocking(False)
+        self._receiver: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.listening = threading.Event()
+
+    @classmethod
+    def for_sqlite(cls, database_file: Path | None, notifier: Notifier) -> SocketWakeups | None:
+        if database_file is None or not sys.platform.startswith("linux"):
+            return None
+        return cls(database_file.parent / f"{database_file.name}-wake", notifier)
+
+    def start(self) -> None:
+        try:
+            self.directory.mkdir(mode=0o700, exist_ok=True)
+            receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            receiver.bind(_ABSTRACT_PREFIX + self._name.encode())
+            (self.directory / self._name).touch(mode=0o600)
+        except OSError as exc:
+            log.warning(
+                "no wake-ups from other processes (%s): they wait for the safety poll",
+                exc,
+                extra={"action": "listen"},
+            )
+            return
+        # A timeout, so that a stop is seen soon.
+        receiver.settimeout(0.25)
+        self._receiver = receiver
+        self._thread = threading.Thread(target=self._run, name="ephemera-wakeups", daemon=True)
+        self._thread.start()
+        self.listening.set()
+        log.info("wake-ups from other processes in %s", self.directory, extra={"action": "listen"})
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        if self._receiver is not None:
+            (self.directory / self._name).unlink(missing_ok=True)
+            self._receiver.close()
+        self._sender.close()
+
+    def send(self, topics: Iterable[str]) -> None:
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return  # nobody has listened yet
+        payload = "\n".join(topics).encode()
+        for name in names:
+            if name == self._name:
+                continue
+            try:
+                self._sender.sendto(payload, _ABSTRACT_PREFIX + name.encode())
+            except ConnectionRefusedError:
+                # Its process is gone: so is the socket, and the name goes too.
+                (self.directory / name).unlink(missing_ok=True)
+            except OSError:
+                pass  # a full buffer: that process has wake-ups enough to read the database
+
+    def _run(self) -> None:
+        assert self._receiver is not None
+        while not self._stop.is_set():
+            try:
+                payload = self._receiver.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._notifier.publish(payload.decode().split("\n"))

@@ -105,7 +105,7 @@ def serve(
         # Recovery, scheduled cleanup and workers: what a host app runs in its lifespan.
         app = create_app(store)
         install_console(app, store)
-        with Service(store):
+        with Service(store, auto_processes=True):
             uvicorn.run(
                 app,
                 host=host if host is not None else settings.host,
@@ -134,30 +134,58 @@ def worker(
     data_dir: DataDir = None,
     database_url: DatabaseUrl = None,
     blob_url: BlobUrl = None,
+    supervised: Annotated[
+        bool,
+        typer.Option(
+            hidden=True,
+            help="Started by `ephemera serve`: its settings come on standard input, whose end "
+            "(the server is gone) stops the worker at once",
+        ),
+    ] = False,
 ) -> None:
     """Run tasks from the queue on this machine until interrupted (as many at once as wanted)."""
     import signal
+    import sys
     import threading
 
     from ephemera.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    check_processors(settings_for(data_dir, database_url=database_url, blob_url=blob_url))
-    store = open_store(data_dir, database_url=database_url, blob_url=blob_url)
+    stop = threading.Event()
+    orphaned = threading.Event()
+    if supervised:
+        settings = Settings.model_validate_json(sys.stdin.buffer.readline())
+
+        def watch_server() -> None:
+            sys.stdin.buffer.read()  # returns at end of file: the server is gone
+            orphaned.set()
+            stop.set()
+
+        threading.Thread(target=watch_server, name="ephemera-server-watch", daemon=True).start()
+        try:
+            store = Store.open(settings, create=False)
+        except EphemeraError as exc:
+            raise fail(exc, EXIT_USAGE, context=CANNOT_START) from None
+    else:
+        check_processors(settings_for(data_dir, database_url=database_url, blob_url=blob_url))
+        store = open_store(data_dir, database_url=database_url, blob_url=blob_url)
     try:
         store.check_blobs()
     except EphemeraError as exc:
         store.close()
         raise fail(exc, EXIT_USAGE, context=CANNOT_START) from None
     runner = Worker(store, concurrency=concurrency, name=name, poll_interval_s=poll_interval)
-    stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if stop.is_set():  # the server went while this worker started: it takes no task
+        store.close()
+        return
     runner.start()
     try:
         stop.wait()
     finally:
-        runner.stop()
+        # Without its server, a task goes back to the queue now rather than finish unseen.
+        runner.stop(timeout_s=0 if orphaned.is_set() else 30)
         store.close()
 
 
