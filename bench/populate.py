@@ -309,11 +309,19 @@ def _write_session(
             _write(f"{folder}/{name}{suffix if marked else ''}", data)
 
 
-def _by_session(which: Sequence[int]) -> list[list[int]]:
+def _by_session(which: Sequence[int]) -> Iterator[Sequence[int]]:
+    if isinstance(which, range) and which.step == 1:
+        # The whole store: slices of the range, no list of a million indices.
+        start = which.start
+        while start < which.stop:
+            end = min(which.stop, (start // PER_SESSION + 1) * PER_SESSION)
+            yield range(start, end)
+            start = end
+        return
     groups: dict[int, list[int]] = {}
     for i in which:
         groups.setdefault(i // PER_SESSION, []).append(i)
-    return list(groups.values())
+    yield from groups.values()
 
 
 def write_files(

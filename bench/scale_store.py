@@ -48,6 +48,7 @@ class Fast:
 
     first_s: float
     best_s: float
+    parts: str = ""  # the last call's report, operation by operation (a tick runs `all`)
 
 
 @dataclass
@@ -92,6 +93,11 @@ def idle_passes(store_a: StoreA) -> tuple[Fast, Fast, list[str]]:
         quota, reports = _fast(lambda: store.cleanup("quota", dry_run=False))
         scheduler = CleanupScheduler(store)
         tick, ticks = _fast(scheduler.tick)
+    last = ticks[-1]
+    if last is not None:
+        tick.parts = ", ".join(
+            f"{r.operation} {r.duration_s * 1e3:.1f}" for r in getattr(last, "reports", [])
+        )
     for label, runs in (("quota", reports), ("tick", ticks)):
         for report in runs:
             if report is None:
@@ -215,7 +221,8 @@ def size_rows(run: SizeRun, reference: SizeRun | None, smaller: SizeRun | None) 
             limit=reference.tick.best_s if reference else None,
             limit_name=at_ref,
             aim=CONSTANT_AIM if reference else None,
-            note=f"at {n:,}: first tick {run.tick.first_s * 1e3:.1f} ms, best of {REPEAT_FAST}",
+            note=f"at {n:,}: first tick {run.tick.first_s * 1e3:.1f} ms, best of {REPEAT_FAST}; "
+            f"last tick's parts ms: {run.tick.parts}",
         ),
     ]
     for label, child in (("orphaned", run.orphaned), ("cleanup all", run.clean_all)):
