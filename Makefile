@@ -22,7 +22,7 @@ given = $(filter command line,$(origin $(1)))
 SERVE_ARGS := $(if $(call given,HOST),--host '$(HOST)') $(if $(call given,PORT),--port '$(PORT)')
 
 .PHONY: install serve-env test-env serve test test-fast lint bench bench-1m bench-all bench-transfer \
-	bench-cleanup bench-processing bench-import bench-tus clean
+	bench-cleanup bench-processing bench-import bench-tus bench-download clean
 
 $(SERVE_STAMP): pyproject.toml
 	$(PYTHON) -m venv --clear $(VENV)
@@ -72,7 +72,7 @@ bench-1m: test-env
 	$(TBIN)/python -m bench.scale --sizes 200000,1000000
 
 # Every benchmark's own detailed report, one after the other.
-bench-all: bench-transfer bench-cleanup bench-processing bench-import bench-tus
+bench-all: bench-transfer bench-cleanup bench-processing bench-import bench-tus bench-download
 
 bench-transfer: test-env
 	$(TBIN)/python -m bench.transfer
@@ -90,7 +90,6 @@ bench-tus: test-env
 	$(TBIN)/python -m bench.tus
 
 # A 1 GiB download: nginx alone, ephemera behind nginx (X-Accel-Redirect), ephemera streaming.
-.PHONY: bench-download
 bench-download: test-env
 	$(TBIN)/python -m bench.download
 

@@ -148,6 +148,7 @@ def worker(
     import sys
     import threading
 
+    from ephemera.config import Settings
     from ephemera.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
