@@ -149,6 +149,7 @@ def worker(
     import threading
 
     from ephemera.config import Settings
+    from ephemera.store import Store
     from ephemera.worker import Worker
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
