@@ -80,6 +80,9 @@ def artifact_states(db: Database, session_ids: Sequence[str]) -> dict[str, dict[
     return found
 
 
+FETCH_ROWS = 500
+
+
 @dataclass(slots=True)
 class RecordedIds:
     """A session's artifact records as orphan reconciliation compares them with its blobs."""
@@ -105,13 +108,16 @@ def recorded_ids(db: Database, session_ids: Sequence[str]) -> dict[str, Recorded
     unready: dict[str, str] = {}
     ready = ArtifactState.READY.value
     with db.read() as conn:
-        for sid, aid, state in conn.execute(query).all():
-            if sid != current:
-                entry = found[sid]
-                current, ids, unready = sid, entry.ids, entry.unready
-            ids.append(aid)
-            if state != ready:
-                unready[aid] = state
+        # A few hundred rows at a time: all at once, their objects would set off the
+        # garbage collector's full passes, which cost more than the query.
+        for rows in conn.execute(query).partitions(FETCH_ROWS):
+            for sid, aid, state in rows:
+                if sid != current:
+                    entry = found[sid]
+                    current, ids, unready = sid, entry.ids, entry.unready
+                ids.append(aid)
+                if state != ready:
+                    unready[aid] = state
     for entry in found.values():
         entry.ids.sort()  # the database's collation may order IDs unlike Python
     return found
