@@ -46,6 +46,20 @@ class Settings(BaseSettings):
     result_retention_days: float = Field(30, gt=0, description="How long task outputs are kept")
     orphan_grace_s: int = Field(3600, ge=0, description="Age before unreferenced bytes are removed")
     cleanup_interval_s: int = Field(900, ge=1, description="Scheduled cleanup interval")
+    orphan_interval_s: int = Field(
+        3600,
+        ge=0,
+        description="Scheduled cleanup starts a new lap of orphan reconciliation (stored bytes "
+        "against records, session by session) at the first tick this long after the last lap "
+        "ended; a lap goes on at every tick, one slice at a time (explicit `cleanup orphaned` "
+        "and `cleanup all` always walk the whole store)",
+    )
+    orphan_slice_sessions: int = Field(
+        1000,
+        ge=1,
+        description="Sessions one scheduled tick reconciles with the stored bytes: bounds the "
+        "tick's cost (a lap takes ceil(sessions / this) ticks)",
+    )
     scheduled_cleanup: bool = Field(True, description="Run cleanup inside `ephemera serve`")
     max_upload_bytes: int = Field(GiB, ge=1, description="Largest accepted artifact")
     max_json_upload_bytes: int = Field(

@@ -1,6 +1,12 @@
 """Scheduled cleanup: `all` at start-up and every interval, by one process at a time, each
 tick followed by a usage sample (the console's charts).
 
+A tick's `all` is incremental: the indexed operations (and the cheap parts of `orphaned`:
+staging leftovers, stale pending records) run in full, while the walk comparing stored bytes
+with records does one slice of its lap, on its own slower schedule (``orphan_interval_s``,
+``orphan_slice_sessions``; see ``ephemera.cleanup.orphans``). So a tick with nothing to
+delete costs milliseconds however large the store is.
+
 Who runs is decided by a named lock in the database, not by a PID file: the runner takes
 the lock until the next tick is due and keeps it after the run, so every other process
 sharing the database skips that tick; if the runner dies, another takes over within one
@@ -125,7 +131,7 @@ class CleanupScheduler:
             return None
         self._last_renew = time.monotonic()
         try:
-            return self.store.cleanup("all", actor=ACTOR, progress=self._renew)
+            return self.store.cleanup("all", incremental=True, actor=ACTOR, progress=self._renew)
         finally:
             self._sample_usage()
 

@@ -238,14 +238,17 @@ class LocalBlobStore:
                     yield BlobStat(key, entry.stat().st_size, _mtime(entry.stat()))
 
     def list_children(self, prefix: str) -> Iterator[str]:
-        path = self.local_path(prefix.rstrip("/"))
+        # Names only, no stat and no Path objects: orphan reconciliation lists every session
+        # folder with this, and should cost what ``find -type f`` pays per name.
+        path = os.path.join(self.root, check_key(prefix.rstrip("/")))
         try:
-            names = sorted(os.listdir(path))
+            names = os.listdir(path)
         except (FileNotFoundError, NotADirectoryError):
-            return
+            return iter(())
         except OSError as exc:
             raise StorageError(f"cannot list {prefix}: {exc.strerror}") from exc
-        yield from names
+        names.sort()
+        return iter(names)
 
     def list_staged(self) -> Iterator[StagedBlob]:
         try:

@@ -12,9 +12,9 @@ commit); ``rows`` builds models from rows, ``predicates`` holds the conditions t
 reached as ``catalog.overview``, and its lists (sessions a page at a time) ``browse``'s,
 reached as ``catalog.browse``.
 The facade lists every operation, one delegating method each; the methods of resumable
-uploads, idempotency keys, link keys, the event log and the maintained artifact totals are
-bases of it (``UploadRows``, ``IdempotencyRows``, ``LinkKeyRows``, ``EventRows``,
-``TotalsRows``) that live beside their SQL. The SQL and
+uploads, idempotency keys, link keys, the event log, the maintained artifact totals and the
+cleanup cursors are bases of it (``UploadRows``, ``IdempotencyRows``, ``LinkKeyRows``,
+``EventRows``, ``TotalsRows``, ``CursorRows``) that live beside their SQL. The SQL and
 the reasons for it are in those modules.
 """
 
@@ -44,6 +44,7 @@ from ephemera.catalog import (
 )
 from ephemera.catalog.browse import BrowseCatalog
 from ephemera.catalog.console import ConsoleCatalog
+from ephemera.catalog.cursors import CleanupCursor, CursorRows
 from ephemera.catalog.db import Database, open_database
 from ephemera.catalog.events import EventRows, Start
 from ephemera.catalog.idempotency import KEY_LOST, Answer, Completion, IdempotencyRows, KeyRecord
@@ -86,7 +87,7 @@ from ephemera.models import (
 )
 
 
-class Catalog(UploadRows, IdempotencyRows, LinkKeyRows, EventRows, TotalsRows):
+class Catalog(UploadRows, IdempotencyRows, LinkKeyRows, EventRows, TotalsRows, CursorRows):
     """The SQL owner: sessions, artifacts, leases, tasks, cleanup, integrity, keys, audit."""
 
     def __init__(self, database: Database) -> None:
@@ -458,6 +459,9 @@ class Catalog(UploadRows, IdempotencyRows, LinkKeyRows, EventRows, TotalsRows):
     def artifact_states(self, session_ids: Sequence[str]) -> dict[str, dict[str, str]]:
         return orphans.artifact_states(self._db, session_ids)
 
+    def recorded_ids(self, session_ids: Sequence[str]) -> dict[str, orphans.RecordedIds]:
+        return orphans.recorded_ids(self._db, session_ids)
+
     def artifact_sizes(self, ids: Sequence[str]) -> dict[str, int]:
         return orphans.artifact_sizes(self._db, ids)
 
@@ -588,6 +592,7 @@ __all__: Sequence[str] = [
     "ArtifactSweep",
     "Candidate",
     "Catalog",
+    "CleanupCursor",
     "Completion",
     "KeyRecord",
     "SessionRule",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import delete, select, tuple_, update
@@ -76,6 +77,49 @@ def artifact_states(db: Database, session_ids: Sequence[str]) -> dict[str, dict[
     with db.read() as conn:
         for sid, aid, state in conn.execute(query):
             found[sid][aid] = state
+    return found
+
+
+FETCH_ROWS = 500
+
+
+@dataclass(slots=True)
+class RecordedIds:
+    """A session's artifact records as orphan reconciliation compares them with its blobs."""
+
+    ids: list[str] = field(default_factory=list)  # every record, ascending
+    unready: dict[str, str] = field(default_factory=dict)  # the records not ready: id -> state
+
+
+def recorded_ids(db: Database, session_ids: Sequence[str]) -> dict[str, RecordedIds]:
+    """Every artifact record of these sessions, read in one pass over the index
+    (session_id, id, state): the rows come grouped by session, so they are gathered as
+    they stream, with no lookup per row."""
+    found = {sid: RecordedIds() for sid in session_ids}
+    if not session_ids:
+        return found
+    query = (
+        select(artifacts.c.session_id, artifacts.c.id, artifacts.c.state)
+        .where(artifacts.c.session_id.in_(session_ids))
+        .order_by(artifacts.c.session_id, artifacts.c.id)
+    )
+    current = ""
+    ids: list[str] = []
+    unready: dict[str, str] = {}
+    ready = ArtifactState.READY.value
+    with db.read() as conn:
+        # A few hundred rows at a time: all at once, their objects would set off the
+        # garbage collector's full passes, which cost more than the query.
+        for rows in conn.execute(query).partitions(FETCH_ROWS):
+            for sid, aid, state in rows:
+                if sid != current:
+                    entry = found[sid]
+                    current, ids, unready = sid, entry.ids, entry.unready
+                ids.append(aid)
+                if state != ready:
+                    unready[aid] = state
+    for entry in found.values():
+        entry.ids.sort()  # the database's collation may order IDs unlike Python
     return found
 
 

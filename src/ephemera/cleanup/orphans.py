@@ -7,6 +7,7 @@ are lost. Everything younger than the orphan grace period is an upload still in 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -19,14 +20,20 @@ from ephemera.errors import EphemeraError
 from ephemera.ids import SESSION_ID_RE
 from ephemera.models import ArtifactState
 
-RECONCILE_CHUNK = 64
+# Sessions whose records one query reads.
+RECONCILE_CHUNK = 256
+# The cleanup cursor of the scheduled lap: the last session name reconciled, "" between laps.
+LAP_CURSOR = "orphans"
 
 
 def orphaned(run: Run, report: CleanupReport) -> None:
     cutoff = run.now - timedelta(seconds=run.context.settings.orphan_grace_s)
     _staged(run, report, cutoff)
     _stale_pending(run, report, cutoff)
-    _reconcile(run, report, cutoff)
+    if run.request.incremental:
+        _reconcile_slice(run, report, cutoff)
+    else:
+        _reconcile(run, report, cutoff)
     if not run.dry_run:
         # Expired lease rows protect nothing, expired Idempotency-Keys answer nothing, events
         # past their retention serve no reconnect: bookkeeping, not data, so not reported.
@@ -87,16 +94,59 @@ def _stale_pending(run: Run, report: CleanupReport, cutoff: datetime) -> None:
         run.progress(report.operation, len(batch))
 
 
-def _reconcile(run: Run, report: CleanupReport, cutoff: datetime) -> None:
+def _reconcile_slice(run: Run, report: CleanupReport, cutoff: datetime) -> None:
+    """The scheduler's share of reconciliation: the next slice of the lap, if one is due.
+
+    A lap walks every session name in order, ``orphan_slice_sessions`` per tick, from a
+    cursor kept in the database; when it wraps, the next lap starts ``orphan_interval_s``
+    later. An orphan older than the grace period when a lap starts is removed by its end.
+    A dry slice reads the cursor but leaves it where it is.
+    """
+    settings = run.context.settings
+    catalog = run.context.catalog
+    saved = catalog.cleanup_cursor(LAP_CURSOR)
+    after = saved.position or None if saved is not None else None
+    if saved is not None and after is None:
+        due = saved.updated_at + timedelta(seconds=settings.orphan_interval_s)
+        if run.now < due:
+            report.slice = {"sessions": 0, "next_lap_at": due.isoformat()}
+            return
+    last, visited, lap_done = _reconcile(
+        run, report, cutoff, after=after, limit=settings.orphan_slice_sessions
+    )
+    report.slice = {"after": after, "through": last, "sessions": visited, "lap_done": lap_done}
+    if not run.dry_run:
+        catalog.save_cleanup_cursor(LAP_CURSOR, "" if lap_done else (last or ""), run.now)
+
+
+def _reconcile(
+    run: Run,
+    report: CleanupReport,
+    cutoff: datetime,
+    *,
+    after: str | None = None,
+    limit: int | None = None,
+) -> tuple[str | None, int, bool]:
     """Merge the stored sessions with the recorded ones, then each session's contents.
 
     Both sides come in ID order, a batch at a time, so memory stays flat however large
-    the store is and the database is read through its indexes.
+    the store is and the database is read through its indexes. From the name after
+    ``after``, at most ``limit`` names: (the last one visited, how many, whether that was
+    the end).
     """
     listed = run.context.blobs.list_children("sessions/")
-    recorded = _recorded_sessions(run)
+    if after is not None:
+        listed = itertools.dropwhile(lambda name: name <= after, listed)
+    recorded = _recorded_sessions(run, after)
     chunk: list[tuple[str, bool]] = []
+    last: str | None = None
+    visited = 0
     for session_id, on_disk, in_db in _merge(listed, recorded):
+        if visited == limit:
+            _reconcile_sessions(run, report, chunk, cutoff)
+            return last, visited, False
+        visited += 1
+        last = session_id
         if session_id in run.ledger.sessions:
             continue  # closed by an earlier pass of this (dry) run
         if not SESSION_ID_RE.fullmatch(session_id) or (on_disk and not in_db):
@@ -108,20 +158,38 @@ def _reconcile(run: Run, report: CleanupReport, cutoff: datetime) -> None:
             _reconcile_sessions(run, report, chunk, cutoff)
             chunk = []
     _reconcile_sessions(run, report, chunk, cutoff)
+    return last, visited, True
 
 
 def _reconcile_sessions(
     run: Run, report: CleanupReport, chunk: list[tuple[str, bool]], cutoff: datetime
 ) -> None:
-    # One query for the records of a whole chunk of sessions.
-    records = run.context.catalog.artifact_states([sid for sid, _ in chunk])
+    """One query for the records of a whole chunk of sessions, then one listing per session.
+
+    A consistent session (its sorted names equal its record IDs, all ready) costs a list
+    comparison; only the others are compared as sets, and only names without a record
+    are stat-ed.
+    """
+    if not chunk:
+        return
+    blobs = run.context.blobs
+    recorded = run.context.catalog.recorded_ids([sid for sid, _ in chunk])
     for session_id, on_disk in chunk:
-        _reconcile_session(run, report, session_id, cutoff, on_disk, records[session_id])
+        records = recorded[session_id]
+        prefix = session_prefix(session_id)
+        try:
+            names = list(blobs.list_children(prefix)) if on_disk else []
+        except EphemeraError as exc:
+            report.error(f"list {prefix}", exc.message)
+            continue
+        if names == records.ids and not records.unready:
+            continue
+        states = dict.fromkeys(records.ids, ArtifactState.READY.value) | records.unready
+        _reconcile_session(run, report, session_id, cutoff, set(names), states)
     run.progress(report.operation, len(chunk))
 
 
-def _recorded_sessions(run: Run) -> Iterator[str]:
-    after: str | None = None
+def _recorded_sessions(run: Run, after: str | None) -> Iterator[str]:
     while batch := run.context.catalog.session_ids(after, run.batch_size * 4):
         yield from batch
         after = batch[-1]
@@ -152,22 +220,13 @@ def _reconcile_session(
     report: CleanupReport,
     session_id: str,
     cutoff: datetime,
-    on_disk: bool,
+    names: set[str],
     records: dict[str, str],
 ) -> None:
-    """Compare one session's stored names with its records, as sets.
-
-    Only names without a record are stat-ed (for their age and size): a consistent
-    session costs one directory listing and one indexed query.
-    """
+    """Compare one session's stored names with its records (id -> state), as sets."""
     blobs = run.context.blobs
     catalog = run.context.catalog
     prefix = session_prefix(session_id)
-    try:
-        names = set(blobs.list_children(prefix)) if on_disk else set()
-    except EphemeraError as exc:
-        report.error(f"list {prefix}", exc.message)
-        return
     unrecorded = names - records.keys()
     # Bytes an open resumable upload put at its key (a commit that failed): its retry
     # commits them, and they go with the upload.

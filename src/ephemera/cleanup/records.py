@@ -128,6 +128,8 @@ class CleanupReport:
     # the memory of a run stays flat however much it deletes.
     keep_items: bool = False
     reports: list[CleanupReport] = field(default_factory=list)
+    # An incremental orphan reconciliation: which slice of the lap this run covered.
+    slice: dict[str, Any] | None = None
 
     @property
     def deleted_size_mb(self) -> float:
@@ -168,6 +170,8 @@ class CleanupReport:
         if details:
             body["items"] = [i.as_dict() for i in self.items]
             body["protected"] = [p.as_dict() for p in self.protected]
+        if self.slice is not None:
+            body["slice"] = self.slice
         if self.operation == Operation.ALL:
             body["reports"] = [r.as_dict(details) for r in self.reports]
             body["totals"] = {
@@ -176,7 +180,7 @@ class CleanupReport:
         return body
 
     def totals(self) -> dict[str, Any]:
-        return {
+        totals = {
             "deleted_count": self.deleted_count,
             "deleted_size_bytes": self.deleted_size_bytes,
             "skipped_protected": self.skipped_protected,
@@ -184,6 +188,9 @@ class CleanupReport:
             "first_errors": self.errors[:10],
             "duration_s": self.duration_s,
         }
+        if self.slice is not None:
+            totals["slice"] = self.slice
+        return totals
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +202,8 @@ class CleanupRequest:
     session_id: str | None = None
     purge_missing: bool = False
     details: bool = False
+    # The scheduler's tick: orphan reconciliation does one slice of its lap, not the store.
+    incremental: bool = False
 
     @classmethod
     def checked(
@@ -207,6 +216,7 @@ class CleanupRequest:
         session_id: str | None = None,
         purge_missing: bool = False,
         details: bool = False,
+        incremental: bool = False,
     ) -> CleanupRequest:
         """The request, or InvalidInput before anything is touched."""
         try:
@@ -220,7 +230,9 @@ class CleanupRequest:
         for name, value in (("hours_old", hours_old), ("days_old", days_old)):
             if value is not None and not (0 <= value <= MAX_HOURS):
                 raise InvalidInput(f"{name} must be between 0 and {MAX_HOURS}")
-        return cls(op, dry_run, hours_old, days_old, session_id, purge_missing, details)
+        return cls(
+            op, dry_run, hours_old, days_old, session_id, purge_missing, details, incremental
+        )
 
     def params(self) -> dict[str, Any]:
         return {
@@ -231,6 +243,7 @@ class CleanupRequest:
                 "days_old": self.days_old,
                 "session_id": self.session_id,
                 "purge_missing": self.purge_missing or None,
+                "incremental": self.incremental or None,
             }.items()
             if v is not None
         }

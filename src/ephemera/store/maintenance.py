@@ -42,10 +42,14 @@ class MaintenanceMethods:
         session_id: str | None = None,
         purge_missing: bool = False,
         details: bool = False,
+        incremental: bool = False,
         actor: str = "library",
         progress: Progress | None = None,
     ) -> CleanupReport:
-        """Run a cleanup operation (see ``ephemera.cleanup``); it is recorded in the audit log."""
+        """Run a cleanup operation (see ``ephemera.cleanup``); it is recorded in the audit log.
+
+        ``incremental`` (what the scheduler's tick asks): orphan reconciliation does the next
+        slice of its lap, when one is due, instead of walking the whole store."""
         # A bad request changes nothing, the reserve included.
         request = CleanupRequest.checked(
             operation,
@@ -55,6 +59,7 @@ class MaintenanceMethods:
             session_id=session_id,
             purge_missing=purge_missing,
             details=details,
+            incremental=incremental,
         )
         if not dry_run:
             # On a full volume the database cannot even record a delete: give it the reserve.
