@@ -6,6 +6,7 @@ trees without a record and their records for lost bytes."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,6 @@ from ephemera import Settings, Store
 from ephemera.catalog.schema import sessions
 from ephemera.cleanup import CleanupReport
 from ephemera.testing import ManualClock
-from tests.conftest import MakeSettings
 from tests.databases import PostgresDatabases
 
 HOUR = 3600
@@ -38,8 +38,10 @@ def en_us(postgres_databases: PostgresDatabases) -> Iterator[str]:
 
 
 @pytest.fixture
-def en_us_settings(make_settings: MakeSettings, en_us: str) -> Settings:
-    return make_settings(database_url=en_us, orphan_slice_sessions=2, orphan_interval_s=HOUR)
+def en_us_settings(data_dir: Path, en_us: str) -> Settings:
+    return Settings(
+        data_dir=data_dir, database_url=en_us, orphan_slice_sessions=2, orphan_interval_s=HOUR
+    )
 
 
 @pytest.fixture
