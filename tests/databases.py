@@ -71,11 +71,17 @@ class PostgresDatabases:
         self._made.append(name)
         return _url(name)
 
-    def empty(self) -> str:
-        """The URL of a new database with no schema at all."""
+    def empty(self, icu_locale: str | None = None) -> str:
+        """The URL of a new database with no schema at all; given an ICU locale (``en-US``),
+        one whose text collates by it, as production databases often do."""
         name = f"ephemera_test_{uuid.uuid4().hex[:12]}"
+        create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if icu_locale is not None:
+            create += sql.SQL(
+                " TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE {} LOCALE 'C.UTF-8'"
+            ).format(sql.Literal(icu_locale))
         with _admin() as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            conn.execute(create)
         self._made.append(name)
         return _url(name)
 

@@ -48,7 +48,7 @@ def test_admin_key_create_prints_the_key_alone_and_it_works(data_dir: Path) -> N
 def test_migrate_creates_then_reports_an_up_to_date_schema(data_dir: Path) -> None:
     first = ephemera("migrate", data_dir=data_dir)
     assert first.returncode == 0, first.stderr
-    assert "schema at 0011 (was None)" in first.stdout
+    assert "schema at 0012 (was None)" in first.stdout
     second = ephemera("migrate", data_dir=data_dir)
     assert "(was up to date)" in second.stdout
 

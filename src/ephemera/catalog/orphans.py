@@ -61,9 +61,16 @@ def drop_pending(db: Database, ids: Sequence[str], cutoff: datetime) -> list[str
 
 
 def session_ids(db: Database, after: str | None, limit: int) -> list[str]:
-    query = select(sessions.c.id).order_by(sessions.c.id).limit(limit)
+    """Session IDs in byte order, a keyset page after ``after``.
+
+    Byte order whatever the database's collation: reconciliation merges these with the
+    blob store's names, sorted by bytes, and compares its saved position with both. On
+    PostgreSQL the index ``ix_sessions_id_byte_order`` serves the page.
+    """
+    key = sessions.c.id.collate("C") if db.dialect == "postgresql" else sessions.c.id
+    query = select(sessions.c.id).order_by(key).limit(limit)
     if after is not None:
-        query = query.where(sessions.c.id > after)
+        query = query.where(key > after)
     with db.read() as conn:
         return list(conn.scalars(query))
 

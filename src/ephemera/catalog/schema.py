@@ -78,6 +78,13 @@ sessions = Table(
     Index(None, "last_activity_at", "id"),
     Index(None, "expires_at", "id"),
     Index(None, "created_at", "id"),
+    # Orphan reconciliation pages through the IDs in byte order, the order of the blob
+    # store's names, which a PostgreSQL collation such as en-US does not keep (it puts `b`
+    # before `Z`). SQLite compares bytes already and needs none. (The collation travels
+    # in ``postgresql_ops``: SQLAlchemy declares no collation on an index column.)
+    Index("ix_sessions_id_byte_order", "id", postgresql_ops={"id": 'COLLATE "C"'}).ddl_if(
+        dialect="postgresql"
+    ),
 )
 
 artifacts = Table(

@@ -149,7 +149,10 @@ def _reconcile(
         last = session_id
         if session_id in run.ledger.sessions:
             continue  # closed by an earlier pass of this (dry) run
-        if not SESSION_ID_RE.fullmatch(session_id) or (on_disk and not in_db):
+        valid = SESSION_ID_RE.fullmatch(session_id) is not None
+        if valid and on_disk and not in_db and _recorded(run, session_id):
+            in_db = True  # the merge missed its record: live bytes, never an orphan tree
+        if not valid or (on_disk and not in_db):
             _orphan_tree(run, report, session_id, cutoff)
             run.progress(report.operation, 1)
             continue
@@ -178,7 +181,9 @@ def _reconcile_sessions(
         records = recorded[session_id]
         prefix = session_prefix(session_id)
         try:
-            names = list(blobs.list_children(prefix)) if on_disk else []
+            # Records but no folder in the listing: look anyway before calling their bytes
+            # lost (one listing, only where something already looks wrong).
+            names = list(blobs.list_children(prefix)) if on_disk or records.ids else []
         except EphemeraError as exc:
             report.error(f"list {prefix}", exc.message)
             continue
@@ -193,6 +198,13 @@ def _recorded_sessions(run: Run, after: str | None) -> Iterator[str]:
     while batch := run.context.catalog.session_ids(after, run.batch_size * 4):
         yield from batch
         after = batch[-1]
+
+
+def _recorded(run: Run, session_id: str) -> bool:
+    """One point query before a tree is taken for an orphan: trees without a record are rare,
+    and a merge that went wrong (the store's order and the database's disagreeing) must not
+    cost a live session its bytes."""
+    return run.context.catalog.get_session_row(session_id) is not None
 
 
 def _orphan_tree(run: Run, report: CleanupReport, session_id: str, cutoff: datetime) -> None:
