@@ -14,8 +14,9 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
+import anyio
 from fastapi import Request
 
 from ephemera.errors import LinkRefused, SessionUnreachable, Unauthenticated
@@ -111,15 +112,26 @@ class FailureLimit:
             )
 
     def record_failure(self, address: str) -> None:
+        if self._counts_burst(address):
+            self._audit_burst(address)
+
+    async def failed(self, address: str) -> None:
+        """``record_failure`` from the event loop: the audit write, when there is one, runs
+        in a worker thread (even while the request is being cancelled: it must not be lost)."""
+        if self._counts_burst(address):
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._audit_burst, address)
+
+    def _counts_burst(self, address: str) -> bool:
+        """Count a failure; whether it starts (or, a minute on, continues) a burst to audit."""
         burst = self._window.add(address) >= self.per_minute
-        if burst and self._audited.retry_after(address, record=True) is None:
-            log.warning("%s from %s reached the limit", self.what, address)
-            self.store.audit(
-                "http",
-                self.action,
-                address,
-                {"failures": self.per_minute, "window_s": int(WINDOW_S)},
-            )
+        return burst and self._audited.retry_after(address, record=True) is None
+
+    def _audit_burst(self, address: str) -> None:
+        log.warning("%s from %s reached the limit", self.what, address)
+        self.store.audit(
+            "http", self.action, address, {"failures": self.per_minute, "window_s": int(WINDOW_S)}
+        )
 
 
 class AuthFailureLimit(FailureLimit):
@@ -129,15 +141,18 @@ class AuthFailureLimit(FailureLimit):
         per_minute = store.settings.auth_failures_per_minute
         super().__init__(store, per_minute, "failed authentications", "auth.throttled")
 
-    def gate(self, request: Request) -> Iterator[None]:
+    async def gate(self, request: Request) -> AsyncIterator[None]:
         """A dependency of every credentialed route: refuse a throttled address, count
-        failures (missing or unknown credentials, a session the credential does not open)."""
+        failures (missing or unknown credentials, a session the credential does not open).
+
+        Async, as every gate is: the count is in memory, so a request takes no trip to a
+        worker thread for it; only the audit record that starts a burst does."""
         address = client_address(request)
         self.refuse_if_over(address)
         try:
             yield
         except (Unauthenticated, SessionUnreachable):
-            self.record_failure(address)
+            await self.failed(address)
             raise
 
 
@@ -150,7 +165,7 @@ class LinkRefusalLimit(FailureLimit):
         per_minute = store.settings.link_refusals_per_minute
         super().__init__(store, per_minute, "refused links", "link.throttled")
 
-    def gate(self, request: Request) -> Iterator[None]:
+    async def gate(self, request: Request) -> AsyncIterator[None]:
         """A dependency of the link routes: refuse a throttled address, count guesses."""
         address = client_address(request)
         self.refuse_if_over(address)
@@ -158,7 +173,7 @@ class LinkRefusalLimit(FailureLimit):
             yield
         except LinkRefused as refused:
             if refused.guess:
-                self.record_failure(address)
+                await self.failed(address)
             raise
 
 

@@ -273,7 +273,9 @@ def api_router(store: Store) -> APIRouter:
                         artifact = await receive_raw(store, session_id, request, params)
         except Replayed as replayed:
             return idempotency.replay(replayed.record, token)
-        return ArtifactOut.model_validate(artifact)
+        # Rendered here: FastAPI would otherwise validate the model again against
+        # response_model before serialising it, on every upload.
+        return as_json(ArtifactOut.model_validate(artifact), 201)
 
     @router.get("/sessions/{session_id}/artifacts", response_model=ArtifactPage, tags=["artifacts"])
     def list_artifacts(
