@@ -17,6 +17,7 @@ from ephemera.cleanup import CleanupReport
 from ephemera.hooks import ArtifactDeleted, SessionClosed
 from ephemera.testing import ManualClock
 from tests.conftest import MakeSettings
+from tests.waiting import wait_for
 
 CONTRACT = True
 
@@ -272,6 +273,15 @@ def test_orphaned_removes_stale_pending_records_and_staging_leftovers(
     abandoned = store.begin_upload("s1", name="dead.bin")
     # The process "dies": no commit, no abort. Past one S3 part, so bytes are staged there too.
     abandoned.write(b"x" * (9 * 1024 * 1024))
+    if isinstance(store.blobs, S3BlobStore):
+        # A full part goes up in the background: once it is there, the dry run and the real
+        # one see the same staged bytes.
+        blobs = store.blobs
+        wait_for(
+            lambda: sum(s.size for s in blobs.list_staged()) >= 8 * 1024 * 1024,
+            30,
+            "the first part to be staged",
+        )
     # Staged bytes are dated by the real clock (file times, S3 part times), the record by this
     # one: catch up first, so that however long the writing took, both are past the grace.
     clock.catch_up()
