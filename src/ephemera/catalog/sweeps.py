@@ -213,14 +213,20 @@ def claim_artifacts(db: Database, sweep: ArtifactSweep, ids: Sequence[str]) -> l
                 not_(artifact_leased(sweep.now)),
             )
             .values(state=ArtifactState.DELETING)
-            .returning(artifacts.c.session_id, artifacts.c.id)
+            .returning(artifacts.c.session_id, artifacts.c.id, artifacts.c.size)
         ).all()
-        events.record(conn, [events.artifact_deleted(s, a, "cleanup") for s, a in marked])
-        rows = conn.execute(
-            select(artifacts.c.id, artifacts.c.session_id, artifacts.c.size).where(
-                artifacts.c.id.in_(ids), artifacts.c.state == ArtifactState.DELETING
-            )
+        events.record(
+            conn, [events.artifact_deleted(r.session_id, r.id, "cleanup") for r in marked]
         )
+        rows = list(marked)
+        # Of the rest, those already deleting (an interrupted run's): this run finishes them.
+        rest = set(ids).difference(r.id for r in marked)
+        if rest:
+            rows += conn.execute(
+                select(artifacts.c.session_id, artifacts.c.id, artifacts.c.size).where(
+                    artifacts.c.id.in_(sorted(rest)), artifacts.c.state == ArtifactState.DELETING
+                )
+            ).all()
         return [
             Candidate(
                 id=r.id,
