@@ -10,7 +10,7 @@ two removers at once never both report one item.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -48,14 +48,38 @@ def remove_artifacts(
 
     ``frees_bytes=False`` (bytes already lost) tells hooks and the caller a size of 0.
     """
+    failed = remove_bytes(context, marked)
+    return drop_records(context, marked, failed, reason, at, frees_bytes=frees_bytes)
+
+
+def remove_bytes(context: Context, marked: Sequence[tuple[str, str]]) -> dict[str, str]:
+    """The first half of ``remove_artifacts``: the bytes of marked pairs, and no database.
+
+    Returns artifact ID -> why its bytes are still there. It may run on another thread
+    than the rest of the delete (cleanup removes one batch's bytes while it marks the next).
+    """
     if not marked:
-        return Removal([], {})
+        return {}
     keys = {artifact_key(s, a): a for s, a in marked}
     try:
         failed = context.blobs.delete_many(list(keys))
     except EphemeraError as exc:
         failed = dict.fromkeys(keys, exc.message)
-    gone = [artifact_id for key, artifact_id in keys.items() if key not in failed]
+    return {keys[key]: error for key, error in failed.items()}
+
+
+def drop_records(
+    context: Context,
+    marked: Sequence[tuple[str, str]],
+    failed: Mapping[str, str],
+    reason: str,
+    at: datetime,
+    *,
+    frees_bytes: bool = True,
+) -> Removal:
+    """The second half of ``remove_artifacts``, once ``remove_bytes`` returned ``failed``:
+    the records of the pairs whose bytes went, then their hooks. The rest stay marked."""
+    gone = [artifact_id for _, artifact_id in marked if artifact_id not in failed]
     removed = [
         RemovedArtifact(session_id, artifact_id, size if frees_bytes else 0)
         for session_id, artifact_id, size in context.catalog.drop_deleting_artifacts(gone)
@@ -65,7 +89,7 @@ def remove_artifacts(
         context.hooks.artifact_deleted(
             ArtifactDeleted(item.session_id, item.artifact_id, item.size, reason, at)
         )
-    return Removal(removed, {keys[key]: error for key, error in failed.items()})
+    return Removal(removed, dict(failed))
 
 
 def remove_session(

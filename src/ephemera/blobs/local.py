@@ -158,32 +158,28 @@ class LocalBlobStore:
     def delete_many(self, keys: Sequence[str]) -> dict[str, str]:
         """Unlink by folder, each name relative to its open folder, in name order.
 
-        The kernel then resolves one name per file instead of a whole path: deleting a batch
-        costs about what ``find -delete`` pays per file.
+        The kernel then resolves one name per file instead of a whole path, and each folder
+        relative to the open root: deleting a batch costs about what ``find -delete`` pays
+        per file.
         """
         by_folder: dict[str, list[str]] = {}
         for key in keys:
             folder, _, name = check_key(key).rpartition("/")
             by_folder.setdefault(folder, []).append(name)
         failed: dict[str, str] = {}
-        for folder in sorted(by_folder):
-            try:
-                fd = os.open(self.root / folder, os.O_RDONLY | os.O_DIRECTORY)
-            except FileNotFoundError:
-                continue  # the whole folder is gone: so are its blobs
-            except OSError as exc:
-                failed.update({f"{folder}/{n}": str(exc.strerror) for n in by_folder[folder]})
-                continue
-            try:
-                for name in sorted(by_folder[folder]):
-                    try:
-                        os.unlink(name, dir_fd=fd)
-                    except FileNotFoundError:
-                        pass
-                    except OSError as exc:
-                        failed[f"{folder}/{name}"] = str(exc.strerror)
-            finally:
-                os.close(fd)
+        if not by_folder:
+            return failed
+        try:
+            root = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return failed  # no store at all: nothing of it is left
+        except OSError as exc:
+            return {f"{f}/{n}": str(exc.strerror) for f, names in by_folder.items() for n in names}
+        try:
+            for folder in sorted(by_folder):
+                failed.update(_unlink_in(root, folder, sorted(by_folder[folder])))
+        finally:
+            os.close(root)
         return failed
 
     def delete_prefix(self, prefix: str) -> int:
@@ -306,3 +302,25 @@ class LocalBlobStore:
         self._ensure_dirs()
         if not os.access(self.staging_dir, os.W_OK):
             raise StorageError(f"{self.staging_dir} is not writable")
+
+
+def _unlink_in(root: int, folder: str, names: Sequence[str]) -> dict[str, str]:
+    """Unlink ``names`` in ``folder`` (relative to the open ``root``); what would not go."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY, dir_fd=root)
+    except FileNotFoundError:
+        return {}  # the whole folder is gone: so are its blobs
+    except OSError as exc:
+        return {f"{folder}/{n}": str(exc.strerror) for n in names}
+    failed: dict[str, str] = {}
+    try:
+        for name in names:
+            try:
+                os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                failed[f"{folder}/{name}"] = str(exc.strerror)
+    finally:
+        os.close(fd)
+    return failed

@@ -8,7 +8,19 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, delete, func, not_, or_, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    not_,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 
 from ephemera.catalog import events
 from ephemera.catalog.db import Database, lock_first
@@ -131,6 +143,18 @@ class Candidate:
     order_key: Any = None
 
 
+# A batch of artifact IDs, bound as one expanding parameter ``ids``.
+_IN_BATCH = artifacts.c.id.in_(bindparam("ids", expanding=True))
+_DROP_LEASE_ROWS = delete(lease_artifacts).where(
+    lease_artifacts.c.artifact_id.in_(bindparam("ids", expanding=True))
+)
+_DROP_DELETING = (
+    delete(artifacts)
+    .where(_IN_BATCH, artifacts.c.state == ArtifactState.DELETING)
+    .returning(artifacts.c.session_id, artifacts.c.id, artifacts.c.size)
+)
+
+
 def _session_bytes() -> Any:
     """Bytes of every artifact record of the session (correlates ``sessions``)."""
     return (
@@ -186,41 +210,55 @@ def claim_artifacts(db: Database, sweep: ArtifactSweep, ids: Sequence[str]) -> l
     """
     if not ids:
         return []
+    # One expanding parameter, not a literal list: the statement's compiled form is cached,
+    # and its 2,000 IDs are bound as they are instead of coerced one by one.
+    batch = {"ids": list(ids)}
     with db.write() as conn:
-        lock_first(
-            conn,
-            select(sessions.c.id)
-            .where(sessions.c.id.in_(select(artifacts.c.session_id).where(artifacts.c.id.in_(ids))))
-            .order_by(sessions.c.id),
-            read=True,
-        )
-        claimable: Sequence[str] = ids
         if conn.dialect.name == "postgresql":
+            lock_first(
+                conn,
+                select(sessions.c.id)
+                .where(
+                    sessions.c.id.in_(select(artifacts.c.session_id).where(artifacts.c.id.in_(ids)))
+                )
+                .order_by(sessions.c.id),
+                read=True,
+            )
             # Cleaners running at once (replicas) split the batch instead of queueing:
             # rows another run holds are its to finish.
             claimable = conn.scalars(
                 select(artifacts.c.id)
-                .where(artifacts.c.id.in_(ids))
+                .where(_IN_BATCH)
                 .order_by(artifacts.c.id)
-                .with_for_update(skip_locked=True)
+                .with_for_update(skip_locked=True),
+                batch,
             ).all()
+            batch = {"ids": list(claimable)}
         marked = conn.execute(
             update(artifacts)
             .where(
-                artifacts.c.id.in_(claimable),
+                _IN_BATCH,
                 artifacts.c.state == ArtifactState.READY,
                 sweep.condition(),
                 not_(artifact_leased(sweep.now)),
             )
             .values(state=ArtifactState.DELETING)
-            .returning(artifacts.c.session_id, artifacts.c.id)
+            .returning(artifacts.c.session_id, artifacts.c.id, artifacts.c.size),
+            batch,
         ).all()
-        events.record(conn, [events.artifact_deleted(s, a, "cleanup") for s, a in marked])
-        rows = conn.execute(
-            select(artifacts.c.id, artifacts.c.session_id, artifacts.c.size).where(
-                artifacts.c.id.in_(ids), artifacts.c.state == ArtifactState.DELETING
-            )
+        events.record(
+            conn, [events.artifact_deleted(r.session_id, r.id, "cleanup") for r in marked]
         )
+        rows = list(marked)
+        # Of the rest, those already deleting (an interrupted run's): this run finishes them.
+        rest = set(ids).difference(r.id for r in marked)
+        if rest:
+            rows += conn.execute(
+                select(artifacts.c.session_id, artifacts.c.id, artifacts.c.size).where(
+                    _IN_BATCH, artifacts.c.state == ArtifactState.DELETING
+                ),
+                {"ids": sorted(rest)},
+            ).all()
         return [
             Candidate(
                 id=r.id,
@@ -239,12 +277,9 @@ def drop_deleting_artifacts(db: Database, ids: Sequence[str]) -> list[tuple[str,
     if not ids:
         return []
     with db.write() as conn:
-        conn.execute(delete(lease_artifacts).where(lease_artifacts.c.artifact_id.in_(ids)))
-        rows = conn.execute(
-            delete(artifacts)
-            .where(artifacts.c.id.in_(ids), artifacts.c.state == ArtifactState.DELETING)
-            .returning(artifacts.c.session_id, artifacts.c.id, artifacts.c.size)
-        )
+        batch = {"ids": list(ids)}
+        conn.execute(_DROP_LEASE_ROWS, batch)
+        rows = conn.execute(_DROP_DELETING, batch)
         return [(r.session_id, r.id, r.size or 0) for r in rows]
 
 

@@ -15,7 +15,7 @@ from ephemera.cleanup.records import (
     ProtectedReason,
     Rule,
 )
-from ephemera.cleanup.run import Run, delete_marked
+from ephemera.cleanup.run import DeletePipeline, Run
 from ephemera.cleanup.uploads import expired_uploads
 
 
@@ -36,30 +36,30 @@ def _artifact_pass(run: Run, report: CleanupReport, sweep: ArtifactSweep) -> Non
     catalog = run.context.catalog
     rule = Rule(sweep.rule)
     after: tuple[Any, str] | None = None
-    while batch := catalog.artifact_candidates(sweep, after, run.batch_size):
-        after = (batch[-1].order_key, batch[-1].id)
-        doomed = []
-        for candidate in batch:
-            if run.ledger.gone(candidate):
-                continue
-            if candidate.leased:
-                report.spare(
-                    ProtectedItem(
-                        ItemKind.ARTIFACT,
-                        candidate.id,
-                        candidate.session_id,
-                        candidate.size,
-                        rule,
-                        ProtectedReason.LEASED,
+    with DeletePipeline(run, report, rule) as pipeline:
+        while batch := catalog.artifact_candidates(sweep, after, run.delete_batch):
+            after = (batch[-1].order_key, batch[-1].id)
+            doomed = []
+            for candidate in batch:
+                if run.ledger.gone(candidate):
+                    continue
+                if candidate.leased:
+                    report.spare(
+                        ProtectedItem(
+                            ItemKind.ARTIFACT,
+                            candidate.id,
+                            candidate.session_id,
+                            candidate.size,
+                            rule,
+                            ProtectedReason.LEASED,
+                        )
                     )
-                )
+                else:
+                    doomed.append(candidate)
+            if run.dry_run:
+                for c in doomed:
+                    report.add(CleanupItem(ItemKind.ARTIFACT, c.id, c.session_id, c.size, rule))
+                    run.ledger.remove_artifact(c.session_id, c.id, c.size)
             else:
-                doomed.append(candidate)
-        if run.dry_run:
-            for c in doomed:
-                report.add(CleanupItem(ItemKind.ARTIFACT, c.id, c.session_id, c.size, rule))
-                run.ledger.remove_artifact(c.session_id, c.id, c.size)
-        else:
-            claimed = catalog.claim_artifacts(sweep, [c.id for c in doomed])
-            delete_marked(run, report, claimed, rule)
-        run.progress(report.operation, len(batch))
+                pipeline.push(catalog.claim_artifacts(sweep, [c.id for c in doomed]))
+            run.progress(report.operation, len(batch))

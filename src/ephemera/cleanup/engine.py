@@ -9,8 +9,9 @@ Acting follows one protocol everywhere: mark (a conditional state change that re
 rule and every lease in the same statement), remove bytes, remove records
 (``ephemera.removal``). A record is counted by the run whose delete statement removed it, so
 two runs at once never double-count, and a run interrupted anywhere leaves marked items that
-the next run finishes (guarantee 7). Per-item errors are collected in the report and never
-stop the run.
+the next run finishes (guarantee 7). Artifact passes remove one batch's bytes on a second thread
+while they select and mark the next (``DeletePipeline``); each item still goes mark, bytes,
+records. Per-item errors are collected in the report and never stop the run.
 """
 
 from __future__ import annotations
