@@ -147,7 +147,9 @@ def test_parts_go_up_in_parallel_and_the_object_is_exact(blobs: S3BlobStore) -> 
     for chunk in chunks(size):
         writer.write(chunk)
     stat = writer.commit()
-    assert slow.most == PARALLEL_PARTS
+    # In flight at once: more than one, never more than allowed (a loaded machine may not
+    # hand a part over before an earlier one returns, so not always all of them).
+    assert 1 < slow.most <= PARALLEL_PARTS
     assert requests.sent.count("UploadPart") == 10
     assert stat.size == size
     assert writer.sha256() == digest(chunks(size))[1]

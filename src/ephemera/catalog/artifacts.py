@@ -153,12 +153,14 @@ class _Ready:
 
 
 def _insert_ready(conn: Connection, items: list[_Ready]) -> list[Artifact | Exception]:
-    """Each item admitted as ``_admit`` does (its session open, its row locked shared; the
-    quota), its bytes put in place, then all admitted rows inserted ready at once."""
+    """Each item admitted as ``insert_pending_artifact`` and ``_admit`` do (its session live
+    at the group's latest instant, its row locked shared; the quota), its bytes put in place,
+    then all admitted rows inserted ready at once."""
     sids = sorted({item.row["session_id"] for item in items})
-    states = dict(
+    now = max(item.row["created_at"] for item in items)
+    live: dict[str, bool] = dict(
         conn.execute(
-            select(sessions.c.id, sessions.c.state)
+            select(sessions.c.id, live_session(now))
             .where(sessions.c.id.in_(sids))
             .with_for_update(read=True)
         ).all()
@@ -168,7 +170,7 @@ def _insert_ready(conn: Connection, items: list[_Ready]) -> list[Artifact | Exce
     admitted: list[dict[str, Any]] = []
     for item in items:
         sid, size = item.row["session_id"], int(item.row["size"])
-        if states.get(sid) != SessionState.OPEN:
+        if not live.get(sid):
             answers.append(NotFound(f"session {sid} not found"))
             continue
         if item.quota_bytes is not None:
