@@ -12,9 +12,10 @@ commit); ``rows`` builds models from rows, ``predicates`` holds the conditions t
 reached as ``catalog.overview``, and its lists (sessions a page at a time) ``browse``'s,
 reached as ``catalog.browse``.
 The facade lists every operation, one delegating method each; the methods of resumable
-uploads, idempotency keys, link keys, the event log, the maintained artifact totals and the
-cleanup cursors are bases of it (``UploadRows``, ``IdempotencyRows``, ``LinkKeyRows``,
-``EventRows``, ``TotalsRows``, ``CursorRows``) that live beside their SQL. The SQL and
+uploads, idempotency keys, link keys, the event log, the maintained artifact totals, the
+cleanup cursors and orphan reconciliation are bases of it (``UploadRows``,
+``IdempotencyRows``, ``LinkKeyRows``, ``EventRows``, ``TotalsRows``, ``CursorRows``,
+``OrphanRows``) that live beside their SQL. The SQL and
 the reasons for it are in those modules.
 """
 
@@ -35,7 +36,6 @@ from ephemera.catalog import (
     leases,
     locks,
     migrate,
-    orphans,
     sessions,
     stats,
     sweeps,
@@ -58,6 +58,7 @@ from ephemera.catalog.notify import (
     Wakeup,
     session_topic,
 )
+from ephemera.catalog.orphans import OrphanRows
 from ephemera.catalog.overview import OverviewCatalog
 from ephemera.catalog.predicates import RESULT_KINDS
 from ephemera.catalog.resumable import UploadRows
@@ -87,7 +88,9 @@ from ephemera.models import (
 )
 
 
-class Catalog(UploadRows, IdempotencyRows, LinkKeyRows, EventRows, TotalsRows, CursorRows):
+class Catalog(
+    UploadRows, IdempotencyRows, LinkKeyRows, EventRows, TotalsRows, CursorRows, OrphanRows
+):
     """The SQL owner: sessions, artifacts, leases, tasks, cleanup, integrity, keys, audit."""
 
     def __init__(self, database: Database) -> None:
@@ -442,31 +445,6 @@ class Catalog(UploadRows, IdempotencyRows, LinkKeyRows, EventRows, TotalsRows, C
         self, now: datetime, after: tuple[datetime, str] | None, limit: int
     ) -> list[Candidate]:
         return sweeps.eviction_candidates(self._db, now, after, limit)
-
-    # -- orphan reconciliation ------------------------------------------------------------
-
-    def stale_pending(
-        self, cutoff: datetime, after: tuple[datetime, str] | None, limit: int
-    ) -> list[Candidate]:
-        return orphans.stale_pending(self._db, cutoff, after, limit)
-
-    def drop_pending(self, ids: Sequence[str], cutoff: datetime) -> list[str]:
-        return orphans.drop_pending(self._db, ids, cutoff)
-
-    def session_ids(self, after: str | None, limit: int) -> list[str]:
-        return orphans.session_ids(self._db, after, limit)
-
-    def artifact_states(self, session_ids: Sequence[str]) -> dict[str, dict[str, str]]:
-        return orphans.artifact_states(self._db, session_ids)
-
-    def recorded_ids(self, session_ids: Sequence[str]) -> dict[str, orphans.RecordedIds]:
-        return orphans.recorded_ids(self._db, session_ids)
-
-    def artifact_sizes(self, ids: Sequence[str]) -> dict[str, int]:
-        return orphans.artifact_sizes(self._db, ids)
-
-    def mark_missing_deleting(self, artifact_id: str) -> bool:
-        return orphans.mark_missing_deleting(self._db, artifact_id)
 
     # -- integrity ------------------------------------------------------------------------
 

@@ -147,3 +147,33 @@ def mark_missing_deleting(db: Database, artifact_id: str) -> bool:
             .values(state=ArtifactState.DELETING)
         )
         return done.rowcount == 1
+
+
+class OrphanRows:
+    """Orphan reconciliation: :class:`~ephemera.catalog.Catalog`'s methods for it (one of its
+    bases)."""
+
+    _db: Database
+
+    def stale_pending(
+        self, cutoff: datetime, after: tuple[datetime, str] | None, limit: int
+    ) -> list[Candidate]:
+        return stale_pending(self._db, cutoff, after, limit)
+
+    def drop_pending(self, ids: Sequence[str], cutoff: datetime) -> list[str]:
+        return drop_pending(self._db, ids, cutoff)
+
+    def session_ids(self, after: str | None, limit: int) -> list[str]:
+        return session_ids(self._db, after, limit)
+
+    def artifact_states(self, session_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        return artifact_states(self._db, session_ids)
+
+    def recorded_ids(self, session_ids: Sequence[str]) -> dict[str, RecordedIds]:
+        return recorded_ids(self._db, session_ids)
+
+    def artifact_sizes(self, ids: Sequence[str]) -> dict[str, int]:
+        return artifact_sizes(self._db, ids)
+
+    def mark_missing_deleting(self, artifact_id: str) -> bool:
+        return mark_missing_deleting(self._db, artifact_id)
