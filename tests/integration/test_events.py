@@ -4,8 +4,10 @@ committed; a feed reads a session's events in order, resumes, and says when some
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from ephemera import Store
 from ephemera.catalog import session_topic
@@ -162,6 +164,34 @@ def test_a_resume_from_before_the_retention_window_starts_with_a_reset(
         # The old event kept as the newest goes once a newer one exists; then nothing is due.
         assert store.prune_events() == 1
         assert store.prune_events() == 0
+
+
+def test_finding_what_is_due_reads_the_time_index_not_the_whole_log(store: Store) -> None:
+    # Every scheduled tick prunes; with nothing due, its cost must not follow the log's size.
+    store.create_session("s1")
+    store.put_artifact("s1", b"x", name="x")
+    statements: list[tuple[str, Any]] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        statements.append((statement, parameters))
+
+    event.listen(store.catalog.engine, "before_cursor_execute", seen)
+    try:
+        assert store.prune_events() == 0
+    finally:
+        event.remove(store.catalog.engine, "before_cursor_execute", seen)
+
+    due = [(s, p) for s, p in statements if "events" in s and "<" in s]
+    assert due, statements
+    with store.catalog.engine.connect() as conn:
+        for statement, parameters in due:
+            if store.catalog.dialect == "sqlite":
+                rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters)
+            else:
+                conn.exec_driver_sql("SET enable_seqscan = off")
+                rows = conn.exec_driver_sql(f"EXPLAIN {statement}", parameters)
+            plan = " ".join(str(row) for row in rows.all())
+            assert "ix_events_at" in plan, (statement, plan)
 
 
 def test_a_commit_wakes_its_sessions_subscribers_and_a_refused_change_does_not(

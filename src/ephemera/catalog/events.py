@@ -115,7 +115,15 @@ def prune(db: Database, cutoff: datetime, batch: int) -> int:
     """Remove events recorded before ``cutoff``, oldest first, in batches; the newest event
     is always kept. Returns how many were removed; the cost follows that number."""
     with db.read() as conn:
-        last = conn.scalar(select(func.max(events.c.id)).where(events.c.at < cutoff))
+        # The newest event before the cutoff, found from the end of ``ix_events_at``: a
+        # ``max(id)`` under the same condition walks the IDs down from the newest and, when
+        # nothing is due yet, reads the whole log on every scheduled tick.
+        last = conn.scalar(
+            select(events.c.id)
+            .where(events.c.at < cutoff)
+            .order_by(events.c.at.desc(), events.c.id.desc())
+            .limit(1)
+        )
         newest = conn.scalar(select(func.max(events.c.id)))
         low = conn.scalar(select(func.min(events.c.id)))
     if last is None or newest is None or low is None:
