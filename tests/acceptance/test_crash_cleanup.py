@@ -78,8 +78,14 @@ def test_a_delete_killed_mid_batch_is_finished_like_an_uninterrupted_one(
     assert dying.returncode == -signal.SIGKILL, dying.stderr
     where = json.loads(dying.stderr.splitlines()[-1])
     assert 0 < where["killed_after"] < where["of"], "the kill did not land inside a batch"
+    assert where["waited"], "the cleanup never waited for the batch's unlinks"
     assert len(files(killed)) == stored - KILL_AFTER
-    assert any(state == "deleting" for _, _, state in records(killed)), "nothing was left marked"
+    left = records(killed)
+    # Mark, bytes, record: no record was dropped while its bytes were still there.
+    recorded = {f"sessions/{sid}/{aid}" for sid, aid, _ in left}
+    unrecorded = [f for f in files(killed) if f not in recorded]
+    assert unrecorded == [], f"{len(unrecorded)} files outlived their records"
+    assert any(state == "deleting" for _, _, state in left), "nothing was left marked"
     first = told(dying)
     assert 0 < len(first) < KILL_AFTER  # told: whole batches before the one it died in
 

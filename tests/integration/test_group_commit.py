@@ -23,6 +23,7 @@ from ephemera import Artifact, NotFound, Settings, StorageError, Store, TooLarge
 from ephemera.blobs.local import LocalBlobWriter
 from ephemera.catalog.groupcommit import GroupCommit, group_commit
 from ephemera.store import Upload
+from ephemera.testing import ManualClock
 from tests.conftest import MakeSettings
 
 UPLOADS = 32
@@ -279,3 +280,113 @@ def test_a_crash_inside_a_group_leaves_nothing_of_it_visible(tmp_path: Path, bod
         assert [b.key for b in store.blobs.list("sessions/")] == [f"sessions/s/{kept.id}"]
         assert store.catalog.table_row_counts()["artifacts"] == 1
         assert store.read_artifact("s", kept.id) == b"before"
+
+
+def _innermost(thread: threading.Thread) -> tuple[str, str] | None:
+    frame = sys._current_frames().get(thread.ident or 0)
+    if frame is None:
+        return None
+    return Path(frame.f_code.co_filename).name, frame.f_code.co_name
+
+
+def test_a_grouped_upload_is_admitted_only_while_its_session_is_live(
+    store: Store, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole-body uploads whose sessions were live when they started, and changed while they
+    waited to join a group: each member is admitted by what its session is in the group's
+    transaction, at the group's instant."""
+    store.create_session("live", idle_timeout_s=None)
+    store.create_session("idle", idle_timeout_s=60)
+    for sid in ("closing", "closed"):
+        store.create_session(sid, idle_timeout_s=None)
+    clock.advance(120)  # "idle" is past its deadline, not yet closed by any cleanup
+    committer = _committer(store)
+    joining, gate = threading.Semaphore(0), threading.Event()
+    join = committer.run_batched
+
+    def gated(batch: Any, item: Any) -> Any:
+        joining.release()
+        assert gate.wait(30)
+        return join(batch, item)
+
+    monkeypatch.setattr(committer, "run_batched", gated)
+    sids = ["live", "idle", "closing", "closed"]
+    results: list[Any] = []
+    putting = threading.Thread(
+        target=lambda: results.extend(
+            _in_threads(
+                [partial(store.put_artifact, sid, b"w" * BODY, name=f"{sid}.bin") for sid in sids]
+            )
+        )
+    )
+    putting.start()
+    for _ in sids:
+        assert joining.acquire(timeout=30)
+    # Staged and synced, about to join a group: now the sessions change.
+    assert store.catalog.begin_close("closing", clock.now()) is not None
+    store.close_session("closed")
+    before = committer.stats.transactions
+    with held_lead(committer) as wait_for:
+        gate.set()
+        wait_for(len(sids))
+    putting.join(30)
+
+    assert committer.stats.transactions - before == 2  # the holder's, then all four in one
+    live, idle, closing, closed = results
+    assert isinstance(live, Artifact), live
+    for refused in (idle, closing, closed):
+        assert isinstance(refused, NotFound), refused
+    assert store.catalog.table_row_counts()["artifacts"] == 1
+    assert [b.key for b in store.blobs.list("sessions/")] == [f"sessions/live/{live.id}"]
+    assert list(store.blobs.list_staged()) == []
+
+
+def test_a_close_waits_for_a_group_in_flight_and_removes_what_it_committed(
+    store: Store,
+) -> None:
+    """A close that comes while a group's transaction is open (its members admitted, their
+    bytes renamed into place, their records inserted) touches nothing until the group has
+    committed, then counts and removes every member."""
+    store.create_session("s")
+    members = 8
+    committer = _committer(store)
+    in_flight, go = threading.Event(), threading.Event()
+
+    def hold(_conn: Connection, items: list[Any]) -> list[Any]:
+        in_flight.set()  # batches run in the order they joined: the uploads' have run
+        assert go.wait(30)
+        return [None] * len(items)
+
+    results: list[Any] = []
+    puts = [partial(store.put_artifact, "s", b"q" * BODY, name=f"{i}.bin") for i in range(members)]
+    putting = threading.Thread(target=lambda: results.extend(_in_threads(puts)))
+    holding = threading.Thread(target=committer.run_batched, args=(hold, None))
+    with held_lead(committer) as wait_for:
+        putting.start()
+        wait_for(members)
+        holding.start()
+        wait_for(members + 1)
+    assert in_flight.wait(30)
+
+    closed: list[Any] = []
+    closing = threading.Thread(target=lambda: closed.append(store.close_session("s")))
+    closing.start()
+    deadline = time.monotonic() + 30
+    while closing.is_alive() and _innermost(closing) != ("db.py", "write"):
+        assert time.monotonic() < deadline, f"the close is at {_innermost(closing)}"
+        time.sleep(0.001)
+    # The close waits for its write turn, having touched nothing of the group in flight.
+    assert closing.is_alive(), f"the close did not wait for the group: {closed}"
+    assert len(list(store.blobs.list("sessions/s/"))) == members
+    go.set()
+    for thread in (putting, holding, closing):
+        thread.join(30)
+
+    assert len(results) == members
+    assert all(isinstance(r, Artifact) for r in results), results
+    (report,) = closed
+    assert report.artifact_count == members
+    assert report.deleted_bytes == members * BODY
+    assert store.catalog.table_row_counts()["artifacts"] == 0
+    assert list(store.blobs.list("sessions/")) == []
+    assert list(store.blobs.list_staged()) == []

@@ -29,10 +29,10 @@ of a dead one). Closing, recovery, removal, cleanup and verification are the eng
 ``store.schema``       creating or upgrading the schema (``ephemera migrate``)
 =====================  ===============================================================
 
-The flat API is this class and its bases: each base (``WorkMethods``, ``MaintenanceMethods``,
-``EventMethods``, ``IdempotencyMethods``, ``ImportMethods``, ``LinkMethods``,
-``ConsoleMethods``, ``OverviewMethods``, ``BrowseMethods``) lives beside the functions it
-delegates to; what joins concepts stays here.
+The flat API is this class and its bases: each base (``KeyMethods``, ``LeaseMethods``,
+``WorkMethods``, ``MaintenanceMethods``, ``EventMethods``, ``IdempotencyMethods``,
+``ImportMethods``, ``LinkMethods``, ``ConsoleMethods``, ``OverviewMethods``,
+``BrowseMethods``) lives beside the functions it delegates to; what joins concepts stays here.
 
 Close (guarantee 4, "no leak")::
 
@@ -72,8 +72,6 @@ from ephemera.models import (
     Artifact,
     CloseReport,
     CreatedSession,
-    KeyRole,
-    Lease,
     Page,
     Session,
     StorageClass,
@@ -113,6 +111,8 @@ log = logging.getLogger("ephemera.store")
 
 
 class Store(
+    keys.KeyMethods,
+    leases.LeaseMethods,
     work.WorkMethods,
     maintenance.MaintenanceMethods,
     events.EventMethods,
@@ -244,25 +244,6 @@ class Store(
         most every ``activity_write_interval_s``.
         """
         return access.resolve_key(self.context, self._activity, credential)
-
-    def create_key(
-        self,
-        name: str,
-        role: KeyRole | str = KeyRole.ADMIN,
-        *,
-        expires_in_s: float | None = None,
-    ) -> str:
-        """A new key of ``role`` (see :class:`KeyRole`), valid for ``expires_in_s`` or ever."""
-        return keys.create(self.context, name, role, expires_in_s)
-
-    def list_keys(self, role: KeyRole | str = KeyRole.ADMIN) -> list[AdminKey]:
-        return keys.list_keys(self.context, role)
-
-    def revoke_key(self, name: str, role: KeyRole | str = KeyRole.ADMIN) -> None:
-        keys.revoke(self.context, name, role)
-
-    def has_admin_key(self) -> bool:
-        return self.catalog.count_admin_keys() > 0
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -509,32 +490,6 @@ class Store(
     ) -> Artifact:
         """Keep an artifact past expiry and result retention until ``until`` (None: stop)."""
         return artifacts.retain(self.context, session_id, artifact_id, until)
-
-    # -- leases ---------------------------------------------------------------------------
-
-    def take_lease(
-        self,
-        session_id: str,
-        *,
-        ttl_s: int | None = None,
-        holder: str = "",
-        artifact_ids: Sequence[str] = (),
-    ) -> Lease:
-        """Protect a session (no ``artifact_ids``) or the named artifacts from any cleanup."""
-        return leases.take(self.context, session_id, ttl_s, holder, artifact_ids)
-
-    def renew_lease(self, session_id: str, lease_id: str, *, ttl_s: int | None = None) -> Lease:
-        """Extend a valid lease; an expired one is a Conflict (it protected nothing meanwhile)."""
-        return leases.renew(self.context, session_id, lease_id, ttl_s)
-
-    def release_lease(self, session_id: str, lease_id: str) -> None:
-        leases.release(self.context, session_id, lease_id)
-
-    def list_leases(self, session_id: str) -> list[Lease]:
-        return leases.list_leases(self.context, session_id)
-
-    def get_lease(self, session_id: str, lease_id: str) -> Lease:
-        return leases.get(self.context, session_id, lease_id)
 
     # -- tasks ----------------------------------------------------------------------------
 

@@ -38,3 +38,28 @@ def list_keys(ctx: Context, role: KeyRole | str) -> list[AdminKey]:
 def revoke(ctx: Context, name: str, role: KeyRole | str) -> None:
     if not ctx.catalog.delete_key(name, check_role(role)):
         raise NotFound(f"no {role} key named {name!r}")
+
+
+class KeyMethods:
+    """The keys' part of :class:`~ephemera.store.Store` (its base class)."""
+
+    context: Context
+
+    def create_key(
+        self,
+        name: str,
+        role: KeyRole | str = KeyRole.ADMIN,
+        *,
+        expires_in_s: float | None = None,
+    ) -> str:
+        """A new key of ``role`` (see :class:`KeyRole`), valid for ``expires_in_s`` or ever."""
+        return create(self.context, name, role, expires_in_s)
+
+    def list_keys(self, role: KeyRole | str = KeyRole.ADMIN) -> list[AdminKey]:
+        return list_keys(self.context, role)
+
+    def revoke_key(self, name: str, role: KeyRole | str = KeyRole.ADMIN) -> None:
+        revoke(self.context, name, role)
+
+    def has_admin_key(self) -> bool:
+        return self.context.catalog.count_admin_keys() > 0

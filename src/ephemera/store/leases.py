@@ -79,3 +79,33 @@ def _ttl(settings: Settings, ttl_s: int | None) -> int:
     if not 1 <= ttl <= settings.lease_max_ttl_s:
         raise InvalidInput(f"ttl_s must be between 1 and {settings.lease_max_ttl_s}")
     return ttl
+
+
+class LeaseMethods:
+    """The leases' part of :class:`~ephemera.store.Store` (its base class)."""
+
+    context: Context
+
+    def take_lease(
+        self,
+        session_id: str,
+        *,
+        ttl_s: int | None = None,
+        holder: str = "",
+        artifact_ids: Sequence[str] = (),
+    ) -> Lease:
+        """Protect a session (no ``artifact_ids``) or the named artifacts from any cleanup."""
+        return take(self.context, session_id, ttl_s, holder, artifact_ids)
+
+    def renew_lease(self, session_id: str, lease_id: str, *, ttl_s: int | None = None) -> Lease:
+        """Extend a valid lease; an expired one is a Conflict (it protected nothing meanwhile)."""
+        return renew(self.context, session_id, lease_id, ttl_s)
+
+    def release_lease(self, session_id: str, lease_id: str) -> None:
+        release(self.context, session_id, lease_id)
+
+    def list_leases(self, session_id: str) -> list[Lease]:
+        return list_leases(self.context, session_id)
+
+    def get_lease(self, session_id: str, lease_id: str) -> Lease:
+        return get(self.context, session_id, lease_id)
