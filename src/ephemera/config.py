@@ -54,11 +54,18 @@ class Settings(BaseSettings):
         "ended; a lap goes on at every tick, one slice at a time (explicit `cleanup orphaned` "
         "and `cleanup all` always walk the whole store)",
     )
+    orphan_slice_artifacts: int = Field(
+        5000,
+        ge=1,
+        description="Artifacts one scheduled tick compares with the stored bytes (a session "
+        "counts its records or its stored names, whichever are more; a tick takes whole "
+        "sessions, at least one): bounds the tick's cost however large the store is",
+    )
     orphan_slice_sessions: int = Field(
         1000,
         ge=1,
-        description="Sessions one scheduled tick reconciles with the stored bytes: bounds the "
-        "tick's cost (a lap takes ceil(sessions / this) ticks)",
+        description="Sessions one scheduled tick reconciles with the stored bytes at most "
+        "(whichever of this and `orphan_slice_artifacts` comes first ends the tick's slice)",
     )
     scheduled_cleanup: bool = Field(True, description="Run cleanup inside `ephemera serve`")
     max_upload_bytes: int = Field(GiB, ge=1, description="Largest accepted artifact")

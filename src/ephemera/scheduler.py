@@ -4,8 +4,8 @@ tick followed by a usage sample (the console's charts).
 A tick's `all` is incremental: the indexed operations (and the cheap parts of `orphaned`:
 staging leftovers, stale pending records) run in full, while the walk comparing stored bytes
 with records does one slice of its lap, on its own slower schedule (``orphan_interval_s``,
-``orphan_slice_sessions``; see ``ephemera.cleanup.orphans``). So a tick with nothing to
-delete costs milliseconds however large the store is.
+``orphan_slice_artifacts``, ``orphan_slice_sessions``; see ``ephemera.cleanup.orphans``). So
+a tick with nothing to delete costs milliseconds however large the store is.
 
 Who runs is decided by a named lock in the database, not by a PID file: the runner takes
 the lock until the next tick is due and keeps it after the run, so every other process

@@ -106,6 +106,16 @@ class BlobStoreContract:
         assert [b.key for b in blobs.list()] == sorted(keys)
         assert [b.key for b in blobs.list("sessions/b/")] == ["sessions/b/10", "sessions/b/2"]
 
+    def test_children_after_a_name_are_the_greater_names(self, blobs: BlobStore) -> None:
+        # As S3 keys ``a-b/`` sorts before ``a/``: a listing after ``a`` must keep it.
+        for key in ("sessions/a-b/x", "sessions/a/y", "sessions/a/x", "sessions/f/z", "sessions/0"):
+            put(blobs, key, b"x")
+        assert list(blobs.list_children("sessions/")) == ["0", "a", "a-b", "f"]
+        assert list(blobs.list_children("sessions/", after="a")) == ["a-b", "f"]
+        assert list(blobs.list_children("sessions/", after="0")) == ["a", "a-b", "f"]
+        assert list(blobs.list_children("sessions/", after="a-b")) == ["f"]
+        assert list(blobs.list_children("sessions/", after="f")) == []
+
     @pytest.mark.parametrize("key", ["../x", "sessions/../x", "/abs", "a//b", "a/.b", "", "a b"])
     def test_hostile_keys_are_refused(self, blobs: BlobStore, key: str) -> None:
         with pytest.raises(InvalidInput):

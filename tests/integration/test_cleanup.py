@@ -495,11 +495,11 @@ class DeleteBeforeListing:
         self._blobs = blobs
         self._delete: Callable[[], object] | None = delete
 
-    def list_children(self, prefix: str) -> Iterator[str]:
+    def list_children(self, prefix: str, after: str | None = None) -> Iterator[str]:
         if self._delete is not None and prefix.startswith("sessions/") and prefix != "sessions/":
             delete, self._delete = self._delete, None
             delete()
-        return self._blobs.list_children(prefix)  # type: ignore[no-any-return]
+        return self._blobs.list_children(prefix, after)  # type: ignore[no-any-return]
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._blobs, name)

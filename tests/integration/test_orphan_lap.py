@@ -72,18 +72,57 @@ def test_a_lap_finds_each_orphan_in_its_slice_and_not_before(
     plant(lap_store, clock)
     first = tick(lap_store)
     assert found(first) == []
-    assert first.slice == {"after": None, "through": "s1", "sessions": 2, "lap_done": False}
+    assert first.slice == {
+        "after": None,
+        "through": "s1",
+        "sessions": 2,
+        "artifacts": 2,
+        "lap_done": False,
+    }
     second = tick(lap_store)
     assert found(second) == [f"sessions/s1z/{GHOST}"]
-    assert second.slice == {"after": "s1", "through": "s2", "sessions": 2, "lap_done": False}
+    assert second.slice == {
+        "after": "s1",
+        "through": "s2",
+        "sessions": 2,
+        "artifacts": 2,
+        "lap_done": False,
+    }
     assert f"sessions/s4/{STRAY}" in stored(lap_store)  # its slice has not come yet
     third = tick(lap_store)
     assert found(third) == [f"sessions/s4/{STRAY}"]
     last = tick(lap_store)
-    assert last.slice == {"after": "s4", "through": "s5", "sessions": 1, "lap_done": True}
+    assert last.slice == {
+        "after": "s4",
+        "through": "s5",
+        "sessions": 1,
+        "artifacts": 1,
+        "lap_done": True,
+    }
     assert stored(lap_store) == {
         f"sessions/{sid}/{a.id}" for sid in SESSIONS for a in lap_store.list_artifacts(sid).items
     }
+
+
+def test_a_slice_stops_at_its_bound_of_artifacts(
+    make_settings: MakeSettings, clock: ManualClock
+) -> None:
+    # Sessions of 3, 3, 1, 4 and 1 artifacts, five a slice: whole sessions, the one that
+    # reaches the bound included, however many sessions that is.
+    settings = make_settings(orphan_slice_artifacts=5, orphan_interval_s=HOUR)
+    sizes = {"a": 3, "b": 3, "c": 1, "d": 4, "e": 1}
+    with Store.open(settings, clock=clock) as opened:
+        clock.catch_up()
+        for sid, count in sizes.items():
+            opened.create_session(sid, idle_timeout_s=None)
+            for i in range(count):
+                opened.put_artifact(sid, b"kept", name=f"{i}.bin")
+        slices = [tick(opened).slice for _ in range(3)]
+    assert slices == [
+        {"after": None, "through": "b", "sessions": 2, "artifacts": 6, "lap_done": False},
+        {"after": "b", "through": "d", "sessions": 2, "artifacts": 5, "lap_done": False},
+        {"after": "d", "through": "e", "sessions": 1, "artifacts": 1, "lap_done": True},
+    ]
 
 
 def test_the_next_lap_starts_an_interval_after_one_ends(
@@ -100,6 +139,7 @@ def test_the_next_lap_starts_an_interval_after_one_ends(
         "after": None,
         "through": "s1",
         "sessions": 2,
+        "artifacts": 2,
         "lap_done": False,
     }
 
@@ -113,7 +153,13 @@ def test_the_cursor_survives_a_restart(
     lap_store.close()
     with Store.open(lap_settings, clock=clock) as reopened:
         resumed = tick(reopened)
-        assert resumed.slice == {"after": "s2", "through": "s4", "sessions": 2, "lap_done": False}
+        assert resumed.slice == {
+            "after": "s2",
+            "through": "s4",
+            "sessions": 2,
+            "artifacts": 3,
+            "lap_done": False,
+        }
         assert found(resumed) == [f"sessions/s4/{STRAY}"]
 
 
@@ -125,14 +171,18 @@ def test_a_tick_lists_a_bounded_number_of_folders(
     blobs = lap_store.context.blobs
     real = blobs.list_children
 
-    def counting(prefix: str) -> Iterator[str]:
-        listed.append(prefix)
-        return real(prefix)
+    def counting(prefix: str, after: str | None = None) -> Iterator[str]:
+        listed.append(prefix if after is None else f"{prefix} after {after}")
+        return real(prefix, after)
 
     monkeypatch.setattr(blobs, "list_children", counting)
     tick(lap_store)
     # The session names, then one folder per session of the slice.
     assert listed == ["sessions/", "sessions/s0/", "sessions/s1/"]
+    listed.clear()
+    tick(lap_store)
+    # The next slice lists the session names from its cursor on (S3: from that key on).
+    assert listed == ["sessions/ after s1", "sessions/s2/"]
     listed.clear()
     lap_store.cleanup("orphaned")
     # Explicit: every session folder (s1z, with no record, is walked whole by ``list``).
@@ -153,6 +203,7 @@ def test_explicit_orphaned_and_all_walk_the_whole_store_and_leave_the_cursor(
         "after": None,
         "through": "s1",
         "sessions": 2,
+        "artifacts": 2,
         "lap_done": False,
     }
 
@@ -184,7 +235,13 @@ def test_the_scheduled_tick_runs_a_slice_and_the_audit_log_says_which(
     report = CleanupScheduler(lap_store).tick()
     assert report is not None
     orphaned = part(report, "orphaned")
-    assert orphaned.slice == {"after": None, "through": "s1", "sessions": 2, "lap_done": False}
+    assert orphaned.slice == {
+        "after": None,
+        "through": "s1",
+        "sessions": 2,
+        "artifacts": 2,
+        "lap_done": False,
+    }
     entry = lap_store.audit_log(action="cleanup.orphaned").items[0]
     assert entry.actor == "scheduler"
     assert entry.params == {"dry_run": False, "incremental": True}

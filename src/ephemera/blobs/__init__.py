@@ -17,7 +17,8 @@ The contract every backend keeps (and ``tests/integration/test_blobs.py`` checks
 - ``delete``, ``delete_many`` and ``delete_prefix`` treat "already gone" as success;
   ``delete_many`` returns the keys it could not delete, with the reason.
 - ``list`` yields keys under a prefix in ascending key order; ``list_children`` yields the
-  names of the next level under a prefix (``sessions/`` -> session IDs), ascending.
+  names of the next level under a prefix (``sessions/`` -> session IDs), ascending, only
+  those greater than ``after`` when it is given.
 - Every other failure is a :class:`~ephemera.errors.StorageError`; no ``OSError`` or client
   library error escapes a backend.
 
@@ -108,7 +109,7 @@ class BlobStore(Protocol):
 
     def list(self, prefix: str = "") -> Iterator[BlobStat]: ...
 
-    def list_children(self, prefix: str) -> Iterator[str]: ...
+    def list_children(self, prefix: str, after: str | None = None) -> Iterator[str]: ...
 
     def list_staged(self) -> Iterator[StagedBlob]: ...
 

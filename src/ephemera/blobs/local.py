@@ -233,7 +233,7 @@ class LocalBlobStore:
                 with contextlib.suppress(FileNotFoundError):
                     yield BlobStat(key, entry.stat().st_size, _mtime(entry.stat()))
 
-    def list_children(self, prefix: str) -> Iterator[str]:
+    def list_children(self, prefix: str, after: str | None = None) -> Iterator[str]:
         # Names only, no stat and no Path objects: orphan reconciliation lists every session
         # folder with this, and should cost what ``find -type f`` pays per name.
         path = os.path.join(self.root, check_key(prefix.rstrip("/")))
@@ -243,6 +243,9 @@ class LocalBlobStore:
             return iter(())
         except OSError as exc:
             raise StorageError(f"cannot list {prefix}: {exc.strerror}") from exc
+        if after is not None:
+            # A folder is read whole whatever the position: sort only what comes after it.
+            names = [name for name in names if name > after]
         names.sort()
         return iter(names)
 

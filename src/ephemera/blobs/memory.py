@@ -190,10 +190,10 @@ class MemoryBlobStore:
             except BlobNotFound:
                 continue
 
-    def list_children(self, prefix: str) -> Iterator[str]:
+    def list_children(self, prefix: str, after: str | None = None) -> Iterator[str]:
         with self._lock:
             names = {k[len(prefix) :].split("/", 1)[0] for k in self._blobs if k.startswith(prefix)}
-        yield from sorted(names)
+        yield from sorted(n for n in names if after is None or n > after)
 
     def list_staged(self) -> Iterator[StagedBlob]:
         with self._lock:

@@ -326,19 +326,26 @@ class S3BlobStore:
         with translated(f"cannot list {self._relative(object_prefix) or 'blobs'}"):
             yield from pages
 
-    def list_children(self, prefix: str) -> Iterator[str]:
+    def list_children(self, prefix: str, after: str | None = None) -> Iterator[str]:
         """Names one level under ``prefix``, ascending, whether blobs or deeper prefixes.
 
         Collected and sorted before any is yielded, as the local store lists a folder: S3
-        orders ``a-b/`` before ``a/``, names do not.
+        orders ``a-b/`` before ``a/``, names do not. After ``after``, the listing starts at
+        the key ``after`` itself: every name greater than it has a greater key (``a-b/``
+        too), so only pages from there on are read.
         """
         object_prefix = self._root + check_key(prefix.rstrip("/")) + "/"
+        options: dict[str, Any] = {"Delimiter": "/"}
+        if after is not None:
+            options["StartAfter"] = object_prefix + after
         names: set[str] = set()
-        for page in self._pages(object_prefix, Delimiter="/"):
+        for page in self._pages(object_prefix, **options):
             for common in page.get("CommonPrefixes", []):
                 names.add(str(common["Prefix"])[len(object_prefix) :].rstrip("/"))
             for obj in page.get("Contents", []):
                 names.add(str(obj["Key"])[len(object_prefix) :])
+        if after is not None:
+            names = {name for name in names if name > after}
         yield from sorted(name for name in names if _NAME_RE.fullmatch(name))
 
     def list_staged(self) -> Iterator[StagedBlob]:

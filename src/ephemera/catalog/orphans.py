@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy import case, delete, func, literal, select, tuple_, update
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from ephemera.catalog.db import Database
 from ephemera.catalog.predicates import PENDING
@@ -87,46 +88,62 @@ def artifact_states(db: Database, session_ids: Sequence[str]) -> dict[str, dict[
     return found
 
 
-FETCH_ROWS = 500
+# Separates the IDs of a session's records in one string (no ID or stored name holds one).
+SEPARATOR = "/"
 
 
 @dataclass(slots=True)
 class RecordedIds:
     """A session's artifact records as orphan reconciliation compares them with its blobs."""
 
-    ids: list[str] = field(default_factory=list)  # every record, ascending
+    # Every record's ID, joined by SEPARATOR, ascending in byte order (on SQLite as its
+    # index returns them, which ``ids`` does not rely on).
+    joined: str = ""
+    count: int = 0
     unready: dict[str, str] = field(default_factory=dict)  # the records not ready: id -> state
+
+    @property
+    def ids(self) -> list[str]:
+        """Every record's ID, ascending."""
+        return sorted(self.joined.split(SEPARATOR)) if self.joined else []
+
+    def matches(self, names: list[str]) -> bool:
+        """Whether ``names`` (ascending) are exactly these records' IDs."""
+        if len(names) != self.count:
+            return False
+        return SEPARATOR.join(names) == self.joined or names == self.ids
 
 
 def recorded_ids(db: Database, session_ids: Sequence[str]) -> dict[str, RecordedIds]:
     """Every artifact record of these sessions, read in one pass over the index
-    (session_id, id, state): the rows come grouped by session, so they are gathered as
-    they stream, with no lookup per row."""
+    (session_id, id, state) and aggregated there: one row per session, its IDs joined in
+    one string and its records that are not ready beside them. Building a Python row per
+    record cost more than the whole index scan."""
     found = {sid: RecordedIds() for sid in session_ids}
     if not session_ids:
         return found
-    query = (
-        select(artifacts.c.session_id, artifacts.c.id, artifacts.c.state)
-        .where(artifacts.c.session_id.in_(session_ids))
-        .order_by(artifacts.c.session_id, artifacts.c.id)
+    unready = case(
+        (artifacts.c.state != ArtifactState.READY.value, artifacts.c.id + "=" + artifacts.c.state)
     )
-    current = ""
-    ids: list[str] = []
-    unready: dict[str, str] = {}
-    ready = ArtifactState.READY.value
+    if db.dialect == "postgresql":
+        ids = func.string_agg(
+            artifacts.c.id, aggregate_order_by(literal(SEPARATOR), artifacts.c.id.collate("C"))
+        )
+        others = func.string_agg(unready, literal(SEPARATOR))
+    else:
+        ids = func.group_concat(artifacts.c.id, SEPARATOR)
+        others = func.group_concat(unready, SEPARATOR)
+    query = (
+        select(artifacts.c.session_id, ids, func.count(), others)
+        .where(artifacts.c.session_id.in_(session_ids))
+        .group_by(artifacts.c.session_id)
+    )
     with db.read() as conn:
-        # A few hundred rows at a time: all at once, their objects would set off the
-        # garbage collector's full passes, which cost more than the query.
-        for rows in conn.execute(query).partitions(FETCH_ROWS):
-            for sid, aid, state in rows:
-                if sid != current:
-                    entry = found[sid]
-                    current, ids, unready = sid, entry.ids, entry.unready
-                ids.append(aid)
-                if state != ready:
-                    unready[aid] = state
-    for entry in found.values():
-        entry.ids.sort()  # the database's collation may order IDs unlike Python
+        for sid, joined, count, not_ready in conn.execute(query):
+            entry = found[sid]
+            entry.joined, entry.count = joined, count
+            if not_ready:
+                entry.unready = dict(r.split("=", 1) for r in not_ready.split(SEPARATOR))
     return found
 
 

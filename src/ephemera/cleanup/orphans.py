@@ -7,21 +7,25 @@ are lost. Everything younger than the orphan grace period is an upload still in 
 
 from __future__ import annotations
 
-import itertools
+import enum
+import math
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 from ephemera.blobs import BlobStat, BlobStore, artifact_key, session_prefix
 from ephemera.blobs.resumable import ResumableBlobs
 from ephemera.catalog import Candidate
+from ephemera.catalog.orphans import RecordedIds
 from ephemera.cleanup.records import CleanupItem, CleanupReport, ItemKind, Rule
 from ephemera.cleanup.run import Run, delete_marked
 from ephemera.errors import EphemeraError
 from ephemera.ids import SESSION_ID_RE
 from ephemera.models import ArtifactState
 
-# Sessions whose records one query reads.
+# Sessions whose records one query reads on a full walk.
 RECONCILE_CHUNK = 256
+# A slice's guess of the artifacts per session for its first query, before it knows better.
+FIRST_GUESS = 64
 # The cleanup cursor of the scheduled lap: the last session name reconciled, "" between laps.
 LAP_CURSOR = "orphans"
 
@@ -33,7 +37,7 @@ def orphaned(run: Run, report: CleanupReport) -> None:
     if run.request.incremental:
         _reconcile_slice(run, report, cutoff)
     else:
-        _reconcile(run, report, cutoff)
+        _Walk(run, report, cutoff).walk(None)
     if not run.dry_run:
         # Expired lease rows protect nothing, expired Idempotency-Keys answer nothing, events
         # past their retention serve no reconnect: bookkeeping, not data, so not reported.
@@ -97,10 +101,13 @@ def _stale_pending(run: Run, report: CleanupReport, cutoff: datetime) -> None:
 def _reconcile_slice(run: Run, report: CleanupReport, cutoff: datetime) -> None:
     """The scheduler's share of reconciliation: the next slice of the lap, if one is due.
 
-    A lap walks every session name in order, ``orphan_slice_sessions`` per tick, from a
-    cursor kept in the database; when it wraps, the next lap starts ``orphan_interval_s``
-    later. An orphan older than the grace period when a lap starts is removed by its end.
-    A dry slice reads the cursor but leaves it where it is.
+    A lap walks every session name in order from a cursor kept in the database, one slice
+    per tick. A slice takes sessions until it has compared ``orphan_slice_artifacts``
+    artifacts (a session counts its records or its stored names, whichever are more) or
+    visited ``orphan_slice_sessions`` sessions, whichever comes first, and at least one
+    session: so a tick costs the same however large the store is. When the lap wraps, the
+    next one starts ``orphan_interval_s`` later. An orphan older than the grace period when a
+    lap starts is removed by its end. A dry slice reads the cursor but leaves it where it is.
     """
     settings = run.context.settings
     catalog = run.context.catalog
@@ -111,91 +118,155 @@ def _reconcile_slice(run: Run, report: CleanupReport, cutoff: datetime) -> None:
         if run.now < due:
             report.slice = {"sessions": 0, "next_lap_at": due.isoformat()}
             return
-    last, visited, lap_done = _reconcile(
-        run, report, cutoff, after=after, limit=settings.orphan_slice_sessions
+    walk = _Walk(
+        run,
+        report,
+        cutoff,
+        max_sessions=settings.orphan_slice_sessions,
+        max_artifacts=settings.orphan_slice_artifacts,
     )
-    report.slice = {"after": after, "through": last, "sessions": visited, "lap_done": lap_done}
+    lap_done = walk.walk(after)
+    report.slice = {
+        "after": after,
+        "through": walk.last,
+        "sessions": walk.sessions,
+        "artifacts": walk.artifacts,
+        "lap_done": lap_done,
+    }
     if not run.dry_run:
-        catalog.save_cleanup_cursor(LAP_CURSOR, "" if lap_done else (last or ""), run.now)
+        catalog.save_cleanup_cursor(LAP_CURSOR, "" if lap_done else (walk.last or ""), run.now)
 
 
-def _reconcile(
-    run: Run,
-    report: CleanupReport,
-    cutoff: datetime,
-    *,
-    after: str | None = None,
-    limit: int | None = None,
-) -> tuple[str | None, int, bool]:
+class _Visit(enum.Enum):
+    SKIP = "skip"  # closed by an earlier pass of this (dry) run
+    TREE = "tree"  # stored bytes of a session without a record
+    RECORDS = "records"  # compare its stored names with its records
+
+
+class _Walk:
     """Merge the stored sessions with the recorded ones, then each session's contents.
 
-    Both sides come in ID order, a batch at a time, so memory stays flat however large
-    the store is and the database is read through its indexes. From the name after
-    ``after``, at most ``limit`` names: (the last one visited, how many, whether that was
-    the end).
+    Both sides come in ID order, a batch at a time, so memory stays flat however large the
+    store is and the database is read through its indexes. A bounded walk (a slice) stops
+    after the session that reaches ``max_sessions`` sessions or ``max_artifacts`` artifacts.
     """
-    listed = run.context.blobs.list_children("sessions/")
-    if after is not None:
-        listed = itertools.dropwhile(lambda name: name <= after, listed)
-    recorded = _recorded_sessions(run, after)
-    chunk: list[tuple[str, bool]] = []
-    last: str | None = None
-    visited = 0
-    for session_id, on_disk, in_db in _merge(listed, recorded):
-        if visited == limit:
-            _reconcile_sessions(run, report, chunk, cutoff)
-            return last, visited, False
-        visited += 1
-        last = session_id
-        if session_id in run.ledger.sessions:
-            continue  # closed by an earlier pass of this (dry) run
+
+    def __init__(
+        self,
+        run: Run,
+        report: CleanupReport,
+        cutoff: datetime,
+        *,
+        max_sessions: int | None = None,
+        max_artifacts: int | None = None,
+    ) -> None:
+        self.run = run
+        self.report = report
+        self.cutoff = cutoff
+        self.max_sessions = max_sessions
+        self.max_artifacts = max_artifacts
+        self.last: str | None = None  # the last session visited
+        self.sessions = 0  # visited
+        self.artifacts = 0  # compared
+        self._bounded = max_sessions is not None or max_artifacts is not None
+
+    def walk(self, after: str | None) -> bool:
+        """Visit the session names after ``after`` up to the bound; whether that was the end."""
+        run = self.run
+        listed = run.context.blobs.list_children("sessions/", after=after)
+        # A slice reads the recorded IDs a page of a chunk's size at a time: it needs few.
+        page = RECONCILE_CHUNK if self._bounded else run.batch_size * 4
+        merged = _merge(listed, _recorded_sessions(run, after, page))
+        chunk: list[tuple[str, bool, _Visit]] = []
+        for session_id, on_disk, in_db in merged:
+            chunk.append((session_id, on_disk, self._classify(session_id, on_disk, in_db)))
+            if len(chunk) < self._chunk_size():
+                continue
+            if not self._visit(chunk):
+                return False
+            if self._bound_reached():
+                return next(merged, None) is None
+            chunk = []
+        return self._visit(chunk)
+
+    def _classify(self, session_id: str, on_disk: bool, in_db: bool) -> _Visit:
+        if session_id in self.run.ledger.sessions:
+            return _Visit.SKIP
         valid = SESSION_ID_RE.fullmatch(session_id) is not None
-        if valid and on_disk and not in_db and _recorded(run, session_id):
+        if valid and on_disk and not in_db and _recorded(self.run, session_id):
             in_db = True  # the merge missed its record: live bytes, never an orphan tree
         if not valid or (on_disk and not in_db):
-            _orphan_tree(run, report, session_id, cutoff)
-            run.progress(report.operation, 1)
-            continue
-        chunk.append((session_id, on_disk))
-        if len(chunk) == RECONCILE_CHUNK:
-            _reconcile_sessions(run, report, chunk, cutoff)
-            chunk = []
-    _reconcile_sessions(run, report, chunk, cutoff)
-    return last, visited, True
+            return _Visit.TREE
+        return _Visit.RECORDS
 
+    def _chunk_size(self) -> int:
+        """Sessions to read the records of in one query: a full walk reads RECONCILE_CHUNK;
+        a slice as many as its artifacts left are likely to cover, by the mean so far."""
+        size = RECONCILE_CHUNK
+        if self.max_artifacts is not None:
+            left = self.max_artifacts - self.artifacts
+            per_session = self.artifacts / self.sessions if self.sessions else FIRST_GUESS
+            size = min(size, max(1, math.ceil(left / max(per_session, 1.0))))
+        if self.max_sessions is not None:
+            size = min(size, max(1, self.max_sessions - self.sessions))
+        return size
 
-def _reconcile_sessions(
-    run: Run, report: CleanupReport, chunk: list[tuple[str, bool]], cutoff: datetime
-) -> None:
-    """One query for the records of a whole chunk of sessions, then one listing per session.
+    def _bound_reached(self) -> bool:
+        return (self.max_sessions is not None and self.sessions >= self.max_sessions) or (
+            self.max_artifacts is not None and self.artifacts >= self.max_artifacts
+        )
 
-    A consistent session (its sorted names equal its record IDs, all ready) costs a list
-    comparison; only the others are compared as sets, and only names without a record
-    are stat-ed.
-    """
-    if not chunk:
-        return
-    blobs = run.context.blobs
-    recorded = run.context.catalog.recorded_ids([sid for sid, _ in chunk])
-    for session_id, on_disk in chunk:
-        records = recorded[session_id]
+    def _visit(self, chunk: list[tuple[str, bool, _Visit]]) -> bool:
+        """Reconcile the chunk's sessions in order: one query for the records of them all,
+        then one listing per session. False if the bound stopped it before the chunk's end.
+        """
+        run = self.run
+        wanted = [sid for sid, _, visit in chunk if visit is _Visit.RECORDS]
+        recorded = run.context.catalog.recorded_ids(wanted) if wanted else {}
+        done = 0
+        for session_id, on_disk, visit in chunk:
+            if visit is _Visit.RECORDS:
+                cost = self._compare(session_id, on_disk, recorded[session_id])
+            elif visit is _Visit.TREE:
+                cost = _orphan_tree(run, self.report, session_id, self.cutoff)
+            else:
+                cost = 0
+            self.last = session_id
+            self.sessions += 1
+            self.artifacts += max(cost, 1)
+            done += 1
+            if self._bound_reached():
+                break
+        run.progress(self.report.operation, done)
+        return done == len(chunk)
+
+    def _compare(self, session_id: str, on_disk: bool, records: RecordedIds) -> int:
+        """One session's stored names against its records; how many artifacts that compared.
+
+        A consistent session (its sorted names equal its record IDs, all ready) costs a
+        string comparison; only the others are compared as sets, and only names without a
+        record are stat-ed.
+        """
+        run = self.run
         prefix = session_prefix(session_id)
         try:
             # Records but no folder in the listing: look anyway before calling their bytes
             # lost (one listing, only where something already looks wrong).
-            names = list(blobs.list_children(prefix)) if on_disk or records.ids else []
+            names = (
+                list(run.context.blobs.list_children(prefix)) if on_disk or records.count else []
+            )
         except EphemeraError as exc:
-            report.error(f"list {prefix}", exc.message)
-            continue
-        if names == records.ids and not records.unready:
-            continue
+            self.report.error(f"list {prefix}", exc.message)
+            return records.count
+        if not records.unready and records.matches(names):
+            return len(names)
         states = dict.fromkeys(records.ids, ArtifactState.READY.value) | records.unready
-        _reconcile_session(run, report, session_id, cutoff, set(names), states)
-    run.progress(report.operation, len(chunk))
+        _reconcile_session(run, self.report, session_id, self.cutoff, set(names), states)
+        return max(len(names), records.count)
 
 
-def _recorded_sessions(run: Run, after: str | None) -> Iterator[str]:
-    while batch := run.context.catalog.session_ids(after, run.batch_size * 4):
+def _recorded_sessions(run: Run, after: str | None, page: int) -> Iterator[str]:
+    while batch := run.context.catalog.session_ids(after, page):
         yield from batch
         after = batch[-1]
 
@@ -207,8 +278,8 @@ def _recorded(run: Run, session_id: str) -> bool:
     return run.context.catalog.get_session_row(session_id) is not None
 
 
-def _orphan_tree(run: Run, report: CleanupReport, session_id: str, cutoff: datetime) -> None:
-    """Bytes of a session with no record at all: every old one goes."""
+def _orphan_tree(run: Run, report: CleanupReport, session_id: str, cutoff: datetime) -> int:
+    """Bytes of a session with no record at all: every old one goes. How many it found."""
     blobs = run.context.blobs
     prefix = f"sessions/{session_id}/"
     stats = list(_safe_list(blobs, prefix, report))
@@ -216,7 +287,7 @@ def _orphan_tree(run: Run, report: CleanupReport, session_id: str, cutoff: datet
     for stat in old:
         report.add(CleanupItem(ItemKind.BLOB, stat.key, session_id, stat.size, Rule.NO_RECORD))
     if run.dry_run or not old:
-        return
+        return len(stats)
     try:
         if len(old) == len(stats):
             blobs.delete_prefix(prefix)  # one sweep, and no empty folder left behind
@@ -225,6 +296,7 @@ def _orphan_tree(run: Run, report: CleanupReport, session_id: str, cutoff: datet
                 blobs.delete(stat.key)
     except EphemeraError as exc:
         report.error(f"session {session_id}", exc.message)
+    return len(stats)
 
 
 def _reconcile_session(
