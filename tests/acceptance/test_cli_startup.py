@@ -44,6 +44,7 @@ SERVING_AND_EXTRAS = (
     "ephemera.client",
     "ephemera.importer",
     "ephemera.processors.roi_compare",
+    "prometheus_client",  # only a scrape of /metrics renders the counts
 )
 # The library itself: databases, settings, the store.
 LIBRARY = ("sqlalchemy", "pydantic", "pydantic_settings", "ephemera.store", "ephemera.catalog")
