@@ -45,6 +45,7 @@ SERVING_AND_EXTRAS = (
     "ephemera.importer",
     "ephemera.processors.roi_compare",
     "prometheus_client",  # only a scrape of /metrics renders the counts
+    "sqlalchemy.dialects.postgresql",  # these stores are on SQLite
 )
 # The library itself: databases, settings, the store.
 LIBRARY = ("sqlalchemy", "pydantic", "pydantic_settings", "ephemera.store", "ephemera.catalog")
