@@ -12,7 +12,6 @@ import logging
 import queue
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -134,6 +133,8 @@ class Webhook:
             self._deliver(event)
 
     def _deliver(self, event: Event) -> None:
+        import urllib.request  # here: a process that sends no webhook never loads http.client
+
         data = json.dumps(event_body(event)).encode()
         for attempt in range(self.attempts):
             request = urllib.request.Request(  # noqa: S310 - the URL is the operator's setting

@@ -16,12 +16,16 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
-from ephemera.blobs import BlobStat, StagedBlob, check_key, local_resumable
+from ephemera.blobs import BlobStat, StagedBlob, check_key
 from ephemera.blobs.resumable import Pieces
 from ephemera.errors import BlobNotFound, StorageError
 from ephemera.fsutil import create_file, fsync_dir, make_dirs, write_error
+
+if TYPE_CHECKING:
+    # Imported where used: resumable uploads are not every process's work.
+    from ephemera.blobs import local_resumable
 
 
 def _mtime(st: os.stat_result) -> datetime:
@@ -284,6 +288,8 @@ class LocalBlobStore:
         continue_last: bool,
         reserve: Callable[[], int],
     ) -> local_resumable.LocalPieceWriter:
+        from ephemera.blobs import local_resumable
+
         self._ensure_dirs()
         return local_resumable.LocalPieceWriter(
             self, upload_id, pieces, offset, continue_last, reserve
@@ -292,13 +298,19 @@ class LocalBlobStore:
     def assemble(
         self, upload_id: str, pieces: Pieces, length: int, key: str
     ) -> local_resumable.LocalAssembled:
+        from ephemera.blobs import local_resumable
+
         check_key(key)
         return local_resumable.assemble(self, upload_id, pieces, length, key)
 
     def discard_upload(self, upload_id: str, pieces: Pieces) -> None:
+        from ephemera.blobs import local_resumable
+
         local_resumable.discard(self, upload_id)
 
     def upload_of_staged(self, name: str) -> str | None:
+        from ephemera.blobs import local_resumable
+
         return local_resumable.upload_of_staged(name)
 
     def check(self) -> None:

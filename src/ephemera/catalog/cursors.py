@@ -10,9 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import Executable, select
 
 from ephemera.catalog.db import Database
 from ephemera.catalog.schema import cleanup_cursors
@@ -33,15 +31,28 @@ def cleanup_cursor(db: Database, name: str) -> CleanupCursor | None:
 
 def save_cleanup_cursor(db: Database, name: str, position: str, at: datetime) -> None:
     """Set the position; last writer wins (two walkers at once only redo a slice)."""
-    upsert = pg_insert if db.dialect == "postgresql" else sqlite_insert
-    statement = upsert(cleanup_cursors).values(name=name, position=position, updated_at=at)
-    with db.write() as conn:
-        conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=[cleanup_cursors.c.name],
-                set_={"position": position, "updated_at": at},
-            )
+    row = {"name": name, "position": position, "updated_at": at}
+    key, changes = [cleanup_cursors.c.name], {"position": position, "updated_at": at}
+    # Each dialect's own insert, imported here: a process imports only its database's dialect.
+    statement: Executable
+    if db.dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        statement = (
+            pg_insert(cleanup_cursors)
+            .values(row)
+            .on_conflict_do_update(index_elements=key, set_=changes)
         )
+    else:
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        statement = (
+            sqlite_insert(cleanup_cursors)
+            .values(row)
+            .on_conflict_do_update(index_elements=key, set_=changes)
+        )
+    with db.write() as conn:
+        conn.execute(statement)
 
 
 class CursorRows:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     JSON,
@@ -21,7 +23,9 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+
+if TYPE_CHECKING:
+    from sqlalchemy.types import TypeEngine
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -45,7 +49,22 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-JSONType = JSON().with_variant(JSONB(), "postgresql")
+class JSONDocument(TypeDecorator[Any]):
+    """JSON; JSONB on PostgreSQL. A decorator rather than ``with_variant(JSONB())``, so that
+    PostgreSQL's dialect is imported only where PostgreSQL is used."""
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(JSON())
+
+
+JSONType = JSONDocument()
 
 metadata = MetaData(
     naming_convention={
@@ -78,13 +97,7 @@ sessions = Table(
     Index(None, "last_activity_at", "id"),
     Index(None, "expires_at", "id"),
     Index(None, "created_at", "id"),
-    # Orphan reconciliation pages through the IDs in byte order, the order of the blob
-    # store's names, which a PostgreSQL collation such as en-US does not keep (it puts `b`
-    # before `Z`). SQLite compares bytes already and needs none. (The collation travels
-    # in ``postgresql_ops``: SQLAlchemy declares no collation on an index column.)
-    Index("ix_sessions_id_byte_order", "id", postgresql_ops={"id": 'COLLATE "C"'}).ddl_if(
-        dialect="postgresql"
-    ),
+    # ix_sessions_id_byte_order: see _declare_dialect_indexes.
 )
 
 artifacts = Table(
@@ -112,28 +125,13 @@ artifacts = Table(
     Column("integrity_error", String(500)),
     Index(None, "session_id", "state", "kind"),
     Index(None, "producer"),
-    # Partial: only stale uploads are looked up by state. A full (state, ...) index is a trap:
-    # without statistics SQLite takes it for `state = 'ready'` and scans every ready row.
-    Index(
-        "ix_artifacts_pending_created_at",
-        "created_at",
-        sqlite_where=text("state = 'pending'"),
-        postgresql_where=text("state = 'pending'"),
-    ),
+    # ix_artifacts_pending_created_at, ix_artifacts_flagged: see _declare_dialect_indexes.
     Index(None, "expires_at", "id"),
     Index(None, "ready_at", "id"),
     # Covers orphan reconciliation: a session's IDs and states without touching the table.
     Index(None, "session_id", "id", "state"),
     # The scrub resumes with the least recently verified.
     Index(None, "verified_at", "id"),
-    # Flagged artifacts are few: /metrics counts them at every scrape without a table scan.
-    Index(
-        "ix_artifacts_flagged",
-        "integrity",
-        "state",
-        sqlite_where=text("integrity IS NOT NULL"),
-        postgresql_where=text("integrity IS NOT NULL"),
-    ),
 )
 
 leases = Table(
@@ -224,20 +222,7 @@ tasks = Table(
     Column("started_at", UTCDateTime()),
     Column("finished_at", UTCDateTime()),
     Index(None, "session_id", "id"),
-    # The queue, in order; and running attempts by deadline, to find lost workers.
-    Index(
-        "ix_tasks_pending_created_at",
-        "created_at",
-        "id",
-        sqlite_where=text("state = 'pending'"),
-        postgresql_where=text("state = 'pending'"),
-    ),
-    Index(
-        "ix_tasks_running_claimed_until",
-        "claimed_until",
-        sqlite_where=text("state = 'running'"),
-        postgresql_where=text("state = 'running'"),
-    ),
+    # ix_tasks_pending_created_at, ix_tasks_running_claimed_until: see _declare_dialect_indexes.
 )
 
 # The import ledger: each file version imported into a session and the artifact it became.
@@ -425,3 +410,71 @@ artifact_totals_log = Table(
     Column("artifacts", BigInteger, nullable=False),
     Column("bytes", BigInteger, nullable=False),
 )
+
+
+# The indexes that take PostgreSQL's options are declared when the whole schema is first
+# asked for (``metadata``: the migrations, database dumps), not at import: SQLAlchemy checks
+# such options against the PostgreSQL dialect, and importing it is about a seventh of what
+# a command such as ``ephemera cleanup expired`` on SQLite imports. Queries need only the
+# tables, which are complete without them.
+_tables = metadata
+del metadata
+_declaring = threading.Lock()
+_declared: list[bool] = []  # [True] once declared
+
+
+def _declare_dialect_indexes() -> None:
+    # Orphan reconciliation pages through the IDs in byte order, the order of the blob
+    # store's names, which a PostgreSQL collation such as en-US does not keep (it puts `b`
+    # before `Z`). SQLite compares bytes already and needs none. (The collation travels
+    # in ``postgresql_ops``: SQLAlchemy declares no collation on an index column.)
+    Index("ix_sessions_id_byte_order", sessions.c.id, postgresql_ops={"id": 'COLLATE "C"'}).ddl_if(
+        dialect="postgresql"
+    )
+    # Partial: only stale uploads are looked up by state. A full (state, ...) index is a trap:
+    # without statistics SQLite takes it for `state = 'ready'` and scans every ready row.
+    Index(
+        "ix_artifacts_pending_created_at",
+        artifacts.c.created_at,
+        sqlite_where=text("state = 'pending'"),
+        postgresql_where=text("state = 'pending'"),
+    )
+    # Flagged artifacts are few: /metrics counts them at every scrape without a table scan.
+    Index(
+        "ix_artifacts_flagged",
+        artifacts.c.integrity,
+        artifacts.c.state,
+        sqlite_where=text("integrity IS NOT NULL"),
+        postgresql_where=text("integrity IS NOT NULL"),
+    )
+    # The queue, in order; and running attempts by deadline, to find lost workers.
+    Index(
+        "ix_tasks_pending_created_at",
+        tasks.c.created_at,
+        tasks.c.id,
+        sqlite_where=text("state = 'pending'"),
+        postgresql_where=text("state = 'pending'"),
+    )
+    Index(
+        "ix_tasks_running_claimed_until",
+        tasks.c.claimed_until,
+        sqlite_where=text("state = 'running'"),
+        postgresql_where=text("state = 'running'"),
+    )
+
+
+def whole_metadata() -> MetaData:
+    """The whole schema, every index declared (once, whichever thread asks first)."""
+    with _declaring:
+        if not _declared:
+            _declare_dialect_indexes()
+            _declared.append(True)
+    return _tables
+
+
+if not TYPE_CHECKING:  # for type checkers, ``metadata`` is the one assigned above
+
+    def __getattr__(name: str) -> Any:
+        if name == "metadata":
+            return whole_metadata()
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -32,4 +32,8 @@ __all__ = [
 
 
 def main() -> None:
+    """The ``ephemera`` process (its console script and ``python -m ephemera``)."""
+    from ephemera.cli.common import whole_process
+
+    whole_process.append(True)
     app()

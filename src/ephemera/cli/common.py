@@ -6,6 +6,7 @@ and a command with nothing to do start without loading what they do not run.
 
 from __future__ import annotations
 
+import gc
 import getpass
 import os
 from collections.abc import Iterator
@@ -61,6 +62,9 @@ BlobUrl = Annotated[
 # ``ephemera --database-url URL COMMAND``: backends given before the command name, for every
 # command (set by the root callback; a command's own flags win).
 root_backends: dict[str, str | None] = {}
+# True in the ``ephemera`` process itself (set by ``main``), not where an application or a
+# test runs the commands in its own process: only there is the start-up heap the process's.
+whole_process: list[bool] = []
 ADMIN_KEY_FILE = "admin.key"
 ACTOR = f"cli:{getpass.getuser()}"
 
@@ -113,17 +117,37 @@ def open_store(
     create: bool = False,
 ) -> Store:
     """The store the command works on; it is never created unless ``create`` says so."""
-    from ephemera.deployment import check_record
-    from ephemera.store import Store
+    with long_lived():
+        from ephemera.deployment import check_record
+        from ephemera.store import Store
 
-    settings = settings_for(data_dir, database_url=database_url, blob_url=blob_url)
-    backends = announce(settings)
+        settings = settings_for(data_dir, database_url=database_url, blob_url=blob_url)
+        backends = announce(settings)
+        try:
+            if not create:
+                check_record(settings.data_dir, backends)
+            return Store.open(settings, create=create)
+        except EphemeraError as exc:
+            raise fail(exc, EXIT_USAGE) from None
+
+
+@contextmanager
+def long_lived() -> Iterator[None]:
+    """In the ``ephemera`` process, what the block builds lives until the process ends: the
+    library's modules, the settings, the open store. The cyclic collector stays off while
+    it is built (it would walk the growing heap again and again and find next to nothing)
+    and then freezes it out of every later collection, the one at exit included: for a
+    cleanup from cron with nothing to do, those walks were a large share of its time.
+    Elsewhere a plain block."""
+    if not whole_process or not gc.isenabled():
+        yield
+        return
+    gc.disable()
     try:
-        if not create:
-            check_record(settings.data_dir, backends)
-        return Store.open(settings, create=create)
-    except EphemeraError as exc:
-        raise fail(exc, EXIT_USAGE) from None
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 @contextmanager
