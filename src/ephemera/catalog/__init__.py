@@ -351,9 +351,6 @@ class Catalog(
     def claimed_session(self, task_id: str, claim_id: str) -> str | None:
         return tasks.claimed_session(self._db, task_id, claim_id)
 
-    def claimed_inputs(self, task_id: str, claim_id: str) -> list[TaskInput] | None:
-        return tasks.claimed_inputs(self._db, task_id, claim_id)
-
     def claimed_input(
         self, task_id: str, claim_id: str, artifact_id: str
     ) -> tuple[bool, Artifact | None]:

@@ -47,12 +47,6 @@ def claimed_session(db: Database, task_id: str, claim_id: str) -> str | None:
         return conn.scalar(select(tasks.c.session_id).where(held(task_id, claim_id)))
 
 
-def claimed_inputs(db: Database, task_id: str, claim_id: str) -> list[TaskInput] | None:
-    with db.read() as conn:
-        inputs = conn.scalar(select(tasks.c.inputs).where(held(task_id, claim_id)))
-    return None if inputs is None else [TaskInput(s, a) for s, a in inputs]
-
-
 def claimed_input(
     db: Database, task_id: str, claim_id: str, artifact_id: str
 ) -> tuple[bool, Artifact | None]:
