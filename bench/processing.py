@@ -335,15 +335,23 @@ class TimedStore(Store):
         *,
         progress: tuple[int, int | None] | None = None,
         ttl_s: float | None = None,
+        progress_steps: Sequence[tuple[int, int | None]] = (),
     ) -> datetime:
         with self._timed("heartbeat"):
-            return super().heartbeat_task(task_id, claim_id, progress=progress, ttl_s=ttl_s)
+            return super().heartbeat_task(
+                task_id, claim_id, progress=progress, ttl_s=ttl_s, progress_steps=progress_steps
+            )
 
     def complete_task(
-        self, task_id: str, claim_id: str, result: Mapping[str, Any] | None = None
+        self,
+        task_id: str,
+        claim_id: str,
+        result: Mapping[str, Any] | None = None,
+        *,
+        progress_steps: Sequence[tuple[int, int | None]] = (),
     ) -> Task:
         with self._timed("complete"):
-            return super().complete_task(task_id, claim_id, result)
+            return super().complete_task(task_id, claim_id, result, progress_steps=progress_steps)
 
     def open_task_input(
         self, task_id: str, claim_id: str, artifact_id: str

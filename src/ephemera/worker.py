@@ -12,6 +12,7 @@ never on the event loop of the API.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,7 +21,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, BinaryIO
 
 from pydantic import ValidationError
@@ -149,9 +150,14 @@ class StoreTaskContext:
         self._lost = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._progress: tuple[int, int | None] | None = None
-        self._progress_written = 0.0
-        self._percent_written = -1
+        # Progress steps not written yet, oldest first: the latest value of each whole
+        # percent (see ``progress``).
+        self._steps: list[tuple[int, int | None]] = []
+        self._step_percent: tuple[int, int | None] | None = None
+        # When progress was last written; None: never, the first step goes at once.
+        self._progress_written: float | None = None
+        # Held while the claim is written to, so that steps are recorded in order.
+        self._write_lock = threading.Lock()
         self._outputs = OutputWriter(store, claim.task.id, claim.claim_id)
 
     @property
@@ -242,18 +248,44 @@ class StoreTaskContext:
         self._outputs.close()
 
     def progress(self, done: int, total: int) -> None:
-        # Written (and streamed as an event) at each whole percent, and at least every
-        # interval: each step of a short task, without a write per step of a long one.
-        percent = done * 100 // total if total > 0 else 100
+        """Record progress: each whole percent is an event, but the database is written at
+        most once per ``PROGRESS_WRITE_INTERVAL_S`` (the steps since the last write go in one
+        transaction); the worker's heartbeat thread writes steps left waiting, and the end of
+        the attempt writes the rest with it."""
+        percent = (done * 100 // total if total > 0 else 100, total)
         with self._lock:
-            self._progress = (done, total)
-            due = time.monotonic() - self._progress_written >= PROGRESS_WRITE_INTERVAL_S
-            due = due or percent > self._percent_written
-            if due:
-                self._percent_written = percent
-        if due or done >= total:
-            self.heartbeat()
+            if self._steps and percent == self._step_percent:
+                self._steps[-1] = (done, total)
+            else:
+                self._steps.append((done, total))
+                self._step_percent = percent
+        if self.progress_due():
+            self.write_progress()
         self.check_cancelled()
+
+    def progress_due(self) -> bool:
+        """Steps are waiting and the last write is at least an interval old."""
+        with self._lock:
+            written = self._progress_written
+            return bool(self._steps) and (
+                written is None or time.monotonic() - written >= PROGRESS_WRITE_INTERVAL_S
+            )
+
+    def write_progress(self) -> None:
+        """Write the waiting steps now (a heartbeat), unless another write took them."""
+        self._beat(only_steps=True)
+
+    @contextlib.contextmanager
+    def final_progress(self) -> Iterator[list[tuple[int, int | None]]]:
+        """The steps not written yet, for the call that ends the attempt to record; nothing
+        else writes progress meanwhile, and they count as written once that call returns."""
+        with self._write_lock:
+            with self._lock:
+                steps = list(self._steps)
+            yield steps
+            with self._lock:
+                del self._steps[: len(steps)]
+                self._progress_written = time.monotonic()
 
     @property
     def cancelled(self) -> bool:
@@ -273,19 +305,29 @@ class StoreTaskContext:
         self._stop.set()
 
     def heartbeat(self) -> None:
-        """Renew the claim, with the latest progress; marks the context lost if it is gone."""
+        """Renew the claim, with the steps waiting; marks the context lost if it is gone."""
+        self._beat(only_steps=False)
+
+    def _beat(self, *, only_steps: bool) -> None:
         if self._lost.is_set():
             return
-        with self._lock:
-            progress = self._progress
-            self._progress_written = time.monotonic()
-        try:
-            self._store.heartbeat_task(self.task_id, self._claim.claim_id, progress=progress)
-        except Conflict:
-            self._lost.set()
-        except StorageError:
-            # A busy or briefly unreachable database: the next heartbeat tries again.
-            log.warning("heartbeat for task %s failed", self.task_id, extra={"action": "beat"})
+        with self._write_lock:
+            with self._lock:
+                steps = list(self._steps)
+                self._progress_written = time.monotonic()
+            if only_steps and not steps:
+                return
+            try:
+                self._store.heartbeat_task(self.task_id, self._claim.claim_id, progress_steps=steps)
+            except Conflict:
+                self._lost.set()
+                return
+            except StorageError:
+                # A busy or briefly unreachable database: the next heartbeat tries again.
+                log.warning("heartbeat for task %s failed", self.task_id, extra={"action": "beat"})
+                return
+            with self._lock:
+                del self._steps[: len(steps)]
 
 
 class Worker:
@@ -412,7 +454,8 @@ class Worker:
             json.dumps(result, allow_nan=False)
             ctx.flush()
             ctx.check_cancelled()
-            store.complete_task(task.id, claim.claim_id, result)
+            with ctx.final_progress() as steps:
+                store.complete_task(task.id, claim.claim_id, result, progress_steps=steps)
             return "succeeded"
         except TaskCancelled:
             if ctx.lost:
@@ -436,7 +479,10 @@ class Worker:
 
     def _finish(self, ctx: StoreTaskContext, claim: Claim, error: str, retry: bool = False) -> str:
         try:
-            task = self.store.fail_task(claim.task.id, claim.claim_id, error, retry=retry)
+            with ctx.final_progress() as steps:
+                task = self.store.fail_task(
+                    claim.task.id, claim.claim_id, error, retry=retry, progress_steps=steps
+                )
         except Conflict:
             return "abandoned (claim lost or task cancelled)"
         return "requeued" if task.state == "pending" else "failed"
@@ -456,12 +502,22 @@ class Worker:
                 self._wakeups.remove(wakeup)
 
     def _heartbeats(self) -> None:
-        interval = max(0.05, min(self.store.settings.task_claim_ttl_s / 3, 10.0))
-        while not self._idle.wait(interval):
+        """Renew every running claim each third of its time to live (10 s at most); in
+        between, write progress steps that have waited an interval (see ``progress``)."""
+        renew_every = max(0.05, min(self.store.settings.task_claim_ttl_s / 3, 10.0))
+        tick = min(renew_every, PROGRESS_WRITE_INTERVAL_S / 2)
+        renew_at = time.monotonic() + renew_every
+        while not self._idle.wait(tick):
             with self._running_lock:
                 running = list(self._running.values())
+            renew = time.monotonic() >= renew_at
+            if renew:
+                renew_at = time.monotonic() + renew_every
             for ctx in running:
-                ctx.heartbeat()
+                if renew:
+                    ctx.heartbeat()
+                elif ctx.progress_due():
+                    ctx.write_progress()
 
     def _loops(self) -> list[threading.Thread]:
         return [t for t in self._threads if t.name.startswith("ephemera-worker")]

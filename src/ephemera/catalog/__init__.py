@@ -351,8 +351,10 @@ class Catalog(
     def claimed_session(self, task_id: str, claim_id: str) -> str | None:
         return tasks.claimed_session(self._db, task_id, claim_id)
 
-    def claimed_inputs(self, task_id: str, claim_id: str) -> list[TaskInput] | None:
-        return tasks.claimed_inputs(self._db, task_id, claim_id)
+    def claimed_input(
+        self, task_id: str, claim_id: str, artifact_id: str
+    ) -> tuple[bool, Artifact | None]:
+        return tasks.claimed_input(self._db, task_id, claim_id, artifact_id)
 
     def task_inputs(self, refs: Sequence[TaskInput], now: datetime) -> list[Artifact]:
         return tasks.task_inputs(self._db, refs, now)
@@ -394,9 +396,9 @@ class Catalog(
         task_id: str,
         claim_id: str,
         until: datetime,
-        progress: tuple[int, int | None] | None,
+        steps: Sequence[tuple[int, int | None]] = (),
     ) -> bool:
-        return tasks.heartbeat_task(self._db, task_id, claim_id, until, progress)
+        return tasks.heartbeat_task(self._db, task_id, claim_id, until, steps)
 
     def finish_task(
         self,
@@ -407,9 +409,17 @@ class Catalog(
         result: dict[str, Any] | None = None,
         error: str | None = None,
         retry_delay: Callable[[int], float] | None = None,
+        steps: Sequence[tuple[int, int | None]] = (),
     ) -> tuple[Task, list[tuple[str, str]]]:
         return tasks.finish_task(
-            self._db, task_id, claim_id, now, result=result, error=error, retry_delay=retry_delay
+            self._db,
+            task_id,
+            claim_id,
+            now,
+            result=result,
+            error=error,
+            retry_delay=retry_delay,
+            steps=steps,
         )
 
     def cancel_task(

@@ -25,6 +25,9 @@ from ephemera.models import Artifact, ArtifactState, Claim, Task, TaskInput, Tas
 # Task leases last as long as the task is pending or running; its end releases them.
 TASK_LEASE_EXPIRY = datetime(9999, 1, 1, tzinfo=UTC)
 
+Progress = tuple[int, int | None]
+"""A task's progress: done, and the total where known."""
+
 
 def task_producer(task_id: str) -> str:
     """The ``producer`` of a task's outputs; clients cannot forge it (no ':' allowed)."""
@@ -44,10 +47,26 @@ def claimed_session(db: Database, task_id: str, claim_id: str) -> str | None:
         return conn.scalar(select(tasks.c.session_id).where(held(task_id, claim_id)))
 
 
-def claimed_inputs(db: Database, task_id: str, claim_id: str) -> list[TaskInput] | None:
+def claimed_input(
+    db: Database, task_id: str, claim_id: str, artifact_id: str
+) -> tuple[bool, Artifact | None]:
+    """Whether ``claim_id`` holds the task, and its input ``artifact_id`` if it is one and
+    ready: one read transaction, as a worker reads each input."""
     with db.read() as conn:
         inputs = conn.scalar(select(tasks.c.inputs).where(held(task_id, claim_id)))
-    return None if inputs is None else [TaskInput(s, a) for s, a in inputs]
+        if inputs is None:
+            return False, None
+        session_id = next((s for s, a in inputs if a == artifact_id), None)
+        if session_id is None:
+            return True, None
+        row = conn.execute(
+            select(artifacts).where(
+                artifacts.c.id == artifact_id,
+                artifacts.c.session_id == session_id,
+                artifacts.c.state == ArtifactState.READY,
+            )
+        ).first()
+    return True, artifact_model(row) if row is not None else None
 
 
 def task_inputs(db: Database, refs: Sequence[TaskInput], now: datetime) -> list[Artifact]:
@@ -242,25 +261,40 @@ def heartbeat_task(
     task_id: str,
     claim_id: str,
     until: datetime,
-    progress: tuple[int, int | None] | None,
+    steps: Sequence[Progress] = (),
 ) -> bool:
-    """Extend a claim (and record progress); False if the claim is no longer held."""
+    """Extend a claim and record the progress ``steps`` reported since the last heartbeat
+    (oldest first, the last one is the task's progress); False if the claim is no longer held.
+    """
     values: dict[str, Any] = {"claimed_until": until}
-    if progress is not None:
-        values["progress_done"], values["progress_total"] = progress
+    if steps:
+        values["progress_done"], values["progress_total"] = steps[-1]
     with db.write() as conn:
-        if progress is not None:
+        if steps:
             # Locked, so that two heartbeats of one task at once record one change.
             before = conn.execute(
                 select(tasks.c.session_id, tasks.c.progress_done, tasks.c.progress_total)
                 .where(held(task_id, claim_id))
                 .with_for_update()
             ).first()
-            # A heartbeat repeats the last progress: only a change is an event.
-            if before is not None and (before.progress_done, before.progress_total) != progress:
-                events.record(conn, [events.task_progress(before.session_id, task_id, *progress)])
+            if before is not None:
+                _record_progress(conn, before, task_id, steps)
         done = conn.execute(update(tasks).where(held(task_id, claim_id)).values(**values))
         return done.rowcount == 1
+
+
+def _record_progress(
+    conn: Connection, before: Any, task_id: str, steps: Sequence[Progress]
+) -> None:
+    """An event per step that changes the progress (a heartbeat may repeat the last one);
+    ``before``: the task's row (its session and progress) before these steps."""
+    last = (before.progress_done, before.progress_total)
+    new: list[events.NewEvent] = []
+    for step in steps:
+        if step != last:
+            new.append(events.task_progress(before.session_id, task_id, *step))
+            last = step
+    events.record(conn, new)
 
 
 def finish_task(
@@ -272,12 +306,14 @@ def finish_task(
     result: dict[str, Any] | None = None,
     error: str | None = None,
     retry_delay: Callable[[int], float] | None = None,
+    steps: Sequence[Progress] = (),
 ) -> tuple[Task, list[tuple[str, str]]]:
     """End the attempt that ``claim_id`` holds: success (``error`` None) or failure.
 
     A failure with ``retry_delay`` goes back to the queue while attempts remain. A claim
     no longer held (cancelled, or lost and taken over) is a Conflict: an attempt
-    finishes at most once, and only the current one.
+    finishes at most once, and only the current one. ``steps``: progress reported since
+    the last heartbeat, recorded first (as ``heartbeat_task`` does), in the same transaction.
     """
     with db.write() as conn:
         row = conn.execute(select(tasks).where(held(task_id, claim_id)).with_for_update()).first()
@@ -286,6 +322,15 @@ def finish_task(
                 f"task {task_id} is not held by this claim (cancelled, finished, or its "
                 "claim expired and was taken over)"
             )
+        if steps:
+            _record_progress(conn, row, task_id, steps)
+            done, total = steps[-1]
+            conn.execute(
+                update(tasks)
+                .where(tasks.c.id == task_id)
+                .values(progress_done=done, progress_total=total)
+            )
+            row = conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
         if error is None:
             dropped = end_task(conn, task_id, TaskState.SUCCEEDED, now, result=result)
         elif retry_delay is not None and row.attempts < row.max_attempts:

@@ -36,6 +36,9 @@ from ephemera.store.uploads import Upload, artifact_values, begin, chunks
 
 log = logging.getLogger("ephemera.store")
 
+Progress = tuple[int, int | None]
+"""A task's progress: done, and the total where known."""
+
 Dropped = list[tuple[str, str]]
 """The (session, artifact) outputs a task's end marked ``deleting``, for the caller to remove."""
 
@@ -71,34 +74,55 @@ def heartbeat(
     ctx: Context,
     task_id: str,
     claim_id: str,
-    progress: tuple[int, int | None] | None,
+    steps: Sequence[Progress],
     ttl_s: float | None,
 ) -> datetime:
-    if progress is not None:
-        done, total = progress
-        if done < 0 or (total is not None and not 0 <= done <= total):
-            raise InvalidInput("progress must satisfy 0 <= done <= total")
+    _check_steps(steps)
     until = ctx.clock.now() + timedelta(seconds=_claim_ttl(ctx.settings, ttl_s))
-    if not ctx.catalog.heartbeat_task(task_id, claim_id, until, progress):
+    if not ctx.catalog.heartbeat_task(task_id, claim_id, until, steps):
         raise _claim_lost(task_id)
     return until
 
 
-def complete(ctx: Context, task_id: str, claim_id: str, result: Mapping[str, Any] | None) -> Task:
+def _check_steps(steps: Sequence[Progress]) -> None:
+    for done, total in steps:
+        if done < 0 or (total is not None and not 0 <= done <= total):
+            raise InvalidInput("progress must satisfy 0 <= done <= total")
+
+
+def _steps(progress: Progress | None, steps: Sequence[Progress]) -> list[Progress]:
+    return [*steps, *([] if progress is None else [progress])]
+
+
+def complete(
+    ctx: Context,
+    task_id: str,
+    claim_id: str,
+    result: Mapping[str, Any] | None,
+    steps: Sequence[Progress] = (),
+) -> Task:
     value = check_json(dict(result or {}), "result", max_bytes=MAX_TASK_JSON_BYTES)
-    task, _ = ctx.catalog.finish_task(task_id, claim_id, ctx.clock.now(), result=value)
+    _check_steps(steps)
+    task, _ = ctx.catalog.finish_task(task_id, claim_id, ctx.clock.now(), result=value, steps=steps)
     return task
 
 
 def fail(
-    ctx: Context, task_id: str, claim_id: str, error: str, retry: bool
+    ctx: Context,
+    task_id: str,
+    claim_id: str,
+    error: str,
+    retry: bool,
+    steps: Sequence[Progress] = (),
 ) -> tuple[Task, Dropped]:
+    _check_steps(steps)
     return ctx.catalog.finish_task(
         task_id,
         claim_id,
         ctx.clock.now(),
         error=error or "failed",
         retry_delay=_retry_delay(ctx.settings) if retry else None,
+        steps=steps,
     )
 
 
@@ -110,17 +134,15 @@ def claimed_session(ctx: Context, task_id: str, claim_id: str) -> str:
 
 
 def task_input(ctx: Context, task_id: str, claim_id: str, artifact_id: str) -> Artifact:
-    inputs = ctx.catalog.claimed_inputs(task_id, claim_id) if ids.is_task_id(task_id) else None
-    if inputs is None:
+    if not ids.is_task_id(task_id):
         raise _claim_lost(task_id)
-    for ref in inputs:
-        if ref.artifact_id == artifact_id:
-            artifact = ctx.catalog.get_artifact(ref.session_id, artifact_id)
-            if artifact is None:
-                break
-            refuse_flagged(artifact)
-            return artifact
-    raise NotFound(f"artifact {artifact_id[:40]} is not an input of task {task_id}")
+    held, artifact = ctx.catalog.claimed_input(task_id, claim_id, artifact_id)
+    if not held:
+        raise _claim_lost(task_id)
+    if artifact is None:
+        raise NotFound(f"artifact {artifact_id[:40]} is not an input of task {task_id}")
+    refuse_flagged(artifact)
+    return artifact
 
 
 def check_output(ctx: Context, name: str, kind: str, content_type: str | None) -> dict[str, Any]:
@@ -283,21 +305,47 @@ class WorkMethods:
         task_id: str,
         claim_id: str,
         *,
-        progress: tuple[int, int | None] | None = None,
+        progress: Progress | None = None,
         ttl_s: float | None = None,
+        progress_steps: Sequence[Progress] = (),
     ) -> datetime:
-        """Renew a claim (and report progress); Conflict once the claim is no longer held."""
-        return heartbeat(self.context, task_id, claim_id, progress, ttl_s)
+        """Renew a claim (and report progress); Conflict once the claim is no longer held.
+
+        ``progress_steps``: progress reported since the last heartbeat, oldest first, before
+        ``progress``; each one that changes the task's progress is an event, the last one is
+        recorded. One transaction, however many steps.
+        """
+        steps = _steps(progress, progress_steps)
+        return heartbeat(self.context, task_id, claim_id, steps, ttl_s)
 
     def complete_task(
-        self, task_id: str, claim_id: str, result: Mapping[str, Any] | None = None
+        self,
+        task_id: str,
+        claim_id: str,
+        result: Mapping[str, Any] | None = None,
+        *,
+        progress_steps: Sequence[Progress] = (),
     ) -> Task:
-        """Succeed: the outputs written under this claim become the task's outputs."""
-        return complete(self.context, task_id, claim_id, result)
+        """Succeed: the outputs written under this claim become the task's outputs.
 
-    def fail_task(self, task_id: str, claim_id: str, error: str, *, retry: bool = False) -> Task:
-        """Fail this attempt; with ``retry`` the task is queued again while attempts remain."""
-        task, dropped = fail(self.context, task_id, claim_id, error, retry)
+        ``progress_steps``: progress not yet reported, recorded first in the same transaction
+        (see ``heartbeat_task``).
+        """
+        return complete(self.context, task_id, claim_id, result, progress_steps)
+
+    def fail_task(
+        self,
+        task_id: str,
+        claim_id: str,
+        error: str,
+        *,
+        retry: bool = False,
+        progress_steps: Sequence[Progress] = (),
+    ) -> Task:
+        """Fail this attempt; with ``retry`` the task is queued again while attempts remain.
+
+        ``progress_steps``: as for ``complete_task``."""
+        task, dropped = fail(self.context, task_id, claim_id, error, retry, progress_steps)
         self._remove_outputs(dropped)
         return task
 
