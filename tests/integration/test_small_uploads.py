@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
+from typing import Any
 
+import anyio
 import pytest
 from fastapi.testclient import TestClient
 
@@ -75,3 +77,77 @@ def test_a_session_with_no_free_slot_is_still_a_404_to_a_wrong_token(
     assert store.catalog.table_row_counts()["artifacts"] == 0
     ok = client.post(url, params={"name": "a"}, content=b"abc", headers=bearer(token))
     assert ok.status_code == 201
+
+
+def test_a_small_upload_is_authenticated_and_stored_in_one_thread_trip(
+    client: TestClient, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each trip to a worker thread is two hand-offs between the event loop and a thread:
+    a small body that came whole with its headers takes one trip, its credentials checked
+    in it (the credential dependency is async: FastAPI would send a plain def to a thread)."""
+    token = store.create_session("s1").token
+    trips: list[str] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(func: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(getattr(func, "__name__", repr(func)))
+        return await run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    answer = client.post(
+        f"{API}/sessions/s1/artifacts",
+        params={"name": "a.bin"},
+        content=b"x" * 4096,
+        headers={**bearer(token), "Content-Type": "application/octet-stream"},
+    )
+    assert answer.status_code == 201, answer.text
+    assert len(trips) == 1, trips
+    assert store.read_artifact("s1", answer.json()["id"]) == b"x" * 4096
+
+
+def test_a_wrong_token_is_refused_before_a_late_small_body_arrives(store: Store) -> None:
+    """The credentials still come first: a small body that is not all here when the route
+    runs does not hold back the answer to a wrong token (nor would a stalled one)."""
+    store.create_session("s1")
+    app = create_app(store)
+    sent: list[MutableMapping[str, Any]] = []
+    body_wanted = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal body_wanted
+        body_wanted = True
+        await anyio.sleep_forever()  # the body never comes
+        raise AssertionError
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": f"{API}/sessions/s1/artifacts",
+        "raw_path": f"{API}/sessions/s1/artifacts".encode(),
+        "query_string": b"name=a.bin",
+        "root_path": "",
+        "headers": [
+            (b"host", b"test"),
+            (b"authorization", b"Bearer eps_wrong"),
+            (b"content-type", b"application/octet-stream"),
+            (b"content-length", b"4096"),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("test", 80),
+    }
+
+    async def call() -> None:
+        with anyio.fail_after(10):  # the body idle timeout is far longer
+            await app(scope, receive, send)
+
+    anyio.run(call)
+    assert body_wanted  # the route did look for the body first
+    assert sent[0]["type"] == "http.response.start"
+    assert sent[0]["status"] == 404, sent
+    assert store.catalog.table_row_counts()["artifacts"] == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, exists, or_, text
+from sqlalchemy import BindParameter, ColumnElement, and_, exists, or_, text
 
 from ephemera.catalog.schema import artifacts, lease_artifacts, leases, sessions
 from ephemera.models import SessionState
@@ -16,12 +16,16 @@ RESULT_KINDS = ("result", "output")
 PENDING = text("artifacts.state = 'pending'")
 
 
-def session_leased(now: datetime) -> ColumnElement[bool]:
+# An instant: a value, or a bound parameter of a statement built once (the hot path's).
+Instant = datetime | BindParameter[datetime]
+
+
+def session_leased(now: Instant) -> ColumnElement[bool]:
     """A valid lease names the session or any of its artifacts (correlates ``sessions``)."""
     return exists().where(leases.c.session_id == sessions.c.id, leases.c.expires_at > now)
 
 
-def live_session(now: datetime) -> ColumnElement[bool]:
+def live_session(now: Instant) -> ColumnElement[bool]:
     """Open, and before its deadline or kept alive by a valid lease (correlates ``sessions``).
 
     A lease protects its session from expiry too: a worker holding one is never locked out.

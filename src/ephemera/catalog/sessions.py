@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy import Row, bindparam, delete, func, insert, select, update
 
 from ephemera.catalog import events
 from ephemera.catalog.db import Database, lock_first
@@ -65,12 +65,17 @@ def is_live(db: Database, session_id: str, now: datetime) -> bool:
         return bool(conn.scalar(select(live_session(now)).where(sessions.c.id == session_id)))
 
 
+# Built once: every authenticated request runs it, and building the statement (not only
+# compiling it, which SQLAlchemy caches) costs more Python than running it on SQLite.
+_SESSION_WITH_LIVENESS = select(
+    sessions, live_session(bindparam("now", type_=sessions.c.expires_at.type)).label("live")
+).where(sessions.c.id == bindparam("session_id"))
+
+
 def session_with_liveness(db: Database, session_id: str, now: datetime) -> Row[Any] | None:
     """The session row plus a ``live`` column, in one read (the request hot path)."""
     with db.read() as conn:
-        return conn.execute(
-            select(sessions, live_session(now).label("live")).where(sessions.c.id == session_id)
-        ).first()
+        return conn.execute(_SESSION_WITH_LIVENESS, {"session_id": session_id, "now": now}).first()
 
 
 def get_session_row(db: Database, session_id: str) -> Row[Any] | None:

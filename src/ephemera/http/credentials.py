@@ -12,9 +12,11 @@ from ephemera.errors import Unauthenticated
 bearer = HTTPBearer(auto_error=False, description="A session token or a key")
 
 
-def credential(
+async def credential(
     auth: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> str:
+    """Async, though it awaits nothing: FastAPI runs a plain ``def`` dependency in a worker
+    thread, a trip every credentialed request would take for a few attribute reads."""
     if auth is None or not auth.credentials:
         raise Unauthenticated("missing credentials: send 'Authorization: Bearer <token>'")
     return auth.credentials

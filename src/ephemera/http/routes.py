@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from functools import partial
 from typing import Annotated, Any
 
 import anyio
@@ -26,7 +27,13 @@ from ephemera.http.openapi import (
     operation_id,
 )
 from ephemera.http.ratelimit import RateLimit, auth_failures, client_address
-from ephemera.http.receive import UploadParams, receive_json, receive_multipart, receive_raw
+from ephemera.http.receive import (
+    UploadParams,
+    receive_json,
+    receive_multipart,
+    receive_raw,
+    receive_raw_admitting,
+)
 from ephemera.http.schemas import (
     ArtifactOut,
     ArtifactPage,
@@ -230,7 +237,6 @@ def api_router(store: Store) -> APIRouter:
         discarded (nothing is recorded or stored for it): the same bytes and metadata answer
         the first answer again."""
         key = idempotency.checked_key(idempotency_key)
-        await anyio.to_thread.run_sync(authed, session_id, token)
         params = UploadParams(
             name=name,
             kind=kind,
@@ -241,11 +247,23 @@ def api_router(store: Store) -> APIRouter:
             producer=producer,
         )
         media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        raw = not media_type.startswith("multipart/") and media_type != "application/json"
+        if key is None and raw:
+            # Authenticated in the same trip to a worker thread as a small body is stored.
+            artifact = await receive_raw_admitting(
+                store,
+                session_id,
+                request,
+                params,
+                partial(authed, session_id, token),
+                partial(slots.hold, session_id),
+            )
+            return as_json(ArtifactOut.model_validate(artifact), 201)
+        await anyio.to_thread.run_sync(authed, session_id, token)
         held = None
         if key is not None:
             begun = await anyio.to_thread.run_sync(idempotency.reserve, store, request, token, key)
             if isinstance(begun, KeyRecord):
-                raw = not media_type.startswith("multipart/") and media_type != "application/json"
                 if raw and sha256 is not None:
                     # The same query, sha256 included, names the same bytes: no need to hash.
                     await idempotency.drain(store, request)
