@@ -44,8 +44,9 @@ def _artifact_pass(run: Run, report: CleanupReport, sweep: ArtifactSweep) -> Non
             # indexes, and its files share folders: each commit writes far fewer pages.
             chunk.sort(key=_by_session)
             for start in range(0, len(chunk), run.delete_batch):
-                _batch(run, report, rule, sweep, pipeline, chunk[start : start + run.delete_batch])
-            run.progress(report.operation, len(chunk))
+                batch = chunk[start : start + run.delete_batch]
+                _batch(run, report, rule, sweep, pipeline, batch)
+                run.progress(report.operation, len(batch))
 
 
 def _by_session(candidate: Candidate) -> tuple[str, str]:
