@@ -26,6 +26,11 @@ BATCH = 500
 # Artifact passes claim more at a time: fewer statements and commits per item, and more
 # files of one folder unlinked together.
 DELETE_BATCH = 2000
+# Candidates an artifact pass selects at a time (about 30 MB at most), then deletes in
+# batches of DELETE_BATCH in session order: a batch's rows then share the pages of the table
+# and of most of its indexes, and its files their folders. Larger chunks write fewer pages
+# per deleted item; the chunk bounds the memory.
+SWEEP_CHUNK = 50000
 
 
 @dataclass(slots=True)
@@ -65,6 +70,7 @@ class Run:
     ledger: DryRunLedger = field(default_factory=DryRunLedger)
     batch_size: int = BATCH
     delete_batch: int = DELETE_BATCH
+    sweep_chunk: int = SWEEP_CHUNK
 
     @property
     def dry_run(self) -> bool:
