@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import case, delete, func, literal, select, tuple_, update
-from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from ephemera.catalog.db import Database
 from ephemera.catalog.predicates import PENDING
@@ -126,6 +125,9 @@ def recorded_ids(db: Database, session_ids: Sequence[str]) -> dict[str, Recorded
         (artifacts.c.state != ArtifactState.READY.value, artifacts.c.id + "=" + artifacts.c.state)
     )
     if db.dialect == "postgresql":
+        # Here, not at the top: a process on SQLite never loads PostgreSQL's dialect.
+        from sqlalchemy.dialects.postgresql import aggregate_order_by
+
         ids = func.string_agg(
             artifacts.c.id, aggregate_order_by(literal(SEPARATOR), artifacts.c.id.collate("C"))
         )
