@@ -170,6 +170,9 @@ def _die_with_parent() -> None:
 class Server:
     """A real `ephemera serve` process on 127.0.0.1."""
 
+    # A start takes a few seconds; on a machine loaded by parallel test workers, tens.
+    start_timeout_s: float = 60
+
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.port = free_port()
@@ -199,7 +202,14 @@ class Server:
                 env=self.env,
                 preexec_fn=_die_with_parent,
             )
-        wait_until_serving(self.process, self.url, self.log.read_text, timeout_s=30)
+        try:
+            wait_until_serving(self.process, self.url, self.log.read_text, self.start_timeout_s)
+        except BaseException:
+            # Not serving in time (or interrupted): no caller will stop it, so stop it here.
+            # A server left running by a failed start loads the machine for the rest of the run
+            # and slows every later test, so that more starts time out.
+            self.kill()
+            raise
         self.admin_key = (self.data_dir / "admin.key").read_text().strip()
         return self
 
