@@ -4,6 +4,7 @@ import ctypes
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -121,8 +122,26 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir as opening a store on an empty one leaves it: a SQLite file holding the
+    migrated schema and nothing else (the migrations take most of a fresh open)."""
+    template = tmp_path_factory.mktemp("migrated") / "data"
+    Store.open(Settings(data_dir=template)).close()
+    return template
+
+
+def seed_from_template(settings: Settings, template: Path) -> None:
+    """Start a store that does not exist yet from ``template``: what the migrations would write,
+    copied. Only for a SQLite store whose data dir is not there yet; tests of opening itself
+    (migrations, a fresh data dir) open an empty one."""
+    if settings.database_url is None and not settings.data_dir.exists():
+        shutil.copytree(template, settings.data_dir)
+
+
 @pytest.fixture
-def store(settings: Settings, clock: ManualClock) -> Iterator[Store]:
+def store(settings: Settings, clock: ManualClock, migrated_sqlite: Path) -> Iterator[Store]:
+    seed_from_template(settings, migrated_sqlite)
     with Store.open(settings, clock=clock) as opened:
         # Opening may take seconds (a fresh PostgreSQL database, an S3 bucket): a test that
         # advances the clock past a file's age must start from the time its files get.
