@@ -4,6 +4,7 @@ import ctypes
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -121,8 +122,26 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data dir as opening a store on an empty one leaves it: a SQLite file holding the
+    migrated schema and nothing else (the migrations take most of a fresh open)."""
+    template = tmp_path_factory.mktemp("migrated") / "data"
+    Store.open(Settings(data_dir=template)).close()
+    return template
+
+
+def seed_from_template(settings: Settings, template: Path) -> None:
+    """Start a store that does not exist yet from ``template``: what the migrations would write,
+    copied. Only for a SQLite store whose data dir is not there yet; tests of opening itself
+    (migrations, a fresh data dir) open an empty one."""
+    if settings.database_url is None and not settings.data_dir.exists():
+        shutil.copytree(template, settings.data_dir)
+
+
 @pytest.fixture
-def store(settings: Settings, clock: ManualClock) -> Iterator[Store]:
+def store(settings: Settings, clock: ManualClock, migrated_sqlite: Path) -> Iterator[Store]:
+    seed_from_template(settings, migrated_sqlite)
     with Store.open(settings, clock=clock) as opened:
         # Opening may take seconds (a fresh PostgreSQL database, an S3 bucket): a test that
         # advances the clock past a file's age must start from the time its files get.
@@ -170,6 +189,9 @@ def _die_with_parent() -> None:
 class Server:
     """A real `ephemera serve` process on 127.0.0.1."""
 
+    # A start takes a few seconds; on a machine loaded by parallel test workers, tens.
+    start_timeout_s: float = 60
+
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.port = free_port()
@@ -199,7 +221,14 @@ class Server:
                 env=self.env,
                 preexec_fn=_die_with_parent,
             )
-        wait_until_serving(self.process, self.url, self.log.read_text, timeout_s=30)
+        try:
+            wait_until_serving(self.process, self.url, self.log.read_text, self.start_timeout_s)
+        except BaseException:
+            # Not serving in time (or interrupted): no caller will stop it, so stop it here.
+            # A server left running by a failed start loads the machine for the rest of the run
+            # and slows every later test, so that more starts time out.
+            self.kill()
+            raise
         self.admin_key = (self.data_dir / "admin.key").read_text().strip()
         return self
 

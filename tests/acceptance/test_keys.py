@@ -20,7 +20,7 @@ from ephemera.errors import Unauthenticated
 from ephemera.http import create_app
 from ephemera.models import KeyRole
 from ephemera.testing import ManualClock
-from tests.conftest import Server, bearer, snapshot
+from tests.conftest import Server, bearer, seed_from_template, snapshot
 
 API = "/api/v1"
 CLAIM = {"Ephemera-Claim": "guess"}
@@ -93,11 +93,13 @@ MakeStore = Callable[..., Store]
 
 
 @pytest.fixture
-def make_store(data_dir: Path, clock: ManualClock) -> Iterator[MakeStore]:
+def make_store(data_dir: Path, clock: ManualClock, migrated_sqlite: Path) -> Iterator[MakeStore]:
     opened: list[Store] = []
 
     def make(**overrides: Any) -> Store:
-        store = Store.open(Settings(data_dir=data_dir, **overrides), clock=clock)
+        settings = Settings(data_dir=data_dir, **overrides)
+        seed_from_template(settings, migrated_sqlite)
+        store = Store.open(settings, clock=clock)
         opened.append(store)
         return store
 
