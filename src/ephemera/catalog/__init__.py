@@ -354,7 +354,7 @@ class Catalog(
     def claimed_input(
         self, task_id: str, claim_id: str, artifact_id: str
     ) -> tuple[bool, Artifact | None]:
-        return tasks.claimed_input(self._db, task_id, claim_id, artifact_id)
+        return artifacts.claimed_input(self._db, task_id, claim_id, artifact_id)
 
     def task_inputs(self, refs: Sequence[TaskInput], now: datetime) -> list[Artifact]:
         return tasks.task_inputs(self._db, refs, now)

@@ -254,13 +254,32 @@ def delete_pending_artifact(db: Database, artifact_id: str) -> None:
 
 def get_artifact(db: Database, session_id: str, artifact_id: str) -> Artifact | None:
     with db.read() as conn:
-        row = conn.execute(
-            select(artifacts).where(
-                artifacts.c.id == artifact_id,
-                artifacts.c.session_id == session_id,
-                artifacts.c.state == ArtifactState.READY,
-            )
-        ).first()
+        return _ready(conn, session_id, artifact_id)
+
+
+def claimed_input(
+    db: Database, task_id: str, claim_id: str, artifact_id: str
+) -> tuple[bool, Artifact | None]:
+    """Whether ``claim_id`` holds the task, and its input ``artifact_id`` if it is one and
+    ready: one read transaction, as a worker reads each input."""
+    with db.read() as conn:
+        inputs = conn.scalar(select(tasks.c.inputs).where(held(task_id, claim_id)))
+        if inputs is None:
+            return False, None
+        session_id = next((s for s, a in inputs if a == artifact_id), None)
+        if session_id is None:
+            return True, None
+        return True, _ready(conn, session_id, artifact_id)
+
+
+def _ready(conn: Connection, session_id: str, artifact_id: str) -> Artifact | None:
+    row = conn.execute(
+        select(artifacts).where(
+            artifacts.c.id == artifact_id,
+            artifacts.c.session_id == session_id,
+            artifacts.c.state == ArtifactState.READY,
+        )
+    ).first()
     return artifact_model(row) if row is not None else None
 
 

@@ -47,28 +47,6 @@ def claimed_session(db: Database, task_id: str, claim_id: str) -> str | None:
         return conn.scalar(select(tasks.c.session_id).where(held(task_id, claim_id)))
 
 
-def claimed_input(
-    db: Database, task_id: str, claim_id: str, artifact_id: str
-) -> tuple[bool, Artifact | None]:
-    """Whether ``claim_id`` holds the task, and its input ``artifact_id`` if it is one and
-    ready: one read transaction, as a worker reads each input."""
-    with db.read() as conn:
-        inputs = conn.scalar(select(tasks.c.inputs).where(held(task_id, claim_id)))
-        if inputs is None:
-            return False, None
-        session_id = next((s for s, a in inputs if a == artifact_id), None)
-        if session_id is None:
-            return True, None
-        row = conn.execute(
-            select(artifacts).where(
-                artifacts.c.id == artifact_id,
-                artifacts.c.session_id == session_id,
-                artifacts.c.state == ArtifactState.READY,
-            )
-        ).first()
-    return True, artifact_model(row) if row is not None else None
-
-
 def task_inputs(db: Database, refs: Sequence[TaskInput], now: datetime) -> list[Artifact]:
     """The named ready artifacts of live sessions, in order; NotFound for a missing one."""
     with db.read() as conn:
