@@ -1,4 +1,4 @@
-"""A 1 GiB upload to S3 through a real server: streamed, with flat memory."""
+"""A 1 GiB upload to S3 through a real server: streamed, with flat memory, given back."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def status_kib(pid: int, field: str) -> int:
     raise AssertionError(f"no {field} for {pid}")
 
 
-def test_a_1_gib_upload_to_s3_keeps_the_server_under_100_mb_of_growth(
+def test_a_1_gib_upload_to_s3_holds_little_more_than_its_parts_and_gives_them_back(
     tmp_path: Path, s3_url: str
 ) -> None:
     server = Server(tmp_path / "data", {"EPHEMERA_BLOB_URL": s3_url}).start()
@@ -54,11 +54,16 @@ def test_a_1_gib_upload_to_s3_keeps_the_server_under_100_mb_of_growth(
             headers=bearer(token),
             timeout=600,
         )
-        peak = status_kib(pid, "VmHWM")
+        peak, after = status_kib(pid, "VmHWM"), status_kib(pid, "VmRSS")
         assert answer.status_code == 201, answer.text
         assert answer.json()["size"] == GiB
+        # The writer holds at most 5 parts of 8 MiB (42 MB); the request's own buffers are
+        # small. Parts in bytearrays, which malloc keeps once freed, grew it by 90 to 116 MB.
         growth_mb = (peak - baseline) * 1024 / 1e6
-        assert growth_mb < 100, f"server grew by {growth_mb:.0f} MB"
+        assert growth_mb < 75, f"server grew by {growth_mb:.0f} MB"
+        # Each part's memory went back to the system once S3 had it (bytearrays: 32-57 MB).
+        kept_mb = (after - baseline) * 1024 / 1e6
+        assert kept_mb < 20, f"server kept {kept_mb:.0f} MB"
 
         # And it reads back: a range from the middle, without fetching the rest.
         middle = httpx.get(

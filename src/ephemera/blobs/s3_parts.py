@@ -2,7 +2,8 @@
 
 The S3 writer hands each part over as it fills and goes on filling the next while the part
 goes up on a thread of its own. At most ``limit`` parts are in flight, each held in memory
-until S3 has it: handing one more over first waits for one to land. With ``limit`` 0 each
+until S3 has it (a part handed over is closed once it has landed, or failed, or been dropped):
+handing one more over first waits for one to land. With ``limit`` 0 each
 part goes up in the caller's thread before ``submit`` returns (one at a time, as a plain
 loop would).
 
@@ -16,8 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
+from ephemera.blobs.s3_buffer import PartBuffer
+
 # Sends one part (its number, its bytes) and returns the ETag S3 gave it.
-SendPart = Callable[[int, bytearray], str]
+SendPart = Callable[[int, PartBuffer], str]
 
 
 class PartUploads:
@@ -27,25 +30,32 @@ class PartUploads:
         self._send = send
         self._limit = limit
         self._pool: ThreadPoolExecutor | None = None  # made with the first part in flight
-        self._flying: dict[Future[str], tuple[int, int]] = {}  # part number, size
+        self._flying: dict[Future[str], tuple[int, PartBuffer]] = {}  # part number, bytes
         self._etags: dict[int, str] = {}
 
     @property
     def in_flight(self) -> int:
         """Bytes of the parts handed over and not yet seen to land (so still held)."""
-        return sum(size for _number, size in self._flying.values())
+        return sum(len(body) for _number, body in self._flying.values())
 
-    def submit(self, number: int, body: bytearray) -> None:
-        """Send this part in the background (the caller must not change ``body`` after)."""
+    def submit(self, number: int, body: PartBuffer) -> None:
+        """Send this part in the background; it is the sender's from here on, to close."""
         if self._limit == 0:
-            self.send(number, body)
+            try:
+                self.send(number, body)
+            finally:
+                body.close()
             return
-        self._collect(block=len(self._flying) >= self._limit)
+        try:
+            self._collect(block=len(self._flying) >= self._limit)
+        except BaseException:
+            body.close()
+            raise
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._limit, thread_name_prefix="ephemera-s3-part")
-        self._flying[self._pool.submit(self._send, number, body)] = (number, len(body))
+        self._flying[self._pool.submit(self._send_and_close, number, body)] = (number, body)
 
-    def send(self, number: int, body: bytearray) -> None:
+    def send(self, number: int, body: PartBuffer) -> None:
         """Send this part now, in this thread, once every part in flight has landed.
 
         A part number sent again replaces the earlier upload of that part (as S3 does)."""
@@ -66,7 +76,15 @@ class PartUploads:
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        for _number, body in self._flying.values():
+            body.close()  # those dropped before they started
         self._flying.clear()
+
+    def _send_and_close(self, number: int, body: PartBuffer) -> str:
+        try:
+            return self._send(number, body)
+        finally:
+            body.close()
 
     def _collect(self, *, block: bool) -> None:
         if block and self._flying:

@@ -46,6 +46,6 @@ def translated(
         raise StorageError(f"{action}: {exc}") from exc
 
 
-def content_md5(data: bytes | bytearray) -> str:
+def content_md5(data: bytes | bytearray | memoryview) -> str:
     # Content-MD5: the integrity check every S3-compatible server verifies.
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()

@@ -4,7 +4,7 @@ Bytes are buffered to a whole part (``PART_SIZE``, above S3's 5 MiB minimum) and
 under a part number the catalog reserved for this writer alone; a checkpoint records the
 parts uploaded. At the end of a request the bytes below a part are put as a small tail
 object (``uploads/{upload_id}/tail-{n}``, ``n`` reserved too) and recorded; the next writer
-reads it back into its buffer. So memory per upload stays under two parts, and a writer that
+reads it back into its buffer. So memory per upload stays under one part, and a writer that
 lost its claim can only upload parts and tails nobody records: completion lists exactly the
 recorded parts, and S3 ignores the others.
 
@@ -26,7 +26,8 @@ from botocore.exceptions import ClientError
 
 from ephemera.blobs import BlobStat
 from ephemera.blobs.resumable import Pieces
-from ephemera.blobs.s3_requests import MAX_PARTS, PART_SIZE, content_md5, translated
+from ephemera.blobs.s3_buffer import BLOCK, PartBuffer
+from ephemera.blobs.s3_requests import MAX_PARTS, content_md5, translated
 from ephemera.errors import StorageError, TooLarge
 
 
@@ -77,14 +78,16 @@ class S3PieceWriter:
         self._tail: list[int] | None = [int(tail[0]), int(tail[1])] if tail else None
         self._written = offset
         self._uploaded = False
-        self._buffer = bytearray()
+        # The bytes not yet in a part: always less than one, as a full part goes up at once.
+        self._buffer = PartBuffer()
         if self._tail is not None:
             with translated(f"cannot read the tail of upload {upload_id}"):
                 body = store.client().get_object(
                     Bucket=store.bucket, Key=store.object_key(tail_key(upload_id, self._tail[0]))
                 )["Body"]
-                self._buffer += body.read()
-            if len(self._buffer) != self._tail[1]:
+                over = sum(len(self._buffer.fill(memoryview(c))) for c in body.iter_chunks(BLOCK))
+            if over or len(self._buffer) != self._tail[1]:
+                self._buffer.close()
                 raise StorageError(f"upload {upload_id}: its tail is not the recorded size")
         self._drop_unrecorded_tails()
 
@@ -101,35 +104,37 @@ class S3PieceWriter:
 
     def write(self, data: bytes) -> None:
 
-        self._buffer += data
         self._written += len(data)
-        while len(self._buffer) >= PART_SIZE:
-            self._upload_part(memoryview(self._buffer)[:PART_SIZE])
-            del self._buffer[:PART_SIZE]
-            # A recorded tail is always the buffer's start: that part holds its bytes now.
-            self._tail = None
+        view = memoryview(data)
+        while view:
+            view = self._buffer.fill(view)
+            if self._buffer.full:
+                self._upload_part()
+                self._buffer.clear()
+                # A recorded tail is always the buffer's start: that part holds its bytes now.
+                self._tail = None
 
-    def _upload_part(self, data: memoryview) -> None:
+    def _upload_part(self) -> None:
 
         client = self._store.client()
         bucket = self._store.bucket
         number = self._reserve()
         if number > MAX_PARTS:
             raise TooLarge(f"upload {self._upload_id} has used all {MAX_PARTS} S3 part numbers")
-        body = bytes(data)
         with translated(f"cannot upload a part of upload {self._upload_id}"):
             if self._mpu is None:
                 created = client.create_multipart_upload(Bucket=bucket, Key=self._object)
                 self._mpu = str(created["UploadId"])
-            uploaded = client.upload_part(
-                Bucket=bucket,
-                Key=self._object,
-                UploadId=self._mpu,
-                PartNumber=number,
-                Body=body,
-                ContentMD5=content_md5(body),
-            )
-        self._parts.append([number, len(body), str(uploaded["ETag"])])
+            with self._buffer.body() as body:
+                uploaded = client.upload_part(
+                    Bucket=bucket,
+                    Key=self._object,
+                    UploadId=self._mpu,
+                    PartNumber=number,
+                    Body=body,
+                    ContentMD5=self._buffer.md5(),
+                )
+        self._parts.append([number, len(self._buffer), str(uploaded["ETag"])])
         self._uploaded = True
 
     def checkpoint_due(self) -> bool:
@@ -141,15 +146,17 @@ class S3PieceWriter:
             number = self._reserve()
             if number > MAX_PARTS:  # the tail becomes the last part: it needs a part number
                 raise TooLarge(f"upload {self._upload_id} has used all {MAX_PARTS} part numbers")
-            body = bytes(self._buffer)
-            with translated(f"cannot store the tail of upload {self._upload_id}"):
+            with (
+                translated(f"cannot store the tail of upload {self._upload_id}"),
+                self._buffer.body() as body,
+            ):
                 self._store.client().put_object(
                     Bucket=self._store.bucket,
                     Key=self._store.object_key(tail_key(self._upload_id, number)),
                     Body=body,
-                    ContentMD5=content_md5(body),
+                    ContentMD5=self._buffer.md5(),
                 )
-            self._tail = [number, len(body)]
+            self._tail = [number, len(self._buffer)]
         self._uploaded = False
         durable = sum(int(p[1]) for p in self._parts) + (self._tail[1] if self._tail else 0)
         return durable, {
@@ -160,7 +167,7 @@ class S3PieceWriter:
         }
 
     def close(self) -> None:
-        self._buffer = bytearray()
+        self._buffer.close()
 
 
 class S3Assembled:

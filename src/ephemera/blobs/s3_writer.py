@@ -11,8 +11,9 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Protocol, TypeVar
 
 from ephemera.blobs import BlobStat
+from ephemera.blobs.s3_buffer import PartBuffer
 from ephemera.blobs.s3_parts import PartUploads
-from ephemera.blobs.s3_requests import MAX_PARTS, PART_SIZE, content_md5, translated
+from ephemera.blobs.s3_requests import MAX_PARTS, PART_SIZE, translated
 from ephemera.errors import StorageError, TooLarge
 
 # Parts of one upload in flight at once: enough to keep the link busy while some parts wait
@@ -51,7 +52,8 @@ class S3BlobWriter:
 
     Memory: the part being filled, plus up to ``parallel_parts`` parts in flight (held until
     S3 has them), so at most ``(parallel_parts + 1) * PART_SIZE`` bytes, 40 MiB with the
-    defaults; ``buffered`` counts them.
+    defaults; ``buffered`` counts them. Each part is a mapping of its own, given back to the
+    system as soon as S3 has it (``ephemera.blobs.s3_buffer``).
     """
 
     def __init__(self, store: S3Store, key: str) -> None:
@@ -62,7 +64,7 @@ class S3BlobWriter:
         self._size = 0
         # The bytes of part ``_part``: never more than one part. A full part is handed over
         # only when one more byte comes, so a body of exactly one part is still one PutObject.
-        self._buffer = bytearray()
+        self._buffer = PartBuffer()
         self._buffer_stored = False  # sync() uploaded the buffer as it is now
         self._part = 1
         self._upload_id: str | None = None
@@ -85,11 +87,9 @@ class S3BlobWriter:
         self._size += len(data)
         view = memoryview(data)
         while view:
-            if len(self._buffer) == PART_SIZE:
+            if self._buffer.full:
                 self._next_part()
-            room = PART_SIZE - len(self._buffer)
-            self._buffer += view[:room]
-            view = view[room:]
+            view = self._buffer.fill(view)
             self._buffer_stored = False
 
     def sha256(self) -> str:
@@ -126,12 +126,7 @@ class S3BlobWriter:
         try:
             with translated(f"cannot commit blob {self._key}"):
                 if self._upload_id is None:
-                    response = client.put_object(
-                        Bucket=bucket,
-                        Key=self._object,
-                        Body=self._buffer,
-                        ContentMD5=content_md5(self._buffer),
-                    )
+                    response = self._put_whole(client)
                 else:
                     self.sync()
                     response = client.complete_multipart_upload(
@@ -144,7 +139,7 @@ class S3BlobWriter:
             self.abort()
             raise
         self._open = False
-        self._buffer = bytearray()
+        self._buffer.close()
         self._parts.close()
         return BlobStat(self._key, self._size, server_time(response))
 
@@ -152,7 +147,7 @@ class S3BlobWriter:
         if not self._open:
             return
         self._open = False
-        self._buffer = bytearray()
+        self._buffer.close()
         # Parts still in flight land first: one landing after the abort would be kept.
         self._parts.close()
         if self._upload_id is not None:
@@ -169,10 +164,12 @@ class S3BlobWriter:
     def _next_part(self) -> None:
         """The full buffer goes up in the background (unless sync() sent it as it is); the
         next part starts in a new buffer."""
-        if not self._buffer_stored:
-            body = self._buffer
-            self._guarded(lambda: self._parts.submit(self._numbered(), body))
-        self._buffer = bytearray()
+        full = self._buffer
+        if self._buffer_stored:
+            full.close()  # S3 has it already (sync sent it as it is)
+        else:
+            self._guarded(lambda: self._parts.submit(self._numbered(), full))
+        self._buffer = PartBuffer()
         self._buffer_stored = False
         self._part += 1
 
@@ -196,15 +193,28 @@ class S3BlobWriter:
             self.abort()
             raise
 
-    def _send_part(self, number: int, body: bytearray) -> str:
+    def _put_whole(self, client: Any) -> Any:
+        """The body, of at most one part, in one PutObject."""
+        with self._buffer.body() as body:
+            return client.put_object(
+                Bucket=self._store.bucket,
+                Key=self._object,
+                Body=body,
+                ContentMD5=self._buffer.md5(),
+            )
+
+    def _send_part(self, number: int, part: PartBuffer) -> str:
         # Runs on a part thread: translated there, raised to the writer by PartUploads.
-        with translated(f"cannot upload part {number} of blob {self._key}"):
+        with (
+            translated(f"cannot upload part {number} of blob {self._key}"),
+            part.body() as body,
+        ):
             uploaded = self._store.client().upload_part(
                 Bucket=self._store.bucket,
                 Key=self._object,
                 UploadId=self._upload_id,
                 PartNumber=number,
                 Body=body,
-                ContentMD5=content_md5(body),
+                ContentMD5=part.md5(),
             )
         return str(uploaded["ETag"])
