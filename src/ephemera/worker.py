@@ -280,8 +280,7 @@ class StoreTaskContext:
         """The steps not written yet, for the call that ends the attempt to record; nothing
         else writes progress meanwhile, and they count as written once that call returns."""
         with self._write_lock:
-            with self._lock:
-                steps = list(self._steps)
+            steps = self._take_steps()
             yield steps
             with self._lock:
                 del self._steps[: len(steps)]
@@ -312,9 +311,7 @@ class StoreTaskContext:
         if self._lost.is_set():
             return
         with self._write_lock:
-            with self._lock:
-                steps = list(self._steps)
-                self._progress_written = time.monotonic()
+            steps = self._take_steps()
             if only_steps and not steps:
                 return
             try:
@@ -328,6 +325,17 @@ class StoreTaskContext:
                 return
             with self._lock:
                 del self._steps[: len(steps)]
+
+    def _take_steps(self) -> list[tuple[int, int | None]]:
+        """A copy of the waiting steps, to write; they stay waiting until written.
+
+        A step of the same percent that comes meanwhile goes after them rather than in place
+        of the last: that one may be in the write already, and is removed once written.
+        """
+        with self._lock:
+            self._step_percent = None
+            self._progress_written = time.monotonic()
+            return list(self._steps)
 
 
 class Worker:

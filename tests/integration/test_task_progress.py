@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 from ephemera import Settings, Store
 from ephemera.models import TaskState
 from ephemera.processors import Registry, TaskContext
-from ephemera.worker import PROGRESS_WRITE_INTERVAL_S, Worker
+from ephemera.worker import PROGRESS_WRITE_INTERVAL_S, StoreTaskContext, Worker
 from tests.conftest import WITH_SAMPLES, MakeSettings
 from tests.waiting import wait_for
 
@@ -149,3 +149,37 @@ def test_a_heartbeat_records_each_changed_step_it_carries_once(store: Store) -> 
     task = store.get_task(sid, claim.task.id)
     assert (task.progress_done, task.progress_total) == (5, 10)
     assert progress_events(store, sid, token) == [(0, 10), (3, 10), (5, 10)]
+
+
+def test_a_step_that_comes_while_its_percent_is_being_written_is_written_after(
+    store: Store,
+) -> None:
+    sid, token, task_id = submit(store)
+    claim = store.claim_task("w1", ["sample-upper"])
+    assert claim is not None
+    ctx = StoreTaskContext(store, claim)
+    writing, go_on = threading.Event(), threading.Event()
+    original = store.heartbeat_task
+
+    def held(*args: Any, **kwargs: Any) -> Any:
+        writing.set()
+        assert go_on.wait(10)
+        return original(*args, **kwargs)
+
+    ctx.progress(500, 1000)  # the first step is written at once
+    ctx.progress(501, 1000)  # within the interval: it waits
+    store.heartbeat_task = held  # type: ignore[method-assign]
+    beat = threading.Thread(target=ctx.write_progress)
+    beat.start()
+    assert writing.wait(10)
+    ctx.progress(502, 1000)  # the same percent as the step being written
+    go_on.set()
+    beat.join(10)
+    store.heartbeat_task = original  # type: ignore[method-assign]
+    with ctx.final_progress() as steps:
+        assert steps == [(502, 1000)]
+        store.heartbeat_task(task_id, claim.claim_id, progress_steps=steps)
+
+    running = store.get_task(sid, task_id)
+    assert (running.progress_done, running.progress_total) == (502, 1000)
+    assert progress_events(store, sid, token) == [(500, 1000), (501, 1000), (502, 1000)]
