@@ -10,6 +10,7 @@ from typing import Any
 
 from ephemera import Store
 from ephemera.http import create_app
+from tests.asgi import http_scope
 from tests.conftest import MakeSettings
 
 Message = dict[str, Any]
@@ -39,20 +40,11 @@ async def request(
         if stall and message["type"] == "http.response.body":
             await asyncio.Event().wait()
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/api/v1/sessions/s1/events",
-        "raw_path": b"/api/v1/sessions/s1/events",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"test"), (b"authorization", f"Bearer {token}".encode())],
-        "client": ("127.0.0.1", 50000),
-        "server": ("test", 80),
-    }
+    scope = http_scope(
+        "GET",
+        "/api/v1/sessions/s1/events",
+        [(b"authorization", f"Bearer {token}".encode())],
+    )
     began = time.monotonic()
     await app(scope, receive, send)
     return sent, time.monotonic() - began

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from ephemera import Store
 from ephemera.http import create_app
 from ephemera.http.slots import upload_slots
+from tests.asgi import http_scope
 from tests.conftest import bearer
 
 API = "/api/v1"
@@ -122,25 +123,16 @@ def test_a_wrong_token_is_refused_before_a_late_small_body_arrives(store: Store)
     async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": f"{API}/sessions/s1/artifacts",
-        "raw_path": f"{API}/sessions/s1/artifacts".encode(),
-        "query_string": b"name=a.bin",
-        "root_path": "",
-        "headers": [
-            (b"host", b"test"),
+    scope = http_scope(
+        "POST",
+        f"{API}/sessions/s1/artifacts",
+        [
             (b"authorization", b"Bearer eps_wrong"),
             (b"content-type", b"application/octet-stream"),
             (b"content-length", b"4096"),
         ],
-        "client": ("127.0.0.1", 5000),
-        "server": ("test", 80),
-    }
+        query=b"name=a.bin",
+    )
 
     async def call() -> None:
         with anyio.fail_after(10):  # the body idle timeout is far longer
