@@ -66,9 +66,12 @@ class S3BlobWriter:
         # only when one more byte comes, so a body of exactly one part is still one PutObject.
         self._buffer = PartBuffer()
         self._buffer_stored = False  # sync() uploaded the buffer as it is now
+        # Parts S3 has, emptied to be filled again: each mapping is touched page by page
+        # once, not once per part (a fresh one costs a page fault per 4 KiB).
+        self._free: list[PartBuffer] = []
         self._part = 1
         self._upload_id: str | None = None
-        self._parts = PartUploads(self._send_part, store.parallel_parts)
+        self._parts = PartUploads(self._send_part, store.parallel_parts, self._release)
         self._open = True
 
     @property
@@ -139,17 +142,15 @@ class S3BlobWriter:
             self.abort()
             raise
         self._open = False
-        self._buffer.close()
-        self._parts.close()
+        self._drop_buffers()
         return BlobStat(self._key, self._size, server_time(response))
 
     def abort(self) -> None:
         if not self._open:
             return
         self._open = False
-        self._buffer.close()
         # Parts still in flight land first: one landing after the abort would be kept.
-        self._parts.close()
+        self._drop_buffers()
         if self._upload_id is not None:
             # Best effort: an upload left behind is staged, and orphan reconciliation aborts
             # it; raising here would hide the error that made the caller abort.
@@ -166,12 +167,28 @@ class S3BlobWriter:
         next part starts in a new buffer."""
         full = self._buffer
         if self._buffer_stored:
-            full.close()  # S3 has it already (sync sent it as it is)
+            self._release(full)  # S3 has it already (sync sent it as it is)
         else:
             self._guarded(lambda: self._parts.submit(self._numbered(), full))
-        self._buffer = PartBuffer()
+        self._buffer = self._free.pop() if self._free else PartBuffer()
         self._buffer_stored = False
         self._part += 1
+
+    def _release(self, part: PartBuffer) -> None:
+        """A part S3 has (or will never have): kept to be filled again while the writer is
+        open, given back to the system after."""
+        if self._open:
+            part.clear()
+            self._free.append(part)
+        else:
+            part.close()
+
+    def _drop_buffers(self) -> None:
+        """Once closed: wait for the parts in flight, then unmap every part."""
+        self._parts.close()
+        for part in (self._buffer, *self._free):
+            part.close()
+        self._free.clear()
 
     def _numbered(self) -> int:
         """The number of the part being filled, with an upload started to take it."""
