@@ -1,11 +1,11 @@
-"""One part's bytes on their way to S3, in memory given back to the system the moment the
-part is done with.
+"""One part's bytes on their way to S3, in memory of their own, given back to the system
+whole when closed.
 
 Why not a ``bytearray``: glibc serves an allocation of a few MiB from its heaps once a block
 that large has been freed (its mmap threshold rises to the largest freed), and a freed block
 stays in the heap of the thread that made it. Parts are filled on one thread and freed on
-another, from a pool of them, so a 1 GiB upload left 90 to 116 MB in a server that holds 40
-MiB of parts at most. An anonymous mapping of its own is unmapped whole when it is closed.
+another, so a 1 GiB upload grew a server by 90 to 116 MB, and left 32 to 57 MB behind, where
+the writer holds 40 MiB of parts at most. An anonymous mapping is unmapped when closed.
 """
 
 from __future__ import annotations

@@ -52,8 +52,8 @@ class S3BlobWriter:
 
     Memory: the part being filled, plus up to ``parallel_parts`` parts in flight (held until
     S3 has them), so at most ``(parallel_parts + 1) * PART_SIZE`` bytes, 40 MiB with the
-    defaults; ``buffered`` counts them. Each part is a mapping of its own, given back to the
-    system as soon as S3 has it (``ephemera.blobs.s3_buffer``).
+    defaults; ``buffered`` counts them. Each part is a mapping of its own, filled again once
+    S3 has it and unmapped when the writer commits or aborts (``ephemera.blobs.s3_buffer``).
     """
 
     def __init__(self, store: S3Store, key: str) -> None:
