@@ -53,11 +53,12 @@ lint: test-env
 	$(TBIN)/lint-imports --no-cache
 
 # Test files run in parallel processes (`--dist loadfile`: a file's tests stay together, in
-# order); TEST_WORKERS=0 runs them in this process, one after another.
+# order); TEST_WORKERS=0 runs them in this process, one after another. The slowest tests are
+# listed at the end: the suite's budget is 15 minutes, and that list says where it goes.
 TEST_WORKERS ?= 3
 
 test: lint
-	$(TBIN)/pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+	$(TBIN)/pytest --durations=25 $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 # The unit tier alone: in process, no servers or subprocesses, well under a minute.
 test-fast: test-env
