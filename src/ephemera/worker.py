@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from pydantic import ValidationError
 
 from ephemera import ids
-from ephemera.catalog import TASKS, Wakeup, task_producer
+from ephemera.catalog import TASKS, Progress, Wakeup, task_producer
 from ephemera.errors import Conflict, EphemeraError, StorageError
 from ephemera.models import Artifact, ArtifactState, Claim, NewOutput, StorageClass
 from ephemera.processors import Registry, TaskCancelled, TaskFailed
@@ -152,8 +152,8 @@ class StoreTaskContext:
         self._lock = threading.Lock()
         # Progress steps not written yet, oldest first: the latest value of each whole
         # percent (see ``progress``).
-        self._steps: list[tuple[int, int | None]] = []
-        self._step_percent: tuple[int, int | None] | None = None
+        self._steps: list[Progress] = []
+        self._step_percent: Progress | None = None
         # When progress was last written; None: never, the first step goes at once.
         self._progress_written: float | None = None
         # Held while the claim is written to, so that steps are recorded in order.
@@ -276,7 +276,7 @@ class StoreTaskContext:
         self._beat(only_steps=True)
 
     @contextlib.contextmanager
-    def final_progress(self) -> Iterator[list[tuple[int, int | None]]]:
+    def final_progress(self) -> Iterator[list[Progress]]:
         """The steps not written yet, for the call that ends the attempt to record; nothing
         else writes progress meanwhile, and they count as written once that call returns."""
         with self._write_lock:
@@ -310,7 +310,12 @@ class StoreTaskContext:
     def _beat(self, *, only_steps: bool) -> None:
         if self._lost.is_set():
             return
-        with self._write_lock:
+        # A write under way renews the claim, or ends it: never wait behind one. The heartbeat
+        # thread beats every running task in turn, and an attempt's last write can take long
+        # (a failure deletes its outputs), which would hold up the claims of all the others.
+        if not self._write_lock.acquire(blocking=False):
+            return
+        try:
             steps = self._take_steps()
             if only_steps and not steps:
                 return
@@ -325,8 +330,10 @@ class StoreTaskContext:
                 return
             with self._lock:
                 del self._steps[: len(steps)]
+        finally:
+            self._write_lock.release()
 
-    def _take_steps(self) -> list[tuple[int, int | None]]:
+    def _take_steps(self) -> list[Progress]:
         """A copy of the waiting steps, to write; they stay waiting until written.
 
         A step of the same percent that comes meanwhile goes after them rather than in place

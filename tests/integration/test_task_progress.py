@@ -183,3 +183,20 @@ def test_a_step_that_comes_while_its_percent_is_being_written_is_written_after(
     running = store.get_task(sid, task_id)
     assert (running.progress_done, running.progress_total) == (502, 1000)
     assert progress_events(store, sid, token) == [(500, 1000), (501, 1000), (502, 1000)]
+
+
+def test_a_heartbeat_never_waits_behind_an_attempts_last_write(store: Store) -> None:
+    """The heartbeat thread beats every running task in turn: one task's last write (which
+    may delete its outputs) must not hold up the claims of the others."""
+    _, _, task_id = submit(store)
+    claim = store.claim_task("w1", ["sample-upper"])
+    assert claim is not None
+    ctx = StoreTaskContext(store, claim)
+    with ctx.final_progress():
+        beat = threading.Thread(target=ctx.heartbeat)
+        beat.start()
+        beat.join(5)
+        waited = beat.is_alive()
+    beat.join(5)
+    assert not waited, "the heartbeat waited for the last write to end"
+    assert store.get_task("s1", task_id).state is TaskState.RUNNING

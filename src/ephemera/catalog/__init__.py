@@ -70,7 +70,7 @@ from ephemera.catalog.sweeps import (
     SessionRule,
     SessionSweep,
 )
-from ephemera.catalog.tasks import task_producer
+from ephemera.catalog.tasks import Progress, task_producer
 from ephemera.catalog.totals import Total, TotalsRows
 from ephemera.catalog.verification import Stored
 from ephemera.models import (
@@ -396,7 +396,7 @@ class Catalog(
         task_id: str,
         claim_id: str,
         until: datetime,
-        steps: Sequence[tuple[int, int | None]] = (),
+        steps: Sequence[Progress] = (),
     ) -> bool:
         return tasks.heartbeat_task(self._db, task_id, claim_id, until, steps)
 
@@ -409,7 +409,7 @@ class Catalog(
         result: dict[str, Any] | None = None,
         error: str | None = None,
         retry_delay: Callable[[int], float] | None = None,
-        steps: Sequence[tuple[int, int | None]] = (),
+        steps: Sequence[Progress] = (),
     ) -> tuple[Task, list[tuple[str, str]]]:
         return tasks.finish_task(
             self._db,
@@ -583,6 +583,7 @@ __all__: Sequence[str] = [
     "CleanupCursor",
     "Completion",
     "KeyRecord",
+    "Progress",
     "SessionRule",
     "SessionSweep",
     "Start",

@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 
 from ephemera import ids
 from ephemera.blobs import BlobWriter, artifact_key
-from ephemera.catalog import RESULT_KINDS, task_producer
+from ephemera.catalog import RESULT_KINDS, Progress, task_producer
 from ephemera.config import Settings
 from ephemera.context import Context
 from ephemera.errors import (
@@ -35,9 +35,6 @@ from ephemera.store.tasks import Processors
 from ephemera.store.uploads import Upload, artifact_values, begin, chunks
 
 log = logging.getLogger("ephemera.store")
-
-Progress = tuple[int, int | None]
-"""A task's progress: done, and the total where known."""
 
 Dropped = list[tuple[str, str]]
 """The (session, artifact) outputs a task's end marked ``deleting``, for the caller to remove."""
