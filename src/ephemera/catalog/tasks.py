@@ -308,7 +308,6 @@ def finish_task(
                 .where(tasks.c.id == task_id)
                 .values(progress_done=done, progress_total=total)
             )
-            row = conn.execute(select(tasks).where(tasks.c.id == task_id)).one()
         if error is None:
             dropped = end_task(conn, task_id, TaskState.SUCCEEDED, now, result=result)
         elif retry_delay is not None and row.attempts < row.max_attempts:
