@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Executable, select
+from sqlalchemy import select
 
 from ephemera.catalog.db import Database
 from ephemera.catalog.schema import cleanup_cursors
@@ -34,23 +34,15 @@ def save_cleanup_cursor(db: Database, name: str, position: str, at: datetime) ->
     row = {"name": name, "position": position, "updated_at": at}
     key, changes = [cleanup_cursors.c.name], {"position": position, "updated_at": at}
     # Each dialect's own insert, imported here: a process imports only its database's dialect.
-    statement: Executable
     if db.dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        statement = (
-            pg_insert(cleanup_cursors)
-            .values(row)
-            .on_conflict_do_update(index_elements=key, set_=changes)
-        )
+        from sqlalchemy.dialects import postgresql as dialect
     else:
-        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-        statement = (
-            sqlite_insert(cleanup_cursors)
-            .values(row)
-            .on_conflict_do_update(index_elements=key, set_=changes)
-        )
+        from sqlalchemy.dialects import sqlite as dialect  # type: ignore[no-redef]
+    statement = (
+        dialect.insert(cleanup_cursors)
+        .values(row)
+        .on_conflict_do_update(index_elements=key, set_=changes)
+    )
     with db.write() as conn:
         conn.execute(statement)
 
