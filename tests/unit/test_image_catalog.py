@@ -19,16 +19,9 @@ from ephemera import InvalidInput, Settings, Store
 from ephemera.errors import StorageError
 from ephemera.models import Task, TaskState
 from ephemera.processors import TaskCancelled, TaskFailed, image_catalog
-from ephemera.processors.image_catalog import (
-    BLURRY_BELOW,
-    MAX_PIXELS_CEILING,
-    ImageCatalog,
-    ImageCatalogParams,
-    analyse,
-    aspect_name,
-    decode,
-    encode_thumbnail,
-)
+from ephemera.processors.image_catalog import ImageCatalog, ImageCatalogParams
+from ephemera.processors.image_decode import MAX_PIXELS_CEILING, decode, encode_thumbnail
+from ephemera.processors.image_tags import BLURRY_BELOW, analyse, aspect_name
 from ephemera.testing import MemoryTaskContext
 from ephemera.worker import Worker
 from tests.images import encoded, exif_jpeg, jpeg, photo, png, rgb, strip_jpeg_segment
