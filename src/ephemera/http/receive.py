@@ -192,9 +192,21 @@ async def receive_raw(
             return await anyio.to_thread.run_sync(_put_whole, store, session_id, params, head)
         # Still arriving (a slow or stalled client): streamed like any other body, with its
         # pending record for as long as it takes.
+    return await _stream_raw(store, session_id, request, params, declared, _after(head, chunks))
+
+
+async def _stream_raw(
+    store: Store,
+    session_id: str,
+    request: Request,
+    params: UploadParams,
+    declared: int | None,
+    chunks: AsyncIterator[bytes],
+) -> Artifact:
+    """The body streamed into a new upload, committed once it has all come."""
     upload = await anyio.to_thread.run_sync(params.begin, store, session_id, declared)
     commit = partial(upload.commit, params.sha256)
-    return await stream_into(store, request, upload, commit, _after(head, chunks))
+    return await stream_into(store, request, upload, commit, chunks)
 
 
 async def receive_raw_admitting(
@@ -242,9 +254,8 @@ async def receive_raw_admitting(
                 return await anyio.to_thread.run_sync(
                     _admit_and_put, None if admitted else admit, store, session_id, params, head
                 )
-            upload = await anyio.to_thread.run_sync(params.begin, store, session_id, declared)
-            commit = partial(upload.commit, params.sha256)
-            return await stream_into(store, request, upload, commit, _after(head, chunks))
+            chunks = _after(head, chunks)
+            return await _stream_raw(store, session_id, request, params, declared, chunks)
     finally:
         if not first.done():
             first.cancel()
